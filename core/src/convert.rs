@@ -1,0 +1,276 @@
+//! Conversions between the model ([`crate::model`]) and the wire types ([`crate::proto`]).
+
+use crate::model::{
+    BizLine, FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, MisfirePolicy, Outcome,
+    Schedule,
+};
+use crate::proto;
+use crate::validate::{FieldViolation, Violations};
+
+/// Wire → model. Structural problems (unknown enum values) are reported as violations;
+/// semantic checks are [`crate::validate::validate`]'s job.
+pub fn spec_from_proto(p: proto::JobSpec) -> Result<JobSpec, Violations> {
+    let mut errs = Vec::new();
+    let schedule = match p.schedule {
+        None | Some(proto::job_spec::Schedule::Now(_)) => Schedule::Now,
+        Some(proto::job_spec::Schedule::TriggerTimeMs(t)) => Schedule::TriggerAt {
+            trigger_time_ms: t,
+        },
+        Some(proto::job_spec::Schedule::Cron(c)) => Schedule::Cron {
+            expression: c.expression,
+            time_zone: (!c.time_zone.is_empty()).then_some(c.time_zone),
+        },
+        Some(proto::job_spec::Schedule::Repeat(r)) => Schedule::Repeat {
+            interval_ms: r.interval_ms,
+            count: r.count,
+            first_fire_ms: (r.first_fire_ms != 0).then_some(r.first_fire_ms),
+        },
+    };
+    let misfire_policy = match proto::MisfirePolicy::try_from(p.misfire_policy) {
+        Ok(proto::MisfirePolicy::Unspecified | proto::MisfirePolicy::FireOnce) => {
+            MisfirePolicy::FireOnce
+        }
+        Ok(proto::MisfirePolicy::Skip) => MisfirePolicy::Skip,
+        Err(_) => {
+            errs.push(FieldViolation::new(
+                "misfire_policy",
+                format!("unknown value {}", p.misfire_policy),
+            ));
+            MisfirePolicy::FireOnce
+        }
+    };
+    if !errs.is_empty() {
+        return Err(Violations(errs));
+    }
+    Ok(JobSpec {
+        task_id: p.task_id,
+        task_tracker_node_group: p.task_tracker_node_group,
+        submit_node_group: p.submit_node_group,
+        priority: p.priority,
+        params: p.params.into_iter().collect(),
+        need_feedback: p.need_feedback,
+        max_retries: p.max_retries,
+        schedule,
+        rely_on_prev_cycle: p.rely_on_prev_cycle,
+        replace_on_exist: p.replace_on_exist,
+        misfire_policy,
+    })
+}
+
+/// Model → wire.
+pub fn spec_to_proto(s: &JobSpec) -> proto::JobSpec {
+    let schedule = Some(match &s.schedule {
+        Schedule::Now => proto::job_spec::Schedule::Now(proto::Now {}),
+        Schedule::TriggerAt { trigger_time_ms } => {
+            proto::job_spec::Schedule::TriggerTimeMs(*trigger_time_ms)
+        }
+        Schedule::Cron {
+            expression,
+            time_zone,
+        } => proto::job_spec::Schedule::Cron(proto::CronSchedule {
+            expression: expression.clone(),
+            time_zone: time_zone.clone().unwrap_or_default(),
+        }),
+        Schedule::Repeat {
+            interval_ms,
+            count,
+            first_fire_ms,
+        } => proto::job_spec::Schedule::Repeat(proto::RepeatSchedule {
+            interval_ms: *interval_ms,
+            count: *count,
+            first_fire_ms: first_fire_ms.unwrap_or(0),
+        }),
+    });
+    proto::JobSpec {
+        task_id: s.task_id.clone(),
+        task_tracker_node_group: s.task_tracker_node_group.clone(),
+        submit_node_group: s.submit_node_group.clone(),
+        priority: s.priority,
+        params: s.params.clone().into_iter().collect(),
+        need_feedback: s.need_feedback,
+        max_retries: s.max_retries,
+        schedule,
+        rely_on_prev_cycle: s.rely_on_prev_cycle,
+        replace_on_exist: s.replace_on_exist,
+        misfire_policy: match s.misfire_policy {
+            MisfirePolicy::FireOnce => proto::MisfirePolicy::FireOnce,
+            MisfirePolicy::Skip => proto::MisfirePolicy::Skip,
+        } as i32,
+    }
+}
+
+/// Model state → wire state.
+pub fn state_to_proto(s: JobState) -> proto::JobState {
+    match s {
+        JobState::Queued => proto::JobState::Queued,
+        JobState::Running => proto::JobState::Running,
+        JobState::Suspended => proto::JobState::Suspended,
+        JobState::Succeeded => proto::JobState::Succeeded,
+        JobState::Failed => proto::JobState::Failed,
+        JobState::Cancelled => proto::JobState::Cancelled,
+    }
+}
+
+/// Wire state → model state (`None` for unspecified or unknown).
+pub fn state_from_proto(v: i32) -> Option<JobState> {
+    match proto::JobState::try_from(v).ok()? {
+        proto::JobState::Unspecified => None,
+        proto::JobState::Queued => Some(JobState::Queued),
+        proto::JobState::Running => Some(JobState::Running),
+        proto::JobState::Suspended => Some(JobState::Suspended),
+        proto::JobState::Succeeded => Some(JobState::Succeeded),
+        proto::JobState::Failed => Some(JobState::Failed),
+        proto::JobState::Cancelled => Some(JobState::Cancelled),
+    }
+}
+
+/// Model outcome → wire outcome.
+pub fn outcome_to_proto(o: Outcome) -> proto::Outcome {
+    match o {
+        Outcome::Success => proto::Outcome::Success,
+        Outcome::Failed => proto::Outcome::Failed,
+        Outcome::Later => proto::Outcome::Later,
+        Outcome::Exception => proto::Outcome::Exception,
+    }
+}
+
+/// Wire outcome → model outcome (`None` for unspecified or unknown).
+pub fn outcome_from_proto(v: i32) -> Option<Outcome> {
+    match proto::Outcome::try_from(v).ok()? {
+        proto::Outcome::Unspecified => None,
+        proto::Outcome::Success => Some(Outcome::Success),
+        proto::Outcome::Failed => Some(Outcome::Failed),
+        proto::Outcome::Later => Some(Outcome::Later),
+        proto::Outcome::Exception => Some(Outcome::Exception),
+    }
+}
+
+/// Model job → wire job.
+pub fn job_to_proto(j: &Job) -> proto::Job {
+    proto::Job {
+        job_id: j.job_id.clone(),
+        spec: Some(spec_to_proto(&j.spec)),
+        state: state_to_proto(j.state) as i32,
+        attempt: j.attempt,
+        trigger_time_ms: j.trigger_time_ms,
+        created_at_ms: j.created_at_ms,
+        updated_at_ms: j.updated_at_ms,
+        lease_owner: j.lease_owner.clone().unwrap_or_default(),
+        lease_expiry_ms: j.lease_expiry_ms.unwrap_or(0),
+        last_outcome: j.last_outcome.map(outcome_to_proto).unwrap_or_default() as i32,
+        last_message: j.last_message.clone().unwrap_or_default(),
+        finished_at_ms: j.finished_at_ms.unwrap_or(0),
+        scheduled_fire_ms: j.scheduled_fire_ms.unwrap_or(0),
+        fire_count: j.fire_count,
+    }
+}
+
+/// Wire job → model job. A job that came from a tracker is trusted structurally.
+pub fn job_from_proto(p: proto::Job) -> Job {
+    let spec = p
+        .spec
+        .map(|s| spec_from_proto(s).unwrap_or_default())
+        .unwrap_or_default();
+    let opt = |v: i64| (v != 0).then_some(v);
+    Job {
+        job_id: p.job_id,
+        spec,
+        state: state_from_proto(p.state).unwrap_or(JobState::Queued),
+        attempt: p.attempt,
+        trigger_time_ms: p.trigger_time_ms,
+        created_at_ms: p.created_at_ms,
+        updated_at_ms: p.updated_at_ms,
+        lease_owner: (!p.lease_owner.is_empty()).then_some(p.lease_owner),
+        lease_expiry_ms: opt(p.lease_expiry_ms),
+        last_outcome: outcome_from_proto(p.last_outcome),
+        last_message: (!p.last_message.is_empty()).then_some(p.last_message),
+        finished_at_ms: opt(p.finished_at_ms),
+        scheduled_fire_ms: opt(p.scheduled_fire_ms),
+        fire_count: p.fire_count,
+    }
+}
+
+/// Model log line → wire log line.
+pub fn log_to_proto(e: &LogEntry) -> proto::LogEntry {
+    proto::LogEntry {
+        time_ms: e.time_ms,
+        log_type: e.log_type.as_str().to_string(),
+        level: e.level.as_str().to_string(),
+        message: e.message.clone(),
+        attempt: e.attempt,
+        job_id: e.job_id.clone(),
+        task_id: e.task_id.clone(),
+        task_tracker_node_group: e.task_tracker_node_group.clone(),
+        node: e.node.clone(),
+    }
+}
+
+/// Wire business line → model.
+pub fn biz_from_proto(b: proto::BizLog) -> BizLine {
+    BizLine {
+        time_ms: b.time_ms,
+        level: LogLevel::parse_lenient(&b.level),
+        message: b.message,
+    }
+}
+
+/// Model business line → wire.
+pub fn biz_to_proto(b: &BizLine) -> proto::BizLog {
+    proto::BizLog {
+        time_ms: b.time_ms,
+        level: b.level.as_str().to_string(),
+        message: b.message.clone(),
+    }
+}
+
+/// Model feedback → wire.
+pub fn feedback_to_proto(f: &FeedbackItem) -> proto::Feedback {
+    proto::Feedback {
+        feedback_id: f.feedback_id.clone(),
+        job: Some(job_to_proto(&f.job)),
+        outcome: outcome_to_proto(f.outcome) as i32,
+        message: f.message.clone(),
+        finished_at_ms: f.finished_at_ms,
+    }
+}
+
+/// Wire feedback → model.
+pub fn feedback_from_proto(p: proto::Feedback) -> FeedbackItem {
+    FeedbackItem {
+        feedback_id: p.feedback_id,
+        job: job_from_proto(p.job.unwrap_or_default()),
+        outcome: outcome_from_proto(p.outcome).unwrap_or(Outcome::Failed),
+        message: p.message,
+        finished_at_ms: p.finished_at_ms,
+    }
+}
+
+/// Violations → wire violations.
+pub fn violations_to_proto(v: &Violations) -> Vec<proto::FieldViolation> {
+    v.0.iter()
+        .map(|f| proto::FieldViolation {
+            field: f.field.clone(),
+            reason: f.reason.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips() {
+        let mut spec = JobSpec::new("t", "g")
+            .param("a", "b")
+            .priority(7)
+            .feedback_to("clients")
+            .schedule(Schedule::Cron {
+                expression: "0 0 * * * *".into(),
+                time_zone: Some("UTC".into()),
+            });
+        spec.rely_on_prev_cycle = true;
+        spec.misfire_policy = MisfirePolicy::Skip;
+        assert_eq!(spec_from_proto(spec_to_proto(&spec)).unwrap(), spec);
+    }
+}

@@ -1,0 +1,459 @@
+//! The job model: what a client submits ([`JobSpec`]), what the tracker stores ([`Job`]), the
+//! outcome of a run ([`Outcome`]) and the job log ([`LogEntry`]).
+//!
+//! These are plain Rust types with serde, independent of gRPC, SQL, MongoDB and Kubernetes;
+//! [`crate::convert`] maps them to and from the wire types in [`crate::proto`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// When a job runs. Exactly one variant per job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Schedule {
+    /// Real-time: as soon as a TaskTracker of the node group is free.
+    #[default]
+    Now,
+    /// Once, at the given instant (Unix epoch milliseconds).
+    TriggerAt {
+        /// The instant, in Unix epoch milliseconds.
+        trigger_time_ms: i64,
+    },
+    /// On a cron expression with a seconds field, in a time zone (UTC when `None`).
+    Cron {
+        /// `sec min hour day-of-month month day-of-week [year]`.
+        expression: String,
+        /// IANA time zone name, e.g. `Europe/Berlin`.
+        time_zone: Option<String>,
+    },
+    /// Every `interval_ms`, `count` times (-1 = forever), starting at `first_fire_ms`.
+    Repeat {
+        /// Milliseconds between fires.
+        interval_ms: i64,
+        /// Number of fires; -1 means forever.
+        count: i64,
+        /// First fire; `None` means at submit time.
+        first_fire_ms: Option<i64>,
+    },
+}
+
+impl Schedule {
+    /// Whether the schedule fires more than once (cron or repeat).
+    pub fn is_recurring(&self) -> bool {
+        matches!(self, Schedule::Cron { .. } | Schedule::Repeat { .. })
+    }
+
+    /// A short name for tables and metrics: `now`, `trigger_time`, `cron`, `repeat`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Schedule::Now => "now",
+            Schedule::TriggerAt { .. } => "trigger_time",
+            Schedule::Cron { .. } => "cron",
+            Schedule::Repeat { .. } => "repeat",
+        }
+    }
+}
+
+/// What to do with fires missed while the cluster was down or the job suspended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MisfirePolicy {
+    /// One catch-up run, then back on schedule.
+    #[default]
+    FireOnce,
+    /// No catch-up; wait for the next scheduled time.
+    Skip,
+}
+
+/// A job as a JobClient submits it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct JobSpec {
+    /// The user's business key, 1..=64 characters, unique per `task_tracker_node_group`.
+    pub task_id: String,
+    /// Which TaskTracker node group must run the job.
+    pub task_tracker_node_group: String,
+    /// The JobClient node group that submitted it; feedback goes there.
+    pub submit_node_group: String,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Parameters for the runner (LTS `extParams`).
+    pub params: BTreeMap<String, String>,
+    /// Send the final result back to `submit_node_group`.
+    pub need_feedback: bool,
+    /// Retries after `LATER` / `EXCEPTION` outcomes.
+    pub max_retries: u32,
+    /// When it runs.
+    pub schedule: Schedule,
+    /// For cron/repeat: the next instance is created only after the current one ends.
+    pub rely_on_prev_cycle: bool,
+    /// A duplicate `task_id` replaces the queued job instead of being ignored.
+    pub replace_on_exist: bool,
+    /// Catch-up behaviour for missed fires of cron/repeat jobs.
+    pub misfire_policy: MisfirePolicy,
+}
+
+impl JobSpec {
+    /// A real-time job with the given task id and node group, other fields at defaults.
+    pub fn new(task_id: impl Into<String>, task_tracker_node_group: impl Into<String>) -> Self {
+        JobSpec {
+            task_id: task_id.into(),
+            task_tracker_node_group: task_tracker_node_group.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Sets a parameter (builder style).
+    pub fn param(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.params.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the priority (builder style).
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the schedule (builder style).
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// Sets `max_retries` (builder style).
+    pub fn max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = max_retries;
+        self
+    }
+
+    /// Asks for feedback to `submit_node_group` (builder style).
+    pub fn feedback_to(mut self, submit_node_group: impl Into<String>) -> Self {
+        self.submit_node_group = submit_node_group.into();
+        self.need_feedback = true;
+        self
+    }
+
+    /// Sets `replace_on_exist` (builder style).
+    pub fn replace_on_exist(mut self, replace: bool) -> Self {
+        self.replace_on_exist = replace;
+        self
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    /// Stored, waiting for its trigger time or a free TaskTracker.
+    Queued,
+    /// Leased to a TaskTracker.
+    Running,
+    /// A scheduled job suspended by a user.
+    Suspended,
+    /// Finished with `SUCCESS`.
+    Succeeded,
+    /// Finished with `FAILED`, or retries exhausted.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl JobState {
+    /// All states, in display order.
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Suspended,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    /// Whether the job is finished (no further runs).
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+
+    /// Stable small integer used by the stores.
+    pub fn code(self) -> i64 {
+        match self {
+            JobState::Queued => 1,
+            JobState::Running => 2,
+            JobState::Suspended => 3,
+            JobState::Succeeded => 4,
+            JobState::Failed => 5,
+            JobState::Cancelled => 6,
+        }
+    }
+
+    /// Inverse of [`JobState::code`].
+    pub fn from_code(code: i64) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|s| s.code() == code)
+    }
+
+    /// Upper-case name, as in the protocol without its prefix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "QUEUED",
+            JobState::Running => "RUNNING",
+            JobState::Suspended => "SUSPENDED",
+            JobState::Succeeded => "SUCCEEDED",
+            JobState::Failed => "FAILED",
+            JobState::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                format!("unknown state {s:?}; expected one of queued, running, suspended, succeeded, failed, cancelled")
+            })
+    }
+}
+
+/// The outcome of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Outcome {
+    /// Done.
+    Success,
+    /// Final failure, never retried.
+    Failed,
+    /// Run again later; retried while retries remain.
+    Later,
+    /// The runner failed unexpectedly; retried while retries remain.
+    Exception,
+}
+
+impl Outcome {
+    /// Stable small integer used by the stores.
+    pub fn code(self) -> i64 {
+        match self {
+            Outcome::Success => 1,
+            Outcome::Failed => 2,
+            Outcome::Later => 3,
+            Outcome::Exception => 4,
+        }
+    }
+
+    /// Inverse of [`Outcome::code`].
+    pub fn from_code(code: i64) -> Option<Outcome> {
+        [Outcome::Success, Outcome::Failed, Outcome::Later, Outcome::Exception]
+            .into_iter()
+            .find(|o| o.code() == code)
+    }
+
+    /// Upper-case name as LTS spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "SUCCESS",
+            Outcome::Failed => "FAILED",
+            Outcome::Later => "LATER",
+            Outcome::Exception => "EXCEPTION",
+        }
+    }
+
+    /// Whether this outcome may be retried (`LATER`, `EXCEPTION`).
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Outcome::Later | Outcome::Exception)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "SUCCESS" => Ok(Outcome::Success),
+            "FAILED" => Ok(Outcome::Failed),
+            "LATER" => Ok(Outcome::Later),
+            "EXCEPTION" => Ok(Outcome::Exception),
+            _ => Err(format!(
+                "unknown outcome {s:?}; expected SUCCESS, FAILED, LATER or EXCEPTION"
+            )),
+        }
+    }
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Assigned by the tracker on accept; stable across retries and schedule fires.
+    pub job_id: String,
+    /// What was submitted.
+    pub spec: JobSpec,
+    /// Where it is in its life.
+    pub state: JobState,
+    /// Runs started so far for the current instance (1 on the first run).
+    pub attempt: u32,
+    /// When it is due next (Unix epoch ms).
+    pub trigger_time_ms: i64,
+    /// When it was accepted.
+    pub created_at_ms: i64,
+    /// Last change.
+    pub updated_at_ms: i64,
+    /// TaskTracker identity holding the lease while running.
+    pub lease_owner: Option<String>,
+    /// When the lease runs out unless renewed.
+    pub lease_expiry_ms: Option<i64>,
+    /// Outcome of the last run.
+    pub last_outcome: Option<Outcome>,
+    /// Message of the last run.
+    pub last_message: Option<String>,
+    /// When it reached a final state.
+    pub finished_at_ms: Option<i64>,
+    /// For scheduled jobs: the fire time the current instance belongs to.
+    pub scheduled_fire_ms: Option<i64>,
+    /// For scheduled jobs: instances fired so far.
+    pub fire_count: u64,
+}
+
+/// LTS job-log types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LogType {
+    /// Accepted from a client.
+    Receive,
+    /// Handed to a TaskTracker.
+    Sent,
+    /// A run finished (any outcome).
+    Finished,
+    /// Put back in the queue for another try.
+    Resend,
+    /// Recovered from a dead TaskTracker or an expired lease.
+    FixedDead,
+    /// A line the runner logged.
+    Biz,
+    /// Replaced or changed by a client.
+    Update,
+    /// Cancelled / deleted.
+    Del,
+    /// Suspended.
+    Suspend,
+    /// Resumed.
+    Resume,
+}
+
+impl LogType {
+    /// Upper-case name as LTS spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogType::Receive => "RECEIVE",
+            LogType::Sent => "SENT",
+            LogType::Finished => "FINISHED",
+            LogType::Resend => "RESEND",
+            LogType::FixedDead => "FIXED_DEAD",
+            LogType::Biz => "BIZ",
+            LogType::Update => "UPDATE",
+            LogType::Del => "DEL",
+            LogType::Suspend => "SUSPEND",
+            LogType::Resume => "RESUME",
+        }
+    }
+}
+
+impl fmt::Display for LogType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Severity of a business-log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LogLevel {
+    /// Informational.
+    #[default]
+    Info,
+    /// Something odd.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+impl LogLevel {
+    /// Upper-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Info => "INFO",
+            LogLevel::Warn => "WARN",
+            LogLevel::Error => "ERROR",
+        }
+    }
+
+    /// Parses `INFO`/`WARN`/`ERROR` (any case); anything else is `Info`.
+    pub fn parse_lenient(s: &str) -> LogLevel {
+        match s.to_ascii_uppercase().as_str() {
+            "WARN" | "WARNING" => LogLevel::Warn,
+            "ERROR" => LogLevel::Error,
+            _ => LogLevel::Info,
+        }
+    }
+}
+
+/// A business-log line written by a runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BizLine {
+    /// When it was logged.
+    pub time_ms: i64,
+    /// Severity.
+    pub level: LogLevel,
+    /// The text.
+    pub message: String,
+}
+
+/// A line of the job log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// When.
+    pub time_ms: i64,
+    /// LTS log type.
+    pub log_type: LogType,
+    /// Severity.
+    pub level: LogLevel,
+    /// The text.
+    pub message: String,
+    /// Attempt it belongs to.
+    pub attempt: u32,
+    /// The job.
+    pub job_id: String,
+    /// The job's task id.
+    pub task_id: String,
+    /// The job's node group.
+    pub task_tracker_node_group: String,
+    /// Which node wrote it.
+    pub node: String,
+}
+
+/// A final (or per-instance) result waiting for the submitting JobClient group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedbackItem {
+    /// Store-assigned id used to acknowledge it.
+    pub feedback_id: String,
+    /// The job as it was when the run finished.
+    pub job: Job,
+    /// The run's outcome.
+    pub outcome: Outcome,
+    /// The run's message.
+    pub message: String,
+    /// When the run finished.
+    pub finished_at_ms: i64,
+}

@@ -1,0 +1,299 @@
+//! Validation of submitted jobs. Every problem is reported at once, each naming its field.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{JobSpec, Schedule};
+use crate::schedule;
+
+/// Longest `task_id`.
+pub const MAX_TASK_ID_LEN: usize = 64;
+/// Longest node-group name.
+pub const MAX_NODE_GROUP_LEN: usize = 64;
+/// Most parameters on one job.
+pub const MAX_PARAMS: usize = 256;
+/// Longest parameter key.
+pub const MAX_PARAM_KEY_LEN: usize = 256;
+/// Total bytes of all parameter keys and values.
+pub const MAX_PARAMS_BYTES: usize = 256 * 1024;
+/// Highest `max_retries`.
+pub const MAX_RETRIES: u32 = 1000;
+/// Latest accepted instant: 9999-12-31T23:59:59Z.
+pub const MAX_INSTANT_MS: i64 = 253_402_300_799_000;
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldViolation {
+    /// Field path, e.g. `task_id` or `cron.expression`.
+    pub field: String,
+    /// Why it is wrong, readable by a person.
+    pub reason: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field` for `reason`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        FieldViolation {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// All problems found in one job; never empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Violations(pub Vec<FieldViolation>);
+
+impl fmt::Display for Violations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, v) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a node-group name: 1..=64 characters of `[A-Za-z0-9._-]`.
+pub fn check_node_group(field: &str, value: &str, out: &mut Vec<FieldViolation>) {
+    if value.is_empty() {
+        out.push(FieldViolation::new(field, "is required"));
+    } else if value.chars().count() > MAX_NODE_GROUP_LEN {
+        out.push(FieldViolation::new(
+            field,
+            format!("must be at most {MAX_NODE_GROUP_LEN} characters"),
+        ));
+    } else if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        out.push(FieldViolation::new(
+            field,
+            format!("may only contain letters, digits, '.', '_' and '-' (found {c:?})"),
+        ));
+    }
+}
+
+fn check_instant(field: &str, ms: i64, out: &mut Vec<FieldViolation>) {
+    if ms <= 0 || ms > MAX_INSTANT_MS {
+        out.push(FieldViolation::new(
+            field,
+            format!(
+                "must be an instant between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z in epoch milliseconds (got {ms})"
+            ),
+        ));
+    }
+}
+
+/// Validates a job; returns every problem at once.
+pub fn validate(spec: &JobSpec) -> Result<(), Violations> {
+    let mut out = Vec::new();
+
+    let len = spec.task_id.chars().count();
+    if len == 0 || len > MAX_TASK_ID_LEN {
+        out.push(FieldViolation::new(
+            "task_id",
+            format!("must be 1..={MAX_TASK_ID_LEN} characters (got {len})"),
+        ));
+    } else if spec.task_id.chars().any(char::is_control) {
+        out.push(FieldViolation::new(
+            "task_id",
+            "must not contain control characters",
+        ));
+    }
+
+    check_node_group("task_tracker_node_group", &spec.task_tracker_node_group, &mut out);
+    if spec.need_feedback || !spec.submit_node_group.is_empty() {
+        if spec.need_feedback && spec.submit_node_group.is_empty() {
+            out.push(FieldViolation::new(
+                "submit_node_group",
+                "is required when need_feedback is true",
+            ));
+        } else {
+            check_node_group("submit_node_group", &spec.submit_node_group, &mut out);
+        }
+    }
+
+    if spec.params.len() > MAX_PARAMS {
+        out.push(FieldViolation::new(
+            "params",
+            format!("at most {MAX_PARAMS} entries (got {})", spec.params.len()),
+        ));
+    }
+    let mut bytes = 0usize;
+    for (k, v) in &spec.params {
+        bytes += k.len() + v.len();
+        if k.is_empty() {
+            out.push(FieldViolation::new("params", "keys must not be empty"));
+        } else if k.len() > MAX_PARAM_KEY_LEN {
+            out.push(FieldViolation::new(
+                format!("params[{k}]"),
+                format!("key must be at most {MAX_PARAM_KEY_LEN} bytes"),
+            ));
+        }
+    }
+    if bytes > MAX_PARAMS_BYTES {
+        out.push(FieldViolation::new(
+            "params",
+            format!("keys and values must total at most {MAX_PARAMS_BYTES} bytes (got {bytes})"),
+        ));
+    }
+
+    if spec.max_retries > MAX_RETRIES {
+        out.push(FieldViolation::new(
+            "max_retries",
+            format!("must be at most {MAX_RETRIES} (got {})", spec.max_retries),
+        ));
+    }
+
+    match &spec.schedule {
+        Schedule::Now => {}
+        Schedule::TriggerAt { trigger_time_ms } => {
+            check_instant("trigger_time", *trigger_time_ms, &mut out)
+        }
+        Schedule::Cron {
+            expression,
+            time_zone,
+        } => {
+            if let Err(reason) = schedule::parse_cron(expression) {
+                out.push(FieldViolation::new("cron.expression", reason));
+            }
+            if let Some(tz) = time_zone
+                && let Err(reason) = schedule::parse_time_zone(tz)
+            {
+                out.push(FieldViolation::new("cron.time_zone", reason));
+            }
+        }
+        Schedule::Repeat {
+            interval_ms,
+            count,
+            first_fire_ms,
+        } => {
+            if *interval_ms <= 0 {
+                out.push(FieldViolation::new(
+                    "repeat.interval",
+                    format!("must be greater than 0 (got {interval_ms} ms)"),
+                ));
+            }
+            if *count == 0 || *count < -1 {
+                out.push(FieldViolation::new(
+                    "repeat.count",
+                    format!("must be -1 (forever) or at least 1 (got {count})"),
+                ));
+            }
+            if let Some(first) = first_fire_ms {
+                check_instant("repeat.first_fire", *first, &mut out);
+            }
+        }
+    }
+
+    if spec.rely_on_prev_cycle && !spec.schedule.is_recurring() {
+        out.push(FieldViolation::new(
+            "rely_on_prev_cycle",
+            format!(
+                "only applies to cron and repeat schedules (this job's schedule is {})",
+                spec.schedule.kind()
+            ),
+        ));
+    }
+
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(Violations(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(spec: &JobSpec) -> Vec<String> {
+        validate(spec)
+            .err()
+            .map(|v| v.0.into_iter().map(|f| f.field).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_plain_job_is_valid() {
+        assert_eq!(validate(&JobSpec::new("t1", "workers")), Ok(()));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let spec = JobSpec {
+            task_id: String::new(),
+            task_tracker_node_group: "bad group".into(),
+            need_feedback: true,
+            max_retries: 5000,
+            ..Default::default()
+        };
+        let err = validate(&spec).unwrap_err();
+        let f: Vec<_> = err.0.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            f,
+            [
+                "task_id",
+                "task_tracker_node_group",
+                "submit_node_group",
+                "max_retries"
+            ]
+        );
+        assert!(err.to_string().starts_with("task_id: must be 1..=64 characters"));
+    }
+
+    #[test]
+    fn long_task_id_is_rejected() {
+        let spec = JobSpec::new("x".repeat(65), "g");
+        assert_eq!(fields(&spec), ["task_id"]);
+        let spec = JobSpec::new("x".repeat(64), "g");
+        assert!(validate(&spec).is_ok());
+    }
+
+    #[test]
+    fn schedules_are_checked() {
+        let bad_cron = JobSpec::new("t", "g").schedule(Schedule::Cron {
+            expression: "0 * * * 99 *".into(),
+            time_zone: Some("Mars/Olympus".into()),
+        });
+        assert_eq!(fields(&bad_cron), ["cron.expression", "cron.time_zone"]);
+
+        let bad_repeat = JobSpec::new("t", "g").schedule(Schedule::Repeat {
+            interval_ms: 0,
+            count: -2,
+            first_fire_ms: Some(-5),
+        });
+        assert_eq!(
+            fields(&bad_repeat),
+            ["repeat.interval", "repeat.count", "repeat.first_fire"]
+        );
+
+        let bad_time = JobSpec::new("t", "g").schedule(Schedule::TriggerAt {
+            trigger_time_ms: i64::MAX,
+        });
+        assert_eq!(fields(&bad_time), ["trigger_time"]);
+    }
+
+    #[test]
+    fn rely_on_prev_cycle_needs_a_recurring_schedule() {
+        let mut spec = JobSpec::new("t", "g");
+        spec.rely_on_prev_cycle = true;
+        assert_eq!(fields(&spec), ["rely_on_prev_cycle"]);
+        spec.schedule = Schedule::Repeat {
+            interval_ms: 1000,
+            count: -1,
+            first_fire_ms: None,
+        };
+        assert!(validate(&spec).is_ok());
+    }
+}

@@ -1,0 +1,150 @@
+//! What a user implements to run jobs: [`JobRunner`], and what it gets: [`JobContext`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use lts_core::{BizLine, Job, LogLevel, Outcome, now_ms};
+use tokio_util::sync::CancellationToken;
+
+/// The result of one run, as a runner returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunResult {
+    /// SUCCESS, FAILED, LATER or EXCEPTION.
+    pub outcome: Outcome,
+    /// A short message stored with the result and sent as feedback.
+    pub message: String,
+}
+
+impl RunResult {
+    /// Done.
+    pub fn success(message: impl Into<String>) -> Self {
+        RunResult {
+            outcome: Outcome::Success,
+            message: message.into(),
+        }
+    }
+
+    /// Final failure; not retried.
+    pub fn failed(message: impl Into<String>) -> Self {
+        RunResult {
+            outcome: Outcome::Failed,
+            message: message.into(),
+        }
+    }
+
+    /// Try again later (retried while the job has retries left).
+    pub fn later(message: impl Into<String>) -> Self {
+        RunResult {
+            outcome: Outcome::Later,
+            message: message.into(),
+        }
+    }
+
+    /// Unexpected error (retried while the job has retries left).
+    pub fn exception(message: impl Into<String>) -> Self {
+        RunResult {
+            outcome: Outcome::Exception,
+            message: message.into(),
+        }
+    }
+}
+
+/// Business log of one run: lines go to the job log with the result.
+#[derive(Debug, Clone, Default)]
+pub struct BizLogger {
+    lines: Arc<Mutex<Vec<BizLine>>>,
+}
+
+impl BizLogger {
+    /// Logs a line at `level`.
+    pub fn log(&self, level: LogLevel, message: impl Into<String>) {
+        let line = BizLine {
+            time_ms: now_ms(),
+            level,
+            message: message.into(),
+        };
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(line);
+    }
+
+    /// Logs an INFO line.
+    pub fn info(&self, message: impl Into<String>) {
+        self.log(LogLevel::Info, message);
+    }
+
+    /// Logs a WARN line.
+    pub fn warn(&self, message: impl Into<String>) {
+        self.log(LogLevel::Warn, message);
+    }
+
+    /// Logs an ERROR line.
+    pub fn error(&self, message: impl Into<String>) {
+        self.log(LogLevel::Error, message);
+    }
+
+    /// Takes the lines logged so far.
+    pub fn take(&self) -> Vec<BizLine> {
+        std::mem::take(&mut *self.lines.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Everything a runner knows about the job it runs.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// The job as the tracker sent it.
+    pub job: Job,
+    /// Attempt number of this run (1 on the first run).
+    pub attempt: u32,
+    /// Business log: lines end up in the job log.
+    pub logger: BizLogger,
+    /// Cancelled when the run should stop early: the job was cancelled or reassigned, or the
+    /// TaskTracker is shutting down and the grace period ran out.
+    pub cancel: CancellationToken,
+}
+
+impl JobContext {
+    /// The job's parameters.
+    pub fn params(&self) -> &BTreeMap<String, String> {
+        &self.job.spec.params
+    }
+
+    /// One parameter.
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.job.spec.params.get(key).map(String::as_str)
+    }
+
+    /// The job's task id.
+    pub fn task_id(&self) -> &str {
+        &self.job.spec.task_id
+    }
+
+    /// The business logger.
+    pub fn log(&self) -> &BizLogger {
+        &self.logger
+    }
+}
+
+/// Runs jobs. Implement this and hand it to [`crate::TaskTracker::builder`].
+///
+/// `run` may be called concurrently, up to the TaskTracker's `threads`. A panic inside `run` is
+/// caught and reported as `EXCEPTION`.
+#[async_trait]
+pub trait JobRunner: Send + Sync + 'static {
+    /// Runs one job and says how it went.
+    async fn run(&self, ctx: JobContext) -> RunResult;
+}
+
+/// Any async closure `Fn(JobContext) -> Future<Output = RunResult>` is a runner.
+#[async_trait]
+impl<F, Fut> JobRunner for F
+where
+    F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = RunResult> + Send + 'static,
+{
+    async fn run(&self, ctx: JobContext) -> RunResult {
+        (self)(ctx).await
+    }
+}

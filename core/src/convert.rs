@@ -13,9 +13,9 @@ pub fn spec_from_proto(p: proto::JobSpec) -> Result<JobSpec, Violations> {
     let mut errs = Vec::new();
     let schedule = match p.schedule {
         None | Some(proto::job_spec::Schedule::Now(_)) => Schedule::Now,
-        Some(proto::job_spec::Schedule::TriggerTimeMs(t)) => Schedule::TriggerAt {
-            trigger_time_ms: t,
-        },
+        Some(proto::job_spec::Schedule::TriggerTimeMs(t)) => {
+            Schedule::TriggerAt { trigger_time_ms: t }
+        }
         Some(proto::job_spec::Schedule::Cron(c)) => Schedule::Cron {
             expression: c.expression,
             time_zone: (!c.time_zone.is_empty()).then_some(c.time_zone),

@@ -173,7 +173,10 @@ impl JobState {
 
     /// Whether the job is finished (no further runs).
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 
     /// Stable small integer used by the stores.
@@ -251,9 +254,14 @@ impl Outcome {
 
     /// Inverse of [`Outcome::code`].
     pub fn from_code(code: i64) -> Option<Outcome> {
-        [Outcome::Success, Outcome::Failed, Outcome::Later, Outcome::Exception]
-            .into_iter()
-            .find(|o| o.code() == code)
+        [
+            Outcome::Success,
+            Outcome::Failed,
+            Outcome::Later,
+            Outcome::Exception,
+        ]
+        .into_iter()
+        .find(|o| o.code() == code)
     }
 
     /// Upper-case name as LTS spells it.

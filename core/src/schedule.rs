@@ -53,7 +53,9 @@ pub fn parse_time_zone(name: &str) -> Result<Tz, String> {
 }
 
 fn to_utc(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_else(Utc::now)
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_else(Utc::now)
 }
 
 /// The first fire of a cron expression strictly after `after_ms`, in Unix epoch ms.
@@ -240,14 +242,22 @@ mod tests {
     #[test]
     fn cron_next_fire_in_a_time_zone() {
         // 09:00 every day in Berlin is 08:00 UTC in winter.
-        let next = next_cron_fire("0 0 9 * * *", Some("Europe/Berlin"), ms("2026-01-10T10:00:00Z"));
+        let next = next_cron_fire(
+            "0 0 9 * * *",
+            Some("Europe/Berlin"),
+            ms("2026-01-10T10:00:00Z"),
+        );
         assert_eq!(next, Some(ms("2026-01-11T08:00:00Z")));
     }
 
     #[test]
     fn cron_skips_the_spring_forward_gap() {
         // 02:30 does not exist in Berlin on 2026-03-29 (clocks jump 02:00 -> 03:00).
-        let next = next_cron_fire("0 30 2 * * *", Some("Europe/Berlin"), ms("2026-03-28T12:00:00Z"));
+        let next = next_cron_fire(
+            "0 30 2 * * *",
+            Some("Europe/Berlin"),
+            ms("2026-03-28T12:00:00Z"),
+        );
         assert_eq!(next, Some(ms("2026-03-30T00:30:00Z")));
     }
 
@@ -304,7 +314,10 @@ mod tests {
         let j = RetryPolicy { jitter: true, ..p };
         for r in 1..=6 {
             let got = j.delay(r).as_millis();
-            assert!(got >= d[r as usize - 1] && got <= 2 * d[r as usize - 1], "{got}");
+            assert!(
+                got >= d[r as usize - 1] && got <= 2 * d[r as usize - 1],
+                "{got}"
+            );
         }
     }
 }

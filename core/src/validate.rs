@@ -111,7 +111,11 @@ pub fn validate(spec: &JobSpec) -> Result<(), Violations> {
         ));
     }
 
-    check_node_group("task_tracker_node_group", &spec.task_tracker_node_group, &mut out);
+    check_node_group(
+        "task_tracker_node_group",
+        &spec.task_tracker_node_group,
+        &mut out,
+    );
     if spec.need_feedback || !spec.submit_node_group.is_empty() {
         if spec.need_feedback && spec.submit_node_group.is_empty() {
             out.push(FieldViolation::new(
@@ -249,7 +253,10 @@ mod tests {
                 "max_retries"
             ]
         );
-        assert!(err.to_string().starts_with("task_id: must be 1..=64 characters"));
+        assert!(
+            err.to_string()
+                .starts_with("task_id: must be 1..=64 characters")
+        );
     }
 
     #[test]

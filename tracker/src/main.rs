@@ -1,1 +1,47 @@
-fn main() {}
+//! `lts-tracker`: runs one JobTracker.
+
+use clap::Parser;
+use lts_tracker::{Tracker, TrackerConfig};
+
+/// The LTS JobTracker: accepts jobs, stores them and hands them to TaskTrackers.
+#[derive(Debug, Parser)]
+#[command(name = "lts-tracker", version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: TrackerConfig,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    lts_tracker::init_tracing();
+    let cli = Cli::parse();
+    let tracker = match Tracker::start(cli.config).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("lts-tracker: {e:#}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    if let Err(e) = tracker.shutdown().await {
+        eprintln!("lts-tracker: {e:#}");
+        return std::process::ExitCode::from(1);
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,405 @@
+//! The dispatcher: pushes due jobs to connected TaskTrackers that have free threads (credits).
+//!
+//! One task per node group. It sleeps until there may be work (a submit, a retry or fire time
+//! coming due, a requeue) *and* a TaskTracker has credits, then claims jobs atomically in the
+//! store — one claim per TaskTracker, most idle first, all in the same grouped commit — and
+//! pushes each down that TaskTracker's stream. Nothing polls: wake-ups are notifications and
+//! one timer for the earliest future trigger time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lts_core::proto::{self, TrackerMessage, tracker_message};
+use lts_core::{convert, now_ms};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::store::{ClaimRequest, JobStore, LeaseRef};
+
+/// Largest claim for one TaskTracker in one round.
+const MAX_CLAIM: u32 = 512;
+
+/// The outbound half of a TaskTracker stream.
+pub type WorkerTx = mpsc::UnboundedSender<Result<TrackerMessage, Status>>;
+
+/// A connected TaskTracker as the dispatcher sees it.
+#[derive(Debug)]
+struct Slot {
+    conn_id: u64,
+    identity: String,
+    threads: u32,
+    credits: u32,
+    tx: WorkerTx,
+}
+
+/// Per-node-group dispatch state.
+#[derive(Debug)]
+pub struct Group {
+    name: String,
+    slots: Mutex<Vec<Slot>>,
+    wake: Notify,
+    /// Set when there may be due work; cleared when a claim comes back short.
+    maybe_work: AtomicBool,
+    /// Bumped on every work signal, so a signal during a claim is never lost.
+    work_epoch: AtomicU64,
+    /// When the pending wake-up timer fires (`i64::MAX`: none).
+    timer_at: AtomicI64,
+}
+
+impl Group {
+    fn signal_work(&self) {
+        self.work_epoch.fetch_add(1, Ordering::SeqCst);
+        self.maybe_work.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Free threads across the group's TaskTrackers.
+    pub fn free_threads(&self) -> u32 {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| s.credits)
+            .sum()
+    }
+}
+
+/// Free threads of one connected TaskTracker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerLoad {
+    /// Identity.
+    pub identity: String,
+    /// Node group.
+    pub node_group: String,
+    /// Threads it announced.
+    pub threads: u32,
+    /// Threads free right now.
+    pub free: u32,
+}
+
+/// Dispatch for all node groups of this tracker.
+pub struct Dispatcher {
+    store: Arc<dyn JobStore>,
+    groups: Mutex<HashMap<String, Arc<Group>>>,
+    lease_ms: i64,
+    next_conn: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("lease_ms", &self.lease_ms)
+            .finish()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher leasing jobs for `lease_ms` at a time.
+    pub fn new(store: Arc<dyn JobStore>, lease_ms: i64, shutdown: CancellationToken) -> Arc<Self> {
+        Arc::new(Dispatcher {
+            store,
+            groups: Mutex::new(HashMap::new()),
+            lease_ms,
+            next_conn: AtomicU64::new(1),
+            shutdown,
+        })
+    }
+
+    /// The lease duration handed to TaskTrackers.
+    pub fn lease_ms(&self) -> i64 {
+        self.lease_ms
+    }
+
+    fn group(self: &Arc<Self>, name: &str) -> Arc<Group> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = groups.get(name) {
+            return g.clone();
+        }
+        let g = Arc::new(Group {
+            name: name.to_string(),
+            slots: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            maybe_work: AtomicBool::new(true),
+            work_epoch: AtomicU64::new(0),
+            timer_at: AtomicI64::new(i64::MAX),
+        });
+        groups.insert(name.to_string(), g.clone());
+        let me = self.clone();
+        let group = g.clone();
+        tokio::spawn(async move { me.run_group(group).await });
+        g
+    }
+
+    /// There may be due work in `node_group` (a submit, requeue or release).
+    pub fn signal_work(self: &Arc<Self>, node_group: &str) {
+        if let Some(g) = self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node_group)
+        {
+            g.signal_work();
+        }
+    }
+
+    /// Work in `node_group` comes due at `at_ms` (a retry or next fire). Keeps one timer per
+    /// group, for the earliest time asked for.
+    pub fn signal_work_at(self: &Arc<Self>, node_group: &str, at_ms: i64) {
+        let delay = at_ms - now_ms();
+        if delay <= 0 {
+            self.signal_work(node_group);
+            return;
+        }
+        let g = self.group(node_group);
+        let current = g.timer_at.load(Ordering::SeqCst);
+        if current <= at_ms && current > now_ms() {
+            return;
+        }
+        g.timer_at.store(at_ms, Ordering::SeqCst);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(delay as u64)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let _ =
+                g.timer_at
+                    .compare_exchange(at_ms, i64::MAX, Ordering::SeqCst, Ordering::SeqCst);
+            g.signal_work();
+        });
+    }
+
+    /// Adds a TaskTracker stream; returns its connection id.
+    pub fn connect(
+        self: &Arc<Self>,
+        node_group: &str,
+        identity: &str,
+        threads: u32,
+        tx: WorkerTx,
+    ) -> u64 {
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let g = self.group(node_group);
+        g.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Slot {
+                conn_id,
+                identity: identity.to_string(),
+                threads: threads.max(1),
+                credits: 0,
+                tx,
+            });
+        metrics::gauge!("lts_task_trackers_connected", "node_group" => node_group.to_string())
+            .increment(1.0);
+        conn_id
+    }
+
+    /// Removes a TaskTracker stream.
+    pub fn disconnect(self: &Arc<Self>, node_group: &str, conn_id: u64) {
+        let g = self.group(node_group);
+        g.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| s.conn_id != conn_id);
+        metrics::gauge!("lts_task_trackers_connected", "node_group" => node_group.to_string())
+            .decrement(1.0);
+    }
+
+    /// Whether a TaskTracker with this identity is connected (in any group).
+    pub fn is_connected(&self, identity: &str) -> bool {
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|g| {
+                g.slots
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .any(|s| s.identity == identity)
+            })
+    }
+
+    /// More free threads on one stream.
+    pub fn add_credits(self: &Arc<Self>, node_group: &str, conn_id: u64, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let g = self.group(node_group);
+        {
+            let mut slots = g.slots.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = slots.iter_mut().find(|s| s.conn_id == conn_id) {
+                s.credits = (s.credits + n).min(s.threads);
+            }
+        }
+        if g.maybe_work.load(Ordering::SeqCst) {
+            g.wake.notify_one();
+        }
+    }
+
+    /// The load of every connected TaskTracker.
+    pub fn loads(&self) -> Vec<WorkerLoad> {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for g in groups.values() {
+            for s in g.slots.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                out.push(WorkerLoad {
+                    identity: s.identity.clone(),
+                    node_group: g.name.clone(),
+                    threads: s.threads,
+                    free: s.credits,
+                });
+            }
+        }
+        out
+    }
+
+    /// Reserves credits: most idle TaskTracker (largest free share) first.
+    fn plan(group: &Group) -> Vec<(u64, String, u32, WorkerTx)> {
+        let mut slots = group.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut order: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].credits > 0).collect();
+        order.sort_by(|&a, &b| {
+            let (sa, sb) = (&slots[a], &slots[b]);
+            // credits_a / threads_a > credits_b / threads_b, compared without division.
+            (u64::from(sb.credits) * u64::from(sa.threads))
+                .cmp(&(u64::from(sa.credits) * u64::from(sb.threads)))
+                .then(sb.credits.cmp(&sa.credits))
+        });
+        order
+            .into_iter()
+            .map(|i| {
+                let s = &mut slots[i];
+                let n = s.credits.min(MAX_CLAIM);
+                s.credits -= n;
+                (s.conn_id, s.identity.clone(), n, s.tx.clone())
+            })
+            .collect()
+    }
+
+    fn refund(group: &Group, conn_id: u64, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let mut slots = group.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = slots.iter_mut().find(|s| s.conn_id == conn_id) {
+            s.credits = (s.credits + n).min(s.threads);
+        }
+    }
+
+    async fn run_group(self: Arc<Self>, group: Arc<Group>) {
+        let mut backoff_ms = 0u64;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            if backoff_ms > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+                    _ = self.shutdown.cancelled() => return,
+                }
+            }
+            if !group.maybe_work.load(Ordering::SeqCst) {
+                tokio::select! {
+                    _ = group.wake.notified() => {}
+                    _ = self.shutdown.cancelled() => return,
+                }
+                continue;
+            }
+            let epoch = group.work_epoch.load(Ordering::SeqCst);
+            let plan = Self::plan(&group);
+            if plan.is_empty() {
+                // Work may be waiting, but no TaskTracker has a free thread.
+                tokio::select! {
+                    _ = group.wake.notified() => {}
+                    _ = self.shutdown.cancelled() => return,
+                }
+                continue;
+            }
+            let now = now_ms();
+            let requested: u32 = plan.iter().map(|p| p.2).sum();
+            let claims = plan.iter().map(|(_, identity, n, _)| {
+                self.store.claim(ClaimRequest {
+                    node_group: group.name.clone(),
+                    owner: identity.clone(),
+                    max: *n as usize,
+                    lease_ms: self.lease_ms,
+                    now_ms: now,
+                })
+            });
+            let results = futures::future::join_all(claims).await;
+            let mut got = 0u32;
+            let mut failed = false;
+            for ((conn_id, _, n, tx), result) in plan.into_iter().zip(results) {
+                match result {
+                    Ok(leases) => {
+                        let count = leases.len() as u32;
+                        got += count;
+                        Self::refund(&group, conn_id, n - count);
+                        let sent_at = now_ms();
+                        let mut undelivered = Vec::new();
+                        for lease in leases {
+                            let msg = TrackerMessage {
+                                msg: Some(tracker_message::Msg::Assign(proto::Assignment {
+                                    job: Some(convert::job_to_proto(&lease.job)),
+                                    lease_token: lease.token.clone(),
+                                    lease_deadline_ms: lease.expiry_ms,
+                                    sent_at_ms: sent_at,
+                                })),
+                            };
+                            if tx.send(Ok(msg)).is_err() {
+                                undelivered.push(LeaseRef {
+                                    job_id: lease.job.job_id,
+                                    token: lease.token,
+                                });
+                            }
+                        }
+                        metrics::counter!("lts_jobs_dispatched_total", "node_group" => group.name.clone())
+                            .increment(u64::from(count) - undelivered.len() as u64);
+                        if !undelivered.is_empty() {
+                            tracing::debug!(node_group = %group.name, n = undelivered.len(), "stream closed; releasing");
+                            if let Err(e) = self.store.release(undelivered, now_ms()).await {
+                                tracing::warn!(error = %e, "release of undelivered jobs failed; their leases will expire");
+                            }
+                            group.signal_work();
+                        }
+                    }
+                    Err(e) => {
+                        failed = true;
+                        Self::refund(&group, conn_id, n);
+                        tracing::warn!(node_group = %group.name, error = %e, "claim failed");
+                    }
+                }
+            }
+            if failed {
+                backoff_ms = (backoff_ms * 2).clamp(50, 5_000);
+                continue;
+            }
+            backoff_ms = 0;
+            if got < requested {
+                // The queue has no more due work right now. Sleep until the earliest future
+                // trigger time, or until signalled.
+                if group
+                    .maybe_work
+                    .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                    && group.work_epoch.load(Ordering::SeqCst) != epoch
+                {
+                    group.maybe_work.store(true, Ordering::SeqCst);
+                }
+                match self.store.next_due(&group.name).await {
+                    Ok(Some(at)) => self.signal_work_at(&group.name, at.max(now_ms() + 1)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(node_group = %group.name, error = %e, "next_due failed");
+                        group.maybe_work.store(true, Ordering::SeqCst);
+                        backoff_ms = 500;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Starting a JobTracker: configuration ([`TrackerConfig`]) and the running server
+//! ([`Tracker`]). The binary `lts-tracker`, `lts dev` and the tests all start trackers this way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use lts_core::proto::{
+    cluster_service_server::ClusterServiceServer, feedback_service_server::FeedbackServiceServer,
+    job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
+};
+use lts_core::schedule::RetryPolicy;
+use lts_core::{now_ms, validate};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+use crate::dispatch::Dispatcher;
+use crate::feedback::FeedbackHub;
+use crate::registry::{LocalRegistry, NodeInfo, Registry, Role};
+use crate::service::{ClusterApi, FeedbackApi, JobApi, TrackerCore, WorkerApi};
+use crate::store::JobStore;
+use crate::store::sqlite::{SqliteOptions, SqliteStore, SyncMode};
+
+/// Where jobs are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `sqlite:PATH`: the embedded store in one file.
+    Sqlite(std::path::PathBuf),
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err("sqlite: needs a file path, e.g. sqlite:./data/lts.db".into());
+            }
+            return Ok(StoreUrl::Sqlite(path.into()));
+        }
+        Err(format!(
+            "unsupported store {s:?}: expected sqlite:PATH (e.g. sqlite:./data/lts.db)"
+        ))
+    }
+}
+
+/// SQLite durability, as a flag value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncFlag {
+    /// fsync every grouped commit (survives power loss).
+    Full,
+    /// fsync at checkpoints only (survives a process crash).
+    Normal,
+}
+
+/// Every option of a JobTracker. Each flag also reads an `LTS_…` environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrackerConfig {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "LTS_LISTEN", default_value = "0.0.0.0:7070")]
+    pub listen: SocketAddr,
+    /// Address other nodes should use to reach this tracker (default: the listen address).
+    #[arg(long, env = "LTS_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Job store: `sqlite:PATH`.
+    #[arg(long, env = "LTS_STORE", default_value = "sqlite:./lts-data/lts.db")]
+    pub store: StoreUrl,
+    /// Cluster name; TaskTrackers and clients of another cluster are refused.
+    #[arg(long, env = "LTS_CLUSTER", default_value = "default")]
+    pub cluster: String,
+    /// Node group of the JobTrackers.
+    #[arg(long, env = "LTS_NODE_GROUP", default_value = "job-tracker")]
+    pub node_group: String,
+    /// This tracker's identity (default: hostname and a random suffix).
+    #[arg(long, env = "LTS_IDENTITY")]
+    pub identity: Option<String>,
+    /// How long a lease lasts without renewal, in milliseconds.
+    #[arg(long, env = "LTS_LEASE_MS", default_value_t = 15_000)]
+    pub lease_ms: i64,
+    /// How long a disconnected TaskTracker may take to come back before its running jobs are
+    /// queued again, in milliseconds.
+    #[arg(long, env = "LTS_ORPHAN_GRACE_MS", default_value_t = 2_000)]
+    pub orphan_grace_ms: u64,
+    /// Delay before the first retry of a LATER/EXCEPTION outcome, in milliseconds.
+    #[arg(long, env = "LTS_RETRY_MIN_DELAY_MS", default_value_t = 1_000)]
+    pub retry_min_delay_ms: u64,
+    /// Upper bound of retry delays, in milliseconds.
+    #[arg(long, env = "LTS_RETRY_MAX_DELAY_MS", default_value_t = 300_000)]
+    pub retry_max_delay_ms: u64,
+    /// How long finished jobs and job-log lines are kept, in hours.
+    #[arg(long, env = "LTS_RETENTION_HOURS", default_value_t = 168)]
+    pub retention_hours: u64,
+    /// SQLite durability.
+    #[arg(long, env = "LTS_SQLITE_SYNC", value_enum, default_value_t = SyncFlag::Full)]
+    pub sqlite_sync: SyncFlag,
+    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9464).
+    #[arg(long, env = "LTS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl TrackerConfig {
+    /// Defaults, as the flags have them, with the store at `store` and listening on `listen`.
+    pub fn new(store: StoreUrl, listen: SocketAddr) -> TrackerConfig {
+        TrackerConfig {
+            listen,
+            advertise: None,
+            store,
+            cluster: "default".into(),
+            node_group: "job-tracker".into(),
+            identity: None,
+            lease_ms: 15_000,
+            orphan_grace_ms: 2_000,
+            retry_min_delay_ms: 1_000,
+            retry_max_delay_ms: 300_000,
+            retention_hours: 168,
+            sqlite_sync: SyncFlag::Full,
+            metrics_listen: None,
+        }
+    }
+
+    fn check(&self) -> Result<(), validate::Violations> {
+        let mut v = Vec::new();
+        validate::check_node_group("cluster", &self.cluster, &mut v);
+        validate::check_node_group("node_group", &self.node_group, &mut v);
+        if self.lease_ms < 1_000 {
+            v.push(validate::FieldViolation::new(
+                "lease_ms",
+                format!("must be at least 1000 (got {})", self.lease_ms),
+            ));
+        }
+        if self.retry_min_delay_ms == 0 || self.retry_min_delay_ms > self.retry_max_delay_ms {
+            v.push(validate::FieldViolation::new(
+                "retry_min_delay_ms",
+                "must be > 0 and at most retry_max_delay_ms",
+            ));
+        }
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err(validate::Violations(v))
+        }
+    }
+}
+
+/// A default identity: host name plus a random suffix.
+pub fn default_identity(prefix: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let suffix: u32 = rand::random::<u32>() % 1_000_000;
+    format!("{prefix}-{host}-{suffix:06}")
+}
+
+/// A running JobTracker.
+pub struct Tracker {
+    core: Arc<TrackerCore>,
+    local_addr: SocketAddr,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker")
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+impl Tracker {
+    /// Opens the store, binds the listener and starts serving.
+    pub async fn start(config: TrackerConfig) -> anyhow::Result<Tracker> {
+        config.check().map_err(|v| anyhow::anyhow!("{v}"))?;
+        let retry = RetryPolicy {
+            min_delay: Duration::from_millis(config.retry_min_delay_ms),
+            max_delay: Duration::from_millis(config.retry_max_delay_ms),
+            ..RetryPolicy::default()
+        };
+        let store: Arc<dyn JobStore> = match &config.store {
+            StoreUrl::Sqlite(path) => Arc::new(
+                SqliteStore::open(
+                    path,
+                    SqliteOptions {
+                        sync: match config.sqlite_sync {
+                            SyncFlag::Full => SyncMode::Full,
+                            SyncFlag::Normal => SyncMode::Normal,
+                        },
+                        retry,
+                    },
+                )
+                .with_context(|| format!("opening the job store {}", path.display()))?,
+            ),
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let identity = config
+            .identity
+            .clone()
+            .unwrap_or_else(|| default_identity("tracker"));
+        let advertise = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| local_addr.to_string());
+        let me = NodeInfo {
+            role: Role::JobTracker,
+            identity: identity.clone(),
+            node_group: config.node_group.clone(),
+            address: advertise,
+            threads: 0,
+            version: lts_core::VERSION.to_string(),
+            since_ms: now_ms(),
+        };
+        let registry: Arc<dyn Registry> = Arc::new(LocalRegistry::new(me));
+        let shutdown = CancellationToken::new();
+        let dispatcher = Dispatcher::new(store.clone(), config.lease_ms, shutdown.clone());
+        let feedback = FeedbackHub::new(store.clone(), shutdown.clone());
+        let core = Arc::new(TrackerCore {
+            identity: identity.clone(),
+            cluster: config.cluster.clone(),
+            store,
+            dispatcher,
+            registry,
+            feedback,
+            orphan_grace: Duration::from_millis(config.orphan_grace_ms),
+            shutdown: shutdown.clone(),
+        });
+
+        if let Some(addr) = config.metrics_listen {
+            crate::metrics::install(addr)?;
+        }
+        spawn_master_loops(core.clone(), config.retention_hours);
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<JobServiceServer<JobApi>>()
+            .await;
+        health_reporter
+            .set_serving::<WorkerServiceServer<WorkerApi>>()
+            .await;
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(30)));
+        let stop = shutdown.clone();
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(health_service)
+            .add_service(JobServiceServer::new(JobApi(core.clone())))
+            .add_service(WorkerServiceServer::new(WorkerApi(core.clone())))
+            .add_service(FeedbackServiceServer::new(FeedbackApi(core.clone())))
+            .add_service(ClusterServiceServer::new(ClusterApi(core.clone())))
+            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
+        let server = tokio::spawn(server);
+        tracing::info!(
+            identity = %identity,
+            cluster = %config.cluster,
+            listen = %local_addr,
+            store = ?config.store,
+            "JobTracker started"
+        );
+        Ok(Tracker {
+            core,
+            local_addr,
+            server,
+            shutdown,
+        })
+    }
+
+    /// The address the server is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://ADDR` for clients on this machine.
+    pub fn endpoint(&self) -> String {
+        let addr = if self.local_addr.ip().is_unspecified() {
+            SocketAddr::new([127, 0, 0, 1].into(), self.local_addr.port())
+        } else {
+            self.local_addr
+        };
+        format!("http://{addr}")
+    }
+
+    /// The tracker's store (for in-process tools such as `lts dev`).
+    pub fn store(&self) -> Arc<dyn JobStore> {
+        self.core.store.clone()
+    }
+
+    /// This tracker's identity.
+    pub fn identity(&self) -> &str {
+        &self.core.identity
+    }
+
+    /// Stops serving: streams end, background loops stop.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match tokio::time::timeout(Duration::from_secs(10), self.server).await {
+            Ok(joined) => joined??,
+            Err(_) => tracing::warn!("gRPC server did not stop within 10 s"),
+        }
+        tracing::info!("JobTracker stopped");
+        Ok(())
+    }
+}
+
+/// The master-only housekeeping: re-queue expired leases, enforce retention.
+fn spawn_master_loops(core: Arc<TrackerCore>, retention_hours: u64) {
+    let c = core.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = c.shutdown.cancelled() => return,
+            }
+            if !c.registry.is_master() {
+                continue;
+            }
+            match c.store.requeue_expired(now_ms()).await {
+                Ok(requeued) if !requeued.is_empty() => {
+                    metrics::counter!("lts_jobs_requeued_total", "reason" => "lease_expired")
+                        .increment(requeued.len() as u64);
+                    tracing::warn!(n = requeued.len(), "expired leases: jobs queued again");
+                    for r in requeued {
+                        c.dispatcher.signal_work(&r.node_group);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "lease sweep failed"),
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = core.shutdown.cancelled() => return,
+            }
+            if !core.registry.is_master() {
+                continue;
+            }
+            let before = now_ms() - (retention_hours as i64) * 3_600_000;
+            match core.store.enforce_retention(before).await {
+                Ok(n) if n > 0 => tracing::info!(
+                    rows = n,
+                    "retention: old finished jobs and log lines deleted"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "retention failed"),
+            }
+        }
+    });
+}

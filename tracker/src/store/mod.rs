@@ -1,0 +1,264 @@
+//! The [`JobStore`] trait: everything the JobTracker keeps durably — queued and running jobs,
+//! finished jobs (for the retention period), the job log and pending feedback.
+//!
+//! Every backend implements the same semantics; `tests/store_conformance.rs` runs one suite
+//! against each. The rules that matter:
+//!
+//! * `submit` validates nothing (the service did) and is atomic per job: a job is stored with
+//!   its RECEIVE log line or not at all. Dedup is by (`task_tracker_node_group`, `task_id`)
+//!   among jobs that are not finished.
+//! * `claim` takes the best due jobs of a node group — highest priority, then earliest trigger
+//!   time, then earliest submit — and leases them to one owner in one atomic operation. A job
+//!   is never leased twice.
+//! * `complete` accepts a result only with the current lease token, then decides retry / next
+//!   fire / finish with [`lts_core::schedule::disposition`] in the same atomic step.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use lts_core::schedule::Disposition;
+use lts_core::{BizLine, FeedbackItem, Job, JobSpec, JobState, LogEntry, Outcome};
+
+/// Errors of a store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, SQL, connection).
+    #[error("store backend error: {0}")]
+    Backend(String),
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The store was shut down.
+    #[error("store is closed")]
+    Closed,
+}
+
+/// Result type of store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The answer to one submitted job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    /// Stored as a new job.
+    Accepted {
+        /// The new job's id.
+        job_id: String,
+    },
+    /// An unfinished job with the same task id exists; nothing changed.
+    Duplicate {
+        /// The existing job's id.
+        job_id: String,
+    },
+    /// The unfinished duplicate was replaced (`replace_on_exist`), keeping its id.
+    Replaced {
+        /// The existing job's id.
+        job_id: String,
+    },
+}
+
+/// A leased job handed to one TaskTracker.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// The job (state RUNNING, attempt already counted).
+    pub job: Job,
+    /// Proves the lease in renewals and results.
+    pub token: String,
+    /// When the lease runs out unless renewed.
+    pub expiry_ms: i64,
+}
+
+/// A job and the token of its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRef {
+    /// The job.
+    pub job_id: String,
+    /// Its lease token.
+    pub token: String,
+}
+
+/// Ask for up to `max` due jobs of `node_group`, leased to `owner`.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    /// The TaskTracker node group.
+    pub node_group: String,
+    /// The TaskTracker identity that will hold the leases.
+    pub owner: String,
+    /// Most jobs to lease.
+    pub max: usize,
+    /// Lease duration.
+    pub lease_ms: i64,
+    /// The current time.
+    pub now_ms: i64,
+}
+
+/// A run's result as reported by a TaskTracker.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The job.
+    pub job_id: String,
+    /// The lease token the job was handed out with.
+    pub token: String,
+    /// How the run went.
+    pub outcome: Outcome,
+    /// The runner's message.
+    pub message: String,
+    /// The runner's business-log lines.
+    pub logs: Vec<BizLine>,
+    /// Which TaskTracker ran it.
+    pub node: String,
+    /// The current time.
+    pub now_ms: i64,
+}
+
+/// What `complete` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompleteOutcome {
+    /// Recorded.
+    Accepted {
+        /// The job's node group (to wake its dispatcher for retries and next fires).
+        node_group: String,
+        /// What happens next.
+        disposition: Disposition,
+        /// The submit node group when feedback was queued.
+        feedback_group: Option<String>,
+    },
+    /// Refused: the lease is no longer this token's (reassigned, cancelled or finished).
+    Stale {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A job put back in its queue by a lease sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requeued {
+    /// The job.
+    pub job_id: String,
+    /// Its node group.
+    pub node_group: String,
+}
+
+/// How a client names one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobKey {
+    /// By tracker-assigned id.
+    Id(String),
+    /// By (node group, task id); the unfinished job, else the latest finished one.
+    Task {
+        /// The TaskTracker node group.
+        node_group: String,
+        /// The task id.
+        task_id: String,
+    },
+}
+
+/// What `cancel` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Cancelled; the job as it is now.
+    Cancelled(Job),
+    /// It had already finished; nothing changed.
+    AlreadyFinished(Job),
+    /// No such job.
+    NotFound,
+}
+
+/// Filters for `list`.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this node group.
+    pub node_group: Option<String>,
+    /// Only this state.
+    pub state: Option<JobState>,
+    /// Only task ids starting with this.
+    pub task_id_prefix: Option<String>,
+    /// Page size (1..=1000).
+    pub limit: usize,
+    /// Continue after this job id (the previous page's `next`).
+    pub after: Option<String>,
+}
+
+/// One page of `list`.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Jobs in job-id (= submit) order.
+    pub jobs: Vec<Job>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<String>,
+}
+
+/// Job counts per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Waiting.
+    pub queued: u64,
+    /// Leased.
+    pub running: u64,
+    /// Suspended.
+    pub suspended: u64,
+    /// Finished with success (within retention).
+    pub succeeded: u64,
+    /// Finished with failure (within retention).
+    pub failed: u64,
+    /// Cancelled (within retention).
+    pub cancelled: u64,
+    /// Feedback not yet acknowledged.
+    pub pending_feedback: u64,
+}
+
+/// Durable storage of jobs, their log and feedback. See the module docs for the semantics.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Stores validated jobs; one answer per job, in order.
+    async fn submit(&self, jobs: Vec<JobSpec>, now_ms: i64) -> StoreResult<Vec<SubmitOutcome>>;
+
+    /// Leases up to `max` due jobs of a node group to one owner, best first.
+    async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Lease>>;
+
+    /// Extends leases to `expiry_ms`; returns the job ids whose lease is lost.
+    async fn renew(&self, leases: Vec<LeaseRef>, expiry_ms: i64) -> StoreResult<Vec<String>>;
+
+    /// Records a run's result if the lease token still matches.
+    async fn complete(&self, completion: Completion) -> StoreResult<CompleteOutcome>;
+
+    /// Gives leased jobs back to the queue without counting the attempt.
+    async fn release(&self, leases: Vec<LeaseRef>, now_ms: i64) -> StoreResult<Vec<Requeued>>;
+
+    /// Puts every job whose lease expired before `now_ms` back in its queue.
+    async fn requeue_expired(&self, now_ms: i64) -> StoreResult<Vec<Requeued>>;
+
+    /// Puts every job leased to `owner` back in its queue (the TaskTracker is gone).
+    async fn requeue_owner(&self, owner: &str, now_ms: i64) -> StoreResult<Vec<Requeued>>;
+
+    /// Cancels an unfinished job.
+    async fn cancel(&self, key: JobKey, now_ms: i64) -> StoreResult<CancelOutcome>;
+
+    /// One job, unfinished or finished.
+    async fn get(&self, key: JobKey) -> StoreResult<Option<Job>>;
+
+    /// Jobs matching a filter, one page.
+    async fn list(&self, filter: ListFilter) -> StoreResult<Page>;
+
+    /// The job log of one job, oldest first, at most `limit` lines.
+    async fn log(&self, job_id: &str, limit: usize) -> StoreResult<Vec<LogEntry>>;
+
+    /// Counts per state, for one node group or all.
+    async fn stats(&self, node_group: Option<&str>) -> StoreResult<Stats>;
+
+    /// The earliest trigger time of a queued job of the node group.
+    async fn next_due(&self, node_group: &str) -> StoreResult<Option<i64>>;
+
+    /// Feedback for a submit node group with a store id after `after`, oldest first.
+    async fn pending_feedback(
+        &self,
+        submit_node_group: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<FeedbackItem>>;
+
+    /// Deletes acknowledged feedback.
+    async fn ack_feedback(&self, feedback_ids: Vec<String>) -> StoreResult<()>;
+
+    /// Deletes finished jobs and log lines older than `before_ms`; returns how many rows went.
+    async fn enforce_retention(&self, before_ms: i64) -> StoreResult<u64>;
+}

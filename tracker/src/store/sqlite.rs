@@ -1,0 +1,1068 @@
+//! The embedded [`JobStore`]: one SQLite file in WAL mode.
+//!
+//! All writes go through one writer thread that **groups commits**: it takes every operation
+//! waiting in its queue (up to [`MAX_GROUP`]), runs each inside its own savepoint, commits once
+//! and only then answers each caller. One fsync thus covers many submits, claims and
+//! completions, which is what makes a durable (`synchronous=FULL`) store fast. Reads use a
+//! small pool of separate connections and never wait for the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use async_trait::async_trait;
+use lts_core::schedule::{Disposition, RetryPolicy, disposition, first_trigger};
+use lts_core::{FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, LogType, Outcome};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    CancelOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, Lease, LeaseRef,
+    ListFilter, Page, Requeued, Stats, StoreError, StoreResult, SubmitOutcome,
+};
+
+/// Most operations committed together.
+pub const MAX_GROUP: usize = 2048;
+const READERS: usize = 3;
+
+/// How hard SQLite syncs on commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// fsync on every (grouped) commit: survives power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints only: survives a process crash, may lose the last commits on power
+    /// loss.
+    Normal,
+}
+
+/// Options of the SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Durability level.
+    pub sync: SyncMode,
+    /// How retries are spaced.
+    pub retry: RetryPolicy,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            sync: SyncMode::Full,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+type WriteOp = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+
+/// The SQLite job store.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::Sender<WriteOp>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS jobs (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id         TEXT NOT NULL UNIQUE,
+    node_group     TEXT NOT NULL,
+    task_id        TEXT NOT NULL,
+    state          INTEGER NOT NULL,
+    priority       INTEGER NOT NULL,
+    trigger_time   INTEGER NOT NULL,
+    attempt        INTEGER NOT NULL DEFAULT 0,
+    fire_count     INTEGER NOT NULL DEFAULT 1,
+    scheduled_fire INTEGER,
+    created_at     INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL,
+    lease_owner    TEXT,
+    lease_token    TEXT,
+    lease_expiry   INTEGER,
+    last_outcome   INTEGER,
+    last_message   TEXT,
+    spec           TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(node_group, state, priority DESC, trigger_time, seq);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(node_group, state, trigger_time);
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(state, lease_expiry);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(lease_owner) WHERE lease_owner IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS finished_jobs (
+    job_id      TEXT PRIMARY KEY,
+    node_group  TEXT NOT NULL,
+    task_id     TEXT NOT NULL,
+    state       INTEGER NOT NULL,
+    finished_at INTEGER NOT NULL,
+    job         TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS finished_task ON finished_jobs(node_group, task_id, finished_at);
+CREATE INDEX IF NOT EXISTS finished_at ON finished_jobs(finished_at);
+CREATE INDEX IF NOT EXISTS finished_state ON finished_jobs(node_group, state);
+
+CREATE TABLE IF NOT EXISTS job_log (
+    id         INTEGER PRIMARY KEY,
+    job_id     TEXT NOT NULL,
+    task_id    TEXT NOT NULL,
+    node_group TEXT NOT NULL,
+    time       INTEGER NOT NULL,
+    log_type   TEXT NOT NULL,
+    level      TEXT NOT NULL,
+    message    TEXT NOT NULL,
+    attempt    INTEGER NOT NULL,
+    node       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_log_job ON job_log(job_id, id);
+CREATE INDEX IF NOT EXISTS job_log_time ON job_log(time);
+
+CREATE TABLE IF NOT EXISTS feedback (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    submit_group TEXT NOT NULL,
+    job_id     TEXT NOT NULL,
+    item       TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_group ON feedback(submit_group, id);
+"#;
+
+const JOB_COLS: &str = "job_id, node_group, task_id, state, priority, trigger_time, attempt, \
+     fire_count, scheduled_fire, created_at, updated_at, lease_owner, lease_token, lease_expiry, \
+     last_outcome, last_message, spec";
+
+/// A `jobs` row as read; decoded outside the writer thread.
+struct RawJob {
+    job_id: String,
+    task_id: String,
+    state: i64,
+    trigger_time: i64,
+    attempt: i64,
+    fire_count: i64,
+    scheduled_fire: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+    lease_owner: Option<String>,
+    lease_token: Option<String>,
+    lease_expiry: Option<i64>,
+    last_outcome: Option<i64>,
+    last_message: Option<String>,
+    spec: String,
+}
+
+impl RawJob {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawJob> {
+        Ok(RawJob {
+            job_id: r.get(0)?,
+            task_id: r.get(2)?,
+            state: r.get(3)?,
+            trigger_time: r.get(5)?,
+            attempt: r.get(6)?,
+            fire_count: r.get(7)?,
+            scheduled_fire: r.get(8)?,
+            created_at: r.get(9)?,
+            updated_at: r.get(10)?,
+            lease_owner: r.get(11)?,
+            lease_token: r.get(12)?,
+            lease_expiry: r.get(13)?,
+            last_outcome: r.get(14)?,
+            last_message: r.get(15)?,
+            spec: r.get(16)?,
+        })
+    }
+
+    fn decode(self) -> StoreResult<Job> {
+        let spec: JobSpec = serde_json::from_str(&self.spec)
+            .map_err(|e| StoreError::Corrupt(format!("job {}: spec: {e}", self.job_id)))?;
+        Ok(Job {
+            state: JobState::from_code(self.state).ok_or_else(|| {
+                StoreError::Corrupt(format!("job {}: state {}", self.job_id, self.state))
+            })?,
+            job_id: self.job_id,
+            spec,
+            attempt: self.attempt as u32,
+            trigger_time_ms: self.trigger_time,
+            created_at_ms: self.created_at,
+            updated_at_ms: self.updated_at,
+            lease_owner: self.lease_owner,
+            lease_expiry_ms: self.lease_expiry,
+            last_outcome: self.last_outcome.and_then(Outcome::from_code),
+            last_message: self.last_message,
+            finished_at_ms: None,
+            scheduled_fire_ms: self.scheduled_fire,
+            fire_count: self.fire_count as u64,
+        })
+    }
+}
+
+fn new_job_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+fn open_conn(path: &Path, sync: SyncMode) -> StoreResult<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log_line(
+    conn: &Connection,
+    job_id: &str,
+    task_id: &str,
+    node_group: &str,
+    time: i64,
+    log_type: LogType,
+    level: LogLevel,
+    message: &str,
+    attempt: i64,
+    node: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO job_log (job_id, task_id, node_group, time, log_type, level, message, attempt, node)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        job_id,
+        task_id,
+        node_group,
+        time,
+        log_type.as_str(),
+        level.as_str(),
+        message,
+        attempt,
+        node
+    ])?;
+    Ok(())
+}
+
+fn fetch_active(conn: &Connection, job_id: &str) -> rusqlite::Result<Option<(i64, RawJob)>> {
+    conn.prepare_cached(&format!(
+        "SELECT {JOB_COLS}, seq FROM jobs WHERE job_id = ?1"
+    ))?
+    .query_row([job_id], |r| Ok((r.get(17)?, RawJob::from_row(r)?)))
+    .optional()
+}
+
+fn finish_job(
+    conn: &Connection,
+    seq: i64,
+    mut job: Job,
+    state: JobState,
+    now: i64,
+) -> StoreResult<Job> {
+    job.state = state;
+    job.finished_at_ms = Some(now);
+    job.updated_at_ms = now;
+    job.lease_owner = None;
+    job.lease_expiry_ms = None;
+    let text = serde_json::to_string(&job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.prepare_cached("DELETE FROM jobs WHERE seq = ?1")?
+        .execute([seq])?;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO finished_jobs (job_id, node_group, task_id, state, finished_at, job)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        job.job_id,
+        job.spec.task_tracker_node_group,
+        job.spec.task_id,
+        state.code(),
+        now,
+        text
+    ])?;
+    Ok(job)
+}
+
+impl SqliteStore {
+    /// Opens (and creates, if needed) the store at `path`.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> StoreResult<SqliteStore> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Backend(format!("create {}: {e}", dir.display())))?;
+        }
+        let conn = open_conn(&path, options.sync)?;
+        conn.execute_batch(SCHEMA)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(open_conn(&path, options.sync)?);
+        }
+        let (tx, rx) = mpsc::channel::<WriteOp>(MAX_GROUP * 4);
+        thread::Builder::new()
+            .name("lts-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
+        Ok(SqliteStore {
+            path,
+            writer: tx,
+            readers: Arc::new(Mutex::new(readers)),
+            retry: options.retry,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the writer thread inside the next grouped transaction; answers after commit.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let op: WriteOp = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let finish: Finish = Box::new(move |commit_err| {
+                let _ = tx.send(match commit_err {
+                    None => result,
+                    Some(e) => Err(e.clone()),
+                });
+            });
+            (ok, finish)
+        });
+        self.writer.send(op).await.map_err(|_| StoreError::Closed)?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the write was not committed".into()))?
+    }
+
+    /// Runs `f` on a reader connection in the blocking pool.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .ok_or(StoreError::Closed)?;
+            let result = f(&conn);
+            readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("reader task: {e}")))?
+    }
+
+    fn requeue_where(
+        conn: &Connection,
+        condition: &str,
+        arg: &dyn rusqlite::ToSql,
+        now: i64,
+        note: &str,
+    ) -> StoreResult<Vec<Requeued>> {
+        let mut stmt = conn.prepare_cached(&format!(
+            "UPDATE jobs SET state = 1, lease_owner = NULL, lease_token = NULL, lease_expiry = NULL,
+                 updated_at = ?2
+             WHERE state = 2 AND {condition}
+             RETURNING job_id, node_group, task_id, attempt"
+        ))?;
+        let rows: Vec<(String, String, String, i64)> = stmt
+            .query_map(params![arg, now], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (job_id, node_group, task_id, attempt) in rows {
+            log_line(
+                conn,
+                &job_id,
+                &task_id,
+                &node_group,
+                now,
+                LogType::FixedDead,
+                LogLevel::Warn,
+                note,
+                attempt,
+                "",
+            )?;
+            out.push(Requeued { job_id, node_group });
+        }
+        Ok(out)
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
+    let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_GROUP);
+    let mut finishers: Vec<Finish> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("lts_store_commit_group_size").record(batch.len() as f64);
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Dropping the operations drops their answer channels: every caller gets an error
+            // and nothing was written.
+            tracing::error!(error = %e, ops = batch.len(), "sqlite: cannot begin a transaction");
+            batch.clear();
+            continue;
+        }
+        for op in batch.drain(..) {
+            let _ = conn.execute_batch("SAVEPOINT op");
+            let (ok, finish) = op(&conn);
+            if ok {
+                let _ = conn.execute_batch("RELEASE op");
+            } else {
+                let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            }
+            finishers.push(finish);
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                for f in finishers.drain(..) {
+                    f(None);
+                }
+            }
+            Err(e) => {
+                let err = StoreError::from(e);
+                tracing::error!(error = %err, "sqlite: commit failed");
+                let _ = conn.execute_batch("ROLLBACK");
+                for f in finishers.drain(..) {
+                    f(Some(&err));
+                }
+            }
+        }
+    }
+    tracing::debug!("sqlite writer stopped");
+}
+
+fn encode_spec(spec: &JobSpec) -> StoreResult<String> {
+    serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn submit(&self, jobs: Vec<JobSpec>, now: i64) -> StoreResult<Vec<SubmitOutcome>> {
+        let encoded: Vec<(JobSpec, String)> = jobs
+            .into_iter()
+            .map(|s| encode_spec(&s).map(|e| (s, e)))
+            .collect::<StoreResult<_>>()?;
+        self.write(move |conn| {
+            let mut out = Vec::with_capacity(encoded.len());
+            for (spec, text) in encoded {
+                let group = &spec.task_tracker_node_group;
+                let existing: Option<(String, i64, i64)> = conn
+                    .prepare_cached(
+                        "SELECT job_id, state, attempt FROM jobs WHERE node_group = ?1 AND task_id = ?2",
+                    )?
+                    .query_row(params![group, spec.task_id], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()?;
+                let trigger = first_trigger(&spec, now).unwrap_or(now);
+                match existing {
+                    Some((job_id, state, attempt)) if spec.replace_on_exist => {
+                        // A running instance keeps its lease; the new definition applies to
+                        // what comes after it. A queued one takes the new trigger time.
+                        conn.prepare_cached(
+                            "UPDATE jobs SET spec = ?2, priority = ?3, updated_at = ?4,
+                                 trigger_time = CASE WHEN state = 1 THEN ?5 ELSE trigger_time END,
+                                 scheduled_fire = CASE WHEN state = 1 THEN ?5 ELSE scheduled_fire END
+                             WHERE job_id = ?1",
+                        )?
+                        .execute(params![job_id, text, spec.priority, now, trigger])?;
+                        let note = if state == JobState::Running.code() {
+                            "replaced by a new submit; applies after the running attempt"
+                        } else {
+                            "replaced by a new submit"
+                        };
+                        log_line(
+                            conn, &job_id, &spec.task_id, group, now, LogType::Update,
+                            LogLevel::Info, note, attempt, "",
+                        )?;
+                        out.push(SubmitOutcome::Replaced { job_id });
+                    }
+                    Some((job_id, _, _)) => out.push(SubmitOutcome::Duplicate { job_id }),
+                    None => {
+                        let job_id = new_job_id();
+                        let scheduled = spec.schedule.is_recurring().then_some(trigger);
+                        conn.prepare_cached(
+                            "INSERT INTO jobs (job_id, node_group, task_id, state, priority, trigger_time,
+                                 scheduled_fire, created_at, updated_at, spec)
+                             VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?7, ?8)",
+                        )?
+                        .execute(params![
+                            job_id, group, spec.task_id, spec.priority, trigger, scheduled, now, text
+                        ])?;
+                        log_line(
+                            conn, &job_id, &spec.task_id, group, now, LogType::Receive,
+                            LogLevel::Info, "accepted", 0, "",
+                        )?;
+                        out.push(SubmitOutcome::Accepted { job_id });
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Lease>> {
+        if req.max == 0 {
+            return Ok(Vec::new());
+        }
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let expiry = req.now_ms + req.lease_ms;
+        let tok = token.clone();
+        let raws = self
+            .write(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "UPDATE jobs SET state = 2, lease_owner = ?1, lease_token = ?2, lease_expiry = ?3,
+                         attempt = attempt + 1, updated_at = ?4
+                     WHERE seq IN (
+                         SELECT seq FROM jobs
+                         WHERE node_group = ?5 AND state = 1 AND trigger_time <= ?4
+                         ORDER BY priority DESC, trigger_time ASC, seq ASC
+                         LIMIT ?6)
+                     RETURNING {JOB_COLS}, seq"
+                ))?;
+                let mut rows: Vec<(i64, RawJob)> = stmt
+                    .query_map(
+                        params![req.owner, tok, expiry, req.now_ms, req.node_group, req.max as i64],
+                        |r| Ok((r.get(17)?, RawJob::from_row(r)?)),
+                    )?
+                    .collect::<rusqlite::Result<_>>()?;
+                drop(stmt);
+                for (_, raw) in &rows {
+                    log_line(
+                        conn, &raw.job_id, &raw.task_id, &req.node_group, req.now_ms, LogType::Sent,
+                        LogLevel::Info, &req.owner, raw.attempt, &req.owner,
+                    )?;
+                }
+                // RETURNING has no order: restore the claim order.
+                rows.sort_by_key(|(seq, raw)| (raw.trigger_time, *seq));
+                Ok(rows)
+            })
+            .await?;
+        let mut leases = Vec::with_capacity(raws.len());
+        for (_, raw) in raws {
+            leases.push(Lease {
+                job: raw.decode()?,
+                token: token.clone(),
+                expiry_ms: expiry,
+            });
+        }
+        leases.sort_by(|a, b| b.job.spec.priority.cmp(&a.job.spec.priority));
+        Ok(leases)
+    }
+
+    async fn renew(&self, leases: Vec<LeaseRef>, expiry: i64) -> StoreResult<Vec<String>> {
+        self.write(move |conn| {
+            let mut lost = Vec::new();
+            let mut stmt = conn.prepare_cached(
+                "UPDATE jobs SET lease_expiry = ?3 WHERE job_id = ?1 AND lease_token = ?2 AND state = 2",
+            )?;
+            for l in leases {
+                if stmt.execute(params![l.job_id, l.token, expiry])? == 0 {
+                    lost.push(l.job_id);
+                }
+            }
+            Ok(lost)
+        })
+        .await
+    }
+
+    async fn complete(&self, c: Completion) -> StoreResult<CompleteOutcome> {
+        let retry = self.retry;
+        self.write(move |conn| {
+            let Some((seq, raw)) = fetch_active(conn, &c.job_id)? else {
+                return Ok(CompleteOutcome::Stale {
+                    reason: "job is no longer active (cancelled or already finished)".into(),
+                });
+            };
+            if raw.state != JobState::Running.code() || raw.lease_token.as_deref() != Some(&c.token)
+            {
+                return Ok(CompleteOutcome::Stale {
+                    reason: "lease token does not match: the job was reassigned".into(),
+                });
+            }
+            let mut job = raw.decode()?;
+            let now = c.now_ms;
+            let spec = &job.spec;
+            let group = spec.task_tracker_node_group.clone();
+            let task_id = spec.task_id.clone();
+            let attempt = job.attempt as i64;
+            for line in &c.logs {
+                log_line(
+                    conn, &job.job_id, &task_id, &group, line.time_ms, LogType::Biz, line.level,
+                    &line.message, attempt, &c.node,
+                )?;
+            }
+            let summary = if c.message.is_empty() {
+                c.outcome.as_str().to_string()
+            } else {
+                format!("{}: {}", c.outcome, c.message)
+            };
+            log_line(
+                conn, &job.job_id, &task_id, &group, now, LogType::Finished,
+                if c.outcome == Outcome::Success { LogLevel::Info } else { LogLevel::Warn },
+                &summary, attempt, &c.node,
+            )?;
+            let scheduled = job.scheduled_fire_ms.unwrap_or(job.created_at_ms);
+            let disp = disposition(
+                spec, job.attempt, scheduled, job.fire_count, c.outcome, now, &retry,
+            );
+            job.last_outcome = Some(c.outcome);
+            job.last_message = Some(c.message.clone());
+            let mut feedback_job = None;
+            match &disp {
+                Disposition::Finish(state) => {
+                    let done = finish_job(conn, seq, job, *state, now)?;
+                    feedback_job = Some(done);
+                }
+                Disposition::Retry { at_ms } => {
+                    conn.prepare_cached(
+                        "UPDATE jobs SET state = 1, lease_owner = NULL, lease_token = NULL,
+                             lease_expiry = NULL, trigger_time = ?2, updated_at = ?3,
+                             last_outcome = ?4, last_message = ?5
+                         WHERE seq = ?1",
+                    )?
+                    .execute(params![seq, at_ms, now, c.outcome.code(), c.message])?;
+                    log_line(
+                        conn, &job.job_id, &task_id, &group, now, LogType::Resend, LogLevel::Info,
+                        &format!("retry {} of {} at {}", job.attempt, job.spec.max_retries,
+                            lts_core::format_ms(*at_ms)),
+                        attempt, "",
+                    )?;
+                }
+                Disposition::NextFire { at_ms, instance } => {
+                    conn.prepare_cached(
+                        "UPDATE jobs SET state = 1, lease_owner = NULL, lease_token = NULL,
+                             lease_expiry = NULL, trigger_time = ?2, scheduled_fire = ?2,
+                             fire_count = fire_count + 1, attempt = 0, updated_at = ?3,
+                             last_outcome = ?4, last_message = ?5
+                         WHERE seq = ?1",
+                    )?
+                    .execute(params![seq, at_ms, now, c.outcome.code(), c.message])?;
+                    let mut inst = job.clone();
+                    inst.state = *instance;
+                    inst.finished_at_ms = Some(now);
+                    feedback_job = Some(inst);
+                }
+            }
+            let mut feedback_group = None;
+            if let Some(done) = feedback_job.filter(|j| j.spec.need_feedback) {
+                let item = FeedbackItem {
+                    feedback_id: String::new(),
+                    outcome: c.outcome,
+                    message: c.message.clone(),
+                    finished_at_ms: now,
+                    job: done,
+                };
+                let text =
+                    serde_json::to_string(&item).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                conn.prepare_cached(
+                    "INSERT INTO feedback (submit_group, job_id, item, created_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![item.job.spec.submit_node_group, item.job.job_id, text, now])?;
+                feedback_group = Some(item.job.spec.submit_node_group);
+            }
+            Ok(CompleteOutcome::Accepted {
+                node_group: group,
+                disposition: disp,
+                feedback_group,
+            })
+        })
+        .await
+    }
+
+    async fn release(&self, leases: Vec<LeaseRef>, now: i64) -> StoreResult<Vec<Requeued>> {
+        self.write(move |conn| {
+            let mut out = Vec::new();
+            let mut stmt = conn.prepare_cached(
+                "UPDATE jobs SET state = 1, lease_owner = NULL, lease_token = NULL, lease_expiry = NULL,
+                     attempt = MAX(attempt - 1, 0), updated_at = ?3
+                 WHERE job_id = ?1 AND lease_token = ?2 AND state = 2
+                 RETURNING node_group, task_id, attempt",
+            )?;
+            let mut released = Vec::new();
+            for l in leases {
+                let row: Option<(String, String, i64)> = stmt
+                    .query_row(params![l.job_id, l.token, now], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()?;
+                if let Some((group, task, attempt)) = row {
+                    released.push((l.job_id, group, task, attempt));
+                }
+            }
+            drop(stmt);
+            for (job_id, group, task, attempt) in released {
+                log_line(
+                    conn, &job_id, &task, &group, now, LogType::Resend, LogLevel::Info,
+                    "handed back by its TaskTracker", attempt, "",
+                )?;
+                out.push(Requeued { job_id, node_group: group });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn requeue_expired(&self, now: i64) -> StoreResult<Vec<Requeued>> {
+        self.write(move |conn| {
+            SqliteStore::requeue_where(conn, "lease_expiry < ?1", &now, now, "lease expired")
+        })
+        .await
+    }
+
+    async fn requeue_owner(&self, owner: &str, now: i64) -> StoreResult<Vec<Requeued>> {
+        let owner = owner.to_string();
+        self.write(move |conn| {
+            SqliteStore::requeue_where(
+                conn,
+                "lease_owner = ?1",
+                &owner,
+                now,
+                "its TaskTracker left the cluster",
+            )
+        })
+        .await
+    }
+
+    async fn cancel(&self, key: JobKey, now: i64) -> StoreResult<CancelOutcome> {
+        self.write(move |conn| {
+            let found = match &key {
+                JobKey::Id(id) => fetch_active(conn, id)?,
+                JobKey::Task {
+                    node_group,
+                    task_id,
+                } => conn
+                    .prepare_cached(&format!(
+                        "SELECT {JOB_COLS}, seq FROM jobs WHERE node_group = ?1 AND task_id = ?2"
+                    ))?
+                    .query_row(params![node_group, task_id], |r| {
+                        Ok((r.get(17)?, RawJob::from_row(r)?))
+                    })
+                    .optional()?,
+            };
+            match found {
+                Some((seq, raw)) => {
+                    let job = raw.decode()?;
+                    let (id, task, group, attempt) = (
+                        job.job_id.clone(),
+                        job.spec.task_id.clone(),
+                        job.spec.task_tracker_node_group.clone(),
+                        job.attempt as i64,
+                    );
+                    let done = finish_job(conn, seq, job, JobState::Cancelled, now)?;
+                    log_line(
+                        conn,
+                        &id,
+                        &task,
+                        &group,
+                        now,
+                        LogType::Del,
+                        LogLevel::Info,
+                        "cancelled by a user",
+                        attempt,
+                        "",
+                    )?;
+                    Ok(CancelOutcome::Cancelled(done))
+                }
+                None => Ok(match get_finished(conn, &key)? {
+                    Some(job) => CancelOutcome::AlreadyFinished(job),
+                    None => CancelOutcome::NotFound,
+                }),
+            }
+        })
+        .await
+    }
+
+    async fn get(&self, key: JobKey) -> StoreResult<Option<Job>> {
+        self.read(move |conn| {
+            let active = match &key {
+                JobKey::Id(id) => conn
+                    .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE job_id = ?1"))?
+                    .query_row([id], RawJob::from_row)
+                    .optional()?,
+                JobKey::Task {
+                    node_group,
+                    task_id,
+                } => conn
+                    .prepare_cached(&format!(
+                        "SELECT {JOB_COLS} FROM jobs WHERE node_group = ?1 AND task_id = ?2"
+                    ))?
+                    .query_row(params![node_group, task_id], RawJob::from_row)
+                    .optional()?,
+            };
+            match active {
+                Some(raw) => Ok(Some(raw.decode()?)),
+                None => get_finished(conn, &key),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, filter: ListFilter) -> StoreResult<Page> {
+        self.read(move |conn| list_jobs(conn, &filter)).await
+    }
+
+    async fn log(&self, job_id: &str, limit: usize) -> StoreResult<Vec<LogEntry>> {
+        let job_id = job_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT time, log_type, level, message, attempt, job_id, task_id, node_group, node
+                 FROM job_log WHERE job_id = ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![job_id, limit as i64], |r| {
+                    let log_type: String = r.get(1)?;
+                    let level: String = r.get(2)?;
+                    Ok(LogEntry {
+                        time_ms: r.get(0)?,
+                        log_type: parse_log_type(&log_type),
+                        level: LogLevel::parse_lenient(&level),
+                        message: r.get(3)?,
+                        attempt: r.get::<_, i64>(4)? as u32,
+                        job_id: r.get(5)?,
+                        task_id: r.get(6)?,
+                        task_tracker_node_group: r.get(7)?,
+                        node: r.get(8)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn stats(&self, node_group: Option<&str>) -> StoreResult<Stats> {
+        let group = node_group.map(str::to_string);
+        self.read(move |conn| {
+            let mut stats = Stats::default();
+            let mut add = |state: i64, n: i64| {
+                let n = n as u64;
+                match JobState::from_code(state) {
+                    Some(JobState::Queued) => stats.queued += n,
+                    Some(JobState::Running) => stats.running += n,
+                    Some(JobState::Suspended) => stats.suspended += n,
+                    Some(JobState::Succeeded) => stats.succeeded += n,
+                    Some(JobState::Failed) => stats.failed += n,
+                    Some(JobState::Cancelled) => stats.cancelled += n,
+                    None => {}
+                }
+            };
+            for table in ["jobs", "finished_jobs"] {
+                let sql = format!(
+                    "SELECT state, COUNT(*) FROM {table} WHERE (?1 IS NULL OR node_group = ?1) GROUP BY state"
+                );
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt.query_map([&group], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                for row in rows {
+                    let (s, n) = row?;
+                    add(s, n);
+                }
+            }
+            stats.pending_feedback =
+                conn.query_row("SELECT COUNT(*) FROM feedback", [], |r| r.get::<_, i64>(0))? as u64;
+            Ok(stats)
+        })
+        .await
+    }
+
+    async fn next_due(&self, node_group: &str) -> StoreResult<Option<i64>> {
+        let group = node_group.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT MIN(trigger_time) FROM jobs WHERE node_group = ?1 AND state = 1",
+                )?
+                .query_row([group], |r| r.get::<_, Option<i64>>(0))?)
+        })
+        .await
+    }
+
+    async fn pending_feedback(
+        &self,
+        submit_node_group: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<FeedbackItem>> {
+        let group = submit_node_group.to_string();
+        let after: i64 = after.and_then(|a| a.parse().ok()).unwrap_or(0);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, item FROM feedback WHERE submit_group = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![group, after, limit as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(|(id, text)| {
+                    let mut item: FeedbackItem = serde_json::from_str(&text)
+                        .map_err(|e| StoreError::Corrupt(format!("feedback {id}: {e}")))?;
+                    item.feedback_id = id.to_string();
+                    Ok(item)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn ack_feedback(&self, ids: Vec<String>) -> StoreResult<()> {
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached("DELETE FROM feedback WHERE id = ?1")?;
+            for id in ids {
+                if let Ok(id) = id.parse::<i64>() {
+                    stmt.execute([id])?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn enforce_retention(&self, before: i64) -> StoreResult<u64> {
+        self.write(move |conn| {
+            let a = conn
+                .prepare_cached("DELETE FROM finished_jobs WHERE finished_at < ?1")?
+                .execute([before])?;
+            let b = conn
+                .prepare_cached("DELETE FROM job_log WHERE time < ?1")?
+                .execute([before])?;
+            Ok((a + b) as u64)
+        })
+        .await
+    }
+}
+
+fn parse_log_type(s: &str) -> LogType {
+    match s {
+        "RECEIVE" => LogType::Receive,
+        "SENT" => LogType::Sent,
+        "FINISHED" => LogType::Finished,
+        "RESEND" => LogType::Resend,
+        "FIXED_DEAD" => LogType::FixedDead,
+        "UPDATE" => LogType::Update,
+        "DEL" => LogType::Del,
+        "SUSPEND" => LogType::Suspend,
+        "RESUME" => LogType::Resume,
+        _ => LogType::Biz,
+    }
+}
+
+fn get_finished(conn: &Connection, key: &JobKey) -> StoreResult<Option<Job>> {
+    let text: Option<String> = match key {
+        JobKey::Id(id) => conn
+            .prepare_cached("SELECT job FROM finished_jobs WHERE job_id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?,
+        JobKey::Task {
+            node_group,
+            task_id,
+        } => conn
+            .prepare_cached(
+                "SELECT job FROM finished_jobs WHERE node_group = ?1 AND task_id = ?2
+                 ORDER BY finished_at DESC LIMIT 1",
+            )?
+            .query_row(params![node_group, task_id], |r| r.get(0))
+            .optional()?,
+    };
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+fn like_prefix(prefix: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('%');
+    s
+}
+
+fn list_jobs(conn: &Connection, f: &ListFilter) -> StoreResult<Page> {
+    let limit = f.limit.clamp(1, 1000);
+    let after = f.after.clone().unwrap_or_default();
+    let prefix = f.task_id_prefix.as_deref().map(like_prefix);
+    let state = f.state.map(JobState::code);
+    let want_active = f.state.is_none_or(|s| !s.is_final());
+    let want_finished = f.state.is_none_or(|s| s.is_final());
+    let mut jobs: Vec<Job> = Vec::new();
+    // Both tables are read in job-id order (UUIDv7: submit order) and merged.
+    if want_active {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {JOB_COLS} FROM jobs
+             WHERE job_id > ?1 AND (?2 IS NULL OR node_group = ?2) AND (?3 IS NULL OR state = ?3)
+               AND (?4 IS NULL OR task_id LIKE ?4 ESCAPE '\\')
+             ORDER BY job_id LIMIT ?5"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![after, f.node_group, state, prefix, (limit + 1) as i64],
+                RawJob::from_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for raw in rows {
+            jobs.push(raw.decode()?);
+        }
+    }
+    if want_finished {
+        let mut stmt = conn.prepare_cached(
+            "SELECT job FROM finished_jobs
+             WHERE job_id > ?1 AND (?2 IS NULL OR node_group = ?2) AND (?3 IS NULL OR state = ?3)
+               AND (?4 IS NULL OR task_id LIKE ?4 ESCAPE '\\')
+             ORDER BY job_id LIMIT ?5",
+        )?;
+        let rows = stmt
+            .query_map(
+                params![after, f.node_group, state, prefix, (limit + 1) as i64],
+                |r| r.get::<_, String>(0),
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for text in rows {
+            jobs.push(serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+    }
+    jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+    let next = if jobs.len() > limit {
+        jobs.truncate(limit);
+        jobs.last().map(|j| j.job_id.clone())
+    } else {
+        None
+    };
+    Ok(Page { jobs, next })
+}

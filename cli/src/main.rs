@@ -1,1 +1,71 @@
-fn main() {}
+//! `lts`: the command-line tool of LTS — run everything locally (`lts dev`), submit and
+//! inspect jobs, list nodes, and benchmark (`lts bench`).
+
+mod bench;
+mod client_cmds;
+mod dev;
+mod error;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// LTS — a distributed job scheduler (JobClient / JobTracker / TaskTracker).
+#[derive(Debug, Parser)]
+#[command(name = "lts", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a tracker, demo workers and demo jobs in this process, with an embedded store.
+    Dev(dev::DevArgs),
+    /// Submit one job.
+    Submit(client_cmds::SubmitArgs),
+    /// List, inspect and cancel jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: client_cmds::JobsCommand,
+    },
+    /// List the nodes of the cluster (trackers, TaskTrackers, JobClients) and the master.
+    Nodes(client_cmds::NodesArgs),
+    /// Measure submit throughput, drain throughput and dispatch latency.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints help/version to stdout with exit 0, usage errors to stderr with 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lts: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => dev::run(args).await,
+            Command::Submit(args) => client_cmds::submit(args).await,
+            Command::Jobs { command } => client_cmds::jobs(command).await,
+            Command::Nodes(args) => client_cmds::nodes(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lts: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,8 +1,8 @@
 //! Conversions between the model ([`crate::model`]) and the wire types ([`crate::proto`]).
 
 use crate::model::{
-    BizLine, FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, MisfirePolicy, Outcome,
-    Schedule,
+    BizLine, FeedbackItem, Job, JobKey, JobSpec, JobState, LogEntry, LogLevel, MisfirePolicy,
+    Outcome, Schedule,
 };
 use crate::proto;
 use crate::validate::{FieldViolation, Violations};
@@ -253,6 +253,22 @@ pub fn violations_to_proto(v: &Violations) -> Vec<proto::FieldViolation> {
             reason: f.reason.clone(),
         })
         .collect()
+}
+
+/// Model key → wire reference.
+pub fn key_to_proto(k: &JobKey) -> proto::JobRef {
+    proto::JobRef {
+        by: Some(match k {
+            JobKey::Id(id) => proto::job_ref::By::JobId(id.clone()),
+            JobKey::Task {
+                node_group,
+                task_id,
+            } => proto::job_ref::By::Task(proto::TaskRef {
+                task_tracker_node_group: node_group.clone(),
+                task_id: task_id.clone(),
+            }),
+        }),
+    }
 }
 
 #[cfg(test)]

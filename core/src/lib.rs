@@ -15,8 +15,8 @@ pub mod proto {
 }
 
 pub use model::{
-    BizLine, FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, LogType, MisfirePolicy,
-    Outcome, Schedule,
+    BizLine, FeedbackItem, Job, JobKey, JobSpec, JobState, LogEntry, LogLevel, LogType,
+    MisfirePolicy, Outcome, Schedule,
 };
 pub use validate::{FieldViolation, Violations, validate};
 

@@ -465,3 +465,29 @@ pub struct FeedbackItem {
     /// When the run finished.
     pub finished_at_ms: i64,
 }
+
+/// How a client names one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobKey {
+    /// By tracker-assigned id.
+    Id(String),
+    /// By (node group, task id): the unfinished job, else the latest finished one.
+    Task {
+        /// The TaskTracker node group.
+        node_group: String,
+        /// The task id.
+        task_id: String,
+    },
+}
+
+impl fmt::Display for JobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobKey::Id(id) => write!(f, "job_id {id}"),
+            JobKey::Task {
+                node_group,
+                task_id,
+            } => write!(f, "task_id {task_id:?} in node group {node_group:?}"),
+        }
+    }
+}

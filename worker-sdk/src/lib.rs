@@ -1,7 +1,42 @@
-//! `lts-worker-sdk`: the TaskTracker runtime ([`TaskTracker`], [`JobRunner`]), the
-//! [`JobClient`], and the runners of the language-agnostic `lts-worker` sidecar.
+//! `lts-worker-sdk`: everything a program needs to take part in an LTS cluster.
+//!
+//! * [`TaskTracker`] runs jobs with your [`JobRunner`]:
+//!
+//! ```no_run
+//! use lts_worker_sdk::{JobContext, RunResult, TaskTracker};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let worker = TaskTracker::builder()
+//!     .cluster("default")
+//!     .node_group("mail-senders")
+//!     .tracker("127.0.0.1:7070")
+//!     .threads(16)
+//!     .runner(|ctx: JobContext| async move {
+//!         ctx.log().info(format!("sending to {:?}", ctx.param("to")));
+//!         RunResult::success("sent")
+//!     })
+//!     .build()?;
+//! worker.run(async { tokio::signal::ctrl_c().await.ok(); }).await;
+//! # Ok(()) }
+//! ```
+//!
+//! * [`JobClient`] submits jobs, looks them up and subscribes to feedback;
+//!   [`RetryingJobClient`] adds a durable local spool so no submit is lost while no tracker
+//!   is reachable.
+//! * [`sidecar`] holds the runners of the `lts-worker` binary, which makes any program a
+//!   TaskTracker (a command per job, or an HTTP call per job).
 
+pub mod client;
+pub mod connect;
 pub mod runner;
 pub mod sidecar;
+pub mod spool;
+pub mod worker;
 
+pub use client::{
+    ClientError, FeedbackSubscription, JobClient, ListQuery, RetryingAnswer, RetryingJobClient,
+    SubmitAnswer,
+};
+pub use lts_core::{FeedbackItem, Job, JobKey, JobSpec, JobState, Outcome, Schedule};
 pub use runner::{BizLogger, JobContext, JobRunner, RunResult};
+pub use worker::{TaskTracker, TaskTrackerBuilder};

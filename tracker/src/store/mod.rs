@@ -16,6 +16,7 @@
 pub mod sqlite;
 
 use async_trait::async_trait;
+pub use lts_core::JobKey;
 use lts_core::schedule::Disposition;
 use lts_core::{BizLine, FeedbackItem, Job, JobSpec, JobState, LogEntry, Outcome};
 
@@ -136,20 +137,6 @@ pub struct Requeued {
     pub job_id: String,
     /// Its node group.
     pub node_group: String,
-}
-
-/// How a client names one job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobKey {
-    /// By tracker-assigned id.
-    Id(String),
-    /// By (node group, task id); the unfinished job, else the latest finished one.
-    Task {
-        /// The TaskTracker node group.
-        node_group: String,
-        /// The task id.
-        task_id: String,
-    },
 }
 
 /// What `cancel` did.

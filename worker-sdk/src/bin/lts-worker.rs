@@ -1,1 +1,110 @@
-fn main() {}
+//! `lts-worker`: the TaskTracker for programs in any language. It takes jobs from the
+//! JobTrackers like any TaskTracker and hands each to the program: a command per job
+//! (`--exec`), or an HTTP POST per job to a local endpoint (`--http`). See
+//! `lts_worker_sdk::sidecar` for the contract.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use lts_worker_sdk::TaskTracker;
+use lts_worker_sdk::sidecar::{SidecarArgs, runner_from_args};
+
+/// Runs jobs of one TaskTracker node group with a command or a local HTTP endpoint.
+#[derive(Debug, Parser)]
+#[command(name = "lts-worker", version, about)]
+struct Cli {
+    /// JobTracker address(es), comma-separated or repeated.
+    #[arg(long, env = "LTS_TRACKER", value_delimiter = ',', required = true)]
+    tracker: Vec<String>,
+    /// Cluster name.
+    #[arg(long, env = "LTS_CLUSTER", default_value = "default")]
+    cluster: String,
+    /// The TaskTracker node group whose jobs to run.
+    #[arg(long, env = "LTS_NODE_GROUP")]
+    node_group: String,
+    /// Jobs run at once.
+    #[arg(long, env = "LTS_THREADS", default_value_t = 4)]
+    threads: u32,
+    /// Identity (default: host name and a random suffix).
+    #[arg(long, env = "LTS_IDENTITY")]
+    identity: Option<String>,
+    /// Seconds running jobs may take to finish on SIGTERM before they are handed back.
+    #[arg(long, env = "LTS_SHUTDOWN_GRACE", default_value_t = 30)]
+    shutdown_grace: u64,
+    #[command(flatten)]
+    sidecar: SidecarArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let runner = match runner_from_args(&cli.sidecar) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lts-worker: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut builder = TaskTracker::builder()
+        .cluster(cli.cluster)
+        .node_group(cli.node_group)
+        .trackers(cli.tracker)
+        .threads(cli.threads)
+        .shutdown_grace(Duration::from_secs(cli.shutdown_grace))
+        .runner_arc(runner);
+    if let Some(id) = cli.identity {
+        builder = builder.identity(id);
+    }
+    let worker = match builder.build() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("lts-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    worker.run(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LTS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::env::var("LTS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,396 @@
+//! `lts bench`: measures the job path with the embedded store, one tracker and W TaskTrackers
+//! × T threads running a no-op runner, all over real gRPC on loopback.
+//!
+//! Phases:
+//! 1. **submit, batched** — concurrent clients submit batches of 1,000 jobs;
+//! 2. **submit, single** — 64 concurrent clients submit one job per request;
+//! 3. **drain** — a preloaded backlog is run to completion (claim, push, run, result, commit);
+//! 4. **dispatch latency** — jobs submitted one by one at a fixed offered rate; the time from
+//!    the submit call to the runner starting, as an HDR histogram.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use lts_core::JobSpec;
+use lts_tracker::server::SyncFlag;
+use lts_tracker::{StoreUrl, Tracker, TrackerConfig};
+use lts_worker_sdk::{JobClient, JobContext, RunResult, TaskTracker};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{CliError, CliResult};
+use crate::output;
+
+/// Options of `lts bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// TaskTrackers.
+    #[arg(long, short = 'w', default_value_t = 2)]
+    pub workers: u32,
+    /// Threads per TaskTracker.
+    #[arg(long, short = 't', default_value_t = 32)]
+    pub threads: u32,
+    /// Offered rate of the latency phase, jobs per second.
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: u32,
+    /// Duration of the latency phase, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub latency_seconds: u64,
+    /// Jobs in the batched-submit phase.
+    #[arg(long, default_value_t = 200_000)]
+    pub submit_jobs: u64,
+    /// Jobs in the single-submit phase.
+    #[arg(long, default_value_t = 30_000)]
+    pub single_jobs: u64,
+    /// Concurrent submitters in the single-submit phase.
+    #[arg(long, default_value_t = 64)]
+    pub submitters: u32,
+    /// Backlog of the drain phase.
+    #[arg(long, default_value_t = 100_000)]
+    pub drain_jobs: u64,
+    /// Phases to run (comma-separated): submit, single, drain, latency.
+    #[arg(long, value_delimiter = ',', default_value = "submit,single,drain,latency")]
+    pub phases: Vec<Phase>,
+    /// SQLite durability (`full` fsyncs every grouped commit).
+    #[arg(long, value_enum, default_value_t = SyncFlag::Full)]
+    pub sync: SyncFlag,
+    /// Where the store file goes (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Write the figures as one JSON object to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// A benchmark phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Batched submits.
+    Submit,
+    /// Single submits from many clients.
+    Single,
+    /// Drain a backlog.
+    Drain,
+    /// Dispatch latency at a fixed rate.
+    Latency,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    samples: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    submit_batched_jobs_per_s: Option<f64>,
+    submit_single_jobs_per_s: Option<f64>,
+    drain_jobs_per_s: Option<f64>,
+    dispatch_latency_ms: Option<Latency>,
+    config: serde_json::Value,
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what:<16} {{bar:40.cyan/blue}} {{pos}}/{{len}} ({{per_sec}}, {{elapsed}})"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b
+}
+
+fn job(group: &str, i: u64) -> JobSpec {
+    JobSpec::new(format!("j{i}"), group)
+}
+
+/// Runs `lts bench`.
+pub async fn run(args: BenchArgs) -> CliResult {
+    if args.workers == 0 || args.threads == 0 || args.rate == 0 || args.submitters == 0 {
+        return Err(CliError::Usage(
+            "--workers, --threads, --rate and --submitters must be at least 1".into(),
+        ));
+    }
+    let tmp;
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir().map_err(|e| CliError::Failed(format!("temp dir: {e}")))?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let db = dir.join(format!("bench-{}.db", std::process::id()));
+    let mut config = TrackerConfig::new(
+        StoreUrl::Sqlite(db.clone()),
+        "127.0.0.1:0".parse().map_err(|e| CliError::Failed(format!("{e}")))?,
+    );
+    config.sqlite_sync = args.sync;
+    config.identity = Some("bench-tracker".into());
+    let tracker = Tracker::start(config).await?;
+    let endpoint = tracker.endpoint();
+    let client = JobClient::connect(std::slice::from_ref(&endpoint)).await?;
+    let mut report = Report {
+        config: serde_json::json!({
+            "workers": args.workers,
+            "threads": args.threads,
+            "rate": args.rate,
+            "latency_seconds": args.latency_seconds,
+            "submit_jobs": args.submit_jobs,
+            "single_jobs": args.single_jobs,
+            "submitters": args.submitters,
+            "drain_jobs": args.drain_jobs,
+            "store": "sqlite",
+            "sync": format!("{:?}", args.sync).to_lowercase(),
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        }),
+        ..Default::default()
+    };
+
+    if args.phases.contains(&Phase::Submit) {
+        let r = submit_batched(&client, "bench-submit", args.submit_jobs).await?;
+        report.submit_batched_jobs_per_s = Some(r);
+    }
+    if args.phases.contains(&Phase::Single) {
+        let r = submit_single(&client, args.single_jobs, args.submitters).await?;
+        report.submit_single_jobs_per_s = Some(r);
+    }
+    if args.phases.contains(&Phase::Drain) {
+        let r = drain(&client, &endpoint, &args).await?;
+        report.drain_jobs_per_s = Some(r);
+    }
+    if args.phases.contains(&Phase::Latency) {
+        report.dispatch_latency_ms = Some(latency(&client, &endpoint, &args).await?);
+    }
+    tracker.shutdown().await?;
+
+    let mut t = output::table(["figure", "value"]);
+    let fmt = |v: Option<f64>| v.map(|v| format!("{v:.0} jobs/s")).unwrap_or("-".into());
+    t.add_row(vec![
+        "submit, batched".to_string(),
+        fmt(report.submit_batched_jobs_per_s),
+    ]);
+    t.add_row(vec![
+        format!("submit, single ({} clients)", args.submitters),
+        fmt(report.submit_single_jobs_per_s),
+    ]);
+    t.add_row(vec![
+        format!("drain ({} × {} threads)", args.workers, args.threads),
+        fmt(report.drain_jobs_per_s),
+    ]);
+    if let Some(l) = &report.dispatch_latency_ms {
+        t.add_row(vec![
+            format!("dispatch latency @ {} jobs/s", args.rate),
+            format!(
+                "p50 {:.2} ms · p99 {:.2} ms · p99.9 {:.2} ms · max {:.2} ms ({} samples)",
+                l.p50, l.p99, l.p999, l.max, l.samples
+            ),
+        ]);
+    }
+    println!("{t}");
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| CliError::Failed(format!("encode report: {e}")))?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| CliError::Failed(format!("write {}: {e}", path.display())))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn submit_batched(client: &JobClient, group: &str, n: u64) -> CliResult<f64> {
+    const BATCH: u64 = 1_000;
+    const CONCURRENCY: u64 = 4;
+    let pb = bar(n, "submit, batched");
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CONCURRENCY {
+        let client = client.clone();
+        let pb = pb.clone();
+        let group = group.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut i = c * BATCH;
+            while i < n {
+                let end = (i + BATCH).min(n);
+                let specs: Vec<JobSpec> = (i..end).map(|k| job(&group, k)).collect();
+                client.submit_batch(specs).await?;
+                pb.inc(end - i);
+                i += BATCH * CONCURRENCY;
+            }
+            Ok::<(), lts_worker_sdk::ClientError>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| CliError::Failed(e.to_string()))??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    pb.finish();
+    Ok(n as f64 / secs)
+}
+
+async fn submit_single(client: &JobClient, n: u64, submitters: u32) -> CliResult<f64> {
+    let pb = bar(n, "submit, single");
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..u64::from(submitters) {
+        let client = client.clone();
+        let pb = pb.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = c;
+            while i < n {
+                client.submit(job("bench-single", i)).await?;
+                pb.inc(1);
+                i += u64::from(submitters);
+            }
+            Ok::<(), lts_worker_sdk::ClientError>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| CliError::Failed(e.to_string()))??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    pb.finish();
+    Ok(n as f64 / secs)
+}
+
+fn start_workers(
+    endpoint: &str,
+    group: &str,
+    args: &BenchArgs,
+    runner: impl Fn(JobContext) -> futures::future::BoxFuture<'static, RunResult>
+    + Send
+    + Sync
+    + Clone
+    + 'static,
+    stop: &CancellationToken,
+) -> CliResult<Vec<tokio::task::JoinHandle<()>>> {
+    let mut handles = Vec::new();
+    for w in 0..args.workers {
+        let tt = TaskTracker::builder()
+            .node_group(group)
+            .tracker(endpoint)
+            .threads(args.threads)
+            .identity(format!("bench-{group}-{w}"))
+            .runner(runner.clone())
+            .build()?;
+        handles.push(tokio::spawn(tt.run_until_cancelled(stop.clone())));
+    }
+    Ok(handles)
+}
+
+async fn drain(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliResult<f64> {
+    let group = "bench-drain";
+    let pb = bar(args.drain_jobs, "preload");
+    for chunk_start in (0..args.drain_jobs).step_by(1000) {
+        let end = (chunk_start + 1000).min(args.drain_jobs);
+        client
+            .submit_batch((chunk_start..end).map(|k| job(group, k)).collect())
+            .await?;
+        pb.set_position(end);
+    }
+    pb.finish_and_clear();
+    let pb = bar(args.drain_jobs, "drain");
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    let workers = start_workers(
+        endpoint,
+        group,
+        args,
+        |_ctx: JobContext| Box::pin(async { RunResult::success("") }) as _,
+        &stop,
+    )?;
+    let elapsed = loop {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let s = client.stats(Some(group)).await?;
+        let done = s.succeeded + s.failed;
+        pb.set_position(done);
+        if done >= args.drain_jobs {
+            break start.elapsed();
+        }
+    };
+    pb.finish();
+    stop.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
+    Ok(args.drain_jobs as f64 / elapsed.as_secs_f64())
+}
+
+fn micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+async fn latency(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliResult<Latency> {
+    let group = "bench-latency";
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+            .map_err(|e| CliError::Failed(e.to_string()))?,
+    ));
+    let h = hist.clone();
+    let stop = CancellationToken::new();
+    let workers = start_workers(
+        endpoint,
+        group,
+        args,
+        move |ctx: JobContext| {
+            let h = h.clone();
+            Box::pin(async move {
+                if let Some(t) = ctx.param("t").and_then(|v| v.parse::<u64>().ok()) {
+                    let d = micros_now().saturating_sub(t).max(1);
+                    let _ = h.lock().unwrap_or_else(|e| e.into_inner()).record(d);
+                }
+                RunResult::success("")
+            }) as _
+        },
+        &stop,
+    )?;
+    // Let the workers connect and grant credits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = u64::from(args.rate) * args.latency_seconds;
+    let pb = bar(total, "latency");
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    let start = tokio::time::Instant::now();
+    let mut inflight = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        let client = client.clone();
+        inflight.push(tokio::spawn(async move {
+            let spec = job("bench-latency", i).param("t", micros_now().to_string());
+            client.submit(spec).await
+        }));
+        pb.set_position(i + 1);
+    }
+    for t in inflight {
+        t.await.map_err(|e| CliError::Failed(e.to_string()))??;
+    }
+    // Wait for the last runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hist.lock().unwrap_or_else(|e| e.into_inner()).len() < total
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pb.finish();
+    stop.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
+    let h = hist.lock().unwrap_or_else(|e| e.into_inner());
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Latency {
+        p50: ms(0.5),
+        p99: ms(0.99),
+        p999: ms(0.999),
+        max: h.max() as f64 / 1000.0,
+        samples: h.len(),
+    })
+}

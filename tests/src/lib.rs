@@ -1,0 +1,218 @@
+//! Test support: real `lts-tracker`, `lts-worker` and `lts` processes on free loopback ports,
+//! each test in its own temporary directory, so tests run in parallel.
+//!
+//! The binaries are the ones cargo built for this workspace (`cargo build --workspace --bins`,
+//! which the project's test script runs first).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use lts_core::{Job, JobKey};
+use lts_worker_sdk::JobClient;
+
+/// Path of a workspace binary next to the test executable's target directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (the test script does)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child process killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    child: Option<Child>,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd`, sending stdout and stderr to `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> anyhow::Result<Proc> {
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .with_context(|| format!("spawn {cmd:?}"))?;
+        Ok(Proc {
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// `kill -9`, and wait for it to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for a clean exit; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process output so far (for assertion messages).
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A `lts-tracker` process with the embedded store.
+#[derive(Debug)]
+pub struct TrackerProc {
+    /// The process.
+    pub proc: Proc,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its data directory.
+    pub dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl TrackerProc {
+    /// Starts a tracker storing in `dir/lts.db` on a free port, and waits until it serves.
+    pub async fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<TrackerProc> {
+        Self::start_on(dir, free_port(), extra).await
+    }
+
+    /// Starts a tracker on a given port.
+    pub async fn start_on(dir: &Path, port: u16, extra: &[&str]) -> anyhow::Result<TrackerProc> {
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(bin("lts-tracker"));
+        cmd.arg("--listen")
+            .arg(&addr)
+            .arg("--store")
+            .arg(format!("sqlite:{}", dir.join("lts.db").display()))
+            .arg("--identity")
+            .arg(format!("tracker-{port}"))
+            .args(extra)
+            .env("LTS_LOG", "info");
+        let log = dir.join(format!("tracker-{port}-{}.log", unique()));
+        let proc = Proc::spawn(cmd, log)?;
+        let t = TrackerProc {
+            proc,
+            addr,
+            dir: dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        t.wait_ready(Duration::from_secs(20)).await?;
+        Ok(t)
+    }
+
+    /// Kills it (`kill -9`) and starts it again on the same port and store.
+    pub async fn restart_after_kill9(mut self) -> anyhow::Result<TrackerProc> {
+        self.proc.kill9();
+        let port: u16 = self.addr.rsplit(':').next().unwrap_or("0").parse()?;
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        TrackerProc::start_on(&self.dir, port, &extra).await
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let client = JobClient::new(std::slice::from_ref(&self.addr))?;
+        loop {
+            match client.stats(None).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    bail!(
+                        "tracker at {} not ready: {e}\n{}",
+                        self.addr,
+                        self.proc.output()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// A client of this tracker.
+    pub fn client(&self) -> JobClient {
+        JobClient::new(std::slice::from_ref(&self.addr)).expect("client")
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until a job reaches a final state.
+pub async fn wait_final(
+    client: &JobClient,
+    job_id: &str,
+    timeout: Duration,
+) -> anyhow::Result<Job> {
+    eventually(timeout, &format!("job {job_id} to finish"), || async {
+        client
+            .get(JobKey::Id(job_id.to_string()))
+            .await
+            .ok()
+            .filter(|j| j.state.is_final())
+    })
+    .await
+}

@@ -1,0 +1,679 @@
+//! The JobClient: submit jobs, look them up, cancel them, and receive feedback.
+//!
+//! * [`JobClient`] talks to the trackers directly; an unreachable tracker is an error.
+//! * [`RetryingJobClient`] never loses a submit: when no tracker accepts, it appends the jobs to
+//!   a durable local spool and resends them in the background, in order. A resend after a lost
+//!   answer cannot duplicate a job: the tracker deduplicates by (node group, task id).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use lts_core::proto::{
+    self, cluster_service_client::ClusterServiceClient,
+    feedback_service_client::FeedbackServiceClient, job_service_client::JobServiceClient,
+};
+use lts_core::{FeedbackItem, Job, JobKey, JobSpec, JobState, LogEntry, Violations, convert};
+use prost::Message;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::connect;
+use crate::spool::{Spool, SpoolError};
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No tracker could be reached (or it is shutting down): try again later.
+    #[error("tracker unavailable: {0}")]
+    Unavailable(String),
+    /// The request was invalid; each violation names its field.
+    #[error("{0}")]
+    Invalid(Violations),
+    /// No such job.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request was refused in the job's current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Bad client configuration (addresses, paths).
+    #[error("{0}")]
+    Config(String),
+    /// The local spool failed.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// Any other gRPC error.
+    #[error("tracker error ({code:?}): {message}")]
+    Rpc {
+        /// gRPC status code.
+        code: tonic::Code,
+        /// Message.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClientError::Unavailable(_))
+            || matches!(
+                self,
+                ClientError::Rpc {
+                    code: tonic::Code::DeadlineExceeded
+                        | tonic::Code::Aborted
+                        | tonic::Code::ResourceExhausted
+                        | tonic::Code::Unknown
+                        | tonic::Code::Cancelled,
+                    ..
+                }
+            )
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        match s.code() {
+            tonic::Code::Unavailable => ClientError::Unavailable(s.message().to_string()),
+            tonic::Code::InvalidArgument => {
+                let details = proto::SubmitResult::decode(s.details()).ok();
+                let violations = details
+                    .map(|d| {
+                        d.violations
+                            .into_iter()
+                            .map(|v| lts_core::FieldViolation::new(v.field, v.reason))
+                            .collect::<Vec<_>>()
+                    })
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| vec![lts_core::FieldViolation::new("request", s.message())]);
+                ClientError::Invalid(Violations(violations))
+            }
+            tonic::Code::NotFound => ClientError::NotFound(s.message().to_string()),
+            tonic::Code::FailedPrecondition => {
+                ClientError::FailedPrecondition(s.message().to_string())
+            }
+            code => ClientError::Rpc {
+                code,
+                message: s.message().to_string(),
+            },
+        }
+    }
+}
+
+/// The tracker's answer to one submitted job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitAnswer {
+    /// Stored as a new job.
+    Accepted {
+        /// Its id.
+        job_id: String,
+    },
+    /// An unfinished job with the same task id exists; nothing changed.
+    Duplicate {
+        /// The existing job's id.
+        job_id: String,
+    },
+    /// The unfinished duplicate was replaced.
+    Replaced {
+        /// The job's id.
+        job_id: String,
+    },
+    /// Invalid; nothing stored.
+    Rejected(Violations),
+}
+
+impl SubmitAnswer {
+    /// The job id, unless rejected.
+    pub fn job_id(&self) -> Option<&str> {
+        match self {
+            SubmitAnswer::Accepted { job_id }
+            | SubmitAnswer::Duplicate { job_id }
+            | SubmitAnswer::Replaced { job_id } => Some(job_id),
+            SubmitAnswer::Rejected(_) => None,
+        }
+    }
+
+    /// `accepted`, `duplicate`, `replaced` or `rejected`.
+    pub fn status(&self) -> &'static str {
+        match self {
+            SubmitAnswer::Accepted { .. } => "accepted",
+            SubmitAnswer::Duplicate { .. } => "duplicate",
+            SubmitAnswer::Replaced { .. } => "replaced",
+            SubmitAnswer::Rejected(_) => "rejected",
+        }
+    }
+
+    fn from_proto(r: proto::SubmitResult) -> SubmitAnswer {
+        match proto::SubmitStatus::try_from(r.status) {
+            Ok(proto::SubmitStatus::Accepted) => SubmitAnswer::Accepted { job_id: r.job_id },
+            Ok(proto::SubmitStatus::DuplicateIgnored) => {
+                SubmitAnswer::Duplicate { job_id: r.job_id }
+            }
+            Ok(proto::SubmitStatus::Replaced) => SubmitAnswer::Replaced { job_id: r.job_id },
+            _ => SubmitAnswer::Rejected(Violations(
+                r.violations
+                    .into_iter()
+                    .map(|v| lts_core::FieldViolation::new(v.field, v.reason))
+                    .collect(),
+            )),
+        }
+    }
+}
+
+/// Filters for [`JobClient::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only this node group.
+    pub node_group: Option<String>,
+    /// Only this state.
+    pub state: Option<JobState>,
+    /// Only task ids with this prefix.
+    pub task_id_prefix: Option<String>,
+    /// Page size (default 100, at most 1000).
+    pub page_size: u32,
+    /// Continue from a previous page.
+    pub page_token: Option<String>,
+}
+
+/// Job counts per state, as the tracker reports them.
+pub type Stats = proto::StatsResponse;
+
+/// A client of the JobTrackers. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct JobClient {
+    channel: Channel,
+    addrs: Arc<Vec<String>>,
+}
+
+impl JobClient {
+    /// A client of the trackers at `addrs` (`host:port` or `http://host:port`). Connects lazily:
+    /// an unreachable tracker shows up as [`ClientError::Unavailable`] on the first call.
+    pub fn new(addrs: &[String]) -> Result<JobClient, ClientError> {
+        Ok(JobClient {
+            channel: connect::lazy_channel(addrs)?,
+            addrs: Arc::new(addrs.to_vec()),
+        })
+    }
+
+    /// A client connected now to one of `addrs`.
+    pub async fn connect(addrs: &[String]) -> Result<JobClient, ClientError> {
+        let (_, channel) = connect::connect_any(addrs).await?;
+        Ok(JobClient {
+            channel,
+            addrs: Arc::new(addrs.to_vec()),
+        })
+    }
+
+    /// The tracker addresses.
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    fn jobs(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// Submits one job.
+    pub async fn submit(&self, spec: JobSpec) -> Result<SubmitAnswer, ClientError> {
+        let mut answers = self.submit_batch(vec![spec]).await?;
+        answers
+            .pop()
+            .ok_or_else(|| ClientError::Unavailable("empty answer from tracker".into()))
+    }
+
+    /// Submits many jobs in one request; one answer per job, in order.
+    pub async fn submit_batch(
+        &self,
+        specs: Vec<JobSpec>,
+    ) -> Result<Vec<SubmitAnswer>, ClientError> {
+        let n = specs.len();
+        let req = proto::SubmitRequest {
+            jobs: specs.iter().map(convert::spec_to_proto).collect(),
+        };
+        let resp = self.jobs().submit(req).await?.into_inner();
+        let mut out: Vec<Option<SubmitAnswer>> = vec![None; n];
+        for r in resp.results {
+            let i = r.index as usize;
+            if i < n {
+                out[i] = Some(SubmitAnswer::from_proto(r));
+            }
+        }
+        out.into_iter()
+            .map(|a| {
+                a.ok_or_else(|| ClientError::Unavailable("incomplete answer from tracker".into()))
+            })
+            .collect()
+    }
+
+    /// One job.
+    pub async fn get(&self, key: JobKey) -> Result<Job, ClientError> {
+        let job = self
+            .jobs()
+            .get(proto::GetJobRequest {
+                job: Some(convert::key_to_proto(&key)),
+            })
+            .await?
+            .into_inner();
+        Ok(convert::job_from_proto(job))
+    }
+
+    /// One page of jobs; the second value continues the listing.
+    pub async fn list(&self, q: ListQuery) -> Result<(Vec<Job>, Option<String>), ClientError> {
+        let resp = self
+            .jobs()
+            .list(proto::ListJobsRequest {
+                task_tracker_node_group: q.node_group.unwrap_or_default(),
+                state: q.state.map(convert::state_to_proto).unwrap_or_default() as i32,
+                task_id_prefix: q.task_id_prefix.unwrap_or_default(),
+                page_size: q.page_size,
+                page_token: q.page_token.unwrap_or_default(),
+            })
+            .await?
+            .into_inner();
+        Ok((
+            resp.jobs.into_iter().map(convert::job_from_proto).collect(),
+            (!resp.next_page_token.is_empty()).then_some(resp.next_page_token),
+        ))
+    }
+
+    /// Cancels an unfinished job; returns it as cancelled.
+    pub async fn cancel(&self, key: JobKey) -> Result<Job, ClientError> {
+        let resp = self
+            .jobs()
+            .cancel(proto::CancelJobRequest {
+                job: Some(convert::key_to_proto(&key)),
+            })
+            .await?
+            .into_inner();
+        Ok(convert::job_from_proto(resp.job.unwrap_or_default()))
+    }
+
+    /// The job log of one job.
+    pub async fn log(&self, job_id: &str, limit: u32) -> Result<Vec<LogEntry>, ClientError> {
+        let resp = self
+            .jobs()
+            .get_log(proto::GetLogRequest {
+                job_id: job_id.to_string(),
+                limit,
+            })
+            .await?
+            .into_inner();
+        Ok(resp
+            .entries
+            .into_iter()
+            .map(|e| LogEntry {
+                time_ms: e.time_ms,
+                log_type: parse_log_type(&e.log_type),
+                level: lts_core::LogLevel::parse_lenient(&e.level),
+                message: e.message,
+                attempt: e.attempt,
+                job_id: e.job_id,
+                task_id: e.task_id,
+                task_tracker_node_group: e.task_tracker_node_group,
+                node: e.node,
+            })
+            .collect())
+    }
+
+    /// Job counts per state.
+    pub async fn stats(&self, node_group: Option<&str>) -> Result<Stats, ClientError> {
+        Ok(self
+            .jobs()
+            .stats(proto::StatsRequest {
+                task_tracker_node_group: node_group.unwrap_or_default().to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// The cluster's nodes, as the tracker sees them.
+    pub async fn nodes(&self) -> Result<proto::ListNodesResponse, ClientError> {
+        Ok(ClusterServiceClient::new(self.channel.clone())
+            .list_nodes(proto::ListNodesRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Waits until the job reaches a final state (or, for a recurring job, finishes a run) and
+    /// returns it. Polls `Get` with a growing interval (50 ms to 1 s).
+    pub async fn wait(&self, key: JobKey, timeout: Option<Duration>) -> Result<Job, ClientError> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(1))
+            .without_max_times()
+            .build();
+        let start_fires = self.get(key.clone()).await?.fire_count;
+        loop {
+            let job = self.get(key.clone()).await?;
+            if job.state.is_final()
+                || (job.spec.schedule.is_recurring()
+                    && (job.fire_count > start_fires || job.last_outcome.is_some()))
+            {
+                return Ok(job);
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return Err(ClientError::Rpc {
+                    code: tonic::Code::DeadlineExceeded,
+                    message: format!("job still {} after the wait timeout", job.state),
+                });
+            }
+            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
+        }
+    }
+
+    /// Subscribes to feedback for `submit_node_group`; `handler` is called for each result and
+    /// the result is acknowledged when it returns. Reconnects by itself until the returned
+    /// subscription is dropped or stopped.
+    pub fn subscribe_feedback<F>(
+        &self,
+        submit_node_group: &str,
+        identity: &str,
+        handler: F,
+    ) -> FeedbackSubscription
+    where
+        F: Fn(FeedbackItem) + Send + Sync + 'static,
+    {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(feedback_loop(
+            self.addrs.clone(),
+            submit_node_group.to_string(),
+            identity.to_string(),
+            Arc::new(handler),
+            stop.clone(),
+        ));
+        FeedbackSubscription { stop, task }
+    }
+}
+
+fn parse_log_type(s: &str) -> lts_core::LogType {
+    use lts_core::LogType::*;
+    match s {
+        "RECEIVE" => Receive,
+        "SENT" => Sent,
+        "FINISHED" => Finished,
+        "RESEND" => Resend,
+        "FIXED_DEAD" => FixedDead,
+        "UPDATE" => Update,
+        "DEL" => Del,
+        "SUSPEND" => Suspend,
+        "RESUME" => Resume,
+        _ => Biz,
+    }
+}
+
+/// A running feedback subscription; stops when dropped.
+#[derive(Debug)]
+pub struct FeedbackSubscription {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl FeedbackSubscription {
+    /// Stops receiving feedback.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        let _ = task.await;
+    }
+}
+
+impl Drop for FeedbackSubscription {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+type Handler = Arc<dyn Fn(FeedbackItem) + Send + Sync>;
+
+async fn feedback_loop(
+    addrs: Arc<Vec<String>>,
+    group: String,
+    identity: String,
+    handler: Handler,
+    stop: CancellationToken,
+) {
+    let mut delays = reconnect_backoff();
+    while !stop.is_cancelled() {
+        match feedback_session(&addrs, &group, &identity, &handler, &stop).await {
+            Ok(()) => delays = reconnect_backoff(),
+            Err(e) => {
+                tracing::warn!(submit_node_group = %group, error = %e, "feedback stream lost; reconnecting")
+            }
+        }
+        let d = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn feedback_session(
+    addrs: &[String],
+    group: &str,
+    identity: &str,
+    handler: &Handler,
+    stop: &CancellationToken,
+) -> Result<(), ClientError> {
+    let (_, channel) = connect::connect_any(addrs).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = tx.send(proto::FeedbackClientMessage {
+        msg: Some(proto::feedback_client_message::Msg::Subscribe(
+            proto::FeedbackSubscribe {
+                submit_node_group: group.to_string(),
+                identity: identity.to_string(),
+            },
+        )),
+    });
+    let mut inbound = FeedbackServiceClient::new(channel)
+        .subscribe(UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tracing::info!(submit_node_group = %group, "feedback subscription open");
+    loop {
+        let msg = tokio::select! {
+            m = inbound.next() => m,
+            _ = stop.cancelled() => return Ok(()),
+        };
+        match msg {
+            Some(Ok(f)) => {
+                let item = convert::feedback_from_proto(f);
+                let id = item.feedback_id.clone();
+                let h = handler.clone();
+                // The handler is user code: run it off the runtime's worker threads.
+                let _ = tokio::task::spawn_blocking(move || h(item)).await;
+                let _ = tx.send(proto::FeedbackClientMessage {
+                    msg: Some(proto::feedback_client_message::Msg::Ack(
+                        proto::FeedbackAck {
+                            feedback_ids: vec![id],
+                        },
+                    )),
+                });
+            }
+            Some(Err(s)) => return Err(s.into()),
+            None => return Err(ClientError::Unavailable("feedback stream closed".into())),
+        }
+    }
+}
+
+/// Reconnect delays: 100 ms growing to 5 s, with jitter.
+pub(crate) fn reconnect_backoff() -> backon::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// What [`RetryingJobClient::submit`] did with a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryingAnswer {
+    /// The tracker answered for each job.
+    Submitted(Vec<SubmitAnswer>),
+    /// No tracker accepted; the jobs are in the local spool and will be sent in order.
+    Spooled,
+}
+
+/// A JobClient that never loses a submit: see the module docs.
+#[derive(Debug)]
+pub struct RetryingJobClient {
+    client: JobClient,
+    spool: Spool,
+    wake: Arc<Notify>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RetryingJobClient {
+    /// Wraps `client` with a spool file at `spool_path` (created if missing). Anything already
+    /// in the spool is resent in the background.
+    pub fn open(client: JobClient, spool_path: impl AsRef<Path>) -> Result<Self, ClientError> {
+        let spool = Spool::open(spool_path)?;
+        let wake = Arc::new(Notify::new());
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(resend_loop(
+            client.clone(),
+            spool.clone(),
+            wake.clone(),
+            gate.clone(),
+            stop.clone(),
+        ));
+        wake.notify_one();
+        Ok(RetryingJobClient {
+            client,
+            spool,
+            wake,
+            gate,
+            stop,
+            task,
+        })
+    }
+
+    /// The plain client underneath.
+    pub fn client(&self) -> &JobClient {
+        &self.client
+    }
+
+    /// Submits jobs. While the spool holds earlier jobs, new ones join the end of it so that
+    /// order is kept.
+    pub async fn submit(&self, specs: Vec<JobSpec>) -> Result<RetryingAnswer, ClientError> {
+        let _g = self.gate.lock().await;
+        if self.spool.is_empty().await? {
+            match self.client.submit_batch(specs.clone()).await {
+                Ok(answers) => return Ok(RetryingAnswer::Submitted(answers)),
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, n = specs.len(), "no tracker accepted; spooling");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let bodies = specs
+            .iter()
+            .map(|s| serde_json::to_string(s).map_err(|e| ClientError::Config(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.spool.push(bodies).await?;
+        self.wake.notify_one();
+        Ok(RetryingAnswer::Spooled)
+    }
+
+    /// How many jobs wait in the spool.
+    pub async fn spooled(&self) -> Result<u64, ClientError> {
+        Ok(self.spool.len().await?)
+    }
+
+    /// Waits until the spool is empty or `timeout` passes; returns whether it is empty.
+    pub async fn flush(&self, timeout: Duration) -> Result<bool, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.spool.is_empty().await? {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            self.wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for RetryingJobClient {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.task.abort();
+    }
+}
+
+async fn resend_loop(
+    client: JobClient,
+    spool: Spool,
+    wake: Arc<Notify>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    stop: CancellationToken,
+) {
+    let mut delays = reconnect_backoff();
+    loop {
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+        loop {
+            let guard = gate.lock().await;
+            let batch = match spool.peek(500).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "spool read failed");
+                    break;
+                }
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let (ids, specs): (Vec<i64>, Vec<JobSpec>) = batch
+                .into_iter()
+                .filter_map(|(id, body)| match serde_json::from_str(&body) {
+                    Ok(spec) => Some((id, spec)),
+                    Err(e) => {
+                        tracing::error!(id, error = %e, "unreadable spool entry dropped");
+                        None
+                    }
+                })
+                .unzip();
+            match client.submit_batch(specs).await {
+                Ok(answers) => {
+                    for a in &answers {
+                        if let SubmitAnswer::Rejected(v) = a {
+                            tracing::warn!(violations = %v, "spooled job rejected by the tracker");
+                        }
+                    }
+                    if let Err(e) = spool.remove(ids).await {
+                        tracing::error!(error = %e, "spool cleanup failed; jobs will be resent (the tracker ignores duplicates)");
+                    }
+                    tracing::info!(n = answers.len(), "spooled jobs delivered");
+                    delays = reconnect_backoff();
+                    drop(guard);
+                }
+                Err(e) => {
+                    drop(guard);
+                    let d = delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::debug!(error = %e, delay_ms = d.as_millis() as u64, "spool resend failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+}

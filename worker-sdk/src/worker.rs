@@ -1,0 +1,546 @@
+//! The TaskTracker runtime: holds one `WorkerService.Work` stream to a JobTracker, runs up to
+//! `threads` jobs at once with the user's [`JobRunner`], renews their leases while they run
+//! and reports each outcome.
+//!
+//! * **Flow control**: the TaskTracker grants credits (free threads); the tracker never sends
+//!   more jobs than that.
+//! * **Reconnects**: when the stream breaks it reconnects with backoff (to any tracker in the
+//!   list), tells the tracker which leases it still holds, and resends results the old stream
+//!   did not acknowledge. Jobs keep running meanwhile.
+//! * **Graceful shutdown**: stop taking work, let running jobs finish within the grace period,
+//!   then cancel the rest and hand them back to the tracker (they run again elsewhere without
+//!   using up a retry).
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use lts_core::proto::{
+    self, tracker_message, worker_message, worker_service_client::WorkerServiceClient,
+};
+use lts_core::{convert, now_ms};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{ClientError, reconnect_backoff};
+use crate::connect;
+use crate::runner::{BizLogger, JobContext, JobRunner, RunResult};
+
+/// Builds a [`TaskTracker`].
+pub struct TaskTrackerBuilder {
+    cluster: String,
+    node_group: Option<String>,
+    trackers: Vec<String>,
+    threads: u32,
+    identity: Option<String>,
+    grace: Duration,
+    runner: Option<Arc<dyn JobRunner>>,
+}
+
+impl std::fmt::Debug for TaskTrackerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskTrackerBuilder")
+            .field("cluster", &self.cluster)
+            .field("node_group", &self.node_group)
+            .field("trackers", &self.trackers)
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskTrackerBuilder {
+    /// The cluster name (default `default`); a tracker of another cluster refuses the stream.
+    pub fn cluster(mut self, cluster: impl Into<String>) -> Self {
+        self.cluster = cluster.into();
+        self
+    }
+
+    /// The TaskTracker node group whose jobs this worker runs (required).
+    pub fn node_group(mut self, node_group: impl Into<String>) -> Self {
+        self.node_group = Some(node_group.into());
+        self
+    }
+
+    /// One tracker address (`host:port` or `http://host:port`); may be called repeatedly.
+    pub fn tracker(mut self, addr: impl Into<String>) -> Self {
+        self.trackers.push(addr.into());
+        self
+    }
+
+    /// Tracker addresses; one is picked at random and kept until it fails.
+    pub fn trackers<I: IntoIterator<Item = S>, S: Into<String>>(mut self, addrs: I) -> Self {
+        self.trackers.extend(addrs.into_iter().map(Into::into));
+        self
+    }
+
+    /// How many jobs run at once (default 8).
+    pub fn threads(mut self, threads: u32) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// A stable identity (default: host name and a random suffix).
+    pub fn identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = Some(identity.into());
+        self
+    }
+
+    /// How long running jobs may take to finish on shutdown (default 30 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The runner (required).
+    pub fn runner(mut self, runner: impl JobRunner) -> Self {
+        self.runner = Some(Arc::new(runner));
+        self
+    }
+
+    /// The runner, already shared (required unless [`TaskTrackerBuilder::runner`] was used).
+    pub fn runner_arc(mut self, runner: Arc<dyn JobRunner>) -> Self {
+        self.runner = Some(runner);
+        self
+    }
+
+    /// Checks the settings.
+    pub fn build(self) -> Result<TaskTracker, ClientError> {
+        let mut v = Vec::new();
+        let node_group = self.node_group.unwrap_or_default();
+        lts_core::validate::check_node_group("node_group", &node_group, &mut v);
+        lts_core::validate::check_node_group("cluster", &self.cluster, &mut v);
+        if self.threads == 0 {
+            v.push(lts_core::FieldViolation::new(
+                "threads",
+                "must be at least 1",
+            ));
+        }
+        if self.trackers.is_empty() {
+            v.push(lts_core::FieldViolation::new(
+                "tracker",
+                "at least one tracker address is required",
+            ));
+        }
+        for t in &self.trackers {
+            if let Err(e) = connect::endpoint(t) {
+                v.push(lts_core::FieldViolation::new("tracker", e.to_string()));
+            }
+        }
+        let Some(runner) = self.runner else {
+            v.push(lts_core::FieldViolation::new("runner", "is required"));
+            return Err(ClientError::Invalid(lts_core::Violations(v)));
+        };
+        if !v.is_empty() {
+            return Err(ClientError::Invalid(lts_core::Violations(v)));
+        }
+        Ok(TaskTracker {
+            identity: self.identity.unwrap_or_else(|| default_identity("worker")),
+            cluster: self.cluster,
+            node_group,
+            trackers: self.trackers,
+            threads: self.threads,
+            grace: self.grace,
+            runner,
+        })
+    }
+}
+
+/// Host name plus a random suffix.
+pub fn default_identity(prefix: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    format!("{prefix}-{host}-{:06}", rand::random::<u32>() % 1_000_000)
+}
+
+/// A TaskTracker: see the module docs.
+pub struct TaskTracker {
+    identity: String,
+    cluster: String,
+    node_group: String,
+    trackers: Vec<String>,
+    threads: u32,
+    grace: Duration,
+    runner: Arc<dyn JobRunner>,
+}
+
+impl std::fmt::Debug for TaskTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskTracker")
+            .field("identity", &self.identity)
+            .field("node_group", &self.node_group)
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+struct RunningJob {
+    token: String,
+    cancel: CancellationToken,
+}
+
+struct Finished {
+    job_id: String,
+    result: proto::JobResult,
+}
+
+/// State that survives reconnects.
+struct State {
+    running: HashMap<String, RunningJob>,
+    /// Results sent (or waiting to be sent) and not yet acknowledged.
+    unacked: HashMap<String, proto::JobResult>,
+    shutting_down: bool,
+    /// Jobs handed back at the end of the grace period.
+    released: bool,
+}
+
+enum SessionEnd {
+    /// Shutdown finished.
+    Done,
+    /// The stream broke (or never opened); `bool`: whether it had connected.
+    Lost(String, bool),
+}
+
+impl TaskTracker {
+    /// Starts building a TaskTracker.
+    pub fn builder() -> TaskTrackerBuilder {
+        TaskTrackerBuilder {
+            cluster: "default".into(),
+            node_group: None,
+            trackers: Vec::new(),
+            threads: 8,
+            identity: None,
+            grace: Duration::from_secs(30),
+            runner: None,
+        }
+    }
+
+    /// This TaskTracker's identity.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Runs until `shutdown` completes, then shuts down gracefully.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let me = Arc::new(self);
+        let worker = tokio::spawn(me.clone().run_inner(stop.clone()));
+        tokio::pin!(shutdown);
+        let mut worker = worker;
+        tokio::select! {
+            _ = &mut shutdown => {
+                s.cancel();
+                let _ = worker.await;
+            }
+            _ = &mut worker => {}
+        }
+    }
+
+    /// Runs until `stop` is cancelled, then shuts down gracefully.
+    pub async fn run_until_cancelled(self, stop: CancellationToken) {
+        Arc::new(self).run_inner(stop).await
+    }
+
+    async fn run_inner(self: Arc<Self>, stop: CancellationToken) {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+        let mut st = State {
+            running: HashMap::new(),
+            unacked: HashMap::new(),
+            shutting_down: false,
+            released: false,
+        };
+        let mut delays = reconnect_backoff();
+        let mut grace_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            if st.shutting_down && st.running.is_empty() && st.unacked.is_empty() {
+                break;
+            }
+            match self
+                .session(&mut st, &done_tx, &mut done_rx, &stop, &mut grace_deadline)
+                .await
+            {
+                SessionEnd::Done => break,
+                SessionEnd::Lost(why, connected) => {
+                    if connected {
+                        delays = reconnect_backoff();
+                    }
+                    if st.shutting_down && st.running.is_empty() {
+                        tracing::warn!(
+                            unacked = st.unacked.len(),
+                            "shutting down without a tracker; unacknowledged results are dropped (their leases expire and the jobs run again)"
+                        );
+                        break;
+                    }
+                    let d = delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(node_group = %self.node_group, error = %why, retry_in_ms = d.as_millis() as u64, "tracker connection lost");
+                    // Keep collecting finished jobs while disconnected.
+                    let sleep = tokio::time::sleep(d);
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            _ = &mut sleep => break,
+                            Some(f) = done_rx.recv() => self.finished(&mut st, f, None),
+                            _ = stop.cancelled(), if !st.shutting_down => {
+                                self.begin_shutdown(&mut st, &mut grace_deadline);
+                            }
+                        }
+                    }
+                    if st.shutting_down && st.running.is_empty() && st.unacked.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!(identity = %self.identity, "TaskTracker stopped");
+    }
+
+    fn begin_shutdown(&self, st: &mut State, grace: &mut Option<tokio::time::Instant>) {
+        st.shutting_down = true;
+        *grace = Some(tokio::time::Instant::now() + self.grace);
+        tracing::info!(
+            running = st.running.len(),
+            grace_s = self.grace.as_secs_f64(),
+            "shutting down: no new jobs; waiting for running ones"
+        );
+    }
+
+    /// Records a finished job; sends its result on `out` when connected.
+    fn finished(&self, st: &mut State, f: Finished, out: Option<&WorkerOut>) {
+        let Some(run) = st.running.remove(&f.job_id) else {
+            // Handed back or lost: the tracker no longer expects a result.
+            return;
+        };
+        if run.token != f.result.lease_token {
+            return;
+        }
+        let mut result = f.result;
+        result.credits = u32::from(!st.shutting_down);
+        if let Some(o) = out {
+            send(o, worker_message::Msg::Result(result.clone()));
+        }
+        st.unacked.insert(f.job_id, result);
+    }
+
+    async fn session(
+        &self,
+        st: &mut State,
+        done_tx: &mpsc::UnboundedSender<Finished>,
+        done_rx: &mut mpsc::UnboundedReceiver<Finished>,
+        stop: &CancellationToken,
+        grace: &mut Option<tokio::time::Instant>,
+    ) -> SessionEnd {
+        let (addr, channel) = match connect::connect_any(&self.trackers).await {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Lost(e.to_string(), false),
+        };
+        let (out, rx) = mpsc::unbounded_channel();
+        send(
+            &out,
+            worker_message::Msg::Hello(proto::Hello {
+                cluster: self.cluster.clone(),
+                node_group: self.node_group.clone(),
+                identity: self.identity.clone(),
+                threads: self.threads,
+                version: lts_core::VERSION.to_string(),
+                running: st
+                    .running
+                    .iter()
+                    .map(|(id, r)| proto::LeaseRef {
+                        job_id: id.clone(),
+                        lease_token: r.token.clone(),
+                    })
+                    .collect(),
+            }),
+        );
+        let mut inbound = match WorkerServiceClient::new(channel)
+            .work(UnboundedReceiverStream::new(rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) => return SessionEnd::Lost(ClientError::from(s).to_string(), false),
+        };
+        tracing::info!(tracker = %addr, node_group = %self.node_group, identity = %self.identity, threads = self.threads, "connected to tracker");
+        // Results the previous stream did not acknowledge: their threads are already free.
+        for result in st.unacked.values() {
+            let mut r = result.clone();
+            r.credits = 0;
+            send(&out, worker_message::Msg::Result(r));
+        }
+        if !st.shutting_down {
+            let free = self.threads.saturating_sub(st.running.len() as u32);
+            send(&out, worker_message::Msg::Credit(proto::Credit { n: free }));
+        }
+        let mut renew_every = Duration::from_secs(5);
+        let mut renew = tokio::time::interval(renew_every);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if st.shutting_down && st.running.is_empty() && st.unacked.is_empty() {
+                return SessionEnd::Done;
+            }
+            let grace_at = *grace;
+            tokio::select! {
+                msg = inbound.next() => {
+                    let msg = match msg {
+                        Some(Ok(m)) => m,
+                        Some(Err(s)) => return SessionEnd::Lost(ClientError::from(s).to_string(), true),
+                        None => return SessionEnd::Lost("stream closed by the tracker".into(), true),
+                    };
+                    match msg.msg {
+                        Some(tracker_message::Msg::Welcome(w)) => {
+                            let every = Duration::from_millis((w.lease_ms.max(1_000) / 3) as u64);
+                            if every != renew_every {
+                                renew_every = every;
+                                renew = tokio::time::interval(every);
+                                renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            }
+                            self.lost(st, &w.lost_job_ids);
+                        }
+                        Some(tracker_message::Msg::Assign(a)) => {
+                            self.start_job(st, a, done_tx, &out);
+                        }
+                        Some(tracker_message::Msg::RenewAck(r)) => self.lost(st, &r.lost_job_ids),
+                        Some(tracker_message::Msg::ResultAck(a)) => {
+                            if !a.accepted {
+                                tracing::warn!(job_id = %a.job_id, reason = %a.reason, "result refused by the tracker");
+                            }
+                            st.unacked.remove(&a.job_id);
+                        }
+                        None => {}
+                    }
+                }
+                Some(f) = done_rx.recv() => self.finished(st, f, Some(&out)),
+                _ = renew.tick() => {
+                    if !st.running.is_empty() {
+                        let leases = st.running.iter().map(|(id, r)| proto::LeaseRef {
+                            job_id: id.clone(),
+                            lease_token: r.token.clone(),
+                        }).collect();
+                        send(&out, worker_message::Msg::Renew(proto::Renew { leases }));
+                    }
+                }
+                _ = stop.cancelled(), if !st.shutting_down => self.begin_shutdown(st, grace),
+                _ = async { if let Some(at) = grace_at { tokio::time::sleep_until(at).await } else { std::future::pending::<()>().await } }, if grace_at.is_some() && !st.released => {
+                    self.hand_back(st, &out);
+                }
+            }
+        }
+    }
+
+    /// The grace period ran out: cancel what still runs and give it back to the tracker.
+    fn hand_back(&self, st: &mut State, out: &WorkerOut) {
+        st.released = true;
+        if st.running.is_empty() {
+            return;
+        }
+        let leases: Vec<proto::LeaseRef> = st
+            .running
+            .drain()
+            .map(|(id, r)| {
+                r.cancel.cancel();
+                proto::LeaseRef {
+                    job_id: id,
+                    lease_token: r.token,
+                }
+            })
+            .collect();
+        tracing::warn!(
+            n = leases.len(),
+            "grace period over: cancelling running jobs and handing them back"
+        );
+        send(out, worker_message::Msg::Release(proto::Release { leases }));
+    }
+
+    fn lost(&self, st: &mut State, ids: &[String]) {
+        for id in ids {
+            if let Some(r) = st.running.remove(id) {
+                tracing::warn!(job_id = %id, "lease lost (job cancelled or reassigned); stopping it");
+                r.cancel.cancel();
+            }
+        }
+    }
+
+    fn start_job(
+        &self,
+        st: &mut State,
+        a: proto::Assignment,
+        done_tx: &mpsc::UnboundedSender<Finished>,
+        out: &WorkerOut,
+    ) {
+        let job = convert::job_from_proto(a.job.unwrap_or_default());
+        if st.shutting_down {
+            send(
+                out,
+                worker_message::Msg::Release(proto::Release {
+                    leases: vec![proto::LeaseRef {
+                        job_id: job.job_id,
+                        lease_token: a.lease_token,
+                    }],
+                }),
+            );
+            return;
+        }
+        let cancel = CancellationToken::new();
+        st.running.insert(
+            job.job_id.clone(),
+            RunningJob {
+                token: a.lease_token.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        let runner = self.runner.clone();
+        let done = done_tx.clone();
+        tracing::debug!(job_id = %job.job_id, task_id = %job.spec.task_id, attempt = job.attempt, "job started");
+        tokio::spawn(async move {
+            let started = now_ms();
+            let job_id = job.job_id.clone();
+            let ctx = JobContext {
+                attempt: job.attempt,
+                job,
+                logger: BizLogger::default(),
+                cancel,
+            };
+            let logger = ctx.logger.clone();
+            let result = match AssertUnwindSafe(runner.run(ctx)).catch_unwind().await {
+                Ok(r) => r,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    RunResult::exception(format!("runner panicked: {what}"))
+                }
+            };
+            let _ = done.send(Finished {
+                job_id: job_id.clone(),
+                result: proto::JobResult {
+                    job_id,
+                    lease_token: a.lease_token,
+                    outcome: convert::outcome_to_proto(result.outcome) as i32,
+                    message: result.message,
+                    logs: logger.take().iter().map(convert::biz_to_proto).collect(),
+                    started_at_ms: started,
+                    finished_at_ms: now_ms(),
+                    credits: 1,
+                },
+            });
+        });
+    }
+}
+
+type WorkerOut = mpsc::UnboundedSender<proto::WorkerMessage>;
+
+fn send(out: &WorkerOut, msg: worker_message::Msg) -> bool {
+    out.send(proto::WorkerMessage { msg: Some(msg) }).is_ok()
+}

@@ -1,0 +1,516 @@
+//! The `JobStore` conformance suite: the same semantics for every backend. Each backend gets
+//! one `#[tokio::test]` per case through the `conformance!` macro.
+
+use std::sync::Arc;
+
+use lts_core::schedule::{Disposition, RetryPolicy};
+use lts_core::{JobSpec, JobState, LogType, Outcome, Schedule};
+use lts_tracker::store::sqlite::{SqliteOptions, SqliteStore};
+use lts_tracker::store::{
+    CancelOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, LeaseRef,
+    ListFilter, SubmitOutcome,
+};
+
+const NOW: i64 = 1_800_000_000_000;
+
+fn claim(group: &str, owner: &str, max: usize, now: i64) -> ClaimRequest {
+    ClaimRequest {
+        node_group: group.into(),
+        owner: owner.into(),
+        max,
+        lease_ms: 10_000,
+        now_ms: now,
+    }
+}
+
+fn done(job_id: &str, token: &str, outcome: Outcome, now: i64) -> Completion {
+    Completion {
+        job_id: job_id.into(),
+        token: token.into(),
+        outcome,
+        message: format!("{outcome}"),
+        logs: vec![],
+        node: "w1".into(),
+        now_ms: now,
+    }
+}
+
+fn id(o: &SubmitOutcome) -> String {
+    match o {
+        SubmitOutcome::Accepted { job_id }
+        | SubmitOutcome::Duplicate { job_id }
+        | SubmitOutcome::Replaced { job_id } => job_id.clone(),
+    }
+}
+
+/// Claims in priority, then trigger time, then submit order; never past the trigger time.
+pub async fn claim_order(store: Arc<dyn JobStore>) {
+    let specs = vec![
+        JobSpec::new("a", "g"),
+        JobSpec::new("b", "g").priority(5),
+        JobSpec::new("c", "g").schedule(Schedule::TriggerAt {
+            trigger_time_ms: NOW - 1000,
+        }),
+        JobSpec::new("d", "g")
+            .priority(9)
+            .schedule(Schedule::TriggerAt {
+                trigger_time_ms: NOW + 1000,
+            }),
+        JobSpec::new("e", "g"),
+        JobSpec::new("other", "h").priority(100),
+    ];
+    store.submit(specs, NOW).await.unwrap();
+    let got = store.claim(claim("g", "w1", 10, NOW)).await.unwrap();
+    let order: Vec<&str> = got.iter().map(|l| l.job.spec.task_id.as_str()).collect();
+    assert_eq!(order, ["b", "c", "a", "e"]);
+    assert!(
+        got.iter()
+            .all(|l| l.job.state == JobState::Running && l.job.attempt == 1)
+    );
+    assert!(
+        store
+            .claim(claim("g", "w2", 10, NOW))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.next_due("g").await.unwrap(), Some(NOW + 1000));
+    let later = store.claim(claim("g", "w2", 10, NOW + 1000)).await.unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].job.spec.task_id, "d");
+}
+
+/// Concurrent claims never lease a job twice.
+pub async fn no_double_lease(store: Arc<dyn JobStore>) {
+    let specs: Vec<JobSpec> = (0..200)
+        .map(|i| JobSpec::new(format!("t{i}"), "g"))
+        .collect();
+    store.submit(specs, NOW).await.unwrap();
+    let mut handles = Vec::new();
+    for w in 0..8 {
+        let s = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = s.claim(claim("g", &format!("w{w}"), 7, NOW)).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|l| l.job.job_id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(n, 200);
+    assert_eq!(all.len(), 200);
+}
+
+/// Dedup among unfinished jobs; replace keeps the id; finished jobs free the task id.
+pub async fn dedup_and_replace(store: Arc<dyn JobStore>) {
+    let a = store
+        .submit(vec![JobSpec::new("x", "g").param("v", "1")], NOW)
+        .await
+        .unwrap();
+    let job_id = id(&a[0]);
+    assert!(matches!(a[0], SubmitOutcome::Accepted { .. }));
+    let b = store
+        .submit(
+            vec![
+                JobSpec::new("x", "g").param("v", "2"),
+                JobSpec::new("x", "g")
+                    .param("v", "3")
+                    .replace_on_exist(true),
+                JobSpec::new("x", "other-group"),
+            ],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        b[0],
+        SubmitOutcome::Duplicate {
+            job_id: job_id.clone()
+        }
+    );
+    assert_eq!(
+        b[1],
+        SubmitOutcome::Replaced {
+            job_id: job_id.clone()
+        }
+    );
+    assert!(matches!(b[2], SubmitOutcome::Accepted { .. }));
+    let job = store
+        .get(JobKey::Id(job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.spec.params["v"], "3");
+    let lease = store
+        .claim(claim("g", "w", 1, NOW))
+        .await
+        .unwrap()
+        .remove(0);
+    let r = store
+        .complete(done(&job_id, &lease.token, Outcome::Success, NOW + 5))
+        .await
+        .unwrap();
+    assert!(matches!(
+        r,
+        CompleteOutcome::Accepted {
+            disposition: Disposition::Finish(JobState::Succeeded),
+            ..
+        }
+    ));
+    let again = store
+        .submit(vec![JobSpec::new("x", "g")], NOW + 10)
+        .await
+        .unwrap();
+    assert!(matches!(again[0], SubmitOutcome::Accepted { .. }));
+    assert_ne!(id(&again[0]), job_id);
+    // By task id: the unfinished one wins over the finished one.
+    let by_task = store
+        .get(JobKey::Task {
+            node_group: "g".into(),
+            task_id: "x".into(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_task.job_id, id(&again[0]));
+}
+
+/// Results need the current token; retries and finishing follow the disposition.
+pub async fn complete_retry_and_stale(store: Arc<dyn JobStore>) {
+    let a = store
+        .submit(
+            vec![JobSpec::new("r", "g").max_retries(1).feedback_to("clients")],
+            NOW,
+        )
+        .await
+        .unwrap();
+    let job_id = id(&a[0]);
+    let l1 = store
+        .claim(claim("g", "w1", 1, NOW))
+        .await
+        .unwrap()
+        .remove(0);
+    let stale = store
+        .complete(done(&job_id, "not-the-token", Outcome::Success, NOW))
+        .await
+        .unwrap();
+    assert!(matches!(stale, CompleteOutcome::Stale { .. }));
+    let r = store
+        .complete(done(&job_id, &l1.token, Outcome::Later, NOW + 10))
+        .await
+        .unwrap();
+    let CompleteOutcome::Accepted {
+        disposition: Disposition::Retry { at_ms },
+        feedback_group: None,
+        ..
+    } = r
+    else {
+        panic!("expected a retry, got {r:?}");
+    };
+    assert!(at_ms > NOW + 10);
+    // Not due before the backoff.
+    assert!(
+        store
+            .claim(claim("g", "w1", 1, NOW + 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let l2 = store
+        .claim(claim("g", "w2", 1, at_ms))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(l2.job.attempt, 2);
+    // The first lease's token is dead now.
+    let stale = store
+        .complete(done(&job_id, &l1.token, Outcome::Success, at_ms))
+        .await
+        .unwrap();
+    assert!(matches!(stale, CompleteOutcome::Stale { .. }));
+    let r = store
+        .complete(done(&job_id, &l2.token, Outcome::Exception, at_ms + 1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        r,
+        CompleteOutcome::Accepted {
+            disposition: Disposition::Finish(JobState::Failed),
+            feedback_group: Some(_),
+            ..
+        }
+    ));
+    let job = store
+        .get(JobKey::Id(job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.last_outcome, Some(Outcome::Exception));
+    let fb = store.pending_feedback("clients", None, 10).await.unwrap();
+    assert_eq!(fb.len(), 1);
+    assert_eq!(fb[0].job.job_id, job_id);
+    store
+        .ack_feedback(vec![fb[0].feedback_id.clone()])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .pending_feedback("clients", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let types: Vec<LogType> = store
+        .log(&job_id, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.log_type)
+        .collect();
+    assert_eq!(
+        types,
+        [
+            LogType::Receive,
+            LogType::Sent,
+            LogType::Finished,
+            LogType::Resend,
+            LogType::Sent,
+            LogType::Finished
+        ]
+    );
+}
+
+/// Expired leases, gone owners and released leases put jobs back.
+pub async fn requeue_paths(store: Arc<dyn JobStore>) {
+    store
+        .submit(
+            (0..3).map(|i| JobSpec::new(format!("q{i}"), "g")).collect(),
+            NOW,
+        )
+        .await
+        .unwrap();
+    let leases = store.claim(claim("g", "w1", 3, NOW)).await.unwrap();
+    assert_eq!(leases.len(), 3);
+    // Renewal keeps one alive past the original expiry.
+    let lost = store
+        .renew(
+            vec![LeaseRef {
+                job_id: leases[0].job.job_id.clone(),
+                token: leases[0].token.clone(),
+            }],
+            NOW + 60_000,
+        )
+        .await
+        .unwrap();
+    assert!(lost.is_empty());
+    let expired = store.requeue_expired(NOW + 10_001).await.unwrap();
+    assert_eq!(expired.len(), 2);
+    // Release does not count the attempt.
+    let released = store
+        .release(
+            vec![LeaseRef {
+                job_id: leases[0].job.job_id.clone(),
+                token: leases[0].token.clone(),
+            }],
+            NOW + 10_002,
+        )
+        .await
+        .unwrap();
+    assert_eq!(released.len(), 1);
+    let job = store
+        .get(JobKey::Id(leases[0].job.job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Queued, 0));
+    let again = store
+        .claim(claim("g", "w2", 3, NOW + 10_003))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 3);
+    assert_eq!(
+        store.requeue_owner("w2", NOW + 10_004).await.unwrap().len(),
+        3
+    );
+    let lost = store
+        .renew(
+            vec![LeaseRef {
+                job_id: again[0].job.job_id.clone(),
+                token: again[0].token.clone(),
+            }],
+            NOW + 70_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(lost, vec![again[0].job.job_id.clone()]);
+}
+
+/// Cancel, list with filters and pages, stats, retention.
+pub async fn cancel_list_stats_retention(store: Arc<dyn JobStore>) {
+    let ids: Vec<String> = store
+        .submit(
+            (0..25)
+                .map(|i| JobSpec::new(format!("job-{i:02}"), if i < 20 { "g" } else { "h" }))
+                .collect(),
+            NOW,
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(id)
+        .collect();
+    let c = store
+        .cancel(JobKey::Id(ids[0].clone()), NOW + 1)
+        .await
+        .unwrap();
+    assert!(matches!(c, CancelOutcome::Cancelled(ref j) if j.state == JobState::Cancelled));
+    let c = store
+        .cancel(JobKey::Id(ids[0].clone()), NOW + 2)
+        .await
+        .unwrap();
+    assert!(matches!(c, CancelOutcome::AlreadyFinished(_)));
+    assert_eq!(
+        store.cancel(JobKey::Id("nope".into()), NOW).await.unwrap(),
+        CancelOutcome::NotFound
+    );
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(ListFilter {
+                node_group: Some("g".into()),
+                limit: 7,
+                after: after.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        seen.extend(page.jobs.iter().map(|j| j.job_id.clone()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids[..20].to_vec(), "all of g, in submit order, once");
+    let cancelled = store
+        .list(ListFilter {
+            state: Some(JobState::Cancelled),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(cancelled.jobs.len(), 1);
+    let prefixed = store
+        .list(ListFilter {
+            task_id_prefix: Some("job-2".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(prefixed.jobs.len(), 5);
+    let s = store.stats(Some("g")).await.unwrap();
+    assert_eq!((s.queued, s.cancelled), (19, 1));
+    let s = store.stats(None).await.unwrap();
+    assert_eq!(s.queued, 24);
+    let removed = store.enforce_retention(NOW + 100).await.unwrap();
+    assert!(removed > 0);
+    assert!(
+        store
+            .get(JobKey::Id(ids[0].clone()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// A repeat job is one stored job that comes back for each fire.
+pub async fn repeat_fires_until_count(store: Arc<dyn JobStore>) {
+    let spec = JobSpec::new("rep", "g").schedule(Schedule::Repeat {
+        interval_ms: 1000,
+        count: 2,
+        first_fire_ms: Some(NOW),
+    });
+    let job_id = id(&store.submit(vec![spec], NOW).await.unwrap()[0]);
+    let l = store
+        .claim(claim("g", "w", 1, NOW))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(l.job.scheduled_fire_ms, Some(NOW));
+    let r = store
+        .complete(done(&job_id, &l.token, Outcome::Success, NOW + 10))
+        .await
+        .unwrap();
+    assert!(matches!(
+        r,
+        CompleteOutcome::Accepted { disposition: Disposition::NextFire { at_ms, .. }, .. } if at_ms == NOW + 1000
+    ));
+    let l = store
+        .claim(claim("g", "w", 1, NOW + 1000))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!((l.job.attempt, l.job.fire_count), (1, 2));
+    let r = store
+        .complete(done(&job_id, &l.token, Outcome::Success, NOW + 1010))
+        .await
+        .unwrap();
+    assert!(matches!(
+        r,
+        CompleteOutcome::Accepted {
+            disposition: Disposition::Finish(JobState::Succeeded),
+            ..
+        }
+    ));
+}
+
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            conformance!(@case $make, claim_order, no_double_lease, dedup_and_replace,
+                complete_retry_and_stale, requeue_paths, cancel_list_stats_retention,
+                repeat_fires_until_count);
+        }
+    };
+    (@case $make:expr, $($case:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let (store, _guard) = $make;
+                super::$case(store).await;
+            }
+        )*
+    };
+}
+
+fn sqlite() -> (Arc<dyn JobStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        dir.path().join("lts.db"),
+        SqliteOptions {
+            retry: RetryPolicy {
+                jitter: false,
+                ..RetryPolicy::default()
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (Arc::new(store), dir)
+}
+
+conformance!(sqlite_store, sqlite());

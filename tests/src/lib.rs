@@ -216,3 +216,89 @@ pub async fn wait_final(
     })
     .await
 }
+
+/// A standalone ZooKeeper server (Debian's package) on a free port, in its own data directory.
+#[derive(Debug)]
+pub struct ZkServer {
+    /// The process.
+    pub proc: Proc,
+    /// Its client port.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl ZkServer {
+    /// Starts ZooKeeper in `dir` and waits until it serves. Needs `LTS_TEST_ZK_CLASSPATH`
+    /// (printed by `scripts/setup-test-deps.sh`, which `scripts/test.sh` runs).
+    pub async fn start(dir: &Path) -> anyhow::Result<ZkServer> {
+        Self::start_on(dir, free_port()).await
+    }
+
+    async fn start_on(dir: &Path, port: u16) -> anyhow::Result<ZkServer> {
+        let classpath = std::env::var("LTS_TEST_ZK_CLASSPATH").context(
+            "LTS_TEST_ZK_CLASSPATH is not set: run the tests with scripts/test.sh (it installs ZooKeeper)",
+        )?;
+        let data = dir.join(format!("zk-{port}"));
+        std::fs::create_dir_all(&data)?;
+        let cfg = data.join("zoo.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "tickTime=500\nminSessionTimeout=1000\nmaxSessionTimeout=60000\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=ruok,stat,srvr,mntr,conf,cons\n",
+                data.display()
+            ),
+        )?;
+        let mut cmd = Command::new("java");
+        cmd.args(["-Xmx256m", "-cp", &classpath])
+            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+            .arg(&cfg);
+        let proc = Proc::spawn(cmd, data.join(format!("zk-{}.log", unique())))?;
+        let zk = ZkServer {
+            proc,
+            port,
+            dir: dir.to_path_buf(),
+        };
+        zk.wait_ready(Duration::from_secs(30)).await?;
+        Ok(zk)
+    }
+
+    /// `zookeeper://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("zookeeper://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (`kill -9`) and starts it again on the same port and data directory.
+    pub async fn restart_after_kill9(mut self, down_for: Duration) -> anyhow::Result<ZkServer> {
+        self.proc.kill9();
+        tokio::time::sleep(down_for).await;
+        let (dir, port) = (self.dir.clone(), self.port);
+        ZkServer::start_on(&dir, port).await
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let deadline = Instant::now() + timeout;
+        loop {
+            let answer = async {
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+                s.write_all(b"srvr").await?;
+                let mut out = String::new();
+                s.read_to_string(&mut out).await?;
+                Ok::<_, std::io::Error>(out)
+            }
+            .await
+            .unwrap_or_default();
+            if answer.contains("Mode: standalone") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "ZooKeeper on {} not ready:\n{}",
+                    self.port,
+                    self.proc.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -85,6 +85,7 @@ pub struct Dispatcher {
     store: Arc<dyn JobStore>,
     groups: Mutex<HashMap<String, Arc<Group>>>,
     lease_ms: i64,
+    idle_poll: Duration,
     next_conn: AtomicU64,
     shutdown: CancellationToken,
 }
@@ -98,12 +99,20 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    /// A dispatcher leasing jobs for `lease_ms` at a time.
-    pub fn new(store: Arc<dyn JobStore>, lease_ms: i64, shutdown: CancellationToken) -> Arc<Self> {
+    /// A dispatcher leasing jobs for `lease_ms` at a time. With idle TaskTrackers it also
+    /// looks for work every `idle_poll`, which catches jobs submitted through *other*
+    /// trackers of the cluster (this tracker is woken directly only by its own submits).
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        lease_ms: i64,
+        idle_poll: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Dispatcher {
             store,
             groups: Mutex::new(HashMap::new()),
             lease_ms,
+            idle_poll,
             next_conn: AtomicU64::new(1),
             shutdown,
         })
@@ -305,6 +314,11 @@ impl Dispatcher {
             if !group.maybe_work.load(Ordering::SeqCst) {
                 tokio::select! {
                     _ = group.wake.notified() => {}
+                    _ = tokio::time::sleep(self.idle_poll) => {
+                        if group.free_threads() > 0 {
+                            group.maybe_work.store(true, Ordering::SeqCst);
+                        }
+                    }
                     _ = self.shutdown.cancelled() => return,
                 }
                 continue;

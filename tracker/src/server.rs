@@ -19,7 +19,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::dispatch::Dispatcher;
 use crate::feedback::FeedbackHub;
-use crate::registry::{LocalRegistry, NodeInfo, Registry, Role};
+use crate::registry::{LocalRegistry, NodeInfo, Registry, Role, ZkConfig, ZkRegistry};
 use crate::service::{ClusterApi, FeedbackApi, JobApi, TrackerCore, WorkerApi};
 use crate::store::JobStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore, SyncMode};
@@ -68,6 +68,14 @@ pub struct TrackerConfig {
     /// Job store: `sqlite:PATH`.
     #[arg(long, env = "LTS_STORE", default_value = "sqlite:./lts-data/lts.db")]
     pub store: StoreUrl,
+    /// Membership and election: `local` (one tracker) or
+    /// `zookeeper://HOST:PORT[,HOST:PORT]/CHROOT`.
+    #[arg(long, env = "LTS_REGISTRY", default_value = "local")]
+    pub registry: String,
+    /// ZooKeeper session timeout in milliseconds: a crashed node's registration and a crashed
+    /// master's leadership end after this.
+    #[arg(long, env = "LTS_ZK_SESSION_TIMEOUT_MS", default_value_t = 6_000)]
+    pub zk_session_timeout_ms: u64,
     /// Cluster name; TaskTrackers and clients of another cluster are refused.
     #[arg(long, env = "LTS_CLUSTER", default_value = "default")]
     pub cluster: String,
@@ -80,6 +88,11 @@ pub struct TrackerConfig {
     /// How long a lease lasts without renewal, in milliseconds.
     #[arg(long, env = "LTS_LEASE_MS", default_value_t = 15_000)]
     pub lease_ms: i64,
+    /// With idle TaskTrackers, look for due work this often (milliseconds). Catches jobs
+    /// submitted through other trackers of a cluster; a tracker's own submits, retries and
+    /// fires wake its dispatcher at once.
+    #[arg(long, env = "LTS_IDLE_POLL_MS", default_value_t = 500)]
+    pub idle_poll_ms: u64,
     /// How long a disconnected TaskTracker may take to come back before its running jobs are
     /// queued again, in milliseconds.
     #[arg(long, env = "LTS_ORPHAN_GRACE_MS", default_value_t = 2_000)]
@@ -108,11 +121,14 @@ impl TrackerConfig {
             listen,
             advertise: None,
             store,
+            registry: "local".into(),
+            zk_session_timeout_ms: 6_000,
             cluster: "default".into(),
             node_group: "job-tracker".into(),
             identity: None,
             lease_ms: 15_000,
             orphan_grace_ms: 2_000,
+            idle_poll_ms: 500,
             retry_min_delay_ms: 1_000,
             retry_max_delay_ms: 300_000,
             retention_hours: 168,
@@ -166,6 +182,7 @@ pub struct Tracker {
     local_addr: SocketAddr,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     shutdown: CancellationToken,
+    zk: Option<ZkRegistry>,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -221,9 +238,27 @@ impl Tracker {
             version: lts_core::VERSION.to_string(),
             since_ms: now_ms(),
         };
-        let registry: Arc<dyn Registry> = Arc::new(LocalRegistry::new(me));
+        let (registry, zk): (Arc<dyn Registry>, Option<ZkRegistry>) = if config.registry == "local"
+        {
+            (Arc::new(LocalRegistry::new(me)), None)
+        } else {
+            let mut zk_config = ZkConfig::parse(&config.registry, &config.cluster)?;
+            zk_config.session_timeout = Duration::from_millis(config.zk_session_timeout_ms);
+            let zk = ZkRegistry::start(zk_config, Some(me));
+            // Start serving even if ZooKeeper is down: the tracker keeps accepting jobs and
+            // joins the cluster (and the election) when ZooKeeper is back.
+            if let Err(e) = zk.wait_connected(Duration::from_secs(10)).await {
+                tracing::warn!(error = %e, "starting without ZooKeeper; will keep trying");
+            }
+            (Arc::new(zk.clone()), Some(zk))
+        };
         let shutdown = CancellationToken::new();
-        let dispatcher = Dispatcher::new(store.clone(), config.lease_ms, shutdown.clone());
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            config.lease_ms,
+            Duration::from_millis(config.idle_poll_ms),
+            shutdown.clone(),
+        );
         let feedback = FeedbackHub::new(store.clone(), shutdown.clone());
         let core = Arc::new(TrackerCore {
             identity: identity.clone(),
@@ -233,6 +268,7 @@ impl Tracker {
             registry,
             feedback,
             orphan_grace: Duration::from_millis(config.orphan_grace_ms),
+            register_peers: zk.is_none(),
             shutdown: shutdown.clone(),
         });
 
@@ -274,6 +310,7 @@ impl Tracker {
             local_addr,
             server,
             shutdown,
+            zk,
         })
     }
 
@@ -302,8 +339,16 @@ impl Tracker {
         &self.core.identity
     }
 
+    /// Whether this tracker is the master right now.
+    pub fn is_master(&self) -> bool {
+        self.core.registry.is_master()
+    }
+
     /// Stops serving: streams end, background loops stop.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        if let Some(zk) = &self.zk {
+            zk.close().await;
+        }
         self.shutdown.cancel();
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
             Ok(joined) => joined??,
@@ -314,8 +359,12 @@ impl Tracker {
     }
 }
 
-/// The master-only housekeeping: re-queue expired leases, enforce retention.
+/// The master-only housekeeping: re-queue the jobs of TaskTrackers that left the cluster and
+/// of expired leases, enforce retention.
 fn spawn_master_loops(core: Arc<TrackerCore>, retention_hours: u64) {
+    if !core.register_peers {
+        tokio::spawn(watch_task_trackers(core.clone()));
+    }
     let c = core.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -363,4 +412,49 @@ fn spawn_master_loops(core: Arc<TrackerCore>, retention_hours: u64) {
             }
         }
     });
+}
+
+/// Master only: when a TaskTracker's registration vanishes (its process died or lost its
+/// ZooKeeper session), put its leased jobs back at once instead of waiting for the leases.
+async fn watch_task_trackers(core: Arc<TrackerCore>) {
+    use std::collections::BTreeSet;
+    let mut members = core.registry.members(Role::TaskTracker);
+    let mut known: BTreeSet<String> = members
+        .borrow_and_update()
+        .iter()
+        .map(|n| n.identity.clone())
+        .collect();
+    loop {
+        tokio::select! {
+            changed = members.changed() => if changed.is_err() { return },
+            _ = core.shutdown.cancelled() => return,
+        }
+        let now: BTreeSet<String> = members
+            .borrow_and_update()
+            .iter()
+            .map(|n| n.identity.clone())
+            .collect();
+        let gone: Vec<String> = known.difference(&now).cloned().collect();
+        known = now;
+        if !core.registry.is_master() {
+            continue;
+        }
+        for identity in gone {
+            match core.store.requeue_owner(&identity, now_ms()).await {
+                Ok(requeued) => {
+                    if !requeued.is_empty() {
+                        metrics::counter!("lts_jobs_requeued_total", "reason" => "task_tracker_left")
+                            .increment(requeued.len() as u64);
+                        tracing::warn!(identity = %identity, n = requeued.len(), "TaskTracker left the cluster; its jobs are queued again");
+                    }
+                    for r in requeued {
+                        core.dispatcher.signal_work(&r.node_group);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(identity = %identity, error = %e, "requeue failed; leases will expire")
+                }
+            }
+        }
+    }
 }

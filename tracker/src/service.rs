@@ -45,6 +45,9 @@ pub struct TrackerCore {
     pub feedback: Arc<FeedbackHub>,
     /// How long a disconnected TaskTracker may take to come back before its jobs are re-queued.
     pub orphan_grace: Duration,
+    /// Register connected TaskTrackers and JobClients in the registry on their behalf (the
+    /// local registry); with ZooKeeper they register themselves.
+    pub register_peers: bool,
     /// Stops the tracker's background work.
     pub shutdown: CancellationToken,
 }
@@ -435,18 +438,20 @@ impl WorkerService for WorkerApi {
         let conn_id = core
             .dispatcher
             .connect(&group, &identity, hello.threads, tx.clone());
-        let _ = core
-            .registry
-            .register(NodeInfo {
-                role: Role::TaskTracker,
-                identity: identity.clone(),
-                node_group: group.clone(),
-                address: peer,
-                threads: hello.threads,
-                version: hello.version.clone(),
-                since_ms: now_ms(),
-            })
-            .await;
+        if core.register_peers {
+            let _ = core
+                .registry
+                .register(NodeInfo {
+                    role: Role::TaskTracker,
+                    identity: identity.clone(),
+                    node_group: group.clone(),
+                    address: peer,
+                    threads: hello.threads,
+                    version: hello.version.clone(),
+                    since_ms: now_ms(),
+                })
+                .await;
+        }
         tracing::info!(node_group = %group, identity = %identity, threads = hello.threads, "TaskTracker connected");
 
         tokio::spawn(async move {
@@ -592,7 +597,9 @@ async fn orphan_check(core: Arc<TrackerCore>, group: String, identity: String) {
     if core.dispatcher.is_connected(&identity) {
         return;
     }
-    let _ = core.registry.unregister(Role::TaskTracker, &identity).await;
+    if core.register_peers {
+        let _ = core.registry.unregister(Role::TaskTracker, &identity).await;
+    }
     match core.store.requeue_owner(&identity, now_ms()).await {
         Ok(requeued) if !requeued.is_empty() => {
             metrics::counter!("lts_jobs_requeued_total", "reason" => "task_tracker_left")
@@ -655,18 +662,20 @@ impl FeedbackService for FeedbackApi {
             sub.identity
         };
         let id = core.feedback.subscribe(&group, tx);
-        let _ = core
-            .registry
-            .register(NodeInfo {
-                role: Role::JobClient,
-                identity: identity.clone(),
-                node_group: group.clone(),
-                address: peer,
-                threads: 0,
-                version: String::new(),
-                since_ms: now_ms(),
-            })
-            .await;
+        if core.register_peers {
+            let _ = core
+                .registry
+                .register(NodeInfo {
+                    role: Role::JobClient,
+                    identity: identity.clone(),
+                    node_group: group.clone(),
+                    address: peer,
+                    threads: 0,
+                    version: String::new(),
+                    since_ms: now_ms(),
+                })
+                .await;
+        }
         tracing::info!(submit_node_group = %group, identity = %identity, "feedback subscriber connected");
         tokio::spawn(async move {
             loop {
@@ -680,7 +689,9 @@ impl FeedbackService for FeedbackApi {
                 }
             }
             core.feedback.unsubscribe(&group, id);
-            let _ = core.registry.unregister(Role::JobClient, &identity).await;
+            if core.register_peers {
+                let _ = core.registry.unregister(Role::JobClient, &identity).await;
+            }
             tracing::info!(submit_node_group = %group, identity = %identity, "feedback subscriber gone");
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
@@ -724,6 +735,11 @@ impl ClusterService for ClusterApi {
         let master = self.0.registry.master().borrow().clone();
         let loads = self.0.dispatcher.loads();
         Ok(Response::new(proto::ListNodesResponse {
+            registry_health: match self.0.registry.health() {
+                crate::registry::Health::Connected => "connected".into(),
+                crate::registry::Health::Disconnected(why) => format!("disconnected: {why}"),
+            },
+            tracker_identity: self.0.identity.clone(),
             cluster: self.0.cluster.clone(),
             nodes: nodes
                 .iter()

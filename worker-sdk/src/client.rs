@@ -23,8 +23,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::connect;
+use crate::connect::{self, Trackers};
 use crate::spool::{Spool, SpoolError};
+use lts_registry::Registry;
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -183,10 +184,16 @@ pub struct ListQuery {
 pub type Stats = proto::StatsResponse;
 
 /// A client of the JobTrackers. Cheap to clone.
+///
+/// With a fixed address list it uses one lazily connecting channel (balanced when there are
+/// several addresses). With a registry it connects to one registered tracker at random and
+/// stays with it until it fails; a call that finds its tracker unavailable moves to another
+/// and is tried again (submits are safe to repeat: the tracker deduplicates by task id).
 #[derive(Debug, Clone)]
 pub struct JobClient {
-    channel: Channel,
-    addrs: Arc<Vec<String>>,
+    fixed: Option<Channel>,
+    current: Arc<std::sync::Mutex<Option<(String, Channel)>>>,
+    trackers: Trackers,
 }
 
 impl JobClient {
@@ -194,27 +201,91 @@ impl JobClient {
     /// an unreachable tracker shows up as [`ClientError::Unavailable`] on the first call.
     pub fn new(addrs: &[String]) -> Result<JobClient, ClientError> {
         Ok(JobClient {
-            channel: connect::lazy_channel(addrs)?,
-            addrs: Arc::new(addrs.to_vec()),
+            fixed: Some(connect::lazy_channel(addrs)?),
+            current: Arc::default(),
+            trackers: Trackers::Static(addrs.to_vec()),
         })
+    }
+
+    /// A client of the JobTrackers registered in `registry` (e.g. ZooKeeper).
+    pub fn from_registry(registry: Arc<dyn Registry>) -> JobClient {
+        JobClient {
+            fixed: None,
+            current: Arc::default(),
+            trackers: Trackers::Registry(registry),
+        }
     }
 
     /// A client connected now to one of `addrs`.
     pub async fn connect(addrs: &[String]) -> Result<JobClient, ClientError> {
         let (_, channel) = connect::connect_any(addrs).await?;
         Ok(JobClient {
-            channel,
-            addrs: Arc::new(addrs.to_vec()),
+            fixed: Some(channel),
+            current: Arc::default(),
+            trackers: Trackers::Static(addrs.to_vec()),
         })
     }
 
-    /// The tracker addresses.
-    pub fn addrs(&self) -> &[String] {
-        &self.addrs
+    /// Where this client finds trackers.
+    pub fn trackers(&self) -> &Trackers {
+        &self.trackers
     }
 
-    fn jobs(&self) -> JobServiceClient<Channel> {
-        JobServiceClient::new(self.channel.clone())
+    async fn channel(&self) -> Result<(String, Channel), ClientError> {
+        if let Some(ch) = &self.fixed {
+            return Ok((String::new(), ch.clone()));
+        }
+        if let Some(c) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Ok(c);
+        }
+        let c = connect::connect_to(&self.trackers).await?;
+        tracing::debug!(tracker = %c.0, "JobClient connected");
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        Ok(c)
+    }
+
+    fn forget(&self, addr: &str) {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.as_ref().is_some_and(|(a, _)| a == addr) {
+            tracing::info!(tracker = %addr, "tracker unavailable; moving to another");
+            *cur = None;
+        }
+    }
+
+    /// Runs one RPC, moving to another tracker when the current one is unavailable.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let attempts = match &self.trackers {
+            Trackers::Registry(_) => 3,
+            Trackers::Static(a) => a.len().clamp(1, 3),
+        };
+        let mut last = None;
+        for _ in 0..attempts {
+            let (addr, ch) = self.channel().await?;
+            match f(ch).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    self.forget(&addr);
+                    last = Some(s);
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
+        Err(last
+            .map(ClientError::from)
+            .unwrap_or_else(|| ClientError::Unavailable("no tracker".into())))
+    }
+
+    fn jobs(ch: Channel) -> JobServiceClient<Channel> {
+        JobServiceClient::new(ch)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
     }
@@ -236,7 +307,12 @@ impl JobClient {
         let req = proto::SubmitRequest {
             jobs: specs.iter().map(convert::spec_to_proto).collect(),
         };
-        let resp = self.jobs().submit(req).await?.into_inner();
+        let resp = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::jobs(ch).submit(req).await }
+            })
+            .await?;
         let mut out: Vec<Option<SubmitAnswer>> = vec![None; n];
         for r in resp.results {
             let i = r.index as usize;
@@ -253,29 +329,33 @@ impl JobClient {
 
     /// One job.
     pub async fn get(&self, key: JobKey) -> Result<Job, ClientError> {
+        let req = proto::GetJobRequest {
+            job: Some(convert::key_to_proto(&key)),
+        };
         let job = self
-            .jobs()
-            .get(proto::GetJobRequest {
-                job: Some(convert::key_to_proto(&key)),
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::jobs(ch).get(req).await }
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok(convert::job_from_proto(job))
     }
 
     /// One page of jobs; the second value continues the listing.
     pub async fn list(&self, q: ListQuery) -> Result<(Vec<Job>, Option<String>), ClientError> {
+        let req = proto::ListJobsRequest {
+            task_tracker_node_group: q.node_group.unwrap_or_default(),
+            state: q.state.map(convert::state_to_proto).unwrap_or_default() as i32,
+            task_id_prefix: q.task_id_prefix.unwrap_or_default(),
+            page_size: q.page_size,
+            page_token: q.page_token.unwrap_or_default(),
+        };
         let resp = self
-            .jobs()
-            .list(proto::ListJobsRequest {
-                task_tracker_node_group: q.node_group.unwrap_or_default(),
-                state: q.state.map(convert::state_to_proto).unwrap_or_default() as i32,
-                task_id_prefix: q.task_id_prefix.unwrap_or_default(),
-                page_size: q.page_size,
-                page_token: q.page_token.unwrap_or_default(),
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::jobs(ch).list(req).await }
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok((
             resp.jobs.into_iter().map(convert::job_from_proto).collect(),
             (!resp.next_page_token.is_empty()).then_some(resp.next_page_token),
@@ -284,26 +364,30 @@ impl JobClient {
 
     /// Cancels an unfinished job; returns it as cancelled.
     pub async fn cancel(&self, key: JobKey) -> Result<Job, ClientError> {
+        let req = proto::CancelJobRequest {
+            job: Some(convert::key_to_proto(&key)),
+        };
         let resp = self
-            .jobs()
-            .cancel(proto::CancelJobRequest {
-                job: Some(convert::key_to_proto(&key)),
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::jobs(ch).cancel(req).await }
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok(convert::job_from_proto(resp.job.unwrap_or_default()))
     }
 
     /// The job log of one job.
     pub async fn log(&self, job_id: &str, limit: u32) -> Result<Vec<LogEntry>, ClientError> {
+        let req = proto::GetLogRequest {
+            job_id: job_id.to_string(),
+            limit,
+        };
         let resp = self
-            .jobs()
-            .get_log(proto::GetLogRequest {
-                job_id: job_id.to_string(),
-                limit,
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::jobs(ch).get_log(req).await }
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok(resp
             .entries
             .into_iter()
@@ -323,21 +407,24 @@ impl JobClient {
 
     /// Job counts per state.
     pub async fn stats(&self, node_group: Option<&str>) -> Result<Stats, ClientError> {
-        Ok(self
-            .jobs()
-            .stats(proto::StatsRequest {
-                task_tracker_node_group: node_group.unwrap_or_default().to_string(),
-            })
-            .await?
-            .into_inner())
+        let req = proto::StatsRequest {
+            task_tracker_node_group: node_group.unwrap_or_default().to_string(),
+        };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Self::jobs(ch).stats(req).await }
+        })
+        .await
     }
 
     /// The cluster's nodes, as the tracker sees them.
     pub async fn nodes(&self) -> Result<proto::ListNodesResponse, ClientError> {
-        Ok(ClusterServiceClient::new(self.channel.clone())
-            .list_nodes(proto::ListNodesRequest {})
-            .await?
-            .into_inner())
+        self.call(|ch| async move {
+            ClusterServiceClient::new(ch)
+                .list_nodes(proto::ListNodesRequest {})
+                .await
+        })
+        .await
     }
 
     /// Waits until the job reaches a final state (or, for a recurring job, finishes a run) and
@@ -382,7 +469,7 @@ impl JobClient {
     {
         let stop = CancellationToken::new();
         let task = tokio::spawn(feedback_loop(
-            self.addrs.clone(),
+            self.trackers.clone(),
             submit_node_group.to_string(),
             identity.to_string(),
             Arc::new(handler),
@@ -433,7 +520,7 @@ impl Drop for FeedbackSubscription {
 type Handler = Arc<dyn Fn(FeedbackItem) + Send + Sync>;
 
 async fn feedback_loop(
-    addrs: Arc<Vec<String>>,
+    trackers: Trackers,
     group: String,
     identity: String,
     handler: Handler,
@@ -441,7 +528,7 @@ async fn feedback_loop(
 ) {
     let mut delays = reconnect_backoff();
     while !stop.is_cancelled() {
-        match feedback_session(&addrs, &group, &identity, &handler, &stop).await {
+        match feedback_session(&trackers, &group, &identity, &handler, &stop).await {
             Ok(()) => delays = reconnect_backoff(),
             Err(e) => {
                 tracing::warn!(submit_node_group = %group, error = %e, "feedback stream lost; reconnecting")
@@ -456,13 +543,13 @@ async fn feedback_loop(
 }
 
 async fn feedback_session(
-    addrs: &[String],
+    trackers: &Trackers,
     group: &str,
     identity: &str,
     handler: &Handler,
     stop: &CancellationToken,
 ) -> Result<(), ClientError> {
-    let (_, channel) = connect::connect_any(addrs).await?;
+    let (_, channel) = connect::connect_to(trackers).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(proto::FeedbackClientMessage {
         msg: Some(proto::feedback_client_message::Msg::Subscribe(

@@ -1,11 +1,70 @@
 //! Connecting to JobTrackers: address normalisation and channels.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use lts_registry::{Registry, Role};
 use rand::seq::SliceRandom;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::ClientError;
+
+/// Where to find JobTrackers.
+#[derive(Clone)]
+pub enum Trackers {
+    /// A fixed list of addresses (e.g. a Kubernetes Service).
+    Static(Vec<String>),
+    /// The live JobTracker members of a registry (ZooKeeper), followed as they change.
+    Registry(Arc<dyn Registry>),
+}
+
+impl std::fmt::Debug for Trackers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trackers::Static(a) => f.debug_tuple("Static").field(a).finish(),
+            Trackers::Registry(_) => f.write_str("Registry"),
+        }
+    }
+}
+
+impl Trackers {
+    /// The tracker addresses known right now.
+    pub fn addresses(&self) -> Vec<String> {
+        match self {
+            Trackers::Static(a) => a.clone(),
+            Trackers::Registry(r) => r
+                .members(Role::JobTracker)
+                .borrow()
+                .iter()
+                .map(|n| n.address.clone())
+                .filter(|a| !a.is_empty())
+                .collect(),
+        }
+    }
+
+    /// The tracker addresses, waiting up to `timeout` for the registry to know one.
+    pub async fn wait_addresses(&self, timeout: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let a = self.addresses();
+            if !a.is_empty() || tokio::time::Instant::now() >= deadline {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Connects to one tracker of `trackers`, picked at random.
+pub async fn connect_to(trackers: &Trackers) -> Result<(String, Channel), ClientError> {
+    let addrs = trackers.wait_addresses(Duration::from_secs(3)).await;
+    if addrs.is_empty() {
+        return Err(ClientError::Unavailable(
+            "no JobTracker is registered in the cluster".into(),
+        ));
+    }
+    connect_any(&addrs).await
+}
 
 /// `host:port` → `http://host:port`; URLs pass unchanged.
 pub fn normalize(addr: &str) -> String {

@@ -27,14 +27,16 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, reconnect_backoff};
-use crate::connect;
+use crate::connect::{self, Trackers};
 use crate::runner::{BizLogger, JobContext, JobRunner, RunResult};
+use lts_registry::{NodeInfo, Registry, Role};
 
 /// Builds a [`TaskTracker`].
 pub struct TaskTrackerBuilder {
     cluster: String,
     node_group: Option<String>,
     trackers: Vec<String>,
+    registry: Option<Arc<dyn Registry>>,
     threads: u32,
     identity: Option<String>,
     grace: Duration,
@@ -74,6 +76,13 @@ impl TaskTrackerBuilder {
     /// Tracker addresses; one is picked at random and kept until it fails.
     pub fn trackers<I: IntoIterator<Item = S>, S: Into<String>>(mut self, addrs: I) -> Self {
         self.trackers.extend(addrs.into_iter().map(Into::into));
+        self
+    }
+
+    /// Find trackers in a registry (ZooKeeper) instead of a fixed list; the TaskTracker also
+    /// registers itself there, so the master re-queues its jobs at once if it dies.
+    pub fn registry(mut self, registry: Arc<dyn Registry>) -> Self {
+        self.registry = Some(registry);
         self
     }
 
@@ -119,10 +128,10 @@ impl TaskTrackerBuilder {
                 "must be at least 1",
             ));
         }
-        if self.trackers.is_empty() {
+        if self.trackers.is_empty() && self.registry.is_none() {
             v.push(lts_core::FieldViolation::new(
                 "tracker",
-                "at least one tracker address is required",
+                "at least one tracker address (or a registry) is required",
             ));
         }
         for t in &self.trackers {
@@ -141,7 +150,10 @@ impl TaskTrackerBuilder {
             identity: self.identity.unwrap_or_else(|| default_identity("worker")),
             cluster: self.cluster,
             node_group,
-            trackers: self.trackers,
+            trackers: match self.registry {
+                Some(r) => Trackers::Registry(r),
+                None => Trackers::Static(self.trackers),
+            },
             threads: self.threads,
             grace: self.grace,
             runner,
@@ -168,7 +180,7 @@ pub struct TaskTracker {
     identity: String,
     cluster: String,
     node_group: String,
-    trackers: Vec<String>,
+    trackers: Trackers,
     threads: u32,
     grace: Duration,
     runner: Arc<dyn JobRunner>,
@@ -218,6 +230,7 @@ impl TaskTracker {
             cluster: "default".into(),
             node_group: None,
             trackers: Vec::new(),
+            registry: None,
             threads: 8,
             identity: None,
             grace: Duration::from_secs(30),
@@ -253,6 +266,27 @@ impl TaskTracker {
     }
 
     async fn run_inner(self: Arc<Self>, stop: CancellationToken) {
+        if let Trackers::Registry(r) = &self.trackers {
+            let me = NodeInfo {
+                role: Role::TaskTracker,
+                identity: self.identity.clone(),
+                node_group: self.node_group.clone(),
+                address: String::new(),
+                threads: self.threads,
+                version: lts_core::VERSION.to_string(),
+                since_ms: now_ms(),
+            };
+            if let Err(e) = r.register(me).await {
+                tracing::warn!(error = %e, "registration failed; retrying in the background");
+            }
+        }
+        self.work(stop).await;
+        if let Trackers::Registry(r) = &self.trackers {
+            let _ = r.unregister(Role::TaskTracker, &self.identity).await;
+        }
+    }
+
+    async fn work(self: &Arc<Self>, stop: CancellationToken) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
         let mut st = State {
             running: HashMap::new(),
@@ -340,7 +374,7 @@ impl TaskTracker {
         stop: &CancellationToken,
         grace: &mut Option<tokio::time::Instant>,
     ) -> SessionEnd {
-        let (addr, channel) = match connect::connect_any(&self.trackers).await {
+        let (addr, channel) = match connect::connect_to(&self.trackers).await {
             Ok(c) => c,
             Err(e) => return SessionEnd::Lost(e.to_string(), false),
         };

@@ -145,6 +145,17 @@ async fn trackers_elect_one_master_fail_over_and_keep_dispatching() {
         .partition(|t| master.ends_with(&t.addr.rsplit(':').next().unwrap().to_string()));
     assert_eq!(dead.len(), 1, "master {master} is one of the trackers");
     let mut dead = dead.into_iter().next().unwrap();
+    // The SDK's master-change listener sees the change too.
+    let changes = client.master_changes().await.unwrap();
+    let current = |rx: &tokio::sync::watch::Receiver<Option<lts_registry::NodeInfo>>| {
+        rx.borrow().as_ref().map(|m| m.identity.clone())
+    };
+    eventually(T, "the listener to know the master", || {
+        let m = current(&changes);
+        async { m.filter(|m| *m == master) }
+    })
+    .await
+    .unwrap();
     dead.proc.kill9();
     let killed = Instant::now();
     let new_master = eventually(T, "a new master", || async {
@@ -157,6 +168,13 @@ async fn trackers_elect_one_master_fail_over_and_keep_dispatching() {
     assert!(took < Duration::from_secs(10), "failover took {took:?}");
     assert_ne!(new_master, master);
     eprintln!("failover: {master} -> {new_master} in {took:?}");
+    let heard = eventually(T, "the listener to hear the new master", || {
+        let m = current(&changes);
+        async { m.filter(|m| *m != master) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(heard, new_master);
 
     // Dispatch continues through the survivors.
     let ids = submit_all(&client, "after", 30).await;

@@ -231,6 +231,40 @@ impl JobClient {
         &self.trackers
     }
 
+    /// Master changes of the cluster (the LTS `MasterChangeListener`): the receiver holds the
+    /// current master JobTracker and wakes on every change. With a fixed tracker list (no
+    /// registry) it asks the tracker once and never changes.
+    pub async fn master_changes(
+        &self,
+    ) -> Result<tokio::sync::watch::Receiver<Option<lts_registry::NodeInfo>>, ClientError> {
+        match &self.trackers {
+            Trackers::Registry(r) => Ok(r.master()),
+            Trackers::Static(_) => {
+                let master = self
+                    .call(|ch| async move {
+                        ClusterServiceClient::new(ch)
+                            .get_master(proto::GetMasterRequest {})
+                            .await
+                    })
+                    .await?
+                    .master
+                    .map(|m| lts_registry::NodeInfo {
+                        role: lts_registry::Role::JobTracker,
+                        identity: m.identity,
+                        node_group: m.node_group,
+                        address: m.address,
+                        threads: m.threads,
+                        version: m.version,
+                        since_ms: m.since_ms,
+                    });
+                let (tx, rx) = tokio::sync::watch::channel(master);
+                // Keep the sender alive so the receiver never reports "closed".
+                tokio::spawn(async move { tx.closed().await });
+                Ok(rx)
+            }
+        }
+    }
+
     async fn channel(&self) -> Result<(String, Channel), ClientError> {
         if let Some(ch) = &self.fixed {
             return Ok((String::new(), ch.clone()));
@@ -526,9 +560,41 @@ async fn feedback_loop(
     handler: Handler,
     stop: CancellationToken,
 ) {
+    // With a registry, a subscribed JobClient is a member of the cluster like any node.
+    let registry = match &trackers {
+        Trackers::Registry(r) => Some(r.clone()),
+        Trackers::Static(_) => None,
+    };
+    if let Some(r) = &registry {
+        let me = lts_registry::NodeInfo {
+            role: lts_registry::Role::JobClient,
+            identity: identity.clone(),
+            node_group: group.clone(),
+            address: String::new(),
+            threads: 0,
+            version: lts_core::VERSION.to_string(),
+            since_ms: lts_core::now_ms(),
+        };
+        if let Err(e) = r.register(me).await {
+            tracing::warn!(error = %e, "JobClient registration failed; retrying in the background");
+        }
+    }
+    feedback_sessions(&trackers, &group, &identity, &handler, &stop).await;
+    if let Some(r) = &registry {
+        let _ = r.unregister(lts_registry::Role::JobClient, &identity).await;
+    }
+}
+
+async fn feedback_sessions(
+    trackers: &Trackers,
+    group: &str,
+    identity: &str,
+    handler: &Handler,
+    stop: &CancellationToken,
+) {
     let mut delays = reconnect_backoff();
     while !stop.is_cancelled() {
-        match feedback_session(&trackers, &group, &identity, &handler, &stop).await {
+        match feedback_session(trackers, group, identity, handler, stop).await {
             Ok(()) => delays = reconnect_backoff(),
             Err(e) => {
                 tracing::warn!(submit_node_group = %group, error = %e, "feedback stream lost; reconnecting")

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use lts_registry::{ZkConfig, ZkRegistry};
 use lts_worker_sdk::TaskTracker;
 use lts_worker_sdk::sidecar::{SidecarArgs, runner_from_args};
 
@@ -15,8 +16,19 @@ use lts_worker_sdk::sidecar::{SidecarArgs, runner_from_args};
 #[command(name = "lts-worker", version, about)]
 struct Cli {
     /// JobTracker address(es), comma-separated or repeated.
-    #[arg(long, env = "LTS_TRACKER", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        env = "LTS_TRACKER",
+        value_delimiter = ',',
+        required_unless_present = "registry"
+    )]
     tracker: Vec<String>,
+    /// Find JobTrackers in ZooKeeper instead: `zookeeper://HOST:PORT[,HOST:PORT]/CHROOT`.
+    #[arg(long, env = "LTS_REGISTRY", conflicts_with = "tracker")]
+    registry: Option<String>,
+    /// ZooKeeper session timeout in milliseconds.
+    #[arg(long, env = "LTS_ZK_SESSION_TIMEOUT_MS", default_value_t = 6_000)]
+    zk_session_timeout_ms: u64,
     /// Cluster name.
     #[arg(long, env = "LTS_CLUSTER", default_value = "default")]
     cluster: String,
@@ -54,7 +66,7 @@ async fn main() -> ExitCode {
         }
     };
     let mut builder = TaskTracker::builder()
-        .cluster(cli.cluster)
+        .cluster(cli.cluster.clone())
         .node_group(cli.node_group)
         .trackers(cli.tracker)
         .threads(cli.threads)
@@ -62,6 +74,20 @@ async fn main() -> ExitCode {
         .runner_arc(runner);
     if let Some(id) = cli.identity {
         builder = builder.identity(id);
+    }
+    let mut zk = None;
+    if let Some(url) = &cli.registry {
+        let mut cfg = match ZkConfig::parse(url, &cli.cluster) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("lts-worker: --registry: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        cfg.session_timeout = Duration::from_millis(cli.zk_session_timeout_ms);
+        let reg = ZkRegistry::start(cfg, None);
+        builder = builder.registry(std::sync::Arc::new(reg.clone()));
+        zk = Some(reg);
     }
     let worker = match builder.build() {
         Ok(w) => w,
@@ -71,6 +97,9 @@ async fn main() -> ExitCode {
         }
     };
     worker.run(shutdown_signal()).await;
+    if let Some(zk) = zk {
+        zk.close().await;
+    }
     ExitCode::SUCCESS
 }
 

@@ -1,1 +1,160 @@
-//! placeholder for the sidecar runners
+//! The runners of the `lts-worker` sidecar: they make any program a TaskTracker.
+//!
+//! # The contract for program authors
+//!
+//! **`--exec CMD`** runs `sh -c CMD` once per job.
+//!
+//! * stdin: the job as JSON ([`JobPayload`]), then end of file;
+//! * environment: every parameter as `LTS_PARAM_<NAME>` (the key upper-cased, every character
+//!   other than `A-Z`, `0-9` and `_` replaced by `_`), plus `LTS_JOB_ID`, `LTS_TASK_ID`,
+//!   `LTS_ATTEMPT` and `LTS_NODE_GROUP`;
+//! * exit code: `0` → `SUCCESS`, `75` (`EX_TEMPFAIL`) → `LATER` (retried while the job has
+//!   retries left), anything else → `FAILED`; killed by a signal → `EXCEPTION`;
+//! * every stdout line becomes an INFO business-log line, every stderr line a WARN line (at
+//!   most 1,000 lines per run are kept);
+//! * the job's timeout (`--timeout`) or a cancellation kills the process: `EXCEPTION`.
+//!
+//! **`--http URL`** POSTs the job as JSON ([`JobPayload`], headers `x-lts-job-id` and
+//! `x-lts-attempt`) to the program, usually the app container next to the sidecar on
+//! localhost.
+//!
+//! * `2xx` with an empty body → `SUCCESS`;
+//! * `2xx` with a JSON body `{"outcome": "SUCCESS"|"FAILED"|"LATER"|"EXCEPTION",
+//!   "message": "...", "logs": ["line", {"level": "WARN", "message": "line"}]}` → that outcome
+//!   (default `SUCCESS`), message and business-log lines; a body that is not such JSON is
+//!   ignored with a WARN line (the program did succeed);
+//! * `429` or `503` → `LATER`; any other status → `FAILED` (with the status and the start of
+//!   the body);
+//! * the program not reachable (connection refused) → `LATER`;
+//! * no answer within `--timeout` → `EXCEPTION`.
+
+pub mod exec;
+pub mod http;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::JobRunner;
+use crate::runner::JobContext;
+
+pub use exec::ExecRunner;
+pub use http::HttpRunner;
+
+/// The job as a program receives it (stdin for `--exec`, the request body for `--http`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPayload {
+    /// Tracker-assigned id, stable across retries.
+    pub job_id: String,
+    /// The business key.
+    pub task_id: String,
+    /// The TaskTracker node group.
+    pub task_tracker_node_group: String,
+    /// 1 on the first run.
+    pub attempt: u32,
+    /// The job's parameters.
+    pub params: BTreeMap<String, String>,
+    /// The job's priority.
+    pub priority: i32,
+    /// For cron/repeat jobs: the fire time this run belongs to (Unix epoch ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_fire_ms: Option<i64>,
+}
+
+impl JobPayload {
+    /// The payload of a run.
+    pub fn from_context(ctx: &JobContext) -> JobPayload {
+        JobPayload {
+            job_id: ctx.job.job_id.clone(),
+            task_id: ctx.job.spec.task_id.clone(),
+            task_tracker_node_group: ctx.job.spec.task_tracker_node_group.clone(),
+            attempt: ctx.attempt,
+            params: ctx.job.spec.params.clone(),
+            priority: ctx.job.spec.priority,
+            scheduled_fire_ms: ctx.job.scheduled_fire_ms,
+        }
+    }
+}
+
+/// How the sidecar hands jobs to the program.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "mode", required = true, multiple = false)]
+pub struct SidecarArgs {
+    /// Run `sh -c CMD` per job.
+    #[arg(long, env = "LTS_EXEC", group = "mode")]
+    pub exec: Option<String>,
+    /// POST each job to this URL.
+    #[arg(long, env = "LTS_HTTP", group = "mode")]
+    pub http: Option<String>,
+    /// Seconds one job may take.
+    #[arg(long, env = "LTS_JOB_TIMEOUT", default_value_t = 600)]
+    pub timeout: u64,
+}
+
+/// The runner the arguments ask for.
+pub fn runner_from_args(args: &SidecarArgs) -> anyhow::Result<Arc<dyn JobRunner>> {
+    if args.timeout == 0 {
+        anyhow::bail!("--timeout: must be at least 1 second");
+    }
+    let timeout = Duration::from_secs(args.timeout);
+    match (&args.exec, &args.http) {
+        (Some(cmd), None) => {
+            if cmd.trim().is_empty() {
+                anyhow::bail!("--exec: the command is empty");
+            }
+            Ok(Arc::new(ExecRunner::new(cmd.clone(), timeout)))
+        }
+        (None, Some(url)) => Ok(Arc::new(HttpRunner::new(url.clone(), timeout)?)),
+        _ => anyhow::bail!("give exactly one of --exec CMD or --http URL"),
+    }
+}
+
+/// Cuts a message to at most `max` characters.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max).collect();
+        t.push('…');
+        t
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use lts_core::{Job, JobSpec, JobState};
+    use tokio_util::sync::CancellationToken;
+
+    use crate::runner::{BizLogger, JobContext};
+
+    /// A context for a job with the given params.
+    pub fn ctx(task_id: &str, params: &[(&str, &str)]) -> JobContext {
+        let mut spec = JobSpec::new(task_id, "sidecar");
+        for (k, v) in params {
+            spec = spec.param(*k, *v);
+        }
+        JobContext {
+            job: Job {
+                job_id: format!("job-{task_id}"),
+                spec,
+                state: JobState::Running,
+                attempt: 1,
+                trigger_time_ms: 0,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+                lease_owner: None,
+                lease_expiry_ms: None,
+                last_outcome: None,
+                last_message: None,
+                finished_at_ms: None,
+                scheduled_fire_ms: None,
+                fire_count: 1,
+            },
+            attempt: 1,
+            logger: BizLogger::default(),
+            cancel: CancellationToken::new(),
+        }
+    }
+}

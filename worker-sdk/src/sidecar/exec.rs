@@ -1,0 +1,273 @@
+//! `--exec`: one `sh -c CMD` process per job. See the module docs of [`super`] for the
+//! contract.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+use super::{JobPayload, truncate};
+use crate::runner::{BizLogger, JobContext, JobRunner, RunResult};
+
+/// Business-log lines kept per run.
+const MAX_LINES: usize = 1_000;
+/// The exit code that means "try again later" (`EX_TEMPFAIL` of sysexits.h).
+pub const EXIT_LATER: i32 = 75;
+
+/// Runs a shell command per job.
+#[derive(Debug, Clone)]
+pub struct ExecRunner {
+    command: String,
+    timeout: Duration,
+}
+
+impl ExecRunner {
+    /// A runner of `sh -c command`, killing runs that take longer than `timeout`.
+    pub fn new(command: String, timeout: Duration) -> ExecRunner {
+        ExecRunner { command, timeout }
+    }
+}
+
+/// `my-key.x` → `LTS_PARAM_MY_KEY_X`.
+pub fn param_env_name(key: &str) -> String {
+    let mut name = String::from("LTS_PARAM_");
+    for c in key.chars() {
+        let c = c.to_ascii_uppercase();
+        name.push(
+            if c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                '_'
+            },
+        );
+    }
+    name
+}
+
+/// Maps an exit code to an outcome: 0 success, 75 later, others failed.
+pub fn outcome_for_exit(code: i32, last_err: Option<&str>) -> RunResult {
+    let detail = last_err
+        .filter(|l| !l.is_empty())
+        .map(|l| format!(": {}", truncate(l, 1_000)))
+        .unwrap_or_default();
+    match code {
+        0 => RunResult::success(format!("exit code 0{detail}")),
+        EXIT_LATER => RunResult::later(format!("exit code {EXIT_LATER} (try later){detail}")),
+        c => RunResult::failed(format!("exit code {c}{detail}")),
+    }
+}
+
+struct Lines {
+    logger: BizLogger,
+    kept: AtomicUsize,
+    dropped: AtomicUsize,
+    last_err: std::sync::Mutex<Option<String>>,
+}
+
+impl Lines {
+    fn push(&self, line: String, is_err: bool) {
+        if is_err {
+            *self.last_err.lock().unwrap_or_else(|e| e.into_inner()) = Some(line.clone());
+        }
+        if self.kept.fetch_add(1, Ordering::Relaxed) >= MAX_LINES {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if is_err {
+            self.logger.warn(line);
+        } else {
+            self.logger.info(line);
+        }
+    }
+}
+
+async fn pump<R: tokio::io::AsyncRead + Unpin>(reader: R, lines: Arc<Lines>, is_err: bool) {
+    let mut r = BufReader::new(reader).lines();
+    while let Ok(Some(line)) = r.next_line().await {
+        lines.push(line, is_err);
+    }
+}
+
+#[async_trait]
+impl JobRunner for ExecRunner {
+    async fn run(&self, ctx: JobContext) -> RunResult {
+        let payload = match serde_json::to_vec(&JobPayload::from_context(&ctx)) {
+            Ok(p) => p,
+            Err(e) => return RunResult::exception(format!("cannot encode the job: {e}")),
+        };
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(&self.command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .env("LTS_JOB_ID", &ctx.job.job_id)
+            .env("LTS_TASK_ID", &ctx.job.spec.task_id)
+            .env("LTS_ATTEMPT", ctx.attempt.to_string())
+            .env("LTS_NODE_GROUP", &ctx.job.spec.task_tracker_node_group);
+        for (k, v) in &ctx.job.spec.params {
+            cmd.env(param_env_name(k), v);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return RunResult::exception(format!("cannot start `sh -c`: {e}")),
+        };
+        tracing::debug!(job_id = %ctx.job.job_id, pid = ?child.id(), "job process started");
+        if let Some(mut stdin) = child.stdin.take() {
+            // A program that does not read stdin closes the pipe early; that is fine.
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&payload).await;
+                let _ = stdin.shutdown().await;
+            });
+        }
+        let lines = Arc::new(Lines {
+            logger: ctx.logger.clone(),
+            kept: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
+            last_err: std::sync::Mutex::new(None),
+        });
+        let out = child
+            .stdout
+            .take()
+            .map(|o| tokio::spawn(pump(o, lines.clone(), false)));
+        let err = child
+            .stderr
+            .take()
+            .map(|e| tokio::spawn(pump(e, lines.clone(), true)));
+        let status = tokio::select! {
+            s = child.wait() => s,
+            _ = tokio::time::sleep(self.timeout) => {
+                let _ = child.kill().await;
+                return RunResult::exception(format!("timed out after {} s; the process was killed", self.timeout.as_secs()));
+            }
+            _ = ctx.cancel.cancelled() => {
+                let _ = child.kill().await;
+                return RunResult::exception("cancelled; the process was killed");
+            }
+        };
+        // Collect the rest of the output (the pipes close when the process exits).
+        for h in [out, err].into_iter().flatten() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+        }
+        let dropped = lines.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            ctx.logger.warn(format!(
+                "{dropped} more output lines were dropped (limit {MAX_LINES})"
+            ));
+        }
+        let last_err = lines
+            .last_err
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match status {
+            Ok(s) => match s.code() {
+                Some(code) => outcome_for_exit(code, last_err.as_deref()),
+                None => {
+                    use std::os::unix::process::ExitStatusExt;
+                    RunResult::exception(format!(
+                        "killed by signal {}",
+                        s.signal()
+                            .map(|n| n.to_string())
+                            .unwrap_or_else(|| "?".into())
+                    ))
+                }
+            },
+            Err(e) => RunResult::exception(format!("waiting for the process failed: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sidecar::test_support::ctx;
+    use lts_core::{LogLevel, Outcome};
+
+    fn runner(cmd: &str) -> ExecRunner {
+        ExecRunner::new(cmd.into(), Duration::from_secs(10))
+    }
+
+    #[test]
+    fn param_names_become_env_names() {
+        assert_eq!(param_env_name("my-key.x"), "LTS_PARAM_MY_KEY_X");
+        assert_eq!(param_env_name("a_B9"), "LTS_PARAM_A_B9");
+    }
+
+    #[tokio::test]
+    async fn exit_codes_map_to_outcomes() {
+        for (cmd, outcome) in [
+            ("exit 0", Outcome::Success),
+            ("exit 75", Outcome::Later),
+            ("exit 3", Outcome::Failed),
+            ("kill -9 $$", Outcome::Exception),
+        ] {
+            let r = runner(cmd).run(ctx("t", &[])).await;
+            assert_eq!(r.outcome, outcome, "{cmd}: {r:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_job_arrives_on_stdin_and_in_the_environment() {
+        let c = ctx("env-test", &[("my-key", "hello world")]);
+        let logger = c.logger.clone();
+        let r = runner(
+            "cat; echo; echo \"$LTS_PARAM_MY_KEY|$LTS_TASK_ID|$LTS_ATTEMPT\"; echo oops >&2",
+        )
+        .run(c)
+        .await;
+        assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+        let lines = logger.take();
+        let payload: JobPayload = serde_json::from_str(&lines[0].message).unwrap();
+        assert_eq!(payload.task_id, "env-test");
+        assert_eq!(payload.params["my-key"], "hello world");
+        assert_eq!(lines[1].message, "hello world|env-test|1");
+        assert_eq!(lines[1].level, LogLevel::Info);
+        let err = lines.iter().find(|l| l.message == "oops").unwrap();
+        assert_eq!(err.level, LogLevel::Warn);
+        assert!(r.message.ends_with(": oops"), "{}", r.message);
+    }
+
+    #[tokio::test]
+    async fn a_timeout_or_a_cancel_kills_the_process() {
+        let r = ExecRunner::new("sleep 30".into(), Duration::from_millis(200))
+            .run(ctx("slow", &[]))
+            .await;
+        assert_eq!(r.outcome, Outcome::Exception);
+        assert!(r.message.contains("timed out"), "{}", r.message);
+
+        let c = ctx("cancel", &[]);
+        let cancel = c.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cancel.cancel();
+        });
+        let started = std::time::Instant::now();
+        let r = runner("sleep 30").run(c).await;
+        assert_eq!(r.outcome, Outcome::Exception);
+        assert!(r.message.contains("cancelled"));
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn output_is_capped() {
+        let c = ctx("chatty", &[]);
+        let logger = c.logger.clone();
+        let r = runner("seq 1 1500").run(c).await;
+        assert_eq!(r.outcome, Outcome::Success);
+        let lines = logger.take();
+        assert_eq!(lines.len(), MAX_LINES + 1);
+        assert!(
+            lines
+                .last()
+                .unwrap()
+                .message
+                .contains("500 more output lines")
+        );
+    }
+}

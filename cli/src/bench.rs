@@ -52,7 +52,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100_000)]
     pub drain_jobs: u64,
     /// Phases to run (comma-separated): submit, single, drain, latency.
-    #[arg(long, value_delimiter = ',', default_value = "submit,single,drain,latency")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "submit,single,drain,latency"
+    )]
     pub phases: Vec<Phase>,
     /// SQLite durability (`full` fsyncs every grouped commit).
     #[arg(long, value_enum, default_value_t = SyncFlag::Full)]
@@ -129,7 +133,9 @@ pub async fn run(args: BenchArgs) -> CliResult {
     let db = dir.join(format!("bench-{}.db", std::process::id()));
     let mut config = TrackerConfig::new(
         StoreUrl::Sqlite(db.clone()),
-        "127.0.0.1:0".parse().map_err(|e| CliError::Failed(format!("{e}")))?,
+        "127.0.0.1:0"
+            .parse()
+            .map_err(|e| CliError::Failed(format!("{e}")))?,
     );
     config.sqlite_sync = args.sync;
     config.identity = Some("bench-tracker".into());
@@ -374,8 +380,7 @@ async fn latency(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliRes
     }
     // Wait for the last runs.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while hist.lock().unwrap_or_else(|e| e.into_inner()).len() < total
-        && Instant::now() < deadline
+    while hist.lock().unwrap_or_else(|e| e.into_inner()).len() < total && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

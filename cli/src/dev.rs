@@ -50,12 +50,12 @@ pub struct DevArgs {
 /// What the demo runner does, chosen by the job's `kind` parameter.
 async fn demo_runner(ctx: JobContext) -> RunResult {
     let kind = ctx.param("kind").unwrap_or("ok").to_string();
-    let ms: u64 = ctx
-        .param("ms")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    ctx.log()
-        .info(format!("{kind} job {} attempt {}", ctx.task_id(), ctx.attempt));
+    let ms: u64 = ctx.param("ms").and_then(|v| v.parse().ok()).unwrap_or(100);
+    ctx.log().info(format!(
+        "{kind} job {} attempt {}",
+        ctx.task_id(),
+        ctx.attempt
+    ));
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
         _ = ctx.cancel.cancelled() => return RunResult::exception("cancelled"),

@@ -1,0 +1,818 @@
+//! The client commands: `lts submit`, `lts jobs list|get|cancel`, `lts nodes`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lts_core::{Job, JobKey, JobSpec, JobState, MisfirePolicy, Schedule, now_ms, validate};
+use lts_registry::{Registry, ZkConfig, ZkRegistry};
+use lts_worker_sdk::{JobClient, ListQuery, SubmitAnswer};
+use serde::Serialize;
+
+use crate::error::{CliError, CliResult};
+use crate::output::{self, OutputFormat, print_json, table, time};
+
+/// How to reach the cluster, and how to print.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientOpts {
+    /// JobTracker address(es), comma-separated or repeated.
+    #[arg(
+        long,
+        env = "LTS_TRACKER",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7070"
+    )]
+    pub tracker: Vec<String>,
+    /// Find the JobTrackers in ZooKeeper instead: `zookeeper://HOST:PORT[,HOST:PORT]/CHROOT`.
+    #[arg(long, env = "LTS_REGISTRY")]
+    pub registry: Option<String>,
+    /// Cluster name (with --registry).
+    #[arg(long, env = "LTS_CLUSTER", default_value = "default")]
+    pub cluster: String,
+    /// Output format.
+    #[arg(long, short = 'o', env = "LTS_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+impl ClientOpts {
+    async fn client(&self) -> CliResult<JobClient> {
+        match &self.registry {
+            Some(url) => {
+                let cfg = ZkConfig::parse(url, &self.cluster)
+                    .map_err(|e| CliError::Usage(format!("--registry: {e}")))?;
+                let zk = ZkRegistry::start(cfg, None);
+                zk.wait_connected(Duration::from_secs(10))
+                    .await
+                    .map_err(|e| CliError::Failed(e.to_string()))?;
+                let reg: Arc<dyn Registry> = Arc::new(zk);
+                Ok(JobClient::from_registry(reg))
+            }
+            None => JobClient::new(&self.tracker).map_err(|e| self.unavailable(e)),
+        }
+    }
+
+    fn where_(&self) -> String {
+        match &self.registry {
+            Some(r) => format!("cluster {:?} in {r}", self.cluster),
+            None => self.tracker.join(","),
+        }
+    }
+
+    fn unavailable(&self, e: lts_worker_sdk::ClientError) -> CliError {
+        match e {
+            lts_worker_sdk::ClientError::Unavailable(why) => {
+                CliError::Failed(format!("tracker unavailable at {}: {why}", self.where_()))
+            }
+            other => other.into(),
+        }
+    }
+}
+
+/// `lts submit`: every job field as a flag.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+    /// The business key (1–64 characters, unique per node group among unfinished jobs).
+    #[arg(long)]
+    task_id: String,
+    /// The TaskTracker node group that runs it.
+    #[arg(long)]
+    node_group: String,
+    /// The JobClient node group that gets the feedback.
+    #[arg(long, default_value = "")]
+    submit_node_group: String,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// A parameter `KEY=VALUE` (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// Send the final result to the submit node group.
+    #[arg(long)]
+    feedback: bool,
+    /// Retries after LATER/EXCEPTION.
+    #[arg(long, default_value_t = 0)]
+    max_retries: u32,
+    /// Run once at this time: RFC 3339 (`2026-12-01T10:00:00Z`) or `+30s`, `+5m`, `+2h`, `+1d`.
+    #[arg(long, group = "schedule")]
+    trigger_time: Option<String>,
+    /// Run on a cron expression with seconds: `sec min hour dom month dow [year]`.
+    #[arg(long, group = "schedule")]
+    cron: Option<String>,
+    /// IANA time zone of --cron (default UTC).
+    #[arg(long, requires = "cron")]
+    time_zone: Option<String>,
+    /// Run every DURATION (`500ms`, `10s`, `5m`, `1h`, or milliseconds).
+    #[arg(long, group = "schedule")]
+    repeat_interval: Option<String>,
+    /// How many times to run with --repeat-interval (-1 = forever).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true, requires = "repeat_interval")]
+    repeat_count: i64,
+    /// First run of --repeat-interval (same forms as --trigger-time; default now).
+    #[arg(long, requires = "repeat_interval")]
+    first_fire: Option<String>,
+    /// For cron/repeat: the next run only after the current one ends.
+    #[arg(long)]
+    rely_on_prev_cycle: bool,
+    /// Replace an unfinished job with the same task id instead of ignoring this one.
+    #[arg(long = "replace")]
+    replace_on_exist: bool,
+    /// After missed fires: one catch-up run, or skip to the next time.
+    #[arg(long, value_enum, default_value_t = Misfire::FireOnce)]
+    misfire: Misfire,
+    /// Wait for the final outcome and print it.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, requires = "wait")]
+    wait_timeout: Option<u64>,
+}
+
+/// `--misfire` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Misfire {
+    /// One catch-up run.
+    FireOnce,
+    /// Wait for the next scheduled time.
+    Skip,
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_param(s: &str) -> CliResult<(String, String)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(CliError::Usage(format!(
+            "--param: expected KEY=VALUE, got {s:?}"
+        ))),
+    }
+}
+
+/// Parses a duration: `500ms`, `10s`, `5m`, `2h`, `1d`, or a plain number of milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "ms"),
+    };
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 10s, 5m, 2h, 1d)"))?;
+    let factor = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// Parses an instant: RFC 3339 or `+DURATION` from `now_ms`.
+pub fn parse_instant(s: &str, now_ms: i64) -> Result<i64, String> {
+    if let Some(rel) = s.strip_prefix('+') {
+        return parse_duration_ms(rel).map(|d| now_ms + d);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| {
+            format!(
+                "{s:?} is not a time: use RFC 3339 (2026-12-01T10:00:00Z) or +30s/+5m/+2h/+1d ({e})"
+            )
+        })
+}
+
+/// Builds and validates the job from the flags.
+pub fn spec_from_args(a: &SubmitArgs, now: i64) -> CliResult<JobSpec> {
+    let mut params = BTreeMap::new();
+    for p in &a.params {
+        let (k, v) = parse_param(p)?;
+        params.insert(k, v);
+    }
+    let schedule = if let Some(t) = &a.trigger_time {
+        Schedule::TriggerAt {
+            trigger_time_ms: parse_instant(t, now)
+                .map_err(|e| CliError::Usage(format!("--trigger-time: {e}")))?,
+        }
+    } else if let Some(expr) = &a.cron {
+        Schedule::Cron {
+            expression: expr.clone(),
+            time_zone: a.time_zone.clone(),
+        }
+    } else if let Some(every) = &a.repeat_interval {
+        Schedule::Repeat {
+            interval_ms: parse_duration_ms(every)
+                .map_err(|e| CliError::Usage(format!("--repeat-interval: {e}")))?,
+            count: a.repeat_count,
+            first_fire_ms: a
+                .first_fire
+                .as_deref()
+                .map(|f| parse_instant(f, now))
+                .transpose()
+                .map_err(|e| CliError::Usage(format!("--first-fire: {e}")))?,
+        }
+    } else {
+        Schedule::Now
+    };
+    let spec = JobSpec {
+        task_id: a.task_id.clone(),
+        task_tracker_node_group: a.node_group.clone(),
+        submit_node_group: a.submit_node_group.clone(),
+        priority: a.priority,
+        params,
+        need_feedback: a.feedback,
+        max_retries: a.max_retries,
+        schedule,
+        rely_on_prev_cycle: a.rely_on_prev_cycle,
+        replace_on_exist: a.replace_on_exist,
+        misfire_policy: match a.misfire {
+            Misfire::FireOnce => MisfirePolicy::FireOnce,
+            Misfire::Skip => MisfirePolicy::Skip,
+        },
+    };
+    validate::validate(&spec).map_err(|v| CliError::Usage(v.to_string()))?;
+    Ok(spec)
+}
+
+#[derive(Serialize)]
+struct SubmitOut<'a> {
+    status: &'a str,
+    job_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<&'a Job>,
+}
+
+/// Runs `lts submit`.
+pub async fn submit(a: SubmitArgs) -> CliResult {
+    let spec = spec_from_args(&a, now_ms())?;
+    let client = a.opts.client().await?;
+    let answer = client
+        .submit(spec.clone())
+        .await
+        .map_err(|e| a.opts.unavailable(e))?;
+    let job_id = match &answer {
+        SubmitAnswer::Rejected(v) => return Err(CliError::Usage(v.to_string())),
+        other => other.job_id().unwrap_or_default().to_string(),
+    };
+    let waited = if a.wait {
+        Some(
+            client
+                .wait(
+                    JobKey::Id(job_id.clone()),
+                    a.wait_timeout.map(Duration::from_secs),
+                )
+                .await
+                .map_err(|e| a.opts.unavailable(e))?,
+        )
+    } else {
+        None
+    };
+    match a.opts.output {
+        OutputFormat::Json => print_json(&SubmitOut {
+            status: answer.status(),
+            job_id: Some(&job_id),
+            job: waited.as_ref(),
+        }),
+        OutputFormat::Table => {
+            let what = match answer {
+                SubmitAnswer::Accepted { .. } => "accepted",
+                SubmitAnswer::Duplicate { .. } => "duplicate (already queued, nothing changed):",
+                SubmitAnswer::Replaced { .. } => "replaced",
+                SubmitAnswer::Rejected(_) => "rejected",
+            };
+            println!(
+                "{what} job {job_id} (task {} → node group {})",
+                spec.task_id, spec.task_tracker_node_group
+            );
+            if let Some(j) = &waited {
+                println!(
+                    "{} after {} attempt(s): {}",
+                    j.state,
+                    j.attempt,
+                    j.last_message.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    match waited {
+        Some(j) if matches!(j.state, JobState::Failed | JobState::Cancelled) => Err(
+            CliError::Failed(format!("job {} ended {}", j.job_id, j.state)),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// How a command names one job.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobSelector {
+    /// The job id.
+    #[arg(long)]
+    job_id: Option<String>,
+    /// The node group (with --task-id).
+    #[arg(long)]
+    node_group: Option<String>,
+    /// The task id (with --node-group).
+    #[arg(long)]
+    task_id: Option<String>,
+}
+
+impl JobSelector {
+    /// The key, or a usage error naming the flags.
+    pub fn key(&self) -> CliResult<JobKey> {
+        match (&self.job_id, &self.node_group, &self.task_id) {
+            (Some(id), None, None) => Ok(JobKey::Id(id.clone())),
+            (None, Some(g), Some(t)) => Ok(JobKey::Task {
+                node_group: g.clone(),
+                task_id: t.clone(),
+            }),
+            _ => Err(CliError::Usage(
+                "name the job with --job-id ID, or with --node-group GROUP and --task-id TASK"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// `lts jobs …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest last.
+    List(ListArgs),
+    /// One job with all its fields and its log.
+    Get(GetArgs),
+    /// Cancel a queued or running job.
+    Cancel(CancelArgs),
+}
+
+/// `lts jobs list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+    /// Only this node group.
+    #[arg(long)]
+    node_group: Option<String>,
+    /// Only this state: queued, running, suspended, succeeded, failed, cancelled.
+    #[arg(long)]
+    state: Option<String>,
+    /// Only task ids starting with this.
+    #[arg(long)]
+    task_id_prefix: Option<String>,
+    /// At most this many jobs.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Continue a previous listing.
+    #[arg(long)]
+    page_token: Option<String>,
+}
+
+/// `lts jobs get`.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+    #[command(flatten)]
+    job: JobSelector,
+    /// Log lines to show.
+    #[arg(long, default_value_t = 100)]
+    log_limit: u32,
+}
+
+/// `lts jobs cancel`.
+#[derive(Debug, clap::Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+    #[command(flatten)]
+    job: JobSelector,
+}
+
+/// Runs `lts jobs …`.
+pub async fn jobs(cmd: JobsCommand) -> CliResult {
+    match cmd {
+        JobsCommand::List(a) => list(a).await,
+        JobsCommand::Get(a) => get(a).await,
+        JobsCommand::Cancel(a) => cancel(a).await,
+    }
+}
+
+fn schedule_text(s: &Schedule) -> String {
+    match s {
+        Schedule::Now => "now".into(),
+        Schedule::TriggerAt { .. } => "trigger_time".into(),
+        Schedule::Cron {
+            expression,
+            time_zone,
+        } => format!(
+            "cron {expression}{}",
+            time_zone
+                .as_ref()
+                .map(|z| format!(" ({z})"))
+                .unwrap_or_default()
+        ),
+        Schedule::Repeat {
+            interval_ms, count, ..
+        } => format!(
+            "every {interval_ms} ms × {}",
+            if *count < 0 {
+                "∞".to_string()
+            } else {
+                count.to_string()
+            }
+        ),
+    }
+}
+
+async fn list(a: ListArgs) -> CliResult {
+    let state = a
+        .state
+        .as_deref()
+        .map(str::parse::<JobState>)
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("--state: {e}")))?;
+    if a.limit == 0 {
+        return Err(CliError::Usage("--limit: must be at least 1".into()));
+    }
+    let client = a.opts.client().await?;
+    let mut jobs = Vec::new();
+    let mut token = a.page_token.clone();
+    loop {
+        let want = (a.limit as usize - jobs.len()).min(1000) as u32;
+        let (page, next) = client
+            .list(ListQuery {
+                node_group: a.node_group.clone(),
+                state,
+                task_id_prefix: a.task_id_prefix.clone(),
+                page_size: want,
+                page_token: token.clone(),
+            })
+            .await
+            .map_err(|e| a.opts.unavailable(e))?;
+        jobs.extend(page);
+        token = next;
+        if token.is_none() || jobs.len() >= a.limit as usize {
+            break;
+        }
+    }
+    match a.opts.output {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "jobs": jobs,
+            "next_page_token": token,
+        })),
+        OutputFormat::Table => {
+            let mut t = table([
+                "JOB ID",
+                "TASK ID",
+                "NODE GROUP",
+                "STATE",
+                "PRIO",
+                "ATTEMPT",
+                "SCHEDULE",
+                "NEXT/TRIGGER",
+                "LAST RESULT",
+            ]);
+            for j in &jobs {
+                t.add_row(vec![
+                    j.job_id.clone(),
+                    j.spec.task_id.clone(),
+                    j.spec.task_tracker_node_group.clone(),
+                    j.state.to_string(),
+                    j.spec.priority.to_string(),
+                    j.attempt.to_string(),
+                    schedule_text(&j.spec.schedule),
+                    if j.state.is_final() {
+                        "-".into()
+                    } else {
+                        time(Some(j.trigger_time_ms))
+                    },
+                    j.last_outcome
+                        .map(|o| o.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            println!("{t}");
+            if let Some(next) = &token {
+                eprintln!("more jobs: --page-token {next}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn get(a: GetArgs) -> CliResult {
+    let key = a.job.key()?;
+    let client = a.opts.client().await?;
+    let job = client.get(key).await.map_err(|e| a.opts.unavailable(e))?;
+    let log = client
+        .log(&job.job_id, a.log_limit)
+        .await
+        .map_err(|e| a.opts.unavailable(e))?;
+    if a.opts.output == OutputFormat::Json {
+        print_json(&serde_json::json!({ "job": job, "log": log }));
+        return Ok(());
+    }
+    let mut t = table(["FIELD", "VALUE"]);
+    let s = &job.spec;
+    let params = if s.params.is_empty() {
+        "-".to_string()
+    } else {
+        s.params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let rows: Vec<(&str, String)> = vec![
+        ("job_id", job.job_id.clone()),
+        ("task_id", s.task_id.clone()),
+        ("task_tracker_node_group", s.task_tracker_node_group.clone()),
+        ("submit_node_group", or_dash(&s.submit_node_group)),
+        ("state", job.state.to_string()),
+        ("priority", s.priority.to_string()),
+        ("schedule", schedule_text(&s.schedule)),
+        ("trigger / next fire", time(Some(job.trigger_time_ms))),
+        ("scheduled fire", time(job.scheduled_fire_ms)),
+        ("fires so far", job.fire_count.to_string()),
+        ("attempt", job.attempt.to_string()),
+        ("max_retries", s.max_retries.to_string()),
+        ("need_feedback", s.need_feedback.to_string()),
+        ("rely_on_prev_cycle", s.rely_on_prev_cycle.to_string()),
+        ("replace_on_exist", s.replace_on_exist.to_string()),
+        ("misfire_policy", format!("{:?}", s.misfire_policy)),
+        ("params", params),
+        (
+            "lease owner",
+            job.lease_owner.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("lease expiry", time(job.lease_expiry_ms)),
+        (
+            "last result",
+            job.last_outcome
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "last message",
+            job.last_message.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("created", time(Some(job.created_at_ms))),
+        ("updated", time(Some(job.updated_at_ms))),
+        ("finished", time(job.finished_at_ms)),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    println!("{t}");
+    let mut l = table(["TIME", "TYPE", "LEVEL", "ATTEMPT", "NODE", "MESSAGE"]);
+    for e in &log {
+        l.add_row(vec![
+            time(Some(e.time_ms)),
+            e.log_type.to_string(),
+            e.level.as_str().to_string(),
+            e.attempt.to_string(),
+            or_dash(&e.node),
+            e.message.clone(),
+        ]);
+    }
+    println!("{l}");
+    Ok(())
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
+async fn cancel(a: CancelArgs) -> CliResult {
+    let key = a.job.key()?;
+    let client = a.opts.client().await?;
+    let job = client
+        .cancel(key)
+        .await
+        .map_err(|e| a.opts.unavailable(e))?;
+    match a.opts.output {
+        OutputFormat::Json => print_json(&job),
+        OutputFormat::Table => println!("cancelled job {} ({})", job.job_id, job.spec.task_id),
+    }
+    Ok(())
+}
+
+/// `lts nodes`.
+#[derive(Debug, clap::Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+}
+
+#[derive(Serialize)]
+struct NodeOut {
+    role: String,
+    identity: String,
+    node_group: String,
+    address: String,
+    threads: u32,
+    free_threads: u32,
+    version: String,
+    is_master: bool,
+    since_ms: i64,
+}
+
+/// Runs `lts nodes`.
+pub async fn nodes(a: NodesArgs) -> CliResult {
+    let client = a.opts.client().await?;
+    let resp = client.nodes().await.map_err(|e| a.opts.unavailable(e))?;
+    let role = |r: i32| match lts_core::proto::NodeRole::try_from(r) {
+        Ok(lts_core::proto::NodeRole::JobTracker) => "job-tracker",
+        Ok(lts_core::proto::NodeRole::TaskTracker) => "task-tracker",
+        Ok(lts_core::proto::NodeRole::JobClient) => "job-client",
+        _ => "unknown",
+    };
+    let nodes: Vec<NodeOut> = resp
+        .nodes
+        .iter()
+        .map(|n| NodeOut {
+            role: role(n.role).to_string(),
+            identity: n.identity.clone(),
+            node_group: n.node_group.clone(),
+            address: n.address.clone(),
+            threads: n.threads,
+            free_threads: n.free_threads,
+            version: n.version.clone(),
+            is_master: n.is_master,
+            since_ms: n.since_ms,
+        })
+        .collect();
+    let master = nodes
+        .iter()
+        .find(|n| n.is_master)
+        .map(|n| n.identity.clone())
+        .unwrap_or_else(|| "none".into());
+    match a.opts.output {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "cluster": resp.cluster,
+            "master": master,
+            "registry": resp.registry_health,
+            "answered_by": resp.tracker_identity,
+            "nodes": nodes,
+        })),
+        OutputFormat::Table => {
+            let mut t = output::table([
+                "ROLE",
+                "IDENTITY",
+                "NODE GROUP",
+                "ADDRESS",
+                "THREADS",
+                "VERSION",
+                "MASTER",
+                "SINCE",
+            ]);
+            for n in &nodes {
+                t.add_row(vec![
+                    n.role.clone(),
+                    n.identity.clone(),
+                    n.node_group.clone(),
+                    or_dash(&n.address),
+                    if n.role == "task-tracker" {
+                        format!("{}/{}", n.free_threads, n.threads)
+                    } else {
+                        "-".into()
+                    },
+                    or_dash(&n.version),
+                    if n.is_master {
+                        "*".into()
+                    } else {
+                        String::new()
+                    },
+                    time(Some(n.since_ms)),
+                ]);
+            }
+            println!("{t}");
+            println!(
+                "cluster {}, master {master}, registry {} (answered by {})",
+                resp.cluster, resp.registry_health, resp.tracker_identity
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: SubmitArgs,
+    }
+
+    fn args(extra: &[&str]) -> Result<SubmitArgs, clap::Error> {
+        let mut v = vec!["t", "--task-id", "t1", "--node-group", "g"];
+        v.extend_from_slice(extra);
+        T::try_parse_from(v).map(|t| t.a)
+    }
+
+    #[test]
+    fn params_need_an_equals_sign() {
+        assert_eq!(parse_param("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_param("novalue").is_err());
+        assert!(parse_param("=v").is_err());
+    }
+
+    #[test]
+    fn durations_and_instants() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("10s"), Ok(10_000));
+        assert_eq!(parse_duration_ms("5m"), Ok(300_000));
+        assert_eq!(parse_duration_ms("250"), Ok(250));
+        assert!(parse_duration_ms("5 weeks").is_err());
+        assert!(parse_duration_ms("x").is_err());
+        assert_eq!(parse_instant("+2h", 1000), Ok(1000 + 7_200_000));
+        assert_eq!(
+            parse_instant("2026-12-01T10:00:00Z", 0),
+            Ok(1_796_119_200_000)
+        );
+        assert!(
+            parse_instant("tomorrow", 0)
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
+    }
+
+    #[test]
+    fn flags_build_a_valid_job() {
+        let a = args(&[
+            "--cron",
+            "0 0 3 * * *",
+            "--time-zone",
+            "Europe/Berlin",
+            "--param",
+            "k=v",
+        ])
+        .unwrap();
+        let spec = spec_from_args(&a, 0).unwrap();
+        assert_eq!(spec.params["k"], "v");
+        assert!(matches!(spec.schedule, Schedule::Cron { .. }));
+        let a = args(&["--repeat-interval", "10s", "--repeat-count", "3"]).unwrap();
+        assert!(matches!(
+            spec_from_args(&a, 0).unwrap().schedule,
+            Schedule::Repeat {
+                interval_ms: 10_000,
+                count: 3,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn schedules_are_exclusive_and_bad_input_names_the_field() {
+        assert!(args(&["--cron", "* * * * * *", "--trigger-time", "+1s"]).is_err());
+        let a = args(&["--cron", "0 0 25 * * *"]).unwrap();
+        let e = spec_from_args(&a, 0).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.to_string()
+                .starts_with("cron.expression: invalid hours field"),
+            "{e}"
+        );
+        let a = args(&["--trigger-time", "soon"]).unwrap();
+        assert!(
+            spec_from_args(&a, 0)
+                .unwrap_err()
+                .to_string()
+                .starts_with("--trigger-time:")
+        );
+        let mut long = args(&[]).unwrap();
+        long.task_id = "x".repeat(70);
+        assert_eq!(
+            spec_from_args(&long, 0).unwrap_err().to_string(),
+            "task_id: must be 1..=64 characters (got 70)"
+        );
+    }
+
+    #[test]
+    fn a_job_is_named_one_way() {
+        let by_id = JobSelector {
+            job_id: Some("j".into()),
+            node_group: None,
+            task_id: None,
+        };
+        assert_eq!(by_id.key().unwrap(), JobKey::Id("j".into()));
+        let both = JobSelector {
+            job_id: Some("j".into()),
+            node_group: Some("g".into()),
+            task_id: Some("t".into()),
+        };
+        assert_eq!(both.key().unwrap_err().exit_code(), 2);
+    }
+}

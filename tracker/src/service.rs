@@ -526,7 +526,9 @@ async fn complete(
     r: proto::JobResult,
     tx: &crate::dispatch::WorkerTx,
 ) {
-    let credits = r.credits;
+    // The thread is free now: hand out its next job while this result is being committed, so
+    // the claim and the completion share one grouped commit.
+    core.dispatcher.add_credits(group, conn_id, r.credits);
     let job_id = r.job_id.clone();
     let Some(outcome) = convert::outcome_from_proto(r.outcome) else {
         let _ = tx.send(Ok(result_ack(&job_id, false, "outcome is required")));
@@ -569,11 +571,9 @@ async fn complete(
         Err(e) => {
             tracing::warn!(job_id = %job_id, error = %e, "recording a result failed");
             // Not acknowledged: the TaskTracker keeps it and sends it again.
-            core.dispatcher.add_credits(group, conn_id, credits);
             return;
         }
     };
-    core.dispatcher.add_credits(group, conn_id, credits);
     let _ = tx.send(Ok(ack));
 }
 

@@ -61,7 +61,10 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
-type WriteOp = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+type WriteOp = (
+    &'static str,
+    Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>,
+);
 
 /// The SQLite job store.
 pub struct SqliteStore {
@@ -78,6 +81,9 @@ impl std::fmt::Debug for SqliteStore {
             .finish()
     }
 }
+
+/// Version of [`SCHEMA`], kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -101,10 +107,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     spec           TEXT NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
-CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(node_group, state, priority DESC, trigger_time, seq);
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs(node_group, state, trigger_time);
-CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(state, lease_expiry);
-CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(lease_owner) WHERE lease_owner IS NOT NULL;
+-- Partial indexes: each holds only the rows it serves, so a state change is one index delete
+-- or insert instead of an update in every index.
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(node_group, priority DESC, trigger_time, seq) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(node_group, trigger_time) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(lease_expiry) WHERE state = 2;
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(lease_owner) WHERE state = 2;
 
 CREATE TABLE IF NOT EXISTS finished_jobs (
     job_id      TEXT PRIMARY KEY,
@@ -228,6 +236,9 @@ fn open_conn(path: &Path, sync: SyncMode) -> StoreResult<Connection> {
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // Savepoint journals and temp b-trees in memory; a page cache that holds the hot indexes.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -16_384)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -310,7 +321,15 @@ impl SqliteStore {
                 .map_err(|e| StoreError::Backend(format!("create {}: {e}", dir.display())))?;
         }
         let conn = open_conn(&path, options.sync)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Backend(format!(
+                "{} has schema version {version}; this build knows up to {SCHEMA_VERSION}: upgrade lts-tracker",
+                path.display()
+            )));
+        }
         conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(open_conn(&path, options.sync)?);
@@ -334,23 +353,26 @@ impl SqliteStore {
     }
 
     /// Runs `f` in the writer thread inside the next grouped transaction; answers after commit.
-    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    async fn write<T, F>(&self, name: &'static str, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let op: WriteOp = Box::new(move |conn| {
-            let result = f(conn);
-            let ok = result.is_ok();
-            let finish: Finish = Box::new(move |commit_err| {
-                let _ = tx.send(match commit_err {
-                    None => result,
-                    Some(e) => Err(e.clone()),
+        let op: WriteOp = (
+            name,
+            Box::new(move |conn| {
+                let result = f(conn);
+                let ok = result.is_ok();
+                let finish: Finish = Box::new(move |commit_err| {
+                    let _ = tx.send(match commit_err {
+                        None => result,
+                        Some(e) => Err(e.clone()),
+                    });
                 });
-            });
-            (ok, finish)
-        });
+                (ok, finish)
+            }),
+        );
         self.writer.send(op).await.map_err(|_| StoreError::Closed)?;
         rx.await
             .map_err(|_| StoreError::Backend("the write was not committed".into()))?
@@ -418,6 +440,9 @@ impl SqliteStore {
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_GROUP);
     let mut finishers: Vec<Finish> = Vec::with_capacity(MAX_GROUP);
+    let (mut commits, mut ops, mut since) = (0u64, 0u64, std::time::Instant::now());
+    let mut op_time: std::collections::BTreeMap<&'static str, std::time::Duration> =
+        Default::default();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_GROUP {
@@ -427,6 +452,13 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
             }
         }
         metrics::histogram!("lts_store_commit_group_size").record(batch.len() as f64);
+        commits += 1;
+        ops += batch.len() as u64;
+        if since.elapsed() >= std::time::Duration::from_secs(10) {
+            tracing::debug!(commits, ops, ops_per_commit = ops as f64 / commits as f64, op_ms = ?op_time.iter().map(|(k, v)| (*k, v.as_millis())).collect::<Vec<_>>(), "sqlite writer");
+            (commits, ops, since) = (0, 0, std::time::Instant::now());
+            op_time.clear();
+        }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             // Dropping the operations drops their answer channels: every caller gets an error
             // and nothing was written.
@@ -434,9 +466,13 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
             batch.clear();
             continue;
         }
-        for op in batch.drain(..) {
+        for (name, op) in batch.drain(..) {
+            let started = std::time::Instant::now();
             let _ = conn.execute_batch("SAVEPOINT op");
             let (ok, finish) = op(&conn);
+            let took = started.elapsed();
+            metrics::histogram!("lts_store_op_seconds", "op" => name).record(took.as_secs_f64());
+            *op_time.entry(name).or_default() += took;
             if ok {
                 let _ = conn.execute_batch("RELEASE op");
             } else {
@@ -474,7 +510,7 @@ impl JobStore for SqliteStore {
             .into_iter()
             .map(|s| encode_spec(&s).map(|e| (s, e)))
             .collect::<StoreResult<_>>()?;
-        self.write(move |conn| {
+        self.write("submit", move |conn| {
             let mut out = Vec::with_capacity(encoded.len());
             for (spec, text) in encoded {
                 let group = &spec.task_tracker_node_group;
@@ -542,12 +578,12 @@ impl JobStore for SqliteStore {
         let expiry = req.now_ms + req.lease_ms;
         let tok = token.clone();
         let raws = self
-            .write(move |conn| {
+            .write("claim", move |conn| {
                 let mut stmt = conn.prepare_cached(&format!(
                     "UPDATE jobs SET state = 2, lease_owner = ?1, lease_token = ?2, lease_expiry = ?3,
                          attempt = attempt + 1, updated_at = ?4
                      WHERE seq IN (
-                         SELECT seq FROM jobs
+                         SELECT seq FROM jobs INDEXED BY jobs_claim
                          WHERE node_group = ?5 AND state = 1 AND trigger_time <= ?4
                          ORDER BY priority DESC, trigger_time ASC, seq ASC
                          LIMIT ?6)
@@ -584,7 +620,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn renew(&self, leases: Vec<LeaseRef>, expiry: i64) -> StoreResult<Vec<String>> {
-        self.write(move |conn| {
+        self.write("renew", move |conn| {
             let mut lost = Vec::new();
             let mut stmt = conn.prepare_cached(
                 "UPDATE jobs SET lease_expiry = ?3 WHERE job_id = ?1 AND lease_token = ?2 AND state = 2",
@@ -601,7 +637,7 @@ impl JobStore for SqliteStore {
 
     async fn complete(&self, c: Completion) -> StoreResult<CompleteOutcome> {
         let retry = self.retry;
-        self.write(move |conn| {
+        self.write("complete", move |conn| {
             let Some((seq, raw)) = fetch_active(conn, &c.job_id)? else {
                 return Ok(CompleteOutcome::Stale {
                     reason: "job is no longer active (cancelled or already finished)".into(),
@@ -704,7 +740,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn release(&self, leases: Vec<LeaseRef>, now: i64) -> StoreResult<Vec<Requeued>> {
-        self.write(move |conn| {
+        self.write("release", move |conn| {
             let mut out = Vec::new();
             let mut stmt = conn.prepare_cached(
                 "UPDATE jobs SET state = 1, lease_owner = NULL, lease_token = NULL, lease_expiry = NULL,
@@ -737,7 +773,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn requeue_expired(&self, now: i64) -> StoreResult<Vec<Requeued>> {
-        self.write(move |conn| {
+        self.write("requeue_expired", move |conn| {
             SqliteStore::requeue_where(conn, "lease_expiry < ?1", &now, now, "lease expired")
         })
         .await
@@ -745,7 +781,7 @@ impl JobStore for SqliteStore {
 
     async fn requeue_owner(&self, owner: &str, now: i64) -> StoreResult<Vec<Requeued>> {
         let owner = owner.to_string();
-        self.write(move |conn| {
+        self.write("requeue_owner", move |conn| {
             SqliteStore::requeue_where(
                 conn,
                 "lease_owner = ?1",
@@ -758,7 +794,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn cancel(&self, key: JobKey, now: i64) -> StoreResult<CancelOutcome> {
-        self.write(move |conn| {
+        self.write("cancel", move |conn| {
             let found = match &key {
                 JobKey::Id(id) => fetch_active(conn, id)?,
                 JobKey::Task {
@@ -903,7 +939,7 @@ impl JobStore for SqliteStore {
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached(
-                    "SELECT MIN(trigger_time) FROM jobs WHERE node_group = ?1 AND state = 1",
+                    "SELECT MIN(trigger_time) FROM jobs INDEXED BY jobs_due WHERE node_group = ?1 AND state = 1",
                 )?
                 .query_row([group], |r| r.get::<_, Option<i64>>(0))?)
         })
@@ -940,7 +976,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn ack_feedback(&self, ids: Vec<String>) -> StoreResult<()> {
-        self.write(move |conn| {
+        self.write("ack_feedback", move |conn| {
             let mut stmt = conn.prepare_cached("DELETE FROM feedback WHERE id = ?1")?;
             for id in ids {
                 if let Ok(id) = id.parse::<i64>() {
@@ -953,7 +989,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn enforce_retention(&self, before: i64) -> StoreResult<u64> {
-        self.write(move |conn| {
+        self.write("retention", move |conn| {
             let a = conn
                 .prepare_cached("DELETE FROM finished_jobs WHERE finished_at < ?1")?
                 .execute([before])?;

@@ -615,7 +615,7 @@ impl JobStore for SqliteStore {
                 expiry_ms: expiry,
             });
         }
-        leases.sort_by(|a, b| b.job.spec.priority.cmp(&a.job.spec.priority));
+        leases.sort_by_key(|l| std::cmp::Reverse(l.job.spec.priority));
         Ok(leases)
     }
 

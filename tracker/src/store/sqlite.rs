@@ -83,7 +83,7 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 /// Version of [`SCHEMA`], kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -112,19 +112,27 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(node_group, priority DESC, trigger_time, seq) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(node_group, trigger_time) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(lease_expiry) WHERE state = 2;
-CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(lease_owner) WHERE state = 2;
 
+-- Finished jobs, in finishing order (the rowid), for the retention period. Retention deletes
+-- from the front, so no time index is needed.
 CREATE TABLE IF NOT EXISTS finished_jobs (
-    job_id      TEXT PRIMARY KEY,
+    id          INTEGER PRIMARY KEY,
+    job_id      TEXT NOT NULL UNIQUE,
     node_group  TEXT NOT NULL,
     task_id     TEXT NOT NULL,
     state       INTEGER NOT NULL,
     finished_at INTEGER NOT NULL,
     job         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS finished_task ON finished_jobs(node_group, task_id);
+
+-- How many finished jobs each node group has per final state (kept with the rows above).
+CREATE TABLE IF NOT EXISTS finished_counts (
+    node_group TEXT NOT NULL,
+    state      INTEGER NOT NULL,
+    n          INTEGER NOT NULL,
+    PRIMARY KEY (node_group, state)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS finished_task ON finished_jobs(node_group, task_id, finished_at);
-CREATE INDEX IF NOT EXISTS finished_at ON finished_jobs(finished_at);
-CREATE INDEX IF NOT EXISTS finished_state ON finished_jobs(node_group, state);
 
 CREATE TABLE IF NOT EXISTS job_log (
     id         INTEGER PRIMARY KEY,
@@ -139,7 +147,6 @@ CREATE TABLE IF NOT EXISTS job_log (
     node       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS job_log_job ON job_log(job_id, id);
-CREATE INDEX IF NOT EXISTS job_log_time ON job_log(time);
 
 CREATE TABLE IF NOT EXISTS feedback (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -298,7 +305,12 @@ fn finish_job(
     conn.prepare_cached("DELETE FROM jobs WHERE seq = ?1")?
         .execute([seq])?;
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO finished_jobs (job_id, node_group, task_id, state, finished_at, job)
+        "INSERT INTO finished_counts (node_group, state, n) VALUES (?1, ?2, 1)
+         ON CONFLICT (node_group, state) DO UPDATE SET n = n + 1",
+    )?
+    .execute(params![job.spec.task_tracker_node_group, state.code()])?;
+    conn.prepare_cached(
+        "INSERT INTO finished_jobs (job_id, node_group, task_id, state, finished_at, job)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
@@ -322,6 +334,12 @@ impl SqliteStore {
         }
         let conn = open_conn(&path, options.sync)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version != 0 && version < SCHEMA_VERSION {
+            return Err(StoreError::Backend(format!(
+                "{} has the pre-release schema version {version}; move it away to start a new store",
+                path.display()
+            )));
+        }
         if version > SCHEMA_VERSION {
             return Err(StoreError::Backend(format!(
                 "{} has schema version {version}; this build knows up to {SCHEMA_VERSION}: upgrade lts-tracker",
@@ -407,7 +425,8 @@ impl SqliteStore {
         note: &str,
     ) -> StoreResult<Vec<Requeued>> {
         let mut stmt = conn.prepare_cached(&format!(
-            "UPDATE jobs SET state = 1, lease_owner = NULL, lease_token = NULL, lease_expiry = NULL,
+            "UPDATE jobs INDEXED BY jobs_lease
+             SET state = 1, lease_owner = NULL, lease_token = NULL, lease_expiry = NULL,
                  updated_at = ?2
              WHERE state = 2 AND {condition}
              RETURNING job_id, node_group, task_id, attempt"
@@ -916,11 +935,11 @@ impl JobStore for SqliteStore {
                     None => {}
                 }
             };
-            for table in ["jobs", "finished_jobs"] {
-                let sql = format!(
-                    "SELECT state, COUNT(*) FROM {table} WHERE (?1 IS NULL OR node_group = ?1) GROUP BY state"
-                );
-                let mut stmt = conn.prepare_cached(&sql)?;
+            for sql in [
+                "SELECT state, COUNT(*) FROM jobs WHERE (?1 IS NULL OR node_group = ?1) GROUP BY state",
+                "SELECT state, SUM(n) FROM finished_counts WHERE (?1 IS NULL OR node_group = ?1) GROUP BY state",
+            ] {
+                let mut stmt = conn.prepare_cached(sql)?;
                 let rows = stmt.query_map([&group], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 for row in rows {
                     let (s, n) = row?;
@@ -989,16 +1008,66 @@ impl JobStore for SqliteStore {
     }
 
     async fn enforce_retention(&self, before: i64) -> StoreResult<u64> {
-        self.write("retention", move |conn| {
-            let a = conn
-                .prepare_cached("DELETE FROM finished_jobs WHERE finished_at < ?1")?
-                .execute([before])?;
-            let b = conn
-                .prepare_cached("DELETE FROM job_log WHERE time < ?1")?
-                .execute([before])?;
-            Ok((a + b) as u64)
-        })
-        .await
+        // Both tables are in time order by rowid: find where "recent" starts, then delete
+        // everything before it in chunks, each its own grouped write, so that a large cleanup
+        // never holds the writer for long.
+        const CHUNK: i64 = 5_000;
+        let mut removed = 0u64;
+        loop {
+            let n = self
+                .write("retention", move |conn| {
+                    let cut: Option<i64> = conn
+                        .prepare_cached(
+                            "SELECT COALESCE(
+                                 (SELECT id FROM finished_jobs WHERE finished_at >= ?1 ORDER BY id LIMIT 1),
+                                 (SELECT MAX(id) + 1 FROM finished_jobs))",
+                        )?
+                        .query_row([before], |r| r.get(0))?;
+                    let mut gone: Vec<(String, i64)> = Vec::new();
+                    if let Some(cut) = cut {
+                        let mut stmt = conn.prepare_cached(
+                            "DELETE FROM finished_jobs WHERE id IN
+                                 (SELECT id FROM finished_jobs WHERE id < ?1 ORDER BY id LIMIT ?2)
+                             RETURNING node_group, state",
+                        )?;
+                        gone = stmt
+                            .query_map(params![cut, CHUNK], |r| Ok((r.get(0)?, r.get(1)?)))?
+                            .collect::<rusqlite::Result<_>>()?;
+                    }
+                    let mut per: std::collections::BTreeMap<(String, i64), i64> = Default::default();
+                    for k in &gone {
+                        *per.entry(k.clone()).or_default() += 1;
+                    }
+                    for ((group, state), n) in per {
+                        conn.prepare_cached(
+                            "UPDATE finished_counts SET n = MAX(n - ?3, 0) WHERE node_group = ?1 AND state = ?2",
+                        )?
+                        .execute(params![group, state, n])?;
+                    }
+                    let log_cut: Option<i64> = conn
+                        .prepare_cached(
+                            "SELECT COALESCE(
+                                 (SELECT id FROM job_log WHERE time >= ?1 ORDER BY id LIMIT 1),
+                                 (SELECT MAX(id) + 1 FROM job_log))",
+                        )?
+                        .query_row([before], |r| r.get(0))?;
+                    let logs = match log_cut {
+                        Some(cut) => conn
+                            .prepare_cached(
+                                "DELETE FROM job_log WHERE id IN
+                                     (SELECT id FROM job_log WHERE id < ?1 ORDER BY id LIMIT ?2)",
+                            )?
+                            .execute(params![cut, CHUNK])?,
+                        None => 0,
+                    };
+                    Ok((gone.len() + logs) as u64)
+                })
+                .await?;
+            removed += n;
+            if n == 0 {
+                return Ok(removed);
+            }
+        }
     }
 }
 
@@ -1029,7 +1098,7 @@ fn get_finished(conn: &Connection, key: &JobKey) -> StoreResult<Option<Job>> {
         } => conn
             .prepare_cached(
                 "SELECT job FROM finished_jobs WHERE node_group = ?1 AND task_id = ?2
-                 ORDER BY finished_at DESC LIMIT 1",
+                 ORDER BY id DESC LIMIT 1",
             )?
             .query_row(params![node_group, task_id], |r| r.get(0))
             .optional()?,

@@ -352,11 +352,20 @@ impl SqliteStore {
         for _ in 0..READERS {
             readers.push(open_conn(&path, options.sync)?);
         }
+        // Checkpoints run on their own thread and connection, so the writer never copies WAL
+        // pages back into the database inside a commit.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = open_conn(&path, options.sync)?;
         let (tx, rx) = mpsc::channel::<WriteOp>(MAX_GROUP * 4);
+        let alive = tx.downgrade();
         thread::Builder::new()
             .name("lts-sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
+        thread::Builder::new()
+            .name("lts-sqlite-ckpt".into())
+            .spawn(move || checkpoint_loop(checkpointer, alive))
+            .map_err(|e| StoreError::Backend(format!("spawn checkpointer: {e}")))?;
         Ok(SqliteStore {
             path,
             writer: tx,
@@ -453,6 +462,29 @@ impl SqliteStore {
             out.push(Requeued { job_id, node_group });
         }
         Ok(out)
+    }
+}
+
+/// Copies the WAL back into the database every second (PASSIVE: never blocks the writer or
+/// readers); once the WAL passes 64 MiB it waits for readers (RESTART) so it cannot grow
+/// without bound. Stops with the store.
+fn checkpoint_loop(conn: Connection, alive: mpsc::WeakSender<WriteOp>) {
+    const WAL_LIMIT_PAGES: i64 = 16_384;
+    while alive.upgrade().is_some() {
+        thread::sleep(std::time::Duration::from_secs(1));
+        let r: rusqlite::Result<(i64, i64, i64)> =
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            });
+        match r {
+            Ok((_, log, done)) if log > WAL_LIMIT_PAGES && done < log => {
+                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(RESTART)") {
+                    tracing::debug!(error = %e, "sqlite: restart checkpoint failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sqlite: checkpoint failed"),
+        }
     }
 }
 

@@ -125,11 +125,12 @@ impl TrackerProc {
     pub async fn start_on(dir: &Path, port: u16, extra: &[&str]) -> anyhow::Result<TrackerProc> {
         let addr = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(bin("lts-tracker"));
-        cmd.arg("--listen")
-            .arg(&addr)
-            .arg("--store")
-            .arg(format!("sqlite:{}", dir.join("lts.db").display()))
-            .arg("--identity")
+        cmd.arg("--listen").arg(&addr);
+        if !extra.contains(&"--store") {
+            cmd.arg("--store")
+                .arg(format!("sqlite:{}", dir.join("lts.db").display()));
+        }
+        cmd.arg("--identity")
             .arg(format!("tracker-{port}"))
             .args(extra)
             .env("LTS_LOG", "info");
@@ -299,6 +300,89 @@ impl ZkServer {
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A MongoDB-wire-protocol server (SecantusDB, from PyPI) on a free port, storing in its own
+/// directory with a sync on every commit, so that it survives `kill -9` like a real `mongod`.
+/// It is slow for queue work: tests keep their queues small and never time it.
+#[derive(Debug)]
+pub struct MongoServer {
+    /// The process.
+    pub proc: Proc,
+    /// Its port.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl MongoServer {
+    /// Starts the server in `dir` and waits until it answers a ping. Needs
+    /// `LTS_TEST_SECANTUSD` (printed by `scripts/setup-test-deps.sh`, which `scripts/test.sh`
+    /// runs).
+    pub async fn start(dir: &Path) -> anyhow::Result<MongoServer> {
+        Self::start_on(dir, free_port()).await
+    }
+
+    async fn start_on(dir: &Path, port: u16) -> anyhow::Result<MongoServer> {
+        let server = std::env::var("LTS_TEST_SECANTUSD").context(
+            "LTS_TEST_SECANTUSD is not set: run the tests with scripts/test.sh (it installs the MongoDB-compatible server)",
+        )?;
+        let data = dir.join(format!("mongo-{port}"));
+        std::fs::create_dir_all(&data)?;
+        let mut cmd = Command::new(server);
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--storage-path")
+            .arg(data.join("db"))
+            .args(["--log-level", "WARNING", "--sync-on-commit"]);
+        let proc = Proc::spawn(cmd, data.join(format!("mongo-{}.log", unique())))?;
+        let server = MongoServer {
+            proc,
+            port,
+            dir: dir.to_path_buf(),
+        };
+        server.wait_ready(Duration::from_secs(60)).await?;
+        Ok(server)
+    }
+
+    /// `mongodb://127.0.0.1:PORT/DATABASE?directConnection=true`.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "mongodb://127.0.0.1:{}/{database}?directConnection=true",
+            self.port
+        )
+    }
+
+    /// Kills it (`kill -9`), waits `down_for`, and starts it again on the same port and data.
+    pub async fn restart_after_kill9(mut self, down_for: Duration) -> anyhow::Result<MongoServer> {
+        self.proc.kill9();
+        tokio::time::sleep(down_for).await;
+        let (dir, port) = (self.dir.clone(), self.port);
+        MongoServer::start_on(&dir, port).await
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        use mongodb::bson::doc;
+        let deadline = Instant::now() + timeout;
+        let mut options = mongodb::options::ClientOptions::parse(self.url("admin")).await?;
+        options.server_selection_timeout = Some(Duration::from_millis(500));
+        let client = mongodb::Client::with_options(options)?;
+        loop {
+            match client
+                .database("admin")
+                .run_command(doc! { "ping": 1 })
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    bail!(
+                        "MongoDB-compatible server on {} not ready: {e}\n{}",
+                        self.port,
+                        self.proc.output()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::feedback::FeedbackHub;
 use crate::registry::{LocalRegistry, NodeInfo, Registry, Role, ZkConfig, ZkRegistry};
 use crate::service::{ClusterApi, FeedbackApi, JobApi, TrackerCore, WorkerApi};
 use crate::store::JobStore;
+use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore, SyncMode};
 
 /// Where jobs are stored.
@@ -29,6 +30,32 @@ use crate::store::sqlite::{SqliteOptions, SqliteStore, SyncMode};
 pub enum StoreUrl {
     /// `sqlite:PATH`: the embedded store in one file.
     Sqlite(std::path::PathBuf),
+    /// `mongodb://…` or `mongodb+srv://…`: MongoDB, shared by every tracker of a cluster.
+    Mongo(String),
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            StoreUrl::Mongo(url) => f.write_str(&redact_password(url)),
+        }
+    }
+}
+
+/// The URL with its password (if any) replaced by `***`, for logs.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rsplit_once('@') {
+        Some((creds, hosts)) => {
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{hosts}{}", &rest[host_end..])
+        }
+        None => url.to_string(),
+    }
 }
 
 impl std::str::FromStr for StoreUrl {
@@ -41,8 +68,12 @@ impl std::str::FromStr for StoreUrl {
             }
             return Ok(StoreUrl::Sqlite(path.into()));
         }
+        if s.starts_with("mongodb://") || s.starts_with("mongodb+srv://") {
+            return Ok(StoreUrl::Mongo(s.to_string()));
+        }
         Err(format!(
-            "unsupported store {s:?}: expected sqlite:PATH (e.g. sqlite:./data/lts.db)"
+            "unsupported store {:?}: expected sqlite:PATH (e.g. sqlite:./data/lts.db) or mongodb://HOST:PORT/DATABASE",
+            redact_password(s)
         ))
     }
 }
@@ -65,7 +96,8 @@ pub struct TrackerConfig {
     /// Address other nodes should use to reach this tracker (default: the listen address).
     #[arg(long, env = "LTS_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Job store: `sqlite:PATH`.
+    /// Job store: `sqlite:PATH` (embedded, one tracker) or `mongodb://HOST:PORT[,…]/DATABASE`
+    /// (shared by every tracker of the cluster; without a database, `lts_<cluster>`).
     #[arg(long, env = "LTS_STORE", default_value = "sqlite:./lts-data/lts.db")]
     pub store: StoreUrl,
     /// Membership and election: `local` (one tracker) or
@@ -215,6 +247,19 @@ impl Tracker {
                     },
                 )
                 .with_context(|| format!("opening the job store {}", path.display()))?,
+            ),
+            StoreUrl::Mongo(url) => Arc::new(
+                MongoStore::connect(
+                    url,
+                    &config.cluster,
+                    MongoOptions {
+                        retry,
+                        retention: Duration::from_secs(config.retention_hours * 3600),
+                        ..MongoOptions::default()
+                    },
+                )
+                .await
+                .with_context(|| format!("opening the job store {}", config.store))?,
             ),
         };
         let listener = TcpListener::bind(config.listen)

@@ -13,12 +13,13 @@
 //! * `complete` accepts a result only with the current lease token, then decides retry / next
 //!   fire / finish with [`lts_core::schedule::disposition`] in the same atomic step.
 
+pub mod mongo;
 pub mod sqlite;
 
 use async_trait::async_trait;
 pub use lts_core::JobKey;
 use lts_core::schedule::Disposition;
-use lts_core::{BizLine, FeedbackItem, Job, JobSpec, JobState, LogEntry, Outcome};
+use lts_core::{BizLine, FeedbackItem, Job, JobSpec, JobState, LogEntry, LogType, Outcome};
 
 /// Errors of a store.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -248,4 +249,26 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Deletes finished jobs and log lines older than `before_ms`; returns how many rows went.
     async fn enforce_retention(&self, before_ms: i64) -> StoreResult<u64>;
+
+    /// Requests sent to a remote backend so far, where the backend counts them (MongoDB);
+    /// `None` for an embedded store.
+    fn round_trips(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Reads a stored log type name; unknown names are business-log lines.
+pub(crate) fn parse_log_type(s: &str) -> LogType {
+    match s {
+        "RECEIVE" => LogType::Receive,
+        "SENT" => LogType::Sent,
+        "FINISHED" => LogType::Finished,
+        "RESEND" => LogType::Resend,
+        "FIXED_DEAD" => LogType::FixedDead,
+        "UPDATE" => LogType::Update,
+        "DEL" => LogType::Del,
+        "SUSPEND" => LogType::Suspend,
+        "RESUME" => LogType::Resume,
+        _ => LogType::Biz,
+    }
 }

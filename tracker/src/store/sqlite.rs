@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     CancelOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, Lease, LeaseRef,
-    ListFilter, Page, Requeued, Stats, StoreError, StoreResult, SubmitOutcome,
+    ListFilter, Page, Requeued, Stats, StoreError, StoreResult, SubmitOutcome, parse_log_type,
 };
 
 /// Most operations committed together.
@@ -1100,21 +1100,6 @@ impl JobStore for SqliteStore {
                 return Ok(removed);
             }
         }
-    }
-}
-
-fn parse_log_type(s: &str) -> LogType {
-    match s {
-        "RECEIVE" => LogType::Receive,
-        "SENT" => LogType::Sent,
-        "FINISHED" => LogType::Finished,
-        "RESEND" => LogType::Resend,
-        "FIXED_DEAD" => LogType::FixedDead,
-        "UPDATE" => LogType::Update,
-        "DEL" => LogType::Del,
-        "SUSPEND" => LogType::Suspend,
-        "RESUME" => LogType::Resume,
-        _ => LogType::Biz,
     }
 }
 

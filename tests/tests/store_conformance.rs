@@ -1,10 +1,13 @@
-//! The `JobStore` conformance suite: the same semantics for every backend. Each backend gets
-//! one `#[tokio::test]` per case through the `conformance!` macro.
+//! The `JobStore` conformance suite: the same semantics for every backend. The embedded store
+//! gets one `#[tokio::test]` per case; MongoDB (a real wire-protocol server, started here) runs
+//! every case in one test, each in a fresh database, so that one server serves them all.
 
 use std::sync::Arc;
 
 use lts_core::schedule::{Disposition, RetryPolicy};
 use lts_core::{JobSpec, JobState, LogType, Outcome, Schedule};
+use lts_tests::MongoServer;
+use lts_tracker::store::mongo::{MongoOptions, MongoStore};
 use lts_tracker::store::sqlite::{SqliteOptions, SqliteStore};
 use lts_tracker::store::{
     CancelOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, LeaseRef,
@@ -477,40 +480,145 @@ pub async fn repeat_fires_until_count(store: Arc<dyn JobStore>) {
     ));
 }
 
-macro_rules! conformance {
-    ($backend:ident, $make:expr) => {
-        mod $backend {
-            use super::*;
-            conformance!(@case $make, claim_order, no_double_lease, dedup_and_replace,
-                complete_retry_and_stale, requeue_paths, cancel_list_stats_retention,
-                repeat_fires_until_count);
-        }
-    };
-    (@case $make:expr, $($case:ident),*) => {
-        $(
-            #[tokio::test]
-            async fn $case() {
-                let (store, _guard) = $make;
-                super::$case(store).await;
-            }
-        )*
+/// Pending feedback stays until acknowledged, survives retention, and pages by its id.
+pub async fn feedback_until_acknowledged(store: Arc<dyn JobStore>) {
+    let spec = JobSpec::new("fb", "g").feedback_to("clients");
+    let job_id = id(&store.submit(vec![spec], NOW).await.unwrap()[0]);
+    let l = store
+        .claim(claim("g", "w", 1, NOW))
+        .await
+        .unwrap()
+        .remove(0);
+    let r = store
+        .complete(done(&job_id, &l.token, Outcome::Success, NOW + 5))
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, CompleteOutcome::Accepted { feedback_group: Some(ref g), .. } if g == "clients")
+    );
+    assert!(
+        store
+            .pending_feedback("others", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let items = store.pending_feedback("clients", None, 10).await.unwrap();
+    assert_eq!(items.len(), 1);
+    let item = &items[0];
+    assert_eq!(
+        (
+            item.job.job_id.as_str(),
+            item.outcome,
+            item.job.state,
+            item.finished_at_ms
+        ),
+        (
+            job_id.as_str(),
+            Outcome::Success,
+            JobState::Succeeded,
+            NOW + 5
+        )
+    );
+    assert_eq!(store.stats(None).await.unwrap().pending_feedback, 1);
+    store.enforce_retention(NOW + 1_000_000).await.unwrap();
+    let again = store.pending_feedback("clients", None, 10).await.unwrap();
+    assert_eq!(again.len(), 1, "unacknowledged feedback outlives retention");
+    assert!(
+        store
+            .pending_feedback("clients", Some(&item.feedback_id), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "paging after the last item finds nothing"
+    );
+    store
+        .ack_feedback(vec![item.feedback_id.clone()])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .pending_feedback("clients", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.stats(None).await.unwrap().pending_feedback, 0);
+}
+
+/// Every case, by name.
+macro_rules! for_each_case {
+    ($m:ident) => {
+        $m!(
+            claim_order,
+            no_double_lease,
+            dedup_and_replace,
+            complete_retry_and_stale,
+            requeue_paths,
+            cancel_list_stats_retention,
+            repeat_fires_until_count,
+            feedback_until_acknowledged
+        );
     };
 }
 
-fn sqlite() -> (Arc<dyn JobStore>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(
-        dir.path().join("lts.db"),
-        SqliteOptions {
-            retry: RetryPolicy {
-                jitter: false,
-                ..RetryPolicy::default()
+fn retry() -> RetryPolicy {
+    RetryPolicy {
+        jitter: false,
+        ..RetryPolicy::default()
+    }
+}
+
+mod sqlite_store {
+    use super::*;
+
+    fn open() -> (Arc<dyn JobStore>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(
+            dir.path().join("lts.db"),
+            SqliteOptions {
+                retry: retry(),
+                ..Default::default()
             },
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    (Arc::new(store), dir)
+        )
+        .unwrap();
+        (Arc::new(store), dir)
+    }
+
+    macro_rules! cases {
+        ($($case:ident),*) => {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (store, _dir) = open();
+                    super::$case(store).await;
+                }
+            )*
+        };
+    }
+    for_each_case!(cases);
 }
 
-conformance!(sqlite_store, sqlite());
+/// Every case against MongoDB, each in its own database of one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = MongoServer::start(dir.path()).await.unwrap();
+    macro_rules! cases {
+        ($($case:ident),*) => {
+            $(
+                eprintln!("mongo_store: {}", stringify!($case));
+                let store = MongoStore::connect(
+                    &server.url(stringify!($case)),
+                    "conformance",
+                    MongoOptions { retry: retry(), ..Default::default() },
+                )
+                .await
+                .unwrap();
+                assert_eq!(store.database(), stringify!($case));
+                $case(Arc::new(store)).await;
+            )*
+        };
+    }
+    for_each_case!(cases);
+}

@@ -8,6 +8,7 @@
 //! 4. **dispatch latency** — jobs submitted one by one at a fixed offered rate; the time from
 //!    the submit call to the runner starting, as an HDR histogram.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,6 +65,10 @@ pub struct BenchArgs {
     /// Where the store file goes (default: a temporary directory, removed afterwards).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Benchmark another store: `mongodb://HOST:PORT` uses a fresh database `lts_bench-PID`
+    /// (dropped afterwards) and reports the store round trips per job.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<StoreUrl>,
     /// Write the figures as one JSON object to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -97,6 +102,13 @@ struct Report {
     submit_single_jobs_per_s: Option<f64>,
     drain_jobs_per_s: Option<f64>,
     dispatch_latency_ms: Option<Latency>,
+    /// Store round trips per job over its whole life: one submit (the single-submit path when
+    /// measured, else batched), its claim and its completion with every log line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store_round_trips_per_job: Option<f64>,
+    /// Round trips per job of each phase.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    store_round_trips: BTreeMap<&'static str, f64>,
     config: serde_json::Value,
 }
 
@@ -109,6 +121,11 @@ fn bar(len: u64, what: &str) -> ProgressBar {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     b
+}
+
+/// The bench's own cluster (with MongoDB: its own database).
+fn bench_cluster() -> String {
+    format!("bench-{}", std::process::id())
 }
 
 fn job(group: &str, i: u64) -> JobSpec {
@@ -133,13 +150,26 @@ pub async fn run(args: BenchArgs) -> CliResult {
             tmp.path().to_path_buf()
         }
     };
+    if let Some(StoreUrl::Mongo(url)) = &args.store
+        && url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .is_some_and(|(_, path)| !path.is_empty() && !path.starts_with('?'))
+    {
+        return Err(CliError::Usage(
+            "--store: leave the database out of the URI (mongodb://HOST:PORT/?OPTIONS); the bench uses a fresh one and drops it".into(),
+        ));
+    }
     let db = dir.join(format!("bench-{}.db", std::process::id()));
+    let store = args.store.clone().unwrap_or(StoreUrl::Sqlite(db.clone()));
     let mut config = TrackerConfig::new(
-        StoreUrl::Sqlite(db.clone()),
+        store.clone(),
         "127.0.0.1:0"
             .parse()
             .map_err(|e| CliError::Failed(format!("{e}")))?,
     );
+    // A cluster of its own: with MongoDB, a database of its own.
+    config.cluster = bench_cluster();
     config.sqlite_sync = args.sync;
     config.identity = Some("bench-tracker".into());
     let tracker = Tracker::start(config).await?;
@@ -155,29 +185,63 @@ pub async fn run(args: BenchArgs) -> CliResult {
             "single_jobs": args.single_jobs,
             "submitters": args.submitters,
             "drain_jobs": args.drain_jobs,
-            "store": "sqlite",
+            "store": match &store { StoreUrl::Sqlite(_) => "sqlite", StoreUrl::Mongo(_) => "mongodb" },
             "sync": format!("{:?}", args.sync).to_lowercase(),
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         }),
         ..Default::default()
     };
 
+    let store_handle = tracker.store();
+    let trips = move || store_handle.round_trips();
+    let per_job = |before: Option<u64>, after: Option<u64>, jobs: u64| match (before, after) {
+        (Some(b), Some(a)) if jobs > 0 => Some(a.saturating_sub(b) as f64 / jobs as f64),
+        _ => None,
+    };
     if args.phases.contains(&Phase::Submit) {
+        let before = trips();
         let r = submit_batched(&client, "bench-submit", args.submit_jobs).await?;
         report.submit_batched_jobs_per_s = Some(r);
+        if let Some(t) = per_job(before, trips(), args.submit_jobs) {
+            report.store_round_trips.insert("submit_batched", t);
+        }
     }
     if args.phases.contains(&Phase::Single) {
+        let before = trips();
         let r = submit_single(&client, args.single_jobs, args.submitters).await?;
         report.submit_single_jobs_per_s = Some(r);
+        if let Some(t) = per_job(before, trips(), args.single_jobs) {
+            report.store_round_trips.insert("submit_single", t);
+        }
     }
     if args.phases.contains(&Phase::Drain) {
-        let r = drain(&client, &endpoint, &args).await?;
+        let (r, [before, loaded, drained]) = drain(&client, &endpoint, &args, &trips).await?;
         report.drain_jobs_per_s = Some(r);
+        if let Some(t) = per_job(before, loaded, args.drain_jobs) {
+            report.store_round_trips.insert("preload_batched", t);
+        }
+        if let Some(t) = per_job(loaded, drained, args.drain_jobs) {
+            report.store_round_trips.insert("claim_and_complete", t);
+        }
+    }
+    if let Some(run) = report.store_round_trips.get("claim_and_complete") {
+        let submit = report
+            .store_round_trips
+            .get("submit_single")
+            .or(report.store_round_trips.get("preload_batched"))
+            .copied()
+            .unwrap_or(0.0);
+        report.store_round_trips_per_job = Some(submit + run);
     }
     if args.phases.contains(&Phase::Latency) {
         report.dispatch_latency_ms = Some(latency(&client, &endpoint, &args).await?);
     }
     tracker.shutdown().await?;
+    if let StoreUrl::Mongo(url) = &store {
+        lts_tracker::store::mongo::drop_bench_database(url, &bench_cluster())
+            .await
+            .map_err(|e| CliError::Failed(format!("dropping the bench database: {e}")))?;
+    }
 
     let mut t = output::table(["figure", "value"]);
     let fmt = |v: Option<f64>| v.map(|v| format!("{v:.0} jobs/s")).unwrap_or("-".into());
@@ -200,6 +264,17 @@ pub async fn run(args: BenchArgs) -> CliResult {
                 "p50 {:.2} ms · p99 {:.2} ms · p99.9 {:.2} ms · max {:.2} ms ({} samples)",
                 l.p50, l.p99, l.p999, l.max, l.samples
             ),
+        ]);
+    }
+    if let Some(n) = report.store_round_trips_per_job {
+        let parts: Vec<String> = report
+            .store_round_trips
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect();
+        t.add_row(vec![
+            "store round trips per job".to_string(),
+            format!("{n:.2} ({})", parts.join(" · ")),
         ]);
     }
     println!("{t}");
@@ -282,6 +357,7 @@ fn start_workers(
     let mut handles = Vec::new();
     for w in 0..args.workers {
         let tt = TaskTracker::builder()
+            .cluster(bench_cluster())
             .node_group(group)
             .tracker(endpoint)
             .threads(args.threads)
@@ -293,8 +369,16 @@ fn start_workers(
     Ok(handles)
 }
 
-async fn drain(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliResult<f64> {
+/// Drains a preloaded backlog; returns jobs/s and the store's round-trip counter before the
+/// preload, after it, and after the drain.
+async fn drain(
+    client: &JobClient,
+    endpoint: &str,
+    args: &BenchArgs,
+    trips: &dyn Fn() -> Option<u64>,
+) -> CliResult<(f64, [Option<u64>; 3])> {
     let group = "bench-drain";
+    let before = trips();
     let pb = bar(args.drain_jobs, "preload");
     for chunk_start in (0..args.drain_jobs).step_by(1000) {
         let end = (chunk_start + 1000).min(args.drain_jobs);
@@ -304,6 +388,7 @@ async fn drain(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliResul
         pb.set_position(end);
     }
     pb.finish_and_clear();
+    let loaded = trips();
     let pb = bar(args.drain_jobs, "drain");
     let stop = CancellationToken::new();
     // Count runs in the runner (polling the store would compete with the drain), then confirm
@@ -333,12 +418,16 @@ async fn drain(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliResul
             break start.elapsed();
         }
     };
+    let drained = trips();
     pb.finish();
     stop.cancel();
     for w in workers {
         let _ = w.await;
     }
-    Ok(args.drain_jobs as f64 / elapsed.as_secs_f64())
+    Ok((
+        args.drain_jobs as f64 / elapsed.as_secs_f64(),
+        [before, loaded, drained],
+    ))
 }
 
 fn micros_now() -> u64 {

@@ -19,9 +19,10 @@
 //! ([`MongoStore::round_trips`], metric `lts_store_round_trips_total`). Per job the path costs:
 //! submit — one `insert` per batch; claim — one `find` and one `update` per batch of leases
 //! (the update is guarded by `state = QUEUED` and each job's revision, so two trackers never
-//! lease the same job); completion — one `update` guarded by the lease token. Log lines from
-//! concurrent operations are written together by one background writer (one `insert` per
-//! group), as the SQLite store groups commits.
+//! lease the same job; a claim of one job is one `findAndModify`); completion — one `update`
+//! guarded by the lease token. Log lines are written by one background writer that gathers
+//! the lines of every operation for [`LOG_LINGER`] and sends them in one `insert`; operations
+//! do not wait for it, and reading a job's log first flushes it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +37,7 @@ use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::error::ErrorKind;
 use mongodb::event::EventHandler;
 use mongodb::event::command::CommandEvent;
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::sync::{mpsc, oneshot};
 
@@ -73,6 +74,8 @@ impl From<mongodb::error::Error> for StoreError {
 }
 
 const DUPLICATE_KEY: i32 = 11000;
+/// How long the log writer gathers lines before it writes them.
+pub const LOG_LINGER: Duration = Duration::from_millis(20);
 /// Commands that are not store work (connection handshakes, health checks).
 const NOT_STORE_WORK: &[&str] = &[
     "hello",
@@ -93,7 +96,8 @@ struct CachedLease {
     rev: i64,
 }
 
-type LogWrite = (Vec<Document>, oneshot::Sender<()>);
+/// Lines to write, and whom to tell once everything queued so far is written (a flush).
+type LogWrite = (Vec<Document>, Option<oneshot::Sender<()>>);
 
 /// The MongoDB job store.
 pub struct MongoStore {
@@ -130,6 +134,19 @@ pub fn default_database(cluster: &str) -> String {
     let mut name = format!("lts_{clean}");
     name.truncate(63);
     name
+}
+
+/// Drops the database `lts bench` used, unless the URI named a database of the user's.
+pub async fn drop_bench_database(uri: &str, cluster: &str) -> StoreResult<()> {
+    let options = ClientOptions::parse(uri)
+        .await
+        .map_err(|e| StoreError::Backend(format!("store URI: {e}")))?;
+    if options.default_database.is_some() {
+        return Ok(());
+    }
+    let client = Client::with_options(options)?;
+    client.database(&default_database(cluster)).drop().await?;
+    Ok(())
 }
 
 fn int(doc: &Document, key: &str) -> Option<i64> {
@@ -386,13 +403,18 @@ impl MongoStore {
         Ok(())
     }
 
-    /// Writes log lines through the grouping writer; waits until they are stored (or given up).
+    /// Queues log lines for the grouping writer. Waits only for room in its queue, not for
+    /// the write: the job path never waits on its log.
     async fn append_log(&self, lines: Vec<Document>) {
-        if lines.is_empty() {
-            return;
+        if !lines.is_empty() {
+            let _ = self.log_tx.send((lines, None)).await;
         }
+    }
+
+    /// Waits until every line queued so far is written (so a tracker reads its own log lines).
+    async fn flush_log(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.log_tx.send((lines, tx)).await.is_ok() {
+        if self.log_tx.send((Vec::new(), Some(tx))).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -534,25 +556,30 @@ impl MongoStore {
     }
 }
 
-/// Writes the log lines of concurrent operations together: one `insert` per group. A failed
-/// write is retried with backoff a few times, then dropped with an error in the log (a job's
-/// state never depends on its log lines).
+/// Writes the log lines of concurrent operations together: one `insert` per group, gathering
+/// lines for up to [`LOG_LINGER`] so that a busy tracker sends few, large inserts. A failed write
+/// is retried with backoff a few times, then dropped with an error in the log (a job's state
+/// never depends on its log lines). A crash loses at most the lines of the last linger window.
 async fn log_writer(coll: Collection<Document>, mut rx: mpsc::Receiver<LogWrite>) {
-    const MAX_LINES: usize = 20_000;
-    while let Some(first) = rx.recv().await {
-        let mut docs = first.0;
-        let mut waiters = vec![first.1];
-        while docs.len() < MAX_LINES {
-            match rx.try_recv() {
-                Ok((more, w)) => {
+    const MAX_LINES: usize = 10_000;
+    while let Some((first, flush)) = rx.recv().await {
+        let mut docs = first;
+        let mut waiters: Vec<oneshot::Sender<()>> = flush.into_iter().collect();
+        let deadline = tokio::time::Instant::now() + LOG_LINGER;
+        while docs.len() < MAX_LINES && waiters.is_empty() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((more, flush))) => {
                     docs.extend(more);
-                    waiters.push(w);
+                    waiters.extend(flush);
                 }
-                Err(_) => break,
+                Ok(None) | Err(_) => break,
             }
         }
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=5 {
+            if docs.is_empty() {
+                break;
+            }
             match coll.insert_many(docs.iter()).ordered(false).await {
                 Ok(_) => break,
                 Err(e) if attempt < 5 => {
@@ -716,69 +743,81 @@ impl JobStore for MongoStore {
             return Ok(Vec::new());
         }
         let now = req.now_ms;
-        let candidates: Vec<Document> = self
-            .jobs
-            .find(doc! {
-                "task_tracker_node_group": &req.node_group,
-                "state": JobState::Queued.code(),
-                "trigger_time": { "$lte": now },
-            })
-            .sort(doc! { "priority": -1, "trigger_time": 1, "_id": 1 })
-            .limit(req.max as i64)
-            .await?
-            .try_collect()
-            .await?;
-        if candidates.is_empty() {
-            return Ok(Vec::new());
-        }
         let token = uuid::Uuid::new_v4().simple().to_string();
         let expiry = now + req.lease_ms;
-        // Each candidate only if it is still queued, due and unchanged (same revision): what
-        // another tracker took or a submit replaced meanwhile is left alone.
-        let guards: Vec<Document> = candidates
-            .iter()
-            .map(|d| doc! { "_id": d.get("_id").cloned().unwrap_or(Bson::Null), "rev": int(d, "rev").unwrap_or(0) })
-            .collect();
-        let r = self
-            .jobs
-            .update_many(
-                doc! {
-                    "$or": guards,
-                    "state": JobState::Queued.code(),
-                    "trigger_time": { "$lte": now },
-                },
-                doc! {
-                    "$set": {
-                        "state": JobState::Running.code(),
-                        "lease_owner": &req.owner,
-                        "lease_token": &token,
-                        "lease_expiry": expiry,
-                        "updated_at": now,
-                    },
-                    "$inc": { "attempt": 1i64 },
-                },
-            )
-            .await?;
-        let won: Vec<Document> = if r.matched_count as usize == candidates.len() {
-            candidates
+        let due = doc! {
+            "task_tracker_node_group": &req.node_group,
+            "state": JobState::Queued.code(),
+            "trigger_time": { "$lte": now },
+        };
+        let order = doc! { "priority": -1, "trigger_time": 1, "_id": 1 };
+        let lease = doc! {
+            "$set": {
+                "state": JobState::Running.code(),
+                "lease_owner": &req.owner,
+                "lease_token": &token,
+                "lease_expiry": expiry,
+                "updated_at": now,
+            },
+            "$inc": { "attempt": 1i64 },
+        };
+        let won: Vec<Document> = if req.max == 1 {
+            // One job: one find_one_and_update takes the best and leases it.
+            self.jobs
+                .find_one_and_update(due, lease)
+                .sort(order)
+                .return_document(ReturnDocument::After)
+                .await?
+                .into_iter()
+                .map(|mut d| {
+                    let a = int(&d, "attempt").unwrap_or(1) - 1;
+                    d.insert("attempt", a);
+                    d
+                })
+                .collect()
         } else {
-            // Lost some to another tracker: read back exactly what this token holds.
-            let ids: Vec<Bson> = candidates
-                .iter()
-                .filter_map(|d| d.get("_id").cloned())
-                .collect();
-            let mut mine: Vec<Document> = self
+            // Several: read the best candidates, then lease each only if it is still queued,
+            // due and unchanged (same revision) — what another tracker took or a submit
+            // replaced meanwhile is left alone. Two round trips for up to `max` jobs.
+            let candidates: Vec<Document> = self
                 .jobs
-                .find(doc! { "_id": { "$in": ids }, "lease_token": &token })
+                .find(due.clone())
+                .sort(order)
+                .limit(req.max as i64)
                 .await?
                 .try_collect()
                 .await?;
-            for d in &mut mine {
-                // Undo the attempt increment for the common decode below.
-                let a = int(d, "attempt").unwrap_or(1) - 1;
-                d.insert("attempt", a);
+            if candidates.is_empty() {
+                return Ok(Vec::new());
             }
-            mine
+            let guards: Vec<Document> = candidates
+                .iter()
+                .map(|d| doc! { "_id": d.get("_id").cloned().unwrap_or(Bson::Null), "rev": int(d, "rev").unwrap_or(0) })
+                .collect();
+            let mut guarded = due;
+            guarded.insert("$or", guards);
+            let r = self.jobs.update_many(guarded, lease).await?;
+            if r.matched_count as usize == candidates.len() {
+                candidates
+            } else {
+                // Lost some to another tracker: read back exactly what this token holds.
+                let ids: Vec<Bson> = candidates
+                    .iter()
+                    .filter_map(|d| d.get("_id").cloned())
+                    .collect();
+                let mut mine: Vec<Document> = self
+                    .jobs
+                    .find(doc! { "_id": { "$in": ids }, "lease_token": &token })
+                    .await?
+                    .try_collect()
+                    .await?;
+                for d in &mut mine {
+                    // Undo the attempt increment for the common decode below.
+                    let a = int(d, "attempt").unwrap_or(1) - 1;
+                    d.insert("attempt", a);
+                }
+                mine
+            }
         };
         let mut leases = Vec::with_capacity(won.len());
         let mut lines = Vec::with_capacity(won.len());
@@ -1158,6 +1197,7 @@ impl JobStore for MongoStore {
     }
 
     async fn log(&self, job_id: &str, limit: usize) -> StoreResult<Vec<LogEntry>> {
+        self.flush_log().await;
         let docs: Vec<Document> = self
             .log
             .find(doc! { "job_id": job_id })

@@ -661,6 +661,7 @@ pub async fn nodes(a: NodesArgs) -> CliResult {
             "cluster": resp.cluster,
             "master": master,
             "registry": resp.registry_health,
+            "store": resp.store_health,
             "answered_by": resp.tracker_identity,
             "nodes": nodes,
         })),
@@ -697,8 +698,8 @@ pub async fn nodes(a: NodesArgs) -> CliResult {
             }
             println!("{t}");
             println!(
-                "cluster {}, master {master}, registry {} (answered by {})",
-                resp.cluster, resp.registry_health, resp.tracker_identity
+                "cluster {}, master {master}, registry {}, store {} (answered by {})",
+                resp.cluster, resp.registry_health, resp.store_health, resp.tracker_identity
             );
         }
     }

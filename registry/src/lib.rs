@@ -100,4 +100,10 @@ pub trait Registry: Send + Sync + 'static {
     fn members(&self, role: Role) -> watch::Receiver<Vec<NodeInfo>>;
     /// Connection state.
     fn health(&self) -> Health;
+    /// While this process is master: its election epoch, higher for every later election, so
+    /// that stores can refuse the writes of a deposed master (fencing). `None` when not master
+    /// or when the registry has no election (`local`: one tracker, nothing to fence).
+    fn master_epoch(&self) -> Option<u64> {
+        None
+    }
 }

@@ -18,7 +18,7 @@
 //! current state is visible through [`Registry::health`] and the logs.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -98,6 +98,8 @@ struct Inner {
     registered: Mutex<BTreeMap<(Role, String), NodeInfo>>,
     client: Mutex<Option<Client>>,
     is_master: AtomicBool,
+    /// The sequence number of this tracker's election node while it is master.
+    epoch: AtomicU64,
     master: watch::Sender<Option<NodeInfo>>,
     members: [watch::Sender<Vec<NodeInfo>>; 3],
     health: Mutex<Health>,
@@ -142,6 +144,7 @@ impl ZkRegistry {
             registered: Mutex::new(BTreeMap::new()),
             client: Mutex::new(None),
             is_master: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
             master: watch::channel(None).0,
             members: std::array::from_fn(|_| watch::channel(Vec::new()).0),
             health: Mutex::new(Health::Disconnected("connecting".into())),
@@ -454,6 +457,8 @@ async fn evaluate(
         let pos = children.iter().position(|c| c == my_name);
         let am_master = pos == Some(0);
         if am_master {
+            let seq = my_name.trim_start_matches("n_").parse::<u64>().unwrap_or(0);
+            inner.epoch.store(seq, Ordering::SeqCst);
             if !inner.is_master.swap(true, Ordering::SeqCst) {
                 tracing::info!(candidate = %mine, "became master");
             }
@@ -578,6 +583,11 @@ impl Registry for ZkRegistry {
 
     fn is_master(&self) -> bool {
         self.inner.is_master.load(Ordering::SeqCst)
+    }
+
+    fn master_epoch(&self) -> Option<u64> {
+        self.is_master()
+            .then(|| self.inner.epoch.load(Ordering::SeqCst))
     }
 
     fn master(&self) -> watch::Receiver<Option<NodeInfo>> {

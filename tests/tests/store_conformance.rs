@@ -546,6 +546,27 @@ pub async fn feedback_until_acknowledged(store: Arc<dyn JobStore>) {
     assert_eq!(store.stats(None).await.unwrap().pending_feedback, 0);
 }
 
+/// A deposed master's writes are refused once a newer master has acted; a stale fence yields.
+pub async fn master_fence(store: Arc<dyn JobStore>) {
+    assert!(store.fence(5, "a", NOW).await.unwrap(), "first master");
+    assert!(store.fence(5, "a", NOW + 500).await.unwrap(), "same master");
+    assert!(
+        store.fence(7, "b", NOW + 600).await.unwrap(),
+        "newer master"
+    );
+    assert!(!store.fence(5, "a", NOW + 700).await.unwrap(), "deposed");
+    assert!(
+        store.fence(7, "b", NOW + 800).await.unwrap(),
+        "still the newest"
+    );
+    let later = NOW + 800 + lts_tracker::store::FENCE_STALE_MS + 1;
+    assert!(
+        store.fence(1, "c", later).await.unwrap(),
+        "a fence nobody renewed yields (a rebuilt ZooKeeper starts epochs again)"
+    );
+    assert!(!store.fence(0, "d", later + 1).await.unwrap());
+}
+
 /// Every case, by name.
 macro_rules! for_each_case {
     ($m:ident) => {
@@ -557,7 +578,8 @@ macro_rules! for_each_case {
             requeue_paths,
             cancel_list_stats_retention,
             repeat_fires_until_count,
-            feedback_until_acknowledged
+            feedback_until_acknowledged,
+            master_fence
         );
     };
 }

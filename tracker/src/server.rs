@@ -419,7 +419,7 @@ fn spawn_master_loops(core: Arc<TrackerCore>, retention_hours: u64) {
                 _ = tick.tick() => {}
                 _ = c.shutdown.cancelled() => return,
             }
-            if !c.registry.is_master() {
+            if !c.may_act_as_master().await {
                 continue;
             }
             match c.store.requeue_expired(now_ms()).await {
@@ -443,7 +443,7 @@ fn spawn_master_loops(core: Arc<TrackerCore>, retention_hours: u64) {
                 _ = tick.tick() => {}
                 _ = core.shutdown.cancelled() => return,
             }
-            if !core.registry.is_master() {
+            if !core.may_act_as_master().await {
                 continue;
             }
             let before = now_ms() - (retention_hours as i64) * 3_600_000;
@@ -481,7 +481,7 @@ async fn watch_task_trackers(core: Arc<TrackerCore>) {
             .collect();
         let gone: Vec<String> = known.difference(&now).cloned().collect();
         known = now;
-        if !core.registry.is_master() {
+        if gone.is_empty() || !core.may_act_as_master().await {
             continue;
         }
         for identity in gone {

@@ -61,6 +61,39 @@ impl std::fmt::Debug for TrackerCore {
     }
 }
 
+impl TrackerCore {
+    /// Whether this tracker may run a master-only write now: it is master, and (with an
+    /// election) the store's fence accepts its epoch — a deposed master that has not noticed
+    /// yet is refused by the store.
+    pub async fn may_act_as_master(&self) -> bool {
+        if !self.registry.is_master() {
+            return false;
+        }
+        let Some(epoch) = self.registry.master_epoch() else {
+            return true;
+        };
+        match self
+            .store
+            .fence(epoch, &self.identity, lts_core::now_ms())
+            .await
+        {
+            Ok(true) => true,
+            Ok(false) => {
+                metrics::counter!("lts_master_fenced_total").increment(1);
+                tracing::warn!(
+                    epoch,
+                    "a newer master has acted: this tracker is deposed and does not act"
+                );
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the master fence; not acting");
+                false
+            }
+        }
+    }
+}
+
 fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::Closed => Status::unavailable(e.to_string()),
@@ -740,6 +773,10 @@ impl ClusterService for ClusterApi {
                 crate::registry::Health::Disconnected(why) => format!("disconnected: {why}"),
             },
             tracker_identity: self.0.identity.clone(),
+            store_health: match self.0.store.health().await {
+                Ok(()) => "ok".into(),
+                Err(e) => e.to_string(),
+            },
             cluster: self.0.cluster.clone(),
             nodes: nodes
                 .iter()

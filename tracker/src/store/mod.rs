@@ -250,12 +250,27 @@ pub trait JobStore: Send + Sync + 'static {
     /// Deletes finished jobs and log lines older than `before_ms`; returns how many rows went.
     async fn enforce_retention(&self, before_ms: i64) -> StoreResult<u64>;
 
+    /// Fencing of master-only writes (lease sweeps, membership requeues, retention): records
+    /// that the master of election `epoch` acts now, unless a master of a newer epoch has
+    /// acted within [`FENCE_STALE_MS`] — then returns `false` and the caller, a deposed master,
+    /// must not act. (A fence older than that yields, so that a ZooKeeper ensemble rebuilt from
+    /// scratch, whose epochs start again at 0, does not lock every tracker out.)
+    async fn fence(&self, epoch: u64, identity: &str, now_ms: i64) -> StoreResult<bool>;
+
+    /// Whether the backend answers: `Ok` or the reason it does not. Quick (bounded wait).
+    async fn health(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Requests sent to a remote backend so far, where the backend counts them (MongoDB);
     /// `None` for an embedded store.
     fn round_trips(&self) -> Option<u64> {
         None
     }
 }
+
+/// After this long without the newest master acting, its fence yields to any master.
+pub const FENCE_STALE_MS: i64 = 60_000;
 
 /// Reads a stored log type name; unknown names are business-log lines.
 pub(crate) fn parse_log_type(s: &str) -> LogType {

@@ -1361,6 +1361,32 @@ impl JobStore for MongoStore {
         Ok(())
     }
 
+    async fn fence(&self, epoch: u64, identity: &str, now: i64) -> StoreResult<bool> {
+        let r = self
+            .db
+            .collection::<Document>("fence")
+            .update_one(
+                doc! {
+                    "_id": "master",
+                    "$or": [
+                        { "epoch": { "$lte": epoch as i64 } },
+                        { "at": { "$lt": now - super::FENCE_STALE_MS } },
+                    ],
+                },
+                doc! { "$set": { "epoch": epoch as i64, "identity": identity, "at": now } },
+            )
+            .upsert(true)
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            // The upsert found no matching fence and collided with the newer master's.
+            Err(e) if matches!(e.kind.as_ref(), ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY) => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn enforce_retention(&self, before: i64) -> StoreResult<u64> {
         // Finished jobs whose feedback is still pending stay until it is acknowledged.
         let jobs = self
@@ -1376,6 +1402,21 @@ impl JobStore for MongoStore {
             .delete_many(doc! { "at": { "$lt": DateTime::from_millis(before) } })
             .await?;
         Ok(jobs.deleted_count + lines.deleted_count)
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            self.db.run_command(doc! { "ping": 1 }),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(StoreError::Backend(
+                "mongodb: no answer to a ping within 2 s".into(),
+            )),
+        }
     }
 
     fn round_trips(&self) -> Option<u64> {

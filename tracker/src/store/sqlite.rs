@@ -148,6 +148,14 @@ CREATE TABLE IF NOT EXISTS job_log (
 );
 CREATE INDEX IF NOT EXISTS job_log_job ON job_log(job_id, id);
 
+-- The newest master's election epoch (fencing of master-only writes).
+CREATE TABLE IF NOT EXISTS fence (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch    INTEGER NOT NULL,
+    identity TEXT NOT NULL,
+    at       INTEGER NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS feedback (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     submit_group TEXT NOT NULL,
@@ -1035,6 +1043,27 @@ impl JobStore for SqliteStore {
                 }
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn fence(&self, epoch: u64, identity: &str, now: i64) -> StoreResult<bool> {
+        let identity = identity.to_string();
+        self.write("fence", move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO fence (id, epoch, identity, at) VALUES (1, ?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch,
+                         identity = excluded.identity, at = excluded.at
+                     WHERE excluded.epoch >= fence.epoch OR fence.at < ?4",
+                )?
+                .execute(params![
+                    epoch as i64,
+                    identity,
+                    now,
+                    now - super::FENCE_STALE_MS
+                ])?;
+            Ok(n == 1)
         })
         .await
     }

@@ -132,6 +132,26 @@ pub fn next_fire(spec: &JobSpec, scheduled_ms: i64, fired: u64, now_ms: i64) -> 
     }
 }
 
+/// When a job resumed at `now_ms` runs next, given its pending fire `pending_ms` and `fired`
+/// instances so far: a fire still ahead stays; a recurring job whose fire passed while it was
+/// suspended follows its misfire policy — `FireOnce` runs once now, `Skip` waits for the
+/// first fire after now (or runs now if the schedule has no later fire). A one-off job runs
+/// as soon as it is due. Never a burst of catch-up runs.
+pub fn resume_trigger(spec: &JobSpec, pending_ms: i64, fired: u64, now_ms: i64) -> i64 {
+    if pending_ms >= now_ms || !spec.schedule.is_recurring() {
+        return pending_ms;
+    }
+    match spec.misfire_policy {
+        crate::model::MisfirePolicy::FireOnce => now_ms,
+        crate::model::MisfirePolicy::Skip => {
+            // The pending fire itself is skipped: the next one counts it as fired.
+            next_fire(spec, pending_ms, fired.saturating_sub(1), now_ms)
+                .filter(|&t| t >= now_ms)
+                .unwrap_or(now_ms)
+        }
+    }
+}
+
 /// How failed runs are retried: exponential backoff with jitter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
@@ -274,6 +294,25 @@ mod tests {
         assert_eq!(next_fire(&spec, 10_000, 1, 15_500), Some(15_500));
         spec.misfire_policy = MisfirePolicy::Skip;
         assert_eq!(next_fire(&spec, 10_000, 1, 15_500), Some(16_000));
+    }
+
+    #[test]
+    fn resuming_after_missed_fires_runs_at_most_once() {
+        let mut spec = JobSpec::new("t", "g").schedule(Schedule::Repeat {
+            interval_ms: 1000,
+            count: -1,
+            first_fire_ms: None,
+        });
+        // Still ahead: unchanged.
+        assert_eq!(resume_trigger(&spec, 20_000, 1, 15_000), 20_000);
+        // Missed while suspended: one catch-up run now …
+        assert_eq!(resume_trigger(&spec, 10_000, 1, 15_500), 15_500);
+        // … or the next fire on the grid.
+        spec.misfire_policy = MisfirePolicy::Skip;
+        assert_eq!(resume_trigger(&spec, 10_000, 1, 15_500), 16_000);
+        // A one-off job runs when due.
+        let once = JobSpec::new("o", "g");
+        assert_eq!(resume_trigger(&once, 10_000, 1, 15_500), 10_000);
     }
 
     #[test]

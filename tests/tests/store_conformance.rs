@@ -10,7 +10,7 @@ use lts_tests::MongoServer;
 use lts_tracker::store::mongo::{MongoOptions, MongoStore};
 use lts_tracker::store::sqlite::{SqliteOptions, SqliteStore};
 use lts_tracker::store::{
-    CancelOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, LeaseRef,
+    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, LeaseRef,
     ListFilter, SubmitOutcome,
 };
 
@@ -567,6 +567,93 @@ pub async fn master_fence(store: Arc<dyn JobStore>) {
     assert!(!store.fence(0, "d", later + 1).await.unwrap());
 }
 
+/// A suspended job is never claimed; a running one that is suspended waits after its attempt;
+/// resuming after missed fires follows the misfire policy, never a burst.
+pub async fn suspend_and_resume(store: Arc<dyn JobStore>) {
+    let every_second = |task: &str| {
+        JobSpec::new(task, "g").schedule(Schedule::Repeat {
+            interval_ms: 1000,
+            count: -1,
+            first_fire_ms: Some(NOW),
+        })
+    };
+    let queued = JobKey::Task {
+        node_group: "g".into(),
+        task_id: "q".into(),
+    };
+    store.submit(vec![every_second("q")], NOW).await.unwrap();
+    let r = store.suspend(queued.clone(), NOW).await.unwrap();
+    assert!(matches!(r, ChangeOutcome::Changed(ref j) if j.state == JobState::Suspended), "{r:?}");
+    assert!(matches!(
+        store.suspend(queued.clone(), NOW).await.unwrap(),
+        ChangeOutcome::Unchanged(_)
+    ));
+    assert!(store.claim(claim("g", "w", 10, NOW + 60_000)).await.unwrap().is_empty());
+    assert_eq!(store.next_due("g").await.unwrap(), None);
+    assert_eq!(store.stats(Some("g")).await.unwrap().suspended, 1);
+    // Resumed a minute later: one catch-up run now (fire_once), not sixty.
+    let later = NOW + 60_500;
+    let r = store.resume(queued.clone(), later).await.unwrap();
+    assert!(matches!(r, ChangeOutcome::Changed(ref j) if j.state == JobState::Queued && j.trigger_time_ms == later), "{r:?}");
+    let got = store.claim(claim("g", "w", 10, later)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let r = store
+        .complete(done(&got[0].job.job_id, &got[0].token, Outcome::Success, later + 10))
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, CompleteOutcome::Accepted { disposition: Disposition::NextFire { at_ms, .. }, .. } if at_ms == later + 1000),
+        "{r:?}"
+    );
+
+    // Suspended while running: the attempt ends, then it waits; resumed with skip.
+    let mut spec = every_second("r");
+    spec.misfire_policy = lts_core::MisfirePolicy::Skip;
+    let running = JobKey::Task {
+        node_group: "g".into(),
+        task_id: "r".into(),
+    };
+    store.submit(vec![spec], NOW).await.unwrap();
+    let l = store
+        .claim(claim("g", "w", 1, NOW))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|l| l.job.spec.task_id == "r")
+        .expect("r is due");
+    let r = store.suspend(running.clone(), NOW + 1).await.unwrap();
+    assert!(matches!(r, ChangeOutcome::Changed(ref j) if j.state == JobState::Running), "{r:?}");
+    let r = store
+        .complete(done(&l.job.job_id, &l.token, Outcome::Success, NOW + 20))
+        .await
+        .unwrap();
+    assert!(matches!(r, CompleteOutcome::Accepted { .. }), "{r:?}");
+    let j = store.get(running.clone()).await.unwrap().unwrap();
+    assert_eq!(j.state, JobState::Suspended, "not queued again after its attempt");
+    assert!(
+        store
+            .claim(claim("g", "w", 10, NOW + 10_000))
+            .await
+            .unwrap()
+            .iter()
+            .all(|l| l.job.spec.task_id != "r")
+    );
+    let r = store.resume(running.clone(), NOW + 5_500).await.unwrap();
+    assert!(
+        matches!(r, ChangeOutcome::Changed(ref j) if j.state == JobState::Queued && j.trigger_time_ms == NOW + 6_000),
+        "skip waits for the next fire on the grid: {r:?}"
+    );
+    let log = store.log(&l.job.job_id, 100).await.unwrap();
+    assert!(log.iter().any(|e| e.log_type == LogType::Suspend));
+    assert!(log.iter().any(|e| e.log_type == LogType::Resume));
+    assert_eq!(
+        store.resume(running.clone(), NOW).await.unwrap(),
+        ChangeOutcome::Unchanged(store.get(running).await.unwrap().unwrap())
+    );
+    let nope = JobKey::Id("nope".into());
+    assert_eq!(store.suspend(nope, NOW).await.unwrap(), ChangeOutcome::NotFound);
+}
+
 /// Every case, by name.
 macro_rules! for_each_case {
     ($m:ident) => {
@@ -579,7 +666,8 @@ macro_rules! for_each_case {
             cancel_list_stats_retention,
             repeat_fires_until_count,
             feedback_until_acknowledged,
-            master_fence
+            master_fence,
+            suspend_and_resume
         );
     };
 }

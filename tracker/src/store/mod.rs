@@ -12,6 +12,8 @@
 //!   is never leased twice.
 //! * `complete` accepts a result only with the current lease token, then decides retry / next
 //!   fire / finish with [`lts_core::schedule::disposition`] in the same atomic step.
+//! * A job suspended while it runs is never queued again before it is resumed: whatever would
+//!   re-queue it (a retry, its next fire, a hand-back, an expired lease) suspends it instead.
 
 pub mod mongo;
 pub mod sqlite;
@@ -151,6 +153,19 @@ pub enum CancelOutcome {
     NotFound,
 }
 
+/// What `suspend` or `resume` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeOutcome {
+    /// Done; the job as it is now.
+    Changed(Job),
+    /// It already was that way; nothing changed.
+    Unchanged(Job),
+    /// It had already finished; nothing changed.
+    AlreadyFinished(Job),
+    /// No such job.
+    NotFound,
+}
+
 /// Filters for `list`.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -220,6 +235,15 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Cancels an unfinished job.
     async fn cancel(&self, key: JobKey, now_ms: i64) -> StoreResult<CancelOutcome>;
+
+    /// Suspends an unfinished job. A queued job stops waiting (it is neither claimed nor
+    /// fired) until resumed; a running job finishes its attempt and then waits suspended
+    /// instead of being queued again (for a retry or its next fire).
+    async fn suspend(&self, key: JobKey, now_ms: i64) -> StoreResult<ChangeOutcome>;
+
+    /// Resumes a suspended job. A recurring job whose fire passed meanwhile follows its misfire
+    /// policy ([`lts_core::schedule::resume_trigger`]): never a burst of catch-up runs.
+    async fn resume(&self, key: JobKey, now_ms: i64) -> StoreResult<ChangeOutcome>;
 
     /// One job, unfinished or finished.
     async fn get(&self, key: JobKey) -> StoreResult<Option<Job>>;

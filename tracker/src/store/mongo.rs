@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use lts_core::schedule::{Disposition, RetryPolicy, disposition, first_trigger};
+use lts_core::schedule::{Disposition, RetryPolicy, disposition, first_trigger, resume_trigger};
 use lts_core::{FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, LogType, Outcome};
 use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::error::ErrorKind;
@@ -42,7 +42,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CancelOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, Lease, LeaseRef,
+    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, Lease, LeaseRef,
     ListFilter, Page, Requeued, Stats, StoreError, StoreResult, SubmitOutcome, parse_log_type,
 };
 
@@ -489,12 +489,22 @@ impl MongoStore {
             let (Some(id), Some(token)) = (text(&d, "_id"), text(&d, "lease_token")) else {
                 continue;
             };
+            let state = if d.get_bool("suspend_requested").unwrap_or(false) {
+                JobState::Suspended
+            } else {
+                JobState::Queued
+            };
             let r = self
                 .jobs
                 .update_one(
-                    doc! { "_id": id, "state": JobState::Running.code(), "lease_token": token },
                     doc! {
-                        "$set": { "state": JobState::Queued.code(), "updated_at": now },
+                        "_id": id,
+                        "state": JobState::Running.code(),
+                        "lease_token": token,
+                        "rev": int(&d, "rev").unwrap_or(0),
+                    },
+                    doc! {
+                        "$set": { "state": state.code(), "updated_at": now },
                         "$unset": unset_lease(),
                     },
                 )
@@ -542,6 +552,14 @@ impl MongoStore {
             .find_one(filter)
             .sort(doc! { "finished_at": -1 })
             .await?)
+    }
+
+    /// The answer for a key with no unfinished job.
+    async fn not_active(&self, key: &JobKey) -> StoreResult<ChangeOutcome> {
+        Ok(match self.find_finished(key).await? {
+            Some(d) => ChangeOutcome::AlreadyFinished(decode(&d)?),
+            None => ChangeOutcome::NotFound,
+        })
     }
 
     async fn find_active(&self, key: &JobKey) -> StoreResult<Option<Document>> {
@@ -892,12 +910,13 @@ impl JobStore for MongoStore {
 
     async fn complete(&self, c: Completion) -> StoreResult<CompleteOutcome> {
         let mut cached = self.forget_lease(&c.job_id).filter(|l| l.token == c.token);
+        // Suspending a running job changes its revision, so a cached lease never hides it.
         let now = c.now_ms;
         // A replace between the claim and the result changes the revision: read the job again
         // and decide with the new definition (a few rounds at most).
         for _ in 0..5 {
-            let (mut job, rev) = match cached.take() {
-                Some(l) => (l.job, l.rev),
+            let (mut job, rev, suspended) = match cached.take() {
+                Some(l) => (l.job, l.rev, false),
                 None => {
                     let Some(d) = self.jobs.find_one(doc! { "_id": &c.job_id }).await? else {
                         return Ok(CompleteOutcome::Stale {
@@ -918,8 +937,17 @@ impl JobStore for MongoStore {
                             reason: "lease token does not match: the job was reassigned".into(),
                         });
                     }
-                    (decode(&d)?, int(&d, "rev").unwrap_or(0))
+                    (
+                        decode(&d)?,
+                        int(&d, "rev").unwrap_or(0),
+                        d.get_bool("suspend_requested").unwrap_or(false),
+                    )
                 }
+            };
+            let requeued_state = if suspended {
+                JobState::Suspended
+            } else {
+                JobState::Queued
             };
             let scheduled = job.scheduled_fire_ms.unwrap_or(job.created_at_ms);
             let disp = disposition(
@@ -942,11 +970,11 @@ impl JobStore for MongoStore {
                     instance_state = Some(*state);
                 }
                 Disposition::Retry { at_ms } => {
-                    set.insert("state", JobState::Queued.code());
+                    set.insert("state", requeued_state.code());
                     set.insert("trigger_time", *at_ms);
                 }
                 Disposition::NextFire { at_ms, instance } => {
-                    set.insert("state", JobState::Queued.code());
+                    set.insert("state", requeued_state.code());
                     set.insert("trigger_time", *at_ms);
                     set.insert("scheduled_fire", *at_ms);
                     set.insert("attempt", 0i64);
@@ -1047,18 +1075,29 @@ impl JobStore for MongoStore {
         let mut out = Vec::new();
         let mut lines = Vec::new();
         for l in leases {
-            let r = self
-                .jobs
-                .find_one_and_update(
-                    doc! { "_id": &l.job_id, "lease_token": &l.token, "state": JobState::Running.code() },
-                    doc! {
-                        "$set": { "state": JobState::Queued.code(), "updated_at": now },
-                        "$unset": unset_lease(),
-                        "$inc": { "attempt": -1i64 },
-                    },
-                )
-                .projection(doc! { "task_tracker_node_group": 1, "task_id": 1, "attempt": 1 })
-                .await?;
+            let mut r = None;
+            for (suspended, state) in [(false, JobState::Queued), (true, JobState::Suspended)] {
+                r = self
+                    .jobs
+                    .find_one_and_update(
+                        doc! {
+                            "_id": &l.job_id,
+                            "lease_token": &l.token,
+                            "state": JobState::Running.code(),
+                            "suspend_requested": if suspended { Bson::Boolean(true) } else { Bson::Document(doc! { "$ne": true }) },
+                        },
+                        doc! {
+                            "$set": { "state": state.code(), "updated_at": now },
+                            "$unset": unset_lease(),
+                            "$inc": { "attempt": -1i64 },
+                        },
+                    )
+                    .projection(doc! { "task_tracker_node_group": 1, "task_id": 1, "attempt": 1 })
+                    .await?;
+                if r.is_some() {
+                    break;
+                }
+            }
             self.forget_lease(&l.job_id);
             if let Some(d) = r {
                 let group = text(&d, "task_tracker_node_group")
@@ -1150,6 +1189,90 @@ impl JobStore for MongoStore {
         Err(StoreError::Backend(
             "cancel: the job kept changing; try again".into(),
         ))
+    }
+
+    async fn suspend(&self, key: JobKey, now: i64) -> StoreResult<ChangeOutcome> {
+        for _ in 0..5 {
+            let Some(d) = self.find_active(&key).await? else {
+                return self.not_active(&key).await;
+            };
+            let mut job = decode(&d)?;
+            if d.get_bool("suspend_requested").unwrap_or(false) {
+                return Ok(ChangeOutcome::Unchanged(job));
+            }
+            let state = if job.state == JobState::Queued {
+                JobState::Suspended
+            } else {
+                job.state
+            };
+            let r = self
+                .jobs
+                .update_one(
+                    doc! { "_id": &job.job_id, "done": "", "rev": int(&d, "rev").unwrap_or(0), "state": job.state.code() },
+                    doc! {
+                        "$set": { "suspend_requested": true, "state": state.code(), "updated_at": now },
+                        "$inc": { "rev": 1i64 },
+                    },
+                )
+                .await?;
+            if r.matched_count == 0 {
+                continue; // it changed meanwhile: look again
+            }
+            let note = if job.state == JobState::Running {
+                "suspended by a user; the running attempt finishes first"
+            } else {
+                "suspended by a user"
+            };
+            job.state = state;
+            job.updated_at_ms = now;
+            self.append_log(vec![job_log_doc(&job, now, LogType::Suspend, LogLevel::Info, note, "")])
+                .await;
+            return Ok(ChangeOutcome::Changed(job));
+        }
+        Err(StoreError::Backend("suspend: the job kept changing; try again".into()))
+    }
+
+    async fn resume(&self, key: JobKey, now: i64) -> StoreResult<ChangeOutcome> {
+        for _ in 0..5 {
+            let Some(d) = self.find_active(&key).await? else {
+                return self.not_active(&key).await;
+            };
+            let mut job = decode(&d)?;
+            let flagged = d.get_bool("suspend_requested").unwrap_or(false);
+            if !flagged && job.state != JobState::Suspended {
+                return Ok(ChangeOutcome::Unchanged(job));
+            }
+            let mut set = doc! { "suspend_requested": false, "updated_at": now };
+            let note = if job.state == JobState::Suspended {
+                let at = resume_trigger(&job.spec, job.trigger_time_ms, job.fire_count, now);
+                set.insert("state", JobState::Queued.code());
+                set.insert("trigger_time", at);
+                job.state = JobState::Queued;
+                job.trigger_time_ms = at;
+                if job.spec.schedule.is_recurring() {
+                    set.insert("scheduled_fire", at);
+                    job.scheduled_fire_ms = Some(at);
+                }
+                format!("resumed by a user; runs at {}", lts_core::format_ms(at))
+            } else {
+                "resumed by a user before its running attempt ended".to_string()
+            };
+            let r = self
+                .jobs
+                .update_one(
+                    doc! { "_id": &job.job_id, "done": "", "rev": int(&d, "rev").unwrap_or(0), "state": int(&d, "state").unwrap_or(0) },
+                    doc! { "$set": set, "$inc": { "rev": 1i64 } },
+                )
+                .await?;
+            if r.matched_count == 0 {
+                continue;
+            }
+            job.updated_at_ms = now;
+            self.append_log(vec![job_log_doc(&job, now, LogType::Resume, LogLevel::Info, &note, "")])
+                .await;
+            return Ok(ChangeOutcome::Changed(job));
+        }
+        Err(StoreError::Backend("resume: the job kept changing; try again".into()))
     }
 
     async fn get(&self, key: JobKey) -> StoreResult<Option<Job>> {

@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use async_trait::async_trait;
-use lts_core::schedule::{Disposition, RetryPolicy, disposition, first_trigger};
+use lts_core::schedule::{Disposition, RetryPolicy, disposition, first_trigger, resume_trigger};
 use lts_core::{FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, LogType, Outcome};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CancelOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, Lease, LeaseRef,
+    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, Lease, LeaseRef,
     ListFilter, Page, Requeued, Stats, StoreError, StoreResult, SubmitOutcome, parse_log_type,
 };
 
@@ -83,7 +83,7 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 /// Version of [`SCHEMA`], kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -104,7 +104,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_expiry   INTEGER,
     last_outcome   INTEGER,
     last_message   TEXT,
-    spec           TEXT NOT NULL
+    spec           TEXT NOT NULL,
+    -- Suspended by a user (while queued: state = 3; while running: when the attempt ends).
+    suspend_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
 -- Partial indexes: each holds only the rows it serves, so a state change is one index delete
@@ -354,6 +356,12 @@ impl SqliteStore {
                 path.display()
             )));
         }
+        if version == 2 {
+            // v3: suspension of running jobs.
+            conn.execute_batch(
+                "ALTER TABLE jobs ADD COLUMN suspend_requested INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let mut readers = Vec::with_capacity(READERS);
@@ -443,8 +451,8 @@ impl SqliteStore {
     ) -> StoreResult<Vec<Requeued>> {
         let mut stmt = conn.prepare_cached(&format!(
             "UPDATE jobs INDEXED BY jobs_lease
-             SET state = 1, lease_owner = NULL, lease_token = NULL, lease_expiry = NULL,
-                 updated_at = ?2
+             SET state = CASE WHEN suspend_requested = 1 THEN 3 ELSE 1 END,
+                 lease_owner = NULL, lease_token = NULL, lease_expiry = NULL, updated_at = ?2
              WHERE state = 2 AND {condition}
              RETURNING job_id, node_group, task_id, attempt"
         ))?;
@@ -744,7 +752,8 @@ impl JobStore for SqliteStore {
                 }
                 Disposition::Retry { at_ms } => {
                     conn.prepare_cached(
-                        "UPDATE jobs SET state = 1, lease_owner = NULL, lease_token = NULL,
+                        "UPDATE jobs SET state = CASE WHEN suspend_requested = 1 THEN 3 ELSE 1 END,
+                             lease_owner = NULL, lease_token = NULL,
                              lease_expiry = NULL, trigger_time = ?2, updated_at = ?3,
                              last_outcome = ?4, last_message = ?5
                          WHERE seq = ?1",
@@ -759,7 +768,8 @@ impl JobStore for SqliteStore {
                 }
                 Disposition::NextFire { at_ms, instance } => {
                     conn.prepare_cached(
-                        "UPDATE jobs SET state = 1, lease_owner = NULL, lease_token = NULL,
+                        "UPDATE jobs SET state = CASE WHEN suspend_requested = 1 THEN 3 ELSE 1 END,
+                             lease_owner = NULL, lease_token = NULL,
                              lease_expiry = NULL, trigger_time = ?2, scheduled_fire = ?2,
                              fire_count = fire_count + 1, attempt = 0, updated_at = ?3,
                              last_outcome = ?4, last_message = ?5
@@ -802,7 +812,8 @@ impl JobStore for SqliteStore {
         self.write("release", move |conn| {
             let mut out = Vec::new();
             let mut stmt = conn.prepare_cached(
-                "UPDATE jobs SET state = 1, lease_owner = NULL, lease_token = NULL, lease_expiry = NULL,
+                "UPDATE jobs SET state = CASE WHEN suspend_requested = 1 THEN 3 ELSE 1 END,
+                     lease_owner = NULL, lease_token = NULL, lease_expiry = NULL,
                      attempt = MAX(attempt - 1, 0), updated_at = ?3
                  WHERE job_id = ?1 AND lease_token = ?2 AND state = 2
                  RETURNING node_group, task_id, attempt",
@@ -852,22 +863,89 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    async fn suspend(&self, key: JobKey, now: i64) -> StoreResult<ChangeOutcome> {
+        self.write("suspend", move |conn| {
+            let Some((seq, raw)) = fetch_by_key(conn, &key)? else {
+                return not_active(conn, &key);
+            };
+            let mut job = raw.decode()?;
+            let flagged: i64 = conn
+                .prepare_cached("SELECT suspend_requested FROM jobs WHERE seq = ?1")?
+                .query_row([seq], |r| r.get(0))?;
+            if flagged == 1 {
+                return Ok(ChangeOutcome::Unchanged(job));
+            }
+            conn.prepare_cached(
+                "UPDATE jobs SET suspend_requested = 1, updated_at = ?2,
+                     state = CASE WHEN state = 1 THEN 3 ELSE state END
+                 WHERE seq = ?1",
+            )?
+            .execute(params![seq, now])?;
+            let note = if job.state == JobState::Running {
+                "suspended by a user; the running attempt finishes first"
+            } else {
+                "suspended by a user"
+            };
+            if job.state == JobState::Queued {
+                job.state = JobState::Suspended;
+            }
+            job.updated_at_ms = now;
+            log_line(
+                conn, &job.job_id, &job.spec.task_id, &job.spec.task_tracker_node_group, now,
+                LogType::Suspend, LogLevel::Info, note, job.attempt as i64, "",
+            )?;
+            Ok(ChangeOutcome::Changed(job))
+        })
+        .await
+    }
+
+    async fn resume(&self, key: JobKey, now: i64) -> StoreResult<ChangeOutcome> {
+        self.write("resume", move |conn| {
+            let Some((seq, raw)) = fetch_by_key(conn, &key)? else {
+                return not_active(conn, &key);
+            };
+            let mut job = raw.decode()?;
+            let flagged: i64 = conn
+                .prepare_cached("SELECT suspend_requested FROM jobs WHERE seq = ?1")?
+                .query_row([seq], |r| r.get(0))?;
+            if flagged == 0 && job.state != JobState::Suspended {
+                return Ok(ChangeOutcome::Unchanged(job));
+            }
+            let note = if job.state == JobState::Suspended {
+                let at = resume_trigger(&job.spec, job.trigger_time_ms, job.fire_count, now);
+                let scheduled = job.spec.schedule.is_recurring().then_some(at);
+                conn.prepare_cached(
+                    "UPDATE jobs SET suspend_requested = 0, state = 1, trigger_time = ?2,
+                         scheduled_fire = COALESCE(?3, scheduled_fire), updated_at = ?4
+                     WHERE seq = ?1",
+                )?
+                .execute(params![seq, at, scheduled, now])?;
+                job.state = JobState::Queued;
+                job.trigger_time_ms = at;
+                if scheduled.is_some() {
+                    job.scheduled_fire_ms = scheduled;
+                }
+                format!("resumed by a user; runs at {}", lts_core::format_ms(at))
+            } else {
+                conn.prepare_cached(
+                    "UPDATE jobs SET suspend_requested = 0, updated_at = ?2 WHERE seq = ?1",
+                )?
+                .execute(params![seq, now])?;
+                "resumed by a user before its running attempt ended".to_string()
+            };
+            job.updated_at_ms = now;
+            log_line(
+                conn, &job.job_id, &job.spec.task_id, &job.spec.task_tracker_node_group, now,
+                LogType::Resume, LogLevel::Info, &note, job.attempt as i64, "",
+            )?;
+            Ok(ChangeOutcome::Changed(job))
+        })
+        .await
+    }
+
     async fn cancel(&self, key: JobKey, now: i64) -> StoreResult<CancelOutcome> {
         self.write("cancel", move |conn| {
-            let found = match &key {
-                JobKey::Id(id) => fetch_active(conn, id)?,
-                JobKey::Task {
-                    node_group,
-                    task_id,
-                } => conn
-                    .prepare_cached(&format!(
-                        "SELECT {JOB_COLS}, seq FROM jobs WHERE node_group = ?1 AND task_id = ?2"
-                    ))?
-                    .query_row(params![node_group, task_id], |r| {
-                        Ok((r.get(17)?, RawJob::from_row(r)?))
-                    })
-                    .optional()?,
-            };
+            let found = fetch_by_key(conn, &key)?;
             match found {
                 Some((seq, raw)) => {
                     let job = raw.decode()?;
@@ -1130,6 +1208,32 @@ impl JobStore for SqliteStore {
             }
         }
     }
+}
+
+/// The unfinished job with this key, with its row id.
+fn fetch_by_key(conn: &Connection, key: &JobKey) -> rusqlite::Result<Option<(i64, RawJob)>> {
+    match key {
+        JobKey::Id(id) => fetch_active(conn, id),
+        JobKey::Task {
+            node_group,
+            task_id,
+        } => conn
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLS}, seq FROM jobs WHERE node_group = ?1 AND task_id = ?2"
+            ))?
+            .query_row(params![node_group, task_id], |r| {
+                Ok((r.get(17)?, RawJob::from_row(r)?))
+            })
+            .optional(),
+    }
+}
+
+/// The answer for a key with no unfinished job.
+fn not_active(conn: &Connection, key: &JobKey) -> StoreResult<ChangeOutcome> {
+    Ok(match get_finished(conn, key)? {
+        Some(job) => ChangeOutcome::AlreadyFinished(job),
+        None => ChangeOutcome::NotFound,
+    })
 }
 
 fn get_finished(conn: &Connection, key: &JobKey) -> StoreResult<Option<Job>> {

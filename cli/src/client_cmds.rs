@@ -346,8 +346,14 @@ pub enum JobsCommand {
     List(ListArgs),
     /// One job with all its fields and its log.
     Get(GetArgs),
-    /// Cancel a queued or running job.
+    /// Cancel a queued or running job (a cron or repeat job: the definition and its fires).
     Cancel(CancelArgs),
+    /// Suspend a job: no runs or fires until resumed (a running attempt finishes first).
+    Suspend(CancelArgs),
+    /// Resume a suspended job; missed fires follow its misfire policy.
+    Resume(CancelArgs),
+    /// Run one instance of a cron or repeat job now, without shifting its schedule.
+    Trigger(CancelArgs),
 }
 
 /// `lts jobs list`.
@@ -384,7 +390,7 @@ pub struct GetArgs {
     log_limit: u32,
 }
 
-/// `lts jobs cancel`.
+/// `lts jobs cancel|suspend|resume|trigger`: one job, by id or by node group and task id.
 #[derive(Debug, clap::Args)]
 pub struct CancelArgs {
     #[command(flatten)]
@@ -399,6 +405,9 @@ pub async fn jobs(cmd: JobsCommand) -> CliResult {
         JobsCommand::List(a) => list(a).await,
         JobsCommand::Get(a) => get(a).await,
         JobsCommand::Cancel(a) => cancel(a).await,
+        JobsCommand::Suspend(a) => suspend_or_resume(a, true).await,
+        JobsCommand::Resume(a) => suspend_or_resume(a, false).await,
+        JobsCommand::Trigger(a) => trigger(a).await,
     }
 }
 
@@ -602,6 +611,55 @@ async fn cancel(a: CancelArgs) -> CliResult {
     match a.opts.output {
         OutputFormat::Json => print_json(&job),
         OutputFormat::Table => println!("cancelled job {} ({})", job.job_id, job.spec.task_id),
+    }
+    Ok(())
+}
+
+async fn suspend_or_resume(a: CancelArgs, suspend: bool) -> CliResult {
+    let key = a.job.key()?;
+    let client = a.opts.client().await?;
+    let (job, changed) = if suspend {
+        client.suspend(key).await
+    } else {
+        client.resume(key).await
+    }
+    .map_err(|e| a.opts.unavailable(e))?;
+    match a.opts.output {
+        OutputFormat::Json => print_json(&serde_json::json!({ "changed": changed, "job": job })),
+        OutputFormat::Table => {
+            let what = match (suspend, changed) {
+                (true, true) if job.state == JobState::Running => {
+                    "suspended (its running attempt finishes first)"
+                }
+                (true, true) => "suspended",
+                (true, false) => "was already suspended",
+                (false, true) => "resumed",
+                (false, false) => "was not suspended",
+            };
+            let next = if !suspend && changed {
+                format!(", runs at {}", time(Some(job.trigger_time_ms)))
+            } else {
+                String::new()
+            };
+            println!("job {} ({}) {what}{next}", job.job_id, job.spec.task_id);
+        }
+    }
+    Ok(())
+}
+
+async fn trigger(a: CancelArgs) -> CliResult {
+    let key = a.job.key()?;
+    let client = a.opts.client().await?;
+    let instance = client
+        .trigger(key)
+        .await
+        .map_err(|e| a.opts.unavailable(e))?;
+    match a.opts.output {
+        OutputFormat::Json => print_json(&instance),
+        OutputFormat::Table => println!(
+            "triggered: instance {} ({}) runs now",
+            instance.job_id, instance.spec.task_id
+        ),
     }
     Ok(())
 }

@@ -10,8 +10,8 @@ use lts_tests::MongoServer;
 use lts_tracker::store::mongo::{MongoOptions, MongoStore};
 use lts_tracker::store::sqlite::{SqliteOptions, SqliteStore};
 use lts_tracker::store::{
-    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, LeaseRef,
-    ListFilter, SubmitOutcome,
+    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore,
+    LeaseRef, ListFilter, SubmitOutcome,
 };
 
 const NOW: i64 = 1_800_000_000_000;
@@ -583,22 +583,39 @@ pub async fn suspend_and_resume(store: Arc<dyn JobStore>) {
     };
     store.submit(vec![every_second("q")], NOW).await.unwrap();
     let r = store.suspend(queued.clone(), NOW).await.unwrap();
-    assert!(matches!(r, ChangeOutcome::Changed(ref j) if j.state == JobState::Suspended), "{r:?}");
+    assert!(
+        matches!(r, ChangeOutcome::Changed(ref j) if j.state == JobState::Suspended),
+        "{r:?}"
+    );
     assert!(matches!(
         store.suspend(queued.clone(), NOW).await.unwrap(),
         ChangeOutcome::Unchanged(_)
     ));
-    assert!(store.claim(claim("g", "w", 10, NOW + 60_000)).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim(claim("g", "w", 10, NOW + 60_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.next_due("g").await.unwrap(), None);
     assert_eq!(store.stats(Some("g")).await.unwrap().suspended, 1);
     // Resumed a minute later: one catch-up run now (fire_once), not sixty.
     let later = NOW + 60_500;
     let r = store.resume(queued.clone(), later).await.unwrap();
-    assert!(matches!(r, ChangeOutcome::Changed(ref j) if j.state == JobState::Queued && j.trigger_time_ms == later), "{r:?}");
+    assert!(
+        matches!(r, ChangeOutcome::Changed(ref j) if j.state == JobState::Queued && j.trigger_time_ms == later),
+        "{r:?}"
+    );
     let got = store.claim(claim("g", "w", 10, later)).await.unwrap();
     assert_eq!(got.len(), 1);
     let r = store
-        .complete(done(&got[0].job.job_id, &got[0].token, Outcome::Success, later + 10))
+        .complete(done(
+            &got[0].job.job_id,
+            &got[0].token,
+            Outcome::Success,
+            later + 10,
+        ))
         .await
         .unwrap();
     assert!(
@@ -622,14 +639,21 @@ pub async fn suspend_and_resume(store: Arc<dyn JobStore>) {
         .find(|l| l.job.spec.task_id == "r")
         .expect("r is due");
     let r = store.suspend(running.clone(), NOW + 1).await.unwrap();
-    assert!(matches!(r, ChangeOutcome::Changed(ref j) if j.state == JobState::Running), "{r:?}");
+    assert!(
+        matches!(r, ChangeOutcome::Changed(ref j) if j.state == JobState::Running),
+        "{r:?}"
+    );
     let r = store
         .complete(done(&l.job.job_id, &l.token, Outcome::Success, NOW + 20))
         .await
         .unwrap();
     assert!(matches!(r, CompleteOutcome::Accepted { .. }), "{r:?}");
     let j = store.get(running.clone()).await.unwrap().unwrap();
-    assert_eq!(j.state, JobState::Suspended, "not queued again after its attempt");
+    assert_eq!(
+        j.state,
+        JobState::Suspended,
+        "not queued again after its attempt"
+    );
     assert!(
         store
             .claim(claim("g", "w", 10, NOW + 10_000))
@@ -651,7 +675,10 @@ pub async fn suspend_and_resume(store: Arc<dyn JobStore>) {
         ChangeOutcome::Unchanged(store.get(running).await.unwrap().unwrap())
     );
     let nope = JobKey::Id("nope".into());
-    assert_eq!(store.suspend(nope, NOW).await.unwrap(), ChangeOutcome::NotFound);
+    assert_eq!(
+        store.suspend(nope, NOW).await.unwrap(),
+        ChangeOutcome::NotFound
+    );
 }
 
 /// Every case, by name.

@@ -22,8 +22,8 @@ use crate::dispatch::Dispatcher;
 use crate::feedback::FeedbackHub;
 use crate::registry::{NodeInfo, Registry, Role};
 use crate::store::{
-    CancelOutcome, CompleteOutcome, Completion, JobKey, JobStore, LeaseRef, ListFilter, StoreError,
-    SubmitOutcome,
+    CancelOutcome, ChangeOutcome, CompleteOutcome, Completion, JobKey, JobStore, LeaseRef,
+    ListFilter, StoreError, SubmitOutcome,
 };
 
 /// Most jobs in one `Submit`.
@@ -325,6 +325,115 @@ impl JobService for JobApi {
         }
     }
 
+    async fn suspend(
+        &self,
+        request: Request<proto::SuspendJobRequest>,
+    ) -> Result<Response<proto::SuspendJobResponse>, Status> {
+        let key = job_key(request.into_inner().job)?;
+        let out = self
+            .0
+            .store
+            .suspend(key.clone(), now_ms())
+            .await
+            .map_err(store_status)?;
+        let (job, changed) = changed_or_status(out, &key)?;
+        if changed {
+            metrics::counter!("lts_jobs_suspended_total").increment(1);
+            tracing::info!(job_id = %job.job_id, task_id = %job.spec.task_id, "job suspended");
+        }
+        Ok(Response::new(proto::SuspendJobResponse {
+            job: Some(convert::job_to_proto(&job)),
+            changed,
+        }))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<proto::ResumeJobRequest>,
+    ) -> Result<Response<proto::ResumeJobResponse>, Status> {
+        let key = job_key(request.into_inner().job)?;
+        let out = self
+            .0
+            .store
+            .resume(key.clone(), now_ms())
+            .await
+            .map_err(store_status)?;
+        let (job, changed) = changed_or_status(out, &key)?;
+        if changed {
+            metrics::counter!("lts_jobs_resumed_total").increment(1);
+            tracing::info!(job_id = %job.job_id, task_id = %job.spec.task_id, "job resumed");
+            self.0
+                .dispatcher
+                .signal_work(&job.spec.task_tracker_node_group);
+        }
+        Ok(Response::new(proto::ResumeJobResponse {
+            job: Some(convert::job_to_proto(&job)),
+            changed,
+        }))
+    }
+
+    async fn trigger(
+        &self,
+        request: Request<proto::TriggerJobRequest>,
+    ) -> Result<Response<proto::TriggerJobResponse>, Status> {
+        let key = job_key(request.into_inner().job)?;
+        let job = self
+            .0
+            .store
+            .get(key.clone())
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no job {}", describe(&key))))?;
+        if job.state.is_final() {
+            return Err(Status::failed_precondition(format!(
+                "job {} already finished ({})",
+                job.job_id, job.state
+            )));
+        }
+        if !job.spec.schedule.is_recurring() {
+            return Err(Status::failed_precondition(format!(
+                "job {} is a one-off job: trigger runs an extra instance of a cron or repeat job; \
+                 to run this one now, resubmit it with replace_on_exist and no trigger time",
+                job.job_id
+            )));
+        }
+        let now = now_ms();
+        let instance = trigger_instance(&job.spec, now);
+        if let Err(v) = lts_core::validate(&instance) {
+            return Err(Status::internal(format!(
+                "trigger instance is invalid: {v}"
+            )));
+        }
+        let group = instance.task_tracker_node_group.clone();
+        let out = self
+            .0
+            .store
+            .submit(vec![instance], now)
+            .await
+            .map_err(store_status)?;
+        let job_id = match out.into_iter().next() {
+            Some(
+                SubmitOutcome::Accepted { job_id }
+                | SubmitOutcome::Duplicate { job_id }
+                | SubmitOutcome::Replaced { job_id },
+            ) => job_id,
+            None => return Err(Status::internal("trigger: the store answered nothing")),
+        };
+        self.0.dispatcher.signal_work(&group);
+        metrics::counter!("lts_jobs_triggered_total").increment(1);
+        tracing::info!(job_id = %job.job_id, instance = %job_id, "job triggered");
+        let instance = self
+            .0
+            .store
+            .get(JobKey::Id(job_id.clone()))
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::internal(format!("trigger instance {job_id} vanished")))?;
+        Ok(Response::new(proto::TriggerJobResponse {
+            instance: Some(convert::job_to_proto(&instance)),
+        }))
+    }
+
     async fn get_log(
         &self,
         request: Request<proto::GetLogRequest>,
@@ -368,6 +477,32 @@ impl JobService for JobApi {
             cancelled: s.cancelled,
             pending_feedback: s.pending_feedback,
         }))
+    }
+}
+
+/// The one-off instance that "trigger now" runs: the definition's job with task id
+/// `<task_id>~<epoch ms>` (the task id cut to 48 characters, so the whole stays within 64),
+/// scheduled now. Its own job, so the definition's schedule does not move.
+pub fn trigger_instance(spec: &lts_core::JobSpec, now: i64) -> lts_core::JobSpec {
+    let mut instance = spec.clone();
+    let base: String = spec.task_id.chars().take(48).collect();
+    instance.task_id = format!("{base}~{now}");
+    instance.schedule = lts_core::Schedule::Now;
+    instance.replace_on_exist = false;
+    instance.rely_on_prev_cycle = false;
+    instance
+}
+
+/// The job and whether it changed, or the gRPC status for a finished or unknown job.
+fn changed_or_status(out: ChangeOutcome, key: &JobKey) -> Result<(lts_core::Job, bool), Status> {
+    match out {
+        ChangeOutcome::Changed(job) => Ok((job, true)),
+        ChangeOutcome::Unchanged(job) => Ok((job, false)),
+        ChangeOutcome::AlreadyFinished(job) => Err(Status::failed_precondition(format!(
+            "job {} already finished ({})",
+            job.job_id, job.state
+        ))),
+        ChangeOutcome::NotFound => Err(Status::not_found(format!("no job {}", describe(key)))),
     }
 }
 

@@ -410,6 +410,57 @@ impl JobClient {
         Ok(convert::job_from_proto(resp.job.unwrap_or_default()))
     }
 
+    /// Suspends a job: no runs or fires until resumed (a running attempt finishes first).
+    /// Returns the job and whether it changed (`false`: it was already suspended).
+    pub async fn suspend(&self, key: JobKey) -> Result<(Job, bool), ClientError> {
+        let req = proto::SuspendJobRequest {
+            job: Some(convert::key_to_proto(&key)),
+        };
+        let resp = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::jobs(ch).suspend(req).await }
+            })
+            .await?;
+        Ok((
+            convert::job_from_proto(resp.job.unwrap_or_default()),
+            resp.changed,
+        ))
+    }
+
+    /// Resumes a suspended job; fires missed meanwhile follow its misfire policy. Returns the
+    /// job and whether it changed (`false`: it was not suspended).
+    pub async fn resume(&self, key: JobKey) -> Result<(Job, bool), ClientError> {
+        let req = proto::ResumeJobRequest {
+            job: Some(convert::key_to_proto(&key)),
+        };
+        let resp = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::jobs(ch).resume(req).await }
+            })
+            .await?;
+        Ok((
+            convert::job_from_proto(resp.job.unwrap_or_default()),
+            resp.changed,
+        ))
+    }
+
+    /// Runs one instance of a cron or repeat job now, without shifting its schedule; returns
+    /// the new instance.
+    pub async fn trigger(&self, key: JobKey) -> Result<Job, ClientError> {
+        let req = proto::TriggerJobRequest {
+            job: Some(convert::key_to_proto(&key)),
+        };
+        let resp = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::jobs(ch).trigger(req).await }
+            })
+            .await?;
+        Ok(convert::job_from_proto(resp.instance.unwrap_or_default()))
+    }
+
     /// The job log of one job.
     pub async fn log(&self, job_id: &str, limit: u32) -> Result<Vec<LogEntry>, ClientError> {
         let req = proto::GetLogRequest {

@@ -42,8 +42,9 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, Lease, LeaseRef,
-    ListFilter, Page, Requeued, Stats, StoreError, StoreResult, SubmitOutcome, parse_log_type,
+    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore,
+    Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreError, StoreResult, SubmitOutcome,
+    parse_log_type,
 };
 
 /// Options of the MongoDB store.
@@ -1225,11 +1226,20 @@ impl JobStore for MongoStore {
             };
             job.state = state;
             job.updated_at_ms = now;
-            self.append_log(vec![job_log_doc(&job, now, LogType::Suspend, LogLevel::Info, note, "")])
-                .await;
+            self.append_log(vec![job_log_doc(
+                &job,
+                now,
+                LogType::Suspend,
+                LogLevel::Info,
+                note,
+                "",
+            )])
+            .await;
             return Ok(ChangeOutcome::Changed(job));
         }
-        Err(StoreError::Backend("suspend: the job kept changing; try again".into()))
+        Err(StoreError::Backend(
+            "suspend: the job kept changing; try again".into(),
+        ))
     }
 
     async fn resume(&self, key: JobKey, now: i64) -> StoreResult<ChangeOutcome> {
@@ -1268,11 +1278,20 @@ impl JobStore for MongoStore {
                 continue;
             }
             job.updated_at_ms = now;
-            self.append_log(vec![job_log_doc(&job, now, LogType::Resume, LogLevel::Info, &note, "")])
-                .await;
+            self.append_log(vec![job_log_doc(
+                &job,
+                now,
+                LogType::Resume,
+                LogLevel::Info,
+                &note,
+                "",
+            )])
+            .await;
             return Ok(ChangeOutcome::Changed(job));
         }
-        Err(StoreError::Backend("resume: the job kept changing; try again".into()))
+        Err(StoreError::Backend(
+            "resume: the job kept changing; try again".into(),
+        ))
     }
 
     async fn get(&self, key: JobKey) -> StoreResult<Option<Job>> {

@@ -17,8 +17,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, Lease, LeaseRef,
-    ListFilter, Page, Requeued, Stats, StoreError, StoreResult, SubmitOutcome, parse_log_type,
+    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore,
+    Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreError, StoreResult, SubmitOutcome,
+    parse_log_type,
 };
 
 /// Most operations committed together.
@@ -832,10 +833,21 @@ impl JobStore for SqliteStore {
             drop(stmt);
             for (job_id, group, task, attempt) in released {
                 log_line(
-                    conn, &job_id, &task, &group, now, LogType::Resend, LogLevel::Info,
-                    "handed back by its TaskTracker", attempt, "",
+                    conn,
+                    &job_id,
+                    &task,
+                    &group,
+                    now,
+                    LogType::Resend,
+                    LogLevel::Info,
+                    "handed back by its TaskTracker",
+                    attempt,
+                    "",
                 )?;
-                out.push(Requeued { job_id, node_group: group });
+                out.push(Requeued {
+                    job_id,
+                    node_group: group,
+                });
             }
             Ok(out)
         })
@@ -891,8 +903,16 @@ impl JobStore for SqliteStore {
             }
             job.updated_at_ms = now;
             log_line(
-                conn, &job.job_id, &job.spec.task_id, &job.spec.task_tracker_node_group, now,
-                LogType::Suspend, LogLevel::Info, note, job.attempt as i64, "",
+                conn,
+                &job.job_id,
+                &job.spec.task_id,
+                &job.spec.task_tracker_node_group,
+                now,
+                LogType::Suspend,
+                LogLevel::Info,
+                note,
+                job.attempt as i64,
+                "",
             )?;
             Ok(ChangeOutcome::Changed(job))
         })
@@ -935,8 +955,16 @@ impl JobStore for SqliteStore {
             };
             job.updated_at_ms = now;
             log_line(
-                conn, &job.job_id, &job.spec.task_id, &job.spec.task_tracker_node_group, now,
-                LogType::Resume, LogLevel::Info, &note, job.attempt as i64, "",
+                conn,
+                &job.job_id,
+                &job.spec.task_id,
+                &job.spec.task_tracker_node_group,
+                now,
+                LogType::Resume,
+                LogLevel::Info,
+                &note,
+                job.attempt as i64,
+                "",
             )?;
             Ok(ChangeOutcome::Changed(job))
         })

@@ -52,13 +52,16 @@ pub struct BenchArgs {
     /// Backlog of the drain phase.
     #[arg(long, default_value_t = 100_000)]
     pub drain_jobs: u64,
-    /// Phases to run (comma-separated): submit, single, drain, latency.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "submit,single,drain,latency"
-    )]
+    /// Phases to run (comma-separated): submit, single, drain, latency, cron. Default: the
+    /// first four, or only `cron` when `--cron` is given.
+    #[arg(long, value_delimiter = ',')]
     pub phases: Vec<Phase>,
+    /// Cron phase: this many cron definitions, each firing every second.
+    #[arg(long, default_value_t = 0)]
+    pub cron: u32,
+    /// Cron phase: seconds of fires to measure.
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
     /// SQLite durability (`full` fsyncs every grouped commit).
     #[arg(long, value_enum, default_value_t = SyncFlag::Full)]
     pub sync: SyncFlag,
@@ -85,6 +88,8 @@ pub enum Phase {
     Drain,
     /// Dispatch latency at a fixed rate.
     Latency,
+    /// Cron exactness: fires expected vs observed, lateness.
+    Cron,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -97,11 +102,31 @@ struct Latency {
 }
 
 #[derive(Debug, Default, Serialize)]
+struct CronReport {
+    definitions: u32,
+    seconds: u64,
+    /// Fires on the schedule inside the measured window.
+    expected: u64,
+    /// Distinct scheduled fires that ran.
+    observed: u64,
+    /// Expected fires that never ran.
+    missed: u64,
+    /// Extra runs of a fire that had already run.
+    doubled: u64,
+    /// Catch-up runs off the schedule (misfire policy after a late instance).
+    catch_up: u64,
+    /// Runner start minus scheduled fire time.
+    lateness_ms: Latency,
+}
+
+#[derive(Debug, Default, Serialize)]
 struct Report {
     submit_batched_jobs_per_s: Option<f64>,
     submit_single_jobs_per_s: Option<f64>,
     drain_jobs_per_s: Option<f64>,
     dispatch_latency_ms: Option<Latency>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cron: Option<CronReport>,
     /// Store round trips per job over its whole life: one submit (the single-submit path when
     /// measured, else batched), its claim and its completion with every log line.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,7 +158,19 @@ fn job(group: &str, i: u64) -> JobSpec {
 }
 
 /// Runs `lts bench`.
-pub async fn run(args: BenchArgs) -> CliResult {
+pub async fn run(mut args: BenchArgs) -> CliResult {
+    if args.phases.is_empty() {
+        args.phases = if args.cron > 0 {
+            vec![Phase::Cron]
+        } else {
+            vec![Phase::Submit, Phase::Single, Phase::Drain, Phase::Latency]
+        };
+    }
+    if args.phases.contains(&Phase::Cron) && (args.cron == 0 || args.seconds == 0) {
+        return Err(CliError::Usage(
+            "--cron and --seconds must be at least 1 for the cron phase".into(),
+        ));
+    }
     if args.workers == 0 || args.threads == 0 || args.rate == 0 || args.submitters == 0 {
         return Err(CliError::Usage(
             "--workers, --threads, --rate and --submitters must be at least 1".into(),
@@ -236,6 +273,9 @@ pub async fn run(args: BenchArgs) -> CliResult {
     if args.phases.contains(&Phase::Latency) {
         report.dispatch_latency_ms = Some(latency(&client, &endpoint, &args).await?);
     }
+    if args.phases.contains(&Phase::Cron) {
+        report.cron = Some(cron(&client, &endpoint, &args).await?);
+    }
     tracker.shutdown().await?;
     if let StoreUrl::Mongo(url) = &store {
         lts_tracker::store::mongo::drop_bench_database(url, &bench_cluster())
@@ -244,25 +284,37 @@ pub async fn run(args: BenchArgs) -> CliResult {
     }
 
     let mut t = output::table(["figure", "value"]);
-    let fmt = |v: Option<f64>| v.map(|v| format!("{v:.0} jobs/s")).unwrap_or("-".into());
-    t.add_row(vec![
-        "submit, batched".to_string(),
-        fmt(report.submit_batched_jobs_per_s),
-    ]);
-    t.add_row(vec![
-        format!("submit, single ({} clients)", args.submitters),
-        fmt(report.submit_single_jobs_per_s),
-    ]);
-    t.add_row(vec![
-        format!("drain ({} × {} threads)", args.workers, args.threads),
-        fmt(report.drain_jobs_per_s),
-    ]);
+    let rate = |v: f64| format!("{v:.0} jobs/s");
+    if let Some(v) = report.submit_batched_jobs_per_s {
+        t.add_row(vec!["submit, batched".to_string(), rate(v)]);
+    }
+    if let Some(v) = report.submit_single_jobs_per_s {
+        t.add_row(vec![
+            format!("submit, single ({} clients)", args.submitters),
+            rate(v),
+        ]);
+    }
+    if let Some(v) = report.drain_jobs_per_s {
+        t.add_row(vec![
+            format!("drain ({} × {} threads)", args.workers, args.threads),
+            rate(v),
+        ]);
+    }
     if let Some(l) = &report.dispatch_latency_ms {
         t.add_row(vec![
             format!("dispatch latency @ {} jobs/s", args.rate),
             format!(
                 "p50 {:.2} ms · p99 {:.2} ms · p99.9 {:.2} ms · max {:.2} ms ({} samples)",
                 l.p50, l.p99, l.p999, l.max, l.samples
+            ),
+        ]);
+    }
+    if let Some(c) = &report.cron {
+        t.add_row(vec![
+            format!("cron: {} definitions × {} s", c.definitions, c.seconds),
+            format!(
+                "expected {} · observed {} · missed {} · doubled {} · catch-up {} · lateness p50 {:.1} ms · p99 {:.1} ms · max {:.1} ms",
+                c.expected, c.observed, c.missed, c.doubled, c.catch_up, c.lateness_ms.p50, c.lateness_ms.p99, c.lateness_ms.max
             ),
         ]);
     }
@@ -499,5 +551,101 @@ async fn latency(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliRes
         p999: ms(0.999),
         max: h.max() as f64 / 1000.0,
         samples: h.len(),
+    })
+}
+
+/// N cron definitions firing every second; counts every run by (definition, scheduled fire)
+/// inside a window of `--seconds` that starts after all are submitted.
+async fn cron(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliResult<CronReport> {
+    use std::collections::HashMap;
+    let group = "bench-cron";
+    // (task id, scheduled fire ms) → the lateness of each run of it, in µs.
+    let runs: Arc<Mutex<HashMap<(String, i64), Vec<u64>>>> = Arc::default();
+    let r = runs.clone();
+    let stop = CancellationToken::new();
+    let workers = start_workers(
+        endpoint,
+        group,
+        args,
+        move |ctx: JobContext| {
+            let started = micros_now() as i64;
+            if let Some(fire) = ctx.job.scheduled_fire_ms {
+                r.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry((ctx.task_id().to_string(), fire))
+                    .or_default()
+                    .push((started - fire * 1000).max(1) as u64);
+            }
+            Box::pin(async { RunResult::success("") }) as _
+        },
+        &stop,
+    )?;
+    let specs: Vec<JobSpec> = (0..args.cron)
+        .map(|i| {
+            JobSpec::new(format!("cron-{i}"), group).schedule(lts_core::Schedule::Cron {
+                expression: "* * * * * *".into(),
+                time_zone: None,
+            })
+        })
+        .collect();
+    for chunk in specs.chunks(1000) {
+        client.submit_batch(chunk.to_vec()).await?;
+    }
+    // The window: whole seconds, starting two seconds after the last submit.
+    let from = (lts_core::now_ms() / 1000 + 2) * 1000;
+    let to = from + args.seconds as i64 * 1000;
+    let pb = bar(args.seconds, "cron seconds");
+    while lts_core::now_ms() < to + 2_000 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        pb.set_position(
+            ((lts_core::now_ms() - from).max(0) / 1000).min(args.seconds as i64) as u64,
+        );
+    }
+    pb.finish();
+    for i in 0..args.cron {
+        let _ = client
+            .cancel(lts_core::JobKey::Task {
+                node_group: group.into(),
+                task_id: format!("cron-{i}"),
+            })
+            .await;
+    }
+    stop.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
+    let runs = runs.lock().unwrap_or_else(|e| e.into_inner());
+    let in_window = |fire: i64| fire >= from && fire < to;
+    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let (mut observed, mut doubled, mut catch_up) = (0u64, 0u64, 0u64);
+    for ((_, fire), lateness) in runs.iter().filter(|((_, fire), _)| in_window(*fire)) {
+        if fire % 1000 == 0 {
+            observed += 1;
+            doubled += lateness.len() as u64 - 1;
+        } else {
+            catch_up += lateness.len() as u64;
+        }
+        for l in lateness {
+            let _ = h.record(*l);
+        }
+    }
+    let expected = u64::from(args.cron) * args.seconds;
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(CronReport {
+        definitions: args.cron,
+        seconds: args.seconds,
+        expected,
+        observed,
+        missed: expected.saturating_sub(observed),
+        doubled,
+        catch_up,
+        lateness_ms: Latency {
+            p50: ms(0.5),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: h.max() as f64 / 1000.0,
+            samples: h.len(),
+        },
     })
 }

@@ -1,0 +1,446 @@
+//! The custom resources of group `lts.io/v1alpha1`: [`NodeGroup`] and [`Job`].
+//!
+//! Rules the API server can check itself are CEL `x-kubernetes-validations` in the schema
+//! (exactly one schedule, immutable fields, worker mode shape); the controllers check the same
+//! rules again in plain Rust (`validate`) so a mistake never reaches a Deployment or a tracker.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of every LTS resource.
+pub const GROUP: &str = "lts.io";
+
+/// The role of a [`NodeGroup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NodeRole {
+    /// `lts-tracker` processes: store jobs and hand them out. One per cluster.
+    JobTracker,
+    /// Workers that run jobs.
+    TaskTracker,
+}
+
+impl NodeRole {
+    /// `job-tracker` or `task-tracker`, as used in labels.
+    pub fn component(self) -> &'static str {
+        match self {
+            NodeRole::JobTracker => "job-tracker",
+            NodeRole::TaskTracker => "task-tracker",
+        }
+    }
+}
+
+/// How a TaskTracker NodeGroup runs jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+pub enum WorkerMode {
+    /// The image links `lts-worker-sdk` and reads its settings from `LTS_*` variables.
+    #[default]
+    Sdk,
+    /// The `lts-worker` sidecar gets the jobs and calls the user's container over localhost
+    /// HTTP (`http`), or runs a command in its own image (`exec`).
+    Sidecar,
+}
+
+/// The local HTTP endpoint the sidecar POSTs each job to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpTarget {
+    /// Port of the user's container on localhost.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Request path.
+    #[serde(default = "default_http_path")]
+    pub path: String,
+}
+
+fn default_http_path() -> String {
+    "/run".into()
+}
+
+/// Worker settings of a TaskTracker NodeGroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "self.mode == 'Sdk' ? (!has(self.http) && !has(self.exec) && !has(self.sidecarImage)) : (has(self.http) != has(self.exec))"
+).message("mode Sidecar needs exactly one of http or exec; mode Sdk takes none of http, exec, sidecarImage"))]
+pub struct WorkerSpec {
+    /// `Sdk` (default) or `Sidecar`.
+    #[serde(default)]
+    pub mode: WorkerMode,
+    /// Sidecar mode: the user container's endpoint (`http://127.0.0.1:PORT/PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpTarget>,
+    /// Sidecar mode: a shell command run per job inside the sidecar's image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<String>,
+    /// Sidecar mode: the `lts-worker` image (default: the operator's `--worker-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar_image: Option<String>,
+    /// Sidecar mode: seconds one job may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<i64>,
+}
+
+/// A key of a Secret in the NodeGroup's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key in the Secret.
+    #[serde(default = "default_secret_key")]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    "uri".into()
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// A group of LTS nodes of one cluster: its JobTrackers, or one group of TaskTrackers.
+///
+/// The operator owns one Deployment per NodeGroup, a Service for a JobTracker group and a
+/// PodDisruptionBudget when it has more than one replica.
+// kube's printcolumn(...) attributes repeat `type_ = ...`, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "lts.io",
+    version = "v1alpha1",
+    kind = "NodeGroup",
+    doc = "A group of LTS nodes of one cluster: its JobTrackers, or one group of TaskTrackers. The operator runs it as a Deployment.",
+    namespaced,
+    status = "NodeGroupStatus",
+    shortname = "ng",
+    category = "lts",
+    derive = "PartialEq",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster"),
+    printcolumn(name = "Role", type_ = "string", json_path = ".spec.role"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Master", type_ = "string", json_path = ".status.master"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.role == 'TaskTracker' || !has(self.worker)")
+    .message("worker applies to TaskTracker NodeGroups only"))]
+#[x_kube(validation = Rule::new(
+    "self.role == 'TaskTracker' || self.replicas <= 1 || (has(self.mongoUriSecretRef) && has(self.zookeeper))"
+).message("a JobTracker NodeGroup with more than one replica needs mongoUriSecretRef and zookeeper"))]
+#[x_kube(validation = Rule::new(
+    "self.role == 'JobTracker' || has(self.image) || (has(self.worker) && has(self.worker.exec))"
+).message("image is required for a TaskTracker NodeGroup unless the sidecar runs a command (worker.exec)"))]
+pub struct NodeGroupSpec {
+    /// The LTS cluster this group belongs to (a DNS label).
+    #[x_kube(validation = Rule::new("self == oldSelf").message("cluster is immutable"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub cluster: String,
+    /// `JobTracker` or `TaskTracker`.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("role is immutable"))]
+    pub role: NodeRole,
+    /// Pods of the group.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Container image: `lts-tracker` for a JobTracker (default: the operator's
+    /// `--tracker-image`), the user's worker image for a TaskTracker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Image pull policy of every container (`Always`, `IfNotPresent`, `Never`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    /// TaskTracker: jobs run at once per pod (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub threads: Option<i32>,
+    /// TaskTracker: SDK image or sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerSpec>,
+    /// Resources of the workload container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra environment of the workload container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// ZooKeeper connect string (`host:port[,host:port][/chroot]`). A TaskTracker without it
+    /// reaches its cluster's JobTrackers through their Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zookeeper: Option<String>,
+    /// JobTracker: the Secret key holding the MongoDB URI. Without it a single JobTracker uses
+    /// the embedded SQLite store on an emptyDir volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mongo_uri_secret_ref: Option<SecretKeyRef>,
+}
+
+/// One member of a NodeGroup as the trackers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    /// Node identity (the pod name).
+    pub identity: String,
+    /// Address (JobTracker) or empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    /// Worker threads (TaskTracker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<i64>,
+}
+
+/// Observed state of a [`NodeGroup`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeGroupStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready pods of the Deployment.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Registered nodes of this group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Member>,
+    /// The cluster's current master JobTracker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    /// `Ready` and `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// What to do with fires missed while the cluster was down or the job suspended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+pub enum MisfirePolicy {
+    /// One catch-up run, then back on schedule.
+    #[default]
+    FireOnce,
+    /// No catch-up; wait for the next scheduled time.
+    Skip,
+}
+
+/// A cron schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CronSchedule {
+    /// `sec min hour day-of-month month day-of-week [year]`.
+    #[schemars(length(min = 1))]
+    pub expression: String,
+    /// IANA time zone, e.g. `Europe/Berlin` (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+fn default_count() -> i64 {
+    -1
+}
+
+/// A fixed-interval schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.intervalMs) != has(self.interval)")
+    .message("repeat needs exactly one of intervalMs or interval"))]
+pub struct RepeatSchedule {
+    /// Milliseconds between fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub interval_ms: Option<i64>,
+    /// Time between fires as a duration (`30s`, `5m`, `1h30m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')")
+        .message("interval must be a positive duration such as 30s or 5m"))]
+    pub interval: Option<String>,
+    /// Number of fires; -1 (default) means forever.
+    #[serde(default = "default_count")]
+    #[schemars(range(min = -1))]
+    pub count: i64,
+    /// First fire (RFC 3339); default: when submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub first_fire: Option<String>,
+}
+
+/// When a job runs: exactly one of the fields. No schedule at all means now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(has(self.triggerTime) ? 1 : 0) + (has(self.cron) ? 1 : 0) + (has(self.repeat) ? 1 : 0) == 1"
+).message("schedule needs exactly one of triggerTime, cron or repeat (omit schedule to run now)"))]
+pub struct ScheduleSpec {
+    /// Once, at this instant (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub trigger_time: Option<String>,
+    /// On a cron expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<CronSchedule>,
+    /// At a fixed interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<RepeatSchedule>,
+}
+
+/// An LTS job: the operator submits it to its cluster's JobTrackers, mirrors its state into the
+/// status, and cancels it when the resource is deleted.
+// kube's printcolumn(...) attributes repeat `type_ = ...`, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "lts.io",
+    version = "v1alpha1",
+    kind = "Job",
+    doc = "An LTS job: submitted to its cluster's JobTrackers, its state mirrored into the status, cancelled when deleted.",
+    namespaced,
+    status = "JobStatus",
+    shortname = "ltsjob",
+    shortname = "ltsjobs",
+    category = "lts",
+    derive = "PartialEq",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Node Group",
+        type_ = "string",
+        json_path = ".spec.taskTrackerNodeGroup"
+    ),
+    printcolumn(name = "Attempts", type_ = "integer", json_path = ".status.attempts"),
+    printcolumn(
+        name = "Last Result",
+        type_ = "string",
+        json_path = ".status.lastResult"
+    ),
+    printcolumn(name = "Next Fire", type_ = "date", json_path = ".status.nextFireTime"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "has(self.taskId) == has(oldSelf.taskId) && (!has(self.taskId) || self.taskId == oldSelf.taskId)"
+).message("taskId is immutable"))]
+#[x_kube(validation = Rule::new(
+    "has(self.cluster) == has(oldSelf.cluster) && (!has(self.cluster) || self.cluster == oldSelf.cluster)"
+).message("cluster is immutable"))]
+pub struct JobSpec {
+    /// The cluster (name of its JobTracker NodeGroup's `cluster`); optional when the namespace
+    /// holds exactly one cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// The business key, unique per TaskTracker node group among unfinished jobs (default:
+    /// `k8s-<uid>` of this resource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub task_id: Option<String>,
+    /// The TaskTracker node group that runs it.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("taskTrackerNodeGroup is immutable"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub task_tracker_node_group: String,
+    /// The JobClient group that gets feedback (default: `lts-operator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_node_group: Option<String>,
+    /// Higher runs first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Parameters handed to the runner.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    /// Send the final result to the submitting group as feedback.
+    #[serde(default)]
+    pub need_feedback: bool,
+    /// Retries after `LATER` / `EXCEPTION`.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_retries: i32,
+    /// When it runs; omitted means now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+    /// Cron/repeat: the next instance only after the current one ends.
+    #[serde(default)]
+    pub rely_on_prev_cycle: bool,
+    /// A duplicate task id replaces the unfinished job instead of being ignored.
+    #[serde(default)]
+    pub replace_on_exist: bool,
+    /// Fires missed while down or suspended: `FireOnce` (default) or `Skip`.
+    #[serde(default)]
+    pub misfire_policy: MisfirePolicy,
+    /// No runs or fires while true.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// Where a [`Job`] is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum JobPhase {
+    /// Not (yet) accepted by a tracker.
+    Pending,
+    /// Stored, waiting for its time or a free TaskTracker.
+    Queued,
+    /// Running on a TaskTracker.
+    Running,
+    /// Finished with `SUCCESS`.
+    Succeeded,
+    /// Finished with `FAILED`, or retries exhausted.
+    Failed,
+    /// Suspended (`spec.suspend`).
+    Suspended,
+    /// Cancelled on the tracker.
+    Cancelled,
+}
+
+/// Observed state of a [`Job`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Where the job is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<JobPhase>,
+    /// The resolved cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// The tracker's job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// The task id it was submitted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// Runs started for the current instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i64>,
+    /// Outcome of the last run (`SUCCESS`, `FAILED`, `LATER`, `EXCEPTION`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+    /// Message of the last run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<String>,
+    /// The fire time of the current or last instance (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fire_time: Option<String>,
+    /// When it is due next (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fire_time: Option<String>,
+    /// Fingerprint of the job as last submitted; a change resubmits it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_hash: Option<String>,
+    /// `Submitted` and `Synced`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,555 @@
+//! Pure mappings of the Job controller: resource → cluster, resource → `lts_core::JobSpec`,
+//! tracker job → status fields.
+
+use std::collections::BTreeMap;
+
+use kube::ResourceExt;
+use lts_core::{JobState, Schedule};
+
+use crate::crd::{Job, JobPhase, MisfirePolicy, NodeGroup, NodeRole};
+
+/// Param carrying the resource's uid: the key that makes submits idempotent.
+pub const PARAM_UID: &str = "lts.io/uid";
+/// Param carrying the resource's namespace (maps watch events back to the resource).
+pub const PARAM_NAMESPACE: &str = "lts.io/namespace";
+/// Param carrying the resource's name.
+pub const PARAM_NAME: &str = "lts.io/name";
+/// The JobClient group of operator-submitted jobs (the watch filters on it).
+pub const SUBMIT_NODE_GROUP: &str = "lts-operator";
+/// Longest `lastMessage` kept in the status.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// The cluster a Job goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRef {
+    /// Cluster name.
+    pub cluster: String,
+    /// Its JobTracker NodeGroup (names the Service).
+    pub job_tracker: String,
+}
+
+/// Why a Job cannot be placed or submitted: a Condition reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// What to fix.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(reason: &'static str, message: impl Into<String>) -> Problem {
+        Problem {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Picks the Job's cluster among the NodeGroups of its namespace: the one named by
+/// `spec.cluster`, or the only one there is.
+pub fn resolve_cluster(job: &Job, nodegroups: &[NodeGroup]) -> Result<ClusterRef, Problem> {
+    let ns = job.namespace().unwrap_or_default();
+    let mut trackers: Vec<&NodeGroup> = nodegroups
+        .iter()
+        .filter(|n| n.spec.role == NodeRole::JobTracker && n.namespace().as_deref() == Some(&ns))
+        .filter(|n| {
+            job.spec
+                .cluster
+                .as_ref()
+                .is_none_or(|c| *c == n.spec.cluster)
+        })
+        .collect();
+    trackers.sort_by_key(|n| n.name_any());
+    match (trackers.as_slice(), &job.spec.cluster) {
+        ([one], _) => Ok(ClusterRef {
+            cluster: one.spec.cluster.clone(),
+            job_tracker: one.name_any(),
+        }),
+        ([], Some(c)) => Err(Problem::new(
+            "ClusterNotFound",
+            format!("no JobTracker NodeGroup of cluster {c:?} in namespace {ns:?}"),
+        )),
+        ([], None) => Err(Problem::new(
+            "ClusterNotFound",
+            format!(
+                "no LTS cluster in namespace {ns:?}: create a JobTracker NodeGroup there or set spec.cluster"
+            ),
+        )),
+        (many, _) => {
+            let mut clusters: Vec<String> = many
+                .iter()
+                .map(|n| format!("{} ({})", n.spec.cluster, n.name_any()))
+                .collect();
+            clusters.dedup();
+            Err(Problem::new(
+                "AmbiguousCluster",
+                format!(
+                    "namespace {ns:?} holds several JobTracker NodeGroups: {}; set spec.cluster",
+                    clusters.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// The task id: `spec.taskId`, or `k8s-<uid>`.
+pub fn task_id(job: &Job) -> Option<String> {
+    job.spec
+        .task_id
+        .clone()
+        .or_else(|| job.uid().map(|u| format!("k8s-{u}")))
+}
+
+/// Milliseconds of a duration like `90s`, `5m`, `1h30m`, `250ms`, `1.5h`.
+pub fn parse_duration_ms(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_end == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_end] {
+            "ms" => 1.0,
+            "s" => 1_000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        total += n * factor;
+    }
+    (total >= 1.0 && total < i64::MAX as f64).then_some(total.round() as i64)
+}
+
+fn parse_time(field: &str, s: &str, problems: &mut Vec<String>) -> Option<i64> {
+    match chrono::DateTime::parse_from_rfc3339(s) {
+        Ok(t) => Some(t.timestamp_millis()),
+        Err(e) => {
+            problems.push(format!("{field}: {s:?} is not an RFC 3339 time ({e})"));
+            None
+        }
+    }
+}
+
+fn camel(snake: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in snake.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The resource path of a field the tracker's validation names (`repeat.interval_ms` →
+/// `spec.schedule.repeat.intervalMs`).
+pub fn spec_field(field: &str) -> String {
+    let camel_path: Vec<String> = field.split('.').map(camel).collect();
+    let path = camel_path.join(".");
+    match camel_path.first().map(String::as_str) {
+        Some("triggerTime" | "cron" | "repeat") => format!("spec.schedule.{path}"),
+        _ => format!("spec.{path}"),
+    }
+}
+
+/// The job to submit for `job`, or every problem with its spec.
+pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
+    let spec = &job.spec;
+    let mut problems = Vec::new();
+    let uid = job.uid().unwrap_or_default();
+    if uid.is_empty() {
+        problems.push("metadata.uid: missing".to_string());
+    }
+    let mut params: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in &spec.params {
+        if k.starts_with("lts.io/") {
+            problems.push(format!("spec.params[{k}]: the prefix lts.io/ is reserved"));
+        } else {
+            params.insert(k.clone(), v.clone());
+        }
+    }
+    params.insert(PARAM_UID.into(), uid);
+    params.insert(PARAM_NAMESPACE.into(), job.namespace().unwrap_or_default());
+    params.insert(PARAM_NAME.into(), job.name_any());
+
+    let schedule = match &spec.schedule {
+        None => Schedule::Now,
+        Some(s) => {
+            let set = [
+                s.trigger_time.is_some(),
+                s.cron.is_some(),
+                s.repeat.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
+            if set != 1 {
+                problems.push(
+                    "spec.schedule: needs exactly one of triggerTime, cron or repeat (omit schedule to run now)"
+                        .into(),
+                );
+            }
+            if let Some(t) = &s.trigger_time {
+                parse_time("spec.schedule.triggerTime", t, &mut problems)
+                    .map(|trigger_time_ms| Schedule::TriggerAt { trigger_time_ms })
+                    .unwrap_or_default()
+            } else if let Some(c) = &s.cron {
+                Schedule::Cron {
+                    expression: c.expression.clone(),
+                    time_zone: c.time_zone.clone(),
+                }
+            } else if let Some(r) = &s.repeat {
+                let interval_ms = match (r.interval_ms, &r.interval) {
+                    (Some(ms), None) => ms,
+                    (None, Some(d)) => parse_duration_ms(d).unwrap_or_else(|| {
+                        problems.push(format!(
+                            "spec.schedule.repeat.interval: {d:?} is not a positive duration such as 30s, 5m or 1h30m"
+                        ));
+                        0
+                    }),
+                    _ => {
+                        problems.push(
+                            "spec.schedule.repeat: needs exactly one of intervalMs or interval"
+                                .into(),
+                        );
+                        0
+                    }
+                };
+                let first_fire_ms = r
+                    .first_fire
+                    .as_deref()
+                    .and_then(|t| parse_time("spec.schedule.repeat.firstFire", t, &mut problems));
+                Schedule::Repeat {
+                    interval_ms,
+                    count: r.count,
+                    first_fire_ms,
+                }
+            } else {
+                Schedule::Now
+            }
+        }
+    };
+    if spec.max_retries < 0 {
+        problems.push("spec.maxRetries: must not be negative".into());
+    }
+    let out = lts_core::JobSpec {
+        task_id: task_id(job).unwrap_or_default(),
+        task_tracker_node_group: spec.task_tracker_node_group.clone(),
+        submit_node_group: spec
+            .submit_node_group
+            .clone()
+            .unwrap_or_else(|| SUBMIT_NODE_GROUP.into()),
+        priority: spec.priority,
+        params,
+        need_feedback: spec.need_feedback,
+        max_retries: spec.max_retries.max(0) as u32,
+        schedule,
+        rely_on_prev_cycle: spec.rely_on_prev_cycle,
+        replace_on_exist: spec.replace_on_exist,
+        misfire_policy: match spec.misfire_policy {
+            MisfirePolicy::FireOnce => lts_core::MisfirePolicy::FireOnce,
+            MisfirePolicy::Skip => lts_core::MisfirePolicy::Skip,
+        },
+    };
+    if let Err(v) = lts_core::validate(&out) {
+        problems.extend(
+            v.0.iter()
+                .map(|f| format!("{}: {}", spec_field(&f.field), f.reason)),
+        );
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// A stable fingerprint of what is submitted (FNV-1a over its JSON), so a changed spec is
+/// resubmitted and an unchanged one never is.
+pub fn spec_hash(spec: &lts_core::JobSpec) -> String {
+    let json = serde_json::to_string(spec).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Whether a tracker job was submitted for the resource with `uid`.
+pub fn owned_by(job: &lts_core::Job, uid: &str) -> bool {
+    job.spec.params.get(PARAM_UID).map(String::as_str) == Some(uid)
+}
+
+/// The resource a tracker job belongs to (namespace, name), from its params.
+pub fn resource_of(job: &lts_core::Job) -> Option<(String, String)> {
+    Some((
+        job.spec.params.get(PARAM_NAMESPACE)?.clone(),
+        job.spec.params.get(PARAM_NAME)?.clone(),
+    ))
+}
+
+/// The phase of a tracker job.
+pub fn phase(state: JobState) -> JobPhase {
+    match state {
+        JobState::Queued => JobPhase::Queued,
+        JobState::Running => JobPhase::Running,
+        JobState::Suspended => JobPhase::Suspended,
+        JobState::Succeeded => JobPhase::Succeeded,
+        JobState::Failed => JobPhase::Failed,
+        JobState::Cancelled => JobPhase::Cancelled,
+    }
+}
+
+/// Whether a phase is final (no further runs).
+pub fn is_final(phase: Option<JobPhase>) -> bool {
+    matches!(
+        phase,
+        Some(JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled)
+    )
+}
+
+fn rfc3339(ms: i64) -> Option<String> {
+    (ms > 0).then(|| lts_core::format_ms(ms))
+}
+
+/// The status fields that mirror a tracker job (conditions and bookkeeping untouched).
+pub fn mirror(status: &mut crate::crd::JobStatus, job: &lts_core::Job) {
+    status.phase = Some(phase(job.state));
+    status.job_id = Some(job.job_id.clone());
+    status.task_id = Some(job.spec.task_id.clone());
+    status.attempts = Some(i64::from(job.attempt));
+    status.last_result = job.last_outcome.map(|o| o.as_str().to_string());
+    status.last_message = job
+        .last_message
+        .as_deref()
+        .filter(|m| !m.is_empty())
+        .map(|m| crate::nodegroup::truncate(m, MAX_MESSAGE));
+    status.last_fire_time = job.scheduled_fire_ms.and_then(rfc3339);
+    status.next_fire_time = match job.state {
+        JobState::Queued => rfc3339(job.trigger_time_ms),
+        _ => None,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{CronSchedule, RepeatSchedule, ScheduleSpec};
+    use crate::fixtures::{job, nodegroup as ng};
+
+    #[test]
+    fn default_task_id_and_params_key_the_resource() {
+        let spec = to_lts_spec(&job("mail")).unwrap();
+        assert_eq!(spec.task_id, "k8s-0b6f3c1e-uid");
+        assert_eq!(spec.submit_node_group, SUBMIT_NODE_GROUP);
+        assert_eq!(spec.params[PARAM_UID], "0b6f3c1e-uid");
+        assert_eq!(spec.params[PARAM_NAMESPACE], "lts");
+        assert_eq!(spec.params[PARAM_NAME], "mail");
+        assert_eq!(spec.params["to"], "a@b.c");
+        assert_eq!((spec.priority, spec.max_retries), (5, 2));
+        assert_eq!(spec.schedule, Schedule::Now);
+    }
+
+    #[test]
+    fn schedules_map_to_the_job_model() {
+        let mut j = job("s");
+        j.spec.schedule = Some(ScheduleSpec {
+            trigger_time: Some("2030-01-01T00:00:00Z".into()),
+            ..ScheduleSpec::default()
+        });
+        assert_eq!(
+            to_lts_spec(&j).unwrap().schedule,
+            Schedule::TriggerAt {
+                trigger_time_ms: 1_893_456_000_000
+            }
+        );
+        j.spec.schedule = Some(ScheduleSpec {
+            cron: Some(CronSchedule {
+                expression: "0 */5 * * * *".into(),
+                time_zone: Some("Europe/Berlin".into()),
+            }),
+            ..ScheduleSpec::default()
+        });
+        assert!(matches!(
+            to_lts_spec(&j).unwrap().schedule,
+            Schedule::Cron { .. }
+        ));
+        j.spec.schedule = Some(ScheduleSpec {
+            repeat: Some(RepeatSchedule {
+                interval_ms: None,
+                interval: Some("1m30s".into()),
+                count: 3,
+                first_fire: None,
+            }),
+            ..ScheduleSpec::default()
+        });
+        assert_eq!(
+            to_lts_spec(&j).unwrap().schedule,
+            Schedule::Repeat {
+                interval_ms: 90_000,
+                count: 3,
+                first_fire_ms: None
+            }
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let mut j = job("bad");
+        j.spec.params.insert("lts.io/uid".into(), "forged".into());
+        j.spec.task_tracker_node_group = String::new();
+        j.spec.schedule = Some(ScheduleSpec {
+            trigger_time: Some("tomorrow".into()),
+            cron: Some(CronSchedule {
+                expression: "not cron".into(),
+                time_zone: None,
+            }),
+            repeat: None,
+        });
+        let problems = to_lts_spec(&j).unwrap_err().join("\n");
+        assert!(problems.contains("spec.params[lts.io/uid]"), "{problems}");
+        assert!(
+            problems.contains("spec.schedule: needs exactly one"),
+            "{problems}"
+        );
+        assert!(problems.contains("spec.schedule.triggerTime"), "{problems}");
+        assert!(problems.contains("spec.taskTrackerNodeGroup"), "{problems}");
+    }
+
+    #[test]
+    fn invalid_cron_is_named_by_its_resource_path() {
+        let mut j = job("c");
+        j.spec.schedule = Some(ScheduleSpec {
+            cron: Some(CronSchedule {
+                expression: "every day".into(),
+                time_zone: Some("Mars/Olympus".into()),
+            }),
+            ..ScheduleSpec::default()
+        });
+        let problems = to_lts_spec(&j).unwrap_err().join("\n");
+        assert!(
+            problems.contains("spec.schedule.cron.expression"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("spec.schedule.cron.timeZone"),
+            "{problems}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("250ms"), Some(250));
+        assert_eq!(parse_duration_ms("30s"), Some(30_000));
+        assert_eq!(parse_duration_ms("1h30m"), Some(5_400_000));
+        assert_eq!(parse_duration_ms("1.5h"), Some(5_400_000));
+        assert_eq!(parse_duration_ms("5"), None);
+        assert_eq!(parse_duration_ms("0s"), None);
+        assert_eq!(parse_duration_ms("3d"), None);
+        assert_eq!(parse_duration_ms(""), None);
+    }
+
+    #[test]
+    fn hash_is_stable_and_follows_the_spec() {
+        let a = to_lts_spec(&job("h")).unwrap();
+        let mut b = a.clone();
+        assert_eq!(spec_hash(&a), spec_hash(&b));
+        b.priority = 9;
+        assert_ne!(spec_hash(&a), spec_hash(&b));
+    }
+
+    #[test]
+    fn cluster_resolution() {
+        let jt = ng("tracker", NodeRole::JobTracker);
+        let tt = ng("mailers", NodeRole::TaskTracker);
+        let j = job("j");
+        let c = resolve_cluster(&j, &[jt.clone(), tt.clone()]).unwrap();
+        assert_eq!(
+            (c.cluster.as_str(), c.job_tracker.as_str()),
+            ("prod", "tracker")
+        );
+
+        let none = resolve_cluster(&j, std::slice::from_ref(&tt)).unwrap_err();
+        assert_eq!(none.reason, "ClusterNotFound");
+
+        let mut other = ng("tracker-b", NodeRole::JobTracker);
+        other.spec.cluster = "staging".into();
+        let many = resolve_cluster(&j, &[jt.clone(), other.clone()]).unwrap_err();
+        assert_eq!(many.reason, "AmbiguousCluster");
+        assert!(many.message.contains("staging"), "{}", many.message);
+
+        let mut named = j.clone();
+        named.spec.cluster = Some("staging".into());
+        let c = resolve_cluster(&named, &[jt.clone(), other]).unwrap();
+        assert_eq!(c.job_tracker, "tracker-b");
+        named.spec.cluster = Some("qa".into());
+        assert_eq!(
+            resolve_cluster(&named, &[jt]).unwrap_err().reason,
+            "ClusterNotFound"
+        );
+
+        let mut elsewhere = ng("tracker", NodeRole::JobTracker);
+        elsewhere.metadata.namespace = Some("other".into());
+        assert!(resolve_cluster(&j, &[elsewhere]).is_err());
+    }
+
+    #[test]
+    fn mirror_maps_tracker_state() {
+        let spec = to_lts_spec(&job("m")).unwrap();
+        let tracked = lts_core::Job {
+            job_id: "J1".into(),
+            spec,
+            state: JobState::Queued,
+            attempt: 2,
+            trigger_time_ms: 1_893_456_000_000,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            lease_owner: None,
+            lease_expiry_ms: None,
+            last_outcome: Some(lts_core::Outcome::Later),
+            last_message: Some("busy".into()),
+            finished_at_ms: None,
+            scheduled_fire_ms: Some(1_893_455_000_000),
+            fire_count: 1,
+        };
+        let mut st = crate::crd::JobStatus::default();
+        mirror(&mut st, &tracked);
+        assert_eq!(st.phase, Some(JobPhase::Queued));
+        assert_eq!(st.job_id.as_deref(), Some("J1"));
+        assert_eq!(st.attempts, Some(2));
+        assert_eq!(st.last_result.as_deref(), Some("LATER"));
+        assert_eq!(st.last_message.as_deref(), Some("busy"));
+        assert_eq!(
+            st.next_fire_time.as_deref(),
+            Some("2030-01-01T00:00:00.000Z")
+        );
+        assert!(st.last_fire_time.is_some());
+        assert!(owned_by(&tracked, "0b6f3c1e-uid"));
+        assert_eq!(resource_of(&tracked), Some(("lts".into(), "m".into())));
+        let mut done = tracked.clone();
+        done.state = JobState::Succeeded;
+        mirror(&mut st, &done);
+        assert_eq!(st.next_fire_time, None);
+        assert!(is_final(st.phase));
+    }
+}

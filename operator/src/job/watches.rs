@@ -1,0 +1,183 @@
+//! Job watches: one per cluster (tracker address), started on the first Job reconciled for
+//! it. Each change of an operator-submitted job is kept for the next reconcile (which then
+//! needs no `Get`) and triggers a reconcile of its resource; a resync re-reconciles the
+//! unfinished Jobs of the cluster's namespace. Status follows the trackers by subscription,
+//! not by polling each job.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::convert::{self, SUBMIT_NODE_GROUP};
+use crate::crd::Job;
+use crate::tracker::{JobWatchFilter, TrackerApi, TrackerEvent};
+
+type Trigger = mpsc::UnboundedSender<ObjectRef<Job>>;
+
+/// The job watches of every cluster the operator has submitted to.
+pub struct Watches {
+    tx: Trigger,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<Job>>>>,
+    live: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    observed: Mutex<HashMap<String, lts_core::Job>>,
+    jobs: OnceLock<Store<Job>>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Watches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watches").finish_non_exhaustive()
+    }
+}
+
+impl Default for Watches {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Watches {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            live: Mutex::default(),
+            observed: Mutex::default(),
+            jobs: OnceLock::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+}
+
+impl Watches {
+    /// The reconcile requests the watches produce (once; for `Controller::reconcile_on`).
+    pub fn take_trigger(&self) -> Option<impl Stream<Item = ObjectRef<Job>> + Send + 'static> {
+        let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        Some(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+    }
+
+    /// The Job store used to find what to re-read on a resync.
+    pub fn set_store(&self, jobs: Store<Job>) {
+        let _ = self.jobs.set(jobs);
+    }
+
+    /// Stops every watch.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Whether the watch of `address` is streaming (if not, the controller re-reads
+    /// unfinished Jobs on a timer instead).
+    pub fn is_live(&self, address: &str) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(address)
+            .is_some_and(|l| l.load(Ordering::Relaxed))
+    }
+
+    /// The newest state of `job_id` a watch delivered since the last call, if any.
+    pub fn take_observed(&self, job_id: &str) -> Option<lts_core::Job> {
+        self.observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(job_id)
+    }
+
+    /// Starts the watch of `address` unless it runs already.
+    pub fn ensure(self: &Arc<Self>, address: &str, tracker: Arc<dyn TrackerApi>) {
+        let live = {
+            let mut map = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            if map.contains_key(address) {
+                return;
+            }
+            let live = Arc::new(AtomicBool::new(false));
+            map.insert(address.to_string(), live.clone());
+            live
+        };
+        let this = self.clone();
+        let address = address.to_string();
+        tokio::spawn(async move { this.watch_loop(address, tracker, live).await });
+    }
+
+    async fn watch_loop(
+        self: Arc<Self>,
+        address: String,
+        tracker: Arc<dyn TrackerApi>,
+        live: Arc<AtomicBool>,
+    ) {
+        let filter = JobWatchFilter {
+            submit_node_group: Some(SUBMIT_NODE_GROUP.into()),
+            ..JobWatchFilter::default()
+        };
+        let mut delay = Duration::from_secs(1);
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            match tracker.watch(filter.clone()).await {
+                Ok(None) => {
+                    tracing::info!(tracker = %address, "trackers cannot stream job changes; unfinished Jobs are re-read on a timer");
+                    return;
+                }
+                Ok(Some(mut events)) => {
+                    live.store(true, Ordering::Relaxed);
+                    delay = Duration::from_secs(1);
+                    loop {
+                        let ev = tokio::select! {
+                            _ = self.stop.cancelled() => return,
+                            ev = events.next() => ev,
+                        };
+                        match ev {
+                            Some(TrackerEvent::Changed(job)) => self.route(*job),
+                            Some(TrackerEvent::Resync) => self.resync(&address),
+                            None => break,
+                        }
+                    }
+                    live.store(false, Ordering::Relaxed);
+                    // Changes may be missed until the next stream: re-read now and then.
+                    self.resync(&address);
+                }
+                Err(e) => {
+                    tracing::warn!(tracker = %address, error = %e, retry_in = ?delay, "job watch failed");
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Keeps `job` for the next reconcile of its resource and triggers that reconcile.
+    pub fn route(&self, job: lts_core::Job) {
+        let Some((ns, name)) = convert::resource_of(&job) else {
+            return;
+        };
+        self.observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job.job_id.clone(), job);
+        let _ = self.tx.send(ObjectRef::new(&name).within(&ns));
+    }
+
+    /// Triggers a reconcile of every unfinished Job in the namespace of the cluster at
+    /// `address` (`name.namespace.svc:port`).
+    fn resync(&self, address: &str) {
+        let Some(store) = self.jobs.get() else {
+            return;
+        };
+        let ns = address.split('.').nth(1).unwrap_or_default();
+        for job in store.state() {
+            let status = job.status.as_ref();
+            if job.namespace().as_deref() == Some(ns)
+                && !convert::is_final(status.and_then(|s| s.phase))
+            {
+                let _ = self.tx.send(ObjectRef::from_obj(&*job));
+            }
+        }
+    }
+}

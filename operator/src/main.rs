@@ -1,0 +1,253 @@
+//! `lts-operator`: reconciles `NodeGroup` and `Job` resources (`lts.io/v1alpha1`).
+//!
+//! One replica leads (a Lease); the others stand by and serve `/healthz`, `/readyz` and
+//! `/metrics`. SIGTERM stops the controllers gracefully and releases the Lease.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use kube::api::{Api, ListParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, CustomResourceExt};
+use lts_operator::crd::{Job, NodeGroup};
+use lts_operator::http::{self, Health};
+use lts_operator::leader::{Elector, LeaseConfig};
+use lts_operator::nodegroup::BuildConfig;
+use lts_operator::tracker::GrpcConnector;
+use lts_operator::{Context, job, nodegroup};
+use tokio_util::sync::CancellationToken;
+
+/// The LTS operator: runs NodeGroups as Deployments and Jobs on their cluster's trackers.
+#[derive(Debug, Parser)]
+#[command(name = "lts-operator", version, about)]
+struct Cli {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "LTS_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// `lts-tracker` image for JobTracker NodeGroups without `spec.image`.
+    #[arg(long, env = "LTS_TRACKER_IMAGE", default_value_t = BuildConfig::default().tracker_image)]
+    tracker_image: String,
+    /// `lts-worker` sidecar image for TaskTracker NodeGroups in Sidecar mode.
+    #[arg(long, env = "LTS_WORKER_IMAGE", default_value_t = BuildConfig::default().worker_image)]
+    worker_image: String,
+    /// Elect a leader with a Lease (turn off only for a single replica).
+    #[arg(long, env = "LTS_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "LTS_LEASE_NAME", default_value = "lts-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace, else the client's).
+    #[arg(long, env = "LTS_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Seconds a leader keeps the Lease without renewing it.
+    #[arg(long, env = "LTS_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    /// This replica's identity (default: the pod name from POD_NAME, else the host name).
+    #[arg(long, env = "LTS_IDENTITY")]
+    identity: Option<String>,
+    /// Log format.
+    #[arg(long, env = "LTS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LTS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "lts-operator stopped");
+            eprintln!("lts-operator: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// Fails with one clear message unless both CRDs are served.
+async fn check_crds(client: &Client) -> anyhow::Result<()> {
+    let lp = ListParams::default().limit(1);
+    let mut missing = Vec::new();
+    if let Err(e) = Api::<NodeGroup>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+    {
+        missing.push((NodeGroup::crd_name(), e));
+    }
+    if let Err(e) = Api::<Job>::all(client.clone()).list_metadata(&lp).await {
+        missing.push((Job::crd_name(), e));
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let not_installed = missing
+        .iter()
+        .all(|(_, e)| matches!(e, kube::Error::Api(s) if s.code == 404));
+    let names: Vec<&str> = missing.iter().map(|(n, _)| *n).collect();
+    if not_installed {
+        anyhow::bail!(
+            "the CRDs {} are not installed: install them with `kubectl apply -f crds/` (or the Helm chart charts/lts) and start the operator again",
+            names.join(", ")
+        )
+    }
+    anyhow::bail!(
+        "cannot list {}: {}",
+        names.join(", "),
+        missing
+            .iter()
+            .map(|(_, e)| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
+}
+
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("install the metrics recorder")?;
+    let health = Arc::new(Health::default());
+    let shutdown = shutdown_on_signals();
+    let server = {
+        let stop = shutdown.clone();
+        let router = http::router(Some(metrics), health.clone());
+        let listen = cli.listen;
+        tokio::spawn(async move {
+            http::serve(listen, router, async move { stop.cancelled().await }).await
+        })
+    };
+
+    let client = Client::try_default()
+        .await
+        .context("connect to the Kubernetes API (in-cluster config or kubeconfig)")?;
+    check_crds(&client).await?;
+    health.set_ready(true);
+
+    let identity = cli
+        .identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("lts-operator-{}", std::process::id()));
+    let elector = if cli.leader_election {
+        let namespace = cli
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let elector = Arc::new(Elector::new(
+            client.clone(),
+            LeaseConfig {
+                name: cli.lease_name.clone(),
+                namespace,
+                identity: identity.clone(),
+                duration: Duration::from_secs(cli.lease_seconds.max(3)),
+            },
+        ));
+        lts_operator::metrics::set_leader(false);
+        if !elector.acquire(&shutdown).await {
+            return Ok(());
+        }
+        Some(elector)
+    } else {
+        None
+    };
+    lts_operator::metrics::set_leader(true);
+
+    // Controllers stop on SIGTERM, or when the Lease is lost.
+    let stop = shutdown.child_token();
+    let lost = elector.as_ref().map(|e| e.clone().keep(stop.clone()));
+    if let Some(lost) = &lost {
+        let (lost, stop) = (lost.clone(), stop.clone());
+        tokio::spawn(async move {
+            lost.cancelled().await;
+            stop.cancel();
+        });
+    }
+
+    let (reader, writer) = reflector::store();
+    let nodegroups = reflector(
+        writer,
+        watcher(
+            Api::<NodeGroup>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        reader.clone(),
+        Arc::new(GrpcConnector::default()),
+        BuildConfig {
+            tracker_image: cli.tracker_image.clone(),
+            worker_image: cli.worker_image.clone(),
+        },
+        Arc::new(job::Watches::default()),
+    ));
+    tracing::info!(%identity, "starting the NodeGroup and Job controllers");
+    let ng_stop = stop.clone();
+    let ng_controller =
+        nodegroup::run(
+            ctx.clone(),
+            nodegroups,
+            async move { ng_stop.cancelled().await },
+        );
+    let job_stop = stop.clone();
+    let job_ctx = ctx.clone();
+    let job_controller = async move {
+        // Jobs resolve their cluster from the NodeGroup store: wait until it is filled.
+        tokio::select! {
+            r = reader.wait_until_ready() => if r.is_err() { return; },
+            _ = job_stop.cancelled() => return,
+        }
+        job::run(job_ctx, async move { job_stop.cancelled().await }).await
+    };
+    tokio::join!(ng_controller, job_controller);
+
+    if let Some(e) = &elector {
+        e.release().await;
+    }
+    stop.cancel();
+    shutdown.cancel();
+    let _ = server.await;
+    if lost.is_some_and(|l| l.is_cancelled()) {
+        anyhow::bail!("lost the leader Lease; exiting so a restart campaigns again")
+    }
+    Ok(())
+}

@@ -1,0 +1,707 @@
+//! `build`: a validated NodeGroup → the objects the operator owns for it. Pure.
+//!
+//! * JobTracker: a Deployment running `lts-tracker`, a Service (gRPC 7070 + metrics), and a
+//!   PodDisruptionBudget when it has more than one replica.
+//! * TaskTracker: a Deployment of the user's SDK image, or of the user's container plus the
+//!   `lts-worker` sidecar (or the sidecar alone when it runs a command); a PodDisruptionBudget
+//!   when it has more than one replica.
+//!
+//! Every container runs as non-root without privilege escalation and without capabilities.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, GRPCAction,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use super::validate::{TrackerDiscovery, Validated};
+use crate::crd::{NodeGroup, NodeRole, WorkerMode};
+use crate::{GRPC_PORT, METRICS_PORT};
+
+/// Operator-wide defaults for what a NodeGroup leaves open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildConfig {
+    /// Image of `lts-tracker` for JobTracker groups without `spec.image`.
+    pub tracker_image: String,
+    /// Image of the `lts-worker` sidecar.
+    pub worker_image: String,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        BuildConfig {
+            tracker_image: format!("ghcr.io/lts-rs/lts-tracker:{}", lts_core::VERSION),
+            worker_image: format!("ghcr.io/lts-rs/lts-worker:{}", lts_core::VERSION),
+        }
+    }
+}
+
+/// Everything the operator owns for one NodeGroup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// The group's pods.
+    pub deployment: Deployment,
+    /// JobTracker only: the cluster's gRPC endpoint.
+    pub service: Option<Service>,
+    /// With more than one replica: at most one pod down at a time.
+    pub pdb: Option<PodDisruptionBudget>,
+}
+
+/// The UID/GID every container runs as unless the image says otherwise.
+pub const RUN_AS: i64 = 65532;
+/// Default worker threads.
+pub const DEFAULT_THREADS: i32 = 4;
+
+/// Labels selecting the pods of `ng`.
+pub fn selector_labels(ng: &NodeGroup) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "lts".to_string()),
+        ("app.kubernetes.io/instance".to_string(), ng.name_any()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            ng.spec.role.component().to_string(),
+        ),
+    ])
+}
+
+/// Every label of the objects built for `ng`.
+pub fn labels(ng: &NodeGroup) -> BTreeMap<String, String> {
+    let mut l = selector_labels(ng);
+    l.insert(
+        "app.kubernetes.io/managed-by".into(),
+        crate::MANAGER.to_string(),
+    );
+    l.insert("app.kubernetes.io/part-of".into(), ng.spec.cluster.clone());
+    l.insert("lts.io/cluster".into(), ng.spec.cluster.clone());
+    l.insert("lts.io/node-group".into(), ng.name_any());
+    l
+}
+
+fn meta(ng: &NodeGroup) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(ng.name_any()),
+        namespace: ng.namespace(),
+        labels: Some(labels(ng)),
+        owner_references: ng.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn restricted(read_only_root: bool) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: read_only_root.then_some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn grpc_probe(initial_delay: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        grpc: Some(GRPCAction {
+            port: GRPC_PORT,
+            service: None,
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+fn port(name: &str, number: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: number,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        ..VolumeMount::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+fn sidecar_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("10m".into())),
+            ("memory".to_string(), Quantity("32Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("128Mi".into()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The objects for `ng`.
+pub fn build(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> Desired {
+    let (pod, strategy, grace) = match ng.spec.role {
+        NodeRole::JobTracker => (job_tracker_pod(ng, v, cfg), tracker_strategy(), 30),
+        NodeRole::TaskTracker => (task_tracker_pod(ng, v, cfg), None, 45),
+    };
+    let pod = PodSpec {
+        termination_grace_period_seconds: Some(grace),
+        security_context: Some(pod_security()),
+        automount_service_account_token: Some(false),
+        ..pod
+    };
+    let deployment = Deployment {
+        metadata: meta(ng),
+        spec: Some(DeploymentSpec {
+            replicas: Some(ng.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(ng)),
+                ..LabelSelector::default()
+            },
+            strategy,
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(ng)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    };
+    let service = (ng.spec.role == NodeRole::JobTracker).then(|| service(ng));
+    let pdb = (ng.spec.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: meta(ng),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(ng)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    });
+    Desired {
+        deployment,
+        service,
+        pdb,
+    }
+}
+
+/// Trackers roll one at a time and never go below the wanted count.
+fn tracker_strategy() -> Option<DeploymentStrategy> {
+    Some(DeploymentStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(0)),
+        }),
+    })
+}
+
+fn service(ng: &NodeGroup) -> Service {
+    Service {
+        metadata: meta(ng),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(ng)),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("grpc".into()),
+                    port: GRPC_PORT,
+                    target_port: Some(IntOrString::String("grpc".into())),
+                    protocol: Some("TCP".into()),
+                    app_protocol: Some("grpc".into()),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("metrics".into()),
+                    port: METRICS_PORT,
+                    target_port: Some(IntOrString::String("metrics".into())),
+                    protocol: Some("TCP".into()),
+                    ..ServicePort::default()
+                },
+            ]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn job_tracker_pod(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> PodSpec {
+    let spec = &ng.spec;
+    let mut env_vars = vec![
+        env_field("POD_IP", "status.podIP"),
+        env_field("POD_NAME", "metadata.name"),
+    ];
+    let mut volumes = vec![empty_dir("tmp")];
+    let mut mounts = vec![mount("tmp", "/tmp")];
+    match &spec.mongo_uri_secret_ref {
+        Some(secret) => env_vars.push(EnvVar {
+            name: "LTS_STORE".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: secret.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }),
+        None => {
+            env_vars.push(env("LTS_STORE", "sqlite:/var/lib/lts/lts.db"));
+            volumes.push(empty_dir("data"));
+            mounts.push(mount("data", "/var/lib/lts"));
+        }
+    }
+    env_vars.extend(spec.env.iter().cloned());
+    let container = Container {
+        name: "tracker".into(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| cfg.tracker_image.clone()),
+        ),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        command: Some(vec!["lts-tracker".into()]),
+        args: Some(vec![
+            format!("--cluster={}", spec.cluster),
+            format!("--node-group={}", ng.name_any()),
+            format!("--registry={}", v.registry),
+            format!("--listen=0.0.0.0:{GRPC_PORT}"),
+            format!("--advertise=$(POD_IP):{GRPC_PORT}"),
+            "--identity=$(POD_NAME)".into(),
+            format!("--metrics-listen=0.0.0.0:{METRICS_PORT}"),
+        ]),
+        env: Some(env_vars),
+        ports: Some(vec![port("grpc", GRPC_PORT), port("metrics", METRICS_PORT)]),
+        readiness_probe: Some(grpc_probe(2, 5, 3)),
+        liveness_probe: Some(grpc_probe(10, 10, 6)),
+        resources: spec.resources.clone(),
+        security_context: Some(restricted(true)),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    PodSpec {
+        containers: vec![container],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    }
+}
+
+/// The `LTS_*` settings every TaskTracker process reads.
+fn worker_env(ng: &NodeGroup, v: &Validated) -> Vec<EnvVar> {
+    let mut out = vec![
+        env_field("LTS_IDENTITY", "metadata.name"),
+        env("LTS_CLUSTER", ng.spec.cluster.clone()),
+        env("LTS_NODE_GROUP", ng.name_any()),
+        env(
+            "LTS_THREADS",
+            ng.spec.threads.unwrap_or(DEFAULT_THREADS).to_string(),
+        ),
+    ];
+    match &v.discovery {
+        Some(TrackerDiscovery::Registry(url)) => out.push(env("LTS_REGISTRY", url.clone())),
+        Some(TrackerDiscovery::Service(addr)) => out.push(env("LTS_TRACKER", addr.clone())),
+        None => {}
+    }
+    out
+}
+
+fn task_tracker_pod(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> PodSpec {
+    let spec = &ng.spec;
+    let worker = spec.worker.clone().unwrap_or_default();
+    let mut containers = Vec::new();
+    let mut volumes = None;
+    match worker.mode {
+        WorkerMode::Sdk => {
+            let mut e = worker_env(ng, v);
+            e.extend(spec.env.iter().cloned());
+            containers.push(Container {
+                name: "worker".into(),
+                image: spec.image.clone(),
+                image_pull_policy: spec.image_pull_policy.clone(),
+                env: Some(e),
+                resources: spec.resources.clone(),
+                security_context: Some(restricted(false)),
+                ..Container::default()
+            });
+        }
+        WorkerMode::Sidecar => {
+            let exec_mode = worker.exec.is_some();
+            if let Some(image) = &spec.image {
+                let mut e = vec![
+                    env("LTS_CLUSTER", spec.cluster.clone()),
+                    env("LTS_NODE_GROUP", ng.name_any()),
+                ];
+                e.extend(spec.env.iter().cloned());
+                containers.push(Container {
+                    name: "app".into(),
+                    image: Some(image.clone()),
+                    image_pull_policy: spec.image_pull_policy.clone(),
+                    env: Some(e),
+                    ports: worker.http.as_ref().map(|h| vec![port("http", h.port)]),
+                    resources: spec.resources.clone(),
+                    security_context: Some(restricted(false)),
+                    ..Container::default()
+                });
+            }
+            let mut args = Vec::new();
+            if let Some(h) = &worker.http {
+                args.push(format!("--http=http://127.0.0.1:{}{}", h.port, h.path));
+            }
+            if let Some(cmd) = &worker.exec {
+                args.push(format!("--exec={cmd}"));
+            }
+            if let Some(t) = worker.timeout_seconds {
+                args.push(format!("--timeout={t}"));
+            }
+            let mut e = worker_env(ng, v);
+            if exec_mode {
+                // The command runs in the sidecar: it gets the user's environment.
+                e.extend(spec.env.iter().cloned());
+            }
+            containers.push(Container {
+                name: "lts-worker".into(),
+                image: Some(
+                    worker
+                        .sidecar_image
+                        .clone()
+                        .unwrap_or_else(|| cfg.worker_image.clone()),
+                ),
+                image_pull_policy: spec.image_pull_policy.clone(),
+                command: Some(vec!["lts-worker".into()]),
+                args: Some(args),
+                env: Some(e),
+                resources: if exec_mode && spec.image.is_none() {
+                    spec.resources.clone()
+                } else {
+                    Some(sidecar_resources())
+                },
+                security_context: Some(restricted(true)),
+                volume_mounts: Some(vec![mount("tmp", "/tmp")]),
+                ..Container::default()
+            });
+            volumes = Some(vec![empty_dir("tmp")]);
+        }
+    }
+    PodSpec {
+        containers,
+        volumes,
+        ..PodSpec::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{HttpTarget, SecretKeyRef, WorkerSpec};
+    use crate::fixtures::nodegroup as ng;
+    use crate::nodegroup::validate::validate;
+
+    fn container<'a>(d: &'a Desired, name: &str) -> &'a Container {
+        d.deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers.iter().find(|c| c.name == name))
+            .unwrap_or_else(|| panic!("container {name}"))
+    }
+
+    fn env_value(c: &Container, name: &str) -> Option<String> {
+        c.env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    }
+
+    #[test]
+    fn job_tracker_with_mongo_and_zookeeper() {
+        let mut jt = ng("tracker", NodeRole::JobTracker);
+        jt.spec.replicas = 3;
+        jt.spec.zookeeper = Some("zk-0.zk:2181,zk-1.zk:2181/lts".into());
+        jt.spec.mongo_uri_secret_ref = Some(SecretKeyRef {
+            name: "mongo".into(),
+            key: "uri".into(),
+        });
+        let v = validate(&jt, std::slice::from_ref(&jt)).expect("valid");
+        let d = build(&jt, &v, &BuildConfig::default());
+        let c = container(&d, "tracker");
+        let args = c.args.clone().unwrap();
+        assert!(args.contains(&"--registry=zookeeper://zk-0.zk:2181,zk-1.zk:2181/lts".to_string()));
+        assert!(args.contains(&"--cluster=prod".to_string()));
+        assert!(args.contains(&"--advertise=$(POD_IP):7070".to_string()));
+        let store = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "LTS_STORE")
+            .unwrap();
+        let key = store
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .unwrap();
+        assert_eq!((key.name.as_str(), key.key.as_str()), ("mongo", "uri"));
+        assert!(c.readiness_probe.as_ref().unwrap().grpc.is_some());
+        assert!(c.liveness_probe.as_ref().unwrap().grpc.is_some());
+        assert_eq!(
+            c.image.as_deref(),
+            Some(BuildConfig::default().tracker_image.as_str())
+        );
+        let svc = d.service.as_ref().expect("service");
+        let ports: Vec<i32> = svc
+            .spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.port)
+            .collect();
+        assert_eq!(ports, [7070, 9090]);
+        assert!(d.pdb.is_some(), "3 replicas get a PDB");
+        let owner = &d.deployment.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("NodeGroup", Some(true))
+        );
+    }
+
+    #[test]
+    fn single_job_tracker_uses_sqlite_on_empty_dir_and_no_pdb() {
+        let jt = ng("tracker", NodeRole::JobTracker);
+        let v = validate(&jt, std::slice::from_ref(&jt)).unwrap();
+        let d = build(&jt, &v, &BuildConfig::default());
+        let c = container(&d, "tracker");
+        assert_eq!(
+            env_value(c, "LTS_STORE").as_deref(),
+            Some("sqlite:/var/lib/lts/lts.db")
+        );
+        assert!(
+            c.args
+                .as_ref()
+                .unwrap()
+                .contains(&"--registry=local".to_string())
+        );
+        assert!(d.pdb.is_none());
+    }
+
+    #[test]
+    fn sdk_task_tracker_gets_lts_env_and_finds_trackers_through_the_service() {
+        let jt = ng("tracker", NodeRole::JobTracker);
+        let mut tt = ng("mailers", NodeRole::TaskTracker);
+        tt.spec.image = Some("example/mailer:1".into());
+        tt.spec.threads = Some(16);
+        tt.spec.env = vec![env("SMTP_HOST", "smtp")];
+        let v = validate(&tt, &[jt, tt.clone()]).unwrap();
+        let d = build(&tt, &v, &BuildConfig::default());
+        assert!(d.service.is_none());
+        let c = container(&d, "worker");
+        assert_eq!(
+            env_value(c, "LTS_TRACKER").as_deref(),
+            Some("tracker.lts.svc:7070")
+        );
+        assert_eq!(env_value(c, "LTS_THREADS").as_deref(), Some("16"));
+        assert_eq!(env_value(c, "LTS_NODE_GROUP").as_deref(), Some("mailers"));
+        assert_eq!(env_value(c, "LTS_CLUSTER").as_deref(), Some("prod"));
+        assert_eq!(env_value(c, "SMTP_HOST").as_deref(), Some("smtp"));
+        assert_eq!(c.image.as_deref(), Some("example/mailer:1"));
+    }
+
+    #[test]
+    fn task_tracker_inherits_zookeeper_from_its_job_tracker() {
+        let mut jt = ng("tracker", NodeRole::JobTracker);
+        jt.spec.zookeeper = Some("zk:2181".into());
+        let mut tt = ng("w", NodeRole::TaskTracker);
+        tt.spec.image = Some("img".into());
+        let v = validate(&tt, &[jt, tt.clone()]).unwrap();
+        let d = build(&tt, &v, &BuildConfig::default());
+        assert_eq!(
+            env_value(container(&d, "worker"), "LTS_REGISTRY").as_deref(),
+            Some("zookeeper://zk:2181")
+        );
+    }
+
+    #[test]
+    fn sidecar_http_adds_the_lts_worker_container() {
+        let jt = ng("tracker", NodeRole::JobTracker);
+        let mut tt = ng("reports", NodeRole::TaskTracker);
+        tt.spec.image = Some("example/reports:2".into());
+        tt.spec.worker = Some(WorkerSpec {
+            mode: WorkerMode::Sidecar,
+            http: Some(HttpTarget {
+                port: 8080,
+                path: "/run".into(),
+            }),
+            timeout_seconds: Some(60),
+            ..WorkerSpec::default()
+        });
+        let v = validate(&tt, &[jt, tt.clone()]).unwrap();
+        let d = build(&tt, &v, &BuildConfig::default());
+        let app = container(&d, "app");
+        assert_eq!(app.image.as_deref(), Some("example/reports:2"));
+        let side = container(&d, "lts-worker");
+        let args = side.args.clone().unwrap();
+        assert_eq!(args, ["--http=http://127.0.0.1:8080/run", "--timeout=60"]);
+        assert_eq!(
+            side.command.as_deref(),
+            Some(&["lts-worker".to_string()][..])
+        );
+        assert_eq!(
+            env_value(side, "LTS_TRACKER").as_deref(),
+            Some("tracker.lts.svc:7070")
+        );
+        assert_eq!(
+            side.image.as_deref(),
+            Some(BuildConfig::default().worker_image.as_str())
+        );
+    }
+
+    #[test]
+    fn sidecar_exec_runs_alone_with_the_users_env_and_resources() {
+        let jt = ng("tracker", NodeRole::JobTracker);
+        let mut tt = ng("scripts", NodeRole::TaskTracker);
+        tt.spec.worker = Some(WorkerSpec {
+            mode: WorkerMode::Sidecar,
+            exec: Some("./run.sh".into()),
+            sidecar_image: Some("example/with-scripts:1".into()),
+            ..WorkerSpec::default()
+        });
+        tt.spec.env = vec![env("A", "b")];
+        let v = validate(&tt, &[jt, tt.clone()]).unwrap();
+        let d = build(&tt, &v, &BuildConfig::default());
+        let pod = d
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        assert_eq!(pod.containers.len(), 1);
+        let side = container(&d, "lts-worker");
+        assert_eq!(side.args.clone().unwrap(), ["--exec=./run.sh"]);
+        assert_eq!(env_value(side, "A").as_deref(), Some("b"));
+        assert_eq!(side.image.as_deref(), Some("example/with-scripts:1"));
+    }
+
+    #[test]
+    fn every_container_is_non_root_without_privilege_escalation() {
+        let jt = ng("tracker", NodeRole::JobTracker);
+        let mut tt = ng("reports", NodeRole::TaskTracker);
+        tt.spec.image = Some("img".into());
+        tt.spec.worker = Some(WorkerSpec {
+            mode: WorkerMode::Sidecar,
+            http: Some(HttpTarget {
+                port: 8080,
+                path: "/".into(),
+            }),
+            ..WorkerSpec::default()
+        });
+        for g in [&jt, &tt] {
+            let v = validate(g, &[jt.clone(), tt.clone()]).unwrap();
+            let d = build(g, &v, &BuildConfig::default());
+            let pod = d
+                .deployment
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .clone()
+                .unwrap();
+            assert_eq!(
+                pod.security_context.as_ref().unwrap().run_as_non_root,
+                Some(true)
+            );
+            for c in pod.containers {
+                let sc = c.security_context.unwrap();
+                assert_eq!(sc.run_as_non_root, Some(true), "{}", c.name);
+                assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+                assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+            }
+        }
+    }
+
+    #[test]
+    fn selector_is_a_subset_of_the_pod_labels() {
+        let jt = ng("tracker", NodeRole::JobTracker);
+        let v = validate(&jt, std::slice::from_ref(&jt)).unwrap();
+        let d = build(&jt, &v, &BuildConfig::default());
+        let spec = d.deployment.spec.unwrap();
+        let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
+        for (k, v) in spec.selector.match_labels.unwrap() {
+            assert_eq!(pod_labels.get(&k), Some(&v));
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The NodeGroup controller: dereference → validate → build → apply → update_status.
+//!
+//! Only `dereference` (the shared NodeGroup store), `apply` and `update_status` touch the API;
+//! [`validate()`] and [`build()`] are pure. An invalid spec becomes a Condition and a Warning
+//! Event and is not retried until the object changes; it never stops the controller from
+//! reconciling other NodeGroups.
+
+pub mod build;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use lts_core::proto::{ListNodesResponse, NodeRole as ProtoRole};
+use serde_json::json;
+
+pub use build::{BuildConfig, Desired, build};
+pub use validate::{Invalid, Validated, validate};
+
+use crate::conditions::{self, Wanted};
+use crate::crd::{Member, NodeGroup, NodeGroupStatus, NodeRole};
+use crate::metrics::ReconcileTimer;
+use crate::{Context, Error, MANAGER, Result};
+
+const CONTROLLER: &str = "nodegroup";
+
+/// Re-reads members and master this often while all is well.
+pub const REFRESH: Duration = Duration::from_secs(60);
+/// … and this often while pods are not ready or the trackers cannot be reached.
+pub const REFRESH_UNSETTLED: Duration = Duration::from_secs(15);
+
+/// Reconciles one NodeGroup.
+pub async fn reconcile(ng: Arc<NodeGroup>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ReconcileTimer::start(CONTROLLER);
+    let ns = ng
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let key = format!("{ns}/{}", ng.name_any());
+    let action = reconcile_inner(&ng, &ns, &ctx).await?;
+    ctx.backoff.succeeded(&key);
+    Ok(action)
+}
+
+/// Retries a failed reconcile with per-object exponential backoff.
+pub fn error_policy(ng: Arc<NodeGroup>, err: &Error, ctx: Arc<Context>) -> Action {
+    crate::metrics::reconcile_failed(CONTROLLER, err);
+    let key = format!("{}/{}", ng.namespace().unwrap_or_default(), ng.name_any());
+    let delay = ctx.backoff.failed(&key);
+    tracing::warn!(node_group = %key, error = %err, retry_in = ?delay, "NodeGroup reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The NodeGroups of `ns` from the shared store, with `ng` itself in its newest version.
+fn dereference(ng: &NodeGroup, ns: &str, ctx: &Context) -> Vec<NodeGroup> {
+    let mut siblings: Vec<NodeGroup> = ctx
+        .nodegroups
+        .state()
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(ns) && s.name_any() != ng.name_any())
+        .map(|s| (**s).clone())
+        .collect();
+    siblings.push(ng.clone());
+    siblings
+}
+
+async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Action> {
+    let siblings = dereference(ng, ns, ctx);
+    let validated = match validate(ng, &siblings) {
+        Ok(v) => v,
+        Err(invalid) => {
+            report_invalid(ng, ns, &invalid, ctx).await?;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    };
+    let desired = build(ng, &validated, &ctx.build);
+    let deployment = apply(&ctx.client, ns, &desired).await?;
+    let ready = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let nodes = match (&validated.job_tracker, ng.spec.role, ready) {
+        // No tracker pod is up yet: nothing to ask.
+        (_, NodeRole::JobTracker, 0) | (None, _, _) => None,
+        (Some(tracker), _, _) => {
+            let addr = validate::service_address(tracker, ns);
+            Some(match ctx.trackers.tracker(&addr) {
+                Ok(t) => t.nodes().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            })
+        }
+    };
+    let status = observed_status(ng, ready, nodes.as_ref(), Timestamp::now());
+    let settled = conditions::find(&status.conditions, "Ready").is_some_and(|c| c.status == "True")
+        && conditions::find(&status.conditions, "Degraded").is_some_and(|c| c.status == "False");
+    update_status(ng, ns, status, ctx).await?;
+    Ok(Action::requeue(if settled {
+        REFRESH
+    } else {
+        REFRESH_UNSETTLED
+    }))
+}
+
+/// Writes the built objects with server-side apply; deletes a PodDisruptionBudget that is no
+/// longer wanted. Returns the Deployment as the API server answered (with its status).
+pub async fn apply(client: &kube::Client, ns: &str, desired: &Desired) -> Result<Deployment> {
+    let pp = PatchParams::apply(MANAGER).force();
+    let name = desired.deployment.metadata.name.clone().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let deployment = deployments
+        .patch(&name, &pp, &Patch::Apply(&desired.deployment))
+        .await?;
+    if let Some(svc) = &desired.service {
+        Api::<Service>::namespaced(client.clone(), ns)
+            .patch(&name, &pp, &Patch::Apply(svc))
+            .await?;
+    }
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    match &desired.pdb {
+        Some(pdb) => {
+            pdbs.patch(&name, &pp, &Patch::Apply(pdb)).await?;
+        }
+        None => match pdbs.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        },
+    }
+    Ok(deployment)
+}
+
+/// The status of a NodeGroup from its ready pods and the trackers' view of the cluster
+/// (`None`: not asked; `Some(Err)`: unreachable). Pure.
+pub fn observed_status(
+    ng: &NodeGroup,
+    ready: i32,
+    nodes: Option<&Result<ListNodesResponse, String>>,
+    now: Timestamp,
+) -> NodeGroupStatus {
+    let previous = ng.status.clone().unwrap_or_default();
+    let wanted_role = match ng.spec.role {
+        NodeRole::JobTracker => ProtoRole::JobTracker,
+        NodeRole::TaskTracker => ProtoRole::TaskTracker,
+    };
+    let name = ng.name_any();
+    let (members, master, degraded) = match nodes {
+        None => (
+            previous.members.clone(),
+            previous.master.clone(),
+            Wanted::new("Degraded", false, "AsExpected", ""),
+        ),
+        Some(Err(e)) => (
+            previous.members.clone(),
+            previous.master.clone(),
+            Wanted::new(
+                "Degraded",
+                true,
+                "TrackersUnreachable",
+                format!("cannot list the cluster's nodes: {e}"),
+            ),
+        ),
+        Some(Ok(resp)) => {
+            let mut members: Vec<Member> = resp
+                .nodes
+                .iter()
+                .filter(|n| n.role == wanted_role as i32 && n.node_group == name)
+                .map(|n| Member {
+                    identity: n.identity.clone(),
+                    address: n.address.clone(),
+                    threads: (ng.spec.role == NodeRole::TaskTracker).then_some(n.threads as i64),
+                })
+                .collect();
+            members.sort_by(|a, b| a.identity.cmp(&b.identity));
+            let master = resp
+                .nodes
+                .iter()
+                .find(|n| n.is_master && n.role == ProtoRole::JobTracker as i32)
+                .map(|n| n.identity.clone());
+            let degraded = if master.is_none() {
+                Wanted::new(
+                    "Degraded",
+                    true,
+                    "NoMaster",
+                    "the cluster has no master JobTracker",
+                )
+            } else if !resp.store_health.is_empty() && resp.store_health != "ok" {
+                Wanted::new(
+                    "Degraded",
+                    true,
+                    "StoreUnhealthy",
+                    format!("job store: {}", resp.store_health),
+                )
+            } else {
+                Wanted::new("Degraded", false, "AsExpected", "")
+            };
+            (members, master, degraded)
+        }
+    };
+    let replicas = ng.spec.replicas;
+    let ready_cond = if replicas == 0 {
+        Wanted::new("Ready", true, "ScaledToZero", "no replicas wanted")
+    } else if ready >= replicas {
+        Wanted::new(
+            "Ready",
+            true,
+            "AllReplicasReady",
+            format!("{ready}/{replicas} pods ready"),
+        )
+    } else {
+        Wanted::new(
+            "Ready",
+            false,
+            "ReplicasNotReady",
+            format!("{ready}/{replicas} pods ready"),
+        )
+    };
+    NodeGroupStatus {
+        observed_generation: ng.metadata.generation,
+        ready_replicas: ready,
+        members,
+        master,
+        conditions: conditions::merge(
+            &previous.conditions,
+            &[ready_cond, degraded],
+            ng.metadata.generation,
+            now,
+        ),
+    }
+}
+
+/// The status of a NodeGroup whose spec cannot be built. Pure.
+pub fn invalid_status(ng: &NodeGroup, invalid: &Invalid, now: Timestamp) -> NodeGroupStatus {
+    let previous = ng.status.clone().unwrap_or_default();
+    NodeGroupStatus {
+        observed_generation: ng.metadata.generation,
+        conditions: conditions::merge(
+            &previous.conditions,
+            &[
+                Wanted::new("Ready", false, invalid.reason, invalid.message()),
+                Wanted::new("Degraded", true, invalid.reason, invalid.message()),
+            ],
+            ng.metadata.generation,
+            now,
+        ),
+        ..previous
+    }
+}
+
+async fn report_invalid(ng: &NodeGroup, ns: &str, invalid: &Invalid, ctx: &Context) -> Result<()> {
+    let already = ng
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, "Degraded"))
+        .is_some_and(|c| c.reason == invalid.reason && c.message == invalid.message());
+    tracing::info!(node_group = %ng.name_any(), namespace = %ns, problems = %invalid.message(), "NodeGroup spec invalid");
+    if !already {
+        ctx.recorder
+            .publish(
+                &Event {
+                    type_: EventType::Warning,
+                    reason: invalid.reason.into(),
+                    note: Some(truncate(&invalid.message(), 1000)),
+                    action: "Validate".into(),
+                    secondary: None,
+                },
+                &ng.object_ref(&()),
+            )
+            .await?;
+    }
+    update_status(ng, ns, invalid_status(ng, invalid, Timestamp::now()), ctx).await
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+async fn update_status(
+    ng: &NodeGroup,
+    ns: &str,
+    status: NodeGroupStatus,
+    ctx: &Context,
+) -> Result<()> {
+    if ng.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<NodeGroup> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({
+        "apiVersion": NodeGroup::api_version(&()),
+        "kind": NodeGroup::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &ng.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Runs the NodeGroup controller until `shutdown` resolves. `nodegroups` is the shared
+/// NodeGroup watch (its store is `ctx.nodegroups`).
+pub async fn run(
+    ctx: Arc<Context>,
+    nodegroups: impl futures::Stream<Item = Result<NodeGroup, watcher::Error>> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let wc = watcher::Config::default().labels("app.kubernetes.io/managed-by=lts-operator");
+    Controller::for_stream(nodegroups, ctx.nodegroups.clone())
+        .owns(Api::<Deployment>::all(client.clone()), wc.clone())
+        .owns(Api::<Service>::all(client), wc)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "NodeGroup controller");
+            }
+        })
+        .await;
+}

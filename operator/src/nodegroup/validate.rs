@@ -1,0 +1,227 @@
+//! `validate`: a NodeGroup spec and the other NodeGroups of its namespace → what `build`
+//! needs, or every problem at once. Pure.
+
+use crate::crd::{NodeGroup, NodeRole, WorkerMode};
+use kube::ResourceExt;
+
+/// Where a TaskTracker group finds its JobTrackers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackerDiscovery {
+    /// Through ZooKeeper (`zookeeper://…`).
+    Registry(String),
+    /// Through the JobTracker Service (`name.namespace.svc:7070`).
+    Service(String),
+}
+
+/// A spec that passed validation, with everything resolved that `build` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validated {
+    /// The registry argument of a JobTracker (`local` or `zookeeper://…`).
+    pub registry: String,
+    /// TaskTracker: how it finds the trackers.
+    pub discovery: Option<TrackerDiscovery>,
+    /// The JobTracker NodeGroup of the cluster (itself for a JobTracker).
+    pub job_tracker: Option<String>,
+}
+
+/// Why a spec cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// CamelCase reason for the Condition and the Event.
+    pub reason: &'static str,
+    /// Every problem found, each naming its field.
+    pub problems: Vec<String>,
+}
+
+impl Invalid {
+    /// The problems as one message.
+    pub fn message(&self) -> String {
+        self.problems.join("; ")
+    }
+}
+
+/// `zookeeper://…` for a connect string that may or may not carry the scheme.
+pub fn registry_url(zookeeper: &str) -> String {
+    if zookeeper.starts_with("zookeeper://") {
+        zookeeper.to_string()
+    } else {
+        format!("zookeeper://{zookeeper}")
+    }
+}
+
+/// The gRPC address of a JobTracker NodeGroup's Service.
+pub fn service_address(name: &str, namespace: &str) -> String {
+    format!("{name}.{namespace}.svc:{}", crate::GRPC_PORT)
+}
+
+fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Checks `ng` against its siblings (every NodeGroup of its namespace, itself included).
+pub fn validate(ng: &NodeGroup, siblings: &[NodeGroup]) -> Result<Validated, Invalid> {
+    let spec = &ng.spec;
+    let name = ng.name_any();
+    let namespace = ng.namespace().unwrap_or_default();
+    let mut problems = Vec::new();
+
+    if !is_dns_label(&spec.cluster, 63) {
+        problems.push(format!(
+            "spec.cluster: {:?} must be a DNS label (lowercase letters, digits, '-', at most 63)",
+            spec.cluster
+        ));
+    }
+    if spec.replicas < 0 {
+        problems.push("spec.replicas: must not be negative".into());
+    }
+    if spec.threads.is_some_and(|t| t < 1) {
+        problems.push("spec.threads: must be at least 1".into());
+    }
+    if let Some(p) = &spec.image_pull_policy
+        && !["Always", "IfNotPresent", "Never"].contains(&p.as_str())
+    {
+        problems.push(format!(
+            "spec.imagePullPolicy: {p:?} is not Always, IfNotPresent or Never"
+        ));
+    }
+    if spec
+        .zookeeper
+        .as_deref()
+        .is_some_and(|z| z.trim().is_empty())
+    {
+        problems.push("spec.zookeeper: must not be empty".into());
+    }
+    let job_trackers: Vec<&NodeGroup> = siblings
+        .iter()
+        .filter(|s| s.spec.role == NodeRole::JobTracker && s.spec.cluster == spec.cluster)
+        .collect();
+
+    let mut out = Validated {
+        registry: spec
+            .zookeeper
+            .as_deref()
+            .map(registry_url)
+            .unwrap_or_else(|| "local".into()),
+        discovery: None,
+        job_tracker: None,
+    };
+    match spec.role {
+        NodeRole::JobTracker => {
+            if !is_dns_label(&name, 63) || !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+                problems.push(format!(
+                    "metadata.name: {name:?} names the JobTracker Service and must be a DNS-1035 label"
+                ));
+            }
+            if spec.worker.is_some() {
+                problems.push("spec.worker: applies to TaskTracker NodeGroups only".into());
+            }
+            if spec.replicas > 1
+                && (spec.mongo_uri_secret_ref.is_none() || spec.zookeeper.is_none())
+            {
+                problems.push(
+                    "spec.replicas: more than one JobTracker needs spec.mongoUriSecretRef (a shared store) and spec.zookeeper (master election)"
+                        .into(),
+                );
+            }
+            let mut others: Vec<String> = job_trackers
+                .iter()
+                .map(|s| s.name_any())
+                .filter(|n| *n != name)
+                .collect();
+            others.sort();
+            if !others.is_empty() {
+                problems.push(format!(
+                    "spec.cluster: cluster {:?} already has the JobTracker NodeGroup {}",
+                    spec.cluster,
+                    others.join(", ")
+                ));
+            }
+            out.job_tracker = Some(name.clone());
+        }
+        NodeRole::TaskTracker => {
+            let worker = spec.worker.clone().unwrap_or_default();
+            match worker.mode {
+                WorkerMode::Sdk => {
+                    if worker.http.is_some()
+                        || worker.exec.is_some()
+                        || worker.sidecar_image.is_some()
+                    {
+                        problems.push(
+                            "spec.worker: mode Sdk takes none of http, exec, sidecarImage".into(),
+                        );
+                    }
+                    if spec.image.is_none() {
+                        problems.push("spec.image: required for a TaskTracker in Sdk mode".into());
+                    }
+                }
+                WorkerMode::Sidecar => {
+                    if worker.http.is_some() == worker.exec.is_some() {
+                        problems.push(
+                            "spec.worker: mode Sidecar needs exactly one of http or exec".into(),
+                        );
+                    }
+                    if worker.http.is_some() && spec.image.is_none() {
+                        problems.push(
+                            "spec.image: required when the sidecar calls the user's container (worker.http)"
+                                .into(),
+                        );
+                    }
+                    if let Some(h) = &worker.http {
+                        if !(1..=65535).contains(&h.port) {
+                            problems.push("spec.worker.http.port: must be 1..65535".into());
+                        }
+                        if !h.path.starts_with('/') {
+                            problems.push("spec.worker.http.path: must start with '/'".into());
+                        }
+                    }
+                    if worker.exec.as_deref().is_some_and(|e| e.trim().is_empty()) {
+                        problems.push("spec.worker.exec: must not be empty".into());
+                    }
+                }
+            }
+            if spec.mongo_uri_secret_ref.is_some() {
+                problems
+                    .push("spec.mongoUriSecretRef: applies to JobTracker NodeGroups only".into());
+            }
+            let tracker = match job_trackers.as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            };
+            out.job_tracker = tracker.map(|t| t.name_any());
+            let zookeeper = spec
+                .zookeeper
+                .clone()
+                .or_else(|| tracker.and_then(|t| t.spec.zookeeper.clone()));
+            out.discovery = match (zookeeper, tracker) {
+                (Some(zk), _) => Some(TrackerDiscovery::Registry(registry_url(&zk))),
+                (None, Some(t)) => Some(TrackerDiscovery::Service(service_address(
+                    &t.name_any(),
+                    &namespace,
+                ))),
+                (None, None) => None,
+            };
+            if problems.is_empty() && out.discovery.is_none() {
+                return Err(Invalid {
+                    reason: "ClusterNotFound",
+                    problems: vec![format!(
+                        "spec.cluster: no JobTracker NodeGroup of cluster {:?} in namespace {namespace:?} and no spec.zookeeper to find the trackers",
+                        spec.cluster
+                    )],
+                });
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(Invalid {
+            reason: "InvalidSpec",
+            problems,
+        })
+    }
+}

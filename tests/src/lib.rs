@@ -386,3 +386,99 @@ impl MongoServer {
         }
     }
 }
+
+/// The workspace root (the directory above `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The test virtualenv's Python (`LTS_TEST_PYTHON`, with helm-python-sdk,
+/// kubernetes-validate, jsonschema and PyYAML). Panics with a clear message when it is not set.
+pub fn test_python() -> PathBuf {
+    match std::env::var_os("LTS_TEST_PYTHON") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "LTS_TEST_PYTHON is not set: run the tests with scripts/test.sh, or \
+             `eval \"$(scripts/setup-test-deps.sh)\"` first (it installs the Helm SDK and \
+             kubernetes-validate into a virtualenv)"
+        ),
+    }
+}
+
+/// Runs `tests/py/k8s_check.py ARGS` (Helm lint and render, custom resources against CRD
+/// schemas) from the workspace root; returns its stdout, or an error with its whole output.
+pub fn k8s_check(args: &[&str]) -> anyhow::Result<String> {
+    let root = workspace_root();
+    let out = Command::new(test_python())
+        .arg(root.join("tests/py/k8s_check.py"))
+        .args(args)
+        .current_dir(&root)
+        .output()
+        .context("run tests/py/k8s_check.py")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "k8s_check.py {} failed ({}):\n{stdout}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+/// The Kubernetes versions manifests are validated against: 1.30 and the newest one
+/// kubernetes-validate knows.
+pub fn kubernetes_versions() -> Vec<String> {
+    let out = k8s_check(&["versions"]).expect("kubernetes-validate versions");
+    out.split_whitespace().map(String::from).collect()
+}
+
+/// Validates `files` with `kubernetes-validate --strict` (`LTS_TEST_KUBERNETES_VALIDATE`)
+/// against every version of [`kubernetes_versions`]. Fails on any error, and on any kind it
+/// has no schema for (a custom resource belongs to [`k8s_check`]'s `crs` instead).
+pub fn kubernetes_validate(files: &[PathBuf]) -> anyhow::Result<String> {
+    anyhow::ensure!(!files.is_empty(), "no manifests to validate");
+    let tool = std::env::var_os("LTS_TEST_KUBERNETES_VALIDATE")
+        .filter(|p| !p.is_empty())
+        .context(
+            "LTS_TEST_KUBERNETES_VALIDATE is not set: run the tests with scripts/test.sh, or \
+             `eval \"$(scripts/setup-test-deps.sh)\"` first",
+        )?;
+    let mut cmd = Command::new(tool);
+    cmd.arg("--strict");
+    for v in kubernetes_versions() {
+        cmd.args(["-k", &v]);
+    }
+    let out = cmd
+        .args(files)
+        .output()
+        .context("run kubernetes-validate")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let bad: Vec<&str> = stdout.lines().filter(|l| !l.starts_with("INFO ")).collect();
+    if !out.status.success() || !bad.is_empty() {
+        bail!(
+            "kubernetes-validate --strict failed ({}):\n{}\n{}",
+            out.status,
+            bad.join("\n"),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+/// The `*.yaml` files of `dir`, sorted (none if it does not exist).
+pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}

@@ -559,8 +559,9 @@ async fn latency(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliRes
 async fn cron(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliResult<CronReport> {
     use std::collections::HashMap;
     let group = "bench-cron";
-    // (task id, scheduled fire ms) → the lateness of each run of it, in µs.
-    let runs: Arc<Mutex<HashMap<(String, i64), Vec<u64>>>> = Arc::default();
+    /// (task id, scheduled fire ms) → the lateness of each run of it, in µs.
+    type FireRuns = HashMap<(String, i64), Vec<u64>>;
+    let runs: Arc<Mutex<FireRuns>> = Arc::default();
     let r = runs.clone();
     let stop = CancellationToken::new();
     let workers = start_workers(

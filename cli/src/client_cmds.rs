@@ -370,6 +370,13 @@ pub struct ListArgs {
     /// Only task ids starting with this.
     #[arg(long)]
     task_id_prefix: Option<String>,
+    /// Only jobs submitted by this JobClient node group.
+    #[arg(long)]
+    submit_node_group: Option<String>,
+    /// Only jobs with this schedule: now, trigger_time, cron, repeat. With cron or repeat the
+    /// table shows the definitions with their fires so far, last result and next fire.
+    #[arg(long = "type", value_name = "SCHEDULE")]
+    schedule_type: Option<String>,
     /// At most this many jobs.
     #[arg(long, default_value_t = 50)]
     limit: u32,
@@ -448,6 +455,15 @@ async fn list(a: ListArgs) -> CliResult {
     if a.limit == 0 {
         return Err(CliError::Usage("--limit: must be at least 1".into()));
     }
+    const TYPES: [&str; 4] = ["now", "trigger_time", "cron", "repeat"];
+    if let Some(t) = a.schedule_type.as_deref()
+        && !TYPES.contains(&t)
+    {
+        return Err(CliError::Usage(format!(
+            "--type: unknown schedule {t:?}; expected one of {}",
+            TYPES.join(", ")
+        )));
+    }
     let client = a.opts.client().await?;
     let mut jobs = Vec::new();
     let mut token = a.page_token.clone();
@@ -458,6 +474,8 @@ async fn list(a: ListArgs) -> CliResult {
                 node_group: a.node_group.clone(),
                 state,
                 task_id_prefix: a.task_id_prefix.clone(),
+                submit_node_group: a.submit_node_group.clone(),
+                schedule_type: a.schedule_type.clone(),
                 page_size: want,
                 page_token: token.clone(),
             })
@@ -475,35 +493,73 @@ async fn list(a: ListArgs) -> CliResult {
             "next_page_token": token,
         })),
         OutputFormat::Table => {
-            let mut t = table([
-                "JOB ID",
-                "TASK ID",
-                "NODE GROUP",
-                "STATE",
-                "PRIO",
-                "ATTEMPT",
-                "SCHEDULE",
-                "NEXT/TRIGGER",
-                "LAST RESULT",
-            ]);
+            let next_fire = |j: &lts_core::Job| {
+                if j.state.is_final() {
+                    "-".to_string()
+                } else {
+                    time(Some(j.trigger_time_ms))
+                }
+            };
+            let last = |j: &lts_core::Job| {
+                j.last_outcome
+                    .map(|o| o.to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            let definitions = matches!(a.schedule_type.as_deref(), Some("cron" | "repeat"));
+            let mut t = if definitions {
+                table([
+                    "JOB ID",
+                    "TASK ID",
+                    "NODE GROUP",
+                    "STATE",
+                    "SCHEDULE",
+                    "FIRES",
+                    "LAST RESULT",
+                    "NEXT FIRE",
+                ])
+            } else {
+                table([
+                    "JOB ID",
+                    "TASK ID",
+                    "NODE GROUP",
+                    "STATE",
+                    "PRIO",
+                    "ATTEMPT",
+                    "SCHEDULE",
+                    "NEXT/TRIGGER",
+                    "LAST RESULT",
+                ])
+            };
             for j in &jobs {
-                t.add_row(vec![
+                let mut row = vec![
                     j.job_id.clone(),
                     j.spec.task_id.clone(),
                     j.spec.task_tracker_node_group.clone(),
                     j.state.to_string(),
-                    j.spec.priority.to_string(),
-                    j.attempt.to_string(),
-                    schedule_text(&j.spec.schedule),
-                    if j.state.is_final() {
-                        "-".into()
+                ];
+                if definitions {
+                    // fire_count counts the pending fire too.
+                    let fired = if j.state.is_final() {
+                        j.fire_count
                     } else {
-                        time(Some(j.trigger_time_ms))
-                    },
-                    j.last_outcome
-                        .map(|o| o.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                ]);
+                        j.fire_count.saturating_sub(1)
+                    };
+                    row.extend([
+                        schedule_text(&j.spec.schedule),
+                        fired.to_string(),
+                        last(j),
+                        next_fire(j),
+                    ]);
+                } else {
+                    row.extend([
+                        j.spec.priority.to_string(),
+                        j.attempt.to_string(),
+                        schedule_text(&j.spec.schedule),
+                        next_fire(j),
+                        last(j),
+                    ]);
+                }
+                t.add_row(row);
             }
             println!("{t}");
             if let Some(next) = &token {
@@ -546,6 +602,24 @@ async fn get(a: GetArgs) -> CliResult {
         ("priority", s.priority.to_string()),
         ("schedule", schedule_text(&s.schedule)),
         ("trigger / next fire", time(Some(job.trigger_time_ms))),
+        (
+            "next fires",
+            if job.state.is_final() {
+                "-".to_string()
+            } else {
+                let fires =
+                    lts_core::schedule::upcoming_fires(s, job.trigger_time_ms, job.fire_count, 5);
+                if fires.is_empty() {
+                    "-".to_string()
+                } else {
+                    fires
+                        .iter()
+                        .map(|t| time(Some(*t)))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }
+            },
+        ),
         ("scheduled fire", time(job.scheduled_fire_ms)),
         ("fires so far", job.fire_count.to_string()),
         ("attempt", job.attempt.to_string()),

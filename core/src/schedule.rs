@@ -152,6 +152,87 @@ pub fn resume_trigger(spec: &JobSpec, pending_ms: i64, fired: u64, now_ms: i64) 
     }
 }
 
+/// How late a fire may be claimed before it counts as missed (and follows the misfire policy)
+/// when its instances are created as they are claimed (`rely_on_prev_cycle = false`).
+pub const MISFIRE_THRESHOLD_MS: i64 = 1_000;
+
+/// What a claim does with the due fire of a recurring job whose instances overlap
+/// (`rely_on_prev_cycle = false`), see [`overlap_step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverlapStep {
+    /// Whether an instance runs for this fire (false: the fire was missed and the misfire
+    /// policy skips it).
+    pub run: bool,
+    /// The definition's next fire; `None` when the schedule is exhausted.
+    pub next_ms: Option<i64>,
+}
+
+/// The step of a recurring job with overlapping instances whose fire `fire_ms` (the
+/// `fired`-th) is claimed at `now_ms`: the definition moves on as soon as the instance is
+/// created, whether or not it has finished. A fire claimed within [`MISFIRE_THRESHOLD_MS`]
+/// runs and the schedule continues from it; a fire claimed later was missed (downtime, no
+/// free TaskTracker) and follows the misfire policy: `FireOnce` runs it as the one catch-up
+/// run, `Skip` drops it; either way the schedule continues after `now_ms` — never a burst.
+pub fn overlap_step(spec: &JobSpec, fire_ms: i64, fired: u64, now_ms: i64) -> OverlapStep {
+    if fire_ms >= now_ms - MISFIRE_THRESHOLD_MS {
+        // With "now" at the fire itself, next_fire is the schedule alone.
+        return OverlapStep {
+            run: true,
+            next_ms: next_fire(spec, fire_ms, fired, fire_ms),
+        };
+    }
+    let mut skip = spec.clone();
+    skip.misfire_policy = crate::model::MisfirePolicy::Skip;
+    OverlapStep {
+        run: spec.misfire_policy == crate::model::MisfirePolicy::FireOnce,
+        next_ms: next_fire(&skip, fire_ms, fired, now_ms),
+    }
+}
+
+/// Whether a job's instances are created on schedule as separate jobs that may overlap
+/// (a recurring job with `rely_on_prev_cycle = false`), instead of the job itself running and
+/// being queued again for its next fire when a run ends.
+pub fn fires_overlapping_instances(spec: &JobSpec) -> bool {
+    spec.schedule.is_recurring() && !spec.rely_on_prev_cycle
+}
+
+/// The one-off job that runs one fire of a recurring job: the definition's job with task id
+/// `<task_id>~<fire ms>` (the task id cut to 48 characters, so the whole stays within 64),
+/// due at once, with the definition's retries, params and feedback. Its own job, so the
+/// definition's schedule does not move.
+pub fn instance_spec(spec: &JobSpec, fire_ms: i64) -> JobSpec {
+    let mut instance = spec.clone();
+    let base: String = spec.task_id.chars().take(48).collect();
+    instance.task_id = format!("{base}~{fire_ms}");
+    instance.schedule = Schedule::Now;
+    instance.replace_on_exist = false;
+    instance.rely_on_prev_cycle = false;
+    instance
+}
+
+/// Up to `n` fire times of a recurring job starting with its pending fire `pending_ms`
+/// (`fired` instances so far, the pending one included), as the schedule has them; empty for a
+/// one-off job.
+pub fn upcoming_fires(spec: &JobSpec, pending_ms: i64, fired: u64, n: usize) -> Vec<i64> {
+    if !spec.schedule.is_recurring() || n == 0 {
+        return Vec::new();
+    }
+    let mut out = vec![pending_ms];
+    let mut at = pending_ms;
+    let mut count = fired;
+    while out.len() < n {
+        match next_fire(spec, at, count, at) {
+            Some(next) if next > at => {
+                out.push(next);
+                at = next;
+                count += 1;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
 /// How failed runs are retried: exponential backoff with jitter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
@@ -313,6 +394,58 @@ mod tests {
         // A one-off job runs when due.
         let once = JobSpec::new("o", "g");
         assert_eq!(resume_trigger(&once, 10_000, 1, 15_500), 10_000);
+    }
+
+    #[test]
+    fn upcoming_fires_follow_the_schedule_and_its_count() {
+        let spec = JobSpec::new("t", "g").schedule(Schedule::Repeat {
+            interval_ms: 1000,
+            count: 3,
+            first_fire_ms: None,
+        });
+        assert_eq!(
+            upcoming_fires(&spec, 5_000, 1, 10),
+            vec![5_000, 6_000, 7_000]
+        );
+        let cron = JobSpec::new("c", "g").schedule(Schedule::Cron {
+            expression: "0 0 * * * *".into(),
+            time_zone: None,
+        });
+        assert_eq!(
+            upcoming_fires(&cron, 3_600_000, 1, 3),
+            vec![3_600_000, 7_200_000, 10_800_000]
+        );
+        assert!(upcoming_fires(&JobSpec::new("o", "g"), 1, 1, 3).is_empty());
+    }
+
+    #[test]
+    fn overlapping_fires_keep_the_schedule_and_do_not_burst() {
+        let spec = JobSpec::new("t", "g").schedule(Schedule::Repeat {
+            interval_ms: 1000,
+            count: 3,
+            first_fire_ms: None,
+        });
+        let step = |spec: &JobSpec, fire, fired, now| {
+            let s = overlap_step(spec, fire, fired, now);
+            (s.run, s.next_ms)
+        };
+        // Claimed on time, or a little late: it runs, the schedule goes on from it.
+        assert_eq!(step(&spec, 5_000, 1, 5_010), (true, Some(6_000)));
+        assert_eq!(step(&spec, 5_000, 1, 5_900), (true, Some(6_000)));
+        // Claimed long after (downtime): this fire is the one catch-up run, and the schedule
+        // continues after now — not a run per missed fire.
+        assert_eq!(step(&spec, 5_000, 1, 60_500), (true, Some(61_000)));
+        let mut skip = spec.clone();
+        skip.misfire_policy = crate::model::MisfirePolicy::Skip;
+        assert_eq!(step(&skip, 5_000, 1, 60_500), (false, Some(61_000)));
+        // The third fire was the last.
+        assert_eq!(step(&spec, 7_000, 3, 7_000), (true, None));
+        let i = instance_spec(&spec, 5_000);
+        assert_eq!(
+            (i.task_id.as_str(), &i.schedule),
+            ("t~5000", &Schedule::Now)
+        );
+        assert!(fires_overlapping_instances(&spec) && !fires_overlapping_instances(&i));
     }
 
     #[test]

@@ -158,6 +158,37 @@ async fn trigger_runs_one_instance_now_without_moving_the_schedule() {
     );
     assert_eq!(runs.lock().unwrap().len(), 1, "only the instance ran");
 
+    // Definitions by schedule type; the next fires of one.
+    let (code, out, err) = lts(
+        &tracker,
+        &["jobs", "list", "--type", "cron", "--output", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let tasks: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["spec"]["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tasks, ["new-year"]);
+    let (code, out, _) = lts(&tracker, &["jobs", "list", "--type", "cron"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("NEXT FIRE") && out.contains("new-year"),
+        "{out}"
+    );
+    let (code, out, _) = lts(&tracker, &["jobs", "get", "--job-id", &id]);
+    assert_eq!(code, 0);
+    let year = chrono_year_now() + 1;
+    assert!(
+        out.contains("next fires") && out.contains(&format!("{year}-01-01 00:00:00")),
+        "{out}"
+    );
+    let (code, _, err) = lts(&tracker, &["jobs", "list", "--type", "weekly"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--type"), "{err}");
+
     // A one-off job cannot be triggered: one readable line, exit code ≠ 0.
     let one_off = accepted(
         &client
@@ -175,4 +206,87 @@ async fn trigger_runs_one_instance_now_without_moving_the_schedule() {
     assert!(err.contains("one-off"), "{err}");
     stop.cancel();
     h.await.unwrap();
+}
+
+fn chrono_year_now() -> i64 {
+    // Days since 1970 → year, good enough away from New Year's Eve for this test.
+    let days = lts_core::now_ms() / 86_400_000;
+    1970 + (days * 400 / 146_097)
+}
+
+/// Runs a repeat job every 300 ms whose runs take a second; returns the most runs seen at
+/// once and the scheduled fire of every run.
+async fn run_slow_repeat(rely_on_prev_cycle: bool) -> (usize, Vec<i64>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let client = tracker.client();
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let fires: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let stop = CancellationToken::new();
+    let (r, m, f) = (running.clone(), most.clone(), fires.clone());
+    let tt = TaskTracker::builder()
+        .node_group("slow")
+        .tracker(tracker.addr.clone())
+        .threads(8)
+        .runner(move |ctx: JobContext| {
+            let (r, m, f) = (r.clone(), m.clone(), f.clone());
+            async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                f.lock().unwrap().extend(ctx.job.scheduled_fire_ms);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                RunResult::success("")
+            }
+        })
+        .build()
+        .unwrap();
+    let h = tokio::spawn(tt.run_until_cancelled(stop.clone()));
+    let mut spec = JobSpec::new("slow", "slow").schedule(Schedule::Repeat {
+        interval_ms: 300,
+        count: 4,
+        first_fire_ms: None,
+    });
+    spec.rely_on_prev_cycle = rely_on_prev_cycle;
+    let id = accepted(&client.submit(spec).await.unwrap());
+    let j = eventually(T, "the schedule to end", || async {
+        let j = client.get(JobKey::Id(id.clone())).await.ok()?;
+        let runs = fires.lock().unwrap().len();
+        (j.state.is_final() && runs == 4 && running.load(Ordering::SeqCst) == 0).then_some(j)
+    })
+    .await
+    .unwrap();
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    stop.cancel();
+    h.await.unwrap();
+    let fires = fires.lock().unwrap().clone();
+    (most.load(Ordering::SeqCst), fires)
+}
+
+#[tokio::test]
+async fn overlapping_instances_run_on_time_while_earlier_ones_run() {
+    let (most, fires) = run_slow_repeat(false).await;
+    assert!(
+        most >= 2,
+        "instances did not overlap (at most {most} at once)"
+    );
+    assert_eq!(fires.len(), 4);
+    let mut sorted = fires.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 4, "every fire once: {fires:?}");
+    // On the 300 ms grid from the first fire, not pushed back by the 1 s runs.
+    assert!(
+        sorted.windows(2).all(|w| w[1] - w[0] == 300),
+        "fires off the grid: {sorted:?}"
+    );
+}
+
+#[tokio::test]
+async fn relying_on_the_previous_cycle_never_overlaps() {
+    let (most, fires) = run_slow_repeat(true).await;
+    assert_eq!(most, 1, "a run started before the previous one ended");
+    assert_eq!(fires.len(), 4);
 }

@@ -439,13 +439,15 @@ pub async fn cancel_list_stats_retention(store: Arc<dyn JobStore>) {
     );
 }
 
-/// A repeat job is one stored job that comes back for each fire.
+/// A repeat job relying on its previous cycle is one stored job that comes back for each
+/// fire when its run ends.
 pub async fn repeat_fires_until_count(store: Arc<dyn JobStore>) {
-    let spec = JobSpec::new("rep", "g").schedule(Schedule::Repeat {
+    let mut spec = JobSpec::new("rep", "g").schedule(Schedule::Repeat {
         interval_ms: 1000,
         count: 2,
         first_fire_ms: Some(NOW),
     });
+    spec.rely_on_prev_cycle = true;
     let job_id = id(&store.submit(vec![spec], NOW).await.unwrap()[0]);
     let l = store
         .claim(claim("g", "w", 1, NOW))
@@ -571,11 +573,13 @@ pub async fn master_fence(store: Arc<dyn JobStore>) {
 /// resuming after missed fires follows the misfire policy, never a burst.
 pub async fn suspend_and_resume(store: Arc<dyn JobStore>) {
     let every_second = |task: &str| {
-        JobSpec::new(task, "g").schedule(Schedule::Repeat {
+        let mut spec = JobSpec::new(task, "g").schedule(Schedule::Repeat {
             interval_ms: 1000,
             count: -1,
             first_fire_ms: Some(NOW),
-        })
+        });
+        spec.rely_on_prev_cycle = true;
+        spec
     };
     let queued = JobKey::Task {
         node_group: "g".into(),
@@ -681,6 +685,152 @@ pub async fn suspend_and_resume(store: Arc<dyn JobStore>) {
     );
 }
 
+/// Without `rely_on_prev_cycle`, each fire is its own instance job, created and leased when
+/// the fire is claimed, while the definition moves on at once: instances overlap, each keeps
+/// its fire time, retries stay with the instance, a suspended definition stops firing without
+/// touching a running instance, a missed fire follows the misfire policy, and the definition
+/// finishes after its last fire.
+pub async fn overlapping_instances(store: Arc<dyn JobStore>) {
+    let spec = JobSpec::new("tick", "g")
+        .max_retries(1)
+        .schedule(Schedule::Repeat {
+            interval_ms: 1000,
+            count: 3,
+            first_fire_ms: Some(NOW),
+        });
+    let def_id = id(&store.submit(vec![spec], NOW).await.unwrap()[0]);
+    let def_key = JobKey::Id(def_id.clone());
+    let first = store.claim(claim("g", "w1", 10, NOW + 5)).await.unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let a = &first[0];
+    assert_ne!(a.job.job_id, def_id, "an instance runs, not the definition");
+    assert_eq!(a.job.spec.task_id, format!("tick~{NOW}"));
+    assert_eq!(
+        (a.job.state, a.job.attempt, a.job.scheduled_fire_ms),
+        (JobState::Running, 1, Some(NOW))
+    );
+    assert_eq!(a.job.spec.max_retries, 1);
+    let def = store.get(def_key.clone()).await.unwrap().unwrap();
+    assert_eq!(
+        (def.state, def.trigger_time_ms, def.fire_count),
+        (JobState::Queued, NOW + 1000, 2),
+        "the definition moved on while the instance runs"
+    );
+    // The next fire comes while the first instance still runs: they overlap.
+    assert!(
+        store
+            .claim(claim("g", "w2", 10, NOW + 500))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let second = store
+        .claim(claim("g", "w2", 10, NOW + 1_002))
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    let b = &second[0];
+    assert_eq!(b.job.spec.task_id, format!("tick~{}", NOW + 1000));
+    assert_eq!(b.job.scheduled_fire_ms, Some(NOW + 1000));
+    // A retry stays with its instance and keeps its fire time.
+    let r = store
+        .complete(done(&a.job.job_id, &a.token, Outcome::Later, NOW + 1_100))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r,
+            CompleteOutcome::Accepted {
+                disposition: Disposition::Retry { .. },
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let a2 = store
+        .get(JobKey::Id(a.job.job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a2.state, a2.scheduled_fire_ms),
+        (JobState::Queued, Some(NOW))
+    );
+    let r = store
+        .complete(done(&b.job.job_id, &b.token, Outcome::Success, NOW + 1_200))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r,
+            CompleteOutcome::Accepted {
+                disposition: Disposition::Finish(JobState::Succeeded),
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    // Suspending the definition stops its fires; the queued retry of an instance is its own.
+    assert!(matches!(
+        store.suspend(def_key.clone(), NOW + 1_300).await.unwrap(),
+        ChangeOutcome::Changed(ref j) if j.state == JobState::Suspended
+    ));
+    let got = store
+        .claim(claim("g", "w1", 10, NOW + 30_000))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "only the retry: {got:?}");
+    assert_eq!(got[0].job.job_id, a.job.job_id);
+    assert_eq!(got[0].job.attempt, 2);
+    // Resumed long after its fire: one catch-up instance, then on schedule — the last fire.
+    let later = NOW + 60_000;
+    store.resume(def_key.clone(), later).await.unwrap();
+    let third = store.claim(claim("g", "w1", 10, later)).await.unwrap();
+    assert_eq!(third.len(), 1, "{third:?}");
+    assert_eq!(third[0].job.spec.task_id, format!("tick~{later}"));
+    let def = store.get(def_key.clone()).await.unwrap().unwrap();
+    assert_eq!(
+        def.state,
+        JobState::Succeeded,
+        "the third fire was the last: {def:?}"
+    );
+    assert!(
+        store
+            .claim(claim("g", "w1", 10, later + 5_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let log = store.log(&def_id, 100).await.unwrap();
+    assert!(
+        log.iter().filter(|e| e.log_type == LogType::Update).count() >= 3,
+        "{log:?}"
+    );
+
+    // A fire claimed long after it was due (downtime) with misfire policy skip: no instance
+    // for it; the definition waits for the next fire after now.
+    let mut spec = JobSpec::new("skip", "g").schedule(Schedule::Repeat {
+        interval_ms: 1000,
+        count: -1,
+        first_fire_ms: Some(NOW),
+    });
+    spec.misfire_policy = lts_core::MisfirePolicy::Skip;
+    let skip_id = id(&store.submit(vec![spec], NOW).await.unwrap()[0]);
+    assert!(
+        store
+            .claim(claim("g", "w1", 10, NOW + 10_500))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a missed fire is skipped"
+    );
+    let def = store.get(JobKey::Id(skip_id)).await.unwrap().unwrap();
+    assert_eq!(
+        (def.state, def.trigger_time_ms),
+        (JobState::Queued, NOW + 11_000)
+    );
+}
+
 /// Every case, by name.
 macro_rules! for_each_case {
     ($m:ident) => {
@@ -694,7 +844,8 @@ macro_rules! for_each_case {
             repeat_fires_until_count,
             feedback_until_acknowledged,
             master_fence,
-            suspend_and_resume
+            suspend_and_resume,
+            overlapping_instances
         );
     };
 }

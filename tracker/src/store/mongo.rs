@@ -31,7 +31,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use lts_core::schedule::{Disposition, RetryPolicy, disposition, first_trigger, resume_trigger};
+use lts_core::schedule::{
+    self, Disposition, RetryPolicy, disposition, first_trigger, resume_trigger,
+};
 use lts_core::{FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, LogType, Outcome};
 use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::error::ErrorKind;
@@ -468,6 +470,135 @@ impl MongoStore {
         }
     }
 
+    /// For a definition just leased by a claim whose instances overlap
+    /// ([`lts_core::schedule::fires_overlapping_instances`]): inserts the instance of its due
+    /// fire, leased with the claim's token, and moves the definition on to its next fire (or
+    /// finishes it when the schedule is exhausted). `def` is the definition as it was before
+    /// the claim. Returns `None` when it is no such definition, `Some(None)` when no instance
+    /// runs (the misfire policy skips a missed fire, or the instance already existed after a
+    /// claim that crashed half-way: the unique task id makes each fire happen once), else the
+    /// instance as it was before its lease (like claimed documents).
+    async fn fire_instance(
+        &self,
+        def: &Document,
+        req: &ClaimRequest,
+        token: &str,
+        expiry: i64,
+    ) -> StoreResult<Option<Option<Document>>> {
+        let job = decode(def)?;
+        if !schedule::fires_overlapping_instances(&job.spec) {
+            return Ok(None);
+        }
+        let now = req.now_ms;
+        let fire = job.scheduled_fire_ms.unwrap_or(job.trigger_time_ms);
+        let fired = job.fire_count.max(1);
+        let step = schedule::overlap_step(&job.spec, fire, fired, now);
+        let inst = schedule::instance_spec(&job.spec, fire);
+        let inst_id = uuid::Uuid::now_v7().simple().to_string();
+        let mut inst_doc = doc! {
+            "_id": &inst_id,
+            "task_tracker_node_group": &inst.task_tracker_node_group,
+            "task_id": &inst.task_id,
+            "done": "",
+            "state": JobState::Running.code(),
+            "priority": inst.priority,
+            "trigger_time": job.trigger_time_ms,
+            "attempt": 1i64,
+            "fire_count": fired as i64,
+            "scheduled_fire": fire,
+            "created_at": now,
+            "updated_at": now,
+            "rev": 0i64,
+            "lease_owner": &req.owner,
+            "lease_token": token,
+            "lease_expiry": expiry,
+            "spec": serde_json::to_string(&inst).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        };
+        let inserted = step.run && self.insert_new(vec![inst_doc.clone()]).await?.is_empty();
+        let mut lines = Vec::new();
+        let group = &job.spec.task_tracker_node_group;
+        if inserted {
+            lines.push(log_doc(
+                &inst_id,
+                &inst.task_id,
+                group,
+                now,
+                LogType::Receive,
+                LogLevel::Info,
+                &format!("fire {} of {}", lts_core::format_ms(fire), job.job_id),
+                0,
+                "",
+            ));
+        }
+        let guard = doc! {
+            "_id": &job.job_id,
+            "lease_token": token,
+            "state": JobState::Running.code(),
+        };
+        let skipped = if step.run {
+            "fired"
+        } else {
+            "skipped the missed fire"
+        };
+        let (update, note) = match step.next_ms {
+            Some(next) => (
+                doc! {
+                    "$set": {
+                        "state": JobState::Queued.code(),
+                        "trigger_time": next,
+                        "scheduled_fire": next,
+                        "attempt": 0i64,
+                        "updated_at": now,
+                    },
+                    "$inc": { "fire_count": 1i64, "rev": 1i64 },
+                    "$unset": unset_lease(),
+                },
+                format!(
+                    "{skipped} {}; next fire {}",
+                    lts_core::format_ms(fire),
+                    lts_core::format_ms(next)
+                ),
+            ),
+            None => (
+                doc! {
+                    "$set": {
+                        "state": JobState::Succeeded.code(),
+                        "done": &job.job_id,
+                        "finished_at": now,
+                        "attempt": 0i64,
+                        "last_message": "schedule complete",
+                        "updated_at": now,
+                    },
+                    "$inc": { "rev": 1i64 },
+                    "$unset": unset_lease(),
+                },
+                format!(
+                    "{skipped} {}, the last of its schedule",
+                    lts_core::format_ms(fire)
+                ),
+            ),
+        };
+        self.jobs.update_one(guard, update).await?;
+        lines.push(log_doc(
+            &job.job_id,
+            &job.spec.task_id,
+            group,
+            now,
+            LogType::Update,
+            LogLevel::Info,
+            &note,
+            0,
+            "",
+        ));
+        self.append_log(lines).await;
+        if !inserted {
+            return Ok(Some(None));
+        }
+        // As claimed documents are handed on: before the lease's attempt increment.
+        inst_doc.insert("attempt", 0i64);
+        Ok(Some(Some(inst_doc)))
+    }
+
     /// Puts leased jobs matching `filter` back in their queues, one guarded update each.
     async fn requeue_matching(
         &self,
@@ -838,9 +969,26 @@ impl JobStore for MongoStore {
                 mine
             }
         };
-        let mut leases = Vec::with_capacity(won.len());
-        let mut lines = Vec::with_capacity(won.len());
+        // A recurring job with overlapping instances is not run itself: the instance of its
+        // due fire is created and leased in its place (see `fire_instance`).
+        let mut docs = Vec::with_capacity(won.len());
         for d in won {
+            let recurring = text(&d, "spec").is_some_and(|s| {
+                s.contains("\"type\":\"cron\"") || s.contains("\"type\":\"repeat\"")
+            });
+            if !recurring {
+                docs.push(d);
+                continue;
+            }
+            match self.fire_instance(&d, &req, &token, expiry).await? {
+                None => docs.push(d),
+                Some(Some(instance)) => docs.push(instance),
+                Some(None) => {}
+            }
+        }
+        let mut leases = Vec::with_capacity(docs.len());
+        let mut lines = Vec::with_capacity(docs.len());
+        for d in docs {
             let mut job = decode(&d)?;
             job.state = JobState::Running;
             job.attempt += 1;

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use async_trait::async_trait;
-use lts_core::schedule::{Disposition, RetryPolicy, disposition, first_trigger, resume_trigger};
+use lts_core::schedule::{
+    self, Disposition, RetryPolicy, disposition, first_trigger, resume_trigger,
+};
 use lts_core::{FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, LogType, Outcome};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
@@ -174,6 +176,7 @@ const JOB_COLS: &str = "job_id, node_group, task_id, state, priority, trigger_ti
      last_outcome, last_message, spec";
 
 /// A `jobs` row as read; decoded outside the writer thread.
+#[derive(Clone)]
 struct RawJob {
     job_id: String,
     task_id: String,
@@ -235,6 +238,134 @@ impl RawJob {
             fire_count: self.fire_count as u64,
         })
     }
+}
+
+/// Creates and leases the instance of a definition's due fire (see
+/// [`lts_core::schedule::fires_overlapping_instances`]) and moves the definition, just leased by
+/// a claim, on to its next fire — or finishes it when its schedule is exhausted. Returns the
+/// instance's `(seq, row)`; `(0, _)` when no instance was created (the misfire policy skips a
+/// missed fire, or a job with the instance's task id exists), `None` when the job is not
+/// such a definition.
+fn fire_instance(
+    conn: &Connection,
+    seq: i64,
+    def: &RawJob,
+    req: &ClaimRequest,
+) -> StoreResult<Option<(i64, RawJob)>> {
+    let spec: JobSpec = serde_json::from_str(&def.spec)
+        .map_err(|e| StoreError::Corrupt(format!("job {}: spec: {e}", def.job_id)))?;
+    if !schedule::fires_overlapping_instances(&spec) {
+        return Ok(None);
+    }
+    let now = req.now_ms;
+    let fire = def.scheduled_fire.unwrap_or(def.trigger_time);
+    let fired = def.fire_count.max(1) as u64;
+    let group = &spec.task_tracker_node_group;
+    let step = schedule::overlap_step(&spec, fire, fired, now);
+    let inst = schedule::instance_spec(&spec, fire);
+    let inst_id = new_job_id();
+    let text = encode_spec(&inst)?;
+    let inserted = if !step.run {
+        0
+    } else {
+        conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO jobs (job_id, node_group, task_id, state, priority, trigger_time,
+                 attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner,
+                 lease_token, lease_expiry, spec)
+             VALUES (?1, ?2, ?3, 2, ?4, ?5, 1, ?6, ?7, ?8, ?8, ?9, ?10, ?11, ?12)",
+        )?
+        .execute(params![
+            inst_id,
+            group,
+            inst.task_id,
+            inst.priority,
+            def.trigger_time,
+            fired as i64,
+            fire,
+            now,
+            def.lease_owner,
+            def.lease_token,
+            def.lease_expiry,
+            text
+        ])?
+    };
+    if inserted == 1 {
+        log_line(
+            conn,
+            &inst_id,
+            &inst.task_id,
+            group,
+            now,
+            LogType::Receive,
+            LogLevel::Info,
+            &format!("fire {} of {}", lts_core::format_ms(fire), def.job_id),
+            0,
+            "",
+        )?;
+    }
+    let skipped = if step.run {
+        "fired"
+    } else {
+        "skipped the missed fire"
+    };
+    match step.next_ms {
+        Some(next) => {
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 1, lease_owner = NULL, lease_token = NULL,
+                     lease_expiry = NULL, attempt = 0, trigger_time = ?2, scheduled_fire = ?2,
+                     fire_count = fire_count + 1, updated_at = ?3
+                 WHERE seq = ?1",
+            )?
+            .execute(params![seq, next, now])?;
+            log_line(
+                conn,
+                &def.job_id,
+                &def.task_id,
+                group,
+                now,
+                LogType::Update,
+                LogLevel::Info,
+                &format!(
+                    "{skipped} {}; next fire {}",
+                    lts_core::format_ms(fire),
+                    lts_core::format_ms(next)
+                ),
+                0,
+                "",
+            )?;
+        }
+        None => {
+            let mut job = def.clone().decode()?;
+            job.attempt = 0;
+            job.last_message = Some("schedule complete".into());
+            log_line(
+                conn,
+                &def.job_id,
+                &def.task_id,
+                group,
+                now,
+                LogType::Update,
+                LogLevel::Info,
+                &format!(
+                    "{skipped} {}, the last of its schedule",
+                    lts_core::format_ms(fire)
+                ),
+                0,
+                "",
+            )?;
+            finish_job(conn, seq, job, JobState::Succeeded, now)?;
+        }
+    }
+    if inserted == 0 {
+        return Ok(Some((0, def.clone())));
+    }
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLS}, seq FROM jobs WHERE job_id = ?1"
+        ))?
+        .query_row([&inst_id], |r| Ok((r.get(17)?, RawJob::from_row(r)?)))?;
+    Ok(Some(row))
 }
 
 fn new_job_id() -> String {
@@ -664,6 +795,20 @@ impl JobStore for SqliteStore {
                     )?
                     .collect::<rusqlite::Result<_>>()?;
                 drop(stmt);
+                // A recurring job with overlapping instances is not run itself: the instance of
+                // its due fire is created and leased in its place, and it moves on to its next
+                // fire (or finishes) in the same transaction.
+                for (seq, raw) in rows.iter_mut() {
+                    // A cheap test first: only cron and repeat specs are parsed.
+                    if (raw.spec.contains("\"type\":\"cron\"")
+                        || raw.spec.contains("\"type\":\"repeat\""))
+                        && let Some(instance) = fire_instance(conn, *seq, raw, &req)?
+                    {
+                        *seq = instance.0;
+                        *raw = instance.1;
+                    }
+                }
+                rows.retain(|(seq, _)| *seq != 0);
                 for (_, raw) in &rows {
                     log_line(
                         conn, &raw.job_id, &raw.task_id, &req.node_group, req.now_ms, LogType::Sent,

@@ -5,8 +5,10 @@
 //! * [`dispatch`] pushes due jobs to TaskTrackers with free threads;
 //! * [`store`] is the durable [`store::JobStore`] trait and its backends;
 //! * [`registry`] is membership and master election;
-//! * [`feedback`] delivers results to subscribed JobClients.
+//! * [`feedback`] delivers results to subscribed JobClients;
+//! * [`changes`] announces job changes to `JobService.Watch` subscribers.
 
+pub mod changes;
 pub mod dispatch;
 pub mod feedback;
 pub mod metrics;

@@ -262,6 +262,9 @@ impl Tracker {
                 .with_context(|| format!("opening the job store {}", config.store))?,
             ),
         };
+        // Every write announces the jobs it touched to `JobService.Watch` subscribers.
+        let changes = crate::changes::ChangeFeed::new(store);
+        let store: Arc<dyn JobStore> = changes.clone();
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -309,6 +312,7 @@ impl Tracker {
             identity: identity.clone(),
             cluster: config.cluster.clone(),
             store,
+            changes,
             dispatcher,
             registry,
             feedback,

@@ -35,8 +35,10 @@ pub struct TrackerCore {
     pub identity: String,
     /// The cluster name.
     pub cluster: String,
-    /// The durable store.
+    /// The durable store (the change feed in front of the backend).
     pub store: Arc<dyn JobStore>,
+    /// Announces the jobs store writes touch, for `JobService.Watch`.
+    pub changes: Arc<crate::changes::ChangeFeed>,
     /// Dispatch to TaskTrackers.
     pub dispatcher: Arc<Dispatcher>,
     /// Membership and master election.
@@ -275,27 +277,106 @@ impl JobService for JobApi {
         if !v.is_empty() {
             return Err(invalid_argument(&validate::Violations(v)));
         }
-        let page = self
-            .0
-            .store
-            .list(ListFilter {
-                node_group: (!r.task_tracker_node_group.is_empty())
-                    .then_some(r.task_tracker_node_group),
-                state,
-                task_id_prefix: (!r.task_id_prefix.is_empty()).then_some(r.task_id_prefix),
-                limit: if r.page_size == 0 {
-                    100
-                } else {
-                    r.page_size as usize
-                },
-                after: (!r.page_token.is_empty()).then_some(r.page_token),
-            })
-            .await
-            .map_err(store_status)?;
+        const SCHEDULE_TYPES: [&str; 4] = ["now", "trigger_time", "cron", "repeat"];
+        if !r.schedule_type.is_empty() && !SCHEDULE_TYPES.contains(&r.schedule_type.as_str()) {
+            return Err(invalid_argument(&validate::Violations(vec![
+                validate::FieldViolation::new(
+                    "schedule_type",
+                    format!(
+                        "unknown schedule {:?}; expected one of {}",
+                        r.schedule_type,
+                        SCHEDULE_TYPES.join(", ")
+                    ),
+                ),
+            ])));
+        }
+        let limit = if r.page_size == 0 {
+            100
+        } else {
+            r.page_size as usize
+        };
+        let submit_group = (!r.submit_node_group.is_empty()).then_some(r.submit_node_group);
+        let schedule_type = (!r.schedule_type.is_empty()).then_some(r.schedule_type);
+        let wanted = |j: &lts_core::Job| {
+            submit_group
+                .as_ref()
+                .is_none_or(|g| *g == j.spec.submit_node_group)
+                && schedule_type
+                    .as_ref()
+                    .is_none_or(|t| t == j.spec.schedule.kind())
+        };
+        let post_filtered = submit_group.is_some() || schedule_type.is_some();
+        let mut filter = ListFilter {
+            node_group: (!r.task_tracker_node_group.is_empty())
+                .then_some(r.task_tracker_node_group),
+            state,
+            task_id_prefix: (!r.task_id_prefix.is_empty()).then_some(r.task_id_prefix),
+            limit,
+            after: (!r.page_token.is_empty()).then_some(r.page_token),
+        };
+        // Filters the store has no index for are applied here, over at most
+        // `POST_FILTER_PAGES` store pages per call: a page may then hold fewer jobs than asked
+        // for while a next page token says there is more to read.
+        const POST_FILTER_PAGES: usize = 20;
+        let mut jobs = Vec::new();
+        let mut next = None;
+        for _ in 0..POST_FILTER_PAGES {
+            filter.limit = limit - jobs.len();
+            let page = self
+                .0
+                .store
+                .list(filter.clone())
+                .await
+                .map_err(store_status)?;
+            let read = page.jobs.len();
+            for j in page.jobs {
+                if !post_filtered || wanted(&j) {
+                    jobs.push(j);
+                }
+            }
+            next = page.next;
+            if !post_filtered || jobs.len() >= limit || next.is_none() || read == 0 {
+                break;
+            }
+            filter.after = next.clone();
+        }
         Ok(Response::new(proto::ListJobsResponse {
-            jobs: page.jobs.iter().map(convert::job_to_proto).collect(),
-            next_page_token: page.next.unwrap_or_default(),
+            jobs: jobs.iter().map(convert::job_to_proto).collect(),
+            next_page_token: next.unwrap_or_default(),
         }))
+    }
+
+    type WatchStream = BoxStream<proto::JobChange>;
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = request.into_inner();
+        let mut v = Vec::new();
+        for (field, value) in [
+            ("task_tracker_node_group", &r.task_tracker_node_group),
+            ("submit_node_group", &r.submit_node_group),
+        ] {
+            if !value.is_empty() {
+                validate::check_node_group(field, value, &mut v);
+            }
+        }
+        if !v.is_empty() {
+            return Err(invalid_argument(&validate::Violations(v)));
+        }
+        let filter = crate::changes::WatchFilter::from_proto(r);
+        let (tx, rx) = mpsc::channel(1024);
+        metrics::gauge!("lts_job_watchers").increment(1.0);
+        let feed = self.0.changes.clone();
+        let stop = self.0.shutdown.clone();
+        tokio::spawn(async move {
+            feed.watch(filter, tx, stop).await;
+            metrics::gauge!("lts_job_watchers").decrement(1.0);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn cancel(
@@ -398,7 +479,7 @@ impl JobService for JobApi {
             )));
         }
         let now = now_ms();
-        let instance = trigger_instance(&job.spec, now);
+        let instance = lts_core::schedule::instance_spec(&job.spec, now);
         if let Err(v) = lts_core::validate(&instance) {
             return Err(Status::internal(format!(
                 "trigger instance is invalid: {v}"
@@ -478,19 +559,6 @@ impl JobService for JobApi {
             pending_feedback: s.pending_feedback,
         }))
     }
-}
-
-/// The one-off instance that "trigger now" runs: the definition's job with task id
-/// `<task_id>~<epoch ms>` (the task id cut to 48 characters, so the whole stays within 64),
-/// scheduled now. Its own job, so the definition's schedule does not move.
-pub fn trigger_instance(spec: &lts_core::JobSpec, now: i64) -> lts_core::JobSpec {
-    let mut instance = spec.clone();
-    let base: String = spec.task_id.chars().take(48).collect();
-    instance.task_id = format!("{base}~{now}");
-    instance.schedule = lts_core::Schedule::Now;
-    instance.replace_on_exist = false;
-    instance.rely_on_prev_cycle = false;
-    instance
 }
 
 /// The job and whether it changed, or the gRPC status for a finished or unknown job.

@@ -174,7 +174,13 @@ pub struct ListQuery {
     pub state: Option<JobState>,
     /// Only task ids with this prefix.
     pub task_id_prefix: Option<String>,
-    /// Page size (default 100, at most 1000).
+    /// Only jobs submitted by this JobClient node group.
+    pub submit_node_group: Option<String>,
+    /// Only jobs with this schedule kind: `now`, `trigger_time`, `cron` or `repeat`
+    /// ([`lts_core::Schedule::kind`]).
+    pub schedule_type: Option<String>,
+    /// Page size (default 100, at most 1000). With `submit_node_group` or `schedule_type` a
+    /// page may hold fewer jobs while a next page token says there are more.
     pub page_size: u32,
     /// Continue from a previous page.
     pub page_token: Option<String>,
@@ -383,6 +389,8 @@ impl JobClient {
             task_id_prefix: q.task_id_prefix.unwrap_or_default(),
             page_size: q.page_size,
             page_token: q.page_token.unwrap_or_default(),
+            submit_node_group: q.submit_node_group.unwrap_or_default(),
+            schedule_type: q.schedule_type.unwrap_or_default(),
         };
         let resp = self
             .call(|ch| {
@@ -500,6 +508,13 @@ impl JobClient {
             async move { Self::jobs(ch).stats(req).await }
         })
         .await
+    }
+
+    /// Watches job changes across every tracker of the cluster, pushed as they happen (no
+    /// polling): see [`crate::watch`]. Re-read what you track on each
+    /// [`WatchEvent::Resync`](crate::WatchEvent::Resync).
+    pub fn watch(&self, filter: crate::WatchFilter) -> crate::JobWatch {
+        crate::watch::start(self.trackers.clone(), filter)
     }
 
     /// The cluster's nodes, as the tracker sees them.

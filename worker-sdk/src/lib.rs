@@ -22,7 +22,8 @@
 //!
 //! * [`JobClient`] submits jobs, looks them up and subscribes to feedback;
 //!   [`RetryingJobClient`] adds a durable local spool so no submit is lost while no tracker
-//!   is reachable.
+//!   is reachable; [`JobClient::watch`] follows job changes across the cluster as they
+//!   happen.
 //! * [`sidecar`] holds the runners of the `lts-worker` binary, which makes any program a
 //!   TaskTracker (a command per job, or an HTTP call per job).
 
@@ -31,6 +32,7 @@ pub mod connect;
 pub mod runner;
 pub mod sidecar;
 pub mod spool;
+pub mod watch;
 pub mod worker;
 
 pub use client::{
@@ -39,4 +41,5 @@ pub use client::{
 };
 pub use lts_core::{FeedbackItem, Job, JobKey, JobSpec, JobState, Outcome, Schedule};
 pub use runner::{BizLogger, JobContext, JobRunner, RunResult};
+pub use watch::{JobWatch, WatchEvent, WatchFilter};
 pub use worker::{TaskTracker, TaskTrackerBuilder};

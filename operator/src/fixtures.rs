@@ -1,8 +1,33 @@
-//! Test fixtures: readable builders of resources, and the mocked API server.
+//! Test fixtures: readable builders of resources, a fake tracker, and the mocked API server
+//! (`ApiServerVerifier`, after kube-rs/controller-rs): each expected request is checked for
+//! method and path, answered like the API server would, and recorded for assertions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crate::crd::{Job, JobSpec, MisfirePolicy, NodeGroup, NodeGroupSpec, NodeRole};
+use async_trait::async_trait;
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::client::Body;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use lts_core::proto::ListNodesResponse;
+use lts_core::{JobKey, JobSpec as LtsSpec, JobState};
+use lts_worker_sdk::{ClientError, SubmitAnswer};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tower_test::mock::{self, Handle};
+
+use crate::crd::{
+    Job, JobSpec, JobStatus, MisfirePolicy, NodeGroup, NodeGroupSpec, NodeGroupStatus, NodeRole,
+};
+use crate::job::Watches;
+use crate::nodegroup::BuildConfig;
+use crate::tracker::{EventStream, JobWatchFilter, TrackerApi, TrackerConnector};
+use crate::{Context, job};
 
 /// A NodeGroup `name` of cluster `prod` in namespace `lts`.
 pub fn nodegroup(name: &str, role: NodeRole) -> NodeGroup {
@@ -52,4 +77,386 @@ pub fn job(name: &str) -> Job {
     j.metadata.uid = Some("0b6f3c1e-uid".into());
     j.metadata.generation = Some(1);
     j
+}
+
+impl Job {
+    /// With the operator's finalizer.
+    pub fn finalized(mut self) -> Job {
+        self.finalizers_mut().push(job::FINALIZER.to_string());
+        self
+    }
+
+    /// Being deleted.
+    pub fn deleting(mut self) -> Job {
+        self.meta_mut().deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        self
+    }
+
+    /// With `status`.
+    pub fn with_status(mut self, status: JobStatus) -> Job {
+        self.status = Some(status);
+        self
+    }
+}
+
+impl NodeGroup {
+    /// With `status`.
+    pub fn with_status(mut self, status: NodeGroupStatus) -> NodeGroup {
+        self.status = Some(status);
+        self
+    }
+}
+
+/// A store holding `objects`.
+pub fn store<K>(objects: &[K]) -> Store<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, mut writer) = reflector::store();
+    for o in objects {
+        writer.apply_watcher_event(&watcher::Event::Apply(o.clone()));
+    }
+    reader
+}
+
+/// An in-memory tracker with the semantics the Job controller relies on.
+#[derive(Default)]
+pub struct FakeTracker {
+    jobs: Mutex<HashMap<String, lts_core::Job>>,
+    next: AtomicU64,
+    /// Every call, as `op key`.
+    pub calls: Mutex<Vec<String>>,
+    /// Answer every call with `Unavailable`.
+    pub unavailable: AtomicBool,
+    /// `get` by task id finds nothing (as if the job were submitted concurrently).
+    pub blind_task_lookup: AtomicBool,
+    /// What `nodes()` answers.
+    pub nodes: Mutex<Option<ListNodesResponse>>,
+}
+
+impl FakeTracker {
+    fn record(&self, call: String) -> Result<(), ClientError> {
+        self.calls.lock().unwrap().push(call);
+        if self.unavailable.load(Ordering::Relaxed) {
+            return Err(ClientError::Unavailable("connection refused".into()));
+        }
+        Ok(())
+    }
+
+    /// The calls so far (op names only).
+    pub fn ops(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.split(' ').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Every stored job.
+    pub fn jobs(&self) -> Vec<lts_core::Job> {
+        self.jobs.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Stores `job` as it is.
+    pub fn put(&self, job: lts_core::Job) {
+        self.jobs.lock().unwrap().insert(job.job_id.clone(), job);
+    }
+
+    fn find(&self, key: &JobKey) -> Option<lts_core::Job> {
+        let jobs = self.jobs.lock().unwrap();
+        match key {
+            JobKey::Id(id) => jobs.get(id).cloned(),
+            JobKey::Task {
+                node_group,
+                task_id,
+            } => jobs
+                .values()
+                .find(|j| {
+                    j.spec.task_tracker_node_group == *node_group && j.spec.task_id == *task_id
+                })
+                .cloned(),
+        }
+    }
+
+    fn update(
+        &self,
+        key: &JobKey,
+        f: impl FnOnce(&mut lts_core::Job) -> Result<(), ClientError>,
+    ) -> Result<lts_core::Job, ClientError> {
+        let found = self
+            .find(key)
+            .ok_or_else(|| ClientError::NotFound(format!("no job {key}")))?;
+        let mut jobs = self.jobs.lock().unwrap();
+        let j = jobs.get_mut(&found.job_id).expect("present");
+        f(j)?;
+        Ok(j.clone())
+    }
+}
+
+/// A new queued tracker job for `spec`.
+pub fn tracker_job(job_id: &str, spec: LtsSpec) -> lts_core::Job {
+    lts_core::Job {
+        job_id: job_id.into(),
+        spec,
+        state: JobState::Queued,
+        attempt: 0,
+        trigger_time_ms: 1_893_456_000_000,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+        lease_owner: None,
+        lease_expiry_ms: None,
+        last_outcome: None,
+        last_message: None,
+        finished_at_ms: None,
+        scheduled_fire_ms: None,
+        fire_count: 0,
+    }
+}
+
+#[async_trait]
+impl TrackerApi for FakeTracker {
+    async fn submit(&self, spec: LtsSpec) -> Result<SubmitAnswer, ClientError> {
+        self.record(format!("submit {}", spec.task_id))?;
+        let key = JobKey::Task {
+            node_group: spec.task_tracker_node_group.clone(),
+            task_id: spec.task_id.clone(),
+        };
+        if let Some(existing) = self.find(&key).filter(|j| !j.state.is_final()) {
+            if spec.replace_on_exist {
+                self.update(&key, |j| {
+                    j.spec = spec;
+                    Ok(())
+                })?;
+                return Ok(SubmitAnswer::Replaced {
+                    job_id: existing.job_id,
+                });
+            }
+            return Ok(SubmitAnswer::Duplicate {
+                job_id: existing.job_id,
+            });
+        }
+        let id = format!("J{}", self.next.fetch_add(1, Ordering::Relaxed) + 1);
+        self.put(tracker_job(&id, spec));
+        Ok(SubmitAnswer::Accepted { job_id: id })
+    }
+
+    async fn get(&self, key: JobKey) -> Result<lts_core::Job, ClientError> {
+        self.record(format!("get {key}"))?;
+        if matches!(key, JobKey::Task { .. }) && self.blind_task_lookup.load(Ordering::Relaxed) {
+            return Err(ClientError::NotFound(format!("no job {key}")));
+        }
+        self.find(&key)
+            .ok_or_else(|| ClientError::NotFound(format!("no job {key}")))
+    }
+
+    async fn cancel(&self, key: JobKey) -> Result<lts_core::Job, ClientError> {
+        self.record(format!("cancel {key}"))?;
+        self.update(&key, |j| {
+            if j.state.is_final() {
+                return Err(ClientError::FailedPrecondition("finished".into()));
+            }
+            j.state = JobState::Cancelled;
+            Ok(())
+        })
+    }
+
+    async fn suspend(&self, key: JobKey) -> Result<lts_core::Job, ClientError> {
+        self.record(format!("suspend {key}"))?;
+        self.update(&key, |j| {
+            j.state = JobState::Suspended;
+            Ok(())
+        })
+    }
+
+    async fn resume(&self, key: JobKey) -> Result<lts_core::Job, ClientError> {
+        self.record(format!("resume {key}"))?;
+        self.update(&key, |j| {
+            j.state = JobState::Queued;
+            Ok(())
+        })
+    }
+
+    async fn nodes(&self) -> Result<ListNodesResponse, ClientError> {
+        self.record("nodes".into())?;
+        Ok(self.nodes.lock().unwrap().clone().unwrap_or_default())
+    }
+
+    async fn watch(&self, _filter: JobWatchFilter) -> Result<Option<EventStream>, ClientError> {
+        Ok(None)
+    }
+}
+
+/// Hands out the same tracker for every address, and records the addresses.
+pub struct SameTracker(pub Arc<dyn TrackerApi>, pub Mutex<Vec<String>>);
+
+impl TrackerConnector for SameTracker {
+    fn tracker(&self, address: &str) -> Result<Arc<dyn TrackerApi>, ClientError> {
+        self.1.lock().unwrap().push(address.to_string());
+        Ok(self.0.clone())
+    }
+}
+
+/// One expected request and the answer to it.
+pub struct Step {
+    method: Method,
+    path: String,
+    reply: Reply,
+}
+
+enum Reply {
+    /// Answer with this object.
+    Json(Value),
+    /// Answer with the request's own body (what a create or a patch returns, roughly).
+    Echo,
+    /// Answer with an API error.
+    Error(u16, &'static str),
+    /// Answer with this object, its status taken from the request (a status patch).
+    WithStatus(Value),
+}
+
+impl Step {
+    /// `method path`, answered with `body`.
+    pub fn json(method: Method, path: impl Into<String>, body: Value) -> Step {
+        Step {
+            method,
+            path: path.into(),
+            reply: Reply::Json(body),
+        }
+    }
+
+    /// `method path`, answered with the request body.
+    pub fn echo(method: Method, path: impl Into<String>) -> Step {
+        Step {
+            method,
+            path: path.into(),
+            reply: Reply::Echo,
+        }
+    }
+
+    /// `method path`, answered with an API error.
+    pub fn error(method: Method, path: impl Into<String>, code: u16, reason: &'static str) -> Step {
+        Step {
+            method,
+            path: path.into(),
+            reply: Reply::Error(code, reason),
+        }
+    }
+
+    /// A status patch of `object` at `path`, answered with the patched object.
+    pub fn status<K: serde::Serialize>(path: impl Into<String>, object: &K) -> Step {
+        Step {
+            method: Method::PATCH,
+            path: path.into(),
+            reply: Reply::WithStatus(serde_json::to_value(object).unwrap()),
+        }
+    }
+
+    /// The Event the Recorder posts.
+    pub fn event() -> Step {
+        Step::echo(Method::POST, "/apis/events.k8s.io/v1/namespaces/lts/events")
+    }
+}
+
+/// One request the mocked API server received.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// HTTP method.
+    #[allow(dead_code)]
+    pub method: Method,
+    /// Path and query.
+    pub uri: String,
+    /// JSON body (`Null` if none).
+    pub body: Value,
+}
+
+/// The mocked API server.
+pub struct ApiServerVerifier(Handle<Request<Body>, Response<Body>>);
+
+impl ApiServerVerifier {
+    /// Answers `steps` in order, asserting each request's method and path; the handle yields
+    /// every request once all steps were answered.
+    pub fn run(self, steps: Vec<Step>) -> JoinHandle<Vec<Call>> {
+        let mut handle = self.0;
+        tokio::spawn(async move {
+            let mut calls = Vec::new();
+            for (i, step) in steps.into_iter().enumerate() {
+                let (request, send) = handle.next_request().await.unwrap_or_else(|| {
+                    panic!("step {i}: {} {} never came", step.method, step.path)
+                });
+                let method = request.method().clone();
+                let uri = request.uri().to_string();
+                let path = request.uri().path().to_string();
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                assert_eq!(
+                    (&method, path.as_str()),
+                    (&step.method, step.path.as_str()),
+                    "step {i}: unexpected request {method} {uri} with {body}"
+                );
+                let response = match step.reply {
+                    Reply::Json(v) => Response::builder()
+                        .body(Body::from(serde_json::to_vec(&v).unwrap()))
+                        .unwrap(),
+                    Reply::Echo => Response::builder().body(Body::from(bytes.to_vec())).unwrap(),
+                    Reply::WithStatus(mut object) => {
+                        object["status"] = body["status"].clone();
+                        Response::builder()
+                            .body(Body::from(serde_json::to_vec(&object).unwrap()))
+                            .unwrap()
+                    }
+                    Reply::Error(code, reason) => Response::builder()
+                        .status(StatusCode::from_u16(code).unwrap())
+                        .body(Body::from(
+                            serde_json::to_vec(&json!({
+                                "kind": "Status", "apiVersion": "v1", "metadata": {},
+                                "status": "Failure", "message": reason, "reason": reason, "code": code
+                            }))
+                            .unwrap(),
+                        ))
+                        .unwrap(),
+                };
+                send.send_response(response);
+                calls.push(Call { method, uri, body });
+            }
+            calls
+        })
+    }
+}
+
+/// Waits for the verifier to have answered every step.
+pub async fn finish(handle: JoinHandle<Vec<Call>>) -> Vec<Call> {
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .expect("the API server saw fewer requests than expected")
+        .expect("verifier panicked")
+}
+
+/// A context on a mocked API server with `nodegroups` in the store and `tracker` behind
+/// every address.
+pub fn context(
+    nodegroups: &[NodeGroup],
+    tracker: Arc<dyn TrackerApi>,
+) -> (Arc<Context>, ApiServerVerifier) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "lts");
+    let ctx = Context::new(
+        client,
+        store(nodegroups),
+        Arc::new(SameTracker(tracker, Mutex::default())),
+        BuildConfig::default(),
+        Arc::new(Watches::default()),
+    );
+    (Arc::new(ctx), ApiServerVerifier(handle))
+}
+
+/// The status in a server-side-apply status patch.
+pub fn status_of<T: serde::de::DeserializeOwned>(call: &Call) -> T {
+    assert!(
+        call.uri.contains("fieldManager=lts-operator") && call.uri.contains("force=true"),
+        "status is written with server-side apply by lts-operator: {}",
+        call.uri
+    );
+    serde_json::from_value(call.body["status"].clone()).expect("status")
 }

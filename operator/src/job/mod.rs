@@ -220,6 +220,8 @@ async fn sync(
     let mut submitted = None;
     let mut observed = None;
     let mut job_id = previous.job_id.clone();
+    // A changed spec replaces the unfinished job it was submitted as.
+    let mut replace = previous.job_id.is_some();
     if previous.submitted_hash.as_deref() != Some(hash) || job_id.is_none() {
         if job_id.is_none() {
             // A submit whose status write was lost (an operator restart): adopt, never repeat.
@@ -230,10 +232,14 @@ async fn sync(
                 })
                 .await
             {
-                Ok(existing) if owned_by(&existing, &uid) && spec_hash(&existing.spec) == hash => {
-                    job_id = Some(existing.job_id.clone());
-                    submitted = Some("Adopted");
-                    observed = Some(existing);
+                Ok(existing) if owned_by(&existing, &uid) => {
+                    if spec_hash(&existing.spec) == hash {
+                        job_id = Some(existing.job_id.clone());
+                        submitted = Some("Adopted");
+                        observed = Some(existing);
+                    } else {
+                        replace = !existing.state.is_final();
+                    }
                 }
                 Ok(_) | Err(ClientError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -241,8 +247,7 @@ async fn sync(
         }
         if submitted.is_none() {
             let mut to_submit = spec.clone();
-            // A changed spec replaces the unfinished job it was submitted as.
-            to_submit.replace_on_exist |= previous.job_id.is_some();
+            to_submit.replace_on_exist |= replace;
             let (id, reason) = match tracker.submit(to_submit).await? {
                 SubmitAnswer::Accepted { job_id } => (job_id, "Accepted"),
                 SubmitAnswer::Replaced { job_id } => (job_id, "Replaced"),
@@ -441,3 +446,6 @@ pub async fn run(
         .await;
     ctx.watches.stop();
 }
+
+#[cfg(test)]
+mod tests;

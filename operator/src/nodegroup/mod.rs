@@ -337,3 +337,6 @@ pub async fn run(
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests;

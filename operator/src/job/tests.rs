@@ -1,0 +1,369 @@
+//! Job controller scenarios against a mocked API server and a fake tracker.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::Method;
+use kube::runtime::controller::Action;
+use lts_core::JobState;
+use serde_json::json;
+
+use super::*;
+use crate::crd::{CronSchedule, NodeRole, ScheduleSpec};
+use crate::fixtures::{FakeTracker, Step, context, finish, job, nodegroup, status_of};
+
+const JOB: &str = "/apis/lts.io/v1alpha1/namespaces/lts/jobs/mail";
+const JOB_STATUS: &str = "/apis/lts.io/v1alpha1/namespaces/lts/jobs/mail/status";
+
+fn cluster() -> Vec<NodeGroup> {
+    vec![
+        nodegroup("tracker", NodeRole::JobTracker),
+        nodegroup("mailers", NodeRole::TaskTracker),
+    ]
+}
+
+async fn run(job: Job, ctx: Arc<Context>) -> Result<Action> {
+    tokio::time::timeout(Duration::from_secs(5), reconcile(Arc::new(job), ctx))
+        .await
+        .expect("reconcile made a request the test did not expect")
+}
+
+/// Reconciles `job` once with the given API answers; returns the status it wrote.
+async fn reconcile_to_status(job: Job, tracker: Arc<FakeTracker>) -> (Result<Action>, JobStatus) {
+    let (ctx, api) = context(&cluster(), tracker);
+    let verifier = api.run(vec![Step::status(JOB_STATUS, &job)]);
+    let res = run(job, ctx).await;
+    let calls = finish(verifier).await;
+    (res, status_of(&calls[0]))
+}
+
+#[tokio::test]
+async fn create_adds_the_finalizer_first() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let verifier = api.run(vec![Step::json(
+        Method::PATCH,
+        JOB,
+        serde_json::to_value(job("mail").finalized()).unwrap(),
+    )]);
+    run(job("mail"), ctx).await.unwrap();
+    let calls = finish(verifier).await;
+    assert!(
+        calls[0].body.to_string().contains(FINALIZER),
+        "{}",
+        calls[0].body
+    );
+    assert!(
+        tracker.ops().is_empty(),
+        "nothing is submitted before the finalizer is in place"
+    );
+}
+
+#[tokio::test]
+async fn apply_submits_once_and_mirrors_the_tracker() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (res, status) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    assert_eq!(res.unwrap(), Action::requeue(FALLBACK_REFRESH));
+    assert_eq!(tracker.ops(), ["get", "submit", "get"]);
+    assert_eq!(status.phase, Some(JobPhase::Queued));
+    assert_eq!(status.job_id.as_deref(), Some("J1"));
+    assert_eq!(status.task_id.as_deref(), Some("k8s-0b6f3c1e-uid"));
+    assert_eq!(status.cluster.as_deref(), Some("prod"));
+    assert_eq!(status.observed_generation, Some(1));
+    assert!(status.next_fire_time.is_some());
+    let submitted = conditions::find(&status.conditions, "Submitted").unwrap();
+    assert_eq!(
+        (submitted.status.as_str(), submitted.reason.as_str()),
+        ("True", "Accepted")
+    );
+    let stored = tracker.jobs();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].spec.params[convert::PARAM_UID], "0b6f3c1e-uid");
+    assert_eq!(stored[0].spec.submit_node_group, convert::SUBMIT_NODE_GROUP);
+
+    // The next reconcile with that status submits nothing and writes nothing new.
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let verifier = api.run(vec![]);
+    let again = job("mail").finalized().with_status(JobStatus {
+        conditions: status.conditions.clone(),
+        ..status.clone()
+    });
+    run(again, ctx).await.unwrap();
+    finish(verifier).await;
+    assert_eq!(tracker.ops(), ["get", "submit", "get", "get"]);
+}
+
+#[tokio::test]
+async fn a_lost_status_write_adopts_the_submitted_job_instead_of_repeating_it() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (_, first) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    // The operator restarts and the status write was lost: the resource has no status.
+    let (_, second) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    assert_eq!(tracker.jobs().len(), 1, "no duplicate job");
+    assert_eq!(second.job_id, first.job_id);
+    let submitted = conditions::find(&second.conditions, "Submitted").unwrap();
+    assert_eq!(submitted.reason, "Adopted");
+    assert_eq!(tracker.ops().iter().filter(|o| *o == "submit").count(), 1);
+}
+
+#[tokio::test]
+async fn a_duplicate_answer_returns_the_existing_job() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (_, first) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    // Status lost and the lookup by task id races with the earlier submit: the tracker
+    // answers DUPLICATE_IGNORED with the existing job, which is ours.
+    tracker.blind_task_lookup.store(true, Ordering::Relaxed);
+    let (_, second) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    assert_eq!(tracker.jobs().len(), 1);
+    assert_eq!(second.job_id, first.job_id);
+    let submitted = conditions::find(&second.conditions, "Submitted").unwrap();
+    assert_eq!(submitted.reason, "Duplicate");
+}
+
+#[tokio::test]
+async fn a_lost_status_write_with_a_changed_spec_replaces_the_job() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (_, first) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    let mut changed = job("mail").finalized();
+    changed.spec.priority = 9;
+    let (_, second) = reconcile_to_status(changed, tracker.clone()).await;
+    assert_eq!(tracker.jobs().len(), 1);
+    assert_eq!(tracker.jobs()[0].spec.priority, 9);
+    assert_eq!(second.job_id, first.job_id);
+    let submitted = conditions::find(&second.conditions, "Submitted").unwrap();
+    assert_eq!(submitted.reason, "Replaced");
+}
+
+#[tokio::test]
+async fn a_task_id_taken_by_someone_else_is_a_condition_and_an_event() {
+    let tracker = Arc::new(FakeTracker::default());
+    let mut foreign = lts_core::JobSpec::new("report-1", "mailers");
+    foreign
+        .params
+        .insert(convert::PARAM_UID.into(), "someone-else".into());
+    tracker.put(crate::fixtures::tracker_job("J9", foreign));
+    let mut mine = job("mail").finalized();
+    mine.spec.task_id = Some("report-1".into());
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let verifier = api.run(vec![Step::event(), Step::status(JOB_STATUS, &job("mail"))]);
+    assert_eq!(run(mine, ctx).await.unwrap(), Action::await_change());
+    let calls = finish(verifier).await;
+    assert_eq!(calls[0].body["reason"], "TaskIdConflict");
+    let status: JobStatus = status_of(&calls[1]);
+    assert_eq!(status.phase, Some(JobPhase::Pending));
+    assert_eq!(status.job_id, None);
+    let c = conditions::find(&status.conditions, "Submitted").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "TaskIdConflict")
+    );
+}
+
+#[tokio::test]
+async fn suspend_and_resume_follow_the_spec() {
+    let tracker = Arc::new(FakeTracker::default());
+    let mut cron = job("mail").finalized();
+    cron.spec.schedule = Some(ScheduleSpec {
+        cron: Some(CronSchedule {
+            expression: "0 0 * * * *".into(),
+            time_zone: None,
+        }),
+        ..ScheduleSpec::default()
+    });
+    let (_, status) = reconcile_to_status(cron.clone(), tracker.clone()).await;
+
+    let mut suspended = cron.clone().with_status(status.clone());
+    suspended.spec.suspend = true;
+    suspended.metadata.generation = Some(2);
+    let (_, status) = reconcile_to_status(suspended.clone(), tracker.clone()).await;
+    assert_eq!(status.phase, Some(JobPhase::Suspended));
+    assert_eq!(status.observed_generation, Some(2));
+    assert!(tracker.ops().contains(&"suspend".to_string()));
+    assert_eq!(tracker.jobs()[0].state, JobState::Suspended);
+    assert_eq!(
+        tracker.ops().iter().filter(|o| *o == "submit").count(),
+        1,
+        "suspend is no resubmit"
+    );
+
+    let mut resumed = suspended.with_status(status);
+    resumed.spec.suspend = false;
+    resumed.metadata.generation = Some(3);
+    let (_, status) = reconcile_to_status(resumed, tracker.clone()).await;
+    assert_eq!(status.phase, Some(JobPhase::Queued));
+    assert!(tracker.ops().contains(&"resume".to_string()));
+}
+
+#[tokio::test]
+async fn other_spec_changes_replace_the_job() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (_, status) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    let mut changed = job("mail").finalized().with_status(status.clone());
+    changed.spec.priority = 50;
+    changed.metadata.generation = Some(2);
+    let (_, after) = reconcile_to_status(changed, tracker.clone()).await;
+    assert_eq!(after.job_id, status.job_id, "replaced in place");
+    assert_ne!(after.submitted_hash, status.submitted_hash);
+    let submitted = conditions::find(&after.conditions, "Submitted").unwrap();
+    assert_eq!(submitted.reason, "Replaced");
+    let jobs = tracker.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].spec.priority, 50);
+}
+
+#[tokio::test]
+async fn an_invalid_spec_becomes_a_condition_and_an_event_without_a_tracker_call() {
+    let tracker = Arc::new(FakeTracker::default());
+    let mut bad = job("mail").finalized();
+    bad.spec.schedule = Some(ScheduleSpec {
+        trigger_time: Some("next tuesday".into()),
+        ..ScheduleSpec::default()
+    });
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let verifier = api.run(vec![Step::event(), Step::status(JOB_STATUS, &job("mail"))]);
+    assert_eq!(run(bad.clone(), ctx).await.unwrap(), Action::await_change());
+    let calls = finish(verifier).await;
+    assert_eq!(calls[0].body["type"], "Warning");
+    assert_eq!(calls[0].body["reason"], "InvalidSpec");
+    let status: JobStatus = status_of(&calls[1]);
+    assert_eq!(status.phase, Some(JobPhase::Pending));
+    let c = conditions::find(&status.conditions, "Submitted").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        c.message.contains("spec.schedule.triggerTime"),
+        "{}",
+        c.message
+    );
+    assert!(tracker.ops().is_empty());
+
+    // Reconciled again unchanged: no second Event, no status write.
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let verifier = api.run(vec![]);
+    run(bad.with_status(status), ctx).await.unwrap();
+    finish(verifier).await;
+}
+
+#[tokio::test]
+async fn no_cluster_in_the_namespace_is_a_condition() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (ctx, api) = context(
+        &[nodegroup("mailers", NodeRole::TaskTracker)],
+        tracker.clone(),
+    );
+    let verifier = api.run(vec![Step::event(), Step::status(JOB_STATUS, &job("mail"))]);
+    assert_eq!(
+        run(job("mail").finalized(), ctx).await.unwrap(),
+        Action::requeue(CLUSTER_RETRY)
+    );
+    let calls = finish(verifier).await;
+    let status: JobStatus = status_of(&calls[1]);
+    let c = conditions::find(&status.conditions, "Submitted").unwrap();
+    assert_eq!(c.reason, "ClusterNotFound");
+    assert!(tracker.ops().is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_tracker_is_an_error_with_backoff_and_a_condition() {
+    let tracker = Arc::new(FakeTracker::default());
+    tracker.unavailable.store(true, Ordering::Relaxed);
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let verifier = api.run(vec![Step::status(JOB_STATUS, &job("mail"))]);
+    let obj = job("mail").finalized();
+    let err = run(obj.clone(), ctx.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::TrackerUnavailable(_)), "{err}");
+    assert_eq!(err.metric_label(), "tracker_unavailable");
+    let calls = finish(verifier).await;
+    let status: JobStatus = status_of(&calls[0]);
+    assert_eq!(status.phase, Some(JobPhase::Pending));
+    let c = conditions::find(&status.conditions, "Synced").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "TrackerUnavailable")
+    );
+    assert!(c.message.contains("tracker.lts.svc:7070"), "{}", c.message);
+
+    let obj = Arc::new(obj);
+    let first = error_policy(obj.clone(), &err, ctx.clone());
+    let second = error_policy(obj.clone(), &err, ctx.clone());
+    assert_eq!(first, Action::requeue(Duration::from_secs(1)));
+    assert_eq!(second, Action::requeue(Duration::from_secs(2)));
+}
+
+#[tokio::test]
+async fn delete_cancels_the_job_then_removes_the_finalizer() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (_, status) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    let doomed = job("mail").finalized().with_status(status).deleting();
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let mut released = doomed.clone();
+    released.metadata.finalizers = None;
+    let verifier = api.run(vec![Step::json(
+        Method::PATCH,
+        JOB,
+        serde_json::to_value(&released).unwrap(),
+    )]);
+    run(doomed, ctx).await.unwrap();
+    let calls = finish(verifier).await;
+    assert!(
+        calls[0].body.to_string().contains("remove"),
+        "{}",
+        calls[0].body
+    );
+    assert_eq!(tracker.jobs()[0].state, JobState::Cancelled);
+    assert!(tracker.ops().contains(&"cancel".to_string()));
+}
+
+#[tokio::test]
+async fn delete_with_the_tracker_down_keeps_the_finalizer_and_retries() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (_, status) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    tracker.unavailable.store(true, Ordering::Relaxed);
+    let doomed = job("mail").finalized().with_status(status).deleting();
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let verifier = api.run(vec![]);
+    let err = run(doomed, ctx).await.unwrap_err();
+    assert!(matches!(err, Error::TrackerUnavailable(_)), "{err}");
+    finish(verifier).await;
+    assert_eq!(tracker.jobs()[0].state, JobState::Queued);
+}
+
+#[tokio::test]
+async fn delete_of_a_finished_job_only_removes_the_finalizer() {
+    let tracker = Arc::new(FakeTracker::default());
+    let doomed = job("mail")
+        .finalized()
+        .with_status(JobStatus {
+            phase: Some(JobPhase::Succeeded),
+            job_id: Some("J1".into()),
+            ..JobStatus::default()
+        })
+        .deleting();
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let verifier = api.run(vec![Step::json(
+        Method::PATCH,
+        JOB,
+        json!({"apiVersion": "lts.io/v1alpha1", "kind": "Job", "metadata": {"name": "mail", "namespace": "lts"}, "spec": {"taskTrackerNodeGroup": "mailers"}}),
+    )]);
+    run(doomed, ctx).await.unwrap();
+    finish(verifier).await;
+    assert!(tracker.ops().is_empty());
+}
+
+#[tokio::test]
+async fn watch_events_route_to_their_resource() {
+    let watches = Arc::new(Watches::default());
+    let mut trigger = Box::pin(watches.take_trigger().unwrap());
+    let spec = convert::to_lts_spec(&job("mail")).unwrap();
+    watches.route(crate::fixtures::tracker_job("J7", spec));
+    let r = futures::StreamExt::next(&mut trigger).await.unwrap();
+    assert_eq!(
+        (r.name.as_str(), r.namespace.as_deref()),
+        ("mail", Some("lts"))
+    );
+    assert!(watches.take_observed("J7").is_some());
+    assert!(watches.take_observed("J7").is_none());
+}

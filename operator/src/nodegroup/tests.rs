@@ -1,0 +1,315 @@
+//! NodeGroup controller scenarios against a mocked API server and a fake tracker.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::Method;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::controller::Action;
+use lts_core::proto::{ListNodesResponse, Node};
+use serde_json::Value;
+
+use super::*;
+use crate::crd::{NodeGroupStatus, SecretKeyRef};
+use crate::fixtures::{FakeTracker, Step, context, finish, nodegroup, status_of};
+
+const NS: &str = "/apis/apps/v1/namespaces/lts";
+
+fn deployment_with_ready(body: &Value, ready: i32) -> Value {
+    let mut d: Deployment = serde_json::from_value(body.clone()).unwrap();
+    d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+        ready_replicas: Some(ready),
+        ..Default::default()
+    });
+    serde_json::to_value(d).unwrap()
+}
+
+fn desired_deployment(ng: &NodeGroup, siblings: &[NodeGroup]) -> Value {
+    let v = validate(ng, siblings).unwrap();
+    serde_json::to_value(build(ng, &v, &BuildConfig::default()).deployment).unwrap()
+}
+
+async fn run(ng: NodeGroup, ctx: Arc<Context>) -> Result<Action> {
+    tokio::time::timeout(Duration::from_secs(5), reconcile(Arc::new(ng), ctx))
+        .await
+        .expect("reconcile made a request the test did not expect")
+}
+
+fn nodes() -> ListNodesResponse {
+    let node = |role: ProtoRole, id: &str, group: &str, master: bool| Node {
+        role: role as i32,
+        identity: id.into(),
+        node_group: group.into(),
+        address: format!("{id}:7070"),
+        threads: 4,
+        is_master: master,
+        ..Node::default()
+    };
+    ListNodesResponse {
+        cluster: "prod".into(),
+        nodes: vec![
+            node(ProtoRole::JobTracker, "tracker-b", "tracker", false),
+            node(ProtoRole::JobTracker, "tracker-a", "tracker", true),
+            node(ProtoRole::TaskTracker, "mailers-1", "mailers", false),
+        ],
+        store_health: "ok".into(),
+        ..ListNodesResponse::default()
+    }
+}
+
+#[tokio::test]
+async fn create_applies_deployment_and_service_and_reports_not_ready() {
+    let jt = nodegroup("tracker", NodeRole::JobTracker);
+    let tracker = Arc::new(FakeTracker::default());
+    let (ctx, api) = context(std::slice::from_ref(&jt), tracker.clone());
+    let verifier = api.run(vec![
+        Step::echo(Method::PATCH, format!("{NS}/deployments/tracker")),
+        Step::echo(Method::PATCH, "/api/v1/namespaces/lts/services/tracker"),
+        Step::error(
+            Method::DELETE,
+            "/apis/policy/v1/namespaces/lts/poddisruptionbudgets/tracker",
+            404,
+            "NotFound",
+        ),
+        Step::status(
+            "/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/tracker/status",
+            &nodegroup("tracker", NodeRole::JobTracker),
+        ),
+    ]);
+    let action = run(jt.clone(), ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(REFRESH_UNSETTLED));
+    let calls = finish(verifier).await;
+    for c in &calls[..2] {
+        assert!(
+            c.uri.contains("fieldManager=lts-operator") && c.uri.contains("force=true"),
+            "server-side apply: {}",
+            c.uri
+        );
+    }
+    assert_eq!(calls[0].body["kind"], "Deployment");
+    assert_eq!(
+        calls[0].body["metadata"]["ownerReferences"][0]["kind"],
+        "NodeGroup"
+    );
+    assert_eq!(calls[1].body["spec"]["ports"][0]["port"], 7070);
+    let status: NodeGroupStatus = status_of(&calls[3]);
+    assert_eq!(status.ready_replicas, 0);
+    let ready = conditions::find(&status.conditions, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "ReplicasNotReady")
+    );
+    assert!(
+        tracker.ops().is_empty(),
+        "no tracker pod is up: nothing to ask"
+    );
+}
+
+#[tokio::test]
+async fn update_to_three_replicas_adds_a_pdb_and_reports_members_and_master() {
+    let mut jt = nodegroup("tracker", NodeRole::JobTracker);
+    jt.spec.replicas = 3;
+    jt.spec.zookeeper = Some("zk:2181".into());
+    jt.spec.mongo_uri_secret_ref = Some(SecretKeyRef {
+        name: "mongo".into(),
+        key: "uri".into(),
+    });
+    jt.metadata.generation = Some(2);
+    let tracker = Arc::new(FakeTracker::default());
+    *tracker.nodes.lock().unwrap() = Some(nodes());
+    let (ctx, api) = context(std::slice::from_ref(&jt), tracker.clone());
+    let ready = deployment_with_ready(&desired_deployment(&jt, std::slice::from_ref(&jt)), 3);
+    let verifier = api.run(vec![
+        Step::json(Method::PATCH, format!("{NS}/deployments/tracker"), ready),
+        Step::echo(Method::PATCH, "/api/v1/namespaces/lts/services/tracker"),
+        Step::echo(
+            Method::PATCH,
+            "/apis/policy/v1/namespaces/lts/poddisruptionbudgets/tracker",
+        ),
+        Step::status(
+            "/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/tracker/status",
+            &nodegroup("tracker", NodeRole::JobTracker),
+        ),
+    ]);
+    assert_eq!(
+        run(jt, ctx.clone()).await.unwrap(),
+        Action::requeue(REFRESH)
+    );
+    let calls = finish(verifier).await;
+    assert_eq!(calls[0].body["spec"]["replicas"], 3);
+    assert_eq!(calls[2].body["spec"]["maxUnavailable"], 1);
+    let status: NodeGroupStatus = status_of(&calls[3]);
+    assert_eq!(status.ready_replicas, 3);
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(status.master.as_deref(), Some("tracker-a"));
+    let ids: Vec<&str> = status.members.iter().map(|m| m.identity.as_str()).collect();
+    assert_eq!(ids, ["tracker-a", "tracker-b"]);
+    let r = conditions::find(&status.conditions, "Ready").unwrap();
+    assert_eq!(r.status, "True");
+    let d = conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(
+        (d.status.as_str(), d.reason.as_str()),
+        ("False", "AsExpected")
+    );
+    assert_eq!(tracker.ops(), ["nodes"]);
+}
+
+#[tokio::test]
+async fn task_tracker_members_come_from_its_clusters_trackers() {
+    let jt = nodegroup("tracker", NodeRole::JobTracker);
+    let mut tt = nodegroup("mailers", NodeRole::TaskTracker);
+    tt.spec.image = Some("example/mailer:1".into());
+    let tracker = Arc::new(FakeTracker::default());
+    *tracker.nodes.lock().unwrap() = Some(nodes());
+    let groups = [jt, tt.clone()];
+    let (ctx, api) = context(&groups, tracker.clone());
+    let ready = deployment_with_ready(&desired_deployment(&tt, &groups), 1);
+    let verifier = api.run(vec![
+        Step::json(Method::PATCH, format!("{NS}/deployments/mailers"), ready),
+        Step::error(
+            Method::DELETE,
+            "/apis/policy/v1/namespaces/lts/poddisruptionbudgets/mailers",
+            404,
+            "NotFound",
+        ),
+        Step::status(
+            "/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/mailers/status",
+            &nodegroup("mailers", NodeRole::TaskTracker),
+        ),
+    ]);
+    run(tt, ctx).await.unwrap();
+    let calls = finish(verifier).await;
+    let status: NodeGroupStatus = status_of(&calls[2]);
+    assert_eq!(status.members.len(), 1);
+    assert_eq!(status.members[0].identity, "mailers-1");
+    assert_eq!(status.members[0].threads, Some(4));
+    assert_eq!(status.master.as_deref(), Some("tracker-a"));
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_a_condition_and_one_event_and_builds_nothing() {
+    let mut tt = nodegroup("mailers", NodeRole::TaskTracker);
+    tt.spec.worker = Some(crate::crd::WorkerSpec {
+        mode: crate::crd::WorkerMode::Sidecar,
+        ..Default::default()
+    });
+    let jt = nodegroup("tracker", NodeRole::JobTracker);
+    let tracker = Arc::new(FakeTracker::default());
+    let groups = [jt, tt.clone()];
+    let (ctx, api) = context(&groups, tracker.clone());
+    let verifier = api.run(vec![
+        Step::event(),
+        Step::status(
+            "/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/mailers/status",
+            &nodegroup("mailers", NodeRole::TaskTracker),
+        ),
+    ]);
+    let action = run(tt.clone(), ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let calls = finish(verifier).await;
+    assert_eq!(calls[0].body["type"], "Warning");
+    assert_eq!(calls[0].body["reason"], "InvalidSpec");
+    let status: NodeGroupStatus = status_of(&calls[1]);
+    let d = conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(
+        (d.status.as_str(), d.reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    assert!(
+        d.message.contains("exactly one of http or exec"),
+        "{}",
+        d.message
+    );
+    let r = conditions::find(&status.conditions, "Ready").unwrap();
+    assert_eq!(r.status, "False");
+
+    // Unchanged on the next reconcile: no new Event, no write.
+    let (ctx, api) = context(&groups, tracker);
+    let verifier = api.run(vec![]);
+    run(tt.with_status(status), ctx).await.unwrap();
+    finish(verifier).await;
+}
+
+#[tokio::test]
+async fn unreachable_trackers_degrade_the_group_but_do_not_fail_the_reconcile() {
+    let jt = nodegroup("tracker", NodeRole::JobTracker);
+    let tracker = Arc::new(FakeTracker::default());
+    tracker.unavailable.store(true, Ordering::Relaxed);
+    let (ctx, api) = context(std::slice::from_ref(&jt), tracker.clone());
+    let ready = deployment_with_ready(&desired_deployment(&jt, std::slice::from_ref(&jt)), 1);
+    let verifier = api.run(vec![
+        Step::json(Method::PATCH, format!("{NS}/deployments/tracker"), ready),
+        Step::echo(Method::PATCH, "/api/v1/namespaces/lts/services/tracker"),
+        Step::error(
+            Method::DELETE,
+            "/apis/policy/v1/namespaces/lts/poddisruptionbudgets/tracker",
+            404,
+            "NotFound",
+        ),
+        Step::status(
+            "/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/tracker/status",
+            &nodegroup("tracker", NodeRole::JobTracker),
+        ),
+    ]);
+    assert_eq!(
+        run(jt, ctx).await.unwrap(),
+        Action::requeue(REFRESH_UNSETTLED)
+    );
+    let calls = finish(verifier).await;
+    let status: NodeGroupStatus = status_of(&calls[3]);
+    let d = conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(
+        (d.status.as_str(), d.reason.as_str()),
+        ("True", "TrackersUnreachable")
+    );
+}
+
+#[tokio::test]
+async fn an_api_error_fails_the_reconcile_and_backs_off() {
+    let jt = nodegroup("tracker", NodeRole::JobTracker);
+    let tracker = Arc::new(FakeTracker::default());
+    let (ctx, api) = context(std::slice::from_ref(&jt), tracker);
+    let verifier = api.run(vec![Step::error(
+        Method::PATCH,
+        format!("{NS}/deployments/tracker"),
+        403,
+        "Forbidden",
+    )]);
+    let err = run(jt.clone(), ctx.clone()).await.unwrap_err();
+    assert_eq!(err.metric_label(), "kube");
+    finish(verifier).await;
+    let jt = Arc::new(jt);
+    assert_eq!(
+        error_policy(jt.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(1))
+    );
+    assert_eq!(
+        error_policy(jt, &err, ctx),
+        Action::requeue(Duration::from_secs(2))
+    );
+}
+
+#[test]
+fn status_without_master_is_degraded() {
+    let jt = nodegroup("tracker", NodeRole::JobTracker);
+    let mut n = nodes();
+    for node in &mut n.nodes {
+        node.is_master = false;
+    }
+    let s = observed_status(&jt, 1, Some(&Ok(n)), Timestamp::now());
+    let d = conditions::find(&s.conditions, "Degraded").unwrap();
+    assert_eq!(d.reason, "NoMaster");
+}
+
+#[test]
+fn scaled_to_zero_is_ready() {
+    let mut jt = nodegroup("tracker", NodeRole::JobTracker);
+    jt.spec.replicas = 0;
+    let s = observed_status(&jt, 0, None, Timestamp::now());
+    let r = conditions::find(&s.conditions, "Ready").unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.reason.as_str()),
+        ("True", "ScaledToZero")
+    );
+}

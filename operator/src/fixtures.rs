@@ -375,6 +375,11 @@ pub struct Call {
 pub struct ApiServerVerifier(Handle<Request<Body>, Response<Body>>);
 
 impl ApiServerVerifier {
+    /// A verifier answering through `handle`.
+    pub fn new(handle: Handle<Request<Body>, Response<Body>>) -> ApiServerVerifier {
+        ApiServerVerifier(handle)
+    }
+
     /// Answers `steps` in order, asserting each request's method and path; the handle yields
     /// every request once all steps were answered.
     pub fn run(self, steps: Vec<Step>) -> JoinHandle<Vec<Call>> {

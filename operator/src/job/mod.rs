@@ -448,4 +448,6 @@ pub async fn run(
 }
 
 #[cfg(test)]
+mod real_tracker;
+#[cfg(test)]
 mod tests;

@@ -1,0 +1,250 @@
+//! The Job controller against a real `lts-tracker` process (embedded SQLite store, free port)
+//! over gRPC through `lts_worker_sdk::JobClient`, with a mocked API server. Needs the workspace
+//! binaries (`cargo build --workspace --bins`, which scripts/test.sh runs first).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::Method;
+use kube::runtime::controller::Action;
+use lts_core::{JobKey, JobState};
+use lts_tests::{Proc, TrackerProc, bin, wait_final};
+use lts_worker_sdk::{JobClient, ListQuery};
+
+use super::*;
+use crate::crd::{CronSchedule, NodeRole, ScheduleSpec};
+use crate::fixtures::{SameTracker, Step, finish, job, nodegroup, status_of, store};
+
+fn context_for(client: &JobClient) -> (Arc<Context>, crate::fixtures::ApiServerVerifier) {
+    let (service, handle) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    let groups = [
+        nodegroup("tracker", NodeRole::JobTracker),
+        nodegroup("mailers", NodeRole::TaskTracker),
+    ];
+    let ctx = Context::new(
+        kube::Client::new(service, "lts"),
+        store(&groups),
+        Arc::new(SameTracker(Arc::new(client.clone()), Mutex::default())),
+        crate::nodegroup::BuildConfig::default(),
+        Arc::new(Watches::default()),
+    );
+    (
+        Arc::new(ctx),
+        crate::fixtures::ApiServerVerifier::new(handle),
+    )
+}
+
+async fn reconcile_once(
+    client: &JobClient,
+    obj: &Job,
+    steps: Vec<Step>,
+) -> (Result<Action>, Vec<crate::fixtures::Call>) {
+    let (ctx, api) = context_for(client);
+    let verifier = api.run(steps);
+    let res = tokio::time::timeout(
+        Duration::from_secs(20),
+        reconcile(Arc::new(obj.clone()), ctx),
+    )
+    .await
+    .expect("reconcile finished");
+    (res, finish(verifier).await)
+}
+
+fn status_path(name: &str) -> String {
+    format!("/apis/lts.io/v1alpha1/namespaces/lts/jobs/{name}/status")
+}
+
+async fn jobs_of(client: &JobClient, group: &str) -> Vec<lts_core::Job> {
+    client
+        .list(ListQuery {
+            node_group: Some(group.into()),
+            page_size: 100,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submits_idempotently_mirrors_runs_and_replaces_on_a_real_tracker() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let client = tracker.client();
+    let mail = job("mail").finalized();
+
+    // Create: submitted over gRPC, status mirrors the tracker.
+    let (res, calls) = reconcile_once(
+        &client,
+        &mail,
+        vec![Step::status(status_path("mail"), &mail)],
+    )
+    .await;
+    res.unwrap();
+    let status: JobStatus = status_of(&calls[0]);
+    let job_id = status.job_id.clone().expect("job id");
+    assert_eq!(status.phase, Some(JobPhase::Queued));
+    let stored = client.get(JobKey::Id(job_id.clone())).await.unwrap();
+    assert_eq!(stored.spec.task_id, "k8s-0b6f3c1e-uid");
+    assert_eq!(stored.spec.submit_node_group, convert::SUBMIT_NODE_GROUP);
+    assert_eq!(stored.spec.params[convert::PARAM_UID], "0b6f3c1e-uid");
+
+    // Operator restart, status write lost: the same job is adopted, nothing is duplicated.
+    let (res, calls) = reconcile_once(
+        &client,
+        &mail,
+        vec![Step::status(status_path("mail"), &mail)],
+    )
+    .await;
+    res.unwrap();
+    let adopted: JobStatus = status_of(&calls[0]);
+    assert_eq!(adopted.job_id.as_deref(), Some(job_id.as_str()));
+    assert_eq!(
+        conditions::find(&adopted.conditions, "Submitted")
+            .unwrap()
+            .reason,
+        "Adopted"
+    );
+    assert_eq!(jobs_of(&client, "mailers").await.len(), 1);
+
+    // Spec change: the unfinished job is replaced, still one job.
+    let mut changed = mail.clone().with_status(adopted.clone());
+    changed.spec.priority = 42;
+    changed.metadata.generation = Some(2);
+    let (res, calls) = reconcile_once(
+        &client,
+        &changed,
+        vec![Step::status(status_path("mail"), &changed)],
+    )
+    .await;
+    res.unwrap();
+    let replaced: JobStatus = status_of(&calls[0]);
+    assert_eq!(
+        conditions::find(&replaced.conditions, "Submitted")
+            .unwrap()
+            .reason,
+        "Replaced"
+    );
+    let all = jobs_of(&client, "mailers").await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].spec.priority, 42);
+    let job_id = replaced.job_id.clone().unwrap();
+
+    // A TaskTracker runs it; the next reconcile mirrors the result.
+    let worker_log = dir.path().join("worker.log");
+    let mut cmd = std::process::Command::new(bin("lts-worker"));
+    cmd.args([
+        "--tracker",
+        &tracker.addr,
+        "--node-group",
+        "mailers",
+        "--threads",
+        "1",
+    ])
+    .args(["--exec", "echo sent; exit 0"]);
+    let _worker = Proc::spawn(cmd, worker_log).unwrap();
+    let done = wait_final(&client, &job_id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    let current = changed.clone().with_status(replaced);
+    let (res, calls) = reconcile_once(
+        &client,
+        &current,
+        vec![Step::status(status_path("mail"), &current)],
+    )
+    .await;
+    assert_eq!(res.unwrap(), Action::await_change());
+    let finished: JobStatus = status_of(&calls[0]);
+    assert_eq!(finished.phase, Some(JobPhase::Succeeded));
+    assert_eq!(finished.last_result.as_deref(), Some("SUCCESS"));
+    assert_eq!(finished.attempts, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn suspend_then_delete_cancels_on_a_real_tracker() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let client = tracker.client();
+    let mut nightly = job("nightly").finalized();
+    nightly.metadata.uid = Some("5e1f-nightly".into());
+    nightly.spec.schedule = Some(ScheduleSpec {
+        cron: Some(CronSchedule {
+            expression: "0 0 3 * * *".into(),
+            time_zone: Some("Europe/Berlin".into()),
+        }),
+        ..ScheduleSpec::default()
+    });
+    let (res, calls) = reconcile_once(
+        &client,
+        &nightly,
+        vec![Step::status(status_path("nightly"), &nightly)],
+    )
+    .await;
+    res.unwrap();
+    let status: JobStatus = status_of(&calls[0]);
+    assert_eq!(status.phase, Some(JobPhase::Queued));
+    assert!(status.next_fire_time.is_some());
+
+    let mut suspended = nightly.clone().with_status(status);
+    suspended.spec.suspend = true;
+    let (res, calls) = reconcile_once(
+        &client,
+        &suspended,
+        vec![Step::status(status_path("nightly"), &suspended)],
+    )
+    .await;
+    res.unwrap();
+    let status: JobStatus = status_of(&calls[0]);
+    assert_eq!(status.phase, Some(JobPhase::Suspended));
+    let job_id = status.job_id.clone().unwrap();
+    assert_eq!(
+        client.get(JobKey::Id(job_id.clone())).await.unwrap().state,
+        JobState::Suspended
+    );
+
+    let doomed = suspended.with_status(status).deleting();
+    let mut released = doomed.clone();
+    released.metadata.finalizers = None;
+    let (res, _) = reconcile_once(
+        &client,
+        &doomed,
+        vec![Step::json(
+            Method::PATCH,
+            "/apis/lts.io/v1alpha1/namespaces/lts/jobs/nightly",
+            serde_json::to_value(&released).unwrap(),
+        )],
+    )
+    .await;
+    res.unwrap();
+    assert_eq!(
+        client.get(JobKey::Id(job_id)).await.unwrap().state,
+        JobState::Cancelled
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_tracker_is_an_error_and_a_condition() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let client = tracker.client();
+    tracker.proc.kill9();
+    let mail = job("mail").finalized();
+    let (res, calls) = reconcile_once(
+        &client,
+        &mail,
+        vec![Step::status(status_path("mail"), &mail)],
+    )
+    .await;
+    let err = res.unwrap_err();
+    assert!(matches!(err, Error::TrackerUnavailable(_)), "{err}");
+    let status: JobStatus = status_of(&calls[0]);
+    let c = conditions::find(&status.conditions, "Synced").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "TrackerUnavailable")
+    );
+}

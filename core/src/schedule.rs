@@ -61,7 +61,8 @@ fn to_utc(ms: i64) -> DateTime<Utc> {
 /// The first fire of a cron expression strictly after `after_ms`, in Unix epoch ms.
 ///
 /// Daylight-saving transitions follow the `cron` crate: times inside a spring-forward gap do
-/// not exist and are skipped; times in a fall-back overlap fire once per matching instant.
+/// not exist and are skipped that day; a time inside a fall-back overlap fires once, at the
+/// first (summer-time) instant (both proved by this module's tests).
 pub fn next_cron_fire(expression: &str, time_zone: Option<&str>, after_ms: i64) -> Option<i64> {
     let schedule = parse_cron(expression).ok()?;
     let after = to_utc(after_ms);
@@ -163,6 +164,9 @@ pub struct OverlapStep {
     /// Whether an instance runs for this fire (false: the fire was missed and the misfire
     /// policy skips it).
     pub run: bool,
+    /// The fire time the instance records: the fire itself, or for the one catch-up run of
+    /// missed fires the time it is claimed.
+    pub instance_fire_ms: i64,
     /// The definition's next fire; `None` when the schedule is exhausted.
     pub next_ms: Option<i64>,
 }
@@ -178,6 +182,7 @@ pub fn overlap_step(spec: &JobSpec, fire_ms: i64, fired: u64, now_ms: i64) -> Ov
         // With "now" at the fire itself, next_fire is the schedule alone.
         return OverlapStep {
             run: true,
+            instance_fire_ms: fire_ms,
             next_ms: next_fire(spec, fire_ms, fired, fire_ms),
         };
     }
@@ -185,7 +190,47 @@ pub fn overlap_step(spec: &JobSpec, fire_ms: i64, fired: u64, now_ms: i64) -> Ov
     skip.misfire_policy = crate::model::MisfirePolicy::Skip;
     OverlapStep {
         run: spec.misfire_policy == crate::model::MisfirePolicy::FireOnce,
+        instance_fire_ms: now_ms,
         next_ms: next_fire(&skip, fire_ms, fired, now_ms),
+    }
+}
+
+/// What a claim does with a recurring job that relies on its previous cycle and was due at
+/// `trigger_ms` (see [`late_fire`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateFire {
+    /// Claimed within [`MISFIRE_THRESHOLD_MS`] of its trigger: it runs as scheduled.
+    OnTime,
+    /// Missed (downtime, suspension, no free TaskTracker) with `FireOnce`: it runs now as the
+    /// one catch-up run, and counts as the fire of `now` — its next fire is the schedule's
+    /// first after now, so the missed fires are not run one by one.
+    CatchUp,
+    /// Missed with `Skip`: it does not run; it waits for `next_ms` (`None`: the schedule is
+    /// exhausted).
+    Skip {
+        /// The first fire after now.
+        next_ms: Option<i64>,
+    },
+}
+
+/// Decides what a claim at `now_ms` does with a recurring job relying on its previous cycle
+/// whose current fire `scheduled_ms` (the `fired`-th) became due at `trigger_ms` (later than
+/// the fire for a retry).
+pub fn late_fire(
+    spec: &JobSpec,
+    trigger_ms: i64,
+    scheduled_ms: i64,
+    fired: u64,
+    now_ms: i64,
+) -> LateFire {
+    if !spec.schedule.is_recurring() || trigger_ms >= now_ms - MISFIRE_THRESHOLD_MS {
+        return LateFire::OnTime;
+    }
+    match spec.misfire_policy {
+        crate::model::MisfirePolicy::FireOnce => LateFire::CatchUp,
+        crate::model::MisfirePolicy::Skip => LateFire::Skip {
+            next_ms: next_fire(spec, scheduled_ms, fired, now_ms),
+        },
     }
 }
 
@@ -363,6 +408,22 @@ mod tests {
     }
 
     #[test]
+    fn cron_in_the_fall_back_overlap() {
+        // 02:30 happens twice in Berlin on 2026-10-25 (clocks go back 03:00 -> 02:00): at
+        // 00:30 UTC (CEST) and 01:30 UTC (CET).
+        let first = next_cron_fire(
+            "0 30 2 * * *",
+            Some("Europe/Berlin"),
+            ms("2026-10-24T12:00:00Z"),
+        );
+        let second = first.and_then(|t| next_cron_fire("0 30 2 * * *", Some("Europe/Berlin"), t));
+        // The cron crate fires once, at the first of the two instants; the next fire is the
+        // next day's 02:30 (CET).
+        assert_eq!(first, Some(ms("2026-10-25T00:30:00Z")));
+        assert_eq!(second, Some(ms("2026-10-26T01:30:00Z")));
+    }
+
+    #[test]
     fn repeat_counts_and_misfires() {
         let mut spec = JobSpec::new("t", "g").schedule(Schedule::Repeat {
             interval_ms: 1000,
@@ -432,9 +493,10 @@ mod tests {
         // Claimed on time, or a little late: it runs, the schedule goes on from it.
         assert_eq!(step(&spec, 5_000, 1, 5_010), (true, Some(6_000)));
         assert_eq!(step(&spec, 5_000, 1, 5_900), (true, Some(6_000)));
-        // Claimed long after (downtime): this fire is the one catch-up run, and the schedule
-        // continues after now — not a run per missed fire.
+        // Claimed long after (downtime): this fire is the one catch-up run, recorded as fired
+        // now, and the schedule continues after now — not a run per missed fire.
         assert_eq!(step(&spec, 5_000, 1, 60_500), (true, Some(61_000)));
+        assert_eq!(overlap_step(&spec, 5_000, 1, 60_500).instance_fire_ms, 60_500);
         let mut skip = spec.clone();
         skip.misfire_policy = crate::model::MisfirePolicy::Skip;
         assert_eq!(step(&skip, 5_000, 1, 60_500), (false, Some(61_000)));
@@ -446,6 +508,31 @@ mod tests {
             ("t~5000", &Schedule::Now)
         );
         assert!(fires_overlapping_instances(&spec) && !fires_overlapping_instances(&i));
+    }
+
+    #[test]
+    fn late_fires_of_sequential_jobs_catch_up_once_or_skip() {
+        let mut spec = JobSpec::new("t", "g").schedule(Schedule::Repeat {
+            interval_ms: 1000,
+            count: -1,
+            first_fire_ms: None,
+        });
+        spec.rely_on_prev_cycle = true;
+        assert_eq!(late_fire(&spec, 5_000, 5_000, 1, 5_900), LateFire::OnTime);
+        // A retry is due at its own time, later than its fire.
+        assert_eq!(late_fire(&spec, 9_000, 5_000, 1, 9_100), LateFire::OnTime);
+        assert_eq!(late_fire(&spec, 5_000, 5_000, 1, 60_500), LateFire::CatchUp);
+        spec.misfire_policy = MisfirePolicy::Skip;
+        assert_eq!(
+            late_fire(&spec, 5_000, 5_000, 1, 60_500),
+            LateFire::Skip {
+                next_ms: Some(61_000)
+            }
+        );
+        assert_eq!(
+            late_fire(&JobSpec::new("o", "g"), 5_000, 5_000, 1, 60_500),
+            LateFire::OnTime
+        );
     }
 
     #[test]

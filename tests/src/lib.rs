@@ -147,8 +147,17 @@ impl TrackerProc {
     }
 
     /// Kills it (`kill -9`) and starts it again on the same port and store.
-    pub async fn restart_after_kill9(mut self) -> anyhow::Result<TrackerProc> {
+    pub async fn restart_after_kill9(self) -> anyhow::Result<TrackerProc> {
+        self.restart_after_kill9_after(Duration::ZERO).await
+    }
+
+    /// Kills it (`kill -9`), waits `down_for`, and starts it again on the same port and store.
+    pub async fn restart_after_kill9_after(
+        mut self,
+        down_for: Duration,
+    ) -> anyhow::Result<TrackerProc> {
         self.proc.kill9();
+        tokio::time::sleep(down_for).await;
         let port: u16 = self.addr.rsplit(':').next().unwrap_or("0").parse()?;
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         TrackerProc::start_on(&self.dir, port, &extra).await

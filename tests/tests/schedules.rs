@@ -290,3 +290,72 @@ async fn relying_on_the_previous_cycle_never_overlaps() {
     assert_eq!(most, 1, "a run started before the previous one ended");
     assert_eq!(fires.len(), 4);
 }
+
+/// Every fire of a cron job runs once across a `kill -9` of the tracker: none doubled, and the
+/// fires missed while it was down come back as at most one catch-up run.
+#[tokio::test]
+async fn a_tracker_crash_neither_doubles_nor_bursts_cron_fires() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let fires: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let f = fires.clone();
+    let stop = CancellationToken::new();
+    let tt = TaskTracker::builder()
+        .node_group("every-second")
+        .tracker(tracker.addr.clone())
+        .threads(4)
+        .runner(move |ctx: JobContext| {
+            let f = f.clone();
+            async move {
+                f.lock().unwrap().extend(ctx.job.scheduled_fire_ms);
+                RunResult::success("")
+            }
+        })
+        .build()
+        .unwrap();
+    let h = tokio::spawn(tt.run_until_cancelled(stop.clone()));
+    let id = accepted(
+        &tracker
+            .client()
+            .submit(
+                JobSpec::new("tick", "every-second").schedule(Schedule::Cron {
+                    expression: "* * * * * *".into(),
+                    time_zone: None,
+                }),
+            )
+            .await
+            .unwrap(),
+    );
+    let count = || fires.lock().unwrap().len();
+    eventually(T, "three fires", || async { (count() >= 3).then_some(()) })
+        .await
+        .unwrap();
+    let before = count();
+    let tracker = tracker
+        .restart_after_kill9_after(Duration::from_millis(3_500))
+        .await
+        .unwrap();
+    eventually(T, "fires after the restart", || async {
+        (count() >= before + 3).then_some(())
+    })
+    .await
+    .unwrap();
+    tracker.client().cancel(JobKey::Id(id)).await.unwrap();
+    stop.cancel();
+    h.await.unwrap();
+    let mut fires = fires.lock().unwrap().clone();
+    let n = fires.len();
+    fires.sort();
+    fires.dedup();
+    assert_eq!(fires.len(), n, "a fire ran twice: {fires:?}");
+    // On the seconds grid, except for the one catch-up fire after the downtime.
+    let off_grid = fires.iter().filter(|t| *t % 1000 != 0).count();
+    assert!(off_grid <= 1, "more than one catch-up fire: {fires:?}");
+    // The 3.5 s of downtime cost at most one run per missed second beyond the catch-up:
+    // never a burst of catch-up runs at the restart.
+    let gaps: Vec<i64> = fires.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().filter(|g| **g < 900).count() <= 1,
+        "fires bunched up after the restart: {fires:?}"
+    );
+}

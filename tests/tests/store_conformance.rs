@@ -831,6 +831,94 @@ pub async fn overlapping_instances(store: Arc<dyn JobStore>) {
     );
 }
 
+/// Four months of a daily 03:00 Europe/Berlin cron job, sequential and overlapping, driven by
+/// the store's clock argument (months of schedule in milliseconds): one run per day at 03:00
+/// local time across the spring-forward change, and after three days of downtime one catch-up
+/// run, never a burst.
+pub async fn months_of_a_daily_cron(store: Arc<dyn JobStore>) {
+    let tz: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+    let start = chrono::DateTime::parse_from_rfc3339("2026-02-01T00:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    let daily = |task: &str, rely: bool| {
+        let mut spec = JobSpec::new(task, "cal").schedule(Schedule::Cron {
+            expression: "0 0 3 * * *".into(),
+            time_zone: Some("Europe/Berlin".into()),
+        });
+        spec.rely_on_prev_cycle = rely;
+        spec
+    };
+    store
+        .submit(vec![daily("seq", true), daily("ovl", false)], start)
+        .await
+        .unwrap();
+    const DAYS: i64 = 120;
+    const DOWN: std::ops::Range<i64> = 60..63;
+    let mut runs: Vec<(String, i64, i64)> = Vec::new(); // (definition task, fire, claimed at)
+    for day in 0..DAYS {
+        if DOWN.contains(&day) {
+            continue; // the cluster is down: nobody claims
+        }
+        // A little after 03:00 local time that day.
+        let date = chrono::DateTime::from_timestamp_millis(start + day * 86_400_000)
+            .unwrap()
+            .with_timezone(&tz)
+            .date_naive();
+        let local = date.and_hms_opt(3, 0, 0).unwrap();
+        let fire = chrono::TimeZone::from_local_datetime(&tz, &local)
+            .single()
+            .unwrap()
+            .timestamp_millis();
+        let now = fire + 50;
+        for l in store.claim(claim("cal", "w", 10, now)).await.unwrap() {
+            let def = l.job.spec.task_id.split('~').next().unwrap().to_string();
+            runs.push((def, l.job.scheduled_fire_ms.unwrap(), now));
+            let r = store
+                .complete(done(&l.job.job_id, &l.token, Outcome::Success, now + 100))
+                .await
+                .unwrap();
+            assert!(matches!(r, CompleteOutcome::Accepted { .. }), "{r:?}");
+        }
+        assert!(
+            store
+                .claim(claim("cal", "w", 10, now + 200))
+                .await
+                .unwrap()
+                .is_empty(),
+            "day {day}: a second run the same day"
+        );
+    }
+    for task in ["seq", "ovl"] {
+        let mine: Vec<&(String, i64, i64)> = runs.iter().filter(|r| r.0 == task).collect();
+        assert_eq!(
+            mine.len() as i64,
+            DAYS - (DOWN.end - DOWN.start),
+            "{task}: one run per day the cluster was up, the first after the downtime being \
+             the catch-up"
+        );
+        for (_, fire, claimed) in &mine {
+            assert!(claimed - fire < 86_400_000, "{task}: ran a day late");
+        }
+        // Every on-time run fired at 03:00 local time, in winter (UTC+1) and summer (UTC+2).
+        let on_time: Vec<i64> = mine
+            .iter()
+            .filter(|(_, fire, claimed)| claimed - fire <= 1_000)
+            .map(|(_, fire, _)| *fire)
+            .collect();
+        assert!(on_time.len() as i64 >= DAYS - (DOWN.end - DOWN.start) - 1);
+        for fire in &on_time {
+            let local = chrono::DateTime::from_timestamp_millis(*fire)
+                .unwrap()
+                .with_timezone(&tz);
+            assert_eq!(
+                local.format("%H:%M:%S").to_string(),
+                "03:00:00",
+                "{task}: fired at {local}"
+            );
+        }
+    }
+}
+
 /// Every case, by name.
 macro_rules! for_each_case {
     ($m:ident) => {
@@ -845,7 +933,8 @@ macro_rules! for_each_case {
             feedback_until_acknowledged,
             master_fence,
             suspend_and_resume,
-            overlapping_instances
+            overlapping_instances,
+            months_of_a_daily_cron
         );
     };
 }

@@ -470,6 +470,103 @@ impl MongoStore {
         }
     }
 
+    /// For a just-claimed recurring job relying on its previous cycle, whose first attempt
+    /// at a fire was claimed late: the misfire policy ([`schedule::late_fire`]). `FireOnce`
+    /// runs it as the fire of now (so its completion does not queue another catch-up);
+    /// `Skip` gives the lease back and queues it for its next fire (`Some(None)`: nothing to
+    /// hand out). `def` is the job as it was before the claim.
+    async fn late_sequential_fire(
+        &self,
+        def: &Document,
+        job: Job,
+        req: &ClaimRequest,
+        token: &str,
+    ) -> StoreResult<Option<Option<Document>>> {
+        if job.attempt != 0 {
+            return Ok(None); // a retry keeps its fire
+        }
+        let now = req.now_ms;
+        let fire = job.scheduled_fire_ms.unwrap_or(job.trigger_time_ms);
+        let late = schedule::late_fire(
+            &job.spec,
+            job.trigger_time_ms,
+            fire,
+            job.fire_count.max(1),
+            now,
+        );
+        let guard = doc! {
+            "_id": &job.job_id,
+            "lease_token": token,
+            "state": JobState::Running.code(),
+        };
+        let (update, note) = match late {
+            schedule::LateFire::OnTime => return Ok(None),
+            schedule::LateFire::CatchUp => (
+                doc! { "$set": { "scheduled_fire": now } },
+                format!(
+                    "missed fire {}: one catch-up run now",
+                    lts_core::format_ms(fire)
+                ),
+            ),
+            schedule::LateFire::Skip {
+                next_ms: Some(next),
+            } => (
+                doc! {
+                    "$set": {
+                        "state": JobState::Queued.code(),
+                        "trigger_time": next,
+                        "scheduled_fire": next,
+                        "attempt": 0i64,
+                        "updated_at": now,
+                    },
+                    "$inc": { "fire_count": 1i64, "rev": 1i64 },
+                    "$unset": unset_lease(),
+                },
+                format!(
+                    "skipped the missed fire {}; next fire {}",
+                    lts_core::format_ms(fire),
+                    lts_core::format_ms(next)
+                ),
+            ),
+            schedule::LateFire::Skip { next_ms: None } => (
+                doc! {
+                    "$set": {
+                        "state": JobState::Succeeded.code(),
+                        "done": &job.job_id,
+                        "finished_at": now,
+                        "attempt": 0i64,
+                        "last_message": "schedule complete",
+                        "updated_at": now,
+                    },
+                    "$inc": { "rev": 1i64 },
+                    "$unset": unset_lease(),
+                },
+                format!(
+                    "skipped the missed fire {}, the last of its schedule",
+                    lts_core::format_ms(fire)
+                ),
+            ),
+        };
+        let catch_up = matches!(late, schedule::LateFire::CatchUp);
+        // The catch-up keeps its lease and revision (the completion's guard).
+        self.jobs.update_one(guard, update).await?;
+        self.append_log(vec![job_log_doc(
+            &job,
+            now,
+            LogType::Update,
+            LogLevel::Info,
+            &note,
+            "",
+        )])
+        .await;
+        if catch_up {
+            let mut d = def.clone();
+            d.insert("scheduled_fire", now);
+            return Ok(Some(Some(d)));
+        }
+        Ok(Some(None))
+    }
+
     /// For a definition just leased by a claim whose instances overlap
     /// ([`lts_core::schedule::fires_overlapping_instances`]): inserts the instance of its due
     /// fire, leased with the claim's token, and moves the definition on to its next fire (or
@@ -487,13 +584,13 @@ impl MongoStore {
     ) -> StoreResult<Option<Option<Document>>> {
         let job = decode(def)?;
         if !schedule::fires_overlapping_instances(&job.spec) {
-            return Ok(None);
+            return self.late_sequential_fire(def, job, req, token).await;
         }
         let now = req.now_ms;
         let fire = job.scheduled_fire_ms.unwrap_or(job.trigger_time_ms);
         let fired = job.fire_count.max(1);
         let step = schedule::overlap_step(&job.spec, fire, fired, now);
-        let inst = schedule::instance_spec(&job.spec, fire);
+        let inst = schedule::instance_spec(&job.spec, step.instance_fire_ms);
         let inst_id = uuid::Uuid::now_v7().simple().to_string();
         let mut inst_doc = doc! {
             "_id": &inst_id,
@@ -505,7 +602,7 @@ impl MongoStore {
             "trigger_time": job.trigger_time_ms,
             "attempt": 1i64,
             "fire_count": fired as i64,
-            "scheduled_fire": fire,
+            "scheduled_fire": step.instance_fire_ms,
             "created_at": now,
             "updated_at": now,
             "rev": 0i64,

@@ -255,14 +255,14 @@ fn fire_instance(
     let spec: JobSpec = serde_json::from_str(&def.spec)
         .map_err(|e| StoreError::Corrupt(format!("job {}: spec: {e}", def.job_id)))?;
     if !schedule::fires_overlapping_instances(&spec) {
-        return Ok(None);
+        return late_sequential_fire(conn, seq, def, &spec, req);
     }
     let now = req.now_ms;
     let fire = def.scheduled_fire.unwrap_or(def.trigger_time);
     let fired = def.fire_count.max(1) as u64;
     let group = &spec.task_tracker_node_group;
     let step = schedule::overlap_step(&spec, fire, fired, now);
-    let inst = schedule::instance_spec(&spec, fire);
+    let inst = schedule::instance_spec(&spec, step.instance_fire_ms);
     let inst_id = new_job_id();
     let text = encode_spec(&inst)?;
     let inserted = if !step.run {
@@ -282,7 +282,7 @@ fn fire_instance(
             inst.priority,
             def.trigger_time,
             fired as i64,
-            fire,
+            step.instance_fire_ms,
             now,
             def.lease_owner,
             def.lease_token,
@@ -366,6 +366,96 @@ fn fire_instance(
         ))?
         .query_row([&inst_id], |r| Ok((r.get(17)?, RawJob::from_row(r)?)))?;
     Ok(Some(row))
+}
+
+/// For a just-claimed recurring job relying on its previous cycle, whose first attempt at a
+/// fire was claimed late: the misfire policy ([`schedule::late_fire`]). `FireOnce` runs it as
+/// the fire of now (so its completion does not queue another catch-up); `Skip` gives the
+/// lease back and queues it for its next fire (`(0, _)`: nothing to hand out).
+fn late_sequential_fire(
+    conn: &Connection,
+    seq: i64,
+    job: &RawJob,
+    spec: &JobSpec,
+    req: &ClaimRequest,
+) -> StoreResult<Option<(i64, RawJob)>> {
+    if job.attempt != 1 {
+        return Ok(None); // a retry keeps its fire
+    }
+    let now = req.now_ms;
+    let fire = job.scheduled_fire.unwrap_or(job.trigger_time);
+    let group = &spec.task_tracker_node_group;
+    let late = schedule::late_fire(
+        spec,
+        job.trigger_time,
+        fire,
+        job.fire_count.max(1) as u64,
+        now,
+    );
+    let note = match late {
+        schedule::LateFire::OnTime => return Ok(None),
+        schedule::LateFire::CatchUp => {
+            conn.prepare_cached("UPDATE jobs SET scheduled_fire = ?2 WHERE seq = ?1")?
+                .execute(params![seq, now])?;
+            log_line(
+                conn,
+                &job.job_id,
+                &job.task_id,
+                group,
+                now,
+                LogType::Update,
+                LogLevel::Info,
+                &format!(
+                    "missed fire {}: one catch-up run now",
+                    lts_core::format_ms(fire)
+                ),
+                0,
+                "",
+            )?;
+            let mut caught_up = job.clone();
+            caught_up.scheduled_fire = Some(now);
+            return Ok(Some((seq, caught_up)));
+        }
+        schedule::LateFire::Skip {
+            next_ms: Some(next),
+        } => {
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 1, lease_owner = NULL, lease_token = NULL,
+                     lease_expiry = NULL, attempt = 0, trigger_time = ?2, scheduled_fire = ?2,
+                     fire_count = fire_count + 1, updated_at = ?3
+                 WHERE seq = ?1",
+            )?
+            .execute(params![seq, next, now])?;
+            format!(
+                "skipped the missed fire {}; next fire {}",
+                lts_core::format_ms(fire),
+                lts_core::format_ms(next)
+            )
+        }
+        schedule::LateFire::Skip { next_ms: None } => {
+            let mut done = job.clone().decode()?;
+            done.attempt = 0;
+            done.last_message = Some("schedule complete".into());
+            finish_job(conn, seq, done, JobState::Succeeded, now)?;
+            format!(
+                "skipped the missed fire {}, the last of its schedule",
+                lts_core::format_ms(fire)
+            )
+        }
+    };
+    log_line(
+        conn,
+        &job.job_id,
+        &job.task_id,
+        group,
+        now,
+        LogType::Update,
+        LogLevel::Info,
+        &note,
+        0,
+        "",
+    )?;
+    Ok(Some((0, job.clone())))
 }
 
 fn new_job_id() -> String {
@@ -797,7 +887,8 @@ impl JobStore for SqliteStore {
                 drop(stmt);
                 // A recurring job with overlapping instances is not run itself: the instance of
                 // its due fire is created and leased in its place, and it moves on to its next
-                // fire (or finishes) in the same transaction.
+                // fire (or finishes) in the same transaction. A missed fire of any recurring
+                // job follows its misfire policy.
                 for (seq, raw) in rows.iter_mut() {
                     // A cheap test first: only cron and repeat specs are parsed.
                     if (raw.spec.contains("\"type\":\"cron\"")

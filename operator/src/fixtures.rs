@@ -283,6 +283,25 @@ impl TrackerApi for FakeTracker {
         Ok(self.nodes.lock().unwrap().clone().unwrap_or_default())
     }
 
+    async fn list(
+        &self,
+        query: lts_worker_sdk::ListQuery,
+    ) -> Result<(Vec<lts_core::Job>, Option<String>), ClientError> {
+        self.record("list".into())?;
+        let mut jobs: Vec<lts_core::Job> = self
+            .jobs()
+            .into_iter()
+            .filter(|j| {
+                query
+                    .submit_node_group
+                    .as_ref()
+                    .is_none_or(|g| *g == j.spec.submit_node_group)
+            })
+            .collect();
+        jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        Ok((jobs, None))
+    }
+
     async fn watch(&self, _filter: JobWatchFilter) -> Result<Option<EventStream>, ClientError> {
         Ok(None)
     }

@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use lts_core::proto::ListNodesResponse;
 use lts_core::{Job, JobKey, JobSpec};
-use lts_worker_sdk::{ClientError, JobClient, SubmitAnswer};
+use lts_worker_sdk::{ClientError, JobClient, ListQuery, SubmitAnswer, WatchEvent, WatchFilter};
 
 /// Which jobs a watch reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,6 +49,8 @@ pub trait TrackerApi: Send + Sync + 'static {
     async fn resume(&self, key: JobKey) -> Result<Job, ClientError>;
     /// The cluster's nodes as the answering tracker sees them.
     async fn nodes(&self) -> Result<ListNodesResponse, ClientError>;
+    /// One page of jobs; the second value continues the listing.
+    async fn list(&self, query: ListQuery) -> Result<(Vec<Job>, Option<String>), ClientError>;
     /// A watch of job changes, or `None` when the trackers cannot stream them.
     async fn watch(&self, filter: JobWatchFilter) -> Result<Option<EventStream>, ClientError>;
 }
@@ -84,10 +87,27 @@ impl TrackerApi for JobClient {
         JobClient::nodes(self).await
     }
 
-    async fn watch(&self, _filter: JobWatchFilter) -> Result<Option<EventStream>, ClientError> {
-        // The SDK has no job watch yet: the Job controller falls back to requeueing
-        // unfinished jobs at a modest interval.
-        Ok(None)
+    async fn list(&self, query: ListQuery) -> Result<(Vec<Job>, Option<String>), ClientError> {
+        JobClient::list(self, query).await
+    }
+
+    async fn watch(&self, filter: JobWatchFilter) -> Result<Option<EventStream>, ClientError> {
+        let watch = JobClient::watch(
+            self,
+            WatchFilter {
+                task_tracker_node_group: filter.task_tracker_node_group,
+                submit_node_group: filter.submit_node_group,
+                task_id_prefix: filter.task_id_prefix,
+            },
+        );
+        let events = futures::stream::unfold(watch, |mut watch| async move {
+            let event = match watch.next().await? {
+                WatchEvent::Changed(job) => TrackerEvent::Changed(job),
+                WatchEvent::Resync { .. } => TrackerEvent::Resync,
+            };
+            Some((event, watch))
+        });
+        Ok(Some(events.boxed()))
     }
 }
 

@@ -248,3 +248,72 @@ async fn a_killed_tracker_is_an_error_and_a_condition() {
         ("False", "TrackerUnavailable")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watch_follows_operator_jobs_without_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let client = tracker.client();
+    let watches = Arc::new(Watches::default());
+    let mut trigger = Box::pin(watches.take_trigger().unwrap());
+    let address = "tracker.lts.svc:7070";
+    watches.ensure(address, Arc::new(client.clone()));
+    lts_tests::eventually(Duration::from_secs(10), "the watch to stream", || async {
+        watches.is_live(address).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // A job of someone else is not reported; the operator's job is, with its state.
+    client
+        .submit(lts_core::JobSpec::new("not-ours", "mailers"))
+        .await
+        .unwrap();
+    let spec = convert::to_lts_spec(&job("mail")).unwrap();
+    let job_id = client
+        .submit(spec)
+        .await
+        .unwrap()
+        .job_id()
+        .unwrap()
+        .to_string();
+    let first = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut trigger),
+    )
+    .await
+    .expect("a change of the operator's job")
+    .unwrap();
+    assert_eq!(
+        (first.name.as_str(), first.namespace.as_deref()),
+        ("mail", Some("lts"))
+    );
+
+    let mut cmd = std::process::Command::new(bin("lts-worker"));
+    cmd.args([
+        "--tracker",
+        &tracker.addr,
+        "--node-group",
+        "mailers",
+        "--threads",
+        "1",
+    ])
+    .args(["--exec", "exit 0"]);
+    let _worker = Proc::spawn(cmd, dir.path().join("worker.log")).unwrap();
+    let mut seen = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            futures::StreamExt::next(&mut trigger).await.unwrap();
+            if let Some(j) = watches.take_observed(&job_id) {
+                seen.push(j.state);
+                if j.state == JobState::Succeeded {
+                    return j;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no Succeeded change from the watch; saw {seen:?}"));
+    assert_eq!(done.spec.params[convert::PARAM_NAME], "mail");
+    watches.stop();
+}

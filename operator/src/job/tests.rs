@@ -367,3 +367,23 @@ async fn watch_events_route_to_their_resource() {
     assert!(watches.take_observed("J7").is_some());
     assert!(watches.take_observed("J7").is_none());
 }
+
+#[tokio::test]
+async fn a_watched_change_is_mirrored_without_asking_the_tracker() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (_, status) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    let calls_before = tracker.ops().len();
+    let mut running = tracker.jobs()[0].clone();
+    running.state = JobState::Running;
+    running.attempt = 1;
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    ctx.watches.route(running);
+    let obj = job("mail").finalized().with_status(status);
+    let verifier = api.run(vec![Step::status(JOB_STATUS, &obj)]);
+    run(obj, ctx).await.unwrap();
+    let calls = finish(verifier).await;
+    let mirrored: JobStatus = status_of(&calls[0]);
+    assert_eq!(mirrored.phase, Some(JobPhase::Running));
+    assert_eq!(mirrored.attempts, Some(1));
+    assert_eq!(tracker.ops().len(), calls_before, "no tracker call");
+}

@@ -1,8 +1,9 @@
 //! Job watches: one per cluster (tracker address), started on the first Job reconciled for
 //! it. Each change of an operator-submitted job is kept for the next reconcile (which then
-//! needs no `Get`) and triggers a reconcile of its resource; a resync re-reconciles the
-//! unfinished Jobs of the cluster's namespace. Status follows the trackers by subscription,
-//! not by polling each job.
+//! needs no `Get`) and triggers a reconcile of its resource. On a resync (the stream
+//! (re)connected and may have missed changes) one paginated `List` by the operator's submit
+//! group re-reads them all. Status follows the trackers by subscription, not by polling each
+//! job.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +19,12 @@ use tokio_util::sync::CancellationToken;
 use super::convert::{self, SUBMIT_NODE_GROUP};
 use crate::crd::Job;
 use crate::tracker::{JobWatchFilter, TrackerApi, TrackerEvent};
+use lts_worker_sdk::ListQuery;
 
 type Trigger = mpsc::UnboundedSender<ObjectRef<Job>>;
+
+/// At most this many job states wait for their reconcile.
+const MAX_OBSERVED: usize = 10_000;
 
 /// The job watches of every cluster the operator has submitted to.
 pub struct Watches {
@@ -132,13 +137,13 @@ impl Watches {
                         };
                         match ev {
                             Some(TrackerEvent::Changed(job)) => self.route(*job),
-                            Some(TrackerEvent::Resync) => self.resync(&address),
+                            Some(TrackerEvent::Resync) => self.resync(&address, &*tracker).await,
                             None => break,
                         }
                     }
                     live.store(false, Ordering::Relaxed);
-                    // Changes may be missed until the next stream: re-read now and then.
-                    self.resync(&address);
+                    // Changes may be missed until the next stream: re-reconcile what we track.
+                    self.requeue_namespace(&address);
                 }
                 Err(e) => {
                     tracing::warn!(tracker = %address, error = %e, retry_in = ?delay, "job watch failed");
@@ -157,16 +162,57 @@ impl Watches {
         let Some((ns, name)) = convert::resource_of(&job) else {
             return;
         };
-        self.observed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(job.job_id.clone(), job);
+        {
+            let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+            // Entries of resources that are gone are never taken: keep the cache bounded.
+            if observed.len() >= MAX_OBSERVED {
+                observed.clear();
+            }
+            observed.insert(job.job_id.clone(), job);
+        }
         let _ = self.tx.send(ObjectRef::new(&name).within(&ns));
+    }
+
+    /// Re-reads every operator-submitted job of the cluster at `address` (one paginated
+    /// `List` by submit group) and routes each, so changes missed while the stream was away
+    /// reach their resources. Falls back to re-reconciling the namespace's unfinished Jobs
+    /// when the list fails.
+    async fn resync(&self, address: &str, tracker: &dyn TrackerApi) {
+        let mut token = None;
+        let mut routed = 0usize;
+        loop {
+            let page = tracker
+                .list(ListQuery {
+                    submit_node_group: Some(SUBMIT_NODE_GROUP.into()),
+                    page_size: 500,
+                    page_token: token.take(),
+                    ..ListQuery::default()
+                })
+                .await;
+            match page {
+                Ok((jobs, next)) => {
+                    routed += jobs.len();
+                    for job in jobs {
+                        self.route(job);
+                    }
+                    match next {
+                        Some(t) => token = Some(t),
+                        None => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(tracker = %address, error = %e, "resync list failed; re-reconciling the namespace's Jobs");
+                    self.requeue_namespace(address);
+                    return;
+                }
+            }
+        }
+        tracing::debug!(tracker = %address, jobs = routed, "resynced");
     }
 
     /// Triggers a reconcile of every unfinished Job in the namespace of the cluster at
     /// `address` (`name.namespace.svc:port`).
-    fn resync(&self, address: &str) {
+    fn requeue_namespace(&self, address: &str) {
         let Some(store) = self.jobs.get() else {
             return;
         };

@@ -25,6 +25,9 @@ pub enum Error {
     /// The object lacks a field the API server always sets (namespace, uid).
     #[error("object is missing {0}")]
     MissingField(&'static str),
+    /// The CustomResourceDefinitions are not installed in the cluster.
+    #[error("{0}")]
+    CrdsNotInstalled(String),
 }
 
 impl Error {
@@ -37,6 +40,7 @@ impl Error {
             Error::Tracker(_) => "tracker",
             Error::Serialize(_) => "serialize",
             Error::MissingField(_) => "missing_field",
+            Error::CrdsNotInstalled(_) => "crds_not_installed",
         }
     }
 }

@@ -484,3 +484,42 @@ pub fn status_of<T: serde::de::DeserializeOwned>(call: &Call) -> T {
     );
     serde_json::from_value(call.body["status"].clone()).expect("status")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn missing_crds_stop_the_operator_with_one_clear_message() {
+        let (ctx, api) = context(&[], Arc::new(FakeTracker::default()));
+        let verifier = api.run(vec![
+            Step::error(
+                Method::GET,
+                "/apis/lts.io/v1alpha1/nodegroups",
+                404,
+                "NotFound",
+            ),
+            Step::error(Method::GET, "/apis/lts.io/v1alpha1/jobs", 404, "NotFound"),
+        ]);
+        let err = crate::check_crds(&ctx.client).await.unwrap_err();
+        finish(verifier).await;
+        let msg = err.to_string();
+        assert!(
+            msg.contains("nodegroups.lts.io, jobs.lts.io are not installed"),
+            "{msg}"
+        );
+        assert!(msg.contains("kubectl apply -f crds/"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn installed_crds_pass_the_check() {
+        let (ctx, api) = context(&[], Arc::new(FakeTracker::default()));
+        let empty = |kind: &str| json!({"apiVersion": "meta.k8s.io/v1", "kind": format!("PartialObjectMetadataList"), "metadata": {}, "items": [], "x": kind});
+        let verifier = api.run(vec![
+            Step::json(Method::GET, "/apis/lts.io/v1alpha1/nodegroups", empty("ng")),
+            Step::json(Method::GET, "/apis/lts.io/v1alpha1/jobs", empty("job")),
+        ]);
+        crate::check_crds(&ctx.client).await.unwrap();
+        finish(verifier).await;
+    }
+}

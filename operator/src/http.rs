@@ -74,3 +74,67 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let code = out.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, out)
+    }
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let _t = crate::metrics::ReconcileTimer::start("job");
+        });
+        let health = Arc::new(Health::default());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        let server = tokio::spawn(serve(
+            addr,
+            router(Some(handle), health.clone()),
+            async move { s.cancelled().await },
+        ));
+        let mut tries = 0;
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            tries += 1;
+            assert!(tries < 100, "server did not start");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        assert_eq!(get(addr, "/readyz").await.0, 503);
+        health.set_ready(true);
+        assert_eq!(get(addr, "/readyz").await.0, 200);
+        let (code, body) = get(addr, "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(
+            body.contains("lts_operator_reconciles_total{controller=\"job\"} 1"),
+            "{body}"
+        );
+        assert!(
+            body.contains("lts_operator_reconcile_duration_seconds"),
+            "{body}"
+        );
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+}

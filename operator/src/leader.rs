@@ -281,4 +281,97 @@ mod tests {
         let first = next_spec(None, Decision::Take, &cfg("a"), now);
         assert_eq!(first.lease_transitions, Some(0));
     }
+
+    mod api {
+        use super::*;
+        use crate::fixtures::{FakeTracker, Step, context, finish};
+        use http::Method;
+        use serde_json::json;
+        use std::sync::Arc;
+
+        const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/lts/leases/lts-operator";
+
+        fn elector() -> (Elector, crate::fixtures::ApiServerVerifier) {
+            let (ctx, api) = context(&[], Arc::new(FakeTracker::default()));
+            (Elector::new(ctx.client.clone(), cfg("me")), api)
+        }
+
+        fn lease(holder: &str, renewed: Timestamp) -> serde_json::Value {
+            json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "lts-operator", "namespace": "lts", "resourceVersion": "7"},
+                "spec": serde_json::to_value(held_by(holder, renewed)).unwrap(),
+            })
+        }
+
+        #[tokio::test]
+        async fn creates_a_missing_lease() {
+            let (e, api) = elector();
+            let v = api.run(vec![
+                Step::error(Method::GET, LEASE, 404, "NotFound"),
+                Step::echo(
+                    Method::POST,
+                    "/apis/coordination.k8s.io/v1/namespaces/lts/leases",
+                ),
+            ]);
+            assert!(e.try_hold().await.unwrap());
+            let calls = finish(v).await;
+            assert_eq!(calls[1].body["spec"]["holderIdentity"], "me");
+        }
+
+        #[tokio::test]
+        async fn waits_while_another_replica_renews() {
+            let (e, api) = elector();
+            let v = api.run(vec![Step::json(
+                Method::GET,
+                LEASE,
+                lease("other", Timestamp::now()),
+            )]);
+            assert!(!e.try_hold().await.unwrap());
+            finish(v).await;
+        }
+
+        #[tokio::test]
+        async fn takes_an_expired_lease_with_its_resource_version() {
+            let (e, api) = elector();
+            let stale = Timestamp::now() - SignedDuration::from_secs(60);
+            let v = api.run(vec![
+                Step::json(Method::GET, LEASE, lease("other", stale)),
+                Step::echo(Method::PUT, LEASE),
+            ]);
+            assert!(e.try_hold().await.unwrap());
+            let calls = finish(v).await;
+            assert_eq!(calls[1].body["metadata"]["resourceVersion"], "7");
+            assert_eq!(calls[1].body["spec"]["holderIdentity"], "me");
+            assert_eq!(calls[1].body["spec"]["leaseTransitions"], 4);
+        }
+
+        #[tokio::test]
+        async fn a_conflicting_write_loses() {
+            let (e, api) = elector();
+            let stale = Timestamp::now() - SignedDuration::from_secs(60);
+            let v = api.run(vec![
+                Step::json(Method::GET, LEASE, lease("other", stale)),
+                Step::error(Method::PUT, LEASE, 409, "Conflict"),
+            ]);
+            assert!(!e.try_hold().await.unwrap());
+            finish(v).await;
+        }
+
+        #[tokio::test]
+        async fn release_clears_the_holder() {
+            let (e, api) = elector();
+            let v = api.run(vec![
+                Step::json(Method::GET, LEASE, lease("me", Timestamp::now())),
+                Step::echo(Method::PUT, LEASE),
+            ]);
+            e.release().await;
+            let calls = finish(v).await;
+            assert!(
+                calls[1].body["spec"]
+                    .get("holderIdentity")
+                    .is_none_or(|h| h.is_null())
+            );
+        }
+    }
 }

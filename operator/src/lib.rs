@@ -87,6 +87,39 @@ impl Context {
     }
 }
 
+/// Checks that the API server serves both CRDs: a missing CRD is
+/// [`Error::CrdsNotInstalled`] with one message saying how to install them; any other failure
+/// is the API error itself.
+pub async fn check_crds(client: &Client) -> Result<()> {
+    use kube::CustomResourceExt;
+    use kube::api::{Api, ListParams};
+    let lp = ListParams::default().limit(1);
+    let mut missing = Vec::new();
+    match Api::<crd::NodeGroup>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => missing.push(crd::NodeGroup::crd_name()),
+        Err(e) => return Err(e.into()),
+    }
+    match Api::<crd::Job>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => missing.push(crd::Job::crd_name()),
+        Err(e) => return Err(e.into()),
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::CrdsNotInstalled(format!(
+        "the CRDs {} are not installed: install them with `kubectl apply -f crds/` (or the Helm chart charts/lts) and start the operator again",
+        missing.join(", ")
+    )))
+}
+
 /// The CustomResourceDefinitions of this crate, in a stable order.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>

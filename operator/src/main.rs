@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use kube::api::{Api, ListParams};
+use kube::Client;
+use kube::api::Api;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Client, CustomResourceExt};
-use lts_operator::crd::{Job, NodeGroup};
+use lts_operator::crd::NodeGroup;
 use lts_operator::http::{self, Health};
 use lts_operator::leader::{Elector, LeaseConfig};
 use lts_operator::nodegroup::BuildConfig;
@@ -83,43 +83,6 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// Fails with one clear message unless both CRDs are served.
-async fn check_crds(client: &Client) -> anyhow::Result<()> {
-    let lp = ListParams::default().limit(1);
-    let mut missing = Vec::new();
-    if let Err(e) = Api::<NodeGroup>::all(client.clone())
-        .list_metadata(&lp)
-        .await
-    {
-        missing.push((NodeGroup::crd_name(), e));
-    }
-    if let Err(e) = Api::<Job>::all(client.clone()).list_metadata(&lp).await {
-        missing.push((Job::crd_name(), e));
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let not_installed = missing
-        .iter()
-        .all(|(_, e)| matches!(e, kube::Error::Api(s) if s.code == 404));
-    let names: Vec<&str> = missing.iter().map(|(n, _)| *n).collect();
-    if not_installed {
-        anyhow::bail!(
-            "the CRDs {} are not installed: install them with `kubectl apply -f crds/` (or the Helm chart charts/lts) and start the operator again",
-            names.join(", ")
-        )
-    }
-    anyhow::bail!(
-        "cannot list {}: {}",
-        names.join(", "),
-        missing
-            .iter()
-            .map(|(_, e)| e.to_string())
-            .collect::<Vec<_>>()
-            .join("; ")
-    )
-}
-
 fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
@@ -155,7 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connect to the Kubernetes API (in-cluster config or kubeconfig)")?;
-    check_crds(&client).await?;
+    lts_operator::check_crds(&client).await?;
     health.set_ready(true);
 
     let identity = cli

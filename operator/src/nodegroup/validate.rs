@@ -225,3 +225,148 @@ pub fn validate(ng: &NodeGroup, siblings: &[NodeGroup]) -> Result<Validated, Inv
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{HttpTarget, SecretKeyRef, WorkerSpec};
+    use crate::fixtures::nodegroup;
+
+    fn problems(ng: &NodeGroup, siblings: &[NodeGroup]) -> (String, &'static str) {
+        let e = validate(ng, siblings).unwrap_err();
+        (e.message(), e.reason)
+    }
+
+    #[test]
+    fn a_single_job_tracker_needs_nothing_else() {
+        let jt = nodegroup("tracker", NodeRole::JobTracker);
+        let v = validate(&jt, std::slice::from_ref(&jt)).unwrap();
+        assert_eq!(v.registry, "local");
+        assert_eq!(v.job_tracker.as_deref(), Some("tracker"));
+        assert_eq!(v.discovery, None);
+    }
+
+    #[test]
+    fn replicated_job_trackers_need_a_shared_store_and_zookeeper() {
+        let mut jt = nodegroup("tracker", NodeRole::JobTracker);
+        jt.spec.replicas = 2;
+        let (msg, reason) = problems(&jt, &[]);
+        assert_eq!(reason, "InvalidSpec");
+        assert!(
+            msg.contains("mongoUriSecretRef") && msg.contains("zookeeper"),
+            "{msg}"
+        );
+        jt.spec.zookeeper = Some("zookeeper://zk:2181".into());
+        jt.spec.mongo_uri_secret_ref = Some(SecretKeyRef {
+            name: "m".into(),
+            key: "uri".into(),
+        });
+        assert_eq!(validate(&jt, &[]).unwrap().registry, "zookeeper://zk:2181");
+    }
+
+    #[test]
+    fn one_job_tracker_group_per_cluster() {
+        let a = nodegroup("tracker-a", NodeRole::JobTracker);
+        let b = nodegroup("tracker-b", NodeRole::JobTracker);
+        let (msg, _) = problems(&b, &[a.clone(), b.clone()]);
+        assert!(
+            msg.contains("already has the JobTracker NodeGroup tracker-a"),
+            "{msg}"
+        );
+        let mut other = b.clone();
+        other.spec.cluster = "staging".into();
+        assert!(validate(&other, &[a, other.clone()]).is_ok());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_field() {
+        let mut jt = nodegroup("Tracker_1", NodeRole::JobTracker);
+        jt.spec.cluster = "Prod!".into();
+        jt.spec.replicas = -1;
+        jt.spec.image_pull_policy = Some("Sometimes".into());
+        jt.spec.worker = Some(WorkerSpec::default());
+        let (msg, _) = problems(&jt, &[]);
+        for field in [
+            "spec.cluster",
+            "spec.replicas",
+            "spec.imagePullPolicy",
+            "spec.worker",
+            "metadata.name",
+        ] {
+            assert!(msg.contains(field), "{field} missing in: {msg}");
+        }
+    }
+
+    #[test]
+    fn worker_modes() {
+        let jt = nodegroup("tracker", NodeRole::JobTracker);
+        let mut tt = nodegroup("w", NodeRole::TaskTracker);
+        let (msg, _) = problems(&tt, std::slice::from_ref(&jt));
+        assert!(msg.contains("spec.image: required"), "{msg}");
+
+        tt.spec.worker = Some(WorkerSpec {
+            mode: WorkerMode::Sidecar,
+            http: Some(HttpTarget {
+                port: 0,
+                path: "run".into(),
+            }),
+            exec: Some("x".into()),
+            ..WorkerSpec::default()
+        });
+        let (msg, _) = problems(&tt, std::slice::from_ref(&jt));
+        assert!(msg.contains("exactly one of http or exec"), "{msg}");
+        assert!(msg.contains("spec.worker.http.port"), "{msg}");
+        assert!(msg.contains("spec.worker.http.path"), "{msg}");
+        assert!(
+            msg.contains("spec.image: required when the sidecar calls"),
+            "{msg}"
+        );
+
+        tt.spec.worker = Some(WorkerSpec {
+            mode: WorkerMode::Sidecar,
+            exec: Some("./run.sh".into()),
+            ..WorkerSpec::default()
+        });
+        assert!(
+            validate(&tt, std::slice::from_ref(&jt)).is_ok(),
+            "exec needs no user image"
+        );
+
+        tt.spec.worker = Some(WorkerSpec {
+            mode: WorkerMode::Sdk,
+            exec: Some("./run.sh".into()),
+            ..WorkerSpec::default()
+        });
+        tt.spec.image = Some("img".into());
+        let (msg, _) = problems(&tt, &[jt]);
+        assert!(msg.contains("mode Sdk takes none"), "{msg}");
+    }
+
+    #[test]
+    fn a_task_tracker_without_a_way_to_its_trackers_is_cluster_not_found() {
+        let mut tt = nodegroup("w", NodeRole::TaskTracker);
+        tt.spec.image = Some("img".into());
+        let (msg, reason) = problems(&tt, &[]);
+        assert_eq!(reason, "ClusterNotFound");
+        assert!(msg.contains("no JobTracker NodeGroup"), "{msg}");
+        tt.spec.zookeeper = Some("zk:2181".into());
+        let v = validate(&tt, &[]).unwrap();
+        assert_eq!(
+            v.discovery,
+            Some(TrackerDiscovery::Registry("zookeeper://zk:2181".into()))
+        );
+        tt.spec.mongo_uri_secret_ref = Some(SecretKeyRef {
+            name: "m".into(),
+            key: "uri".into(),
+        });
+        let (msg, _) = problems(&tt, &[]);
+        assert!(msg.contains("spec.mongoUriSecretRef"), "{msg}");
+    }
+
+    #[test]
+    fn service_address_and_registry_url() {
+        assert_eq!(service_address("tracker", "lts"), "tracker.lts.svc:7070");
+        assert_eq!(registry_url("zk:2181/lts"), "zookeeper://zk:2181/lts");
+        assert_eq!(registry_url("zookeeper://zk:2181"), "zookeeper://zk:2181");
+    }
+}

@@ -76,11 +76,28 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "lts-operator stopped");
-            eprintln!("lts-operator: {e:#}");
+            let message = error_chain(&e);
+            tracing::error!(error = %message, "lts-operator stopped");
+            eprintln!("lts-operator: {message}");
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, leaving out causes whose text the message already holds
+/// (kube's errors repeat their sources in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn shutdown_on_signals() -> CancellationToken {

@@ -38,6 +38,8 @@ const CONTROLLER: &str = "nodegroup";
 pub const REFRESH: Duration = Duration::from_secs(60);
 /// … and this often while pods are not ready or the trackers cannot be reached.
 pub const REFRESH_UNSETTLED: Duration = Duration::from_secs(15);
+/// An invalid spec is looked at again after this long (its siblings may have changed).
+pub const INVALID_RECHECK: Duration = Duration::from_secs(300);
 
 /// Reconciles one NodeGroup.
 pub async fn reconcile(ng: Arc<NodeGroup>, ctx: Arc<Context>) -> Result<Action> {
@@ -79,7 +81,13 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
         Ok(v) => v,
         Err(invalid) => {
             report_invalid(ng, ns, &invalid, ctx).await?;
-            return Ok(Action::requeue(Duration::from_secs(300)));
+            // A missing JobTracker group may appear any moment; a spec error needs an edit
+            // (which triggers a reconcile by itself).
+            return Ok(Action::requeue(if invalid.reason == "ClusterNotFound" {
+                REFRESH_UNSETTLED
+            } else {
+                INVALID_RECHECK
+            }));
         }
     };
     let desired = build(ng, &validated, &ctx.build);

@@ -206,7 +206,7 @@ async fn an_invalid_spec_is_a_condition_and_one_event_and_builds_nothing() {
         ),
     ]);
     let action = run(tt.clone(), ctx).await.unwrap();
-    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(action, Action::requeue(INVALID_RECHECK));
     let calls = finish(verifier).await;
     assert_eq!(calls[0].body["type"], "Warning");
     assert_eq!(calls[0].body["reason"], "InvalidSpec");

@@ -47,21 +47,22 @@ impl Problem {
 }
 
 /// Picks the Job's cluster among the NodeGroups of its namespace: the one named by
-/// `spec.cluster`, or the only one there is.
+/// `spec.cluster`, else the one it was placed on before (`status.cluster`, so a second cluster
+/// appearing later does not strand it), else the only one there is.
 pub fn resolve_cluster(job: &Job, nodegroups: &[NodeGroup]) -> Result<ClusterRef, Problem> {
     let ns = job.namespace().unwrap_or_default();
+    let wanted = job
+        .spec
+        .cluster
+        .clone()
+        .or_else(|| job.status.as_ref().and_then(|s| s.cluster.clone()));
     let mut trackers: Vec<&NodeGroup> = nodegroups
         .iter()
         .filter(|n| n.spec.role == NodeRole::JobTracker && n.namespace().as_deref() == Some(&ns))
-        .filter(|n| {
-            job.spec
-                .cluster
-                .as_ref()
-                .is_none_or(|c| *c == n.spec.cluster)
-        })
+        .filter(|n| wanted.as_ref().is_none_or(|c| *c == n.spec.cluster))
         .collect();
     trackers.sort_by_key(|n| n.name_any());
-    match (trackers.as_slice(), &job.spec.cluster) {
+    match (trackers.as_slice(), &wanted) {
         ([one], _) => Ok(ClusterRef {
             cluster: one.spec.cluster.clone(),
             job_tracker: one.name_any(),
@@ -500,12 +501,25 @@ mod tests {
 
         let mut named = j.clone();
         named.spec.cluster = Some("staging".into());
-        let c = resolve_cluster(&named, &[jt.clone(), other]).unwrap();
+        let c = resolve_cluster(&named, &[jt.clone(), other.clone()]).unwrap();
         assert_eq!(c.job_tracker, "tracker-b");
         named.spec.cluster = Some("qa".into());
         assert_eq!(
-            resolve_cluster(&named, &[jt]).unwrap_err().reason,
+            resolve_cluster(&named, std::slice::from_ref(&jt))
+                .unwrap_err()
+                .reason,
             "ClusterNotFound"
+        );
+
+        let mut placed = j.clone();
+        placed.status = Some(crate::crd::JobStatus {
+            cluster: Some("prod".into()),
+            ..Default::default()
+        });
+        let c = resolve_cluster(&placed, &[jt.clone(), other]).unwrap();
+        assert_eq!(
+            c.job_tracker, "tracker",
+            "stays on the cluster it was placed on"
         );
 
         let mut elsewhere = ng("tracker", NodeRole::JobTracker);

@@ -295,3 +295,72 @@ async fn a_mongodb_restart_is_survived_with_nothing_lost() {
     h.await.unwrap();
     drop(mongo);
 }
+
+/// A cron job firing every second on two trackers sharing MongoDB: `kill -9` of the master
+/// neither doubles a fire nor stops the schedule — fires are materialised atomically in the
+/// store by whichever tracker claims them, so no master loop stands between a schedule and
+/// its runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_fires_survive_a_master_failover_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let zk = ZkServer::start(dir.path()).await.unwrap();
+    let mongo = MongoServer::start(dir.path()).await.unwrap();
+    let store = mongo.url("lts_cron_failover");
+    let a = tracker(dir.path(), &store, &zk.url()).await;
+    let b = tracker(dir.path(), &store, &zk.url()).await;
+    let runs = dir.path().join("runs.txt");
+    let _w = worker_proc(dir.path(), &zk, "cron", "w1", &runs);
+    let client = JobClient::from_registry(registry(&zk));
+    let master = eventually(T, "an agreed master", || async {
+        let (ma, mb) = (master_of(&a.addr).await?, master_of(&b.addr).await?);
+        (ma == mb).then_some(ma)
+    })
+    .await
+    .unwrap();
+    submit(
+        &client,
+        vec![
+            JobSpec::new("tick", "cron").schedule(lts_core::Schedule::Cron {
+                expression: "* * * * * *".into(),
+                time_zone: None,
+            }),
+        ],
+    )
+    .await;
+    let fires = || runs_of(&runs).len();
+    eventually(T, "three fires", || async { (fires() >= 3).then_some(()) })
+        .await
+        .unwrap();
+    let port_of = |t: &TrackerProc| t.addr.rsplit(':').next().unwrap().to_string();
+    let (mut dead, survivor) = if master.ends_with(&port_of(&a)) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    dead.proc.kill9();
+    let before = fires();
+    eventually(T, "a new master", || async {
+        let m = master_of(&survivor.addr).await?;
+        (m != master).then_some(())
+    })
+    .await
+    .unwrap();
+    eventually(T, "fires after the failover", || async {
+        (fires() >= before + 3).then_some(())
+    })
+    .await
+    .unwrap();
+    client
+        .cancel(lts_core::JobKey::Task {
+            node_group: "cron".into(),
+            task_id: "tick".into(),
+        })
+        .await
+        .unwrap();
+    let seen = runs_of(&runs);
+    assert!(
+        seen.values().all(|w| w.len() == 1),
+        "a fire ran twice: {seen:?}"
+    );
+    assert!(seen.keys().all(|t| t.starts_with("tick~")), "{seen:?}");
+}

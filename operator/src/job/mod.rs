@@ -113,7 +113,8 @@ async fn apply(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
     let hash = spec_hash(&spec);
     let address = service_address(&cluster.job_tracker, &ns);
     let tracker = ctx.trackers.tracker(&address)?;
-    ctx.watches.ensure(&address, tracker.clone());
+    let submit_group = spec.submit_node_group.clone();
+    ctx.watches.ensure(&address, &submit_group, tracker.clone());
 
     match sync(&job, &previous, spec, &hash, &*tracker, &ctx.watches).await {
         Ok(synced) => {
@@ -154,7 +155,7 @@ async fn apply(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
             write_status(&job, &ctx, status.clone()).await?;
             Ok(if convert::is_final(status.phase) {
                 Action::await_change()
-            } else if ctx.watches.is_live(&address) {
+            } else if ctx.watches.is_live(&address, &submit_group) {
                 Action::requeue(WATCHED_REFRESH)
             } else {
                 Action::requeue(FALLBACK_REFRESH)

@@ -257,9 +257,15 @@ async fn the_watch_follows_operator_jobs_without_polling() {
     let watches = Arc::new(Watches::default());
     let mut trigger = Box::pin(watches.take_trigger().unwrap());
     let address = "tracker.lts.svc:7070";
-    watches.ensure(address, Arc::new(client.clone()));
+    watches.ensure(
+        address,
+        convert::SUBMIT_NODE_GROUP,
+        Arc::new(client.clone()),
+    );
     lts_tests::eventually(Duration::from_secs(10), "the watch to stream", || async {
-        watches.is_live(address).then_some(())
+        watches
+            .is_live(address, convert::SUBMIT_NODE_GROUP)
+            .then_some(())
     })
     .await
     .unwrap();

@@ -1,5 +1,5 @@
-//! Job watches: one per cluster (tracker address), started on the first Job reconciled for
-//! it. Each change of an operator-submitted job is kept for the next reconcile (which then
+//! Job watches: one per cluster (tracker address) and submit group (`lts-operator` unless a
+//! Job names its own), started on the first Job reconciled for it. Each change of an operator-submitted job is kept for the next reconcile (which then
 //! needs no `Get`) and triggers a reconcile of its resource. On a resync (the stream
 //! (re)connected and may have missed changes) one paginated `List` by the operator's submit
 //! group re-reads them all. Status follows the trackers by subscription, not by polling each
@@ -16,12 +16,16 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::convert::{self, SUBMIT_NODE_GROUP};
+use super::convert;
 use crate::crd::Job;
 use crate::tracker::{JobWatchFilter, TrackerApi, TrackerEvent};
 use lts_worker_sdk::ListQuery;
 
 type Trigger = mpsc::UnboundedSender<ObjectRef<Job>>;
+
+fn key(address: &str, submit_group: &str) -> String {
+    format!("{address} {submit_group}")
+}
 
 /// At most this many job states wait for their reconcile.
 const MAX_OBSERVED: usize = 10_000;
@@ -73,13 +77,13 @@ impl Watches {
         self.stop.cancel();
     }
 
-    /// Whether the watch of `address` is streaming (if not, the controller re-reads
-    /// unfinished Jobs on a timer instead).
-    pub fn is_live(&self, address: &str) -> bool {
+    /// Whether the watch of `submit_group`'s jobs at `address` is streaming (if not, the
+    /// controller re-reads unfinished Jobs on a timer instead).
+    pub fn is_live(&self, address: &str, submit_group: &str) -> bool {
         self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(address)
+            .get(&key(address, submit_group))
             .is_some_and(|l| l.load(Ordering::Relaxed))
     }
 
@@ -91,30 +95,38 @@ impl Watches {
             .remove(job_id)
     }
 
-    /// Starts the watch of `address` unless it runs already.
-    pub fn ensure(self: &Arc<Self>, address: &str, tracker: Arc<dyn TrackerApi>) {
+    /// Starts the watch of `submit_group`'s jobs at `address` unless it runs already.
+    pub fn ensure(
+        self: &Arc<Self>,
+        address: &str,
+        submit_group: &str,
+        tracker: Arc<dyn TrackerApi>,
+    ) {
         let live = {
             let mut map = self.live.lock().unwrap_or_else(|e| e.into_inner());
-            if map.contains_key(address) {
+            let k = key(address, submit_group);
+            if map.contains_key(&k) {
                 return;
             }
             let live = Arc::new(AtomicBool::new(false));
-            map.insert(address.to_string(), live.clone());
+            map.insert(k, live.clone());
             live
         };
         let this = self.clone();
         let address = address.to_string();
-        tokio::spawn(async move { this.watch_loop(address, tracker, live).await });
+        let group = submit_group.to_string();
+        tokio::spawn(async move { this.watch_loop(address, group, tracker, live).await });
     }
 
     async fn watch_loop(
         self: Arc<Self>,
         address: String,
+        group: String,
         tracker: Arc<dyn TrackerApi>,
         live: Arc<AtomicBool>,
     ) {
         let filter = JobWatchFilter {
-            submit_node_group: Some(SUBMIT_NODE_GROUP.into()),
+            submit_node_group: Some(group.clone()),
             ..JobWatchFilter::default()
         };
         let mut delay = Duration::from_secs(1);
@@ -137,7 +149,9 @@ impl Watches {
                         };
                         match ev {
                             Some(TrackerEvent::Changed(job)) => self.route(*job),
-                            Some(TrackerEvent::Resync) => self.resync(&address, &*tracker).await,
+                            Some(TrackerEvent::Resync) => {
+                                self.resync(&address, &group, &*tracker).await
+                            }
                             None => break,
                         }
                     }
@@ -173,17 +187,17 @@ impl Watches {
         let _ = self.tx.send(ObjectRef::new(&name).within(&ns));
     }
 
-    /// Re-reads every operator-submitted job of the cluster at `address` (one paginated
-    /// `List` by submit group) and routes each, so changes missed while the stream was away
-    /// reach their resources. Falls back to re-reconciling the namespace's unfinished Jobs
-    /// when the list fails.
-    async fn resync(&self, address: &str, tracker: &dyn TrackerApi) {
+    /// Re-reads every job of `group` at the cluster at `address` (one paginated `List` by
+    /// submit group) and routes each, so changes missed while the stream was away reach their
+    /// resources. Falls back to re-reconciling the namespace's unfinished Jobs when the list
+    /// fails.
+    async fn resync(&self, address: &str, group: &str, tracker: &dyn TrackerApi) {
         let mut token = None;
         let mut routed = 0usize;
         loop {
             let page = tracker
                 .list(ListQuery {
-                    submit_node_group: Some(SUBMIT_NODE_GROUP.into()),
+                    submit_node_group: Some(group.to_string()),
                     page_size: 500,
                     page_token: token.take(),
                     ..ListQuery::default()

@@ -267,6 +267,56 @@ fn unset_lease() -> Document {
     doc! { UNLEASE: "", "lease_token": "", "lease_expiry": "" }
 }
 
+/// The update that moves a just-claimed recurring job on to its fire `next` (queued, lease
+/// dropped, one more fire counted), or finishes it when its schedule is exhausted (`None`),
+/// and the log line saying `what` it did with `fire`.
+fn advance_schedule(
+    job_id: &str,
+    fire: i64,
+    next: Option<i64>,
+    what: &str,
+    now: i64,
+) -> (Document, String) {
+    match next {
+        Some(next) => (
+            doc! {
+                "$set": {
+                    "state": JobState::Queued.code(),
+                    "trigger_time": next,
+                    "scheduled_fire": next,
+                    "attempt": 0i64,
+                    "updated_at": now,
+                },
+                "$inc": { "fire_count": 1i64, "rev": 1i64 },
+                "$unset": unset_lease(),
+            },
+            format!(
+                "{what} {}; next fire {}",
+                lts_core::format_ms(fire),
+                lts_core::format_ms(next)
+            ),
+        ),
+        None => (
+            doc! {
+                "$set": {
+                    "state": JobState::Succeeded.code(),
+                    "done": job_id,
+                    "finished_at": now,
+                    "attempt": 0i64,
+                    "last_message": "schedule complete",
+                    "updated_at": now,
+                },
+                "$inc": { "rev": 1i64 },
+                "$unset": unset_lease(),
+            },
+            format!(
+                "{what} {}, the last of its schedule",
+                lts_core::format_ms(fire)
+            ),
+        ),
+    }
+}
+
 impl MongoStore {
     /// Connects to `uri` (`mongodb://…`), creates collections and indexes if needed, and starts
     /// the log writer. Retries an unreachable server with backoff for
@@ -508,44 +558,9 @@ impl MongoStore {
                     lts_core::format_ms(fire)
                 ),
             ),
-            schedule::LateFire::Skip {
-                next_ms: Some(next),
-            } => (
-                doc! {
-                    "$set": {
-                        "state": JobState::Queued.code(),
-                        "trigger_time": next,
-                        "scheduled_fire": next,
-                        "attempt": 0i64,
-                        "updated_at": now,
-                    },
-                    "$inc": { "fire_count": 1i64, "rev": 1i64 },
-                    "$unset": unset_lease(),
-                },
-                format!(
-                    "skipped the missed fire {}; next fire {}",
-                    lts_core::format_ms(fire),
-                    lts_core::format_ms(next)
-                ),
-            ),
-            schedule::LateFire::Skip { next_ms: None } => (
-                doc! {
-                    "$set": {
-                        "state": JobState::Succeeded.code(),
-                        "done": &job.job_id,
-                        "finished_at": now,
-                        "attempt": 0i64,
-                        "last_message": "schedule complete",
-                        "updated_at": now,
-                    },
-                    "$inc": { "rev": 1i64 },
-                    "$unset": unset_lease(),
-                },
-                format!(
-                    "skipped the missed fire {}, the last of its schedule",
-                    lts_core::format_ms(fire)
-                ),
-            ),
+            schedule::LateFire::Skip { next_ms } => {
+                advance_schedule(&job.job_id, fire, next_ms, "skipped the missed fire", now)
+            }
         };
         let catch_up = matches!(late, schedule::LateFire::CatchUp);
         // The catch-up keeps its lease and revision (the completion's guard).
@@ -632,49 +647,12 @@ impl MongoStore {
             "lease_token": token,
             "state": JobState::Running.code(),
         };
-        let skipped = if step.run {
+        let what = if step.run {
             "fired"
         } else {
             "skipped the missed fire"
         };
-        let (update, note) = match step.next_ms {
-            Some(next) => (
-                doc! {
-                    "$set": {
-                        "state": JobState::Queued.code(),
-                        "trigger_time": next,
-                        "scheduled_fire": next,
-                        "attempt": 0i64,
-                        "updated_at": now,
-                    },
-                    "$inc": { "fire_count": 1i64, "rev": 1i64 },
-                    "$unset": unset_lease(),
-                },
-                format!(
-                    "{skipped} {}; next fire {}",
-                    lts_core::format_ms(fire),
-                    lts_core::format_ms(next)
-                ),
-            ),
-            None => (
-                doc! {
-                    "$set": {
-                        "state": JobState::Succeeded.code(),
-                        "done": &job.job_id,
-                        "finished_at": now,
-                        "attempt": 0i64,
-                        "last_message": "schedule complete",
-                        "updated_at": now,
-                    },
-                    "$inc": { "rev": 1i64 },
-                    "$unset": unset_lease(),
-                },
-                format!(
-                    "{skipped} {}, the last of its schedule",
-                    lts_core::format_ms(fire)
-                ),
-            ),
-        };
+        let (update, note) = advance_schedule(&job.job_id, fire, step.next_ms, what, now);
         self.jobs.update_one(guard, update).await?;
         lines.push(log_doc(
             &job.job_id,

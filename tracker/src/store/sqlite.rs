@@ -304,59 +304,12 @@ fn fire_instance(
             "",
         )?;
     }
-    let skipped = if step.run {
+    let what = if step.run {
         "fired"
     } else {
         "skipped the missed fire"
     };
-    match step.next_ms {
-        Some(next) => {
-            conn.prepare_cached(
-                "UPDATE jobs SET state = 1, lease_owner = NULL, lease_token = NULL,
-                     lease_expiry = NULL, attempt = 0, trigger_time = ?2, scheduled_fire = ?2,
-                     fire_count = fire_count + 1, updated_at = ?3
-                 WHERE seq = ?1",
-            )?
-            .execute(params![seq, next, now])?;
-            log_line(
-                conn,
-                &def.job_id,
-                &def.task_id,
-                group,
-                now,
-                LogType::Update,
-                LogLevel::Info,
-                &format!(
-                    "{skipped} {}; next fire {}",
-                    lts_core::format_ms(fire),
-                    lts_core::format_ms(next)
-                ),
-                0,
-                "",
-            )?;
-        }
-        None => {
-            let mut job = def.clone().decode()?;
-            job.attempt = 0;
-            job.last_message = Some("schedule complete".into());
-            log_line(
-                conn,
-                &def.job_id,
-                &def.task_id,
-                group,
-                now,
-                LogType::Update,
-                LogLevel::Info,
-                &format!(
-                    "{skipped} {}, the last of its schedule",
-                    lts_core::format_ms(fire)
-                ),
-                0,
-                "",
-            )?;
-            finish_job(conn, seq, job, JobState::Succeeded, now)?;
-        }
-    }
+    advance_schedule(conn, seq, def, group, fire, step.next_ms, what, now)?;
     if inserted == 0 {
         return Ok(Some((0, def.clone())));
     }
@@ -392,7 +345,7 @@ fn late_sequential_fire(
         job.fire_count.max(1) as u64,
         now,
     );
-    let note = match late {
+    match late {
         schedule::LateFire::OnTime => return Ok(None),
         schedule::LateFire::CatchUp => {
             conn.prepare_cached("UPDATE jobs SET scheduled_fire = ?2 WHERE seq = ?1")?
@@ -416,9 +369,38 @@ fn late_sequential_fire(
             caught_up.scheduled_fire = Some(now);
             return Ok(Some((seq, caught_up)));
         }
-        schedule::LateFire::Skip {
-            next_ms: Some(next),
-        } => {
+        schedule::LateFire::Skip { next_ms } => {
+            advance_schedule(
+                conn,
+                seq,
+                job,
+                group,
+                fire,
+                next_ms,
+                "skipped the missed fire",
+                now,
+            )?;
+        }
+    }
+    Ok(Some((0, job.clone())))
+}
+
+/// Moves a just-claimed recurring job on to its fire `next` (queued, lease dropped, one more
+/// fire counted), or finishes it when its schedule is exhausted (`None`); logs `what` it did
+/// with `fire`.
+#[allow(clippy::too_many_arguments)]
+fn advance_schedule(
+    conn: &Connection,
+    seq: i64,
+    job: &RawJob,
+    group: &str,
+    fire: i64,
+    next: Option<i64>,
+    what: &str,
+    now: i64,
+) -> StoreResult<()> {
+    let note = match next {
+        Some(next) => {
             conn.prepare_cached(
                 "UPDATE jobs SET state = 1, lease_owner = NULL, lease_token = NULL,
                      lease_expiry = NULL, attempt = 0, trigger_time = ?2, scheduled_fire = ?2,
@@ -427,18 +409,18 @@ fn late_sequential_fire(
             )?
             .execute(params![seq, next, now])?;
             format!(
-                "skipped the missed fire {}; next fire {}",
+                "{what} {}; next fire {}",
                 lts_core::format_ms(fire),
                 lts_core::format_ms(next)
             )
         }
-        schedule::LateFire::Skip { next_ms: None } => {
+        None => {
             let mut done = job.clone().decode()?;
             done.attempt = 0;
             done.last_message = Some("schedule complete".into());
             finish_job(conn, seq, done, JobState::Succeeded, now)?;
             format!(
-                "skipped the missed fire {}, the last of its schedule",
+                "{what} {}, the last of its schedule",
                 lts_core::format_ms(fire)
             )
         }
@@ -455,7 +437,7 @@ fn late_sequential_fire(
         0,
         "",
     )?;
-    Ok(Some((0, job.clone())))
+    Ok(())
 }
 
 fn new_job_id() -> String {

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::client::Body;
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -118,6 +119,19 @@ where
         writer.apply_watcher_event(&watcher::Event::Apply(o.clone()));
     }
     reader
+}
+
+/// A store of guarded `objects` (all of them valid).
+pub fn guarded_store<K>(objects: &[K]) -> Store<DeserializeGuard<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let guarded: Vec<DeserializeGuard<K>> = objects
+        .iter()
+        .map(|o| DeserializeGuard(Ok(o.clone())))
+        .collect();
+    store(&guarded)
 }
 
 /// An in-memory tracker with the semantics the Job controller relies on.
@@ -467,7 +481,7 @@ pub fn context(
     let client = Client::new(service, "lts");
     let ctx = Context::new(
         client,
-        store(nodegroups),
+        guarded_store(nodegroups),
         Arc::new(SameTracker(tracker, Mutex::default())),
         BuildConfig::default(),
         Arc::new(Watches::default()),

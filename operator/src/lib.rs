@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::core::DeserializeGuard;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 
 pub mod backoff;
@@ -47,8 +48,9 @@ pub struct Context {
     pub client: Client,
     /// Publishes Events about the reconciled objects.
     pub recorder: Recorder,
-    /// Every NodeGroup (a reflector shared by both controllers).
-    pub nodegroups: Store<crate::crd::NodeGroup>,
+    /// Every NodeGroup (a reflector shared by both controllers); objects that do not
+    /// deserialize are kept as errors so they cannot break the watch for the others.
+    pub nodegroups: Store<DeserializeGuard<crate::crd::NodeGroup>>,
     /// Clients of the clusters' trackers.
     pub trackers: Arc<dyn tracker::TrackerConnector>,
     /// Images and defaults for built objects.
@@ -63,7 +65,7 @@ impl Context {
     /// A context with the default backoff (1 s doubling to 5 min).
     pub fn new(
         client: Client,
-        nodegroups: Store<crate::crd::NodeGroup>,
+        nodegroups: Store<DeserializeGuard<crate::crd::NodeGroup>>,
         trackers: Arc<dyn tracker::TrackerConnector>,
         build: nodegroup::BuildConfig,
         watches: Arc<job::Watches>,
@@ -84,6 +86,57 @@ impl Context {
             backoff: backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
             watches,
         }
+    }
+}
+
+impl Context {
+    /// The NodeGroups of the store that deserialize.
+    pub fn valid_nodegroups(&self) -> Vec<crate::crd::NodeGroup> {
+        self.nodegroups
+            .state()
+            .iter()
+            .filter_map(|g| g.0.as_ref().ok().cloned())
+            .collect()
+    }
+
+    /// Reports an object that does not deserialize (e.g. stored under an older schema) with
+    /// a Warning Event; it is not reconciled until it changes.
+    pub async fn report_unreadable<K>(&self, obj: &DeserializeGuard<K>) -> Result<()>
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        let Err(invalid) = &obj.0 else {
+            return Ok(());
+        };
+        tracing::warn!(
+            kind = %K::kind(&()),
+            name = invalid.metadata.name.as_deref().unwrap_or_default(),
+            namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
+            error = %invalid.error,
+            "object does not match the schema"
+        );
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(K::api_version(&()).into_owned()),
+            kind: Some(K::kind(&()).into_owned()),
+            name: invalid.metadata.name.clone(),
+            namespace: invalid.metadata.namespace.clone(),
+            uid: invalid.metadata.uid.clone(),
+            resource_version: invalid.metadata.resource_version.clone(),
+            ..Default::default()
+        };
+        self.recorder
+            .publish(
+                &Event {
+                    type_: EventType::Warning,
+                    reason: "UnreadableObject".into(),
+                    note: Some(nodegroup::truncate(&invalid.error, 1000)),
+                    action: "Reconcile".into(),
+                    secondary: None,
+                },
+                &reference,
+            )
+            .await?;
+        Ok(())
     }
 }
 

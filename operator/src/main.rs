@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use kube::Client;
 use kube::api::Api;
+use kube::core::DeserializeGuard;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use lts_operator::crd::NodeGroup;
 use lts_operator::http::{self, Health};
@@ -184,7 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let nodegroups = reflector(
         writer,
         watcher(
-            Api::<NodeGroup>::all(client.clone()),
+            Api::<DeserializeGuard<NodeGroup>>::all(client.clone()),
             watcher::Config::default(),
         ),
     )

@@ -20,9 +20,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use lts_core::{JobKey, JobState};
@@ -80,11 +82,7 @@ pub fn error_policy(job: Arc<Job>, err: &Error, ctx: Arc<Context>) -> Action {
 }
 
 fn nodegroups(ctx: &Context) -> Vec<NodeGroup> {
-    ctx.nodegroups
-        .state()
-        .iter()
-        .map(|n| (**n).clone())
-        .collect()
+    ctx.valid_nodegroups()
 }
 
 async fn apply(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
@@ -422,23 +420,53 @@ async fn write_status(job: &Job, ctx: &Context, status: JobStatus) -> Result<()>
     Ok(())
 }
 
+/// [`reconcile`] for objects that deserialize; the others get a Warning Event.
+pub async fn reconcile_guarded(
+    obj: Arc<DeserializeGuard<Job>>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
+    match &obj.0 {
+        Ok(job) => reconcile(Arc::new(job.clone()), ctx).await,
+        Err(_) => {
+            ctx.report_unreadable(&obj).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+fn error_policy_guarded(obj: Arc<DeserializeGuard<Job>>, err: &Error, ctx: Arc<Context>) -> Action {
+    match &obj.0 {
+        Ok(job) => error_policy(Arc::new(job.clone()), err, ctx),
+        Err(_) => {
+            crate::metrics::reconcile_failed(CONTROLLER, err);
+            Action::requeue(WATCHED_REFRESH)
+        }
+    }
+}
+
 /// Runs the Job controller until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let controller = Controller::new(
-        Api::<Job>::all(ctx.client.clone()),
+        Api::<DeserializeGuard<Job>>::all(ctx.client.clone()),
         watcher::Config::default(),
     );
     ctx.watches.set_store(controller.store());
     let controller = match ctx.watches.take_trigger() {
-        Some(trigger) => controller.reconcile_on(trigger),
+        Some(trigger) => controller.reconcile_on(trigger.map(|r| {
+            let mut guarded = ObjectRef::<DeserializeGuard<Job>>::new(&r.name);
+            if let Some(ns) = &r.namespace {
+                guarded = guarded.within(ns);
+            }
+            guarded
+        })),
         None => controller,
     };
     controller
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx.clone())
+        .run(reconcile_guarded, error_policy_guarded, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "Job controller");

@@ -13,7 +13,7 @@ use lts_worker_sdk::{JobClient, ListQuery};
 
 use super::*;
 use crate::crd::{CronSchedule, NodeRole, ScheduleSpec};
-use crate::fixtures::{SameTracker, Step, finish, job, nodegroup, status_of, store};
+use crate::fixtures::{SameTracker, Step, finish, guarded_store, job, nodegroup, status_of};
 
 fn context_for(client: &JobClient) -> (Arc<Context>, crate::fixtures::ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<
@@ -26,7 +26,7 @@ fn context_for(client: &JobClient) -> (Arc<Context>, crate::fixtures::ApiServerV
     ];
     let ctx = Context::new(
         kube::Client::new(service, "lts"),
-        store(&groups),
+        guarded_store(&groups),
         Arc::new(SameTracker(Arc::new(client.clone()), Mutex::default())),
         crate::nodegroup::BuildConfig::default(),
         Arc::new(Watches::default()),

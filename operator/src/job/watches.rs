@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use kube::ResourceExt;
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +37,7 @@ pub struct Watches {
     rx: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<Job>>>>,
     live: Mutex<HashMap<String, Arc<AtomicBool>>>,
     observed: Mutex<HashMap<String, lts_core::Job>>,
-    jobs: OnceLock<Store<Job>>,
+    jobs: OnceLock<Store<DeserializeGuard<Job>>>,
     stop: CancellationToken,
 }
 
@@ -68,7 +69,7 @@ impl Watches {
     }
 
     /// The Job store used to find what to re-read on a resync.
-    pub fn set_store(&self, jobs: Store<Job>) {
+    pub fn set_store(&self, jobs: Store<DeserializeGuard<Job>>) {
         let _ = self.jobs.set(jobs);
     }
 
@@ -231,12 +232,13 @@ impl Watches {
             return;
         };
         let ns = address.split('.').nth(1).unwrap_or_default();
-        for job in store.state() {
+        for guarded in store.state() {
+            let Ok(job) = &guarded.0 else { continue };
             let status = job.status.as_ref();
             if job.namespace().as_deref() == Some(ns)
                 && !convert::is_final(status.and_then(|s| s.phase))
             {
-                let _ = self.tx.send(ObjectRef::from_obj(&*job));
+                let _ = self.tx.send(ObjectRef::from_obj(job));
             }
         }
     }

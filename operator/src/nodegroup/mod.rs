@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
@@ -65,11 +66,9 @@ pub fn error_policy(ng: Arc<NodeGroup>, err: &Error, ctx: Arc<Context>) -> Actio
 /// The NodeGroups of `ns` from the shared store, with `ng` itself in its newest version.
 fn dereference(ng: &NodeGroup, ns: &str, ctx: &Context) -> Vec<NodeGroup> {
     let mut siblings: Vec<NodeGroup> = ctx
-        .nodegroups
-        .state()
-        .iter()
+        .valid_nodegroups()
+        .into_iter()
         .filter(|s| s.namespace().as_deref() == Some(ns) && s.name_any() != ng.name_any())
-        .map(|s| (**s).clone())
         .collect();
     siblings.push(ng.clone());
     siblings
@@ -324,11 +323,41 @@ async fn update_status(
     Ok(())
 }
 
+/// [`reconcile`] for objects that deserialize; the others get a Warning Event.
+pub async fn reconcile_guarded(
+    obj: Arc<DeserializeGuard<NodeGroup>>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
+    match &obj.0 {
+        Ok(ng) => reconcile(Arc::new(ng.clone()), ctx).await,
+        Err(_) => {
+            ctx.report_unreadable(&obj).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+fn error_policy_guarded(
+    obj: Arc<DeserializeGuard<NodeGroup>>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    match &obj.0 {
+        Ok(ng) => error_policy(Arc::new(ng.clone()), err, ctx),
+        Err(_) => {
+            crate::metrics::reconcile_failed(CONTROLLER, err);
+            Action::requeue(REFRESH)
+        }
+    }
+}
+
 /// Runs the NodeGroup controller until `shutdown` resolves. `nodegroups` is the shared
 /// NodeGroup watch (its store is `ctx.nodegroups`).
 pub async fn run(
     ctx: Arc<Context>,
-    nodegroups: impl futures::Stream<Item = Result<NodeGroup, watcher::Error>> + Send + 'static,
+    nodegroups: impl futures::Stream<Item = Result<DeserializeGuard<NodeGroup>, watcher::Error>>
+    + Send
+    + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -337,7 +366,7 @@ pub async fn run(
         .owns(Api::<Deployment>::all(client.clone()), wc.clone())
         .owns(Api::<Service>::all(client), wc)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_guarded, error_policy_guarded, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "NodeGroup controller");

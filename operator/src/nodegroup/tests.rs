@@ -313,3 +313,42 @@ fn scaled_to_zero_is_ready() {
         ("True", "ScaledToZero")
     );
 }
+
+#[tokio::test]
+async fn an_unreadable_object_gets_an_event_and_nothing_else() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (ctx, api) = context(&[], tracker.clone());
+    let verifier = api.run(vec![Step::event()]);
+    let broken = DeserializeGuard::<NodeGroup>(Err(kube::core::error_boundary::InvalidObject {
+        error: "unknown variant `Leader`, expected `JobTracker` or `TaskTracker`".into(),
+        metadata: kube::api::ObjectMeta {
+            name: Some("odd".into()),
+            namespace: Some("lts".into()),
+            ..Default::default()
+        },
+    }));
+    let action = reconcile_guarded(Arc::new(broken), ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let calls = finish(verifier).await;
+    assert_eq!(calls[0].body["reason"], "UnreadableObject");
+    assert_eq!(calls[0].body["regarding"]["name"], "odd");
+    assert_eq!(calls[0].body["regarding"]["kind"], "NodeGroup");
+    assert!(tracker.ops().is_empty());
+}
+
+#[tokio::test]
+async fn a_readable_guarded_object_is_reconciled() {
+    let jt = nodegroup("tracker", NodeRole::JobTracker);
+    let (ctx, api) = context(std::slice::from_ref(&jt), Arc::new(FakeTracker::default()));
+    let verifier = api.run(vec![Step::error(
+        Method::PATCH,
+        format!("{NS}/deployments/tracker"),
+        500,
+        "InternalError",
+    )]);
+    let err = reconcile_guarded(Arc::new(DeserializeGuard(Ok(jt))), ctx)
+        .await
+        .unwrap_err();
+    assert_eq!(err.metric_label(), "kube");
+    finish(verifier).await;
+}

@@ -241,14 +241,20 @@ pub fn fires_overlapping_instances(spec: &JobSpec) -> bool {
     spec.schedule.is_recurring() && !spec.rely_on_prev_cycle
 }
 
+/// What the task ids of a recurring job's instances start with: `<task_id>~`, the task id cut
+/// to 48 characters.
+pub fn instance_prefix(task_id: &str) -> String {
+    let base: String = task_id.chars().take(48).collect();
+    format!("{base}~")
+}
+
 /// The one-off job that runs one fire of a recurring job: the definition's job with task id
 /// `<task_id>~<fire ms>` (the task id cut to 48 characters, so the whole stays within 64),
 /// due at once, with the definition's retries, params and feedback. Its own job, so the
 /// definition's schedule does not move.
 pub fn instance_spec(spec: &JobSpec, fire_ms: i64) -> JobSpec {
     let mut instance = spec.clone();
-    let base: String = spec.task_id.chars().take(48).collect();
-    instance.task_id = format!("{base}~{fire_ms}");
+    instance.task_id = format!("{}{fire_ms}", instance_prefix(&spec.task_id));
     instance.schedule = Schedule::Now;
     instance.replace_on_exist = false;
     instance.rely_on_prev_cycle = false;
@@ -496,7 +502,10 @@ mod tests {
         // Claimed long after (downtime): this fire is the one catch-up run, recorded as fired
         // now, and the schedule continues after now — not a run per missed fire.
         assert_eq!(step(&spec, 5_000, 1, 60_500), (true, Some(61_000)));
-        assert_eq!(overlap_step(&spec, 5_000, 1, 60_500).instance_fire_ms, 60_500);
+        assert_eq!(
+            overlap_step(&spec, 5_000, 1, 60_500).instance_fire_ms,
+            60_500
+        );
         let mut skip = spec.clone();
         skip.misfire_policy = crate::model::MisfirePolicy::Skip;
         assert_eq!(step(&skip, 5_000, 1, 60_500), (false, Some(61_000)));

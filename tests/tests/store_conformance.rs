@@ -809,11 +809,13 @@ pub async fn overlapping_instances(store: Arc<dyn JobStore>) {
 
     // A fire claimed long after it was due (downtime) with misfire policy skip: no instance
     // for it; the definition waits for the next fire after now.
-    let mut spec = JobSpec::new("skip", "g").schedule(Schedule::Repeat {
-        interval_ms: 1000,
-        count: -1,
-        first_fire_ms: Some(NOW),
-    });
+    let mut spec = JobSpec::new("skip", "g")
+        .max_retries(1)
+        .schedule(Schedule::Repeat {
+            interval_ms: 1000,
+            count: -1,
+            first_fire_ms: Some(NOW),
+        });
     spec.misfire_policy = lts_core::MisfirePolicy::Skip;
     let skip_id = id(&store.submit(vec![spec], NOW).await.unwrap()[0]);
     assert!(
@@ -824,10 +826,55 @@ pub async fn overlapping_instances(store: Arc<dyn JobStore>) {
             .is_empty(),
         "a missed fire is skipped"
     );
-    let def = store.get(JobKey::Id(skip_id)).await.unwrap().unwrap();
+    let def = store
+        .get(JobKey::Id(skip_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (def.state, def.trigger_time_ms),
         (JobState::Queued, NOW + 11_000)
+    );
+
+    // Cancelling a schedule cancels its queued instances (a pending retry) with it; a running
+    // instance finishes its attempt.
+    let late = NOW + 11_000;
+    let l = store
+        .claim(claim("g", "w1", 1, late))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(l.job.spec.task_id, format!("skip~{late}"));
+    let l2 = store
+        .claim(claim("g", "w1", 1, late + 1_000))
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .complete(done(&l.job.job_id, &l.token, Outcome::Later, late + 10))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .cancel(JobKey::Id(skip_id), late + 1_100)
+            .await
+            .unwrap(),
+        CancelOutcome::Cancelled(_)
+    ));
+    let retry = store
+        .get(JobKey::Id(l.job.job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    let running = store
+        .get(JobKey::Id(l2.job.job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (retry.state, running.state),
+        (JobState::Cancelled, JobState::Running),
+        "{retry:?} {running:?}"
     );
 }
 

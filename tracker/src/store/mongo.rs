@@ -674,6 +674,49 @@ impl MongoStore {
         Ok(Some(Some(inst_doc)))
     }
 
+    /// Cancels the queued (or suspended) instances of a cancelled recurring job `def`: its
+    /// pending retries and triggered runs; returns their log lines. Running instances finish
+    /// their attempt.
+    async fn cancel_queued_instances(&self, def: &Job, now: i64) -> StoreResult<Vec<Document>> {
+        let filter = doc! {
+            "task_tracker_node_group": &def.spec.task_tracker_node_group,
+            "task_id": { "$regex": escape_regex(&schedule::instance_prefix(&def.spec.task_id)) },
+            "done": "",
+            "state": { "$in": [JobState::Queued.code(), JobState::Suspended.code()] },
+        };
+        let found: Vec<Document> = self.jobs.find(filter.clone()).await?.try_collect().await?;
+        let mut lines = Vec::new();
+        for d in found {
+            let mut job = decode(&d)?;
+            let r = self
+                .jobs
+                .update_one(
+                    doc! { "_id": &job.job_id, "done": "", "state": job.state.code() },
+                    doc! {
+                        "$set": {
+                            "state": JobState::Cancelled.code(),
+                            "done": &job.job_id,
+                            "finished_at": now,
+                            "updated_at": now,
+                        },
+                    },
+                )
+                .await?;
+            if r.matched_count == 1 {
+                job.state = JobState::Cancelled;
+                lines.push(job_log_doc(
+                    &job,
+                    now,
+                    LogType::Del,
+                    LogLevel::Info,
+                    &format!("cancelled with its schedule {}", def.job_id),
+                    "",
+                ));
+            }
+        }
+        Ok(lines)
+    }
+
     /// Puts leased jobs matching `filter` back in their queues, one guarded update each.
     async fn requeue_matching(
         &self,
@@ -1399,15 +1442,18 @@ impl JobStore for MongoStore {
             job.updated_at_ms = now;
             job.lease_owner = None;
             job.lease_expiry_ms = None;
-            self.append_log(vec![job_log_doc(
+            let mut lines = vec![job_log_doc(
                 &job,
                 now,
                 LogType::Del,
                 LogLevel::Info,
                 "cancelled by a user",
                 "",
-            )])
-            .await;
+            )];
+            if job.spec.schedule.is_recurring() {
+                lines.extend(self.cancel_queued_instances(&job, now).await?);
+            }
+            self.append_log(lines).await;
             return Ok(CancelOutcome::Cancelled(job));
         }
         Err(StoreError::Backend(

@@ -440,6 +440,45 @@ fn advance_schedule(
     Ok(())
 }
 
+/// Cancels the queued (or suspended) instances of a cancelled recurring job: its pending
+/// retries and triggered runs. Running instances finish their attempt.
+fn cancel_queued_instances(
+    conn: &Connection,
+    def_id: &str,
+    task_id: &str,
+    group: &str,
+    now: i64,
+) -> StoreResult<()> {
+    let rows: Vec<(i64, RawJob)> = conn
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLS}, seq FROM jobs
+             WHERE node_group = ?1 AND task_id LIKE ?2 ESCAPE '\\' AND state IN (1, 3)"
+        ))?
+        .query_map(
+            params![group, like_prefix(&schedule::instance_prefix(task_id))],
+            |r| Ok((r.get(17)?, RawJob::from_row(r)?)),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    for (seq, raw) in rows {
+        let job = raw.decode()?;
+        let (id, task, attempt) = (job.job_id.clone(), job.spec.task_id.clone(), job.attempt);
+        finish_job(conn, seq, job, JobState::Cancelled, now)?;
+        log_line(
+            conn,
+            &id,
+            &task,
+            group,
+            now,
+            LogType::Del,
+            LogLevel::Info,
+            &format!("cancelled with its schedule {def_id}"),
+            i64::from(attempt),
+            "",
+        )?;
+    }
+    Ok(())
+}
+
 fn new_job_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
@@ -1201,6 +1240,7 @@ impl JobStore for SqliteStore {
                         job.spec.task_tracker_node_group.clone(),
                         job.attempt as i64,
                     );
+                    let recurring = job.spec.schedule.is_recurring();
                     let done = finish_job(conn, seq, job, JobState::Cancelled, now)?;
                     log_line(
                         conn,
@@ -1214,6 +1254,9 @@ impl JobStore for SqliteStore {
                         attempt,
                         "",
                     )?;
+                    if recurring {
+                        cancel_queued_instances(conn, &id, &task, &group, now)?;
+                    }
                     Ok(CancelOutcome::Cancelled(done))
                 }
                 None => Ok(match get_finished(conn, &key)? {

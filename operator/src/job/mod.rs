@@ -109,6 +109,12 @@ async fn apply(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
         }
     };
     let hash = spec_hash(&spec);
+    if convert::is_final(previous.phase) && previous.submitted_hash.as_deref() == Some(&hash) {
+        // A finished job never changes again (and the tracker may have dropped it after its
+        // retention): nothing to ask.
+        write_status(&job, &ctx, status).await?;
+        return Ok(Action::await_change());
+    }
     let address = service_address(&cluster.job_tracker, &ns);
     let tracker = ctx.trackers.tracker(&address)?;
     let submit_group = spec.submit_node_group.clone();
@@ -285,7 +291,18 @@ async fn sync(
     let cached = watches.take_observed(&id);
     let mut current = match observed.or(cached) {
         Some(j) => j,
-        None => tracker.get(JobKey::Id(id.clone())).await?,
+        None => match tracker.get(JobKey::Id(id.clone())).await {
+            Ok(j) => j,
+            Err(ClientError::NotFound(_)) => {
+                return Err(SyncError::Problem(Problem {
+                    reason: "JobNotFound",
+                    message: format!(
+                        "the trackers no longer have job {id}; change the spec to submit it again"
+                    ),
+                }));
+            }
+            Err(e) => return Err(e.into()),
+        },
     };
     let mut note = None;
     if job.spec.suspend && !current.state.is_final() && current.state != JobState::Suspended {

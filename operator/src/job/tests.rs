@@ -387,3 +387,43 @@ async fn a_watched_change_is_mirrored_without_asking_the_tracker() {
     assert_eq!(mirrored.attempts, Some(1));
     assert_eq!(tracker.ops().len(), calls_before, "no tracker call");
 }
+
+#[tokio::test]
+async fn a_finished_job_is_not_asked_for_again() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (_, mut status) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    let calls_before = tracker.ops().len();
+    status.phase = Some(JobPhase::Succeeded);
+    let mut obj = job("mail").finalized().with_status(status);
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let verifier = api.run(vec![]);
+    assert_eq!(run(obj.clone(), ctx).await.unwrap(), Action::await_change());
+    finish(verifier).await;
+    // A new generation (e.g. a label edit that changed nothing submitted) only records it.
+    obj.metadata.generation = Some(2);
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let verifier = api.run(vec![Step::status(JOB_STATUS, &obj)]);
+    run(obj, ctx).await.unwrap();
+    let calls = finish(verifier).await;
+    let st: JobStatus = status_of(&calls[0]);
+    assert_eq!(st.observed_generation, Some(2));
+    assert_eq!(tracker.ops().len(), calls_before, "no tracker call");
+}
+
+#[tokio::test]
+async fn a_job_the_tracker_lost_is_a_condition_not_a_retry_loop() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (_, mut status) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    status.job_id = Some("J404".into());
+    let obj = job("mail").finalized().with_status(status);
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let verifier = api.run(vec![Step::event(), Step::status(JOB_STATUS, &obj)]);
+    assert_eq!(run(obj, ctx).await.unwrap(), Action::await_change());
+    let calls = finish(verifier).await;
+    let st: JobStatus = status_of(&calls[1]);
+    let c = conditions::find(&st.conditions, "Submitted").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "JobNotFound")
+    );
+}

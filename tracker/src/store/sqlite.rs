@@ -290,6 +290,7 @@ fn fire_instance(
             text
         ])?
     };
+    let inst_seq = conn.last_insert_rowid();
     if inserted == 1 {
         log_line(
             conn,
@@ -313,12 +314,25 @@ fn fire_instance(
     if inserted == 0 {
         return Ok(Some((0, def.clone())));
     }
-    let row = conn
-        .prepare_cached(&format!(
-            "SELECT {JOB_COLS}, seq FROM jobs WHERE job_id = ?1"
-        ))?
-        .query_row([&inst_id], |r| Ok((r.get(17)?, RawJob::from_row(r)?)))?;
-    Ok(Some(row))
+    // The row as inserted, without reading it back.
+    let row = RawJob {
+        job_id: inst_id,
+        task_id: inst.task_id,
+        state: JobState::Running.code(),
+        trigger_time: def.trigger_time,
+        attempt: 1,
+        fire_count: fired as i64,
+        scheduled_fire: Some(step.instance_fire_ms),
+        created_at: now,
+        updated_at: now,
+        lease_owner: def.lease_owner.clone(),
+        lease_token: def.lease_token.clone(),
+        lease_expiry: def.lease_expiry,
+        last_outcome: None,
+        last_message: None,
+        spec: text,
+    };
+    Ok(Some((inst_seq, row)))
 }
 
 /// For a just-claimed recurring job relying on its previous cycle, whose first attempt at a

@@ -741,10 +741,14 @@ impl SqliteStore {
 /// Copies the WAL back into the database every second (PASSIVE: never blocks the writer or
 /// readers); once the WAL passes 64 MiB it waits for readers (RESTART) so it cannot grow
 /// without bound. Stops with the store.
+/// Copies committed WAL pages back into the database file, a little at a time: a PASSIVE
+/// checkpoint every 200 ms keeps each one small, so its write-back and fsync never hold up the
+/// writer's commits for long (after a burst of work, one large checkpoint a second stalled
+/// commits for ~100 ms).
 fn checkpoint_loop(conn: Connection, alive: mpsc::WeakSender<WriteOp>) {
     const WAL_LIMIT_PAGES: i64 = 16_384;
     while alive.upgrade().is_some() {
-        thread::sleep(std::time::Duration::from_secs(1));
+        thread::sleep(std::time::Duration::from_millis(200));
         let r: rusqlite::Result<(i64, i64, i64)> =
             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))

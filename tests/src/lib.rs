@@ -289,15 +289,20 @@ impl ZkServer {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let deadline = Instant::now() + timeout;
         loop {
-            let answer = async {
+            // Each probe is bounded: a server that accepts but never answers (one still
+            // starting, or another test's process that took the port) must not hang the test.
+            let probe = async {
                 let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
                 s.write_all(b"srvr").await?;
                 let mut out = String::new();
                 s.read_to_string(&mut out).await?;
                 Ok::<_, std::io::Error>(out)
-            }
-            .await
-            .unwrap_or_default();
+            };
+            let answer = tokio::time::timeout(Duration::from_secs(2), probe)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
             if answer.contains("Mode: standalone") {
                 return Ok(());
             }

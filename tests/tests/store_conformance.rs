@@ -801,9 +801,18 @@ pub async fn overlapping_instances(store: Arc<dyn JobStore>) {
             .unwrap()
             .is_empty()
     );
+    // The definition's log tells of the end of its schedule (each fire is in its instance's
+    // log), the instance's log of the fire it runs.
     let log = store.log(&def_id, 100).await.unwrap();
     assert!(
-        log.iter().filter(|e| e.log_type == LogType::Update).count() >= 3,
+        log.iter()
+            .any(|e| e.log_type == LogType::Update && e.message.contains("last of its schedule")),
+        "{log:?}"
+    );
+    let log = store.log(&b.job.job_id, 100).await.unwrap();
+    assert!(
+        log.iter()
+            .any(|e| e.log_type == LogType::Receive && e.message.contains(&def_id)),
         "{log:?}"
     );
 

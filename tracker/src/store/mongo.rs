@@ -654,17 +654,21 @@ impl MongoStore {
         };
         let (update, note) = advance_schedule(&job.job_id, fire, step.next_ms, what, now);
         self.jobs.update_one(guard, update).await?;
-        lines.push(log_doc(
-            &job.job_id,
-            &job.spec.task_id,
-            group,
-            now,
-            LogType::Update,
-            LogLevel::Info,
-            &note,
-            0,
-            "",
-        ));
+        // A plain fire is told by the instance's own log; a cron firing every second would
+        // fill its definition's log otherwise.
+        if step.next_ms.is_none() || !step.run {
+            lines.push(log_doc(
+                &job.job_id,
+                &job.spec.task_id,
+                group,
+                now,
+                LogType::Update,
+                LogLevel::Info,
+                &note,
+                0,
+                "",
+            ));
+        }
         self.append_log(lines).await;
         if !inserted {
             return Ok(Some(None));

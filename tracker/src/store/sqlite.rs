@@ -305,11 +305,7 @@ fn fire_instance(
             "",
         )?;
     }
-    let what = if step.run {
-        "fired"
-    } else {
-        "skipped the missed fire"
-    };
+    let what = if step.run { FIRED } else { SKIPPED };
     advance_schedule(conn, seq, def, group, fire, step.next_ms, what, now)?;
     if inserted == 0 {
         return Ok(Some((0, def.clone())));
@@ -384,24 +380,20 @@ fn late_sequential_fire(
             return Ok(Some((seq, caught_up)));
         }
         schedule::LateFire::Skip { next_ms } => {
-            advance_schedule(
-                conn,
-                seq,
-                job,
-                group,
-                fire,
-                next_ms,
-                "skipped the missed fire",
-                now,
-            )?;
+            advance_schedule(conn, seq, job, group, fire, next_ms, SKIPPED, now)?;
         }
     }
     Ok(Some((0, job.clone())))
 }
 
+/// What [`advance_schedule`] did with a fire.
+const FIRED: &str = "fired";
+const SKIPPED: &str = "skipped the missed fire";
+
 /// Moves a just-claimed recurring job on to its fire `next` (queued, lease dropped, one more
 /// fire counted), or finishes it when its schedule is exhausted (`None`); logs `what` it did
-/// with `fire`.
+/// with `fire` — except a plain fire that the schedule goes on from: the instance's own log
+/// tells of it, and a cron firing every second would fill its definition's log otherwise.
 #[allow(clippy::too_many_arguments)]
 fn advance_schedule(
     conn: &Connection,
@@ -422,6 +414,9 @@ fn advance_schedule(
                  WHERE seq = ?1",
             )?
             .execute(params![seq, next, now])?;
+            if what == FIRED {
+                return Ok(());
+            }
             format!(
                 "{what} {}; next fire {}",
                 lts_core::format_ms(fire),

@@ -334,10 +334,22 @@ fn rfc3339(ms: i64) -> Option<String> {
 }
 
 /// The status fields that mirror a tracker job (conditions and bookkeeping untouched).
+///
+/// A cron or repeat job whose fires overlap (`relyOnPrevCycle: false`) never runs itself:
+/// each fire runs as its own instance job ([`mirror_instance`]). For such a definition the
+/// run fields (attempts, last result and message, last fire) are left as its instances set
+/// them.
 pub fn mirror(status: &mut crate::crd::JobStatus, job: &lts_core::Job) {
     status.phase = Some(phase(job.state));
     status.job_id = Some(job.job_id.clone());
     status.task_id = Some(job.spec.task_id.clone());
+    status.next_fire_time = match job.state {
+        JobState::Queued => rfc3339(job.trigger_time_ms),
+        _ => None,
+    };
+    if lts_core::schedule::fires_overlapping_instances(&job.spec) {
+        return;
+    }
     status.attempts = Some(i64::from(job.attempt));
     status.last_result = job.last_outcome.map(|o| o.as_str().to_string());
     status.last_message = job
@@ -346,10 +358,45 @@ pub fn mirror(status: &mut crate::crd::JobStatus, job: &lts_core::Job) {
         .filter(|m| !m.is_empty())
         .map(|m| crate::nodegroup::truncate(m, MAX_MESSAGE));
     status.last_fire_time = job.scheduled_fire_ms.and_then(rfc3339);
-    status.next_fire_time = match job.state {
-        JobState::Queued => rfc3339(job.trigger_time_ms),
-        _ => None,
+}
+
+/// Whether `job` is an instance (one fire) of the recurring job with task id
+/// `definition_task_id`.
+pub fn is_instance_of(job: &lts_core::Job, definition_task_id: &str) -> bool {
+    job.spec.schedule == lts_core::Schedule::Now
+        && job
+            .spec
+            .task_id
+            .starts_with(&lts_core::schedule::instance_prefix(definition_task_id))
+}
+
+/// The run fields of a recurring job's status from one of its instances (its newest fire):
+/// attempts, last result and message, last fire; `Running` while the instance runs and the
+/// definition waits for its next fire.
+pub fn mirror_instance(status: &mut crate::crd::JobStatus, instance: &lts_core::Job) {
+    let newer = match (
+        status.last_fire_time.as_deref(),
+        instance.scheduled_fire_ms.and_then(rfc3339),
+    ) {
+        (Some(known), Some(fire)) => fire.as_str() >= known,
+        _ => true,
     };
+    if !newer {
+        return;
+    }
+    status.attempts = Some(i64::from(instance.attempt));
+    if let Some(outcome) = instance.last_outcome {
+        status.last_result = Some(outcome.as_str().to_string());
+        status.last_message = instance
+            .last_message
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .map(|m| crate::nodegroup::truncate(m, MAX_MESSAGE));
+    }
+    status.last_fire_time = instance.scheduled_fire_ms.and_then(rfc3339);
+    if instance.state == JobState::Running && status.phase == Some(JobPhase::Queued) {
+        status.phase = Some(JobPhase::Running);
+    }
 }
 
 #[cfg(test)]
@@ -565,5 +612,76 @@ mod tests {
         mirror(&mut st, &done);
         assert_eq!(st.next_fire_time, None);
         assert!(is_final(st.phase));
+    }
+
+    #[test]
+    fn a_recurring_jobs_runs_come_from_its_instances() {
+        let mut spec = to_lts_spec(&job("c")).unwrap();
+        spec.schedule = lts_core::Schedule::Repeat {
+            interval_ms: 60_000,
+            count: -1,
+            first_fire_ms: None,
+        };
+        let definition = lts_core::Job {
+            job_id: "D".into(),
+            spec: spec.clone(),
+            state: JobState::Queued,
+            attempt: 0,
+            trigger_time_ms: 1_893_456_060_000,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            lease_owner: None,
+            lease_expiry_ms: None,
+            last_outcome: None,
+            last_message: None,
+            finished_at_ms: None,
+            scheduled_fire_ms: Some(1_893_456_060_000),
+            fire_count: 2,
+        };
+        let fire = 1_893_456_000_000;
+        let mut instance = definition.clone();
+        instance.job_id = "I1".into();
+        instance.spec = lts_core::schedule::instance_spec(&spec, fire);
+        instance.state = JobState::Running;
+        instance.attempt = 1;
+        instance.scheduled_fire_ms = Some(fire);
+        assert!(is_instance_of(&instance, &spec.task_id));
+        assert!(!is_instance_of(&definition, &spec.task_id));
+
+        let mut st = crate::crd::JobStatus::default();
+        mirror(&mut st, &definition);
+        mirror_instance(&mut st, &instance);
+        assert_eq!(st.phase, Some(JobPhase::Running), "its newest fire runs");
+        assert_eq!(st.job_id.as_deref(), Some("D"));
+        assert_eq!(
+            st.last_fire_time.as_deref(),
+            Some("2030-01-01T00:00:00.000Z")
+        );
+
+        instance.state = JobState::Succeeded;
+        instance.last_outcome = Some(lts_core::Outcome::Success);
+        instance.last_message = Some("sent".into());
+        mirror(&mut st, &definition);
+        mirror_instance(&mut st, &instance);
+        assert_eq!(
+            st.phase,
+            Some(JobPhase::Queued),
+            "waiting for its next fire"
+        );
+        assert_eq!(st.last_result.as_deref(), Some("SUCCESS"));
+        assert_eq!(st.last_message.as_deref(), Some("sent"));
+        // The definition's own changes keep what its instances reported.
+        mirror(&mut st, &definition);
+        assert_eq!(st.last_result.as_deref(), Some("SUCCESS"));
+        assert_eq!(
+            st.next_fire_time.as_deref(),
+            Some("2030-01-01T00:01:00.000Z")
+        );
+        // An older fire reported late changes nothing.
+        let mut older = instance.clone();
+        older.scheduled_fire_ms = Some(fire - 60_000);
+        older.last_outcome = Some(lts_core::Outcome::Failed);
+        mirror_instance(&mut st, &older);
+        assert_eq!(st.last_result.as_deref(), Some("SUCCESS"));
     }
 }

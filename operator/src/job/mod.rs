@@ -123,6 +123,11 @@ async fn apply(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
     match sync(&job, &previous, spec, &hash, &*tracker, &ctx.watches).await {
         Ok(synced) => {
             convert::mirror(&mut status, &synced.job);
+            if let Some(instance) = ctx.watches.take_instance(&ns, &job.name_any())
+                && convert::is_instance_of(&instance, &synced.job.spec.task_id)
+            {
+                convert::mirror_instance(&mut status, &instance);
+            }
             status.submitted_hash = Some(hash);
             let submitted_reason = synced.submitted.map(str::to_string).unwrap_or_else(|| {
                 conditions::find(&previous.conditions, "Submitted")

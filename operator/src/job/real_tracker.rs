@@ -323,3 +323,93 @@ async fn the_watch_follows_operator_jobs_without_polling() {
     assert_eq!(done.spec.params[convert::PARAM_NAME], "mail");
     watches.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fires_of_a_recurring_job_reach_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let client = tracker.client();
+    let watches = Arc::new(Watches::default());
+    let mut trigger = Box::pin(watches.take_trigger().unwrap());
+    let address = "tracker.lts.svc:7070";
+    watches.ensure(
+        address,
+        convert::SUBMIT_NODE_GROUP,
+        Arc::new(client.clone()),
+    );
+    lts_tests::eventually(Duration::from_secs(10), "the watch to stream", || async {
+        watches
+            .is_live(address, convert::SUBMIT_NODE_GROUP)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Every 200 ms, twice; fires overlap (relyOnPrevCycle is false), so each runs as its own
+    // instance job.
+    let mut resource = job("ticker");
+    resource.spec.schedule = Some(ScheduleSpec {
+        repeat: Some(crate::crd::RepeatSchedule {
+            interval_ms: Some(200),
+            interval: None,
+            count: 2,
+            first_fire: None,
+        }),
+        ..ScheduleSpec::default()
+    });
+    let spec = convert::to_lts_spec(&resource).unwrap();
+    let definition = client
+        .submit(spec.clone())
+        .await
+        .unwrap()
+        .job_id()
+        .unwrap()
+        .to_string();
+    let mut cmd = std::process::Command::new(bin("lts-worker"));
+    cmd.args([
+        "--tracker",
+        &tracker.addr,
+        "--node-group",
+        "mailers",
+        "--threads",
+        "2",
+    ])
+    .args(["--exec", "echo sent"]);
+    let _worker = Proc::spawn(cmd, dir.path().join("worker.log")).unwrap();
+
+    let defined = client.get(JobKey::Id(definition.clone())).await.unwrap();
+    let mut status = crate::crd::JobStatus::default();
+    convert::mirror(&mut status, &defined);
+    let mut finished_fires = std::collections::BTreeSet::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while finished_fires.len() < 2 {
+            futures::StreamExt::next(&mut trigger).await.unwrap();
+            if let Some(instance) = watches.take_instance("lts", "ticker") {
+                assert!(
+                    convert::is_instance_of(&instance, &spec.task_id),
+                    "{instance:?}"
+                );
+                assert_eq!(instance.spec.params[convert::PARAM_NAME], "ticker");
+                convert::mirror_instance(&mut status, &instance);
+                if instance.state.is_final() {
+                    finished_fires.insert(instance.scheduled_fire_ms);
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("fires seen: {finished_fires:?}; status {status:?}"));
+    assert_eq!(status.last_result.as_deref(), Some("SUCCESS"), "{status:?}");
+    assert_eq!(status.attempts, Some(1));
+    let last = finished_fires.iter().max().copied().flatten().unwrap();
+    assert_eq!(
+        status.last_fire_time.as_deref(),
+        Some(lts_core::format_ms(last).as_str())
+    );
+    // The definition finished with its last fire.
+    let defined = wait_final(&client, &definition, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(defined.state, JobState::Succeeded);
+    watches.stop();
+}

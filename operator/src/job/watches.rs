@@ -37,6 +37,7 @@ pub struct Watches {
     rx: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<Job>>>>,
     live: Mutex<HashMap<String, Arc<AtomicBool>>>,
     observed: Mutex<HashMap<String, lts_core::Job>>,
+    instances: Mutex<HashMap<(String, String), lts_core::Job>>,
     jobs: OnceLock<Store<DeserializeGuard<Job>>>,
     stop: CancellationToken,
 }
@@ -55,6 +56,7 @@ impl Default for Watches {
             rx: Mutex::new(Some(rx)),
             live: Mutex::default(),
             observed: Mutex::default(),
+            instances: Mutex::default(),
             jobs: OnceLock::new(),
             stop: CancellationToken::new(),
         }
@@ -86,6 +88,15 @@ impl Watches {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key(address, submit_group))
             .is_some_and(|l| l.load(Ordering::Relaxed))
+    }
+
+    /// The newest fire (instance job) of the resource `namespace/name` a watch delivered
+    /// since the last call, if any.
+    pub fn take_instance(&self, namespace: &str, name: &str) -> Option<lts_core::Job> {
+        self.instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(namespace.to_string(), name.to_string()))
     }
 
     /// The newest state of `job_id` a watch delivered since the last call, if any.
@@ -177,7 +188,20 @@ impl Watches {
         let Some((ns, name)) = convert::resource_of(&job) else {
             return;
         };
-        {
+        if job.spec.task_id.contains('~') && job.spec.schedule == lts_core::Schedule::Now {
+            // Maybe one fire of a recurring Job: kept per resource, newest fire first.
+            let mut instances = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+            if instances.len() >= MAX_OBSERVED {
+                instances.clear();
+            }
+            let key = (ns.clone(), name.clone());
+            let newer = instances
+                .get(&key)
+                .is_none_or(|known| job.scheduled_fire_ms >= known.scheduled_fire_ms);
+            if newer {
+                instances.insert(key, job);
+            }
+        } else {
             let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
             // Entries of resources that are gone are never taken: keep the cache bounded.
             if observed.len() >= MAX_OBSERVED {

@@ -31,9 +31,11 @@ pub struct BenchArgs {
     /// TaskTrackers.
     #[arg(long, short = 'w', default_value_t = 2)]
     pub workers: u32,
-    /// Threads per TaskTracker.
-    #[arg(long, short = 't', default_value_t = 32)]
-    pub threads: u32,
+    /// Threads per TaskTracker. Default 32; when only the cron phase runs, enough to start
+    /// every fire of a second at once (`--cron` ÷ `--workers`), so that the lateness measures
+    /// the scheduler rather than a queue for free threads.
+    #[arg(long, short = 't')]
+    pub threads: Option<u32>,
     /// Offered rate of the latency phase, jobs per second.
     #[arg(long, default_value_t = 1_000)]
     pub rate: u32,
@@ -157,6 +159,16 @@ fn job(group: &str, i: u64) -> JobSpec {
     JobSpec::new(format!("j{i}"), group)
 }
 
+/// Threads per TaskTracker unless `--threads` says otherwise.
+const DEFAULT_THREADS: u32 = 32;
+
+impl BenchArgs {
+    /// Threads per TaskTracker, once [`run`] has settled the default.
+    fn threads(&self) -> u32 {
+        self.threads.unwrap_or(DEFAULT_THREADS)
+    }
+}
+
 /// Runs `lts bench`.
 pub async fn run(mut args: BenchArgs) -> CliResult {
     if args.phases.is_empty() {
@@ -171,7 +183,15 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
             "--cron and --seconds must be at least 1 for the cron phase".into(),
         ));
     }
-    if args.workers == 0 || args.threads == 0 || args.rate == 0 || args.submitters == 0 {
+    if args.threads.is_none() {
+        let only_cron = args.phases == [Phase::Cron];
+        args.threads = Some(if only_cron && args.workers > 0 {
+            args.cron.div_ceil(args.workers).max(DEFAULT_THREADS)
+        } else {
+            DEFAULT_THREADS
+        });
+    }
+    if args.workers == 0 || args.threads() == 0 || args.rate == 0 || args.submitters == 0 {
         return Err(CliError::Usage(
             "--workers, --threads, --rate and --submitters must be at least 1".into(),
         ));
@@ -215,7 +235,7 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
     let mut report = Report {
         config: serde_json::json!({
             "workers": args.workers,
-            "threads": args.threads,
+            "threads": args.threads(),
             "rate": args.rate,
             "latency_seconds": args.latency_seconds,
             "submit_jobs": args.submit_jobs,
@@ -296,7 +316,7 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
     }
     if let Some(v) = report.drain_jobs_per_s {
         t.add_row(vec![
-            format!("drain ({} × {} threads)", args.workers, args.threads),
+            format!("drain ({} × {} threads)", args.workers, args.threads()),
             rate(v),
         ]);
     }
@@ -412,7 +432,7 @@ fn start_workers(
             .cluster(bench_cluster())
             .node_group(group)
             .tracker(endpoint)
-            .threads(args.threads)
+            .threads(args.threads())
             .identity(format!("bench-{group}-{w}"))
             .runner(runner.clone())
             .build()?;

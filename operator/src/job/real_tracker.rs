@@ -251,24 +251,8 @@ async fn a_killed_tracker_is_an_error_and_a_condition() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_watch_follows_operator_jobs_without_polling() {
-    let dir = tempfile::tempdir().unwrap();
-    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let (dir, tracker, watches, mut trigger) = watched_tracker().await;
     let client = tracker.client();
-    let watches = Arc::new(Watches::default());
-    let mut trigger = Box::pin(watches.take_trigger().unwrap());
-    let address = "tracker.lts.svc:7070";
-    watches.ensure(
-        address,
-        convert::SUBMIT_NODE_GROUP,
-        Arc::new(client.clone()),
-    );
-    lts_tests::eventually(Duration::from_secs(10), "the watch to stream", || async {
-        watches
-            .is_live(address, convert::SUBMIT_NODE_GROUP)
-            .then_some(())
-    })
-    .await
-    .unwrap();
 
     // A job of someone else is not reported; the operator's job is, with its state.
     client
@@ -326,24 +310,8 @@ async fn the_watch_follows_operator_jobs_without_polling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fires_of_a_recurring_job_reach_its_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let (dir, tracker, watches, mut trigger) = watched_tracker().await;
     let client = tracker.client();
-    let watches = Arc::new(Watches::default());
-    let mut trigger = Box::pin(watches.take_trigger().unwrap());
-    let address = "tracker.lts.svc:7070";
-    watches.ensure(
-        address,
-        convert::SUBMIT_NODE_GROUP,
-        Arc::new(client.clone()),
-    );
-    lts_tests::eventually(Duration::from_secs(10), "the watch to stream", || async {
-        watches
-            .is_live(address, convert::SUBMIT_NODE_GROUP)
-            .then_some(())
-    })
-    .await
-    .unwrap();
 
     // Every 200 ms, twice; fires overlap (relyOnPrevCycle is false), so each runs as its own
     // instance job.
@@ -412,4 +380,32 @@ async fn the_fires_of_a_recurring_job_reach_its_status() {
         .unwrap();
     assert_eq!(defined.state, JobState::Succeeded);
     watches.stop();
+}
+
+/// A real tracker in a temporary directory, with the operator's job watch streaming from it;
+/// the stream of resources the watch asks to reconcile.
+async fn watched_tracker() -> (
+    tempfile::TempDir,
+    TrackerProc,
+    Arc<Watches>,
+    std::pin::Pin<Box<dyn futures::Stream<Item = kube::runtime::reflector::ObjectRef<Job>> + Send>>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let watches = Arc::new(Watches::default());
+    let trigger = Box::pin(watches.take_trigger().unwrap());
+    let address = "tracker.lts.svc:7070";
+    watches.ensure(
+        address,
+        convert::SUBMIT_NODE_GROUP,
+        Arc::new(tracker.client()),
+    );
+    lts_tests::eventually(Duration::from_secs(10), "the watch to stream", || async {
+        watches
+            .is_live(address, convert::SUBMIT_NODE_GROUP)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    (dir, tracker, watches, trigger)
 }

@@ -360,20 +360,15 @@ fn late_sequential_fire(
         schedule::LateFire::CatchUp => {
             conn.prepare_cached("UPDATE jobs SET scheduled_fire = ?2 WHERE seq = ?1")?
                 .execute(params![seq, now])?;
-            log_line(
+            schedule_log(
                 conn,
-                &job.job_id,
-                &job.task_id,
+                job,
                 group,
                 now,
-                LogType::Update,
-                LogLevel::Info,
                 &format!(
                     "missed fire {}: one catch-up run now",
                     lts_core::format_ms(fire)
                 ),
-                0,
-                "",
             )?;
             let mut caught_up = job.clone();
             caught_up.scheduled_fire = Some(now);
@@ -434,6 +429,17 @@ fn advance_schedule(
             )
         }
     };
+    schedule_log(conn, job, group, now, &note)
+}
+
+/// An `UPDATE` line in a recurring job's log about its schedule.
+fn schedule_log(
+    conn: &Connection,
+    job: &RawJob,
+    group: &str,
+    now: i64,
+    note: &str,
+) -> StoreResult<()> {
     log_line(
         conn,
         &job.job_id,
@@ -442,7 +448,7 @@ fn advance_schedule(
         now,
         LogType::Update,
         LogLevel::Info,
-        &note,
+        note,
         0,
         "",
     )?;

@@ -359,3 +359,33 @@ async fn a_tracker_crash_neither_doubles_nor_bursts_cron_fires() {
         "fires bunched up after the restart: {fires:?}"
     );
 }
+
+/// Waiting for a recurring job whose fires overlap follows the instance of its next fire and
+/// returns how that run ended.
+#[tokio::test]
+async fn waiting_for_a_recurring_job_returns_its_next_fires_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let client = tracker.client();
+    let runs: Runs = Arc::default();
+    let (stop, h) = worker(&tracker, "waited", runs.clone());
+    let first = lts_core::now_ms() + 700;
+    let id = accepted(
+        &client
+            .submit(JobSpec::new("tick", "waited").schedule(Schedule::Repeat {
+                interval_ms: 60_000,
+                count: 2,
+                first_fire_ms: Some(first),
+            }))
+            .await
+            .unwrap(),
+    );
+    let run = client.wait(JobKey::Id(id.clone()), Some(T)).await.unwrap();
+    assert_eq!(run.spec.task_id, format!("tick~{first}"), "{run:?}");
+    assert_eq!(run.state, JobState::Succeeded);
+    assert_eq!(run.scheduled_fire_ms, Some(first));
+    assert_eq!(runs.lock().unwrap().as_slice(), [format!("tick~{first}")]);
+    client.cancel(JobKey::Id(id)).await.unwrap();
+    stop.cancel();
+    h.await.unwrap();
+}

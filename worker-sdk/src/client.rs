@@ -529,6 +529,9 @@ impl JobClient {
 
     /// Waits until the job reaches a final state (or, for a recurring job, finishes a run) and
     /// returns it. Polls `Get` with a growing interval (50 ms to 1 s).
+    ///
+    /// A recurring job whose fires overlap runs each fire as its own instance job: the wait
+    /// then follows the instance of its next fire and returns that instance when it ends.
     pub async fn wait(&self, key: JobKey, timeout: Option<Duration>) -> Result<Job, ClientError> {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut delays = backon::ExponentialBuilder::default()
@@ -536,9 +539,31 @@ impl JobClient {
             .with_max_delay(Duration::from_secs(1))
             .without_max_times()
             .build();
-        let start_fires = self.get(key.clone()).await?.fire_count;
+        let start = self.get(key.clone()).await?;
+        let start_fires = start.fire_count;
+        let mut key = key;
         loop {
             let job = self.get(key.clone()).await?;
+            if !job.state.is_final()
+                && lts_core::schedule::fires_overlapping_instances(&job.spec)
+                && job.fire_count > start_fires
+            {
+                // It fired: follow the instance of the fire it was waiting for, when it ran
+                // on time (a catch-up run is named after the moment it ran).
+                let fire = start.scheduled_fire_ms.unwrap_or(start.trigger_time_ms);
+                let instance = JobKey::Task {
+                    node_group: job.spec.task_tracker_node_group.clone(),
+                    task_id: lts_core::schedule::instance_spec(&job.spec, fire).task_id,
+                };
+                match self.get(instance.clone()).await {
+                    Ok(_) => {
+                        key = instance;
+                        continue;
+                    }
+                    Err(ClientError::NotFound(_)) => return Ok(job),
+                    Err(e) => return Err(e),
+                }
+            }
             if job.state.is_final()
                 || (job.spec.schedule.is_recurring()
                     && (job.fire_count > start_fires || job.last_outcome.is_some()))

@@ -496,7 +496,7 @@ pub async fn feedback_until_acknowledged(store: Arc<dyn JobStore>) {
         .await
         .unwrap();
     assert!(
-        matches!(r, CompleteOutcome::Accepted { feedback_group: Some(ref g), .. } if g == "clients")
+        matches!(r, CompleteOutcome::Accepted { feedback_group: Some(ref g), ref submit_node_group, .. } if g == "clients" && submit_node_group == "clients")
     );
     assert!(
         store

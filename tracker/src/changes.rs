@@ -271,7 +271,7 @@ impl JobStore for ChangeFeed {
         let out = self.inner.complete(completion).await?;
         if let CompleteOutcome::Accepted {
             node_group,
-            feedback_group,
+            submit_node_group,
             ..
         } = &out
         {
@@ -279,7 +279,7 @@ impl JobStore for ChangeFeed {
                 vec![ChangeHint {
                     job_id,
                     node_group: Some(node_group.clone()),
-                    submit_node_group: feedback_group.clone(),
+                    submit_node_group: Some(submit_node_group.clone()),
                 }]
             });
         }

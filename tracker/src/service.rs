@@ -784,6 +784,7 @@ async fn complete(
             node_group,
             disposition,
             feedback_group,
+            ..
         }) => {
             metrics::counter!("lts_jobs_completed_total", "outcome" => outcome.as_str())
                 .increment(1);

@@ -125,6 +125,8 @@ pub enum CompleteOutcome {
         disposition: Disposition,
         /// The submit node group when feedback was queued.
         feedback_group: Option<String>,
+        /// The job's submitting JobClient node group (for watchers).
+        submit_node_group: String,
     },
     /// Refused: the lease is no longer this token's (reassigned, cancelled or finished).
     Stale {

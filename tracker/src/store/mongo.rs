@@ -1334,6 +1334,7 @@ impl JobStore for MongoStore {
                 node_group: job.spec.task_tracker_node_group,
                 disposition: disp,
                 feedback_group,
+                submit_node_group: job.spec.submit_node_group,
             });
         }
         Err(StoreError::Backend(format!(

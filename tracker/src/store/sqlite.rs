@@ -997,6 +997,7 @@ impl JobStore for SqliteStore {
             let now = c.now_ms;
             let spec = &job.spec;
             let group = spec.task_tracker_node_group.clone();
+            let submit_node_group = spec.submit_node_group.clone();
             let task_id = spec.task_id.clone();
             let attempt = job.attempt as i64;
             for line in &c.logs {
@@ -1080,6 +1081,7 @@ impl JobStore for SqliteStore {
                 node_group: group,
                 disposition: disp,
                 feedback_group,
+                submit_node_group,
             })
         })
         .await

@@ -515,7 +515,7 @@ mod tests {
             ),
             Step::error(Method::GET, "/apis/lts.io/v1alpha1/jobs", 404, "NotFound"),
         ]);
-        let err = crate::check_crds(&ctx.client).await.unwrap_err();
+        let err = crate::check_crds(&ctx.client, None).await.unwrap_err();
         finish(verifier).await;
         let msg = err.to_string();
         assert!(
@@ -533,7 +533,41 @@ mod tests {
             Step::json(Method::GET, "/apis/lts.io/v1alpha1/nodegroups", empty("ng")),
             Step::json(Method::GET, "/apis/lts.io/v1alpha1/jobs", empty("job")),
         ]);
-        crate::check_crds(&ctx.client).await.unwrap();
+        crate::check_crds(&ctx.client, None).await.unwrap();
         finish(verifier).await;
+    }
+
+    #[tokio::test]
+    async fn a_namespace_scoped_operator_reads_only_its_namespace() {
+        let (ctx, api) = context(&[], Arc::new(FakeTracker::default()));
+        let ctx = Arc::try_unwrap(ctx)
+            .unwrap_or_else(|_| panic!("context is shared"))
+            .watching(Some("team-a".into()));
+        let empty = |kind: &str| json!({"apiVersion": "meta.k8s.io/v1", "kind": format!("PartialObjectMetadataList"), "metadata": {}, "items": [], "x": kind});
+        let verifier = api.run(vec![
+            Step::json(
+                Method::GET,
+                "/apis/lts.io/v1alpha1/namespaces/team-a/nodegroups",
+                empty("ng"),
+            ),
+            Step::json(
+                Method::GET,
+                "/apis/lts.io/v1alpha1/namespaces/team-a/jobs",
+                empty("job"),
+            ),
+        ]);
+        crate::check_crds(&ctx.client, ctx.watch_namespace.as_deref())
+            .await
+            .unwrap();
+        finish(verifier).await;
+        assert_eq!(
+            ctx.api::<crate::crd::Job>().resource_url(),
+            "/apis/lts.io/v1alpha1/namespaces/team-a/jobs"
+        );
+        let all = ctx.watching(None);
+        assert_eq!(
+            all.api::<crate::crd::Job>().resource_url(),
+            "/apis/lts.io/v1alpha1/jobs"
+        );
     }
 }

@@ -59,6 +59,9 @@ pub struct Context {
     pub backoff: backoff::Backoff,
     /// Job watches of the clusters' trackers, feeding the Job controller.
     pub watches: Arc<job::Watches>,
+    /// Only this namespace's NodeGroups and Jobs (and the objects built for them) are
+    /// watched; `None`: every namespace.
+    pub watch_namespace: Option<String>,
 }
 
 impl Context {
@@ -85,7 +88,35 @@ impl Context {
             build,
             backoff: backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
             watches,
+            watch_namespace: None,
         }
+    }
+
+    /// Watches only `namespace` (builder style); see [`Context::watch_namespace`].
+    pub fn watching(mut self, namespace: Option<String>) -> Context {
+        self.watch_namespace = namespace;
+        self
+    }
+
+    /// An API of `K` in the watched namespace, or in every namespace.
+    pub fn api<K>(&self) -> kube::Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        watched_api(&self.client, self.watch_namespace.as_deref())
+    }
+}
+
+/// An API of `K` in `namespace`, or in every namespace when `None`.
+pub fn watched_api<K>(client: &Client, namespace: Option<&str>) -> kube::Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
     }
 }
 
@@ -140,15 +171,15 @@ impl Context {
     }
 }
 
-/// Checks that the API server serves both CRDs: a missing CRD is
-/// [`Error::CrdsNotInstalled`] with one message saying how to install them; any other failure
-/// is the API error itself.
-pub async fn check_crds(client: &Client) -> Result<()> {
+/// Checks that the API server serves both CRDs (listing them in `namespace`, or in every
+/// namespace): a missing CRD is [`Error::CrdsNotInstalled`] with one message saying how to
+/// install them; any other failure is the API error itself.
+pub async fn check_crds(client: &Client, namespace: Option<&str>) -> Result<()> {
     use kube::CustomResourceExt;
-    use kube::api::{Api, ListParams};
+    use kube::api::ListParams;
     let lp = ListParams::default().limit(1);
     let mut missing = Vec::new();
-    match Api::<crd::NodeGroup>::all(client.clone())
+    match watched_api::<crd::NodeGroup>(client, namespace)
         .list_metadata(&lp)
         .await
     {
@@ -156,7 +187,7 @@ pub async fn check_crds(client: &Client) -> Result<()> {
         Err(kube::Error::Api(e)) if e.code == 404 => missing.push(crd::NodeGroup::crd_name()),
         Err(e) => return Err(e.into()),
     }
-    match Api::<crd::Job>::all(client.clone())
+    match watched_api::<crd::Job>(client, namespace)
         .list_metadata(&lp)
         .await
     {

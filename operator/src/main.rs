@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use kube::Client;
-use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use lts_operator::crd::NodeGroup;
@@ -52,6 +51,10 @@ struct Cli {
     /// Log format.
     #[arg(long, env = "LTS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
+    /// Reconcile NodeGroups and Jobs of this namespace only (a namespace-scoped install with
+    /// a Role instead of a ClusterRole); default: every namespace.
+    #[arg(long, env = "LTS_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -136,7 +139,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connect to the Kubernetes API (in-cluster config or kubeconfig)")?;
-    lts_operator::check_crds(&client).await?;
+    let watch_namespace = cli.watch_namespace.clone().filter(|ns| !ns.is_empty());
+    lts_operator::check_crds(&client, watch_namespace.as_deref()).await?;
     health.set_ready(true);
 
     let identity = cli
@@ -185,22 +189,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let nodegroups = reflector(
         writer,
         watcher(
-            Api::<DeserializeGuard<NodeGroup>>::all(client.clone()),
+            lts_operator::watched_api::<DeserializeGuard<NodeGroup>>(
+                &client,
+                watch_namespace.as_deref(),
+            ),
             watcher::Config::default(),
         ),
     )
     .default_backoff()
     .touched_objects();
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        reader.clone(),
-        Arc::new(GrpcConnector::default()),
-        BuildConfig {
-            tracker_image: cli.tracker_image.clone(),
-            worker_image: cli.worker_image.clone(),
-        },
-        Arc::new(job::Watches::default()),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            reader.clone(),
+            Arc::new(GrpcConnector::default()),
+            BuildConfig {
+                tracker_image: cli.tracker_image.clone(),
+                worker_image: cli.worker_image.clone(),
+            },
+            Arc::new(job::Watches::default()),
+        )
+        .watching(watch_namespace.clone()),
+    );
     tracing::info!(%identity, "starting the NodeGroup and Job controllers");
     let ng_stop = stop.clone();
     let ng_controller =

@@ -357,7 +357,6 @@ fn value_combinations_the_schema_cannot_express_fail_with_a_message() {
             "cluster:\n  enabled: true\n  taskTracker:\n    worker:\n      mode: Sdk\n",
             "cluster.taskTracker.image is required",
         ),
-        ("rbac:\n  scope: namespace\n", "rbac.scope=namespace"),
     ];
     let dir = TempDir::new().unwrap();
     let chart = chart_dir().display().to_string();
@@ -403,6 +402,46 @@ fn single_tracker_cluster_renders_without_zookeeper_and_mongodb() {
         r.notes().contains("SQLite"),
         "NOTES warn about the embedded store"
     );
+}
+
+#[test]
+fn a_namespace_scoped_install_gets_roles_and_watches_its_namespace() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(
+        &file,
+        "rbac:\n  scope: namespace\ncluster:\n  enabled: true\n",
+    )
+    .unwrap();
+    let r = Rendered::of(Some(&file));
+    let kinds = r.kinds();
+    assert!(
+        !kinds.iter().any(|k| k.starts_with("Cluster")),
+        "no cluster-wide access: {kinds:?}"
+    );
+    let roles: Vec<&Value> = r.objects.iter().filter(|o| o["kind"] == "Role").collect();
+    assert_eq!(roles.len(), 2, "the operator's and the leader election's");
+    let bindings = r
+        .objects
+        .iter()
+        .filter(|o| o["kind"] == "RoleBinding")
+        .count();
+    assert_eq!(bindings, 2);
+    let operator = roles
+        .iter()
+        .find(|r| r["rules"].to_string().contains("nodegroups"))
+        .expect("the operator's Role");
+    let ns = operator["metadata"]["namespace"].as_str().unwrap();
+    assert!(
+        !operator["rules"]
+            .to_string()
+            .contains("customresourcedefinitions"),
+        "a Role cannot grant cluster-scoped CRDs"
+    );
+    let c = &r.one("Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env_value(c, "LTS_WATCH_NAMESPACE"), Some(ns));
+    kubernetes_validate(&r.builtin()).unwrap_or_else(|e| panic!("{e:#}"));
+    validate_custom(&r.custom());
 }
 
 #[test]

@@ -66,9 +66,6 @@ app.kubernetes.io/component: operator
 {{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.leaderElection.enabled) }}
 {{- fail "operator.replicas > 1 needs operator.leaderElection.enabled=true: without a Lease every replica would reconcile" }}
 {{- end }}
-{{- if and .Values.rbac.create (eq .Values.rbac.scope "namespace") }}
-{{- fail "rbac.scope=namespace: this lts-operator version watches NodeGroups and Jobs in every namespace and needs cluster-wide read access; use rbac.scope=cluster (the default)" }}
-{{- end }}
 {{- if .Values.cluster.enabled }}
 {{- $c := .Values.cluster }}
 {{- if and (gt (int $c.jobTracker.replicas) 1) (or (not $c.zookeeper) (not $c.mongodb.uriSecret.name)) }}

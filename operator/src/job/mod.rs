@@ -472,7 +472,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let controller = Controller::new(
-        Api::<DeserializeGuard<Job>>::all(ctx.client.clone()),
+        ctx.api::<DeserializeGuard<Job>>(),
         watcher::Config::default(),
     );
     ctx.watches.set_store(controller.store());

@@ -360,11 +360,10 @@ pub async fn run(
     + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
     let wc = watcher::Config::default().labels("app.kubernetes.io/managed-by=lts-operator");
     Controller::for_stream(nodegroups, ctx.nodegroups.clone())
-        .owns(Api::<Deployment>::all(client.clone()), wc.clone())
-        .owns(Api::<Service>::all(client), wc)
+        .owns(ctx.api::<Deployment>(), wc.clone())
+        .owns(ctx.api::<Service>(), wc)
         .graceful_shutdown_on(shutdown)
         .run(reconcile_guarded, error_policy_guarded, ctx)
         .for_each(|res| async move {

@@ -480,6 +480,29 @@ pub enum JobKey {
     },
 }
 
+impl Job {
+    /// A queued job `job_id` for `spec`, every other field at its empty value (builders and
+    /// tests start here and set what they need).
+    pub fn new(job_id: impl Into<String>, spec: JobSpec) -> Job {
+        Job {
+            job_id: job_id.into(),
+            spec,
+            state: JobState::Queued,
+            attempt: 0,
+            trigger_time_ms: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            lease_owner: None,
+            lease_expiry_ms: None,
+            last_outcome: None,
+            last_message: None,
+            finished_at_ms: None,
+            scheduled_fire_ms: None,
+            fire_count: 0,
+        }
+    }
+}
+
 impl fmt::Display for JobKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

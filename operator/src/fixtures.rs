@@ -212,20 +212,10 @@ impl FakeTracker {
 /// A new queued tracker job for `spec`.
 pub fn tracker_job(job_id: &str, spec: LtsSpec) -> lts_core::Job {
     lts_core::Job {
-        job_id: job_id.into(),
-        spec,
-        state: JobState::Queued,
-        attempt: 0,
         trigger_time_ms: 1_893_456_000_000,
         created_at_ms: 1,
         updated_at_ms: 1,
-        lease_owner: None,
-        lease_expiry_ms: None,
-        last_outcome: None,
-        last_message: None,
-        finished_at_ms: None,
-        scheduled_fire_ms: None,
-        fire_count: 0,
+        ..lts_core::Job::new(job_id, spec)
     }
 }
 

@@ -403,22 +403,7 @@ mod tests {
         assert!(!f.may_match(&hint("a", Some("g"), Some("other"))));
         let mut spec = JobSpec::new("k8s-1", "g");
         spec.submit_node_group = "op".into();
-        let job = Job {
-            job_id: "a".into(),
-            spec,
-            state: lts_core::JobState::Queued,
-            attempt: 0,
-            trigger_time_ms: 0,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            lease_owner: None,
-            lease_expiry_ms: None,
-            last_outcome: None,
-            last_message: None,
-            finished_at_ms: None,
-            scheduled_fire_ms: None,
-            fire_count: 0,
-        };
+        let job = Job::new("a", spec);
         assert!(f.matches(&job));
         let f = WatchFilter {
             task_id_prefix: Some("k8s-".into()),

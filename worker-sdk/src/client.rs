@@ -600,7 +600,9 @@ impl JobClient {
             Arc::new(handler),
             stop.clone(),
         ));
-        FeedbackSubscription { stop, task }
+        FeedbackSubscription {
+            task: crate::background::Background::new(stop, task),
+        }
     }
 }
 
@@ -623,22 +625,13 @@ fn parse_log_type(s: &str) -> lts_core::LogType {
 /// A running feedback subscription; stops when dropped.
 #[derive(Debug)]
 pub struct FeedbackSubscription {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
+    task: crate::background::Background,
 }
 
 impl FeedbackSubscription {
     /// Stops receiving feedback.
-    pub async fn stop(mut self) {
-        self.stop.cancel();
-        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
-        let _ = task.await;
-    }
-}
-
-impl Drop for FeedbackSubscription {
-    fn drop(&mut self) {
-        self.stop.cancel();
+    pub async fn stop(self) {
+        self.task.stop().await;
     }
 }
 

@@ -27,6 +27,7 @@
 //! * [`sidecar`] holds the runners of the `lts-worker` binary, which makes any program a
 //!   TaskTracker (a command per job, or an HTTP call per job).
 
+mod background;
 pub mod client;
 pub mod connect;
 pub mod runner;

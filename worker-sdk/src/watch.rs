@@ -15,10 +15,10 @@ use lts_core::proto::{self, job_service_client::JobServiceClient};
 use lts_core::{Job, convert};
 use lts_registry::Role;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ClientError;
+use crate::background::Background;
 use crate::connect::{self, Trackers};
 
 /// How often the set of trackers is read again when no registry tells of changes.
@@ -62,8 +62,7 @@ pub enum WatchEvent {
 #[derive(Debug)]
 pub struct JobWatch {
     rx: mpsc::Receiver<WatchEvent>,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
+    task: Background,
 }
 
 impl JobWatch {
@@ -73,16 +72,8 @@ impl JobWatch {
     }
 
     /// Stops watching.
-    pub async fn stop(mut self) {
-        self.stop.cancel();
-        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
-        let _ = task.await;
-    }
-}
-
-impl Drop for JobWatch {
-    fn drop(&mut self) {
-        self.stop.cancel();
+    pub async fn stop(self) {
+        self.task.stop().await;
     }
 }
 
@@ -91,7 +82,10 @@ pub(crate) fn start(trackers: Trackers, filter: WatchFilter) -> JobWatch {
     let (tx, rx) = mpsc::channel(1024);
     let stop = CancellationToken::new();
     let task = tokio::spawn(supervise(trackers, filter, tx, stop.clone()));
-    JobWatch { rx, stop, task }
+    JobWatch {
+        rx,
+        task: Background::new(stop, task),
+    }
 }
 
 /// Keeps one stream per tracker address, adding and dropping streams as trackers change.

@@ -403,7 +403,7 @@ pub fn mirror_instance(status: &mut crate::crd::JobStatus, instance: &lts_core::
 mod tests {
     use super::*;
     use crate::crd::{CronSchedule, RepeatSchedule, ScheduleSpec};
-    use crate::fixtures::{job, nodegroup as ng};
+    use crate::fixtures::{job, nodegroup as ng, tracker_job};
 
     #[test]
     fn default_task_id_and_params_key_the_resource() {
@@ -578,20 +578,12 @@ mod tests {
     fn mirror_maps_tracker_state() {
         let spec = to_lts_spec(&job("m")).unwrap();
         let tracked = lts_core::Job {
-            job_id: "J1".into(),
-            spec,
-            state: JobState::Queued,
             attempt: 2,
-            trigger_time_ms: 1_893_456_000_000,
-            created_at_ms: 1,
-            updated_at_ms: 1,
-            lease_owner: None,
-            lease_expiry_ms: None,
             last_outcome: Some(lts_core::Outcome::Later),
             last_message: Some("busy".into()),
-            finished_at_ms: None,
             scheduled_fire_ms: Some(1_893_455_000_000),
             fire_count: 1,
+            ..tracker_job("J1", spec)
         };
         let mut st = crate::crd::JobStatus::default();
         mirror(&mut st, &tracked);
@@ -623,20 +615,10 @@ mod tests {
             first_fire_ms: None,
         };
         let definition = lts_core::Job {
-            job_id: "D".into(),
-            spec: spec.clone(),
-            state: JobState::Queued,
-            attempt: 0,
             trigger_time_ms: 1_893_456_060_000,
-            created_at_ms: 1,
-            updated_at_ms: 1,
-            lease_owner: None,
-            lease_expiry_ms: None,
-            last_outcome: None,
-            last_message: None,
-            finished_at_ms: None,
             scheduled_fire_ms: Some(1_893_456_060_000),
             fire_count: 2,
+            ..tracker_job("D", spec.clone())
         };
         let fire = 1_893_456_000_000;
         let mut instance = definition.clone();

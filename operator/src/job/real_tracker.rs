@@ -135,17 +135,7 @@ async fn submits_idempotently_mirrors_runs_and_replaces_on_a_real_tracker() {
 
     // A TaskTracker runs it; the next reconcile mirrors the result.
     let worker_log = dir.path().join("worker.log");
-    let mut cmd = std::process::Command::new(bin("lts-worker"));
-    cmd.args([
-        "--tracker",
-        &tracker.addr,
-        "--node-group",
-        "mailers",
-        "--threads",
-        "1",
-    ])
-    .args(["--exec", "echo sent; exit 0"]);
-    let _worker = Proc::spawn(cmd, worker_log).unwrap();
+    let _worker = mailer_worker(&tracker, 1, "echo sent; exit 0", worker_log);
     let done = wait_final(&client, &job_id, Duration::from_secs(30))
         .await
         .unwrap();
@@ -279,17 +269,7 @@ async fn the_watch_follows_operator_jobs_without_polling() {
         ("mail", Some("lts"))
     );
 
-    let mut cmd = std::process::Command::new(bin("lts-worker"));
-    cmd.args([
-        "--tracker",
-        &tracker.addr,
-        "--node-group",
-        "mailers",
-        "--threads",
-        "1",
-    ])
-    .args(["--exec", "exit 0"]);
-    let _worker = Proc::spawn(cmd, dir.path().join("worker.log")).unwrap();
+    let _worker = mailer_worker(&tracker, 1, "exit 0", dir.path().join("worker.log"));
     let mut seen = Vec::new();
     let done = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -333,17 +313,7 @@ async fn the_fires_of_a_recurring_job_reach_its_status() {
         .job_id()
         .unwrap()
         .to_string();
-    let mut cmd = std::process::Command::new(bin("lts-worker"));
-    cmd.args([
-        "--tracker",
-        &tracker.addr,
-        "--node-group",
-        "mailers",
-        "--threads",
-        "2",
-    ])
-    .args(["--exec", "echo sent"]);
-    let _worker = Proc::spawn(cmd, dir.path().join("worker.log")).unwrap();
+    let _worker = mailer_worker(&tracker, 2, "echo sent", dir.path().join("worker.log"));
 
     let defined = client.get(JobKey::Id(definition.clone())).await.unwrap();
     let mut status = crate::crd::JobStatus::default();
@@ -408,4 +378,13 @@ async fn watched_tracker() -> (
     .await
     .unwrap();
     (dir, tracker, watches, trigger)
+}
+
+/// An `lts-worker` process for the `mailers` group of `tracker`, running `exec` per job.
+fn mailer_worker(tracker: &TrackerProc, threads: u32, exec: &str, log: std::path::PathBuf) -> Proc {
+    let mut cmd = std::process::Command::new(bin("lts-worker"));
+    cmd.args(["--tracker", &tracker.addr, "--node-group", "mailers"])
+        .args(["--threads", &threads.to_string()])
+        .args(["--exec", exec]);
+    Proc::spawn(cmd, log).unwrap()
 }

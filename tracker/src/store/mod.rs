@@ -295,6 +295,12 @@ pub trait JobStore: Send + Sync + 'static {
     }
 }
 
+/// Whether a stored spec (its JSON) may be a cron or repeat job: a cheap test on the claim
+/// path, so that only those specs are parsed; a `true` is confirmed on the parsed spec.
+pub(crate) fn spec_may_recur(spec_json: &str) -> bool {
+    spec_json.contains("\"type\":\"cron\"") || spec_json.contains("\"type\":\"repeat\"")
+}
+
 /// After this long without the newest master acting, its fence yields to any master.
 pub const FENCE_STALE_MS: i64 = 60_000;
 

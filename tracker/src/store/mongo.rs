@@ -1095,9 +1095,7 @@ impl JobStore for MongoStore {
         // due fire is created and leased in its place (see `fire_instance`).
         let mut docs = Vec::with_capacity(won.len());
         for d in won {
-            let recurring = text(&d, "spec").is_some_and(|s| {
-                s.contains("\"type\":\"cron\"") || s.contains("\"type\":\"repeat\"")
-            });
+            let recurring = text(&d, "spec").is_some_and(super::spec_may_recur);
             if !recurring {
                 docs.push(d);
                 continue;

@@ -931,8 +931,7 @@ impl JobStore for SqliteStore {
                 // job follows its misfire policy.
                 for (seq, raw) in rows.iter_mut() {
                     // A cheap test first: only cron and repeat specs are parsed.
-                    if (raw.spec.contains("\"type\":\"cron\"")
-                        || raw.spec.contains("\"type\":\"repeat\""))
+                    if super::spec_may_recur(&raw.spec)
                         && let Some(instance) = fire_instance(conn, *seq, raw, &req)?
                     {
                         *seq = instance.0;

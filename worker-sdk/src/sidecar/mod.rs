@@ -137,20 +137,10 @@ pub(crate) mod test_support {
         }
         JobContext {
             job: Job {
-                job_id: format!("job-{task_id}"),
-                spec,
                 state: JobState::Running,
                 attempt: 1,
-                trigger_time_ms: 0,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-                lease_owner: None,
-                lease_expiry_ms: None,
-                last_outcome: None,
-                last_message: None,
-                finished_at_ms: None,
-                scheduled_fire_ms: None,
                 fire_count: 1,
+                ..Job::new(format!("job-{task_id}"), spec)
             },
             attempt: 1,
             logger: BizLogger::default(),

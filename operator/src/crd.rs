@@ -188,6 +188,26 @@ pub struct NodeGroupSpec {
     pub mongo_uri_secret_ref: Option<SecretKeyRef>,
 }
 
+impl NodeGroupSpec {
+    /// A one-replica group of `role` in `cluster`, every optional field unset (the operator's
+    /// defaults apply).
+    pub fn new(cluster: impl Into<String>, role: NodeRole) -> NodeGroupSpec {
+        NodeGroupSpec {
+            cluster: cluster.into(),
+            role,
+            replicas: 1,
+            image: None,
+            image_pull_policy: None,
+            threads: None,
+            worker: None,
+            resources: None,
+            env: vec![],
+            zookeeper: None,
+            mongo_uri_secret_ref: None,
+        }
+    }
+}
+
 /// One member of a NodeGroup as the trackers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]

@@ -32,22 +32,7 @@ use crate::{Context, job};
 
 /// A NodeGroup `name` of cluster `prod` in namespace `lts`.
 pub fn nodegroup(name: &str, role: NodeRole) -> NodeGroup {
-    let mut ng = NodeGroup::new(
-        name,
-        NodeGroupSpec {
-            cluster: "prod".into(),
-            role,
-            replicas: 1,
-            image: None,
-            image_pull_policy: None,
-            threads: None,
-            worker: None,
-            resources: None,
-            env: vec![],
-            zookeeper: None,
-            mongo_uri_secret_ref: None,
-        },
-    );
+    let mut ng = NodeGroup::new(name, NodeGroupSpec::new("prod", role));
     ng.metadata.namespace = Some("lts".into());
     ng.metadata.uid = Some(format!("uid-{name}"));
     ng.metadata.generation = Some(1);

@@ -34,17 +34,8 @@ fn group(role: NodeRole) -> NodeGroup {
     NodeGroup::new(
         "g",
         NodeGroupSpec {
-            cluster: "prod".into(),
-            role,
-            replicas: 1,
             image: Some("img".into()),
-            image_pull_policy: None,
-            threads: None,
-            worker: None,
-            resources: None,
-            env: vec![],
-            zookeeper: None,
-            mongo_uri_secret_ref: None,
+            ..NodeGroupSpec::new("prod", role)
         },
     )
 }

@@ -17,22 +17,7 @@ use lts_operator::leader::{Decision, LeaseConfig, next_spec};
 use lts_operator::nodegroup::{BuildConfig, build, validate};
 
 fn group(name: &str, role: NodeRole) -> NodeGroup {
-    let mut ng = NodeGroup::new(
-        name,
-        NodeGroupSpec {
-            cluster: "prod".into(),
-            role,
-            replicas: 1,
-            image: None,
-            image_pull_policy: None,
-            threads: None,
-            worker: None,
-            resources: None,
-            env: vec![],
-            zookeeper: None,
-            mongo_uri_secret_ref: None,
-        },
-    );
+    let mut ng = NodeGroup::new(name, NodeGroupSpec::new("prod", role));
     ng.metadata.namespace = Some("lts".into());
     ng.metadata.uid = Some(format!("4a1f0000-0000-4000-8000-{:012}", name.len()));
     ng

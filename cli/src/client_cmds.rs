@@ -32,6 +32,10 @@ pub struct ClientOpts {
     /// Output format.
     #[arg(long, short = 'o', env = "LTS_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Deadline of each call to a tracker, in milliseconds; a tracker that does not answer in
+    /// time is left for another one (with --registry or several --tracker addresses).
+    #[arg(long, env = "LTS_CALL_TIMEOUT_MS", default_value_t = 5_000)]
+    pub call_timeout_ms: u64,
 }
 
 impl ClientOpts {
@@ -45,10 +49,16 @@ impl ClientOpts {
                     .await
                     .map_err(|e| CliError::Failed(e.to_string()))?;
                 let reg: Arc<dyn Registry> = Arc::new(zk);
-                Ok(JobClient::from_registry(reg))
+                Ok(JobClient::from_registry(reg).with_call_timeout(self.call_timeout()))
             }
-            None => JobClient::new(&self.tracker).map_err(|e| self.unavailable(e)),
+            None => JobClient::new(&self.tracker)
+                .map(|c| c.with_call_timeout(self.call_timeout()))
+                .map_err(|e| self.unavailable(e)),
         }
+    }
+
+    fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms.max(1))
     }
 
     fn where_(&self) -> String {

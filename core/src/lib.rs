@@ -4,6 +4,7 @@
 //! This crate knows nothing of storage, ZooKeeper or Kubernetes.
 
 pub mod convert;
+pub mod heartbeat;
 pub mod model;
 pub mod schedule;
 pub mod validate;

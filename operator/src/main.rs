@@ -55,6 +55,10 @@ struct Cli {
     /// a Role instead of a ClusterRole); default: every namespace.
     #[arg(long, env = "LTS_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Deadline of each call to a JobTracker, in milliseconds; a tracker that does not answer
+    /// in time is left for another one.
+    #[arg(long, env = "LTS_CALL_TIMEOUT_MS", default_value_t = 5_000)]
+    call_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -202,7 +206,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Context::new(
             client.clone(),
             reader.clone(),
-            Arc::new(GrpcConnector::default()),
+            Arc::new(GrpcConnector::new(Duration::from_millis(
+                cli.call_timeout_ms,
+            ))),
             BuildConfig {
                 tracker_image: cli.tracker_image.clone(),
                 worker_image: cli.worker_image.clone(),

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -112,9 +113,26 @@ impl TrackerApi for JobClient {
 }
 
 /// [`TrackerConnector`] over gRPC: one lazily connecting [`JobClient`] per address.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GrpcConnector {
     clients: Mutex<HashMap<String, Arc<JobClient>>>,
+    call_timeout: Duration,
+}
+
+impl GrpcConnector {
+    /// Clients whose calls each have `call_timeout` (then they try another tracker).
+    pub fn new(call_timeout: Duration) -> GrpcConnector {
+        GrpcConnector {
+            clients: Mutex::default(),
+            call_timeout,
+        }
+    }
+}
+
+impl Default for GrpcConnector {
+    fn default() -> Self {
+        GrpcConnector::new(lts_worker_sdk::DEFAULT_CALL_TIMEOUT)
+    }
 }
 
 impl TrackerConnector for GrpcConnector {
@@ -123,7 +141,8 @@ impl TrackerConnector for GrpcConnector {
         if let Some(c) = clients.get(address) {
             return Ok(c.clone());
         }
-        let client = Arc::new(JobClient::new(&[address.to_string()])?);
+        let client =
+            Arc::new(JobClient::new(&[address.to_string()])?.with_call_timeout(self.call_timeout));
         clients.insert(address.to_string(), client.clone());
         Ok(client)
     }

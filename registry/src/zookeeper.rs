@@ -105,6 +105,10 @@ struct Inner {
     health: Mutex<Health>,
     kick: Notify,
     stop: CancellationToken,
+    /// When ZooKeeper last answered this session (ms since `origin`): proof that the session
+    /// was alive then. See [`Inner::session_fresh`].
+    last_answer: AtomicU64,
+    origin: std::time::Instant,
 }
 
 /// A registry backed by ZooKeeper. Cheap to clone; the session lives until the last clone is
@@ -150,6 +154,8 @@ impl ZkRegistry {
             health: Mutex::new(Health::Disconnected("connecting".into())),
             kick: Notify::new(),
             stop: CancellationToken::new(),
+            last_answer: AtomicU64::new(0),
+            origin: std::time::Instant::now(),
         });
         if let Some(me) = &inner.candidate {
             inner
@@ -245,6 +251,22 @@ impl Inner {
         }
     }
 
+    /// ZooKeeper answered this session just now.
+    fn answered(&self) {
+        self.last_answer
+            .fetch_max(self.origin.elapsed().as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Whether ZooKeeper answered this session recently enough that it cannot have expired
+    /// yet (within two thirds of the session timeout). A process that was frozen (SIGSTOP, a
+    /// paused VM) wakes up with this false, even before its client notices that the session
+    /// expired meanwhile, and so does not act as master on what it held before the freeze.
+    fn session_fresh(&self) -> bool {
+        let since = (self.origin.elapsed().as_millis() as u64)
+            .saturating_sub(self.last_answer.load(Ordering::SeqCst));
+        u128::from(since) < self.cfg.session_timeout.as_millis() * 2 / 3
+    }
+
     fn step_down(&self, why: &str) {
         if self.is_master.swap(false, Ordering::SeqCst) {
             tracing::warn!(reason = why, "stepping down as master");
@@ -321,26 +343,44 @@ fn backoff() -> backon::ExponentialBackoff {
 async fn session(inner: &Inner, client: &Client) -> String {
     let mut state = client.state_watcher();
     let mut candidate_path: Option<String> = None;
+    // A read every third of the session timeout proves the session alive (see
+    // `Inner::session_fresh`); the client's own pings are not visible from here.
+    let mut probe = tokio::time::interval(inner.cfg.session_timeout / 3);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if inner.stop.is_cancelled() {
             return "registry closed".into();
         }
         match evaluate(inner, client, &mut candidate_path).await {
-            Ok(watches) => {
-                tokio::select! {
-                    s = state.changed() => match s {
-                        SessionState::Disconnected => {
-                            inner.step_down("ZooKeeper session suspended");
-                            inner.set_health(Health::Disconnected("connection lost; session still valid".into()));
+            Ok(mut watches) => {
+                inner.answered();
+                // Wait for a change to evaluate again; probes in between do not re-evaluate.
+                loop {
+                    tokio::select! {
+                        _ = probe.tick() => match client.check_stat(&inner.base).await {
+                            Ok(_) => inner.answered(),
+                            Err(ZkError::SessionExpired) | Err(ZkError::ClientClosed) => {
+                                return "session expired".into();
+                            }
+                            Err(e) => tracing::debug!(error = %e, "ZooKeeper probe failed"),
+                        },
+                        s = state.changed() => {
+                            match s {
+                                SessionState::Disconnected => {
+                                    inner.step_down("ZooKeeper session suspended");
+                                    inner.set_health(Health::Disconnected("connection lost; session still valid".into()));
+                                }
+                                SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                                    inner.set_health(Health::Connected);
+                                }
+                                other => return format!("session {other:?}"),
+                            }
+                            break;
                         }
-                        SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                            inner.set_health(Health::Connected);
-                        }
-                        other => return format!("session {other:?}"),
-                    },
-                    _ = watches => {}
-                    _ = inner.kick.notified() => {}
-                    _ = inner.stop.cancelled() => return "registry closed".into(),
+                        _ = &mut watches => break,
+                        _ = inner.kick.notified() => break,
+                        _ = inner.stop.cancelled() => return "registry closed".into(),
+                    }
                 }
             }
             Err(ZkError::SessionExpired) | Err(ZkError::ClientClosed) => {
@@ -582,7 +622,7 @@ impl Registry for ZkRegistry {
     }
 
     fn is_master(&self) -> bool {
-        self.inner.is_master.load(Ordering::SeqCst)
+        self.inner.is_master.load(Ordering::SeqCst) && self.inner.session_fresh()
     }
 
     fn master_epoch(&self) -> Option<u64> {

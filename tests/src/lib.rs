@@ -91,6 +91,15 @@ impl Proc {
         }
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`…) without waiting for anything.
+    pub fn signal(&self, signal: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([format!("-{signal}"), c.id().to_string()])
+                .status();
+        }
+    }
+
     /// The process output so far (for assertion messages).
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -191,6 +200,21 @@ fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The identity of the master as the tracker at `addr` sees it (`None`: unreachable or none).
+pub async fn master_of(addr: &str) -> Option<String> {
+    use lts_core::proto::{self, cluster_service_client::ClusterServiceClient};
+    let mut c = ClusterServiceClient::connect(format!("http://{addr}"))
+        .await
+        .ok()?;
+    let m = c
+        .get_master(proto::GetMasterRequest {})
+        .await
+        .ok()?
+        .into_inner()
+        .master?;
+    Some(m.identity)
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.

@@ -9,28 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lts_core::proto::{self, cluster_service_client::ClusterServiceClient};
 use lts_core::{JobSpec, JobState};
 use lts_registry::{Registry, ZkConfig, ZkRegistry};
-use lts_tests::{TrackerProc, ZkServer, eventually, wait_final};
+use lts_tests::{TrackerProc, ZkServer, eventually, master_of, wait_final};
 use lts_worker_sdk::{JobClient, JobContext, RunResult, SubmitAnswer, TaskTracker};
 use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(30);
 const SESSION_MS: &str = "2000";
-
-async fn master_of(addr: &str) -> Option<String> {
-    let mut c = ClusterServiceClient::connect(format!("http://{addr}"))
-        .await
-        .ok()?;
-    let m = c
-        .get_master(proto::GetMasterRequest {})
-        .await
-        .ok()?
-        .into_inner()
-        .master?;
-    Some(m.identity)
-}
 
 async fn start_tracker(dir: &std::path::Path, zk: &ZkServer) -> TrackerProc {
     TrackerProc::start(

@@ -226,6 +226,7 @@ async fn raw_worker_take_one(
         threads: 1,
         version: "test".into(),
         running: vec![],
+        heartbeat_ms: 0,
     })))
     .unwrap();
     tx.send(send(proto::worker_message::Msg::Credit(proto::Credit {
@@ -670,4 +671,107 @@ async fn invalid_jobs_are_rejected_with_the_field_named_and_nothing_is_stored() 
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("node_group"), "{err}");
+}
+
+/// The tracker pings every TaskTracker stream; one that stops answering (frozen, partitioned)
+/// gets no new jobs, and gets them again once it answers.
+#[tokio::test]
+async fn a_task_tracker_that_stops_answering_pings_gets_no_new_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Silent after 4 unanswered pings of 100 ms.
+    let tracker = TrackerProc::start(dir.path(), &["--heartbeat-ms", "100"])
+        .await
+        .unwrap();
+    let client = tracker.client();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let send = |m| proto::WorkerMessage { msg: Some(m) };
+    tx.send(send(proto::worker_message::Msg::Hello(proto::Hello {
+        cluster: "default".into(),
+        node_group: "pings".into(),
+        identity: "deaf-worker".into(),
+        threads: 4,
+        version: "test".into(),
+        running: vec![],
+        heartbeat_ms: 100,
+    })))
+    .unwrap();
+    tx.send(send(proto::worker_message::Msg::Credit(proto::Credit {
+        n: 4,
+    })))
+    .unwrap();
+    let mut inbound = WorkerServiceClient::connect(format!("http://{}", tracker.addr))
+        .await
+        .unwrap()
+        .work(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut pings = Vec::new();
+    // Unanswered pings pile up for a second.
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, inbound.next()).await {
+        match m.msg {
+            Some(proto::tracker_message::Msg::Welcome(w)) => assert_eq!(w.heartbeat_ms, 100),
+            Some(proto::tracker_message::Msg::Ping(p)) => pings.push(p.nonce),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pings.len() >= 5, "pinged every 100 ms: {pings:?}");
+    let id = accepted(
+        &client
+            .submit(JobSpec::new("wait-for-me", "pings"))
+            .await
+            .unwrap(),
+    );
+    // Silent: the job waits, though the stream has four free threads.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, inbound.next()).await {
+        assert!(
+            !matches!(m.msg, Some(proto::tracker_message::Msg::Assign(_))),
+            "a silent TaskTracker was given a job"
+        );
+    }
+    let job = client.get(JobKey::Id(id.clone())).await.unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    // Answering the late pings does not count (they are old); answering a fresh one does.
+    for nonce in pings {
+        tx.send(send(proto::worker_message::Msg::Pong(proto::Pong {
+            nonce,
+        })))
+        .unwrap();
+    }
+    let assigned = loop {
+        let m = tokio::time::timeout(T, inbound.next())
+            .await
+            .expect("an assignment once answering")
+            .expect("stream open")
+            .unwrap();
+        match m.msg {
+            Some(proto::tracker_message::Msg::Ping(p)) => {
+                tx.send(send(proto::worker_message::Msg::Pong(proto::Pong {
+                    nonce: p.nonce,
+                })))
+                .unwrap();
+            }
+            Some(proto::tracker_message::Msg::Assign(a)) => break a,
+            _ => {}
+        }
+    };
+    assert_eq!(assigned.job.unwrap().job_id, id);
+    // The tracker answers the worker's pings with the same nonce.
+    tx.send(send(proto::worker_message::Msg::Ping(proto::Ping {
+        nonce: 42,
+    })))
+    .unwrap();
+    let pong = loop {
+        let m = tokio::time::timeout(T, inbound.next())
+            .await
+            .expect("a pong")
+            .expect("stream open")
+            .unwrap();
+        if let Some(proto::tracker_message::Msg::Pong(p)) = m.msg {
+            break p;
+        }
+    };
+    assert_eq!(pong.nonce, 42);
 }

@@ -7,28 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lts_core::proto::{self, cluster_service_client::ClusterServiceClient};
 use lts_core::{JobSpec, JobState};
 use lts_registry::{Registry, ZkConfig, ZkRegistry};
-use lts_tests::{MongoServer, Proc, TrackerProc, ZkServer, eventually, wait_final};
+use lts_tests::{MongoServer, Proc, TrackerProc, ZkServer, eventually, master_of, wait_final};
 use lts_worker_sdk::{JobClient, JobContext, RunResult, SubmitAnswer, TaskTracker};
 use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(60);
 const SESSION_MS: &str = "2000";
-
-async fn master_of(addr: &str) -> Option<String> {
-    let mut c = ClusterServiceClient::connect(format!("http://{addr}"))
-        .await
-        .ok()?;
-    let m = c
-        .get_master(proto::GetMasterRequest {})
-        .await
-        .ok()?
-        .into_inner()
-        .master?;
-    Some(m.identity)
-}
 
 async fn tracker(dir: &Path, store: &str, registry: &str) -> TrackerProc {
     TrackerProc::start(

@@ -10,8 +10,8 @@ use lts_tests::MongoServer;
 use lts_tracker::store::mongo::{MongoOptions, MongoStore};
 use lts_tracker::store::sqlite::{SqliteOptions, SqliteStore};
 use lts_tracker::store::{
-    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore,
-    LeaseRef, ListFilter, SubmitOutcome,
+    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, HeldLease, JobKey,
+    JobStore, LeaseRef, ListFilter, SubmitOutcome,
 };
 
 const NOW: i64 = 1_800_000_000_000;
@@ -976,6 +976,86 @@ pub async fn months_of_a_daily_cron(store: Arc<dyn JobStore>) {
 }
 
 /// Every case, by name.
+/// A stream's held leases go back to the queue when it ends — but not a lease that the
+/// TaskTracker re-announced (renewed) through another stream meanwhile, nor a finished job.
+pub async fn requeue_held_only_what_nobody_renewed(store: Arc<dyn JobStore>) {
+    store
+        .submit(
+            (0..3).map(|i| JobSpec::new(format!("h{i}"), "g")).collect(),
+            NOW,
+        )
+        .await
+        .unwrap();
+    let leases = store.claim(claim("g", "w1", 3, NOW)).await.unwrap();
+    assert_eq!(leases.len(), 3);
+    let held: Vec<HeldLease> = leases
+        .iter()
+        .map(|l| HeldLease {
+            job_id: l.job.job_id.clone(),
+            token: l.token.clone(),
+            expiry_ms: l.expiry_ms,
+        })
+        .collect();
+    // h0 moved to another stream (renewed there), h1 finished, h2 is left behind.
+    let lost = store
+        .renew(
+            vec![LeaseRef {
+                job_id: leases[0].job.job_id.clone(),
+                token: leases[0].token.clone(),
+            }],
+            NOW + 3_000,
+        )
+        .await
+        .unwrap();
+    assert!(lost.is_empty());
+    store
+        .complete(done(
+            &leases[1].job.job_id,
+            &leases[1].token,
+            Outcome::Success,
+            NOW + 1_000,
+        ))
+        .await
+        .unwrap();
+    let requeued = store.requeue_held(held, NOW + 4_000).await.unwrap();
+    assert_eq!(
+        requeued
+            .iter()
+            .map(|r| r.job_id.as_str())
+            .collect::<Vec<_>>(),
+        [leases[2].job.job_id.as_str()]
+    );
+    let get = |i: usize| {
+        let store = store.clone();
+        let id = leases[i].job.job_id.clone();
+        async move { store.get(JobKey::Id(id)).await.unwrap().unwrap() }
+    };
+    assert_eq!(get(0).await.state, JobState::Running);
+    assert_eq!(get(1).await.state, JobState::Succeeded);
+    let left = get(2).await;
+    assert_eq!((left.state, left.attempt), (JobState::Queued, 1));
+    let log = store.log(&leases[2].job.job_id, 20).await.unwrap();
+    assert!(
+        log.iter().any(|l| l.log_type == LogType::FixedDead),
+        "{log:?}"
+    );
+    // Nothing left to requeue a second time.
+    assert!(
+        store
+            .requeue_held(
+                vec![HeldLease {
+                    job_id: leases[2].job.job_id.clone(),
+                    token: leases[2].token.clone(),
+                    expiry_ms: leases[2].expiry_ms,
+                }],
+                NOW + 5_000
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 macro_rules! for_each_case {
     ($m:ident) => {
         $m!(
@@ -984,6 +1064,7 @@ macro_rules! for_each_case {
             dedup_and_replace,
             complete_retry_and_stale,
             requeue_paths,
+            requeue_held_only_what_nobody_renewed,
             cancel_list_stats_retention,
             repeat_fires_until_count,
             feedback_until_acknowledged,

@@ -19,8 +19,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{
-    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, JobStore, Lease,
-    LeaseRef, ListFilter, Page, Requeued, Stats, StoreResult, SubmitOutcome,
+    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, HeldLease, JobStore,
+    Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreResult, SubmitOutcome,
 };
 
 /// How many announcement batches a slow watcher may fall behind before it must resync.
@@ -300,6 +300,16 @@ impl JobStore for ChangeFeed {
 
     async fn requeue_owner(&self, owner: &str, now_ms: i64) -> StoreResult<Vec<Requeued>> {
         let out = self.inner.requeue_owner(owner, now_ms).await?;
+        self.announce(|| out.iter().map(ChangeHint::of_requeued).collect());
+        Ok(out)
+    }
+
+    async fn requeue_held(
+        &self,
+        leases: Vec<HeldLease>,
+        now_ms: i64,
+    ) -> StoreResult<Vec<Requeued>> {
+        let out = self.inner.requeue_held(leases, now_ms).await?;
         self.announce(|| out.iter().map(ChangeHint::of_requeued).collect());
         Ok(out)
     }

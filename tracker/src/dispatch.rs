@@ -17,7 +17,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::store::{ClaimRequest, JobStore, LeaseRef};
+use crate::conn::WorkerConn;
+use crate::store::{ClaimRequest, HeldLease, JobStore, LeaseRef};
 
 /// Largest claim for one TaskTracker in one round.
 const MAX_CLAIM: u32 = 512;
@@ -33,6 +34,16 @@ struct Slot {
     threads: u32,
     credits: u32,
     tx: WorkerTx,
+    conn: Arc<WorkerConn>,
+}
+
+/// Credits reserved on one TaskTracker stream for one claim round.
+struct Planned {
+    conn_id: u64,
+    identity: String,
+    n: u32,
+    tx: WorkerTx,
+    conn: Arc<WorkerConn>,
 }
 
 /// Per-node-group dispatch state.
@@ -189,6 +200,7 @@ impl Dispatcher {
         identity: &str,
         threads: u32,
         tx: WorkerTx,
+        conn: Arc<WorkerConn>,
     ) -> u64 {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let g = self.group(node_group);
@@ -201,6 +213,7 @@ impl Dispatcher {
                 threads: threads.max(1),
                 credits: 0,
                 tx,
+                conn,
             });
         metrics::gauge!("lts_task_trackers_connected", "node_group" => node_group.to_string())
             .increment(1.0);
@@ -267,10 +280,13 @@ impl Dispatcher {
         out
     }
 
-    /// Reserves credits: most idle TaskTracker (largest free share) first.
-    fn plan(group: &Group) -> Vec<(u64, String, u32, WorkerTx)> {
+    /// Reserves credits: most idle TaskTracker (largest free share) first. TaskTrackers that
+    /// stopped answering pings get nothing (their credits wait until they answer again).
+    fn plan(group: &Group) -> Vec<Planned> {
         let mut slots = group.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let mut order: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].credits > 0).collect();
+        let mut order: Vec<usize> = (0..slots.len())
+            .filter(|&i| slots[i].credits > 0 && slots[i].conn.is_alive())
+            .collect();
         order.sort_by(|&a, &b| {
             let (sa, sb) = (&slots[a], &slots[b]);
             // credits_a / threads_a > credits_b / threads_b, compared without division.
@@ -284,7 +300,13 @@ impl Dispatcher {
                 let s = &mut slots[i];
                 let n = s.credits.min(MAX_CLAIM);
                 s.credits -= n;
-                (s.conn_id, s.identity.clone(), n, s.tx.clone())
+                Planned {
+                    conn_id: s.conn_id,
+                    identity: s.identity.clone(),
+                    n,
+                    tx: s.tx.clone(),
+                    conn: s.conn.clone(),
+                }
             })
             .collect()
     }
@@ -326,20 +348,22 @@ impl Dispatcher {
             let epoch = group.work_epoch.load(Ordering::SeqCst);
             let plan = Self::plan(&group);
             if plan.is_empty() {
-                // Work may be waiting, but no TaskTracker has a free thread.
+                // Work may be waiting, but no TaskTracker has a free thread (or the ones with
+                // free threads are silent: look again after a while).
                 tokio::select! {
                     _ = group.wake.notified() => {}
+                    _ = tokio::time::sleep(self.idle_poll) => {}
                     _ = self.shutdown.cancelled() => return,
                 }
                 continue;
             }
             let now = now_ms();
-            let requested: u32 = plan.iter().map(|p| p.2).sum();
-            let claims = plan.iter().map(|(_, identity, n, _)| {
+            let requested: u32 = plan.iter().map(|p| p.n).sum();
+            let claims = plan.iter().map(|p| {
                 self.store.claim(ClaimRequest {
                     node_group: group.name.clone(),
-                    owner: identity.clone(),
-                    max: *n as usize,
+                    owner: p.identity.clone(),
+                    max: p.n as usize,
                     lease_ms: self.lease_ms,
                     now_ms: now,
                 })
@@ -347,7 +371,14 @@ impl Dispatcher {
             let results = futures::future::join_all(claims).await;
             let mut got = 0u32;
             let mut failed = false;
-            for ((conn_id, _, n, tx), result) in plan.into_iter().zip(results) {
+            for (p, result) in plan.into_iter().zip(results) {
+                let Planned {
+                    conn_id,
+                    n,
+                    tx,
+                    conn,
+                    ..
+                } = p;
                 match result {
                     Ok(leases) => {
                         let count = leases.len() as u32;
@@ -364,7 +395,15 @@ impl Dispatcher {
                                     sent_at_ms: sent_at,
                                 })),
                             };
+                            // Held before it is sent, so that its result can never arrive
+                            // before the stream knows it holds it.
+                            conn.hold(HeldLease {
+                                job_id: lease.job.job_id.clone(),
+                                token: lease.token.clone(),
+                                expiry_ms: lease.expiry_ms,
+                            });
                             if tx.send(Ok(msg)).is_err() {
+                                conn.forget(&lease.job.job_id);
                                 undelivered.push(LeaseRef {
                                     job_id: lease.job.job_id,
                                     token: lease.token,

@@ -9,6 +9,7 @@
 //! * [`changes`] announces job changes to `JobService.Watch` subscribers.
 
 pub mod changes;
+pub mod conn;
 pub mod dispatch;
 pub mod feedback;
 pub mod metrics;
@@ -27,6 +28,8 @@ pub fn init_tracing() {
     let json = std::env::var("LTS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: a log file or collector gets plain `key=value` text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()

@@ -125,6 +125,11 @@ pub struct TrackerConfig {
     /// fires wake its dispatcher at once.
     #[arg(long, env = "LTS_IDLE_POLL_MS", default_value_t = 500)]
     pub idle_poll_ms: u64,
+    /// How often each TaskTracker's stream is pinged, in milliseconds. A TaskTracker that
+    /// leaves four pings unanswered gets no new jobs until it answers again; TaskTrackers ping
+    /// back and move to another tracker when this one goes silent.
+    #[arg(long, env = "LTS_HEARTBEAT_MS", default_value_t = 500)]
+    pub heartbeat_ms: u64,
     /// How long a disconnected TaskTracker may take to come back before its running jobs are
     /// queued again, in milliseconds.
     #[arg(long, env = "LTS_ORPHAN_GRACE_MS", default_value_t = 2_000)]
@@ -160,6 +165,7 @@ impl TrackerConfig {
             identity: None,
             lease_ms: 15_000,
             orphan_grace_ms: 2_000,
+            heartbeat_ms: 500,
             idle_poll_ms: 500,
             retry_min_delay_ms: 1_000,
             retry_max_delay_ms: 300_000,
@@ -177,6 +183,12 @@ impl TrackerConfig {
             v.push(validate::FieldViolation::new(
                 "lease_ms",
                 format!("must be at least 1000 (got {})", self.lease_ms),
+            ));
+        }
+        if !(50..=60_000).contains(&self.heartbeat_ms) {
+            v.push(validate::FieldViolation::new(
+                "heartbeat_ms",
+                format!("must be between 50 and 60000 (got {})", self.heartbeat_ms),
             ));
         }
         if self.retry_min_delay_ms == 0 || self.retry_min_delay_ms > self.retry_max_delay_ms {
@@ -319,6 +331,7 @@ impl Tracker {
             orphan_grace: Duration::from_millis(config.orphan_grace_ms),
             register_peers: zk.is_none(),
             shutdown: shutdown.clone(),
+            heartbeat: Duration::from_millis(config.heartbeat_ms),
         });
 
         if let Some(addr) = config.metrics_listen {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use lts_core::heartbeat::Heartbeat;
 use lts_core::proto::{
     self, cluster_service_server::ClusterService, feedback_client_message,
     feedback_service_server::FeedbackService, job_service_server::JobService, tracker_message,
@@ -18,16 +19,20 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::conn::WorkerConn;
 use crate::dispatch::Dispatcher;
 use crate::feedback::FeedbackHub;
 use crate::registry::{NodeInfo, Registry, Role};
 use crate::store::{
-    CancelOutcome, ChangeOutcome, CompleteOutcome, Completion, JobKey, JobStore, LeaseRef,
-    ListFilter, StoreError, SubmitOutcome,
+    CancelOutcome, ChangeOutcome, CompleteOutcome, Completion, HeldLease, JobKey, JobStore,
+    LeaseRef, ListFilter, StoreError, SubmitOutcome,
 };
 
 /// Most jobs in one `Submit`.
 pub const MAX_SUBMIT_BATCH: usize = 10_000;
+
+/// Most running jobs a TaskTracker may re-announce when it connects.
+pub const MAX_HELLO_RUNNING: usize = 10_000;
 
 /// Shared state of one JobTracker.
 pub struct TrackerCore {
@@ -52,6 +57,8 @@ pub struct TrackerCore {
     pub register_peers: bool,
     /// Stops the tracker's background work.
     pub shutdown: CancellationToken,
+    /// How often each TaskTracker stream is pinged.
+    pub heartbeat: Duration,
 }
 
 impl std::fmt::Debug for TrackerCore {
@@ -638,6 +645,15 @@ impl WorkerService for WorkerApi {
                 "must be at least 1",
             ));
         }
+        if hello.running.len() > MAX_HELLO_RUNNING {
+            v.push(validate::FieldViolation::new(
+                "hello.running",
+                format!(
+                    "at most {MAX_HELLO_RUNNING} running jobs can be re-announced (got {})",
+                    hello.running.len()
+                ),
+            ));
+        }
         if !hello.cluster.is_empty() && hello.cluster != core.cluster {
             v.push(validate::FieldViolation::new(
                 "hello.cluster",
@@ -652,28 +668,48 @@ impl WorkerService for WorkerApi {
         }
 
         let (tx, rx) = mpsc::unbounded_channel();
-        // Leases the TaskTracker still holds from an earlier connection.
+        // Pings go both ways when the TaskTracker takes part: it learns fast that this tracker
+        // froze, and this tracker stops handing jobs to (and renewing leases through) a stream
+        // whose TaskTracker stopped answering.
+        let conn =
+            Arc::new(WorkerConn::new((hello.heartbeat_ms > 0).then(|| {
+                Heartbeat::new(core.heartbeat * crate::conn::SILENT_AFTER_PINGS)
+            })));
+        // Leases the TaskTracker still holds from an earlier connection: renewing them through
+        // this stream moves them here (the old stream's leases no longer match).
         let lost = if hello.running.is_empty() {
             Vec::new()
         } else {
             let expiry = now_ms() + core.dispatcher.lease_ms();
-            core.store
+            let lost = core
+                .store
                 .renew(lease_refs(hello.running.clone()), expiry)
                 .await
-                .map_err(store_status)?
+                .map_err(store_status)?;
+            for l in &hello.running {
+                if !lost.contains(&l.job_id) {
+                    conn.hold(HeldLease {
+                        job_id: l.job_id.clone(),
+                        token: l.lease_token.clone(),
+                        expiry_ms: expiry,
+                    });
+                }
+            }
+            lost
         };
         let _ = tx.send(Ok(proto::TrackerMessage {
             msg: Some(tracker_message::Msg::Welcome(proto::Welcome {
                 tracker_identity: core.identity.clone(),
                 lease_ms: core.dispatcher.lease_ms(),
                 lost_job_ids: lost,
+                heartbeat_ms: core.heartbeat.as_millis() as u32,
             })),
         }));
         let group = hello.node_group.clone();
         let identity = hello.identity.clone();
-        let conn_id = core
-            .dispatcher
-            .connect(&group, &identity, hello.threads, tx.clone());
+        let conn_id =
+            core.dispatcher
+                .connect(&group, &identity, hello.threads, tx.clone(), conn.clone());
         if core.register_peers {
             let _ = core
                 .registry
@@ -690,7 +726,17 @@ impl WorkerService for WorkerApi {
         }
         tracing::info!(node_group = %group, identity = %identity, threads = hello.threads, "TaskTracker connected");
 
+        let ended = CancellationToken::new();
+        if conn.heartbeat().is_some() {
+            tokio::spawn(ping_loop(
+                conn.clone(),
+                tx.clone(),
+                core.heartbeat,
+                ended.clone(),
+            ));
+        }
         tokio::spawn(async move {
+            let _ended = ended.drop_guard();
             loop {
                 let msg = tokio::select! {
                     m = inbound.next() => m,
@@ -701,13 +747,37 @@ impl WorkerService for WorkerApi {
                     Some(worker_message::Msg::Credit(c)) => {
                         core.dispatcher.add_credits(&group, conn_id, c.n);
                     }
+                    Some(worker_message::Msg::Ping(p)) => {
+                        let _ = tx.send(Ok(proto::TrackerMessage {
+                            msg: Some(tracker_message::Msg::Pong(proto::Pong { nonce: p.nonce })),
+                        }));
+                    }
+                    Some(worker_message::Msg::Pong(p)) => {
+                        if let Some(hb) = conn.heartbeat() {
+                            hb.answered(p.nonce);
+                        }
+                    }
                     Some(worker_message::Msg::Renew(r)) => {
+                        if !conn.is_alive() {
+                            // Read late (this tracker was frozen, or the TaskTracker went
+                            // silent): it may have moved its leases to another stream since.
+                            tracing::debug!(node_group = %group, identity = %identity, "renewal on a silent stream ignored");
+                            continue;
+                        }
                         let core = core.clone();
                         let tx = tx.clone();
+                        let conn = conn.clone();
                         tokio::spawn(async move {
                             let expiry = now_ms() + core.dispatcher.lease_ms();
+                            let ids: Vec<String> =
+                                r.leases.iter().map(|l| l.job_id.clone()).collect();
                             match core.store.renew(lease_refs(r.leases), expiry).await {
                                 Ok(lost) => {
+                                    conn.renewed(
+                                        ids.iter().filter(|id| !lost.contains(id)),
+                                        &lost,
+                                        expiry,
+                                    );
                                     let _ = tx.send(Ok(proto::TrackerMessage {
                                         msg: Some(tracker_message::Msg::RenewAck(
                                             proto::RenewAck {
@@ -725,12 +795,16 @@ impl WorkerService for WorkerApi {
                         // Completions run concurrently so that many land in one commit.
                         let core = core.clone();
                         let tx = tx.clone();
+                        let conn = conn.clone();
                         let (group, identity) = (group.clone(), identity.clone());
                         tokio::spawn(async move {
-                            complete(&core, &group, &identity, conn_id, r, &tx).await;
+                            complete(&core, &group, &identity, conn_id, &conn, r, &tx).await;
                         });
                     }
                     Some(worker_message::Msg::Release(r)) => {
+                        for l in &r.leases {
+                            conn.forget(&l.job_id);
+                        }
                         match core.store.release(lease_refs(r.leases), now_ms()).await {
                             Ok(released) => {
                                 if !released.is_empty() {
@@ -748,9 +822,33 @@ impl WorkerService for WorkerApi {
             }
             core.dispatcher.disconnect(&group, conn_id);
             tracing::info!(node_group = %group, identity = %identity, "TaskTracker disconnected");
-            orphan_check(core, group, identity).await;
+            orphan_check(core, group, identity, conn).await;
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+/// Pings the TaskTracker of one stream every `every` until the stream ends.
+async fn ping_loop(
+    conn: Arc<WorkerConn>,
+    tx: crate::dispatch::WorkerTx,
+    every: Duration,
+    ended: CancellationToken,
+) {
+    let Some(hb) = conn.heartbeat() else { return };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ended.cancelled() => return,
+        }
+        let ping = proto::TrackerMessage {
+            msg: Some(tracker_message::Msg::Ping(proto::Ping { nonce: hb.ping() })),
+        };
+        if tx.send(Ok(ping)).is_err() {
+            return;
+        }
     }
 }
 
@@ -759,6 +857,7 @@ async fn complete(
     group: &str,
     identity: &str,
     conn_id: u64,
+    conn: &WorkerConn,
     r: proto::JobResult,
     tx: &crate::dispatch::WorkerTx,
 ) {
@@ -779,7 +878,12 @@ async fn complete(
         node: identity.to_string(),
         now_ms: now_ms(),
     };
-    let ack = match core.store.complete(completion).await {
+    let result = core.store.complete(completion).await;
+    if result.is_ok() {
+        // Recorded or refused as stale: either way this stream no longer holds the lease.
+        conn.forget(&job_id);
+    }
+    let ack = match result {
         Ok(CompleteOutcome::Accepted {
             node_group,
             disposition,
@@ -824,20 +928,27 @@ fn result_ack(job_id: &str, accepted: bool, reason: &str) -> proto::TrackerMessa
     }
 }
 
-/// After a TaskTracker's stream ends, wait `orphan_grace`; if it has not reconnected, put its
-/// leased jobs back in the queue so another TaskTracker runs them.
-async fn orphan_check(core: Arc<TrackerCore>, group: String, identity: String) {
+/// After a TaskTracker's stream ends, wait `orphan_grace`, then put the leases this stream
+/// held back in the queue so another TaskTracker runs them — each only if nobody renewed it
+/// meanwhile (a TaskTracker that reconnected, here or to another tracker, re-announced it).
+async fn orphan_check(
+    core: Arc<TrackerCore>,
+    group: String,
+    identity: String,
+    conn: Arc<WorkerConn>,
+) {
     tokio::select! {
         _ = tokio::time::sleep(core.orphan_grace) => {}
         _ = core.shutdown.cancelled() => return,
     }
-    if core.dispatcher.is_connected(&identity) {
-        return;
-    }
-    if core.register_peers {
+    if core.register_peers && !core.dispatcher.is_connected(&identity) {
         let _ = core.registry.unregister(Role::TaskTracker, &identity).await;
     }
-    match core.store.requeue_owner(&identity, now_ms()).await {
+    let held = conn.held();
+    if held.is_empty() {
+        return;
+    }
+    match core.store.requeue_held(held, now_ms()).await {
         Ok(requeued) if !requeued.is_empty() => {
             metrics::counter!("lts_jobs_requeued_total", "reason" => "task_tracker_left")
                 .increment(requeued.len() as u64);

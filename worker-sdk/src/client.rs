@@ -16,6 +16,7 @@ use lts_core::proto::{
 };
 use lts_core::{FeedbackItem, Job, JobKey, JobSpec, JobState, LogEntry, Violations, convert};
 use prost::Message;
+use rand::seq::IndexedRandom;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
@@ -197,39 +198,68 @@ pub type Stats = proto::StatsResponse;
 /// and is tried again (submits are safe to repeat: the tracker deduplicates by task id).
 #[derive(Debug, Clone)]
 pub struct JobClient {
-    fixed: Option<Channel>,
     current: Arc<std::sync::Mutex<Option<(String, Channel)>>>,
     trackers: Trackers,
+    avoid: Arc<connect::Avoid>,
+    call_timeout: Duration,
+}
+
+/// How long one call may take by default before the client gives up on that tracker and
+/// tries another ([`JobClient::with_call_timeout`]).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a call may be sent again after a tracker did not answer in time (it may have done
+/// it anyway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Doing it twice is harmless (reads; submits, which deduplicate by task id; cancel…).
+    Safe,
+    /// Doing it twice does it twice (trigger): only a refused connection is retried.
+    Unsafe,
 }
 
 impl JobClient {
     /// A client of the trackers at `addrs` (`host:port` or `http://host:port`). Connects lazily:
     /// an unreachable tracker shows up as [`ClientError::Unavailable`] on the first call.
     pub fn new(addrs: &[String]) -> Result<JobClient, ClientError> {
+        if addrs.is_empty() {
+            return Err(ClientError::Config("no tracker address given".into()));
+        }
+        for a in addrs {
+            connect::endpoint(a)?;
+        }
         Ok(JobClient {
-            fixed: Some(connect::lazy_channel(addrs)?),
             current: Arc::default(),
             trackers: Trackers::Static(addrs.to_vec()),
+            avoid: Arc::default(),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
         })
     }
 
     /// A client of the JobTrackers registered in `registry` (e.g. ZooKeeper).
     pub fn from_registry(registry: Arc<dyn Registry>) -> JobClient {
         JobClient {
-            fixed: None,
             current: Arc::default(),
             trackers: Trackers::Registry(registry),
+            avoid: Arc::default(),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
         }
     }
 
     /// A client connected now to one of `addrs`.
     pub async fn connect(addrs: &[String]) -> Result<JobClient, ClientError> {
-        let (_, channel) = connect::connect_any(addrs).await?;
-        Ok(JobClient {
-            fixed: Some(channel),
-            current: Arc::default(),
-            trackers: Trackers::Static(addrs.to_vec()),
-        })
+        let client = JobClient::new(addrs)?;
+        let c = connect::connect_any(addrs).await?;
+        *client.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        Ok(client)
+    }
+
+    /// The deadline of every call (default [`DEFAULT_CALL_TIMEOUT`]). A tracker that does not
+    /// answer in time (frozen, partitioned, overloaded) is left for another one and the call
+    /// is tried there — except `trigger`, which might then run twice.
+    pub fn with_call_timeout(mut self, timeout: Duration) -> JobClient {
+        self.call_timeout = timeout;
+        self
     }
 
     /// Where this client finds trackers.
@@ -271,19 +301,42 @@ impl JobClient {
         }
     }
 
+    /// The tracker this client talks to, chosen (at random, avoiding recent failures) when
+    /// there is none yet or the current one left the registry.
     async fn channel(&self) -> Result<(String, Channel), ClientError> {
-        if let Some(ch) = &self.fixed {
-            return Ok((String::new(), ch.clone()));
-        }
-        if let Some(c) = self
+        let current = self
             .current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
-            return Ok(c);
+            .clone();
+        if let Some((addr, ch)) = current {
+            let left = matches!(self.trackers, Trackers::Registry(_)) && {
+                let now = self.trackers.addresses();
+                !now.is_empty() && !now.contains(&addr)
+            };
+            if !left {
+                return Ok((addr, ch));
+            }
+            self.forget(&addr);
         }
-        let c = connect::connect_to(&self.trackers).await?;
+        let c = match &self.trackers {
+            Trackers::Static(addrs) => {
+                let avoid = self.avoid.current();
+                let mut pick: Vec<&String> = addrs.iter().filter(|a| !avoid.contains(a)).collect();
+                if pick.is_empty() {
+                    pick = addrs.iter().collect();
+                }
+                let addr = (*pick
+                    .choose(&mut rand::rng())
+                    .ok_or_else(|| ClientError::Config("no tracker address given".into()))?)
+                .clone();
+                let ch = connect::endpoint(&addr)?.connect_lazy();
+                (addr, ch)
+            }
+            Trackers::Registry(_) => {
+                connect::connect_avoiding(&self.trackers, &self.avoid.current()).await?
+            }
+        };
         tracing::debug!(tracker = %c.0, "JobClient connected");
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
         Ok(c)
@@ -297,31 +350,55 @@ impl JobClient {
         }
     }
 
-    /// Runs one RPC, moving to another tracker when the current one is unavailable.
+    /// Runs one RPC with the call deadline, moving to another tracker when the current one is
+    /// unavailable or does not answer in time.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_with(Repeat::Safe, f).await
+    }
+
+    async fn call_with<T, F, Fut>(&self, repeat: Repeat, f: F) -> Result<T, ClientError>
     where
         F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let attempts = match &self.trackers {
             Trackers::Registry(_) => 3,
-            Trackers::Static(a) => a.len().clamp(1, 3),
+            Trackers::Static(a) => a.len().clamp(2, 3),
         };
         let mut last = None;
         for _ in 0..attempts {
             let (addr, ch) = self.channel().await?;
-            match f(ch).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) if s.code() == tonic::Code::Unavailable => {
+            match tokio::time::timeout(self.call_timeout, f(ch)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
+                    self.avoid.add(&addr);
                     self.forget(&addr);
-                    last = Some(s);
+                    last = Some(ClientError::from(s));
                 }
-                Err(s) => return Err(s.into()),
+                Ok(Err(s)) => return Err(s.into()),
+                Err(_) => {
+                    self.avoid.add(&addr);
+                    self.forget(&addr);
+                    let why = format!(
+                        "tracker {addr} did not answer within {} ms",
+                        self.call_timeout.as_millis()
+                    );
+                    tracing::warn!(tracker = %addr, timeout_ms = self.call_timeout.as_millis() as u64, "call timed out; moving to another tracker");
+                    if repeat == Repeat::Unsafe {
+                        return Err(ClientError::Rpc {
+                            code: tonic::Code::DeadlineExceeded,
+                            message: format!("{why}; it may or may not have done it"),
+                        });
+                    }
+                    last = Some(ClientError::Unavailable(why));
+                }
             }
         }
-        Err(last
-            .map(ClientError::from)
-            .unwrap_or_else(|| ClientError::Unavailable("no tracker".into())))
+        Err(last.unwrap_or_else(|| ClientError::Unavailable("no tracker".into())))
     }
 
     fn jobs(ch: Channel) -> JobServiceClient<Channel> {
@@ -461,7 +538,7 @@ impl JobClient {
             job: Some(convert::key_to_proto(&key)),
         };
         let resp = self
-            .call(|ch| {
+            .call_with(Repeat::Unsafe, |ch| {
                 let req = req.clone();
                 async move { Self::jobs(ch).trigger(req).await }
             })

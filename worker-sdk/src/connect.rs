@@ -57,13 +57,54 @@ impl Trackers {
 
 /// Connects to one tracker of `trackers`, picked at random.
 pub async fn connect_to(trackers: &Trackers) -> Result<(String, Channel), ClientError> {
+    connect_avoiding(trackers, &[]).await
+}
+
+/// Connects to one tracker of `trackers`, picked at random among those not in `avoid` (which
+/// just failed or went silent); the avoided ones are tried only when no other is reachable.
+pub async fn connect_avoiding(
+    trackers: &Trackers,
+    avoid: &[String],
+) -> Result<(String, Channel), ClientError> {
     let addrs = trackers.wait_addresses(Duration::from_secs(3)).await;
     if addrs.is_empty() {
         return Err(ClientError::Unavailable(
             "no JobTracker is registered in the cluster".into(),
         ));
     }
-    connect_any(&addrs).await
+    let (avoided, preferred): (Vec<String>, Vec<String>) =
+        addrs.into_iter().partition(|a| avoid.contains(a));
+    if preferred.is_empty() {
+        return connect_any(&avoided).await;
+    }
+    match connect_any(&preferred).await {
+        Ok(c) => Ok(c),
+        Err(e) if avoided.is_empty() => Err(e),
+        Err(_) => connect_any(&avoided).await,
+    }
+}
+
+/// Trackers that failed recently, kept out of the way for a while (30 s) so that a reconnect
+/// or a retried call goes elsewhere first.
+#[derive(Debug, Default)]
+pub struct Avoid(std::sync::Mutex<Vec<(String, std::time::Instant)>>);
+
+impl Avoid {
+    const FOR: Duration = Duration::from_secs(30);
+
+    /// Keeps `addr` out of the way.
+    pub fn add(&self, addr: &str) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.retain(|(a, at)| a != addr && at.elapsed() < Self::FOR);
+        v.push((addr.to_string(), std::time::Instant::now()));
+    }
+
+    /// The addresses to avoid now.
+    pub fn current(&self) -> Vec<String> {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.retain(|(_, at)| at.elapsed() < Self::FOR);
+        v.iter().map(|(a, _)| a.clone()).collect()
+    }
 }
 
 /// `host:port` → `http://host:port`; URLs pass unchanged.
@@ -77,14 +118,18 @@ pub fn normalize(addr: &str) -> String {
 }
 
 /// An endpoint with the settings every LTS connection uses (TCP_NODELAY, keepalive, timeouts).
+///
+/// HTTP/2 keepalive pings every 3 s and gives up after 3 s more: a tracker that froze (or a
+/// partition) ends every stream on the connection within ~6 s, so feedback subscriptions and
+/// job watches move to another tracker. (The `Work` stream has its own, faster heartbeat.)
 pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
     let url = normalize(addr);
     Ok(Endpoint::from_shared(url.clone())
         .map_err(|e| ClientError::Config(format!("tracker address {addr:?}: {e}")))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(3))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
+        .http2_keep_alive_interval(Duration::from_secs(3))
+        .keep_alive_timeout(Duration::from_secs(3))
         .keep_alive_while_idle(true))
 }
 
@@ -108,21 +153,6 @@ pub async fn connect_any(addrs: &[String]) -> Result<(String, Channel), ClientEr
     Err(ClientError::Unavailable(format!(
         "no tracker reachable (last error: {last})"
     )))
-}
-
-/// A lazily connecting channel over all `addrs` (balanced when there are several).
-pub fn lazy_channel(addrs: &[String]) -> Result<Channel, ClientError> {
-    match addrs {
-        [] => Err(ClientError::Config("no tracker address given".into())),
-        [one] => Ok(endpoint(one)?.connect_lazy()),
-        many => {
-            let eps = many
-                .iter()
-                .map(|a| endpoint(a))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Channel::balance_list(eps.into_iter()))
-        }
-    }
 }
 
 /// An error with its sources, on one line.

@@ -37,8 +37,8 @@ pub mod watch;
 pub mod worker;
 
 pub use client::{
-    ClientError, FeedbackSubscription, JobClient, ListQuery, RetryingAnswer, RetryingJobClient,
-    SubmitAnswer,
+    ClientError, DEFAULT_CALL_TIMEOUT, FeedbackSubscription, JobClient, ListQuery, RetryingAnswer,
+    RetryingJobClient, SubmitAnswer,
 };
 pub use lts_core::{FeedbackItem, Job, JobKey, JobSpec, JobState, Outcome, Schedule};
 pub use runner::{BizLogger, JobContext, JobRunner, RunResult};

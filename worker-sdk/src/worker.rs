@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use lts_core::heartbeat::Heartbeat;
 use lts_core::proto::{
     self, tracker_message, worker_message, worker_service_client::WorkerServiceClient,
 };
@@ -40,6 +41,8 @@ pub struct TaskTrackerBuilder {
     threads: u32,
     identity: Option<String>,
     grace: Duration,
+    heartbeat: Duration,
+    silence: Duration,
     runner: Option<Arc<dyn JobRunner>>,
 }
 
@@ -104,6 +107,20 @@ impl TaskTrackerBuilder {
         self
     }
 
+    /// How often to ping the tracker on the work stream (default 500 ms).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// How long the tracker may leave pings unanswered before this TaskTracker gives up on it
+    /// and moves to another tracker, re-announcing its running jobs there (default 2 s). Also
+    /// bounds how long opening the work stream may take.
+    pub fn tracker_silence(mut self, timeout: Duration) -> Self {
+        self.silence = timeout;
+        self
+    }
+
     /// The runner (required).
     pub fn runner(mut self, runner: impl JobRunner) -> Self {
         self.runner = Some(Arc::new(runner));
@@ -134,6 +151,18 @@ impl TaskTrackerBuilder {
                 "at least one tracker address (or a registry) is required",
             ));
         }
+        if self.heartbeat < Duration::from_millis(50) {
+            v.push(lts_core::FieldViolation::new(
+                "heartbeat",
+                "must be at least 50 ms",
+            ));
+        }
+        if self.silence <= self.heartbeat {
+            v.push(lts_core::FieldViolation::new(
+                "tracker_silence",
+                "must be longer than the heartbeat interval",
+            ));
+        }
         for t in &self.trackers {
             if let Err(e) = connect::endpoint(t) {
                 v.push(lts_core::FieldViolation::new("tracker", e.to_string()));
@@ -156,6 +185,9 @@ impl TaskTrackerBuilder {
             },
             threads: self.threads,
             grace: self.grace,
+            heartbeat: self.heartbeat,
+            silence: self.silence,
+            avoid: connect::Avoid::default(),
             runner,
         })
     }
@@ -183,6 +215,10 @@ pub struct TaskTracker {
     trackers: Trackers,
     threads: u32,
     grace: Duration,
+    heartbeat: Duration,
+    silence: Duration,
+    /// Trackers that went silent or failed: reconnect elsewhere first.
+    avoid: connect::Avoid,
     runner: Arc<dyn JobRunner>,
 }
 
@@ -234,6 +270,8 @@ impl TaskTracker {
             threads: 8,
             identity: None,
             grace: Duration::from_secs(30),
+            heartbeat: Duration::from_millis(500),
+            silence: Duration::from_secs(2),
             runner: None,
         }
     }
@@ -374,10 +412,11 @@ impl TaskTracker {
         stop: &CancellationToken,
         grace: &mut Option<tokio::time::Instant>,
     ) -> SessionEnd {
-        let (addr, channel) = match connect::connect_to(&self.trackers).await {
-            Ok(c) => c,
-            Err(e) => return SessionEnd::Lost(e.to_string(), false),
-        };
+        let (addr, channel) =
+            match connect::connect_avoiding(&self.trackers, &self.avoid.current()).await {
+                Ok(c) => c,
+                Err(e) => return SessionEnd::Lost(e.to_string(), false),
+            };
         let (out, rx) = mpsc::unbounded_channel();
         send(
             &out,
@@ -395,14 +434,22 @@ impl TaskTracker {
                         lease_token: r.token.clone(),
                     })
                     .collect(),
+                heartbeat_ms: self.heartbeat.as_millis() as u32,
             }),
         );
-        let mut inbound = match WorkerServiceClient::new(channel)
-            .work(UnboundedReceiverStream::new(rx))
-            .await
-        {
-            Ok(r) => r.into_inner(),
-            Err(s) => return SessionEnd::Lost(ClientError::from(s).to_string(), false),
+        // A frozen tracker accepts the connection (its kernel does) but never answers.
+        let mut stub = WorkerServiceClient::new(channel);
+        let open = stub.work(UnboundedReceiverStream::new(rx));
+        let mut inbound = match tokio::time::timeout(self.silence.max(OPEN_TIMEOUT), open).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) => {
+                self.avoid.add(&addr);
+                return SessionEnd::Lost(ClientError::from(s).to_string(), false);
+            }
+            Err(_) => {
+                self.avoid.add(&addr);
+                return SessionEnd::Lost(format!("tracker {addr} did not answer"), false);
+            }
         };
         tracing::info!(tracker = %addr, node_group = %self.node_group, identity = %self.identity, threads = self.threads, "connected to tracker");
         // Results the previous stream did not acknowledge: their threads are already free.
@@ -418,6 +465,19 @@ impl TaskTracker {
         let mut renew_every = Duration::from_secs(5);
         let mut renew = tokio::time::interval(renew_every);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Until the Welcome says the tracker answers pings, only the open timeout applies.
+        let heartbeat = Heartbeat::new(self.silence);
+        let mut tracker_pings = false;
+        let mut ping = tokio::time::interval(self.heartbeat);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // With a registry, a tracker whose session ended (crashed, frozen, partitioned) leaves
+        // the member list: move at once.
+        let mut members = match &self.trackers {
+            Trackers::Registry(r) => Some(r.members(Role::JobTracker)),
+            Trackers::Static(_) => None,
+        };
+        let welcome_by = tokio::time::Instant::now() + self.silence.max(OPEN_TIMEOUT);
+        let mut welcomed = false;
         loop {
             if st.shutting_down && st.running.is_empty() && st.unacked.is_empty() {
                 return SessionEnd::Done;
@@ -432,6 +492,8 @@ impl TaskTracker {
                     };
                     match msg.msg {
                         Some(tracker_message::Msg::Welcome(w)) => {
+                            welcomed = true;
+                            tracker_pings = w.heartbeat_ms > 0;
                             let every = Duration::from_millis((w.lease_ms.max(1_000) / 3) as u64);
                             if every != renew_every {
                                 renew_every = every;
@@ -444,6 +506,10 @@ impl TaskTracker {
                             self.start_job(st, a, done_tx, &out);
                         }
                         Some(tracker_message::Msg::RenewAck(r)) => self.lost(st, &r.lost_job_ids),
+                        Some(tracker_message::Msg::Ping(p)) => {
+                            send(&out, worker_message::Msg::Pong(proto::Pong { nonce: p.nonce }));
+                        }
+                        Some(tracker_message::Msg::Pong(p)) => heartbeat.answered(p.nonce),
                         Some(tracker_message::Msg::ResultAck(a)) => {
                             if !a.accepted {
                                 tracing::warn!(job_id = %a.job_id, reason = %a.reason, "result refused by the tracker");
@@ -454,6 +520,30 @@ impl TaskTracker {
                     }
                 }
                 Some(f) = done_rx.recv() => self.finished(st, f, Some(&out)),
+                _ = ping.tick() => {
+                    if (tracker_pings && !heartbeat.is_alive())
+                        || (!welcomed && tokio::time::Instant::now() >= welcome_by)
+                    {
+                        self.avoid.add(&addr);
+                        return SessionEnd::Lost(
+                            format!(
+                                "tracker {addr} silent for {} ms",
+                                heartbeat.silent_for().as_millis()
+                            ),
+                            true,
+                        );
+                    }
+                    send(&out, worker_message::Msg::Ping(proto::Ping { nonce: heartbeat.ping() }));
+                }
+                changed = async { members.as_mut()?.changed().await.ok() }, if members.is_some() => {
+                    match changed {
+                        None => members = None,
+                        Some(()) if !self.trackers.addresses().contains(&addr) => {
+                            return SessionEnd::Lost(format!("tracker {addr} left the cluster"), true);
+                        }
+                        Some(()) => {}
+                    }
+                }
                 _ = renew.tick() => {
                     if !st.running.is_empty() {
                         let leases = st.running.iter().map(|(id, r)| proto::LeaseRef {
@@ -574,6 +664,10 @@ impl TaskTracker {
 }
 
 type WorkerOut = mpsc::UnboundedSender<proto::WorkerMessage>;
+
+/// Least time a tracker gets to open the work stream and send its Welcome (it renews the
+/// leases this TaskTracker re-announces first).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn send(out: &WorkerOut, msg: worker_message::Msg) -> bool {
     out.send(proto::WorkerMessage { msg: Some(msg) }).is_ok()

@@ -80,6 +80,19 @@ pub struct LeaseRef {
     pub token: String,
 }
 
+/// A lease exactly as one TaskTracker stream last wrote it. The expiry doubles as the lease's
+/// version: every renewal writes a new one, so a lease whose expiry is still the one written
+/// here has not been renewed through any other stream since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLease {
+    /// The job.
+    pub job_id: String,
+    /// Its lease token.
+    pub token: String,
+    /// The expiry written with the lease's last claim or renewal through this stream.
+    pub expiry_ms: i64,
+}
+
 /// Ask for up to `max` due jobs of `node_group`, leased to `owner`.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
@@ -234,6 +247,12 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Puts every job leased to `owner` back in its queue (the TaskTracker is gone).
     async fn requeue_owner(&self, owner: &str, now_ms: i64) -> StoreResult<Vec<Requeued>>;
+
+    /// Puts the jobs of these leases back in their queue, each only if its lease is still
+    /// exactly as given (same token, same expiry): the stream that held them ended, and the
+    /// TaskTracker has not re-announced them through another stream (which renews them).
+    async fn requeue_held(&self, leases: Vec<HeldLease>, now_ms: i64)
+    -> StoreResult<Vec<Requeued>>;
 
     /// Cancels an unfinished job.
     async fn cancel(&self, key: JobKey, now_ms: i64) -> StoreResult<CancelOutcome>;

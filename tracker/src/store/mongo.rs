@@ -44,9 +44,9 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore,
-    Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreError, StoreResult, SubmitOutcome,
-    parse_log_type,
+    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, HeldLease, JobKey,
+    JobStore, Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreError, StoreResult,
+    SubmitOutcome, parse_log_type,
 };
 
 /// Options of the MongoDB store.
@@ -731,9 +731,10 @@ impl MongoStore {
         let found: Vec<Document> = self
             .jobs
             .find(filter)
-            .projection(
-                doc! { "task_tracker_node_group": 1, "task_id": 1, "attempt": 1, "lease_token": 1 },
-            )
+            .projection(doc! {
+                "task_tracker_node_group": 1, "task_id": 1, "attempt": 1, "lease_token": 1,
+                "lease_expiry": 1, "rev": 1, "suspend_requested": 1,
+            })
             .await?
             .try_collect()
             .await?;
@@ -751,10 +752,12 @@ impl MongoStore {
             let r = self
                 .jobs
                 .update_one(
+                    // Unchanged since it was read: a renewal in between (a new expiry) keeps it.
                     doc! {
                         "_id": id,
                         "state": JobState::Running.code(),
                         "lease_token": token,
+                        "lease_expiry": int(&d, "lease_expiry").unwrap_or(0),
                         "rev": int(&d, "rev").unwrap_or(0),
                     },
                     doc! {
@@ -1408,6 +1411,24 @@ impl JobStore for MongoStore {
             doc! { "lease_owner": owner, "state": JobState::Running.code() },
             now,
             "its TaskTracker left the cluster",
+        )
+        .await
+    }
+
+    async fn requeue_held(&self, leases: Vec<HeldLease>, now: i64) -> StoreResult<Vec<Requeued>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let held: Vec<Document> = leases
+            .iter()
+            .map(
+                |l| doc! { "_id": &l.job_id, "lease_token": &l.token, "lease_expiry": l.expiry_ms },
+            )
+            .collect();
+        self.requeue_matching(
+            doc! { "$or": held, "state": JobState::Running.code() },
+            now,
+            "its TaskTracker left the cluster (its stream ended)",
         )
         .await
     }

@@ -19,9 +19,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore,
-    Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreError, StoreResult, SubmitOutcome,
-    parse_log_type,
+    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, HeldLease, JobKey,
+    JobStore, Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreError, StoreResult,
+    SubmitOutcome, parse_log_type,
 };
 
 /// Most operations committed together.
@@ -700,26 +700,32 @@ impl SqliteStore {
         .map_err(|e| StoreError::Backend(format!("reader task: {e}")))?
     }
 
+    /// Queues again the leased jobs matching `condition` (SQL over `jobs`, with `?1` the
+    /// current time and `?2`… the `args`), each with a `FIXED_DEAD` log line.
     fn requeue_where(
         conn: &Connection,
+        index: &str,
         condition: &str,
-        arg: &dyn rusqlite::ToSql,
         now: i64,
+        args: &[&dyn rusqlite::ToSql],
         note: &str,
-    ) -> StoreResult<Vec<Requeued>> {
+        out: &mut Vec<Requeued>,
+    ) -> StoreResult<()> {
         let mut stmt = conn.prepare_cached(&format!(
-            "UPDATE jobs INDEXED BY jobs_lease
+            "UPDATE jobs {index}
              SET state = CASE WHEN suspend_requested = 1 THEN 3 ELSE 1 END,
-                 lease_owner = NULL, lease_token = NULL, lease_expiry = NULL, updated_at = ?2
+                 lease_owner = NULL, lease_token = NULL, lease_expiry = NULL, updated_at = ?1
              WHERE state = 2 AND {condition}
              RETURNING job_id, node_group, task_id, attempt"
         ))?;
+        let mut all: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(args.len() + 1);
+        all.push(&now);
+        all.extend_from_slice(args);
         let rows: Vec<(String, String, String, i64)> = stmt
-            .query_map(params![arg, now], |r| {
+            .query_map(all.as_slice(), |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
             .collect::<rusqlite::Result<_>>()?;
-        let mut out = Vec::with_capacity(rows.len());
         for (job_id, node_group, task_id, attempt) in rows {
             log_line(
                 conn,
@@ -735,7 +741,7 @@ impl SqliteStore {
             )?;
             out.push(Requeued { job_id, node_group });
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -1133,7 +1139,17 @@ impl JobStore for SqliteStore {
 
     async fn requeue_expired(&self, now: i64) -> StoreResult<Vec<Requeued>> {
         self.write("requeue_expired", move |conn| {
-            SqliteStore::requeue_where(conn, "lease_expiry < ?1", &now, now, "lease expired")
+            let mut out = Vec::new();
+            SqliteStore::requeue_where(
+                conn,
+                "INDEXED BY jobs_lease",
+                "lease_expiry < ?1",
+                now,
+                &[],
+                "lease expired",
+                &mut out,
+            )?;
+            Ok(out)
         })
         .await
     }
@@ -1141,13 +1157,36 @@ impl JobStore for SqliteStore {
     async fn requeue_owner(&self, owner: &str, now: i64) -> StoreResult<Vec<Requeued>> {
         let owner = owner.to_string();
         self.write("requeue_owner", move |conn| {
+            let mut out = Vec::new();
             SqliteStore::requeue_where(
                 conn,
-                "lease_owner = ?1",
-                &owner,
+                "INDEXED BY jobs_lease",
+                "lease_owner = ?2",
                 now,
+                &[&owner],
                 "its TaskTracker left the cluster",
-            )
+                &mut out,
+            )?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn requeue_held(&self, leases: Vec<HeldLease>, now: i64) -> StoreResult<Vec<Requeued>> {
+        self.write("requeue_held", move |conn| {
+            let mut out = Vec::new();
+            for l in &leases {
+                SqliteStore::requeue_where(
+                    conn,
+                    "",
+                    "job_id = ?2 AND lease_token = ?3 AND lease_expiry = ?4",
+                    now,
+                    &[&l.job_id, &l.token, &l.expiry_ms],
+                    "its TaskTracker left the cluster (its stream ended)",
+                    &mut out,
+                )?;
+            }
+            Ok(out)
         })
         .await
     }

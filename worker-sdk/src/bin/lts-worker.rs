@@ -44,6 +44,13 @@ struct Cli {
     /// Seconds running jobs may take to finish on SIGTERM before they are handed back.
     #[arg(long, env = "LTS_SHUTDOWN_GRACE", default_value_t = 30)]
     shutdown_grace: u64,
+    /// How often to ping the tracker on the work stream, in milliseconds.
+    #[arg(long, env = "LTS_HEARTBEAT_MS", default_value_t = 500)]
+    heartbeat_ms: u64,
+    /// Move to another tracker when the current one leaves pings unanswered this long (ms);
+    /// running jobs keep running and their leases move along.
+    #[arg(long, env = "LTS_TRACKER_SILENCE_MS", default_value_t = 2_000)]
+    tracker_silence_ms: u64,
     #[command(flatten)]
     sidecar: SidecarArgs,
 }
@@ -71,6 +78,8 @@ async fn main() -> ExitCode {
         .trackers(cli.tracker)
         .threads(cli.threads)
         .shutdown_grace(Duration::from_secs(cli.shutdown_grace))
+        .heartbeat(Duration::from_millis(cli.heartbeat_ms))
+        .tracker_silence(Duration::from_millis(cli.tracker_silence_ms))
         .runner_arc(runner);
     if let Some(id) = cli.identity {
         builder = builder.identity(id);
@@ -108,6 +117,8 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_env("LTS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: a log file or collector gets plain `key=value` text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = if std::env::var("LTS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
         builder.json().try_init()

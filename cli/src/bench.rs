@@ -22,6 +22,7 @@ use lts_worker_sdk::{JobClient, JobContext, RunResult, TaskTracker};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::bench_compare;
 use crate::error::{CliError, CliResult};
 use crate::output;
 
@@ -77,6 +78,23 @@ pub struct BenchArgs {
     /// Write the figures as one JSON object to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// After the run, show each figure against the same figure in this saved `--json` file:
+    /// the change in percent, better or worse. The file is checked before the run.
+    #[arg(long, value_name = "FILE")]
+    pub compare: Option<PathBuf>,
+    /// With `--compare OLD`: compare OLD with this second saved file (as "now") instead of
+    /// running the benchmark.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "compare",
+        conflicts_with_all = [
+            "workers", "threads", "rate", "latency_seconds", "submit_jobs", "single_jobs",
+            "submitters", "drain_jobs", "phases", "cron", "seconds", "sync", "data_dir", "store",
+            "json",
+        ]
+    )]
+    pub against: Option<PathBuf>,
 }
 
 /// A benchmark phase.
@@ -171,6 +189,17 @@ impl BenchArgs {
 
 /// Runs `lts bench`.
 pub async fn run(mut args: BenchArgs) -> CliResult {
+    // A bad saved file is reported now, not after a run.
+    let saved = match &args.compare {
+        Some(path) => Some((path, bench_compare::load("--compare", path)?)),
+        None => None,
+    };
+    if let (Some((old, saved)), Some(new)) = (&saved, &args.against) {
+        let now = bench_compare::load("--against", new)?;
+        let heading = format!("{} (saved) against {} (now)", old.display(), new.display());
+        bench_compare::print(saved, &now, &heading);
+        return Ok(());
+    }
     if args.phases.is_empty() {
         args.phases = if args.cron > 0 {
             vec![Phase::Cron]
@@ -356,6 +385,14 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
         std::fs::write(path, text + "\n")
             .map_err(|e| CliError::Failed(format!("write {}: {e}", path.display())))?;
         eprintln!("wrote {}", path.display());
+    }
+    if let Some((path, saved)) = &saved {
+        let value = serde_json::to_value(&report)
+            .map_err(|e| CliError::Failed(format!("encode report: {e}")))?;
+        let now = bench_compare::parse(&value)
+            .map_err(|e| CliError::Failed(format!("this run's figures: {e}")))?;
+        println!();
+        bench_compare::print(saved, &now, &format!("against {} (saved)", path.display()));
     }
     Ok(())
 }

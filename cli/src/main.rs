@@ -2,6 +2,7 @@
 //! inspect jobs, list nodes, and benchmark (`lts bench`).
 
 mod bench;
+mod bench_compare;
 mod client_cmds;
 mod dev;
 mod error;

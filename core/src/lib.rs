@@ -7,6 +7,7 @@ pub mod convert;
 pub mod heartbeat;
 pub mod model;
 pub mod schedule;
+pub mod transition;
 pub mod validate;
 
 /// The generated `lts.v1` protocol types, clients and servers.

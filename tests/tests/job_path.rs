@@ -208,6 +208,45 @@ async fn later_and_exception_are_retried_with_backoff_until_retries_run_out() {
     h.await.unwrap();
 }
 
+/// Opens a raw Work stream with this Hello and `credits` free threads.
+async fn open_raw_stream(
+    addr: &str,
+    hello: proto::Hello,
+    credits: u32,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<proto::WorkerMessage>,
+    tonic::Streaming<proto::TrackerMessage>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let send = |m| proto::WorkerMessage { msg: Some(m) };
+    tx.send(send(proto::worker_message::Msg::Hello(hello)))
+        .unwrap();
+    tx.send(send(proto::worker_message::Msg::Credit(proto::Credit {
+        n: credits,
+    })))
+    .unwrap();
+    let inbound = WorkerServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .work(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, inbound)
+}
+
+fn raw_hello(group: &str, identity: &str, threads: u32, heartbeat_ms: u32) -> proto::Hello {
+    proto::Hello {
+        cluster: "default".into(),
+        node_group: group.into(),
+        identity: identity.into(),
+        threads,
+        version: "test".into(),
+        running: vec![],
+        heartbeat_ms,
+    }
+}
+
 /// Opens a raw Work stream and takes one job without ever renewing its lease.
 async fn raw_worker_take_one(
     addr: &str,
@@ -217,30 +256,7 @@ async fn raw_worker_take_one(
     tonic::Streaming<proto::TrackerMessage>,
     proto::Assignment,
 ) {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let send = |m| proto::WorkerMessage { msg: Some(m) };
-    tx.send(send(proto::worker_message::Msg::Hello(proto::Hello {
-        cluster: "default".into(),
-        node_group: group.into(),
-        identity: "raw-worker".into(),
-        threads: 1,
-        version: "test".into(),
-        running: vec![],
-        heartbeat_ms: 0,
-    })))
-    .unwrap();
-    tx.send(send(proto::worker_message::Msg::Credit(proto::Credit {
-        n: 1,
-    })))
-    .unwrap();
-    let mut client = WorkerServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let mut inbound = client
-        .work(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut inbound) = open_raw_stream(addr, raw_hello(group, "raw-worker", 1, 0), 1).await;
     loop {
         let m = tokio::time::timeout(T, inbound.next())
             .await
@@ -683,29 +699,9 @@ async fn a_task_tracker_that_stops_answering_pings_gets_no_new_jobs() {
         .await
         .unwrap();
     let client = tracker.client();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut inbound) =
+        open_raw_stream(&tracker.addr, raw_hello("pings", "deaf-worker", 4, 100), 4).await;
     let send = |m| proto::WorkerMessage { msg: Some(m) };
-    tx.send(send(proto::worker_message::Msg::Hello(proto::Hello {
-        cluster: "default".into(),
-        node_group: "pings".into(),
-        identity: "deaf-worker".into(),
-        threads: 4,
-        version: "test".into(),
-        running: vec![],
-        heartbeat_ms: 100,
-    })))
-    .unwrap();
-    tx.send(send(proto::worker_message::Msg::Credit(proto::Credit {
-        n: 4,
-    })))
-    .unwrap();
-    let mut inbound = WorkerServiceClient::connect(format!("http://{}", tracker.addr))
-        .await
-        .unwrap()
-        .work(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
     let mut pings = Vec::new();
     // Unanswered pings pile up for a second.
     let until = tokio::time::Instant::now() + Duration::from_secs(1);

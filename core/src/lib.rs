@@ -18,7 +18,7 @@ pub mod proto {
 
 pub use model::{
     BizLine, FeedbackItem, Job, JobKey, JobSpec, JobState, LogEntry, LogLevel, LogType,
-    MisfirePolicy, Outcome, Schedule,
+    MisfirePolicy, Outcome, Schedule, ScheduleKind,
 };
 pub use validate::{FieldViolation, Violations, validate};
 

@@ -45,14 +45,79 @@ impl Schedule {
         matches!(self, Schedule::Cron { .. } | Schedule::Repeat { .. })
     }
 
-    /// A short name for tables and metrics: `now`, `trigger_time`, `cron`, `repeat`.
-    pub fn kind(&self) -> &'static str {
+    /// Which kind of schedule this is.
+    pub fn kind(&self) -> ScheduleKind {
         match self {
-            Schedule::Now => "now",
-            Schedule::TriggerAt { .. } => "trigger_time",
-            Schedule::Cron { .. } => "cron",
-            Schedule::Repeat { .. } => "repeat",
+            Schedule::Now => ScheduleKind::Now,
+            Schedule::TriggerAt { .. } => ScheduleKind::TriggerTime,
+            Schedule::Cron { .. } => ScheduleKind::Cron,
+            Schedule::Repeat { .. } => ScheduleKind::Repeat,
         }
+    }
+}
+
+/// The kind of a [`Schedule`], without its parameters: what `lts jobs list --schedule` and
+/// `ListJobsRequest.schedule_type` filter on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScheduleKind {
+    /// [`Schedule::Now`].
+    Now,
+    /// [`Schedule::TriggerAt`].
+    TriggerTime,
+    /// [`Schedule::Cron`].
+    Cron,
+    /// [`Schedule::Repeat`].
+    Repeat,
+}
+
+impl ScheduleKind {
+    /// Every kind, in the order above.
+    pub const ALL: [ScheduleKind; 4] = [
+        ScheduleKind::Now,
+        ScheduleKind::TriggerTime,
+        ScheduleKind::Cron,
+        ScheduleKind::Repeat,
+    ];
+
+    /// Its name in tables, metrics and the API: `now`, `trigger_time`, `cron`, `repeat`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScheduleKind::Now => "now",
+            ScheduleKind::TriggerTime => "trigger_time",
+            ScheduleKind::Cron => "cron",
+            ScheduleKind::Repeat => "repeat",
+        }
+    }
+
+    /// The `type` tag a [`Schedule`] of this kind has in its JSON form (what a store that keeps
+    /// the spec as JSON filters on).
+    pub fn json_tag(self) -> &'static str {
+        match self {
+            ScheduleKind::Now => "now",
+            ScheduleKind::TriggerTime => "trigger_at",
+            ScheduleKind::Cron => "cron",
+            ScheduleKind::Repeat => "repeat",
+        }
+    }
+
+    /// The kind named `name` ([`ScheduleKind::as_str`]), or an error that lists the names.
+    pub fn parse(name: &str) -> Result<ScheduleKind, String> {
+        ScheduleKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = ScheduleKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!(
+                    "unknown schedule {name:?}; expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+impl fmt::Display for ScheduleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -512,5 +577,37 @@ impl fmt::Display for JobKey {
                 task_id,
             } => write!(f, "task_id {task_id:?} in node group {node_group:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_kind_names_the_json_tag_of_its_schedule() {
+        let schedules = [
+            Schedule::Now,
+            Schedule::TriggerAt { trigger_time_ms: 1 },
+            Schedule::Cron {
+                expression: "* * * * * *".into(),
+                time_zone: None,
+            },
+            Schedule::Repeat {
+                interval_ms: 1,
+                count: 1,
+                first_fire_ms: None,
+            },
+        ];
+        for s in schedules {
+            let json = serde_json::to_value(&s).unwrap();
+            assert_eq!(json["type"], s.kind().json_tag(), "{s:?}");
+            assert_eq!(ScheduleKind::parse(s.kind().as_str()), Ok(s.kind()));
+        }
+        let err = ScheduleKind::parse("hourly").unwrap_err();
+        assert!(
+            err.contains("\"hourly\"") && err.contains("trigger_time"),
+            "{err}"
+        );
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use lts_core::schedule::{Disposition, RetryPolicy};
-use lts_core::{JobSpec, JobState, LogType, Outcome, Schedule};
+use lts_core::{JobSpec, JobState, LogType, Outcome, Schedule, ScheduleKind};
 use lts_tests::MongoServer;
 use lts_tracker::store::mongo::{MongoOptions, MongoStore};
 use lts_tracker::store::sqlite::{SqliteOptions, SqliteStore};
@@ -357,6 +357,85 @@ pub async fn requeue_paths(store: Arc<dyn JobStore>) {
         .await
         .unwrap();
     assert_eq!(lost, vec![again[0].job.job_id.clone()]);
+}
+
+/// Listings filter on the submitting node group and the schedule kind in the store, for
+/// unfinished and finished jobs alike, and page through what matches.
+pub async fn list_by_submit_group_and_schedule_kind(store: Arc<dyn JobStore>) {
+    let spec = |i: usize| {
+        let mut spec = JobSpec::new(format!("f-{i:02}"), "g");
+        spec.submit_node_group = if i.is_multiple_of(2) { "even" } else { "odd" }.into();
+        if i.is_multiple_of(3) {
+            spec = spec.schedule(Schedule::Cron {
+                expression: "0 0 * * * *".into(),
+                time_zone: None,
+            });
+        }
+        spec
+    };
+    let ids: Vec<String> = store
+        .submit((0..12).map(spec).collect(), NOW)
+        .await
+        .unwrap()
+        .iter()
+        .map(id)
+        .collect();
+    // Two of them finish: one even one-off, one odd one-off.
+    for i in [2, 5] {
+        let c = store
+            .cancel(JobKey::Id(ids[i].clone()), NOW + 1)
+            .await
+            .unwrap();
+        assert!(matches!(c, CancelOutcome::Cancelled(_)), "{c:?}");
+    }
+    let list = |submit: Option<&str>, kind: Option<ScheduleKind>, limit: usize| {
+        let store = store.clone();
+        let submit = submit.map(str::to_string);
+        async move {
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store
+                    .list(ListFilter {
+                        submit_node_group: submit.clone(),
+                        schedule_kind: kind,
+                        limit,
+                        after: after.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                assert!(page.jobs.len() <= limit);
+                seen.extend(page.jobs.iter().map(|j| j.spec.task_id.clone()));
+                match page.next {
+                    Some(n) => after = Some(n),
+                    None => break seen,
+                }
+            }
+        }
+    };
+    let names = |is: &[usize]| is.iter().map(|i| format!("f-{i:02}")).collect::<Vec<_>>();
+    assert_eq!(
+        list(Some("even"), None, 4).await,
+        names(&[0, 2, 4, 6, 8, 10]),
+        "every job the group submitted, finished ones too"
+    );
+    assert_eq!(
+        list(None, Some(ScheduleKind::Cron), 100).await,
+        names(&[0, 3, 6, 9])
+    );
+    assert_eq!(
+        list(Some("odd"), Some(ScheduleKind::Now), 1).await,
+        names(&[1, 5, 7, 11])
+    );
+    assert!(
+        list(Some("nobody"), None, 100).await.is_empty(),
+        "no job of another group"
+    );
+    assert!(
+        list(None, Some(ScheduleKind::Repeat), 100).await.is_empty(),
+        "no repeat job"
+    );
 }
 
 /// Cancel, list with filters and pages, stats, retention.
@@ -1066,6 +1145,7 @@ macro_rules! for_each_case {
             requeue_paths,
             requeue_held_only_what_nobody_renewed,
             cancel_list_stats_retention,
+            list_by_submit_group_and_schedule_kind,
             repeat_fires_until_count,
             feedback_until_acknowledged,
             master_fence,

@@ -12,7 +12,7 @@ use lts_core::proto::{
     feedback_service_server::FeedbackService, job_service_server::JobService, tracker_message,
     worker_message, worker_service_server::WorkerService,
 };
-use lts_core::{JobSpec, convert, now_ms, validate};
+use lts_core::{JobSpec, ScheduleKind, convert, now_ms, validate};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -284,69 +284,35 @@ impl JobService for JobApi {
         if !v.is_empty() {
             return Err(invalid_argument(&validate::Violations(v)));
         }
-        const SCHEDULE_TYPES: [&str; 4] = ["now", "trigger_time", "cron", "repeat"];
-        if !r.schedule_type.is_empty() && !SCHEDULE_TYPES.contains(&r.schedule_type.as_str()) {
-            return Err(invalid_argument(&validate::Violations(vec![
-                validate::FieldViolation::new(
+        let schedule_kind = match r.schedule_type.as_str() {
+            "" => None,
+            name => Some(ScheduleKind::parse(name).map_err(|reason| {
+                invalid_argument(&validate::Violations(vec![validate::FieldViolation::new(
                     "schedule_type",
-                    format!(
-                        "unknown schedule {:?}; expected one of {}",
-                        r.schedule_type,
-                        SCHEDULE_TYPES.join(", ")
-                    ),
-                ),
-            ])));
-        }
-        let limit = if r.page_size == 0 {
-            100
-        } else {
-            r.page_size as usize
+                    reason,
+                )]))
+            })?),
         };
-        let submit_group = (!r.submit_node_group.is_empty()).then_some(r.submit_node_group);
-        let schedule_type = (!r.schedule_type.is_empty()).then_some(r.schedule_type);
-        let wanted = |j: &lts_core::Job| {
-            submit_group
-                .as_ref()
-                .is_none_or(|g| *g == j.spec.submit_node_group)
-                && schedule_type
-                    .as_ref()
-                    .is_none_or(|t| t == j.spec.schedule.kind())
-        };
-        let post_filtered = submit_group.is_some() || schedule_type.is_some();
-        let mut filter = ListFilter {
-            node_group: (!r.task_tracker_node_group.is_empty())
-                .then_some(r.task_tracker_node_group),
-            state,
-            task_id_prefix: (!r.task_id_prefix.is_empty()).then_some(r.task_id_prefix),
-            limit,
-            after: (!r.page_token.is_empty()).then_some(r.page_token),
-        };
-        // Filters the store has no index for are applied here, over at most
-        // `POST_FILTER_PAGES` store pages per call: a page may then hold fewer jobs than asked
-        // for while a next page token says there is more to read.
-        const POST_FILTER_PAGES: usize = 20;
-        let mut jobs = Vec::new();
-        let mut next = None;
-        for _ in 0..POST_FILTER_PAGES {
-            filter.limit = limit - jobs.len();
-            let page = self
-                .0
-                .store
-                .list(filter.clone())
-                .await
-                .map_err(store_status)?;
-            let read = page.jobs.len();
-            for j in page.jobs {
-                if !post_filtered || wanted(&j) {
-                    jobs.push(j);
-                }
-            }
-            next = page.next;
-            if !post_filtered || jobs.len() >= limit || next.is_none() || read == 0 {
-                break;
-            }
-            filter.after = next.clone();
-        }
+        let page = self
+            .0
+            .store
+            .list(ListFilter {
+                node_group: (!r.task_tracker_node_group.is_empty())
+                    .then_some(r.task_tracker_node_group),
+                state,
+                task_id_prefix: (!r.task_id_prefix.is_empty()).then_some(r.task_id_prefix),
+                submit_node_group: (!r.submit_node_group.is_empty()).then_some(r.submit_node_group),
+                schedule_kind,
+                limit: if r.page_size == 0 {
+                    100
+                } else {
+                    r.page_size as usize
+                },
+                after: (!r.page_token.is_empty()).then_some(r.page_token),
+            })
+            .await
+            .map_err(store_status)?;
+        let (jobs, next) = (page.jobs, page.next);
         Ok(Response::new(proto::ListJobsResponse {
             jobs: jobs.iter().map(convert::job_to_proto).collect(),
             next_page_token: next.unwrap_or_default(),

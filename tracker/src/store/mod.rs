@@ -21,7 +21,9 @@ pub mod sqlite;
 use async_trait::async_trait;
 pub use lts_core::JobKey;
 use lts_core::schedule::Disposition;
-use lts_core::{BizLine, FeedbackItem, Job, JobSpec, JobState, LogEntry, LogType, Outcome};
+use lts_core::{
+    BizLine, FeedbackItem, Job, JobSpec, JobState, LogEntry, LogType, Outcome, ScheduleKind,
+};
 
 /// Errors of a store.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -190,6 +192,10 @@ pub struct ListFilter {
     pub state: Option<JobState>,
     /// Only task ids starting with this.
     pub task_id_prefix: Option<String>,
+    /// Only jobs submitted by this node group.
+    pub submit_node_group: Option<String>,
+    /// Only jobs with this kind of schedule.
+    pub schedule_kind: Option<ScheduleKind>,
     /// Page size (1..=1000).
     pub limit: usize,
     /// Continue after this job id (the previous page's `next`).

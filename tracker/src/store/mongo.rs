@@ -197,6 +197,17 @@ fn decode(doc: &Document) -> StoreResult<Job> {
     })
 }
 
+/// The fields a job's spec is kept in: the spec itself (as JSON), and the parts of it that
+/// claims sort on (`priority`) and listings filter on (`submit_node_group`, `schedule_kind`).
+fn spec_fields(spec: &JobSpec) -> StoreResult<Document> {
+    Ok(doc! {
+        "spec": serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        "priority": spec.priority,
+        "submit_node_group": &spec.submit_node_group,
+        "schedule_kind": spec.schedule.kind().as_str(),
+    })
+}
+
 fn opt_i64(v: Option<i64>) -> Bson {
     v.map(Bson::Int64).unwrap_or(Bson::Null)
 }
@@ -374,6 +385,7 @@ impl MongoStore {
                 Err(e) => return Err(e),
             }
         }
+        store.backfill_spec_fields().await?;
         tracing::info!(database = %database, "mongodb store ready");
         Ok(store)
     }
@@ -386,6 +398,47 @@ impl MongoStore {
     /// The database in use.
     pub fn database(&self) -> &str {
         self.db.name()
+    }
+
+    /// Gives jobs stored before `submit_node_group` and `schedule_kind` were kept beside the
+    /// spec those two fields, so that listings filtered on them find every job. Each job is
+    /// written once; a job whose spec cannot be read is left to fail where it is read.
+    async fn backfill_spec_fields(&self) -> StoreResult<()> {
+        let mut written = 0u64;
+        loop {
+            let docs: Vec<Document> = self
+                .jobs
+                .find(doc! { "schedule_kind": { "$exists": false }, "spec": { "$type": "string" } })
+                .projection(doc! { "spec": 1 })
+                .limit(1000)
+                .await?
+                .try_collect()
+                .await?;
+            let mut progressed = false;
+            for d in &docs {
+                let Some(spec) =
+                    text(d, "spec").and_then(|t| serde_json::from_str::<JobSpec>(t).ok())
+                else {
+                    continue;
+                };
+                let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+                self.jobs
+                    .update_one(doc! { "_id": id }, doc! { "$set": spec_fields(&spec)? })
+                    .await?;
+                written += 1;
+                progressed = true;
+            }
+            if docs.len() < 1000 || !progressed {
+                break;
+            }
+        }
+        if written > 0 {
+            tracing::info!(
+                jobs = written,
+                "mongodb: kept submit_node_group and schedule_kind beside the spec of older jobs"
+            );
+        }
+        Ok(())
     }
 
     async fn ensure_indexes(&self, retention: Duration) -> StoreResult<()> {
@@ -613,7 +666,6 @@ impl MongoStore {
             "task_id": &inst.task_id,
             "done": "",
             "state": JobState::Running.code(),
-            "priority": inst.priority,
             "trigger_time": job.trigger_time_ms,
             "attempt": 1i64,
             "fire_count": fired as i64,
@@ -624,8 +676,8 @@ impl MongoStore {
             "lease_owner": &req.owner,
             "lease_token": token,
             "lease_expiry": expiry,
-            "spec": serde_json::to_string(&inst).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         };
+        inst_doc.extend(spec_fields(&inst)?);
         let inserted = step.run && self.insert_new(vec![inst_doc.clone()]).await?.is_empty();
         let mut lines = Vec::new();
         let group = &job.spec.task_tracker_node_group;
@@ -902,13 +954,12 @@ impl JobStore for MongoStore {
                 let job_id = uuid::Uuid::now_v7().simple().to_string();
                 let trigger = first_trigger(spec, now).unwrap_or(now);
                 let scheduled = spec.schedule.is_recurring().then_some(trigger);
-                docs.push(doc! {
+                let mut d = doc! {
                     "_id": &job_id,
                     "task_tracker_node_group": &spec.task_tracker_node_group,
                     "task_id": &spec.task_id,
                     "done": "",
                     "state": JobState::Queued.code(),
-                    "priority": spec.priority,
                     "trigger_time": trigger,
                     "attempt": 0i64,
                     "fire_count": 1i64,
@@ -916,8 +967,9 @@ impl JobStore for MongoStore {
                     "created_at": now,
                     "updated_at": now,
                     "rev": 0i64,
-                    "spec": serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                });
+                };
+                d.extend(spec_fields(spec)?);
+                docs.push(d);
                 ids.push(job_id);
             }
             let dup_positions = self.insert_new(docs).await?;
@@ -962,9 +1014,8 @@ impl JobStore for MongoStore {
                     continue;
                 }
                 let trigger = first_trigger(spec, now).unwrap_or(now);
-                let text_spec =
-                    serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let set = doc! { "spec": &text_spec, "priority": spec.priority, "updated_at": now };
+                let mut set = spec_fields(spec)?;
+                set.insert("updated_at", now);
                 // A queued job takes the new trigger time; a running one keeps its lease and
                 // the new definition applies to what comes after it.
                 let mut queued_set = set.clone();
@@ -1612,6 +1663,12 @@ impl JobStore for MongoStore {
         }
         if let Some(p) = &f.task_id_prefix {
             filter.insert("task_id", doc! { "$regex": escape_regex(p) });
+        }
+        if let Some(g) = &f.submit_node_group {
+            filter.insert("submit_node_group", g);
+        }
+        if let Some(k) = f.schedule_kind {
+            filter.insert("schedule_kind", k.as_str());
         }
         let docs: Vec<Document> = self
             .jobs

@@ -1622,6 +1622,7 @@ fn list_jobs(conn: &Connection, f: &ListFilter) -> StoreResult<Page> {
     let after = f.after.clone().unwrap_or_default();
     let prefix = f.task_id_prefix.as_deref().map(like_prefix);
     let state = f.state.map(JobState::code);
+    let kind = f.schedule_kind.map(|k| k.json_tag());
     let want_active = f.state.is_none_or(|s| !s.is_final());
     let want_finished = f.state.is_none_or(|s| s.is_final());
     let mut jobs: Vec<Job> = Vec::new();
@@ -1631,11 +1632,21 @@ fn list_jobs(conn: &Connection, f: &ListFilter) -> StoreResult<Page> {
             "SELECT {JOB_COLS} FROM jobs
              WHERE job_id > ?1 AND (?2 IS NULL OR node_group = ?2) AND (?3 IS NULL OR state = ?3)
                AND (?4 IS NULL OR task_id LIKE ?4 ESCAPE '\\')
+               AND (?6 IS NULL OR json_extract(spec, '$.submit_node_group') = ?6)
+               AND (?7 IS NULL OR json_extract(spec, '$.schedule.type') = ?7)
              ORDER BY job_id LIMIT ?5"
         ))?;
         let rows = stmt
             .query_map(
-                params![after, f.node_group, state, prefix, (limit + 1) as i64],
+                params![
+                    after,
+                    f.node_group,
+                    state,
+                    prefix,
+                    (limit + 1) as i64,
+                    f.submit_node_group,
+                    kind
+                ],
                 RawJob::from_row,
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -1648,11 +1659,21 @@ fn list_jobs(conn: &Connection, f: &ListFilter) -> StoreResult<Page> {
             "SELECT job FROM finished_jobs
              WHERE job_id > ?1 AND (?2 IS NULL OR node_group = ?2) AND (?3 IS NULL OR state = ?3)
                AND (?4 IS NULL OR task_id LIKE ?4 ESCAPE '\\')
+               AND (?6 IS NULL OR json_extract(job, '$.spec.submit_node_group') = ?6)
+               AND (?7 IS NULL OR json_extract(job, '$.spec.schedule.type') = ?7)
              ORDER BY job_id LIMIT ?5",
         )?;
         let rows = stmt
             .query_map(
-                params![after, f.node_group, state, prefix, (limit + 1) as i64],
+                params![
+                    after,
+                    f.node_group,
+                    state,
+                    prefix,
+                    (limit + 1) as i64,
+                    f.submit_node_group,
+                    kind
+                ],
                 |r| r.get::<_, String>(0),
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;

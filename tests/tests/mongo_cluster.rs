@@ -1,6 +1,6 @@
-//! The production shape: several `lts-tracker` processes sharing a real MongoDB-wire-protocol
-//! server and coordinated by a real ZooKeeper, with `lts-worker` processes. The test server is
-//! slow for queue work, so queues stay small and nothing here is timed against it.
+//! The production shape: several `lts-tracker` processes sharing a real `mongod` (a one-node
+//! replica set) and coordinated by a real ZooKeeper, with `lts-worker` processes. Nothing here
+//! is timed: figures come from `lts bench --store mongodb://…`.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! The `JobStore` conformance suite: the same semantics for every backend. The embedded store
-//! gets one `#[tokio::test]` per case; MongoDB (a real wire-protocol server, started here) runs
+//! gets one `#[tokio::test]` per case; MongoDB (a real `mongod`, started here) runs
 //! every case in one test, each in a fresh database, so that one server serves them all.
 
 use std::sync::Arc;

@@ -366,6 +366,35 @@ fn mongod_binary() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Starts `mongod` as a member of replica set `rs0` on `port`, with its data in `data`.
+fn spawn_mongod(data: &Path, port: u16) -> anyhow::Result<Proc> {
+    let mongod = mongod_binary()?;
+    std::fs::create_dir_all(data.join("db"))?;
+    let mut cmd = Command::new(mongod);
+    cmd.args(["--replSet", "rs0", "--bind_ip", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .arg("--dbpath")
+        .arg(data.join("db"))
+        .args([
+            "--wiredTigerCacheSizeGB",
+            "0.25",
+            "--oplogSize",
+            "256",
+            "--quiet",
+            "--setParameter",
+            "diagnosticDataCollectionEnabled=false",
+        ]);
+    Proc::spawn(cmd, data.join(format!("mongod-{}.log", unique())))
+}
+
+/// A client of one `mongod` (`directConnection`), failing fast while it is down.
+async fn direct_client(port: u16) -> anyhow::Result<mongodb::Client> {
+    let url = format!("mongodb://127.0.0.1:{port}/admin?directConnection=true");
+    let mut options = mongodb::options::ClientOptions::parse(url).await?;
+    options.server_selection_timeout = Some(Duration::from_millis(500));
+    Ok(mongodb::Client::with_options(options)?)
+}
+
 impl MongoServer {
     /// Starts `mongod` in `dir`, initiates its one-node replica set and waits until it is a
     /// writable primary. Needs `LTS_TEST_MONGOD` (printed by `scripts/setup-test-deps.sh`,
@@ -375,24 +404,7 @@ impl MongoServer {
     }
 
     async fn start_on(dir: &Path, port: u16) -> anyhow::Result<MongoServer> {
-        let mongod = mongod_binary()?;
-        let data = dir.join(format!("mongo-{port}"));
-        std::fs::create_dir_all(data.join("db"))?;
-        let mut cmd = Command::new(mongod);
-        cmd.args(["--replSet", "rs0", "--bind_ip", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            .arg("--dbpath")
-            .arg(data.join("db"))
-            .args([
-                "--wiredTigerCacheSizeGB",
-                "0.25",
-                "--oplogSize",
-                "256",
-                "--quiet",
-                "--setParameter",
-                "diagnosticDataCollectionEnabled=false",
-            ]);
-        let proc = Proc::spawn(cmd, data.join(format!("mongo-{}.log", unique())))?;
+        let proc = spawn_mongod(&dir.join(format!("mongo-{port}")), port)?;
         let server = MongoServer {
             proc,
             port,
@@ -423,10 +435,7 @@ impl MongoServer {
     async fn wait_primary(&self, timeout: Duration) -> anyhow::Result<()> {
         use mongodb::bson::doc;
         let deadline = Instant::now() + timeout;
-        let mut options = mongodb::options::ClientOptions::parse(self.url("admin")).await?;
-        options.server_selection_timeout = Some(Duration::from_millis(500));
-        let client = mongodb::Client::with_options(options)?;
-        let admin = client.database("admin");
+        let admin = direct_client(self.port).await?.database("admin");
         let config = doc! {
             "_id": "rs0",
             "members": [{ "_id": 0, "host": format!("127.0.0.1:{}", self.port) }],
@@ -457,6 +466,120 @@ impl MongoServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// A three-member (or larger) MongoDB replica set `rs0` of real `mongod` processes on free
+/// loopback ports, each with its own data directory. Elections are tuned for tests (2 s election
+/// timeout, 500 ms heartbeats), so a new primary is usually up 2–5 s after the old one died.
+#[derive(Debug)]
+pub struct MongoReplicaSet {
+    /// The members, in configuration order (`None` while killed).
+    members: Vec<Option<Proc>>,
+    /// Their ports.
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+}
+
+impl MongoReplicaSet {
+    /// Starts `n` members in `dir`, initiates the set and waits for a writable primary.
+    pub async fn start(dir: &Path, n: usize) -> anyhow::Result<MongoReplicaSet> {
+        use mongodb::bson::doc;
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut members = Vec::with_capacity(n);
+        for &port in &ports {
+            members.push(Some(spawn_mongod(&dir.join(format!("rs-{port}")), port)?));
+        }
+        let set = MongoReplicaSet {
+            members,
+            ports,
+            dir: dir.to_path_buf(),
+        };
+        let config = doc! {
+            "_id": "rs0",
+            "members": set.ports.iter().enumerate().map(|(i, p)| doc! {
+                "_id": i as i32,
+                "host": format!("127.0.0.1:{p}"),
+            }).collect::<Vec<_>>(),
+            "settings": { "electionTimeoutMillis": 2000, "heartbeatIntervalMillis": 500 },
+        };
+        let admin = direct_client(set.ports[0]).await?.database("admin");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match admin
+                .run_command(doc! { "replSetInitiate": config.clone() })
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => bail!("replSetInitiate: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        set.wait_primary(Duration::from_secs(60)).await?;
+        Ok(set)
+    }
+
+    /// `mongodb://127.0.0.1:P1,…/DATABASE?replicaSet=rs0`: a client that follows the primary.
+    pub fn url(&self, database: &str) -> String {
+        let hosts: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("mongodb://{}/{database}?replicaSet=rs0", hosts.join(","))
+    }
+
+    /// The index of the member that is a writable primary now, if one is.
+    pub async fn primary(&self) -> Option<usize> {
+        use mongodb::bson::doc;
+        for (i, port) in self.ports.iter().enumerate() {
+            if self.members[i].is_none() {
+                continue;
+            }
+            let Ok(client) = direct_client(*port).await else {
+                continue;
+            };
+            if let Ok(hello) = client
+                .database("admin")
+                .run_command(doc! { "hello": 1 })
+                .await
+                && hello.get_bool("isWritablePrimary").unwrap_or(false)
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Waits until some member is a writable primary; returns its index.
+    pub async fn wait_primary(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.primary().await {
+                return Ok(i);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no writable primary among {:?} after {timeout:?}",
+                    self.ports
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kills member `i` with `kill -9`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].take() {
+            p.kill9();
+        }
+    }
+
+    /// Starts member `i` again on its port and data (it rejoins the set by itself).
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let port = self.ports[i];
+        self.members[i] = Some(spawn_mongod(&self.dir.join(format!("rs-{port}")), port)?);
+        Ok(())
     }
 }
 

@@ -22,9 +22,9 @@ use lts_worker_sdk::{JobClient, JobContext, RunResult, TaskTracker};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench_compare;
 use crate::error::{CliError, CliResult};
 use crate::output;
+use crate::{bench_compare, bench_raw};
 
 /// Options of `lts bench`.
 #[derive(Debug, clap::Args)]
@@ -110,6 +110,9 @@ pub enum Phase {
     Latency,
     /// Cron exactness: fires expected vs observed, lateness.
     Cron,
+    /// The backend's raw limit without the scheduler (insert, claim, complete of
+    /// `--drain-jobs` jobs), and the store's figures as fractions of it.
+    Raw,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -154,6 +157,9 @@ struct Report {
     /// Round trips per job of each phase.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     store_round_trips: BTreeMap<&'static str, f64>,
+    /// The backend's raw limit (`--phases raw`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<bench_raw::RawReport>,
     config: serde_json::Value,
 }
 
@@ -331,6 +337,29 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
             .await
             .map_err(|e| CliError::Failed(format!("dropping the bench database: {e}")))?;
     }
+    if args.phases.contains(&Phase::Raw) {
+        let pb = bar(args.drain_jobs, "raw: insert, then claim + complete");
+        let mut raw = match &store {
+            StoreUrl::Mongo(url) => {
+                let (loops, claim) = (args.workers as usize, args.threads() as usize);
+                bench_raw::mongo(url, args.drain_jobs, loops, claim, &pb).await?
+            }
+            StoreUrl::Sqlite(_) => {
+                let sync = match args.sync {
+                    SyncFlag::Full => "FULL",
+                    SyncFlag::Normal => "NORMAL",
+                };
+                bench_raw::sqlite(&dir, sync, args.drain_jobs, &pb).await?
+            }
+        };
+        pb.finish_and_clear();
+        bench_raw::relate(
+            &mut raw,
+            report.submit_batched_jobs_per_s,
+            report.drain_jobs_per_s,
+        );
+        report.raw = Some(raw);
+    }
 
     let mut t = output::table(["figure", "value"]);
     let rate = |v: f64| format!("{v:.0} jobs/s");
@@ -365,6 +394,17 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
                 "expected {} · observed {} · missed {} · doubled {} · catch-up {} · lateness p50 {:.1} ms · p99 {:.1} ms · max {:.1} ms",
                 c.expected, c.observed, c.missed, c.doubled, c.catch_up, c.lateness_ms.p50, c.lateness_ms.p99, c.lateness_ms.max
             ),
+        ]);
+    }
+    if let Some(r) = &report.raw {
+        let share = |f: Option<f64>| f.map(|f| format!(" (the store: {:.0} %)", f * 100.0));
+        t.add_row(vec![
+            "raw backend: insert, batched".to_string(),
+            rate(r.insert_batched_jobs_per_s) + &share(r.submit_batched_of_raw).unwrap_or_default(),
+        ]);
+        t.add_row(vec![
+            "raw backend: claim + complete".to_string(),
+            rate(r.drain_jobs_per_s) + &share(r.drain_of_raw).unwrap_or_default(),
         ]);
     }
     if let Some(n) = report.store_round_trips_per_job {

@@ -131,7 +131,7 @@ pub enum Direction {
 pub fn direction(path: &str) -> Direction {
     let segments: Vec<&str> = path.split('.').collect();
     let leaf = segments.last().copied().unwrap_or_default();
-    if leaf.ends_with("_per_s") {
+    if leaf.ends_with("_per_s") || leaf.ends_with("_of_raw") {
         Direction::HigherIsBetter
     } else if leaf == "samples" {
         Direction::Neutral
@@ -338,6 +338,8 @@ mod tests {
         for (path, want) in [
             ("submit_batched_jobs_per_s", HigherIsBetter),
             ("drain_jobs_per_s", HigherIsBetter),
+            ("raw.drain_jobs_per_s", HigherIsBetter),
+            ("raw.drain_of_raw", HigherIsBetter),
             ("dispatch_latency_ms.p99", LowerIsBetter),
             ("dispatch_latency_ms.max", LowerIsBetter),
             ("dispatch_latency_ms.samples", Neutral),

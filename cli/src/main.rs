@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_compare;
+mod bench_raw;
 mod client_cmds;
 mod dev;
 mod error;

@@ -185,10 +185,17 @@ impl TrackerConfig {
                 format!("must be at least 1000 (got {})", self.lease_ms),
             ));
         }
-        if !(50..=60_000).contains(&self.heartbeat_ms) {
+        let (min, max) = (
+            lts_core::heartbeat::MIN_INTERVAL.as_millis() as u64,
+            lts_core::heartbeat::MAX_INTERVAL.as_millis() as u64,
+        );
+        if !(min..=max).contains(&self.heartbeat_ms) {
             v.push(validate::FieldViolation::new(
                 "heartbeat_ms",
-                format!("must be between 50 and 60000 (got {})", self.heartbeat_ms),
+                format!(
+                    "must be between {min} and {max} (got {})",
+                    self.heartbeat_ms
+                ),
             ));
         }
         if self.retry_min_delay_ms == 0 || self.retry_min_delay_ms > self.retry_max_delay_ms {

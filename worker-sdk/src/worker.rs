@@ -151,10 +151,11 @@ impl TaskTrackerBuilder {
                 "at least one tracker address (or a registry) is required",
             ));
         }
-        if self.heartbeat < Duration::from_millis(50) {
+        let min_heartbeat = lts_core::heartbeat::MIN_INTERVAL;
+        if self.heartbeat < min_heartbeat {
             v.push(lts_core::FieldViolation::new(
                 "heartbeat",
-                "must be at least 50 ms",
+                format!("must be at least {} ms", min_heartbeat.as_millis()),
             ));
         }
         if self.silence <= self.heartbeat {

@@ -25,7 +25,8 @@ use crate::store::{JobStore, StoreError};
 pub use cluster::ClusterApi;
 pub use feedback::FeedbackApi;
 pub use job::{JobApi, MAX_SUBMIT_BATCH};
-pub use worker::{MAX_HELLO_RUNNING, WorkerApi};
+pub use lts_core::validate::MAX_HELLO_RUNNING;
+pub use worker::WorkerApi;
 
 /// Shared state of one JobTracker.
 pub struct TrackerCore {

@@ -20,9 +20,6 @@ use crate::conn::WorkerConn;
 use crate::registry::{NodeInfo, Role};
 use crate::store::{CompleteOutcome, Completion, HeldLease, LeaseRef};
 
-/// Most running jobs a TaskTracker may re-announce when it connects.
-pub const MAX_HELLO_RUNNING: usize = 10_000;
-
 /// `WorkerService`.
 #[derive(Debug, Clone)]
 pub struct WorkerApi(pub Arc<TrackerCore>);
@@ -61,41 +58,7 @@ impl WorkerService for WorkerApi {
                 ));
             }
         };
-        let mut v = Vec::new();
-        validate::check_node_group("hello.node_group", &hello.node_group, &mut v);
-        if hello.identity.is_empty() {
-            v.push(validate::FieldViolation::new(
-                "hello.identity",
-                "is required",
-            ));
-        }
-        if hello.threads == 0 {
-            v.push(validate::FieldViolation::new(
-                "hello.threads",
-                "must be at least 1",
-            ));
-        }
-        if hello.running.len() > MAX_HELLO_RUNNING {
-            v.push(validate::FieldViolation::new(
-                "hello.running",
-                format!(
-                    "at most {MAX_HELLO_RUNNING} running jobs can be re-announced (got {})",
-                    hello.running.len()
-                ),
-            ));
-        }
-        if !hello.cluster.is_empty() && hello.cluster != core.cluster {
-            v.push(validate::FieldViolation::new(
-                "hello.cluster",
-                format!(
-                    "this tracker serves cluster {:?}, not {:?}",
-                    core.cluster, hello.cluster
-                ),
-            ));
-        }
-        if !v.is_empty() {
-            return Err(invalid_argument(&validate::Violations(v)));
-        }
+        validate::validate_hello(&hello, &core.cluster).map_err(|v| invalid_argument(&v))?;
 
         let (tx, rx) = mpsc::unbounded_channel();
         // Pings go both ways when the TaskTracker takes part: it learns fast that this tracker

@@ -329,18 +329,8 @@ pub(crate) fn spec_may_recur(spec_json: &str) -> bool {
 /// After this long without the newest master acting, its fence yields to any master.
 pub const FENCE_STALE_MS: i64 = 60_000;
 
-/// Reads a stored log type name; unknown names are business-log lines.
+/// Reads a stored log type name; unknown names are business-log lines
+/// ([`LogType::parse_lenient`]).
 pub(crate) fn parse_log_type(s: &str) -> LogType {
-    match s {
-        "RECEIVE" => LogType::Receive,
-        "SENT" => LogType::Sent,
-        "FINISHED" => LogType::Finished,
-        "RESEND" => LogType::Resend,
-        "FIXED_DEAD" => LogType::FixedDead,
-        "UPDATE" => LogType::Update,
-        "DEL" => LogType::Del,
-        "SUSPEND" => LogType::Suspend,
-        "RESUME" => LogType::Resume,
-        _ => LogType::Biz,
-    }
+    LogType::parse_lenient(s)
 }

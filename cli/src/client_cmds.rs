@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lts_core::{Job, JobKey, JobSpec, JobState, MisfirePolicy, Schedule, now_ms, validate};
+use lts_core::{
+    Job, JobKey, JobSpec, JobState, MisfirePolicy, Schedule, ScheduleKind, now_ms, validate,
+};
 use lts_registry::{Registry, ZkConfig, ZkRegistry};
 use lts_worker_sdk::{JobClient, ListQuery, SubmitAnswer};
 use serde::Serialize;
@@ -430,8 +432,7 @@ pub async fn jobs(cmd: JobsCommand) -> CliResult {
 
 fn schedule_text(s: &Schedule) -> String {
     match s {
-        Schedule::Now => "now".into(),
-        Schedule::TriggerAt { .. } => "trigger_time".into(),
+        Schedule::Now | Schedule::TriggerAt { .. } => s.kind().to_string(),
         Schedule::Cron {
             expression,
             time_zone,
@@ -465,15 +466,12 @@ async fn list(a: ListArgs) -> CliResult {
     if a.limit == 0 {
         return Err(CliError::Usage("--limit: must be at least 1".into()));
     }
-    const TYPES: [&str; 4] = ["now", "trigger_time", "cron", "repeat"];
-    if let Some(t) = a.schedule_type.as_deref()
-        && !TYPES.contains(&t)
-    {
-        return Err(CliError::Usage(format!(
-            "--type: unknown schedule {t:?}; expected one of {}",
-            TYPES.join(", ")
-        )));
-    }
+    let kind = a
+        .schedule_type
+        .as_deref()
+        .map(ScheduleKind::parse)
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("--type: {e}")))?;
     let client = a.opts.client().await?;
     let mut jobs = Vec::new();
     let mut token = a.page_token.clone();
@@ -515,7 +513,7 @@ async fn list(a: ListArgs) -> CliResult {
                     .map(|o| o.to_string())
                     .unwrap_or_else(|| "-".into())
             };
-            let definitions = matches!(a.schedule_type.as_deref(), Some("cron" | "repeat"));
+            let definitions = matches!(kind, Some(ScheduleKind::Cron | ScheduleKind::Repeat));
             let mut t = if definitions {
                 table([
                     "JOB ID",

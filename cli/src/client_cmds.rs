@@ -160,30 +160,10 @@ pub fn parse_param(s: &str) -> CliResult<(String, String)> {
     }
 }
 
-/// Parses a duration: `500ms`, `10s`, `5m`, `2h`, `1d`, or a plain number of milliseconds.
+/// Parses a duration in milliseconds: `500ms`, `10s`, `5m`, `2h`, `1d`, `1h30m`, or a plain
+/// number of milliseconds ([`lts_core::duration::parse_duration_ms`]).
 pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "ms"),
-    };
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 10s, 5m, 2h, 1d)"))?;
-    let factor = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
-            ));
-        }
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("{s:?} is too long"))
+    lts_core::duration::parse_duration_ms(s)
 }
 
 /// Parses an instant: RFC 3339 or `+DURATION` from `now_ms`.

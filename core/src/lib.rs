@@ -4,6 +4,7 @@
 //! This crate knows nothing of storage, ZooKeeper or Kubernetes.
 
 pub mod convert;
+pub mod duration;
 pub mod heartbeat;
 pub mod model;
 pub mod schedule;
@@ -16,6 +17,7 @@ pub mod proto {
     tonic::include_proto!("lts.v1");
 }
 
+pub use duration::{parse_duration, parse_duration_ms};
 pub use model::{
     BizLine, FeedbackItem, Job, JobKey, JobSpec, JobState, LogEntry, LogLevel, LogType,
     MisfirePolicy, Outcome, Schedule, ScheduleKind,

@@ -212,20 +212,7 @@ impl TrackerConfig {
     }
 }
 
-/// A default identity: host name plus a random suffix.
-pub fn default_identity(prefix: &str) -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
-        .unwrap_or_else(|| "localhost".into());
-    let suffix: u32 = rand::random::<u32>() % 1_000_000;
-    format!("{prefix}-{host}-{suffix:06}")
-}
+pub use lts_core::default_identity;
 
 /// A running JobTracker.
 pub struct Tracker {

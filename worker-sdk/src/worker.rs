@@ -194,19 +194,7 @@ impl TaskTrackerBuilder {
     }
 }
 
-/// Host name plus a random suffix.
-pub fn default_identity(prefix: &str) -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
-        .unwrap_or_else(|| "localhost".into());
-    format!("{prefix}-{host}-{:06}", rand::random::<u32>() % 1_000_000)
-}
+pub use lts_core::default_identity;
 
 /// A TaskTracker: see the module docs.
 pub struct TaskTracker {

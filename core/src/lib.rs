@@ -7,6 +7,8 @@ pub mod convert;
 pub mod duration;
 pub mod heartbeat;
 pub mod model;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 pub mod schedule;
 pub mod transition;
 pub mod validate;

@@ -232,7 +232,7 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
         ));
     }
     if std::env::var_os("LTS_LOG").is_some() {
-        lts_tracker::init_tracing();
+        lts_core::runtime::init_tracing(lts_core::runtime::LogFormat::from_env());
     }
     let tmp;
     let dir = match &args.data_dir {

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lts_core::{Job, JobKey, JobSpec, JobState, MisfirePolicy, Schedule, now_ms, validate};
+use lts_core::{
+    Job, JobKey, JobSpec, JobState, MisfirePolicy, Schedule, ScheduleKind, now_ms, validate,
+};
 use lts_registry::{Registry, ZkConfig, ZkRegistry};
 use lts_worker_sdk::{JobClient, ListQuery, SubmitAnswer};
 use serde::Serialize;
@@ -158,30 +160,10 @@ pub fn parse_param(s: &str) -> CliResult<(String, String)> {
     }
 }
 
-/// Parses a duration: `500ms`, `10s`, `5m`, `2h`, `1d`, or a plain number of milliseconds.
+/// Parses a duration in milliseconds: `500ms`, `10s`, `5m`, `2h`, `1d`, `1h30m`, or a plain
+/// number of milliseconds ([`lts_core::duration::parse_duration_ms`]).
 pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "ms"),
-    };
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 10s, 5m, 2h, 1d)"))?;
-    let factor = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
-            ));
-        }
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("{s:?} is too long"))
+    lts_core::duration::parse_duration_ms(s)
 }
 
 /// Parses an instant: RFC 3339 or `+DURATION` from `now_ms`.
@@ -430,8 +412,7 @@ pub async fn jobs(cmd: JobsCommand) -> CliResult {
 
 fn schedule_text(s: &Schedule) -> String {
     match s {
-        Schedule::Now => "now".into(),
-        Schedule::TriggerAt { .. } => "trigger_time".into(),
+        Schedule::Now | Schedule::TriggerAt { .. } => s.kind().to_string(),
         Schedule::Cron {
             expression,
             time_zone,
@@ -465,15 +446,12 @@ async fn list(a: ListArgs) -> CliResult {
     if a.limit == 0 {
         return Err(CliError::Usage("--limit: must be at least 1".into()));
     }
-    const TYPES: [&str; 4] = ["now", "trigger_time", "cron", "repeat"];
-    if let Some(t) = a.schedule_type.as_deref()
-        && !TYPES.contains(&t)
-    {
-        return Err(CliError::Usage(format!(
-            "--type: unknown schedule {t:?}; expected one of {}",
-            TYPES.join(", ")
-        )));
-    }
+    let kind = a
+        .schedule_type
+        .as_deref()
+        .map(ScheduleKind::parse)
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("--type: {e}")))?;
     let client = a.opts.client().await?;
     let mut jobs = Vec::new();
     let mut token = a.page_token.clone();
@@ -515,7 +493,7 @@ async fn list(a: ListArgs) -> CliResult {
                     .map(|o| o.to_string())
                     .unwrap_or_else(|| "-".into())
             };
-            let definitions = matches!(a.schedule_type.as_deref(), Some("cron" | "repeat"));
+            let definitions = matches!(kind, Some(ScheduleKind::Cron | ScheduleKind::Repeat));
             let mut t = if definitions {
                 table([
                     "JOB ID",

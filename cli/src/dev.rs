@@ -125,7 +125,7 @@ pub async fn run(args: DevArgs) -> CliResult {
         ));
     }
     if !args.until_done {
-        lts_tracker::init_tracing();
+        lts_core::runtime::init_tracing(lts_core::runtime::LogFormat::from_env());
     }
     let db = args.data_dir.join("lts.db");
     let mut config = TrackerConfig::new(StoreUrl::Sqlite(db.clone()), args.listen);
@@ -208,12 +208,12 @@ pub async fn run(args: DevArgs) -> CliResult {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let stop_signal = lts_core::runtime::shutdown_signal();
+    tokio::pin!(stop_signal);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let outcome = loop {
         tokio::select! {
-            _ = &mut ctrl_c => break Ok(()),
+            _ = &mut stop_signal => break Ok(()),
             _ = tick.tick() => {}
         }
         let (done, ok, failed) = {

@@ -1,8 +1,8 @@
 //! Conversions between the model ([`crate::model`]) and the wire types ([`crate::proto`]).
 
 use crate::model::{
-    BizLine, FeedbackItem, Job, JobKey, JobSpec, JobState, LogEntry, LogLevel, MisfirePolicy,
-    Outcome, Schedule,
+    BizLine, FeedbackItem, Job, JobKey, JobSpec, JobState, LogEntry, LogLevel, LogType,
+    MisfirePolicy, Outcome, Schedule,
 };
 use crate::proto;
 use crate::validate::{FieldViolation, Violations};
@@ -205,6 +205,22 @@ pub fn log_to_proto(e: &LogEntry) -> proto::LogEntry {
     }
 }
 
+/// Wire log line → model; a log type or level this version does not know reads as a
+/// business line ([`LogType::parse_lenient`]) or `INFO` ([`LogLevel::parse_lenient`]).
+pub fn log_from_proto(e: proto::LogEntry) -> LogEntry {
+    LogEntry {
+        time_ms: e.time_ms,
+        log_type: LogType::parse_lenient(&e.log_type),
+        level: LogLevel::parse_lenient(&e.level),
+        message: e.message,
+        attempt: e.attempt,
+        job_id: e.job_id,
+        task_id: e.task_id,
+        task_tracker_node_group: e.task_tracker_node_group,
+        node: e.node,
+    }
+}
+
 /// Wire business line → model.
 pub fn biz_from_proto(b: proto::BizLog) -> BizLine {
     BizLine {
@@ -288,5 +304,23 @@ mod tests {
         spec.rely_on_prev_cycle = true;
         spec.misfire_policy = MisfirePolicy::Skip;
         assert_eq!(spec_from_proto(spec_to_proto(&spec)).unwrap(), spec);
+    }
+
+    #[test]
+    fn log_lines_round_trip() {
+        for log_type in LogType::ALL {
+            let line = LogEntry {
+                time_ms: 1_700_000_000_000,
+                log_type,
+                level: LogLevel::Warn,
+                message: "m".into(),
+                attempt: 2,
+                job_id: "j".into(),
+                task_id: "t".into(),
+                task_tracker_node_group: "g".into(),
+                node: "n".into(),
+            };
+            assert_eq!(log_from_proto(log_to_proto(&line)), line);
+        }
     }
 }

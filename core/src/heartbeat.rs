@@ -11,6 +11,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// Shortest ping interval a tracker or a TaskTracker may be configured with.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest ping interval a tracker may be configured with.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Liveness of one stream's peer; shared between the task that pings, the task that reads
 /// answers and whoever needs to know (e.g. the dispatcher). All methods take `&self`.
 #[derive(Debug)]

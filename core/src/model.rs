@@ -426,6 +426,26 @@ pub enum LogType {
 }
 
 impl LogType {
+    /// Every log type, in the order above.
+    pub const ALL: [LogType; 10] = [
+        LogType::Receive,
+        LogType::Sent,
+        LogType::Finished,
+        LogType::Resend,
+        LogType::FixedDead,
+        LogType::Biz,
+        LogType::Update,
+        LogType::Del,
+        LogType::Suspend,
+        LogType::Resume,
+    ];
+
+    /// The type named `s` ([`LogType::as_str`], exactly), or [`LogType::Biz`] for any other
+    /// text: how a stored or received log line whose type this version does not know is read.
+    pub fn parse_lenient(s: &str) -> LogType {
+        s.parse().unwrap_or(LogType::Biz)
+    }
+
     /// Upper-case name as LTS spells it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -446,6 +466,23 @@ impl LogType {
 impl fmt::Display for LogType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LogType {
+    type Err = String;
+    /// The type named `s` exactly as [`LogType::as_str`] spells it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        LogType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = LogType::ALL.iter().map(|t| t.as_str()).collect();
+                format!(
+                    "unknown log type {s:?}; expected one of {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -609,5 +646,24 @@ mod tests {
             err.contains("\"hourly\"") && err.contains("trigger_time"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_log_type_round_trips_through_its_name() {
+        for t in LogType::ALL {
+            assert_eq!(t.as_str().parse::<LogType>(), Ok(t));
+            assert_eq!(LogType::parse_lenient(t.as_str()), t);
+            assert_eq!(t.to_string(), t.as_str());
+            // The JSON form is the same name.
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+        for unknown in ["", "receive", "FIXED-DEAD", "NEW_TYPE"] {
+            let err = unknown.parse::<LogType>().unwrap_err();
+            assert!(
+                err.contains(&format!("{unknown:?}")) && err.contains("FIXED_DEAD"),
+                "{err}"
+            );
+            assert_eq!(LogType::parse_lenient(unknown), LogType::Biz, "{unknown:?}");
+        }
     }
 }

@@ -1,11 +1,12 @@
-//! Validation of submitted jobs. Every problem is reported at once, each naming its field.
+//! Validation of submitted jobs and of a TaskTracker's `Hello`. Every problem is reported at
+//! once, each naming its field.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{JobSpec, Schedule};
-use crate::schedule;
+use crate::{proto, schedule};
 
 /// Longest `task_id`.
 pub const MAX_TASK_ID_LEN: usize = 64;
@@ -21,6 +22,8 @@ pub const MAX_PARAMS_BYTES: usize = 256 * 1024;
 pub const MAX_RETRIES: u32 = 1000;
 /// Latest accepted instant: 9999-12-31T23:59:59Z.
 pub const MAX_INSTANT_MS: i64 = 253_402_300_799_000;
+/// Most running jobs a TaskTracker may re-announce in its `Hello`.
+pub const MAX_HELLO_RUNNING: usize = 10_000;
 
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +220,45 @@ pub fn validate(spec: &JobSpec) -> Result<(), Violations> {
     }
 }
 
+/// Validates the `Hello` that opens a TaskTracker's `Work` stream at a tracker serving
+/// `cluster`; returns every problem at once. Its node group and identity are required, it runs
+/// at least one thread, re-announces at most [`MAX_HELLO_RUNNING`] running jobs, and names no
+/// other cluster (an empty `cluster` is taken as the tracker's). `heartbeat_ms` is not bounded:
+/// 0 means the TaskTracker does not ping, any other value that it does.
+pub fn validate_hello(hello: &proto::Hello, cluster: &str) -> Result<(), Violations> {
+    let mut v = Vec::new();
+    check_node_group("hello.node_group", &hello.node_group, &mut v);
+    if hello.identity.is_empty() {
+        v.push(FieldViolation::new("hello.identity", "is required"));
+    }
+    if hello.threads == 0 {
+        v.push(FieldViolation::new("hello.threads", "must be at least 1"));
+    }
+    if hello.running.len() > MAX_HELLO_RUNNING {
+        v.push(FieldViolation::new(
+            "hello.running",
+            format!(
+                "at most {MAX_HELLO_RUNNING} running jobs can be re-announced (got {})",
+                hello.running.len()
+            ),
+        ));
+    }
+    if !hello.cluster.is_empty() && hello.cluster != cluster {
+        v.push(FieldViolation::new(
+            "hello.cluster",
+            format!(
+                "this tracker serves cluster {cluster:?}, not {:?}",
+                hello.cluster
+            ),
+        ));
+    }
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(Violations(v))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,5 +344,89 @@ mod tests {
             first_fire_ms: None,
         };
         assert!(validate(&spec).is_ok());
+    }
+
+    #[test]
+    fn hellos_are_checked_field_by_field() {
+        let ok = proto::Hello {
+            cluster: "prod".into(),
+            node_group: "workers".into(),
+            identity: "worker-1".into(),
+            threads: 4,
+            version: "0.1.0".into(),
+            running: Vec::new(),
+            heartbeat_ms: 500,
+        };
+        let lease = || proto::LeaseRef {
+            job_id: "j".into(),
+            lease_token: "t".into(),
+        };
+        type Change = fn(&mut proto::Hello);
+        let cases: [(&str, Change, &[&str]); 10] = [
+            ("a complete hello", |_| {}, &[]),
+            ("no cluster: the tracker's", |h| h.cluster.clear(), &[]),
+            (
+                "an older TaskTracker without pings",
+                |h| h.heartbeat_ms = 0,
+                &[],
+            ),
+            (
+                "no node group",
+                |h| h.node_group.clear(),
+                &["hello.node_group"],
+            ),
+            (
+                "a bad node group",
+                |h| h.node_group = "a b".into(),
+                &["hello.node_group"],
+            ),
+            ("no identity", |h| h.identity.clear(), &["hello.identity"]),
+            ("no thread", |h| h.threads = 0, &["hello.threads"]),
+            (
+                "another cluster",
+                |h| h.cluster = "test".into(),
+                &["hello.cluster"],
+            ),
+            (
+                "too many running jobs",
+                |h| h.running = vec![proto::LeaseRef::default(); MAX_HELLO_RUNNING + 1],
+                &["hello.running"],
+            ),
+            (
+                "everything wrong at once",
+                |h| {
+                    h.node_group.clear();
+                    h.identity.clear();
+                    h.threads = 0;
+                    h.cluster = "test".into();
+                },
+                &[
+                    "hello.node_group",
+                    "hello.identity",
+                    "hello.threads",
+                    "hello.cluster",
+                ],
+            ),
+        ];
+        for (name, change, want) in cases {
+            let mut hello = ok.clone();
+            change(&mut hello);
+            let got: Vec<String> = validate_hello(&hello, "prod")
+                .err()
+                .map(|v| v.0.into_iter().map(|f| f.field).collect())
+                .unwrap_or_default();
+            assert_eq!(got, want, "{name}");
+        }
+
+        let mut full = ok.clone();
+        full.running = (0..MAX_HELLO_RUNNING).map(|_| lease()).collect();
+        assert_eq!(validate_hello(&full, "prod"), Ok(()), "exactly the limit");
+        full.running.push(lease());
+        full.cluster = "test".into();
+        assert_eq!(
+            validate_hello(&full, "prod").unwrap_err().to_string(),
+            "hello.running: at most 10000 running jobs can be re-announced (got 10001); \
+             hello.cluster: this tracker serves cluster \"prod\", not \"test\""
+        );
     }
 }

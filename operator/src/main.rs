@@ -67,14 +67,14 @@ enum LogFormat {
     Text,
 }
 
+/// JSON lines with the event's fields at the top level, or text; on stdout.
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LTS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    use lts_core::runtime::{self, LogOutput};
+    let format = match format {
+        LogFormat::Json => runtime::LogFormat::FlatJson,
+        LogFormat::Text => runtime::LogFormat::Text,
+    };
+    runtime::init_tracing_to(format, LogOutput::Stdout);
 }
 
 #[tokio::main]
@@ -112,13 +112,7 @@ fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
-        }
+        lts_core::runtime::shutdown_signal().await;
         tracing::info!("shutting down");
         t.cancel();
     });

@@ -20,20 +20,10 @@ pub mod store;
 
 pub use server::{StoreUrl, Tracker, TrackerConfig};
 
-/// Installs the `tracing` subscriber used by every LTS binary: `RUST_LOG`-style filter from
-/// `LTS_LOG` (default `info`), JSON lines when `LTS_LOG_FORMAT=json`.
+/// Installs the `tracing` subscriber of the LTS binaries: `RUST_LOG`-style filter from
+/// `LTS_LOG` (default `info`), JSON lines when `LTS_LOG_FORMAT=json`, on stderr
+/// ([`lts_core::runtime::init_tracing`]).
 pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("LTS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("LTS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colours only on a terminal: a log file or collector gets plain `key=value` text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    use lts_core::runtime::{LogFormat, init_tracing};
+    init_tracing(LogFormat::from_env());
 }

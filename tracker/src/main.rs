@@ -22,26 +22,11 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    wait_for_signal().await;
+    lts_core::runtime::shutdown_signal().await;
     tracing::info!("shutting down");
     if let Err(e) = tracker.shutdown().await {
         eprintln!("lts-tracker: {e:#}");
         return std::process::ExitCode::from(1);
     }
     std::process::ExitCode::SUCCESS
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -185,10 +185,17 @@ impl TrackerConfig {
                 format!("must be at least 1000 (got {})", self.lease_ms),
             ));
         }
-        if !(50..=60_000).contains(&self.heartbeat_ms) {
+        let (min, max) = (
+            lts_core::heartbeat::MIN_INTERVAL.as_millis() as u64,
+            lts_core::heartbeat::MAX_INTERVAL.as_millis() as u64,
+        );
+        if !(min..=max).contains(&self.heartbeat_ms) {
             v.push(validate::FieldViolation::new(
                 "heartbeat_ms",
-                format!("must be between 50 and 60000 (got {})", self.heartbeat_ms),
+                format!(
+                    "must be between {min} and {max} (got {})",
+                    self.heartbeat_ms
+                ),
             ));
         }
         if self.retry_min_delay_ms == 0 || self.retry_min_delay_ms > self.retry_max_delay_ms {
@@ -205,20 +212,7 @@ impl TrackerConfig {
     }
 }
 
-/// A default identity: host name plus a random suffix.
-pub fn default_identity(prefix: &str) -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
-        .unwrap_or_else(|| "localhost".into());
-    let suffix: u32 = rand::random::<u32>() % 1_000_000;
-    format!("{prefix}-{host}-{suffix:06}")
-}
+pub use lts_core::default_identity;
 
 /// A running JobTracker.
 pub struct Tracker {

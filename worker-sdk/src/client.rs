@@ -561,17 +561,7 @@ impl JobClient {
         Ok(resp
             .entries
             .into_iter()
-            .map(|e| LogEntry {
-                time_ms: e.time_ms,
-                log_type: parse_log_type(&e.log_type),
-                level: lts_core::LogLevel::parse_lenient(&e.level),
-                message: e.message,
-                attempt: e.attempt,
-                job_id: e.job_id,
-                task_id: e.task_id,
-                task_tracker_node_group: e.task_tracker_node_group,
-                node: e.node,
-            })
+            .map(convert::log_from_proto)
             .collect())
     }
 
@@ -680,22 +670,6 @@ impl JobClient {
         FeedbackSubscription {
             task: crate::background::Background::new(stop, task),
         }
-    }
-}
-
-fn parse_log_type(s: &str) -> lts_core::LogType {
-    use lts_core::LogType::*;
-    match s {
-        "RECEIVE" => Receive,
-        "SENT" => Sent,
-        "FINISHED" => Finished,
-        "RESEND" => Resend,
-        "FIXED_DEAD" => FixedDead,
-        "UPDATE" => Update,
-        "DEL" => Del,
-        "SUSPEND" => Suspend,
-        "RESUME" => Resume,
-        _ => Biz,
     }
 }
 

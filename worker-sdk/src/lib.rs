@@ -26,6 +26,8 @@
 //!   happen.
 //! * [`sidecar`] holds the runners of the `lts-worker` binary, which makes any program a
 //!   TaskTracker (a command per job, or an HTTP call per job).
+//! * [`runtime`] (the `runtime` feature, on by default) sets up logging and waits for SIGTERM
+//!   or Ctrl-C, as the LTS binaries do: `worker.run(lts_worker_sdk::runtime::shutdown_signal())`.
 
 mod background;
 pub mod client;
@@ -40,6 +42,9 @@ pub use client::{
     ClientError, DEFAULT_CALL_TIMEOUT, FeedbackSubscription, JobClient, ListQuery, RetryingAnswer,
     RetryingJobClient, SubmitAnswer,
 };
+/// Logging set-up and the shutdown signal of the LTS binaries ([`lts_core::runtime`]).
+#[cfg(feature = "runtime")]
+pub use lts_core::runtime;
 pub use lts_core::{FeedbackItem, Job, JobKey, JobSpec, JobState, Outcome, Schedule};
 pub use runner::{BizLogger, JobContext, JobRunner, RunResult};
 pub use watch::{JobWatch, WatchEvent, WatchFilter};

@@ -151,10 +151,11 @@ impl TaskTrackerBuilder {
                 "at least one tracker address (or a registry) is required",
             ));
         }
-        if self.heartbeat < Duration::from_millis(50) {
+        let min_heartbeat = lts_core::heartbeat::MIN_INTERVAL;
+        if self.heartbeat < min_heartbeat {
             v.push(lts_core::FieldViolation::new(
                 "heartbeat",
-                "must be at least 50 ms",
+                format!("must be at least {} ms", min_heartbeat.as_millis()),
             ));
         }
         if self.silence <= self.heartbeat {
@@ -193,19 +194,7 @@ impl TaskTrackerBuilder {
     }
 }
 
-/// Host name plus a random suffix.
-pub fn default_identity(prefix: &str) -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
-        .unwrap_or_else(|| "localhost".into());
-    format!("{prefix}-{host}-{:06}", rand::random::<u32>() % 1_000_000)
-}
+pub use lts_core::default_identity;
 
 /// A TaskTracker: see the module docs.
 pub struct TaskTracker {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use lts_registry::{ZkConfig, ZkRegistry};
-use lts_worker_sdk::TaskTracker;
+use lts_worker_sdk::{TaskTracker, runtime};
 
 use crate::report::ReportRunner;
 
@@ -55,7 +55,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
+    runtime::init_tracing(runtime::LogFormat::from_env());
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,39 +90,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let worker = builder.build()?;
     tracing::info!(node_group = %cli.node_group, threads = cli.threads, "example worker started");
-    worker.run(shutdown_signal()).await;
+    worker.run(runtime::shutdown_signal()).await;
     if let Some(zk) = zk {
         zk.close().await;
     }
     tracing::info!("example worker stopped");
     Ok(())
-}
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("LTS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if std::env::var("LTS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
-/// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

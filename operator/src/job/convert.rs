@@ -104,35 +104,16 @@ pub fn task_id(job: &Job) -> Option<String> {
 
 /// Milliseconds of a duration like `90s`, `5m`, `1h30m`, `250ms`, `1.5h`.
 pub fn parse_duration_ms(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if s.is_empty() {
+    // What the CRD's CEL rule takes (Go durations): no bare numbers, no days, at least 1 ms.
+    let text = s.trim();
+    if text.bytes().all(|b| b.is_ascii_digit()) || text.contains('d') {
         return None;
     }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_end == 0 {
-            return None;
-        }
-        let n: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let factor = match &rest[..unit_end] {
-            "ms" => 1.0,
-            "s" => 1_000.0,
-            "m" => 60_000.0,
-            "h" => 3_600_000.0,
-            _ => return None,
-        };
-        rest = &rest[unit_end..];
-        total += n * factor;
+    let d = lts_core::parse_duration(text).ok()?;
+    if d < std::time::Duration::from_millis(1) {
+        return None;
     }
-    (total >= 1.0 && total < i64::MAX as f64).then_some(total.round() as i64)
+    lts_core::parse_duration_ms(text).ok()
 }
 
 fn parse_time(field: &str, s: &str, problems: &mut Vec<String>) -> Option<i64> {

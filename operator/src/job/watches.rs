@@ -141,19 +141,24 @@ impl Watches {
             submit_node_group: Some(group.clone()),
             ..JobWatchFilter::default()
         };
-        let mut delay = Duration::from_secs(1);
+        // Reconnects wait 1 s, doubling up to 30 s; a stream that opened starts over at 1 s.
+        let retry = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(30))
+            .without_max_times();
+        let mut delays = backon::BackoffBuilder::build(retry);
         loop {
             if self.stop.is_cancelled() {
                 return;
             }
-            match tracker.watch(filter.clone()).await {
+            let failed = match tracker.watch(filter.clone()).await {
                 Ok(None) => {
                     tracing::info!(tracker = %address, "trackers cannot stream job changes; unfinished Jobs are re-read on a timer");
                     return;
                 }
                 Ok(Some(mut events)) => {
                     live.store(true, Ordering::Relaxed);
-                    delay = Duration::from_secs(1);
+                    delays = backon::BackoffBuilder::build(retry);
                     loop {
                         let ev = tokio::select! {
                             _ = self.stop.cancelled() => return,
@@ -170,16 +175,18 @@ impl Watches {
                     live.store(false, Ordering::Relaxed);
                     // Changes may be missed until the next stream: re-reconcile what we track.
                     self.requeue_namespace(&address);
+                    None
                 }
-                Err(e) => {
-                    tracing::warn!(tracker = %address, error = %e, retry_in = ?delay, "job watch failed");
-                }
+                Err(e) => Some(e),
+            };
+            let delay = delays.next().unwrap_or(Duration::from_secs(30));
+            if let Some(e) = failed {
+                tracing::warn!(tracker = %address, error = %e, retry_in = ?delay, "job watch failed");
             }
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(30));
         }
     }
 

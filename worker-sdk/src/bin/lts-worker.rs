@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use lts_registry::{ZkConfig, ZkRegistry};
-use lts_worker_sdk::TaskTracker;
 use lts_worker_sdk::sidecar::{SidecarArgs, runner_from_args};
+use lts_worker_sdk::{TaskTracker, runtime};
 
 /// Runs jobs of one TaskTracker node group with a command or a local HTTP endpoint.
 #[derive(Debug, Parser)]
@@ -57,7 +57,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
+    runtime::init_tracing(runtime::LogFormat::from_env());
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -105,46 +105,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    worker.run(shutdown_signal()).await;
+    worker.run(runtime::shutdown_signal()).await;
     if let Some(zk) = zk {
         zk.close().await;
     }
     ExitCode::SUCCESS
-}
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("LTS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colours only on a terminal: a log file or collector gets plain `key=value` text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = if std::env::var("LTS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

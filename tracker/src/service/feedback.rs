@@ -1,0 +1,96 @@
+//! `FeedbackService`: JobClients subscribe to the results of the jobs their node group
+//! submitted and acknowledge them.
+
+use std::sync::Arc;
+
+use lts_core::proto::{self, feedback_client_message, feedback_service_server::FeedbackService};
+use lts_core::{now_ms, validate};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{BoxStream, TrackerCore, invalid_argument};
+use crate::registry::{NodeInfo, Role};
+
+/// `FeedbackService`.
+#[derive(Debug, Clone)]
+pub struct FeedbackApi(pub Arc<TrackerCore>);
+
+#[tonic::async_trait]
+impl FeedbackService for FeedbackApi {
+    type SubscribeStream = BoxStream<proto::Feedback>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<proto::FeedbackClientMessage>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let core = self.0.clone();
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let sub = match inbound.next().await {
+            Some(Ok(proto::FeedbackClientMessage {
+                msg: Some(feedback_client_message::Msg::Subscribe(s)),
+            })) => s,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on a Subscribe stream must be FeedbackSubscribe",
+                ));
+            }
+        };
+        let mut v = Vec::new();
+        validate::check_node_group(
+            "subscribe.submit_node_group",
+            &sub.submit_node_group,
+            &mut v,
+        );
+        if !v.is_empty() {
+            return Err(invalid_argument(&validate::Violations(v)));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let group = sub.submit_node_group;
+        let identity = if sub.identity.is_empty() {
+            peer.clone()
+        } else {
+            sub.identity
+        };
+        let id = core.feedback.subscribe(&group, tx);
+        if core.register_peers {
+            let _ = core
+                .registry
+                .register(NodeInfo {
+                    role: Role::JobClient,
+                    identity: identity.clone(),
+                    node_group: group.clone(),
+                    address: peer,
+                    threads: 0,
+                    version: String::new(),
+                    since_ms: now_ms(),
+                })
+                .await;
+        }
+        tracing::info!(submit_node_group = %group, identity = %identity, "feedback subscriber connected");
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.next() => m,
+                    _ = core.shutdown.cancelled() => break,
+                };
+                let Some(Ok(msg)) = msg else { break };
+                if let Some(feedback_client_message::Msg::Ack(a)) = msg.msg {
+                    core.feedback.ack(&group, id, a.feedback_ids).await;
+                }
+            }
+            core.feedback.unsubscribe(&group, id);
+            if core.register_peers {
+                let _ = core.registry.unregister(Role::JobClient, &identity).await;
+            }
+            tracing::info!(submit_node_group = %group, identity = %identity, "feedback subscriber gone");
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,443 @@
+//! `JobService`: submit, read, list, watch and change jobs.
+
+use std::sync::Arc;
+
+use lts_core::proto::{self, job_service_server::JobService};
+use lts_core::{JobSpec, ScheduleKind, convert, now_ms, validate};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use super::{BoxStream, TrackerCore, invalid_argument, store_status};
+use crate::store::{CancelOutcome, ChangeOutcome, JobKey, ListFilter, SubmitOutcome};
+
+/// Most jobs in one `Submit`.
+pub const MAX_SUBMIT_BATCH: usize = 10_000;
+
+fn job_key(r: Option<proto::JobRef>) -> Result<JobKey, Status> {
+    let missing = || {
+        invalid_argument(&validate::Violations(vec![validate::FieldViolation::new(
+            "job",
+            "give a job_id, or a task_tracker_node_group with a task_id",
+        )]))
+    };
+    match r.and_then(|r| r.by).ok_or_else(missing)? {
+        proto::job_ref::By::JobId(id) if !id.is_empty() => Ok(JobKey::Id(id)),
+        proto::job_ref::By::Task(t) if !t.task_id.is_empty() => {
+            let mut v = Vec::new();
+            validate::check_node_group(
+                "task.task_tracker_node_group",
+                &t.task_tracker_node_group,
+                &mut v,
+            );
+            if !v.is_empty() {
+                return Err(invalid_argument(&validate::Violations(v)));
+            }
+            Ok(JobKey::Task {
+                node_group: t.task_tracker_node_group,
+                task_id: t.task_id,
+            })
+        }
+        _ => Err(missing()),
+    }
+}
+
+/// `JobService`.
+#[derive(Debug, Clone)]
+pub struct JobApi(pub Arc<TrackerCore>);
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn submit(
+        &self,
+        request: Request<proto::SubmitRequest>,
+    ) -> Result<Response<proto::SubmitResponse>, Status> {
+        let jobs = request.into_inner().jobs;
+        if jobs.len() > MAX_SUBMIT_BATCH {
+            return Err(invalid_argument(&validate::Violations(vec![
+                validate::FieldViolation::new(
+                    "jobs",
+                    format!(
+                        "at most {MAX_SUBMIT_BATCH} jobs per request (got {})",
+                        jobs.len()
+                    ),
+                ),
+            ])));
+        }
+        let mut results: Vec<Option<proto::SubmitResult>> = vec![None; jobs.len()];
+        let mut valid: Vec<(usize, JobSpec)> = Vec::with_capacity(jobs.len());
+        for (i, p) in jobs.into_iter().enumerate() {
+            let checked = convert::spec_from_proto(p)
+                .and_then(|spec| validate::validate(&spec).map(|()| spec));
+            match checked {
+                Ok(spec) => valid.push((i, spec)),
+                Err(v) => {
+                    metrics::counter!("lts_jobs_submitted_total", "status" => "rejected")
+                        .increment(1);
+                    results[i] = Some(proto::SubmitResult {
+                        index: i as u32,
+                        status: proto::SubmitStatus::Rejected as i32,
+                        job_id: String::new(),
+                        violations: convert::violations_to_proto(&v),
+                    });
+                }
+            }
+        }
+        if !valid.is_empty() {
+            let groups: std::collections::BTreeSet<String> = valid
+                .iter()
+                .map(|(_, s)| s.task_tracker_node_group.clone())
+                .collect();
+            let (idx, specs): (Vec<usize>, Vec<JobSpec>) = valid.into_iter().unzip();
+            let outcomes = self
+                .0
+                .store
+                .submit(specs, now_ms())
+                .await
+                .map_err(store_status)?;
+            for (i, outcome) in idx.into_iter().zip(outcomes) {
+                let (status, job_id, label) = match outcome {
+                    SubmitOutcome::Accepted { job_id } => {
+                        (proto::SubmitStatus::Accepted, job_id, "accepted")
+                    }
+                    SubmitOutcome::Duplicate { job_id } => {
+                        (proto::SubmitStatus::DuplicateIgnored, job_id, "duplicate")
+                    }
+                    SubmitOutcome::Replaced { job_id } => {
+                        (proto::SubmitStatus::Replaced, job_id, "replaced")
+                    }
+                };
+                metrics::counter!("lts_jobs_submitted_total", "status" => label).increment(1);
+                results[i] = Some(proto::SubmitResult {
+                    index: i as u32,
+                    status: status as i32,
+                    job_id,
+                    violations: Vec::new(),
+                });
+            }
+            for g in groups {
+                self.0.dispatcher.signal_work(&g);
+            }
+        }
+        Ok(Response::new(proto::SubmitResponse {
+            results: results.into_iter().flatten().collect(),
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetJobRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
+        let key = job_key(request.into_inner().job)?;
+        match self.0.store.get(key.clone()).await.map_err(store_status)? {
+            Some(job) => Ok(Response::new(convert::job_to_proto(&job))),
+            None => Err(Status::not_found(format!("no job {}", describe(&key)))),
+        }
+    }
+
+    async fn list(
+        &self,
+        request: Request<proto::ListJobsRequest>,
+    ) -> Result<Response<proto::ListJobsResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Vec::new();
+        if !r.task_tracker_node_group.is_empty() {
+            validate::check_node_group(
+                "task_tracker_node_group",
+                &r.task_tracker_node_group,
+                &mut v,
+            );
+        }
+        if r.page_size > 1000 {
+            v.push(validate::FieldViolation::new(
+                "page_size",
+                format!("must be at most 1000 (got {})", r.page_size),
+            ));
+        }
+        let state = match r.state {
+            0 => None,
+            s => match convert::state_from_proto(s) {
+                Some(s) => Some(s),
+                None => {
+                    v.push(validate::FieldViolation::new(
+                        "state",
+                        format!("unknown state {s}"),
+                    ));
+                    None
+                }
+            },
+        };
+        if !v.is_empty() {
+            return Err(invalid_argument(&validate::Violations(v)));
+        }
+        let schedule_kind = match r.schedule_type.as_str() {
+            "" => None,
+            name => Some(ScheduleKind::parse(name).map_err(|reason| {
+                invalid_argument(&validate::Violations(vec![validate::FieldViolation::new(
+                    "schedule_type",
+                    reason,
+                )]))
+            })?),
+        };
+        let page = self
+            .0
+            .store
+            .list(ListFilter {
+                node_group: (!r.task_tracker_node_group.is_empty())
+                    .then_some(r.task_tracker_node_group),
+                state,
+                task_id_prefix: (!r.task_id_prefix.is_empty()).then_some(r.task_id_prefix),
+                submit_node_group: (!r.submit_node_group.is_empty()).then_some(r.submit_node_group),
+                schedule_kind,
+                limit: if r.page_size == 0 {
+                    100
+                } else {
+                    r.page_size as usize
+                },
+                after: (!r.page_token.is_empty()).then_some(r.page_token),
+            })
+            .await
+            .map_err(store_status)?;
+        let (jobs, next) = (page.jobs, page.next);
+        Ok(Response::new(proto::ListJobsResponse {
+            jobs: jobs.iter().map(convert::job_to_proto).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    type WatchStream = BoxStream<proto::JobChange>;
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = request.into_inner();
+        let mut v = Vec::new();
+        for (field, value) in [
+            ("task_tracker_node_group", &r.task_tracker_node_group),
+            ("submit_node_group", &r.submit_node_group),
+        ] {
+            if !value.is_empty() {
+                validate::check_node_group(field, value, &mut v);
+            }
+        }
+        if !v.is_empty() {
+            return Err(invalid_argument(&validate::Violations(v)));
+        }
+        let filter = crate::changes::WatchFilter::from_proto(r);
+        let (tx, rx) = mpsc::channel(1024);
+        metrics::gauge!("lts_job_watchers").increment(1.0);
+        let feed = self.0.changes.clone();
+        let stop = self.0.shutdown.clone();
+        tokio::spawn(async move {
+            feed.watch(filter, tx, stop).await;
+            metrics::gauge!("lts_job_watchers").decrement(1.0);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<proto::CancelJobRequest>,
+    ) -> Result<Response<proto::CancelJobResponse>, Status> {
+        let key = job_key(request.into_inner().job)?;
+        match self
+            .0
+            .store
+            .cancel(key.clone(), now_ms())
+            .await
+            .map_err(store_status)?
+        {
+            CancelOutcome::Cancelled(job) => {
+                metrics::counter!("lts_jobs_cancelled_total").increment(1);
+                tracing::info!(job_id = %job.job_id, task_id = %job.spec.task_id, "job cancelled");
+                Ok(Response::new(proto::CancelJobResponse {
+                    job: Some(convert::job_to_proto(&job)),
+                }))
+            }
+            CancelOutcome::AlreadyFinished(job) => Err(Status::failed_precondition(format!(
+                "job {} already finished ({})",
+                job.job_id, job.state
+            ))),
+            CancelOutcome::NotFound => Err(Status::not_found(format!("no job {}", describe(&key)))),
+        }
+    }
+
+    async fn suspend(
+        &self,
+        request: Request<proto::SuspendJobRequest>,
+    ) -> Result<Response<proto::SuspendJobResponse>, Status> {
+        let key = job_key(request.into_inner().job)?;
+        let out = self
+            .0
+            .store
+            .suspend(key.clone(), now_ms())
+            .await
+            .map_err(store_status)?;
+        let (job, changed) = changed_or_status(out, &key)?;
+        if changed {
+            metrics::counter!("lts_jobs_suspended_total").increment(1);
+            tracing::info!(job_id = %job.job_id, task_id = %job.spec.task_id, "job suspended");
+        }
+        Ok(Response::new(proto::SuspendJobResponse {
+            job: Some(convert::job_to_proto(&job)),
+            changed,
+        }))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<proto::ResumeJobRequest>,
+    ) -> Result<Response<proto::ResumeJobResponse>, Status> {
+        let key = job_key(request.into_inner().job)?;
+        let out = self
+            .0
+            .store
+            .resume(key.clone(), now_ms())
+            .await
+            .map_err(store_status)?;
+        let (job, changed) = changed_or_status(out, &key)?;
+        if changed {
+            metrics::counter!("lts_jobs_resumed_total").increment(1);
+            tracing::info!(job_id = %job.job_id, task_id = %job.spec.task_id, "job resumed");
+            self.0
+                .dispatcher
+                .signal_work(&job.spec.task_tracker_node_group);
+        }
+        Ok(Response::new(proto::ResumeJobResponse {
+            job: Some(convert::job_to_proto(&job)),
+            changed,
+        }))
+    }
+
+    async fn trigger(
+        &self,
+        request: Request<proto::TriggerJobRequest>,
+    ) -> Result<Response<proto::TriggerJobResponse>, Status> {
+        let key = job_key(request.into_inner().job)?;
+        let job = self
+            .0
+            .store
+            .get(key.clone())
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no job {}", describe(&key))))?;
+        if job.state.is_final() {
+            return Err(Status::failed_precondition(format!(
+                "job {} already finished ({})",
+                job.job_id, job.state
+            )));
+        }
+        if !job.spec.schedule.is_recurring() {
+            return Err(Status::failed_precondition(format!(
+                "job {} is a one-off job: trigger runs an extra instance of a cron or repeat job; \
+                 to run this one now, resubmit it with replace_on_exist and no trigger time",
+                job.job_id
+            )));
+        }
+        let now = now_ms();
+        let instance = lts_core::schedule::instance_spec(&job.spec, now);
+        if let Err(v) = lts_core::validate(&instance) {
+            return Err(Status::internal(format!(
+                "trigger instance is invalid: {v}"
+            )));
+        }
+        let group = instance.task_tracker_node_group.clone();
+        let out = self
+            .0
+            .store
+            .submit(vec![instance], now)
+            .await
+            .map_err(store_status)?;
+        let job_id = match out.into_iter().next() {
+            Some(
+                SubmitOutcome::Accepted { job_id }
+                | SubmitOutcome::Duplicate { job_id }
+                | SubmitOutcome::Replaced { job_id },
+            ) => job_id,
+            None => return Err(Status::internal("trigger: the store answered nothing")),
+        };
+        self.0.dispatcher.signal_work(&group);
+        metrics::counter!("lts_jobs_triggered_total").increment(1);
+        tracing::info!(job_id = %job.job_id, instance = %job_id, "job triggered");
+        let instance = self
+            .0
+            .store
+            .get(JobKey::Id(job_id.clone()))
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::internal(format!("trigger instance {job_id} vanished")))?;
+        Ok(Response::new(proto::TriggerJobResponse {
+            instance: Some(convert::job_to_proto(&instance)),
+        }))
+    }
+
+    async fn get_log(
+        &self,
+        request: Request<proto::GetLogRequest>,
+    ) -> Result<Response<proto::GetLogResponse>, Status> {
+        let r = request.into_inner();
+        if r.job_id.is_empty() {
+            return Err(invalid_argument(&validate::Violations(vec![
+                validate::FieldViolation::new("job_id", "is required"),
+            ])));
+        }
+        let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
+        let entries = self
+            .0
+            .store
+            .log(&r.job_id, limit)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(proto::GetLogResponse {
+            entries: entries.iter().map(convert::log_to_proto).collect(),
+        }))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<proto::StatsRequest>,
+    ) -> Result<Response<proto::StatsResponse>, Status> {
+        let r = request.into_inner();
+        let group = (!r.task_tracker_node_group.is_empty()).then_some(r.task_tracker_node_group);
+        let s = self
+            .0
+            .store
+            .stats(group.as_deref())
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(proto::StatsResponse {
+            queued: s.queued,
+            running: s.running,
+            suspended: s.suspended,
+            succeeded: s.succeeded,
+            failed: s.failed,
+            cancelled: s.cancelled,
+            pending_feedback: s.pending_feedback,
+        }))
+    }
+}
+
+/// The job and whether it changed, or the gRPC status for a finished or unknown job.
+fn changed_or_status(out: ChangeOutcome, key: &JobKey) -> Result<(lts_core::Job, bool), Status> {
+    match out {
+        ChangeOutcome::Changed(job) => Ok((job, true)),
+        ChangeOutcome::Unchanged(job) => Ok((job, false)),
+        ChangeOutcome::AlreadyFinished(job) => Err(Status::failed_precondition(format!(
+            "job {} already finished ({})",
+            job.job_id, job.state
+        ))),
+        ChangeOutcome::NotFound => Err(Status::not_found(format!("no job {}", describe(key)))),
+    }
+}
+
+fn describe(key: &JobKey) -> String {
+    match key {
+        JobKey::Id(id) => format!("with job_id {id}"),
+        JobKey::Task {
+            node_group,
+            task_id,
+        } => format!("with task_id {task_id:?} in node group {node_group:?}"),
+    }
+}

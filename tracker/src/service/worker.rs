@@ -1,0 +1,358 @@
+//! `WorkerService`: the `Work` stream of each TaskTracker — its Hello, credits, pings,
+//! renewals, results and hand-backs — and what happens when it ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lts_core::heartbeat::Heartbeat;
+use lts_core::proto::{
+    self, tracker_message, worker_message, worker_service_server::WorkerService,
+};
+use lts_core::{convert, now_ms, validate};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{BoxStream, TrackerCore, invalid_argument, store_status};
+use crate::conn::WorkerConn;
+use crate::registry::{NodeInfo, Role};
+use crate::store::{CompleteOutcome, Completion, HeldLease, LeaseRef};
+
+/// `WorkerService`.
+#[derive(Debug, Clone)]
+pub struct WorkerApi(pub Arc<TrackerCore>);
+
+fn lease_refs(v: Vec<proto::LeaseRef>) -> Vec<LeaseRef> {
+    v.into_iter()
+        .map(|l| LeaseRef {
+            job_id: l.job_id,
+            token: l.lease_token,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    type WorkStream = BoxStream<proto::TrackerMessage>;
+
+    async fn work(
+        &self,
+        request: Request<Streaming<proto::WorkerMessage>>,
+    ) -> Result<Response<Self::WorkStream>, Status> {
+        let core = self.0.clone();
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let hello = match inbound.next().await {
+            Some(Ok(proto::WorkerMessage {
+                msg: Some(worker_message::Msg::Hello(h)),
+            })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on a Work stream must be Hello",
+                ));
+            }
+        };
+        validate::validate_hello(&hello, &core.cluster).map_err(|v| invalid_argument(&v))?;
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Pings go both ways when the TaskTracker takes part: it learns fast that this tracker
+        // froze, and this tracker stops handing jobs to (and renewing leases through) a stream
+        // whose TaskTracker stopped answering.
+        let conn =
+            Arc::new(WorkerConn::new((hello.heartbeat_ms > 0).then(|| {
+                Heartbeat::new(core.heartbeat * crate::conn::SILENT_AFTER_PINGS)
+            })));
+        // Leases the TaskTracker still holds from an earlier connection: renewing them through
+        // this stream moves them here (the old stream's leases no longer match).
+        let lost = if hello.running.is_empty() {
+            Vec::new()
+        } else {
+            let expiry = now_ms() + core.dispatcher.lease_ms();
+            let lost = core
+                .store
+                .renew(lease_refs(hello.running.clone()), expiry)
+                .await
+                .map_err(store_status)?;
+            for l in &hello.running {
+                if !lost.contains(&l.job_id) {
+                    conn.hold(HeldLease {
+                        job_id: l.job_id.clone(),
+                        token: l.lease_token.clone(),
+                        expiry_ms: expiry,
+                    });
+                }
+            }
+            lost
+        };
+        let _ = tx.send(Ok(proto::TrackerMessage {
+            msg: Some(tracker_message::Msg::Welcome(proto::Welcome {
+                tracker_identity: core.identity.clone(),
+                lease_ms: core.dispatcher.lease_ms(),
+                lost_job_ids: lost,
+                heartbeat_ms: core.heartbeat.as_millis() as u32,
+            })),
+        }));
+        let group = hello.node_group.clone();
+        let identity = hello.identity.clone();
+        let conn_id =
+            core.dispatcher
+                .connect(&group, &identity, hello.threads, tx.clone(), conn.clone());
+        if core.register_peers {
+            let _ = core
+                .registry
+                .register(NodeInfo {
+                    role: Role::TaskTracker,
+                    identity: identity.clone(),
+                    node_group: group.clone(),
+                    address: peer,
+                    threads: hello.threads,
+                    version: hello.version.clone(),
+                    since_ms: now_ms(),
+                })
+                .await;
+        }
+        tracing::info!(node_group = %group, identity = %identity, threads = hello.threads, "TaskTracker connected");
+
+        let ended = CancellationToken::new();
+        if conn.heartbeat().is_some() {
+            tokio::spawn(ping_loop(
+                conn.clone(),
+                tx.clone(),
+                core.heartbeat,
+                ended.clone(),
+            ));
+        }
+        tokio::spawn(async move {
+            let _ended = ended.drop_guard();
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.next() => m,
+                    _ = core.shutdown.cancelled() => break,
+                };
+                let Some(Ok(msg)) = msg else { break };
+                match msg.msg {
+                    Some(worker_message::Msg::Credit(c)) => {
+                        core.dispatcher.add_credits(&group, conn_id, c.n);
+                    }
+                    Some(worker_message::Msg::Ping(p)) => {
+                        let _ = tx.send(Ok(proto::TrackerMessage {
+                            msg: Some(tracker_message::Msg::Pong(proto::Pong { nonce: p.nonce })),
+                        }));
+                    }
+                    Some(worker_message::Msg::Pong(p)) => {
+                        if let Some(hb) = conn.heartbeat() {
+                            hb.answered(p.nonce);
+                        }
+                    }
+                    Some(worker_message::Msg::Renew(r)) => {
+                        if !conn.is_alive() {
+                            // Read late (this tracker was frozen, or the TaskTracker went
+                            // silent): it may have moved its leases to another stream since.
+                            tracing::debug!(node_group = %group, identity = %identity, "renewal on a silent stream ignored");
+                            continue;
+                        }
+                        let core = core.clone();
+                        let tx = tx.clone();
+                        let conn = conn.clone();
+                        tokio::spawn(async move {
+                            let expiry = now_ms() + core.dispatcher.lease_ms();
+                            let ids: Vec<String> =
+                                r.leases.iter().map(|l| l.job_id.clone()).collect();
+                            match core.store.renew(lease_refs(r.leases), expiry).await {
+                                Ok(lost) => {
+                                    conn.renewed(
+                                        ids.iter().filter(|id| !lost.contains(id)),
+                                        &lost,
+                                        expiry,
+                                    );
+                                    let _ = tx.send(Ok(proto::TrackerMessage {
+                                        msg: Some(tracker_message::Msg::RenewAck(
+                                            proto::RenewAck {
+                                                lease_deadline_ms: expiry,
+                                                lost_job_ids: lost,
+                                            },
+                                        )),
+                                    }));
+                                }
+                                Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+                            }
+                        });
+                    }
+                    Some(worker_message::Msg::Result(r)) => {
+                        // Completions run concurrently so that many land in one commit.
+                        let core = core.clone();
+                        let tx = tx.clone();
+                        let conn = conn.clone();
+                        let (group, identity) = (group.clone(), identity.clone());
+                        tokio::spawn(async move {
+                            complete(&core, &group, &identity, conn_id, &conn, r, &tx).await;
+                        });
+                    }
+                    Some(worker_message::Msg::Release(r)) => {
+                        for l in &r.leases {
+                            conn.forget(&l.job_id);
+                        }
+                        match core.store.release(lease_refs(r.leases), now_ms()).await {
+                            Ok(released) => {
+                                if !released.is_empty() {
+                                    tracing::info!(node_group = %group, identity = %identity, n = released.len(), "jobs handed back");
+                                    core.dispatcher.signal_work(&group);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "release failed; leases will expire")
+                            }
+                        }
+                    }
+                    Some(worker_message::Msg::Hello(_)) | None => {}
+                }
+            }
+            core.dispatcher.disconnect(&group, conn_id);
+            tracing::info!(node_group = %group, identity = %identity, "TaskTracker disconnected");
+            orphan_check(core, group, identity, conn).await;
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+/// Pings the TaskTracker of one stream every `every` until the stream ends.
+async fn ping_loop(
+    conn: Arc<WorkerConn>,
+    tx: crate::dispatch::WorkerTx,
+    every: Duration,
+    ended: CancellationToken,
+) {
+    let Some(hb) = conn.heartbeat() else { return };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ended.cancelled() => return,
+        }
+        let ping = proto::TrackerMessage {
+            msg: Some(tracker_message::Msg::Ping(proto::Ping { nonce: hb.ping() })),
+        };
+        if tx.send(Ok(ping)).is_err() {
+            return;
+        }
+    }
+}
+
+async fn complete(
+    core: &TrackerCore,
+    group: &str,
+    identity: &str,
+    conn_id: u64,
+    conn: &WorkerConn,
+    r: proto::JobResult,
+    tx: &crate::dispatch::WorkerTx,
+) {
+    // The thread is free now: hand out its next job while this result is being committed, so
+    // the claim and the completion share one grouped commit.
+    core.dispatcher.add_credits(group, conn_id, r.credits);
+    let job_id = r.job_id.clone();
+    let Some(outcome) = convert::outcome_from_proto(r.outcome) else {
+        let _ = tx.send(Ok(result_ack(&job_id, false, "outcome is required")));
+        return;
+    };
+    let completion = Completion {
+        job_id: r.job_id,
+        token: r.lease_token,
+        outcome,
+        message: r.message,
+        logs: r.logs.into_iter().map(convert::biz_from_proto).collect(),
+        node: identity.to_string(),
+        now_ms: now_ms(),
+    };
+    let result = core.store.complete(completion).await;
+    if result.is_ok() {
+        // Recorded or refused as stale: either way this stream no longer holds the lease.
+        conn.forget(&job_id);
+    }
+    let ack = match result {
+        Ok(CompleteOutcome::Accepted {
+            node_group,
+            disposition,
+            feedback_group,
+            ..
+        }) => {
+            metrics::counter!("lts_jobs_completed_total", "outcome" => outcome.as_str())
+                .increment(1);
+            match disposition {
+                lts_core::schedule::Disposition::Retry { at_ms }
+                | lts_core::schedule::Disposition::NextFire { at_ms, .. } => {
+                    core.dispatcher.signal_work_at(&node_group, at_ms);
+                }
+                lts_core::schedule::Disposition::Finish(_) => {}
+            }
+            if let Some(g) = feedback_group {
+                core.feedback.signal(&g);
+            }
+            result_ack(&job_id, true, "")
+        }
+        Ok(CompleteOutcome::Stale { reason }) => {
+            metrics::counter!("lts_stale_results_total").increment(1);
+            tracing::info!(job_id = %job_id, node = %identity, %reason, "stale result refused");
+            result_ack(&job_id, false, &reason)
+        }
+        Err(e) => {
+            tracing::warn!(job_id = %job_id, error = %e, "recording a result failed");
+            // Not acknowledged: the TaskTracker keeps it and sends it again.
+            return;
+        }
+    };
+    let _ = tx.send(Ok(ack));
+}
+
+fn result_ack(job_id: &str, accepted: bool, reason: &str) -> proto::TrackerMessage {
+    proto::TrackerMessage {
+        msg: Some(tracker_message::Msg::ResultAck(proto::ResultAck {
+            job_id: job_id.to_string(),
+            accepted,
+            reason: reason.to_string(),
+        })),
+    }
+}
+
+/// After a TaskTracker's stream ends, wait `orphan_grace`, then put the leases this stream
+/// held back in the queue so another TaskTracker runs them — each only if nobody renewed it
+/// meanwhile (a TaskTracker that reconnected, here or to another tracker, re-announced it).
+async fn orphan_check(
+    core: Arc<TrackerCore>,
+    group: String,
+    identity: String,
+    conn: Arc<WorkerConn>,
+) {
+    tokio::select! {
+        _ = tokio::time::sleep(core.orphan_grace) => {}
+        _ = core.shutdown.cancelled() => return,
+    }
+    if core.register_peers && !core.dispatcher.is_connected(&identity) {
+        let _ = core.registry.unregister(Role::TaskTracker, &identity).await;
+    }
+    let held = conn.held();
+    if held.is_empty() {
+        return;
+    }
+    match core.store.requeue_held(held, now_ms()).await {
+        Ok(requeued) if !requeued.is_empty() => {
+            metrics::counter!("lts_jobs_requeued_total", "reason" => "task_tracker_left")
+                .increment(requeued.len() as u64);
+            tracing::warn!(node_group = %group, identity = %identity, n = requeued.len(), "TaskTracker gone; its jobs are queued again");
+            for r in requeued {
+                core.dispatcher.signal_work(&r.node_group);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "requeue of a gone TaskTracker's jobs failed; leases will expire")
+        }
+    }
+}

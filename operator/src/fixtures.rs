@@ -391,6 +391,13 @@ impl ApiServerVerifier {
     /// Answers `steps` in order, asserting each request's method and path; the handle yields
     /// every request once all steps were answered.
     pub fn run(self, steps: Vec<Step>) -> JoinHandle<Vec<Call>> {
+        let round = self.round(steps);
+        tokio::spawn(async move { round.await.expect("verifier panicked").0 })
+    }
+
+    /// [`ApiServerVerifier::run`] that hands the verifier back for the next round on the same
+    /// client (a reconcile that makes no request keeps it idle: such a request would hang).
+    pub fn round(self, steps: Vec<Step>) -> JoinHandle<(Vec<Call>, ApiServerVerifier)> {
         let mut handle = self.0;
         tokio::spawn(async move {
             let mut calls = Vec::new();
@@ -433,7 +440,7 @@ impl ApiServerVerifier {
                 send.send_response(response);
                 calls.push(Call { method, uri, body });
             }
-            calls
+            (calls, ApiServerVerifier(handle))
         })
     }
 }

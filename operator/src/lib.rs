@@ -28,6 +28,7 @@ pub mod job;
 pub mod leader;
 pub mod metrics;
 pub mod nodegroup;
+pub mod reconcile;
 pub mod tracker;
 
 #[cfg(test)]

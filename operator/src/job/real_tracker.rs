@@ -12,7 +12,9 @@ use lts_tests::{Proc, TrackerProc, bin, wait_final};
 use lts_worker_sdk::{JobClient, ListQuery};
 
 use super::*;
+use crate::conditions;
 use crate::crd::{CronSchedule, NodeRole, ScheduleSpec};
+use crate::crd::{JobPhase, JobStatus};
 use crate::fixtures::{SameTracker, Step, finish, guarded_store, job, nodegroup, status_of};
 
 fn context_for(client: &JobClient) -> (Arc<Context>, crate::fixtures::ApiServerVerifier) {

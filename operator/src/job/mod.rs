@@ -163,11 +163,19 @@ pub async fn reconcile_guarded(
     reconcile::guarded(obj, ctx, reconcile).await
 }
 
-/// Runs the Job controller until `shutdown` resolves.
-pub async fn run(
+/// What the Job controller yields per finished reconcile.
+pub type Reconciled = std::result::Result<
+    (ObjectRef<DeserializeGuard<Job>>, Action),
+    kube::runtime::controller::Error<Error, watcher::Error>,
+>;
+
+/// The Job controller: every Job of the watched namespaces, reconciled when it changes (its own
+/// status writes included), when the trackers' watch reports a change of its job, and when its
+/// requeue timer runs out. Yields each finished reconcile; ends once `shutdown` resolved.
+pub fn controller(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
+) -> impl futures::Stream<Item = Reconciled> + Send {
     let controller = Controller::new(
         ctx.api::<DeserializeGuard<Job>>(),
         watcher::Config::default(),
@@ -183,13 +191,19 @@ pub async fn run(
         })),
         None => controller,
     };
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(
-            reconcile_guarded,
-            reconcile::retry_guarded::<Job>,
-            ctx.clone(),
-        )
+    controller.graceful_shutdown_on(shutdown).run(
+        reconcile_guarded,
+        reconcile::retry_guarded::<Job>,
+        ctx,
+    )
+}
+
+/// Runs the Job controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    controller(ctx.clone(), shutdown)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "Job controller");

@@ -14,7 +14,8 @@ use crate::conditions;
 use crate::crd::{CronSchedule, NodeRole, ScheduleSpec};
 use crate::crd::{JobPhase, JobStatus, NodeGroup};
 use crate::fixtures::{
-    ApiServerVerifier, Call, FakeTracker, Step, context, finish, job, nodegroup, status_of,
+    ApiServerVerifier, Call, FakeApi, FakeTracker, SameTracker, Step, context, finish, job,
+    nodegroup, status_of,
 };
 
 const JOB: &str = "/apis/lts.io/v1alpha1/namespaces/lts/jobs/mail";
@@ -183,6 +184,77 @@ async fn a_reconcile_caused_by_its_own_status_write_asks_the_tracker_nothing() {
     let (action, _, _) = round(edited, &ctx, api, vec![]).await;
     assert_eq!(tracker.ops(), ["submit", "get", "get", "suspend", "get"]);
     assert_eq!(action, Action::requeue(FALLBACK_REFRESH));
+}
+
+/// The next reconcile the controller finishes (virtual time: a requeue timer fires as soon as
+/// nothing else is left to do).
+async fn next_reconcile(reconciles: &mut (impl futures::Stream<Item = Reconciled> + Unpin)) {
+    let done = tokio::time::timeout(Duration::from_secs(3600), reconciles.next())
+        .await
+        .expect("a reconcile within the hour")
+        .expect("the controller runs");
+    assert!(done.is_ok(), "{done:?}");
+}
+
+/// The whole Job controller (kube-runtime's Controller: the Job watch, the trackers' watch
+/// trigger, requeue timers) against an in-memory API server: the reconciles its own status
+/// writes cause make no tracker call.
+#[tokio::test(start_paused = true)]
+async fn the_controller_reconciles_its_own_status_writes_without_a_tracker_call() {
+    use futures::StreamExt;
+    let tracker = Arc::new(FakeTracker::default());
+    let (client, api) = FakeApi::start(&[job("mail").finalized()]);
+    let ctx = Arc::new(Context::new(
+        client,
+        crate::fixtures::guarded_store(&cluster()),
+        Arc::new(SameTracker(tracker.clone(), Default::default())),
+        crate::nodegroup::BuildConfig::default(),
+        Arc::new(Watches::default()),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shutdown = stop.clone();
+    let mut reconciles = Box::pin(controller(ctx.clone(), async move {
+        shutdown.cancelled().await
+    }));
+
+    // The new Job: submitted, read once, its status written.
+    next_reconcile(&mut reconciles).await;
+    assert_eq!(tracker.ops(), ["submit", "get"]);
+    assert_eq!(api.status_patches().len(), 1);
+    // The watch delivers that write: a reconcile that asks the tracker nothing, writes nothing.
+    next_reconcile(&mut reconciles).await;
+    assert_eq!(tracker.ops(), ["submit", "get"], "no tracker call");
+    assert_eq!(api.status_patches().len(), 1, "no write");
+
+    // The trackers' watch reports the job running: mirrored without a call; the reconcile of
+    // that status write asks nothing either.
+    let mut running = tracker.jobs()[0].clone();
+    running.state = JobState::Running;
+    running.attempt = 1;
+    tracker.put(running.clone());
+    ctx.watches.route(running);
+    next_reconcile(&mut reconciles).await;
+    next_reconcile(&mut reconciles).await;
+    assert_eq!(tracker.ops(), ["submit", "get"], "no tracker call");
+    assert_eq!(api.status_patches().len(), 2);
+    let stored = api.job("lts", "mail");
+    assert_eq!(
+        stored.status.as_ref().unwrap().phase,
+        Some(JobPhase::Running)
+    );
+
+    // Nothing else happens until the refresh timer runs out (30 s: the fake trackers cannot
+    // stream): then one Get; nothing changed, nothing written.
+    next_reconcile(&mut reconciles).await;
+    assert_eq!(tracker.ops(), ["submit", "get", "get"]);
+    assert_eq!(api.status_patches().len(), 2);
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while reconciles.next().await.is_some() {}
+    })
+    .await
+    .expect("the controller stops");
 }
 
 #[tokio::test]

@@ -83,12 +83,17 @@ async fn apply(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
     let since_read = ctx.watches.since_read(&key);
     let mut obs = Observed::new(&job, &ctx.valid_nodegroups(), false);
     apply::news(&job, &mut obs, &ctx.watches);
+    let route = plan::target(&obs).map(|(cluster, target)| {
+        (
+            service_address(&cluster.job_tracker, &ns),
+            target.spec.submit_node_group.clone(),
+        )
+    });
     let mut every = FALLBACK_REFRESH;
-    let ending = match (plan::local_problem(&obs), &obs.cluster, &obs.spec) {
-        (None, Ok(cluster), Ok(target)) => {
-            let address = service_address(&cluster.job_tracker, &ns);
+    let ending = match route {
+        Err(problem) => Ending::Blocked(problem),
+        Ok((address, group)) => {
             let tracker = ctx.trackers.tracker(&address)?;
-            let group = target.spec.submit_node_group.clone();
             ctx.watches.ensure(&address, &group, tracker.clone());
             every = plan::refresh_every(ctx.watches.is_live(&address, &group));
             obs.due = plan::is_due(&job, since_read, every);
@@ -97,9 +102,6 @@ async fn apply(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
                 Err(e) => Ending::Failed(e),
             }
         }
-        (Some(problem), ..) => Ending::Blocked(problem),
-        // local_problem is None exactly when both are Ok.
-        _ => Ending::Settled,
     };
     let read = !matches!(ending, Ending::Failed(_)) && obs.tracker != Tracker::Unasked;
     if matches!(ending, Ending::Failed(_)) {

@@ -149,12 +149,12 @@ pub enum Plan {
     Blocked(Problem),
 }
 
-/// Why the Job cannot go to a tracker at all, if it cannot: no (single) cluster, or an
-/// invalid spec — in that order.
-pub fn local_problem(obs: &Observed) -> Option<Problem> {
+/// Where the Job goes and what it submits, or why it cannot go to a tracker at all: no (single)
+/// cluster, or an invalid spec — in that order.
+pub fn target(obs: &Observed) -> Result<(&ClusterRef, &ToSubmit), Problem> {
     match (&obs.cluster, &obs.spec) {
-        (Err(p), _) | (Ok(_), Err(p)) => Some(p.clone()),
-        (Ok(_), Ok(_)) => None,
+        (Err(p), _) | (Ok(_), Err(p)) => Err(p.clone()),
+        (Ok(cluster), Ok(spec)) => Ok((cluster, spec)),
     }
 }
 
@@ -217,11 +217,9 @@ pub fn plan(job: &Job, obs: &Observed) -> Plan {
     if job.metadata.deletion_timestamp.is_some() {
         return plan_cleanup(job, obs);
     }
-    if let Some(problem) = local_problem(obs) {
-        return Plan::Blocked(problem);
-    }
-    let Ok(target) = &obs.spec else {
-        return Plan::Nothing;
+    let target = match self::target(obs) {
+        Ok((_, target)) => target,
+        Err(problem) => return Plan::Blocked(problem),
     };
     if obs.submission.is_none() {
         match &obs.tracker {
@@ -801,11 +799,9 @@ mod tests {
         let mut bad = with(None, 1, false);
         bad.spec.max_retries = -1;
         let mut obs = observed(&bad, true, Tracker::Unasked);
-        assert_eq!(
-            plan(&bad, &obs),
-            Plan::Blocked(local_problem(&obs).unwrap())
-        );
-        assert_eq!(local_problem(&obs).unwrap().reason, "InvalidSpec");
+        let problem = target(&obs).unwrap_err();
+        assert_eq!(problem.reason, "InvalidSpec");
+        assert_eq!(plan(&bad, &obs), Plan::Blocked(problem));
         assert_eq!(then(&obs), Action::await_change());
         obs.cluster = Err(Problem::new("AmbiguousCluster", "two"));
         assert_eq!(

@@ -261,7 +261,16 @@ mod tests {
 
     #[test]
     fn blocked_and_failed_rounds() {
-        let cases: Vec<(&str, Option<&str>, Ending, &str, (&str, &str), JobPhase)> = vec![
+        /// Name, the status's job id, the ending, the Condition it sets and how, the phase.
+        type Case = (
+            &'static str,
+            Option<&'static str>,
+            Ending,
+            &'static str,
+            (&'static str, &'static str),
+            JobPhase,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "invalid, new",
                 None,

@@ -811,6 +811,156 @@ mod tests {
         assert_eq!(then(&obs), Action::requeue(CLUSTER_RETRY));
     }
 
+    /// Every combination of spec flags (suspend, edited), status (none, refused, each phase,
+    /// submitted with this spec or an older one), what is due, what the tracker said and
+    /// whether this round submitted: the rules that must hold in each.
+    #[test]
+    fn plan_rules_hold_for_every_combination() {
+        use JobPhase::*;
+        use JobState as S;
+        let mut foreign = tracked("J9", S::Queued);
+        foreign
+            .spec
+            .params
+            .insert(convert::PARAM_UID.into(), "someone-else".into());
+        let mut older = tracked("J1", S::Queued);
+        older.spec.priority = 99;
+        let mut trackers = vec![
+            Tracker::Unasked,
+            Tracker::Missing,
+            Tracker::Taken(tracked("J1", S::Queued)),
+            Tracker::Taken(older),
+            Tracker::Taken(foreign),
+            Tracker::Rejected("spec.priority: bad".into()),
+        ];
+        for s in [
+            S::Queued,
+            S::Running,
+            S::Suspended,
+            S::Succeeded,
+            S::Failed,
+            S::Cancelled,
+        ] {
+            trackers.push(Tracker::Current(tracked("J1", s)));
+        }
+        let mut statuses = vec![
+            None,
+            Some(refused_status("TaskIdConflict", 1)),
+            Some(refused_status("InvalidSpec", 1)),
+            Some(refused_status("ClusterNotFound", 1)),
+        ];
+        for phase in [
+            Pending, Queued, Running, Suspended, Succeeded, Failed, Cancelled,
+        ] {
+            for same in [true, false] {
+                statuses.push(Some(status(Some("J1"), phase, same, 1)));
+            }
+        }
+        let mut n = 0;
+        for st in &statuses {
+            for generation in [1, 2] {
+                for suspend in [false, true] {
+                    for due in [false, true] {
+                        for tracker in &trackers {
+                            for submission in [None, Some(Submission::Accepted)] {
+                                for refused in [false, true] {
+                                    n += 1;
+                                    let j = with(st.clone(), generation, suspend);
+                                    let mut obs = observed(&j, due, tracker.clone());
+                                    obs.submission = submission;
+                                    if submission.is_some() {
+                                        obs.job_id = Some("J1".into());
+                                    }
+                                    obs.refused = refused.then(|| "suspend: no".into());
+                                    check(&j, &obs, &plan(&j, &obs));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(n > 5_000, "{n} combinations");
+    }
+
+    /// The rules of one plan: the step follows from what is known, never repeats a submit in a
+    /// round, and asks nothing when nothing is due and nothing arrived.
+    fn check(j: &Job, obs: &Observed, got: &Plan) {
+        let st = j.status.clone().unwrap_or_default();
+        let hash = obs.spec.as_ref().unwrap().hash.clone();
+        let unchanged = st.submitted_hash.as_deref() == Some(hash.as_str());
+        let final_status = convert::is_final(st.phase);
+        let ctx = format!("{st:?} {obs:?} suspend={} → {got:?}", j.spec.suspend);
+        match got {
+            Plan::Submit => {
+                assert!(obs.submission.is_none() && obs.job_id.is_none(), "{ctx}");
+                assert!(!(final_status && unchanged), "{ctx}");
+            }
+            Plan::Replace => {
+                assert!(
+                    obs.submission.is_none(),
+                    "no second submit in a round: {ctx}"
+                );
+                let older_found =
+                    matches!(&obs.tracker, Tracker::Taken(t) if spec_hash(&t.spec) != hash);
+                assert!(older_found || (obs.job_id.is_some() && !unchanged), "{ctx}");
+            }
+            Plan::Adopt => {
+                assert!(obs.submission.is_none(), "{ctx}");
+                assert!(
+                    matches!(&obs.tracker, Tracker::Taken(t) if owned_by(t, "0b6f3c1e-uid") && spec_hash(&t.spec) == hash),
+                    "{ctx}"
+                );
+            }
+            Plan::Suspend(id) => {
+                assert!(j.spec.suspend && obs.refused.is_none(), "{ctx}");
+                assert_eq!(Some(id), obs.job_id.as_ref(), "{ctx}");
+                assert!(
+                    matches!(&obs.tracker, Tracker::Current(t) if !t.state.is_final() && t.state != JobState::Suspended),
+                    "{ctx}"
+                );
+            }
+            Plan::Resume(id) => {
+                assert!(!j.spec.suspend, "{ctx}");
+                assert_eq!(Some(id), obs.job_id.as_ref(), "{ctx}");
+                assert!(
+                    matches!(&obs.tracker, Tracker::Current(t) if t.state == JobState::Suspended),
+                    "{ctx}"
+                );
+            }
+            Plan::Cancel(_) => panic!("cancel only when deleting: {ctx}"),
+            Plan::Blocked(p) => match p.reason {
+                "TaskIdConflict" => assert!(
+                    matches!(&obs.tracker, Tracker::Taken(t) if !owned_by(t, "0b6f3c1e-uid")),
+                    "{ctx}"
+                ),
+                "InvalidSpec" => assert!(matches!(obs.tracker, Tracker::Rejected(_)), "{ctx}"),
+                "JobNotFound" => assert!(obs.tracker == Tracker::Missing, "{ctx}"),
+                other => panic!("{other}: {ctx}"),
+            },
+            Plan::Nothing => {}
+        }
+        // A round that submitted only follows up on its job (suspend, resume) or stops.
+        if obs.submission.is_some() {
+            assert!(
+                matches!(
+                    got,
+                    Plan::Nothing | Plan::Suspend(_) | Plan::Resume(_) | Plan::Blocked(_)
+                ),
+                "{ctx}"
+            );
+        }
+        // Nothing due, nothing arrived, the job known with this spec: no tracker call at all.
+        if !obs.due && obs.tracker == Tracker::Unasked && obs.job_id.is_some() && unchanged {
+            assert_eq!(got, &Plan::Nothing, "{ctx}");
+            assert_eq!(fetch(j, obs), None, "{ctx}");
+        }
+        // A Get is only ever made when due.
+        if fetch(j, obs).is_some() {
+            assert!(obs.due, "{ctx}");
+        }
+    }
+
     #[test]
     fn plan_when_deleting() {
         use JobPhase::*;

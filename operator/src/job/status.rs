@@ -330,6 +330,170 @@ mod tests {
         );
     }
 
+    /// Every combination of previous status, what the tracker said, how the round ended, how
+    /// it submitted, a refused suspend and a delivered fire: the rules that must hold in each —
+    /// above all, that the reconcile the status write causes (nothing asked, nothing arrived)
+    /// builds the very same status, so it writes nothing.
+    #[test]
+    fn status_rules_hold_for_every_combination() {
+        let spec = convert::to_lts_spec(&job("mail")).unwrap();
+        let hash = convert::spec_hash(&spec);
+        let known = |phase| JobStatus {
+            observed_generation: Some(1),
+            phase: Some(phase),
+            job_id: Some("J1".into()),
+            task_id: Some(spec.task_id.clone()),
+            submitted_hash: Some(hash.clone()),
+            conditions: conditions::merge(
+                &[],
+                &[
+                    Wanted::new("Submitted", true, "Adopted", "m"),
+                    Wanted::new("Synced", true, "Mirrored", "m"),
+                ],
+                Some(1),
+                t(1),
+            ),
+            ..JobStatus::default()
+        };
+        let refused = JobStatus {
+            phase: Some(JobPhase::Pending),
+            conditions: conditions::merge(
+                &[],
+                &[Wanted::new("Submitted", false, "TaskIdConflict", "m")],
+                Some(1),
+                t(1),
+            ),
+            ..JobStatus::default()
+        };
+        let previous = [
+            None,
+            Some(refused),
+            Some(known(JobPhase::Queued)),
+            Some(known(JobPhase::Running)),
+            Some(known(JobPhase::Suspended)),
+            Some(known(JobPhase::Succeeded)),
+        ];
+        let mut trackers = vec![Tracker::Unasked, Tracker::Missing];
+        for s in [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Suspended,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+        ] {
+            trackers.push(Tracker::Current(tracked("J1", s)));
+        }
+        let endings = || {
+            [
+                Ending::Settled,
+                Ending::Blocked(Problem::new("JobNotFound", "gone")),
+                Ending::Failed(ClientError::Unavailable("down".into())),
+                Ending::Failed(ClientError::FailedPrecondition("no".into())),
+            ]
+        };
+        let mut fire = tracker_job("I1", lts_core::schedule::instance_spec(&spec, 5_000));
+        fire.state = JobState::Running;
+        fire.scheduled_fire_ms = Some(5_000);
+        let mut n = 0;
+        for prev in &previous {
+            for generation in [1, 2] {
+                for tracker in &trackers {
+                    for ending in endings() {
+                        for submission in
+                            [None, Some(Submission::Accepted), Some(Submission::Adopted)]
+                        {
+                            for refused in [false, true] {
+                                for instance in [None, Some(fire.clone())] {
+                                    n += 1;
+                                    let mut j = job("mail");
+                                    j.metadata.generation = Some(generation);
+                                    j.status = prev.clone();
+                                    let mut o = obs(&j, tracker.clone());
+                                    o.submission = submission;
+                                    o.refused = refused.then(|| "suspend: no".into());
+                                    o.instance = instance;
+                                    check(&j, &o, &ending, &status(&j, &o, &ending, t(50)));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(n > 2_000, "{n} combinations");
+    }
+
+    fn check(j: &Job, o: &Observed, ending: &Ending, s: &JobStatus) {
+        let prev = j.status.clone().unwrap_or_default();
+        let ctx = format!("{prev:?} {o:?} {ending:?} → {s:?}");
+        assert_eq!(s.observed_generation, j.metadata.generation, "{ctx}");
+        assert_eq!(s.cluster.as_deref(), Some("prod"), "{ctx}");
+        match (ending, &o.tracker) {
+            (Ending::Blocked(p), _) => {
+                let c = conditions::find(&s.conditions, "Submitted").unwrap();
+                assert_eq!(
+                    (c.status.as_str(), c.reason.as_str()),
+                    ("False", p.reason),
+                    "{ctx}"
+                );
+                assert_eq!(s.job_id, prev.job_id, "{ctx}");
+            }
+            (Ending::Failed(e), _) => {
+                let c = conditions::find(&s.conditions, "Synced").unwrap();
+                let reason = if e.is_retryable() {
+                    "TrackerUnavailable"
+                } else {
+                    "TrackerError"
+                };
+                assert_eq!(
+                    (c.status.as_str(), c.reason.as_str()),
+                    ("False", reason),
+                    "{ctx}"
+                );
+                assert_eq!(s.job_id, prev.job_id, "{ctx}");
+            }
+            (Ending::Settled, Tracker::Current(current)) => {
+                assert_eq!(s.job_id.as_deref(), Some(current.job_id.as_str()), "{ctx}");
+                let synced = conditions::find(&s.conditions, "Synced").unwrap();
+                assert_eq!(synced.status == "False", o.refused.is_some(), "{ctx}");
+                let submitted = conditions::find(&s.conditions, "Submitted").unwrap();
+                assert_eq!(submitted.status, "True", "{ctx}");
+                if let Some(how) = o.submission {
+                    assert_eq!(submitted.reason, how.reason(), "{ctx}");
+                }
+            }
+            (Ending::Settled, _) => {
+                assert_eq!(s.conditions, prev.conditions, "nothing learnt: {ctx}");
+                assert_eq!(s.job_id, prev.job_id, "{ctx}");
+            }
+        }
+        if s.job_id.is_none() && !matches!(ending, Ending::Settled) {
+            assert_eq!(s.phase, Some(JobPhase::Pending), "{ctx}");
+        }
+        // A Condition whose status did not change keeps its transition time.
+        for c in &s.conditions {
+            if let Some(before) = conditions::find(&prev.conditions, &c.type_)
+                && before.status == c.status
+            {
+                assert_eq!(before.last_transition_time, c.last_transition_time, "{ctx}");
+            }
+        }
+        // The reconcile this status write causes: nothing asked, nothing arrived → the same
+        // status, so no write.
+        let written = Job {
+            status: Some(s.clone()),
+            ..j.clone()
+        };
+        let again = status(
+            &written,
+            &obs(&written, Tracker::Unasked),
+            &Ending::Settled,
+            t(99),
+        );
+        assert_eq!(&again, s, "{ctx}");
+    }
+
     #[test]
     fn a_recurring_jobs_newest_fire_reaches_the_status_without_a_call() {
         let mut j = job("mail");

@@ -130,6 +130,9 @@ pub struct FakeTracker {
     pub unavailable: AtomicBool,
     /// `get` by task id finds nothing (as if the job were submitted concurrently).
     pub blind_task_lookup: AtomicBool,
+    /// A running job stays `Running` when suspended (as on a real tracker: its attempt
+    /// finishes first).
+    pub attempts_finish_first: AtomicBool,
     /// What `nodes()` answers.
     pub nodes: Mutex<Option<ListNodesResponse>>,
 }
@@ -253,8 +256,11 @@ impl TrackerApi for FakeTracker {
 
     async fn suspend(&self, key: JobKey) -> Result<lts_core::Job, ClientError> {
         self.record(format!("suspend {key}"))?;
+        let later = self.attempts_finish_first.load(Ordering::Relaxed);
         self.update(&key, |j| {
-            j.state = JobState::Suspended;
+            if !(later && j.state == JobState::Running) {
+                j.state = JobState::Suspended;
+            }
             Ok(())
         })
     }

@@ -16,7 +16,8 @@ use crate::crd::Job;
 use crate::tracker::TrackerApi;
 
 /// At most this many steps per round. The longest path is submit → "duplicate" → adopt →
-/// suspend; only a "duplicate" whose job vanished before it was read repeats the submit.
+/// suspend (a suspend, resume or cancel is sent once per round); only a "duplicate" whose job
+/// vanished before it was read repeats the submit.
 const MAX_STEPS: usize = 6;
 
 /// Takes what the watch delivered for `job` since its last round: the newest state of its
@@ -72,7 +73,7 @@ pub async fn apply(
                 obs.adopt();
                 Ok(())
             }
-            Plan::Suspend(id) => match tracker.suspend(JobKey::Id(id)).await {
+            Plan::Suspend(id) => match request(obs, tracker.suspend(JobKey::Id(id))).await {
                 Ok(current) => {
                     obs.tracker = Tracker::Current(current);
                     Ok(())
@@ -83,11 +84,10 @@ pub async fn apply(
                 }
                 Err(e) => Err(e),
             },
-            Plan::Resume(id) => tracker
-                .resume(JobKey::Id(id))
+            Plan::Resume(id) => request(obs, tracker.resume(JobKey::Id(id)))
                 .await
                 .map(|current| obs.tracker = Tracker::Current(current)),
-            Plan::Cancel(id) => match tracker.cancel(JobKey::Id(id)).await {
+            Plan::Cancel(id) => match request(obs, tracker.cancel(JobKey::Id(id))).await {
                 Ok(current) => {
                     tracing::info!(job = %job.name_any(), job_id = %current.job_id, "cancelled");
                     obs.tracker = Tracker::Current(current);
@@ -108,6 +108,15 @@ pub async fn apply(
     Ending::Failed(ClientError::Unavailable(format!(
         "no settled answer from the trackers in {MAX_STEPS} steps"
     )))
+}
+
+/// Sends a suspend, resume or cancel: once per round, whatever it answers.
+async fn request<T>(
+    obs: &mut Observed,
+    call: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    obs.requested = true;
+    call.await
 }
 
 /// Submits the resource's job (with `replace_on_exist` to replace), then learns its state: from

@@ -91,6 +91,10 @@ pub struct Observed {
     pub submission: Option<Submission>,
     /// A suspend the tracker refused in this round: why.
     pub refused: Option<String>,
+    /// A suspend, resume or cancel went to the tracker in this round. Its answer stands (a
+    /// running attempt finishes first, so a suspended or cancelled job may still run): no
+    /// second request in the same round.
+    pub requested: bool,
     /// The newest fire of a recurring job the watch delivered since the last round.
     pub instance: Option<lts_core::Job>,
 }
@@ -112,6 +116,7 @@ impl Observed {
             tracker: Tracker::Unasked,
             submission: None,
             refused: None,
+            requested: false,
             instance: None,
         }
     }
@@ -264,11 +269,9 @@ pub fn plan(job: &Job, obs: &Observed) -> Plan {
             "JobNotFound",
             format!("the trackers no longer have job {id}; change the spec to submit it again"),
         )),
+        _ if obs.requested || obs.refused.is_some() => Plan::Nothing,
         Tracker::Current(j)
-            if job.spec.suspend
-                && !j.state.is_final()
-                && j.state != JobState::Suspended
-                && obs.refused.is_none() =>
+            if job.spec.suspend && !j.state.is_final() && j.state != JobState::Suspended =>
         {
             Plan::Suspend(id)
         }
@@ -285,6 +288,7 @@ fn plan_cleanup(job: &Job, obs: &Observed) -> Plan {
         return Plan::Nothing;
     }
     match (&obs.job_id, &obs.tracker) {
+        _ if obs.requested => Plan::Nothing,
         (None, _) | (Some(_), Tracker::Missing) => Plan::Nothing,
         (Some(_), Tracker::Current(j)) if j.state.is_final() => Plan::Nothing,
         (Some(id), _) => Plan::Cancel(id.clone()),
@@ -529,6 +533,7 @@ mod tests {
         tracker: Tracker,
         submission: Option<Submission>,
         refused: bool,
+        requested: bool,
         want: Plan,
     }
 
@@ -542,6 +547,7 @@ mod tests {
             tracker,
             submission: None,
             refused: false,
+            requested: false,
             want,
         }
     }
@@ -567,6 +573,10 @@ mod tests {
         }
         fn refused(mut self) -> Row {
             self.refused = true;
+            self
+        }
+        fn requested(mut self) -> Row {
+            self.requested = true;
             self
         }
     }
@@ -725,12 +735,28 @@ mod tests {
             .suspend()
             .refused(),
             row(
+                "suspend sent, still running",
+                q("J1", Running, true),
+                cur(S::Running),
+                Plan::Nothing,
+            )
+            .suspend()
+            .requested(),
+            row(
                 "resume",
                 q("J1", Suspended, true),
                 cur(S::Suspended),
                 res("J1"),
             )
             .generation(2),
+            row(
+                "resume sent",
+                q("J1", Suspended, true),
+                cur(S::Suspended),
+                Plan::Nothing,
+            )
+            .generation(2)
+            .requested(),
             row(
                 "resume, not yet read",
                 q("J1", Suspended, true),
@@ -784,6 +810,7 @@ mod tests {
                 obs.job_id = Some("J1".into());
             }
             obs.refused = r.refused.then(|| "suspend: finished".into());
+            obs.requested = r.requested;
             let got = plan(&j, &obs);
             match (&got, &r.want) {
                 (Plan::Blocked(a), Plan::Blocked(b)) => {
@@ -863,7 +890,9 @@ mod tests {
                     for due in [false, true] {
                         for tracker in &trackers {
                             for submission in [None, Some(Submission::Accepted)] {
-                                for refused in [false, true] {
+                                for (refused, requested) in
+                                    [(false, false), (true, false), (false, true)]
+                                {
                                     n += 1;
                                     let j = with(st.clone(), generation, suspend);
                                     let mut obs = observed(&j, due, tracker.clone());
@@ -872,6 +901,7 @@ mod tests {
                                         obs.job_id = Some("J1".into());
                                     }
                                     obs.refused = refused.then(|| "suspend: no".into());
+                                    obs.requested = requested;
                                     check(&j, &obs, &plan(&j, &obs));
                                 }
                             }
@@ -913,7 +943,10 @@ mod tests {
                 );
             }
             Plan::Suspend(id) => {
-                assert!(j.spec.suspend && obs.refused.is_none(), "{ctx}");
+                assert!(
+                    j.spec.suspend && obs.refused.is_none() && !obs.requested,
+                    "{ctx}"
+                );
                 assert_eq!(Some(id), obs.job_id.as_ref(), "{ctx}");
                 assert!(
                     matches!(&obs.tracker, Tracker::Current(t) if !t.state.is_final() && t.state != JobState::Suspended),
@@ -921,7 +954,7 @@ mod tests {
                 );
             }
             Plan::Resume(id) => {
-                assert!(!j.spec.suspend, "{ctx}");
+                assert!(!j.spec.suspend && !obs.requested, "{ctx}");
                 assert_eq!(Some(id), obs.job_id.as_ref(), "{ctx}");
                 assert!(
                     matches!(&obs.tracker, Tracker::Current(t) if t.state == JobState::Suspended),
@@ -1022,6 +1055,13 @@ mod tests {
             let mut obs = observed(&j, false, tracker);
             obs.job_id = job_id.map(str::to_string);
             assert_eq!(plan(&j, &obs), want, "{name}");
+            obs.requested = true;
+            assert_eq!(
+                plan(&j, &obs),
+                Plan::Nothing,
+                "{name}: cancelled once a round"
+            );
+            obs.requested = false;
             obs.cluster = Err(Problem::new("ClusterNotFound", "gone"));
             assert_eq!(
                 plan(&j, &obs),

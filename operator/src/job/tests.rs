@@ -416,6 +416,24 @@ async fn suspend_and_resume_follow_the_spec() {
 }
 
 #[tokio::test]
+async fn a_running_job_is_asked_to_suspend_once_per_round() {
+    let tracker = Arc::new(FakeTracker::default());
+    tracker.attempts_finish_first.store(true, Ordering::Relaxed);
+    let (_, status) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    let mut running = tracker.jobs()[0].clone();
+    running.state = JobState::Running;
+    tracker.put(running);
+    let mut suspended = job("mail").finalized().with_status(status);
+    suspended.spec.suspend = true;
+    suspended.metadata.generation = Some(2);
+    let (res, status) = reconcile_to_status(suspended, tracker.clone()).await;
+    res.unwrap();
+    // The tracker suspends it once the running attempt ends: the answer stands for this round.
+    assert_eq!(tracker.ops(), ["submit", "get", "get", "suspend"]);
+    assert_eq!(status.phase, Some(JobPhase::Running));
+}
+
+#[tokio::test]
 async fn other_spec_changes_replace_the_job() {
     let tracker = Arc::new(FakeTracker::default());
     let (_, status) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;

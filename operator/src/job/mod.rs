@@ -166,7 +166,7 @@ pub async fn reconcile_guarded(
 }
 
 /// What the Job controller yields per finished reconcile.
-pub type Reconciled = std::result::Result<
+pub type ReconcileResult = std::result::Result<
     (ObjectRef<DeserializeGuard<Job>>, Action),
     kube::runtime::controller::Error<Error, watcher::Error>,
 >;
@@ -177,7 +177,7 @@ pub type Reconciled = std::result::Result<
 pub fn controller(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> impl futures::Stream<Item = Reconciled> + Send {
+) -> impl futures::Stream<Item = ReconcileResult> + Send {
     let controller = Controller::new(
         ctx.api::<DeserializeGuard<Job>>(),
         watcher::Config::default(),

@@ -128,8 +128,7 @@ pub fn status(job: &Job, obs: &Observed, ending: &Ending, now: Timestamp) -> Job
         convert::mirror_instance(&mut status, instance);
     }
     if !wanted.is_empty() {
-        status.conditions =
-            conditions::merge(&previous.conditions, &wanted, job.metadata.generation, now);
+        status.conditions = crate::reconcile::conditions(job, &wanted, now);
     }
     status
 }

@@ -188,7 +188,7 @@ async fn a_reconcile_caused_by_its_own_status_write_asks_the_tracker_nothing() {
 
 /// The next reconcile the controller finishes (virtual time: a requeue timer fires as soon as
 /// nothing else is left to do).
-async fn next_reconcile(reconciles: &mut (impl futures::Stream<Item = Reconciled> + Unpin)) {
+async fn next_reconcile(reconciles: &mut (impl futures::Stream<Item = ReconcileResult> + Unpin)) {
     let done = tokio::time::timeout(Duration::from_secs(3600), reconciles.next())
         .await
         .expect("a reconcile within the hour")

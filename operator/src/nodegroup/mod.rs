@@ -230,12 +230,7 @@ pub fn observed_status(
         ready_replicas: ready,
         members,
         master,
-        conditions: conditions::merge(
-            &previous.conditions,
-            &[ready_cond, degraded],
-            ng.metadata.generation,
-            now,
-        ),
+        conditions: reconcile::conditions(ng, &[ready_cond, degraded], now),
     }
 }
 
@@ -244,13 +239,12 @@ pub fn invalid_status(ng: &NodeGroup, invalid: &Invalid, now: Timestamp) -> Node
     let previous = ng.status.clone().unwrap_or_default();
     NodeGroupStatus {
         observed_generation: ng.metadata.generation,
-        conditions: conditions::merge(
-            &previous.conditions,
+        conditions: reconcile::conditions(
+            ng,
             &[
                 Wanted::new("Ready", false, invalid.reason, invalid.message()),
                 Wanted::new("Degraded", true, invalid.reason, invalid.message()),
             ],
-            ng.metadata.generation,
             now,
         ),
         ..previous

@@ -130,6 +130,9 @@ pub struct FakeTracker {
     pub unavailable: AtomicBool,
     /// `get` by task id finds nothing (as if the job were submitted concurrently).
     pub blind_task_lookup: AtomicBool,
+    /// A running job stays `Running` when suspended (as on a real tracker: its attempt
+    /// finishes first).
+    pub attempts_finish_first: AtomicBool,
     /// What `nodes()` answers.
     pub nodes: Mutex<Option<ListNodesResponse>>,
 }
@@ -253,8 +256,11 @@ impl TrackerApi for FakeTracker {
 
     async fn suspend(&self, key: JobKey) -> Result<lts_core::Job, ClientError> {
         self.record(format!("suspend {key}"))?;
+        let later = self.attempts_finish_first.load(Ordering::Relaxed);
         self.update(&key, |j| {
-            j.state = JobState::Suspended;
+            if !(later && j.state == JobState::Running) {
+                j.state = JobState::Suspended;
+            }
             Ok(())
         })
     }
@@ -371,7 +377,6 @@ impl Step {
 #[derive(Debug, Clone)]
 pub struct Call {
     /// HTTP method.
-    #[allow(dead_code)]
     pub method: Method,
     /// Path and query.
     pub uri: String,
@@ -391,6 +396,13 @@ impl ApiServerVerifier {
     /// Answers `steps` in order, asserting each request's method and path; the handle yields
     /// every request once all steps were answered.
     pub fn run(self, steps: Vec<Step>) -> JoinHandle<Vec<Call>> {
+        let round = self.round(steps);
+        tokio::spawn(async move { round.await.expect("verifier panicked").0 })
+    }
+
+    /// [`ApiServerVerifier::run`] that hands the verifier back for the next round on the same
+    /// client (a reconcile that makes no request keeps it idle: such a request would hang).
+    pub fn round(self, steps: Vec<Step>) -> JoinHandle<(Vec<Call>, ApiServerVerifier)> {
         let mut handle = self.0;
         tokio::spawn(async move {
             let mut calls = Vec::new();
@@ -433,8 +445,156 @@ impl ApiServerVerifier {
                 send.send_response(response);
                 calls.push(Call { method, uri, body });
             }
-            calls
+            (calls, ApiServerVerifier(handle))
         })
+    }
+}
+
+/// A small in-memory API server of Jobs, enough to run the Job controller for real: list;
+/// watch (each watch request is answered once there are changes after its resourceVersion,
+/// with those changes, and the watcher asks again); status patches (the status is replaced and
+/// the change goes to the watches, as the API server does); Events (accepted). Records every
+/// request.
+#[derive(Clone, Default)]
+pub struct FakeApi(Arc<Mutex<FakeApiState>>);
+
+#[derive(Default)]
+struct FakeApiState {
+    objects: BTreeMap<(String, String), Value>,
+    version: u64,
+    changes: Vec<(u64, Value)>,
+    calls: Vec<Call>,
+}
+
+impl FakeApiState {
+    fn store(&mut self, mut object: Value) -> Value {
+        self.version += 1;
+        object["metadata"]["resourceVersion"] = json!(self.version.to_string());
+        let key = (
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        self.objects.insert(key, object.clone());
+        object
+    }
+
+    fn changes_after(&self, version: u64) -> Vec<Value> {
+        self.changes
+            .iter()
+            .filter(|(v, _)| *v > version)
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+}
+
+fn json_response(v: &Value) -> Response<Body> {
+    Response::builder()
+        .body(Body::from(serde_json::to_vec(v).unwrap()))
+        .unwrap()
+}
+
+impl FakeApi {
+    /// Serves `jobs`; the client talks to it.
+    pub fn start(jobs: &[Job]) -> (Client, FakeApi) {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let api = FakeApi::default();
+        for j in jobs {
+            api.state().store(serde_json::to_value(j).unwrap());
+        }
+        let state = api.clone();
+        tokio::spawn(async move {
+            let mut watches: Vec<(u64, mock::SendResponse<Response<Body>>)> = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().clone();
+                let uri = request.uri().to_string();
+                let path = request.uri().path().to_string();
+                let query = request.uri().query().unwrap_or_default().to_string();
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let mut st = state.state();
+                st.calls.push(Call {
+                    method: method.clone(),
+                    uri,
+                    body: body.clone(),
+                });
+                let segments: Vec<&str> = path.split('/').collect();
+                match (method, segments.as_slice()) {
+                    (Method::GET, [.., "jobs"]) if query.contains("watch=true") => {
+                        let since = query
+                            .split('&')
+                            .find_map(|p| p.strip_prefix("resourceVersion="))
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        watches.push((since, send));
+                    }
+                    (Method::GET, [.., "jobs"]) => {
+                        let list = json!({
+                            "apiVersion": "lts.io/v1alpha1",
+                            "kind": "JobList",
+                            "metadata": {"resourceVersion": st.version.to_string()},
+                            "items": st.objects.values().cloned().collect::<Vec<_>>(),
+                        });
+                        send.send_response(json_response(&list));
+                    }
+                    (Method::PATCH, [.., "namespaces", ns, "jobs", name, "status"]) => {
+                        let key = (ns.to_string(), name.to_string());
+                        let mut object = st.objects.get(&key).cloned().expect("a known Job");
+                        object["status"] = body["status"].clone();
+                        let object = st.store(object);
+                        let version = st.version;
+                        st.changes
+                            .push((version, json!({"type": "MODIFIED", "object": object})));
+                        send.send_response(json_response(&object));
+                    }
+                    (Method::POST, [.., "events"]) => send.send_response(json_response(&body)),
+                    (method, _) => panic!("the fake API server does not serve {method} {path}"),
+                }
+                // Answer the watches that have news (each answer ends its watch request).
+                let mut waiting = Vec::new();
+                for (since, send) in watches.drain(..) {
+                    let news = st.changes_after(since);
+                    if news.is_empty() {
+                        waiting.push((since, send));
+                    } else {
+                        let lines: Vec<String> = news.iter().map(Value::to_string).collect();
+                        send.send_response(
+                            Response::builder()
+                                .body(Body::from(lines.join("\n").into_bytes()))
+                                .unwrap(),
+                        );
+                    }
+                }
+                watches = waiting;
+            }
+        });
+        (Client::new(service, "lts"), api)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FakeApiState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The status patches received so far.
+    pub fn status_patches(&self) -> Vec<Call> {
+        self.state()
+            .calls
+            .iter()
+            .filter(|c| c.method == Method::PATCH && c.uri.contains("/status?"))
+            .cloned()
+            .collect()
+    }
+
+    /// The Job `namespace/name` as stored now.
+    pub fn job(&self, namespace: &str, name: &str) -> Job {
+        let st = self.state();
+        let v = st.objects[&(namespace.to_string(), name.to_string())].clone();
+        serde_json::from_value(v).unwrap()
     }
 }
 

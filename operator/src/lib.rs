@@ -4,12 +4,16 @@
 //! * [`nodegroup`]: NodeGroup → Deployment (+ Service, PodDisruptionBudget), status from the
 //!   Deployment and the trackers. Pipeline: dereference → validate → build → apply → status.
 //! * [`job`]: Job → submitted to the cluster's trackers over gRPC, status mirrored from them,
-//!   cancelled on delete (finalizer).
+//!   cancelled on delete (finalizer). Pipeline: observe → plan → apply → status.
+//! * [`reconcile`]: what both controllers share: the guarded reconcile, the status patch,
+//!   Conditions, and how a reconcile ends (settled, blocked on a problem with a Warning Event,
+//!   or failed and retried with backoff).
 //! * [`leader`]: Lease-based leader election, so one replica reconciles at a time.
 //! * [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //!
-//! Reconcile logic lives in pure functions (`validate`, `build`, status mapping) with unit
-//! tests; the API conversation is tested against a mocked API server.
+//! Reconcile logic lives in pure functions (`validate`, `build`, the Job's `plan` and
+//! `status`, status mapping) with unit tests; the API conversation is tested against a mocked
+//! API server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +32,7 @@ pub mod job;
 pub mod leader;
 pub mod metrics;
 pub mod nodegroup;
+pub mod reconcile;
 pub mod tracker;
 
 #[cfg(test)]

@@ -29,22 +29,7 @@ pub struct ClusterRef {
 }
 
 /// Why a Job cannot be placed or submitted: a Condition reason and message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// CamelCase reason.
-    pub reason: &'static str,
-    /// What to fix.
-    pub message: String,
-}
-
-impl Problem {
-    fn new(reason: &'static str, message: impl Into<String>) -> Problem {
-        Problem {
-            reason,
-            message: message.into(),
-        }
-    }
-}
+pub use crate::reconcile::Problem;
 
 /// Picks the Job's cluster among the NodeGroups of its namespace: the one named by
 /// `spec.cluster`, else the one it was placed on before (`status.cluster`, so a second cluster
@@ -341,14 +326,18 @@ pub fn mirror(status: &mut crate::crd::JobStatus, job: &lts_core::Job) {
     status.last_fire_time = job.scheduled_fire_ms.and_then(rfc3339);
 }
 
-/// Whether `job` is an instance (one fire) of the recurring job with task id
-/// `definition_task_id`.
-pub fn is_instance_of(job: &lts_core::Job, definition_task_id: &str) -> bool {
-    job.spec.schedule == lts_core::Schedule::Now
-        && job
-            .spec
-            .task_id
-            .starts_with(&lts_core::schedule::instance_prefix(definition_task_id))
+/// Whether `job` runs one fire of a recurring job (an instance job). The one place that tells
+/// instances apart: today from their task id, `<definition's task id>~<fire ms>`, due now (a
+/// task id a user chose may hold a `~` too); once the protocol carries the definition as
+/// `instance_of`, from that field.
+pub fn is_instance(job: &lts_core::Job) -> bool {
+    job.spec.schedule == Schedule::Now && job.spec.task_id.contains('~')
+}
+
+/// Whether `job` is an instance (one fire) of the recurring job submitted for the resource with
+/// `uid` (instances carry their definition's params, [`PARAM_UID`] among them).
+pub fn is_instance_of(job: &lts_core::Job, uid: &str) -> bool {
+    is_instance(job) && owned_by(job, uid)
 }
 
 /// The run fields of a recurring job's status from one of its instances (its newest fire):
@@ -608,8 +597,9 @@ mod tests {
         instance.state = JobState::Running;
         instance.attempt = 1;
         instance.scheduled_fire_ms = Some(fire);
-        assert!(is_instance_of(&instance, &spec.task_id));
-        assert!(!is_instance_of(&definition, &spec.task_id));
+        assert!(is_instance_of(&instance, "0b6f3c1e-uid"));
+        assert!(!is_instance_of(&instance, "another-uid"));
+        assert!(!is_instance_of(&definition, "0b6f3c1e-uid"));
 
         let mut st = crate::crd::JobStatus::default();
         mirror(&mut st, &definition);

@@ -11,8 +11,12 @@ use lts_core::{JobKey, JobState};
 use lts_tests::{Proc, TrackerProc, bin, wait_final};
 use lts_worker_sdk::{JobClient, ListQuery};
 
+use crate::tracker::TrackerApi;
+
 use super::*;
+use crate::conditions;
 use crate::crd::{CronSchedule, NodeRole, ScheduleSpec};
+use crate::crd::{JobPhase, JobStatus};
 use crate::fixtures::{SameTracker, Step, finish, guarded_store, job, nodegroup, status_of};
 
 fn context_for(client: &JobClient) -> (Arc<Context>, crate::fixtures::ApiServerVerifier) {
@@ -324,7 +328,7 @@ async fn the_fires_of_a_recurring_job_reach_its_status() {
             futures::StreamExt::next(&mut trigger).await.unwrap();
             if let Some(instance) = watches.take_instance("lts", "ticker") {
                 assert!(
-                    convert::is_instance_of(&instance, &spec.task_id),
+                    convert::is_instance_of(&instance, "0b6f3c1e-uid"),
                     "{instance:?}"
                 );
                 assert_eq!(instance.spec.params[convert::PARAM_NAME], "ticker");
@@ -350,6 +354,129 @@ async fn the_fires_of_a_recurring_job_reach_its_status() {
         .unwrap();
     assert_eq!(defined.state, JobState::Succeeded);
     watches.stop();
+}
+
+/// The real tracker client, recording each call the operator makes through it.
+struct Counting(JobClient, Mutex<Vec<&'static str>>);
+
+impl Counting {
+    fn record(&self, op: &'static str) {
+        self.1.lock().unwrap().push(op);
+    }
+
+    /// The calls about single jobs (submit, get, suspend, …): the watch's own `watch` and
+    /// resync `list` are left out.
+    fn job_calls(&self) -> Vec<&'static str> {
+        let calls = self.1.lock().unwrap();
+        calls
+            .iter()
+            .copied()
+            .filter(|c| !matches!(*c, "watch" | "list"))
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::tracker::TrackerApi for Counting {
+    async fn submit(
+        &self,
+        spec: lts_core::JobSpec,
+    ) -> Result<lts_worker_sdk::SubmitAnswer, lts_worker_sdk::ClientError> {
+        self.record("submit");
+        TrackerApi::submit(&self.0, spec).await
+    }
+    async fn get(&self, key: JobKey) -> Result<lts_core::Job, lts_worker_sdk::ClientError> {
+        self.record("get");
+        TrackerApi::get(&self.0, key).await
+    }
+    async fn cancel(&self, key: JobKey) -> Result<lts_core::Job, lts_worker_sdk::ClientError> {
+        self.record("cancel");
+        TrackerApi::cancel(&self.0, key).await
+    }
+    async fn suspend(&self, key: JobKey) -> Result<lts_core::Job, lts_worker_sdk::ClientError> {
+        self.record("suspend");
+        TrackerApi::suspend(&self.0, key).await
+    }
+    async fn resume(&self, key: JobKey) -> Result<lts_core::Job, lts_worker_sdk::ClientError> {
+        self.record("resume");
+        TrackerApi::resume(&self.0, key).await
+    }
+    async fn nodes(
+        &self,
+    ) -> Result<lts_core::proto::ListNodesResponse, lts_worker_sdk::ClientError> {
+        self.record("nodes");
+        TrackerApi::nodes(&self.0).await
+    }
+    async fn list(
+        &self,
+        query: ListQuery,
+    ) -> Result<(Vec<lts_core::Job>, Option<String>), lts_worker_sdk::ClientError> {
+        self.record("list");
+        TrackerApi::list(&self.0, query).await
+    }
+    async fn watch(
+        &self,
+        filter: crate::tracker::JobWatchFilter,
+    ) -> Result<Option<crate::tracker::EventStream>, lts_worker_sdk::ClientError> {
+        self.record("watch");
+        TrackerApi::watch(&self.0, filter).await
+    }
+}
+
+/// The whole Job controller (an in-memory API server for the resource) against a real tracker
+/// and worker: after the submit, the job's whole run reaches the status through the trackers'
+/// watch, and neither those reconciles nor the ones the controller's own status writes cause
+/// ask the tracker anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_tracker_is_asked_once_and_the_watch_does_the_rest() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let counting = Arc::new(Counting(tracker.client(), Mutex::default()));
+    let (client, api) = crate::fixtures::FakeApi::start(&[job("mail").finalized()]);
+    let groups = [
+        nodegroup("tracker", NodeRole::JobTracker),
+        nodegroup("mailers", NodeRole::TaskTracker),
+    ];
+    let ctx = Arc::new(Context::new(
+        client,
+        guarded_store(&groups),
+        Arc::new(SameTracker(counting.clone(), Mutex::default())),
+        crate::nodegroup::BuildConfig::default(),
+        Arc::new(Watches::default()),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shutdown = stop.clone();
+    let mut reconciles = Box::pin(controller(ctx.clone(), async move {
+        shutdown.cancelled().await
+    }));
+    let _worker = mailer_worker(&tracker, 1, "echo sent", dir.path().join("worker.log"));
+
+    let phase = || api.job("lts", "mail").status.and_then(|s| s.phase);
+    let mut rounds = 0;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while phase() != Some(JobPhase::Succeeded) {
+            reconciles.next().await.unwrap().unwrap();
+            rounds += 1;
+        }
+        // … and the reconcile of that last status write.
+        reconciles.next().await.unwrap().unwrap();
+        rounds += 1;
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not Succeeded; phase {:?}", phase()));
+    let calls = counting.job_calls();
+    assert_eq!(calls.first(), Some(&"submit"), "{calls:?}");
+    assert!(
+        calls == ["submit"] || calls == ["submit", "get"],
+        "one submit and at most the Get after it (unless the watch told first): {calls:?} in {rounds} reconciles"
+    );
+    assert!(rounds >= 3, "{rounds} reconciles");
+    let status = api.job("lts", "mail").status.unwrap();
+    assert_eq!(status.last_result.as_deref(), Some("SUCCESS"));
+    assert_eq!(status.attempts, Some(1));
+    stop.cancel();
+    ctx.watches.stop();
 }
 
 /// A real tracker in a temporary directory, with the operator's job watch streaming from it;

@@ -10,8 +10,13 @@ use lts_core::JobState;
 use serde_json::json;
 
 use super::*;
+use crate::conditions;
 use crate::crd::{CronSchedule, NodeRole, ScheduleSpec};
-use crate::fixtures::{FakeTracker, Step, context, finish, job, nodegroup, status_of};
+use crate::crd::{JobPhase, JobStatus, NodeGroup};
+use crate::fixtures::{
+    ApiServerVerifier, Call, FakeApi, FakeTracker, SameTracker, Step, context, finish, job,
+    nodegroup, status_of,
+};
 
 const JOB: &str = "/apis/lts.io/v1alpha1/namespaces/lts/jobs/mail";
 const JOB_STATUS: &str = "/apis/lts.io/v1alpha1/namespaces/lts/jobs/mail/status";
@@ -65,7 +70,11 @@ async fn apply_submits_once_and_mirrors_the_tracker() {
     let tracker = Arc::new(FakeTracker::default());
     let (res, status) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
     assert_eq!(res.unwrap(), Action::requeue(FALLBACK_REFRESH));
-    assert_eq!(tracker.ops(), ["get", "submit", "get"]);
+    assert_eq!(
+        tracker.ops(),
+        ["submit", "get"],
+        "submitted first, then read once"
+    );
     assert_eq!(status.phase, Some(JobPhase::Queued));
     assert_eq!(status.job_id.as_deref(), Some("J1"));
     assert_eq!(status.task_id.as_deref(), Some("k8s-0b6f3c1e-uid"));
@@ -82,7 +91,8 @@ async fn apply_submits_once_and_mirrors_the_tracker() {
     assert_eq!(stored[0].spec.params[convert::PARAM_UID], "0b6f3c1e-uid");
     assert_eq!(stored[0].spec.submit_node_group, convert::SUBMIT_NODE_GROUP);
 
-    // The next reconcile with that status submits nothing and writes nothing new.
+    // The next reconcile with that status, in a new operator process (which reads the job
+    // once), submits nothing and writes nothing new.
     let (ctx, api) = context(&cluster(), tracker.clone());
     let verifier = api.run(vec![]);
     let again = job("mail").finalized().with_status(JobStatus {
@@ -91,34 +101,244 @@ async fn apply_submits_once_and_mirrors_the_tracker() {
     });
     run(again, ctx).await.unwrap();
     finish(verifier).await;
-    assert_eq!(tracker.ops(), ["get", "submit", "get", "get"]);
+    assert_eq!(tracker.ops(), ["submit", "get", "get"]);
+}
+
+/// One reconcile of `obj` on `ctx` (the same operator process across rounds), the API
+/// answering `steps`; the verifier comes back for the next round.
+async fn round(
+    obj: Job,
+    ctx: &Arc<Context>,
+    api: ApiServerVerifier,
+    steps: Vec<Step>,
+) -> (Action, Vec<Call>, ApiServerVerifier) {
+    let verifier = api.round(steps);
+    let action = run(obj, ctx.clone()).await.unwrap();
+    let (calls, api) = tokio::time::timeout(Duration::from_secs(5), verifier)
+        .await
+        .expect("the API server saw fewer requests than expected")
+        .expect("verifier panicked");
+    (action, calls, api)
+}
+
+#[tokio::test]
+async fn a_reconcile_caused_by_its_own_status_write_asks_the_tracker_nothing() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let new = job("mail").finalized();
+    // A new Job: submitted, read once, one status write.
+    let (action, calls, api) =
+        round(new.clone(), &ctx, api, vec![Step::status(JOB_STATUS, &new)]).await;
+    assert_eq!(action, Action::requeue(FALLBACK_REFRESH));
+    assert_eq!(tracker.ops(), ["submit", "get"]);
+
+    // That write comes back through the Job watch: same generation, nothing due. No tracker
+    // call, no write (the verifier expects no request), and the refresh timer still runs.
+    let written = new.clone().with_status(status_of(&calls[0]));
+    let (action, _, api) = round(written.clone(), &ctx, api, vec![]).await;
+    assert_eq!(tracker.ops(), ["submit", "get"], "no tracker call");
+    assert_ne!(action, Action::await_change());
+
+    // A change from the trackers' watch is mirrored without a call, and the reconcile its
+    // status write causes asks nothing either.
+    let mut running = tracker.jobs()[0].clone();
+    running.state = JobState::Running;
+    running.attempt = 1;
+    tracker.put(running.clone());
+    ctx.watches.route(running);
+    let (_, calls, api) = round(
+        written.clone(),
+        &ctx,
+        api,
+        vec![Step::status(JOB_STATUS, &written)],
+    )
+    .await;
+    let mirrored: JobStatus = status_of(&calls[0]);
+    assert_eq!(mirrored.phase, Some(JobPhase::Running));
+    let written = written.with_status(mirrored);
+    let (_, _, api) = round(written.clone(), &ctx, api, vec![]).await;
+    assert_eq!(tracker.ops(), ["submit", "get"], "no tracker call");
+
+    // A spec edit (suspend, generation 2) reads the job and suspends it; the reconcile of its
+    // status write asks nothing.
+    let mut edited = written.clone();
+    edited.spec.suspend = true;
+    edited.metadata.generation = Some(2);
+    let (_, calls, api) = round(
+        edited.clone(),
+        &ctx,
+        api,
+        vec![Step::status(JOB_STATUS, &edited)],
+    )
+    .await;
+    assert_eq!(tracker.ops(), ["submit", "get", "get", "suspend"]);
+    let suspended: JobStatus = status_of(&calls[0]);
+    assert_eq!(suspended.phase, Some(JobPhase::Suspended));
+    let edited = edited.with_status(suspended);
+    let (_, _, api) = round(edited.clone(), &ctx, api, vec![]).await;
+    assert_eq!(tracker.ops().len(), 4, "no tracker call");
+
+    // The refresh timer runs out (FALLBACK_REFRESH: the fake trackers cannot stream): one Get,
+    // nothing changed, nothing written.
+    ctx.watches.backdate("lts/mail", FALLBACK_REFRESH);
+    let (action, _, _) = round(edited, &ctx, api, vec![]).await;
+    assert_eq!(tracker.ops(), ["submit", "get", "get", "suspend", "get"]);
+    assert_eq!(action, Action::requeue(FALLBACK_REFRESH));
+}
+
+/// The next reconcile the controller finishes (virtual time: a requeue timer fires as soon as
+/// nothing else is left to do).
+async fn next_reconcile(reconciles: &mut (impl futures::Stream<Item = ReconcileResult> + Unpin)) {
+    let done = tokio::time::timeout(Duration::from_secs(3600), reconciles.next())
+        .await
+        .expect("a reconcile within the hour")
+        .expect("the controller runs");
+    assert!(done.is_ok(), "{done:?}");
+}
+
+/// The whole Job controller (kube-runtime's Controller: the Job watch, the trackers' watch
+/// trigger, requeue timers) against an in-memory API server: the reconciles its own status
+/// writes cause make no tracker call.
+#[tokio::test(start_paused = true)]
+async fn the_controller_reconciles_its_own_status_writes_without_a_tracker_call() {
+    use futures::StreamExt;
+    let tracker = Arc::new(FakeTracker::default());
+    let (client, api) = FakeApi::start(&[job("mail").finalized()]);
+    let ctx = Arc::new(Context::new(
+        client,
+        crate::fixtures::guarded_store(&cluster()),
+        Arc::new(SameTracker(tracker.clone(), Default::default())),
+        crate::nodegroup::BuildConfig::default(),
+        Arc::new(Watches::default()),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shutdown = stop.clone();
+    let mut reconciles = Box::pin(controller(ctx.clone(), async move {
+        shutdown.cancelled().await
+    }));
+
+    // The new Job: submitted, read once, its status written.
+    next_reconcile(&mut reconciles).await;
+    assert_eq!(tracker.ops(), ["submit", "get"]);
+    assert_eq!(api.status_patches().len(), 1);
+    // The watch delivers that write: a reconcile that asks the tracker nothing, writes nothing.
+    next_reconcile(&mut reconciles).await;
+    assert_eq!(tracker.ops(), ["submit", "get"], "no tracker call");
+    assert_eq!(api.status_patches().len(), 1, "no write");
+
+    // The trackers' watch reports the job running: mirrored without a call; the reconcile of
+    // that status write asks nothing either.
+    let mut running = tracker.jobs()[0].clone();
+    running.state = JobState::Running;
+    running.attempt = 1;
+    tracker.put(running.clone());
+    ctx.watches.route(running);
+    next_reconcile(&mut reconciles).await;
+    next_reconcile(&mut reconciles).await;
+    assert_eq!(tracker.ops(), ["submit", "get"], "no tracker call");
+    assert_eq!(api.status_patches().len(), 2);
+    let stored = api.job("lts", "mail");
+    assert_eq!(
+        stored.status.as_ref().unwrap().phase,
+        Some(JobPhase::Running)
+    );
+
+    // Nothing else happens until the refresh timer runs out (30 s: the fake trackers cannot
+    // stream): then one Get; nothing changed, nothing written.
+    next_reconcile(&mut reconciles).await;
+    assert_eq!(tracker.ops(), ["submit", "get", "get"]);
+    assert_eq!(api.status_patches().len(), 2);
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while reconciles.next().await.is_some() {}
+    })
+    .await
+    .expect("the controller stops");
+}
+
+#[tokio::test]
+async fn a_fire_of_a_recurring_job_reaches_the_status_without_a_call() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let mut cron = job("mail").finalized();
+    cron.spec.schedule = Some(ScheduleSpec {
+        cron: Some(CronSchedule {
+            expression: "0 * * * * *".into(),
+            time_zone: None,
+        }),
+        ..ScheduleSpec::default()
+    });
+    let (_, calls, api) = round(
+        cron.clone(),
+        &ctx,
+        api,
+        vec![Step::status(JOB_STATUS, &cron)],
+    )
+    .await;
+    let written = cron.with_status(status_of(&calls[0]));
+    let before = tracker.ops().len();
+
+    // The watch delivers one fire (an instance job) of it.
+    let definition = tracker.jobs()[0].clone();
+    let fire = definition.trigger_time_ms;
+    let mut instance = crate::fixtures::tracker_job(
+        "I1",
+        lts_core::schedule::instance_spec(&definition.spec, fire),
+    );
+    instance.state = JobState::Running;
+    instance.attempt = 1;
+    instance.scheduled_fire_ms = Some(fire);
+    assert!(convert::is_instance(&instance));
+    ctx.watches.route(instance);
+    let (_, calls, api) = round(
+        written.clone(),
+        &ctx,
+        api,
+        vec![Step::status(JOB_STATUS, &written)],
+    )
+    .await;
+    let st: JobStatus = status_of(&calls[0]);
+    assert_eq!(st.phase, Some(JobPhase::Running));
+    assert_eq!(st.attempts, Some(1));
+    assert_eq!(
+        st.job_id,
+        written.status.as_ref().unwrap().job_id,
+        "still the definition"
+    );
+    let (_, _, _) = round(written.with_status(st), &ctx, api, vec![]).await;
+    assert_eq!(tracker.ops().len(), before, "no tracker call");
 }
 
 #[tokio::test]
 async fn a_lost_status_write_adopts_the_submitted_job_instead_of_repeating_it() {
     let tracker = Arc::new(FakeTracker::default());
     let (_, first) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
-    // The operator restarts and the status write was lost: the resource has no status.
+    // The operator restarts and the status write was lost: the resource has no status. It is
+    // submitted again (idempotently), the tracker answers "duplicate", and the job is adopted.
     let (_, second) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
     assert_eq!(tracker.jobs().len(), 1, "no duplicate job");
     assert_eq!(second.job_id, first.job_id);
     let submitted = conditions::find(&second.conditions, "Submitted").unwrap();
     assert_eq!(submitted.reason, "Adopted");
-    assert_eq!(tracker.ops().iter().filter(|o| *o == "submit").count(), 1);
+    assert_eq!(second.submitted_hash, first.submitted_hash);
+    assert_eq!(tracker.ops(), ["submit", "get", "submit", "get"]);
 }
 
 #[tokio::test]
-async fn a_duplicate_answer_returns_the_existing_job() {
+async fn a_duplicate_answer_is_read_by_id_and_adopted() {
     let tracker = Arc::new(FakeTracker::default());
     let (_, first) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
-    // Status lost and the lookup by task id races with the earlier submit: the tracker
-    // answers DUPLICATE_IGNORED with the existing job, which is ours.
+    // Lookups by task id find nothing (as if racing with the earlier submit): the round needs
+    // none, the "duplicate" answer names the job and one Get by id reads it.
     tracker.blind_task_lookup.store(true, Ordering::Relaxed);
     let (_, second) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
     assert_eq!(tracker.jobs().len(), 1);
     assert_eq!(second.job_id, first.job_id);
     let submitted = conditions::find(&second.conditions, "Submitted").unwrap();
-    assert_eq!(submitted.reason, "Duplicate");
+    assert_eq!(submitted.reason, "Adopted");
+    let calls = tracker.calls.lock().unwrap().clone();
+    assert_eq!(calls[2..], ["submit k8s-0b6f3c1e-uid", "get job_id J1"]);
 }
 
 #[tokio::test]
@@ -193,6 +413,24 @@ async fn suspend_and_resume_follow_the_spec() {
     let (_, status) = reconcile_to_status(resumed, tracker.clone()).await;
     assert_eq!(status.phase, Some(JobPhase::Queued));
     assert!(tracker.ops().contains(&"resume".to_string()));
+}
+
+#[tokio::test]
+async fn a_running_job_is_asked_to_suspend_once_per_round() {
+    let tracker = Arc::new(FakeTracker::default());
+    tracker.attempts_finish_first.store(true, Ordering::Relaxed);
+    let (_, status) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    let mut running = tracker.jobs()[0].clone();
+    running.state = JobState::Running;
+    tracker.put(running);
+    let mut suspended = job("mail").finalized().with_status(status);
+    suspended.spec.suspend = true;
+    suspended.metadata.generation = Some(2);
+    let (res, status) = reconcile_to_status(suspended, tracker.clone()).await;
+    res.unwrap();
+    // The tracker suspends it once the running attempt ends: the answer stands for this round.
+    assert_eq!(tracker.ops(), ["submit", "get", "get", "suspend"]);
+    assert_eq!(status.phase, Some(JobPhase::Running));
 }
 
 #[tokio::test]

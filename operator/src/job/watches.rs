@@ -4,6 +4,10 @@
 //! (re)connected and may have missed changes) one paginated `List` by the operator's submit
 //! group re-reads them all. Status follows the trackers by subscription, not by polling each
 //! job.
+//!
+//! [`Watches`] also remembers when each resource's job was last read from the trackers (a
+//! change from the watch, or an answer to a call), so a reconcile knows whether its safety-net
+//! re-read is due; a resource whose changes may have been missed is marked stale.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +19,7 @@ use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::convert;
@@ -38,6 +43,7 @@ pub struct Watches {
     live: Mutex<HashMap<String, Arc<AtomicBool>>>,
     observed: Mutex<HashMap<String, lts_core::Job>>,
     instances: Mutex<HashMap<(String, String), lts_core::Job>>,
+    read: Mutex<HashMap<String, Instant>>,
     jobs: OnceLock<Store<DeserializeGuard<Job>>>,
     stop: CancellationToken,
 }
@@ -57,6 +63,7 @@ impl Default for Watches {
             live: Mutex::default(),
             observed: Mutex::default(),
             instances: Mutex::default(),
+            read: Mutex::default(),
             jobs: OnceLock::new(),
             stop: CancellationToken::new(),
         }
@@ -105,6 +112,49 @@ impl Watches {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(job_id)
+    }
+
+    /// How long ago the job of the resource `key` (`namespace/name`) was last read from the
+    /// trackers; `None` when this process has not read it yet or its changes may have been
+    /// missed since ([`Watches::mark_stale`]).
+    pub fn since_read(&self, key: &str) -> Option<Duration> {
+        self.read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .map(Instant::elapsed)
+    }
+
+    /// Records that the job of the resource `key` was just read from the trackers.
+    pub fn mark_read(&self, key: &str) {
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        if read.len() >= MAX_OBSERVED && !read.contains_key(key) {
+            // Entries of resources that are gone: keep the map bounded (the others are read
+            // once more).
+            read.clear();
+        }
+        read.insert(key.to_string(), Instant::now());
+    }
+
+    /// Records that the job of the resource `key` may have changed unseen: its next reconcile
+    /// reads it.
+    pub fn mark_stale(&self, key: &str) {
+        self.read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// Pretends the job of the resource `key` was last read `ago` (tests of the refresh timer).
+    #[cfg(test)]
+    pub fn backdate(&self, key: &str, ago: Duration) {
+        let at = Instant::now()
+            .checked_sub(ago)
+            .expect("a representable instant");
+        self.read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), at);
     }
 
     /// Starts the watch of `submit_group`'s jobs at `address` unless it runs already.
@@ -195,7 +245,7 @@ impl Watches {
         let Some((ns, name)) = convert::resource_of(&job) else {
             return;
         };
-        if job.spec.task_id.contains('~') && job.spec.schedule == lts_core::Schedule::Now {
+        if convert::is_instance(&job) {
             // Maybe one fire of a recurring Job: kept per resource, newest fire first.
             let mut instances = self.instances.lock().unwrap_or_else(|e| e.into_inner());
             if instances.len() >= MAX_OBSERVED {
@@ -257,7 +307,7 @@ impl Watches {
     }
 
     /// Triggers a reconcile of every unfinished Job in the namespace of the cluster at
-    /// `address` (`name.namespace.svc:port`).
+    /// `address` (`name.namespace.svc:port`), each marked stale so that it reads its job.
     fn requeue_namespace(&self, address: &str) {
         let Some(store) = self.jobs.get() else {
             return;
@@ -269,6 +319,7 @@ impl Watches {
             if job.namespace().as_deref() == Some(ns)
                 && !convert::is_final(status.and_then(|s| s.phase))
             {
+                self.mark_stale(&crate::reconcile::key(job));
                 let _ = self.tx.send(ObjectRef::from_obj(job));
             }
         }

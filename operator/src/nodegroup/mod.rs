@@ -1,9 +1,11 @@
-//! The NodeGroup controller: dereference → validate → build → apply → update_status.
+//! The NodeGroup controller: dereference → validate → build → apply → status → one status patch.
 //!
-//! Only `dereference` (the shared NodeGroup store), `apply` and `update_status` touch the API;
-//! [`validate()`] and [`build()`] are pure. An invalid spec becomes a Condition and a Warning
-//! Event and is not retried until the object changes; it never stops the controller from
-//! reconciling other NodeGroups.
+//! Only `dereference` (the shared NodeGroup store), `apply` and the status patch touch the API;
+//! [`validate()`], [`build()`], [`observed_status`] and [`invalid_status`] are pure. The status
+//! patch, the Warning Event of an invalid spec and the retry of a failed reconcile go through
+//! [`crate::reconcile`], as for Jobs. An invalid spec becomes a Condition and a Warning Event
+//! and is looked at again only after a while or when the object changes; it never stops the
+//! controller from reconciling other NodeGroups.
 
 pub mod build;
 pub mod validate;
@@ -16,24 +18,20 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 use lts_core::proto::{ListNodesResponse, NodeRole as ProtoRole};
-use serde_json::json;
 
 pub use build::{BuildConfig, Desired, build};
 pub use validate::{Invalid, Validated, validate};
 
 use crate::conditions::{self, Wanted};
 use crate::crd::{Member, NodeGroup, NodeGroupStatus, NodeRole};
-use crate::metrics::ReconcileTimer;
+use crate::reconcile::{self, Outcome, Problem};
 use crate::{Context, Error, MANAGER, Result};
-
-const CONTROLLER: &str = "nodegroup";
 
 /// Re-reads members and master this often while all is well.
 pub const REFRESH: Duration = Duration::from_secs(60);
@@ -44,23 +42,15 @@ pub const INVALID_RECHECK: Duration = Duration::from_secs(300);
 
 /// Reconciles one NodeGroup.
 pub async fn reconcile(ng: Arc<NodeGroup>, ctx: Arc<Context>) -> Result<Action> {
-    let _timer = ReconcileTimer::start(CONTROLLER);
     let ns = ng
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    let key = format!("{ns}/{}", ng.name_any());
-    let action = reconcile_inner(&ng, &ns, &ctx).await?;
-    ctx.backoff.succeeded(&key);
-    Ok(action)
+    reconcile::timed(&*ng, &ctx, reconcile_inner(&ng, &ns, &ctx)).await
 }
 
 /// Retries a failed reconcile with per-object exponential backoff.
 pub fn error_policy(ng: Arc<NodeGroup>, err: &Error, ctx: Arc<Context>) -> Action {
-    crate::metrics::reconcile_failed(CONTROLLER, err);
-    let key = format!("{}/{}", ng.namespace().unwrap_or_default(), ng.name_any());
-    let delay = ctx.backoff.failed(&key);
-    tracing::warn!(node_group = %key, error = %err, retry_in = ?delay, "NodeGroup reconcile failed");
-    Action::requeue(delay)
+    reconcile::retry(&*ng, err, &ctx)
 }
 
 /// The NodeGroups of `ns` from the shared store, with `ng` itself in its newest version.
@@ -79,14 +69,22 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
     let validated = match validate(ng, &siblings) {
         Ok(v) => v,
         Err(invalid) => {
-            report_invalid(ng, ns, &invalid, ctx).await?;
+            tracing::info!(node_group = %ng.name_any(), namespace = %ns, problems = %invalid.message(), "NodeGroup spec invalid");
             // A missing JobTracker group may appear any moment; a spec error needs an edit
             // (which triggers a reconcile by itself).
-            return Ok(Action::requeue(if invalid.reason == "ClusterNotFound" {
+            let then = Action::requeue(if invalid.reason == "ClusterNotFound" {
                 REFRESH_UNSETTLED
             } else {
                 INVALID_RECHECK
-            }));
+            });
+            let status = invalid_status(ng, &invalid, Timestamp::now());
+            let outcome = Outcome::Blocked {
+                problem: Problem::new(invalid.reason, invalid.message()),
+                condition: "Degraded",
+                action: "Validate",
+                then,
+            };
+            return reconcile::conclude(ctx, ng, status, outcome).await;
         }
     };
     let desired = build(ng, &validated, &ctx.build);
@@ -110,12 +108,8 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
     let status = observed_status(ng, ready, nodes.as_ref(), Timestamp::now());
     let settled = conditions::find(&status.conditions, "Ready").is_some_and(|c| c.status == "True")
         && conditions::find(&status.conditions, "Degraded").is_some_and(|c| c.status == "False");
-    update_status(ng, ns, status, ctx).await?;
-    Ok(Action::requeue(if settled {
-        REFRESH
-    } else {
-        REFRESH_UNSETTLED
-    }))
+    let then = Action::requeue(if settled { REFRESH } else { REFRESH_UNSETTLED });
+    reconcile::conclude(ctx, ng, status, Outcome::Settled(then)).await
 }
 
 /// Writes the built objects with server-side apply; deletes a PodDisruptionBudget that is no
@@ -236,12 +230,7 @@ pub fn observed_status(
         ready_replicas: ready,
         members,
         master,
-        conditions: conditions::merge(
-            &previous.conditions,
-            &[ready_cond, degraded],
-            ng.metadata.generation,
-            now,
-        ),
+        conditions: reconcile::conditions(ng, &[ready_cond, degraded], now),
     }
 }
 
@@ -250,41 +239,16 @@ pub fn invalid_status(ng: &NodeGroup, invalid: &Invalid, now: Timestamp) -> Node
     let previous = ng.status.clone().unwrap_or_default();
     NodeGroupStatus {
         observed_generation: ng.metadata.generation,
-        conditions: conditions::merge(
-            &previous.conditions,
+        conditions: reconcile::conditions(
+            ng,
             &[
                 Wanted::new("Ready", false, invalid.reason, invalid.message()),
                 Wanted::new("Degraded", true, invalid.reason, invalid.message()),
             ],
-            ng.metadata.generation,
             now,
         ),
         ..previous
     }
-}
-
-async fn report_invalid(ng: &NodeGroup, ns: &str, invalid: &Invalid, ctx: &Context) -> Result<()> {
-    let already = ng
-        .status
-        .as_ref()
-        .and_then(|s| conditions::find(&s.conditions, "Degraded"))
-        .is_some_and(|c| c.reason == invalid.reason && c.message == invalid.message());
-    tracing::info!(node_group = %ng.name_any(), namespace = %ns, problems = %invalid.message(), "NodeGroup spec invalid");
-    if !already {
-        ctx.recorder
-            .publish(
-                &Event {
-                    type_: EventType::Warning,
-                    reason: invalid.reason.into(),
-                    note: Some(truncate(&invalid.message(), 1000)),
-                    action: "Validate".into(),
-                    secondary: None,
-                },
-                &ng.object_ref(&()),
-            )
-            .await?;
-    }
-    update_status(ng, ns, invalid_status(ng, invalid, Timestamp::now()), ctx).await
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
@@ -299,56 +263,12 @@ pub fn truncate(s: &str, max: usize) -> String {
     s[..end].to_string()
 }
 
-async fn update_status(
-    ng: &NodeGroup,
-    ns: &str,
-    status: NodeGroupStatus,
-    ctx: &Context,
-) -> Result<()> {
-    if ng.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let api: Api<NodeGroup> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = json!({
-        "apiVersion": NodeGroup::api_version(&()),
-        "kind": NodeGroup::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &ng.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await?;
-    Ok(())
-}
-
 /// [`reconcile`] for objects that deserialize; the others get a Warning Event.
 pub async fn reconcile_guarded(
     obj: Arc<DeserializeGuard<NodeGroup>>,
     ctx: Arc<Context>,
 ) -> Result<Action> {
-    match &obj.0 {
-        Ok(ng) => reconcile(Arc::new(ng.clone()), ctx).await,
-        Err(_) => {
-            ctx.report_unreadable(&obj).await?;
-            Ok(Action::await_change())
-        }
-    }
-}
-
-fn error_policy_guarded(
-    obj: Arc<DeserializeGuard<NodeGroup>>,
-    err: &Error,
-    ctx: Arc<Context>,
-) -> Action {
-    match &obj.0 {
-        Ok(ng) => error_policy(Arc::new(ng.clone()), err, ctx),
-        Err(_) => {
-            crate::metrics::reconcile_failed(CONTROLLER, err);
-            Action::requeue(REFRESH)
-        }
-    }
+    reconcile::guarded(obj, ctx, reconcile).await
 }
 
 /// Runs the NodeGroup controller until `shutdown` resolves. `nodegroups` is the shared
@@ -365,7 +285,11 @@ pub async fn run(
         .owns(ctx.api::<Deployment>(), wc.clone())
         .owns(ctx.api::<Service>(), wc)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile_guarded, error_policy_guarded, ctx)
+        .run(
+            reconcile_guarded,
+            reconcile::retry_guarded::<NodeGroup>,
+            ctx,
+        )
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "NodeGroup controller");

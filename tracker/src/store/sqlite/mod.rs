@@ -234,6 +234,12 @@ fn checkpoint_loop(conn: Connection, alive: mpsc::WeakSender<WriteOp>) {
     }
 }
 
+/// Runs a statement without parameters, prepared once: the writer's per-operation savepoints
+/// cost a parse each otherwise.
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute([])
+}
+
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_GROUP);
     let mut finishers: Vec<Finish> = Vec::with_capacity(MAX_GROUP);
@@ -265,13 +271,13 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
         }
         for (name, op) in batch.drain(..) {
             let started = std::time::Instant::now();
-            let _ = conn.execute_batch("SAVEPOINT op");
+            let _ = run(&conn, "SAVEPOINT op");
             let (ok, finish) = op(&conn);
             let took = started.elapsed();
             metrics::histogram!("lts_store_op_seconds", "op" => name).record(took.as_secs_f64());
             *op_time.entry(name).or_default() += took;
             if ok {
-                let _ = conn.execute_batch("RELEASE op");
+                let _ = run(&conn, "RELEASE op");
             } else {
                 let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
             }

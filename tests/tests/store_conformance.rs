@@ -1135,6 +1135,352 @@ pub async fn requeue_held_only_what_nobody_renewed(store: Arc<dyn JobStore>) {
     );
 }
 
+/// Once a job is leased again, the first lease's token is dead: its renewal is lost, its result
+/// is stale, its hand-back does nothing, and none of them touches the new lease. A lost lease
+/// counts its attempt (the run may have had effects); a hand-back does not.
+pub async fn stale_token_after_reassignment(store: Arc<dyn JobStore>) {
+    let job_id = id(&store
+        .submit(vec![JobSpec::new("s", "g").max_retries(3)], NOW)
+        .await
+        .unwrap()[0]);
+    let first = store
+        .claim(claim("g", "w1", 1, NOW))
+        .await
+        .unwrap()
+        .remove(0);
+    let expired = store.requeue_expired(NOW + 10_001).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    let job = store
+        .get(JobKey::Id(job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (job.state, job.attempt, job.lease_owner.as_deref()),
+        (JobState::Queued, 1, None),
+        "a lost lease counts its attempt"
+    );
+    let second = store
+        .claim(claim("g", "w2", 1, NOW + 10_002))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(second.job.attempt, 2);
+    assert_ne!(second.token, first.token);
+    let old = LeaseRef {
+        job_id: job_id.clone(),
+        token: first.token.clone(),
+    };
+    let lost = store.renew(vec![old.clone()], NOW + 90_000).await.unwrap();
+    assert_eq!(lost, vec![job_id.clone()], "a stale renewal is lost");
+    let stale = store
+        .complete(done(&job_id, &first.token, Outcome::Success, NOW + 10_003))
+        .await
+        .unwrap();
+    assert!(matches!(stale, CompleteOutcome::Stale { .. }), "{stale:?}");
+    let released = store.release(vec![old], NOW + 10_004).await.unwrap();
+    assert!(released.is_empty(), "a stale hand-back does nothing");
+    let job = store
+        .get(JobKey::Id(job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            job.state,
+            job.attempt,
+            job.lease_owner.as_deref(),
+            job.lease_expiry_ms
+        ),
+        (JobState::Running, 2, Some("w2"), Some(second.expiry_ms)),
+        "the new lease is untouched"
+    );
+    // The holder hands it back: the attempt does not count.
+    let back = LeaseRef {
+        job_id: job_id.clone(),
+        token: second.token.clone(),
+    };
+    let released = store.release(vec![back], NOW + 10_005).await.unwrap();
+    assert_eq!(released.len(), 1);
+    let job = store
+        .get(JobKey::Id(job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Queued, 1));
+    let third = store
+        .claim(claim("g", "w1", 1, NOW + 10_006))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(third.job.attempt, 2);
+    let r = store
+        .complete(done(&job_id, &third.token, Outcome::Success, NOW + 10_007))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r,
+            CompleteOutcome::Accepted {
+                disposition: Disposition::Finish(JobState::Succeeded),
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let types: Vec<LogType> = store
+        .log(&job_id, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.log_type)
+        .collect();
+    assert_eq!(
+        types,
+        [
+            LogType::Receive,
+            LogType::Sent,
+            LogType::FixedDead,
+            LogType::Sent,
+            LogType::Resend,
+            LogType::Sent,
+            LogType::Finished
+        ]
+    );
+}
+
+/// A running job suspended by a user finishes its attempt, then waits suspended whatever would
+/// have queued it again — a retry, a lost lease, a hand-back — and runs once resumed.
+pub async fn suspended_while_running_waits_after_its_attempt(store: Arc<dyn JobStore>) {
+    let job_id = id(&store
+        .submit(vec![JobSpec::new("p", "g").max_retries(2)], NOW)
+        .await
+        .unwrap()[0]);
+    let key = JobKey::Id(job_id.clone());
+    let l = store
+        .claim(claim("g", "w1", 1, NOW))
+        .await
+        .unwrap()
+        .remove(0);
+    let r = store.suspend(key.clone(), NOW + 1).await.unwrap();
+    assert!(
+        matches!(r, ChangeOutcome::Changed(ref j) if j.state == JobState::Running),
+        "{r:?}"
+    );
+    assert!(
+        matches!(
+            store.suspend(key.clone(), NOW + 2).await.unwrap(),
+            ChangeOutcome::Unchanged(_)
+        ),
+        "asked once already"
+    );
+    // It fails with retries left: the retry waits suspended.
+    let r = store
+        .complete(done(&job_id, &l.token, Outcome::Exception, NOW + 10))
+        .await
+        .unwrap();
+    let CompleteOutcome::Accepted {
+        disposition: Disposition::Retry { at_ms },
+        ..
+    } = r
+    else {
+        panic!("expected a retry: {r:?}");
+    };
+    let job = store.get(key.clone()).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.attempt, job.lease_owner.as_deref()),
+        (JobState::Suspended, 1, None)
+    );
+    assert!(
+        store
+            .claim(claim("g", "w1", 1, at_ms + 60_000))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a suspended retry is never claimed"
+    );
+    // Resumed: due at its retry time.
+    let r = store.resume(key.clone(), NOW + 20).await.unwrap();
+    assert!(
+        matches!(r, ChangeOutcome::Changed(ref j) if j.state == JobState::Queued && j.trigger_time_ms == at_ms),
+        "{r:?}"
+    );
+    assert!(matches!(
+        store.resume(key.clone(), NOW + 21).await.unwrap(),
+        ChangeOutcome::Unchanged(_)
+    ));
+    assert!(
+        store
+            .claim(claim("g", "w1", 1, NOW + 30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let l = store
+        .claim(claim("g", "w1", 1, at_ms))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(l.job.attempt, 2);
+    // Suspended again, then its lease expires: suspended, the attempt counted.
+    store.suspend(key.clone(), at_ms + 1).await.unwrap();
+    assert_eq!(
+        store.requeue_expired(at_ms + 10_001).await.unwrap().len(),
+        1
+    );
+    let job = store.get(key.clone()).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Suspended, 2));
+    // Resumed before its attempt ends: nothing waits, it is queued again as usual.
+    store.resume(key.clone(), at_ms + 10_002).await.unwrap();
+    let l = store
+        .claim(claim("g", "w2", 1, at_ms + 10_003))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(l.job.attempt, 3);
+    store.suspend(key.clone(), at_ms + 10_004).await.unwrap();
+    let r = store.resume(key.clone(), at_ms + 10_005).await.unwrap();
+    assert!(
+        matches!(r, ChangeOutcome::Changed(ref j) if j.state == JobState::Running),
+        "{r:?}"
+    );
+    // Suspended once more, then handed back: suspended, the attempt not counted.
+    store.suspend(key.clone(), at_ms + 10_006).await.unwrap();
+    let back = LeaseRef {
+        job_id: job_id.clone(),
+        token: l.token.clone(),
+    };
+    assert_eq!(
+        store
+            .release(vec![back], at_ms + 10_007)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let job = store.get(key.clone()).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Suspended, 2));
+    assert_eq!(store.stats(Some("g")).await.unwrap().suspended, 1);
+    let types: Vec<LogType> = store
+        .log(&job_id, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.log_type)
+        .collect();
+    assert!(types.contains(&LogType::Suspend) && types.contains(&LogType::Resume));
+}
+
+/// Cancelling a recurring job cancels its queued instances — a pending retry and a triggered
+/// run — but neither a running instance, which finishes its attempt, nor another job whose
+/// task id only starts like it.
+pub async fn cancel_cascades_to_queued_instances_only(store: Arc<dyn JobStore>) {
+    let spec = JobSpec::new("cron", "g")
+        .max_retries(1)
+        .schedule(Schedule::Repeat {
+            interval_ms: 1000,
+            count: -1,
+            first_fire_ms: Some(NOW),
+        });
+    let def_id = id(&store.submit(vec![spec.clone()], NOW).await.unwrap()[0]);
+    let a = store
+        .claim(claim("g", "w1", 10, NOW))
+        .await
+        .unwrap()
+        .remove(0);
+    let b = store
+        .claim(claim("g", "w1", 10, NOW + 1_000))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_ne!(a.job.job_id, b.job.job_id);
+    // `a` fails with a retry left (queued); `b` runs on; a triggered run is queued (a trigger
+    // submits the instance of now, as the service does); "cronx" only looks like an instance.
+    let r = store
+        .complete(done(&a.job.job_id, &a.token, Outcome::Later, NOW + 1_100))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r,
+            CompleteOutcome::Accepted {
+                disposition: Disposition::Retry { .. },
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let triggered = lts_core::schedule::instance_spec(&spec, NOW + 1_200);
+    let trig_id = id(&store.submit(vec![triggered], NOW + 1_200).await.unwrap()[0]);
+    let other_id = id(&store
+        .submit(vec![JobSpec::new("cronx", "g")], NOW)
+        .await
+        .unwrap()[0]);
+    let c = store
+        .cancel(JobKey::Id(def_id.clone()), NOW + 1_300)
+        .await
+        .unwrap();
+    assert!(
+        matches!(c, CancelOutcome::Cancelled(ref j) if j.state == JobState::Cancelled),
+        "{c:?}"
+    );
+    let state = |job_id: String| {
+        let store = store.clone();
+        async move { store.get(JobKey::Id(job_id)).await.unwrap().unwrap().state }
+    };
+    assert_eq!(
+        state(a.job.job_id.clone()).await,
+        JobState::Cancelled,
+        "the pending retry"
+    );
+    assert_eq!(
+        state(trig_id.clone()).await,
+        JobState::Cancelled,
+        "the triggered run"
+    );
+    assert_eq!(
+        state(b.job.job_id.clone()).await,
+        JobState::Running,
+        "the running instance"
+    );
+    assert_eq!(state(other_id).await, JobState::Queued, "not an instance");
+    let log = store.log(&trig_id, 100).await.unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l.log_type == LogType::Del && l.message.contains(&def_id)),
+        "{log:?}"
+    );
+    // The running instance finishes its attempt; nothing fires after it.
+    let r = store
+        .complete(done(&b.job.job_id, &b.token, Outcome::Success, NOW + 1_400))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r,
+            CompleteOutcome::Accepted {
+                disposition: Disposition::Finish(JobState::Succeeded),
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let later = store
+        .claim(claim("g", "w1", 10, NOW + 60_000))
+        .await
+        .unwrap();
+    let tasks: Vec<&str> = later.iter().map(|l| l.job.spec.task_id.as_str()).collect();
+    assert_eq!(tasks, ["cronx"]);
+    // A cancelled job stays cancelled.
+    assert!(matches!(
+        store
+            .cancel(JobKey::Id(def_id), NOW + 60_001)
+            .await
+            .unwrap(),
+        CancelOutcome::AlreadyFinished(_)
+    ));
+}
+
 macro_rules! for_each_case {
     ($m:ident) => {
         $m!(
@@ -1151,7 +1497,10 @@ macro_rules! for_each_case {
             master_fence,
             suspend_and_resume,
             overlapping_instances,
-            months_of_a_daily_cron
+            months_of_a_daily_cron,
+            stale_token_after_reassignment,
+            suspended_while_running_waits_after_its_attempt,
+            cancel_cascades_to_queued_instances_only
         );
     };
 }

@@ -1,0 +1,58 @@
+//! The claim, the drain's hot path: one statement finds the due jobs of a node group through
+//! the `jobs_claim` index, best first; each is claimed by its own transition and written by
+//! its row id, all in the writer's one transaction.
+
+use lts_core::schedule::RetryPolicy;
+use lts_core::transition::{Claim, Event, Handout};
+use rusqlite::{Connection, params};
+
+use super::schema::{DUE_JOBS, found_all};
+use super::write::change;
+use crate::store::{ClaimRequest, Lease, StoreResult};
+
+/// A fresh job id: a UUIDv7, so ids sort in submit order.
+pub(super) fn new_job_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Leases up to `req.max` due jobs of the node group under one `token`, best first: each job
+/// itself, or the instance of its fire that the claim created (a recurring job whose instances
+/// overlap). A claim that hands out nothing (a missed fire skipped, an instance whose task id
+/// an unfinished job has) leases nothing.
+pub(super) fn claim(
+    conn: &Connection,
+    req: &ClaimRequest,
+    token: &str,
+    expiry_ms: i64,
+    retry: &RetryPolicy,
+) -> StoreResult<Vec<Lease>> {
+    let due = found_all(
+        &mut conn.prepare_cached(DUE_JOBS.text())?,
+        params![req.node_group, req.now_ms, req.max as i64],
+    )?;
+    let mut leases = Vec::with_capacity(due.len());
+    for found in &due {
+        let event = Event::Claim(Claim {
+            owner: req.owner.clone(),
+            token: token.to_string(),
+            expiry_ms,
+            instance_id: new_job_id(),
+        });
+        // The statement found it queued and due: a refusal cannot happen, and writes nothing.
+        let Ok(written) = change(conn, found, event, req.now_ms, retry, None)? else {
+            continue;
+        };
+        let t = written.transition;
+        let job = match (t.handout, t.follow_up) {
+            (Handout::Job, _) => t.job.job,
+            (Handout::FollowUp, Some(instance)) if written.follow_up_inserted => instance.job.job,
+            _ => continue,
+        };
+        leases.push(Lease {
+            job,
+            token: token.to_string(),
+            expiry_ms,
+        });
+    }
+    Ok(leases)
+}

@@ -1,0 +1,256 @@
+//! Each store call that changes jobs, as events: find the job, apply the event
+//! ([`super::write::change`]), and answer with the store API's outcome for what the transition
+//! did or why it was refused.
+
+use lts_core::schedule::RetryPolicy;
+use lts_core::transition::{self, CancelCause, Event, LeaseLoss, Refusal, RunReport, Write};
+use lts_core::{JobKey, JobSpec};
+use rusqlite::{Connection, params};
+
+use super::claim::new_job_id;
+use super::queries::{find_by_id, find_by_key, get_finished};
+use super::schema::{EXPIRED_LEASES, Found, OWNER_LEASES, found_all};
+use super::write::{change, write};
+use crate::store::{
+    CancelOutcome, ChangeOutcome, CompleteOutcome, Completion, HeldLease, LeaseRef, Requeued,
+    StoreError, StoreResult, SubmitOutcome,
+};
+
+/// A refusal that the store API has no answer for: the caller's rule and the store's disagree.
+fn unexpected(refusal: Refusal) -> StoreError {
+    StoreError::Backend(format!("refused: {refusal}"))
+}
+
+/// Submits each spec (with its JSON): a new job, or a replace or a duplicate of the unfinished
+/// job with its task id.
+pub(super) fn submit(
+    conn: &Connection,
+    specs: Vec<(JobSpec, String)>,
+    now: i64,
+    retry: &RetryPolicy,
+) -> StoreResult<Vec<SubmitOutcome>> {
+    let mut out = Vec::with_capacity(specs.len());
+    for (spec, text) in specs {
+        let key = JobKey::Task {
+            node_group: spec.task_tracker_node_group.clone(),
+            task_id: spec.task_id.clone(),
+        };
+        let Some(found) = find_by_key(conn, &key)? else {
+            let job_id = new_job_id();
+            let accepted = transition::accept(spec, job_id.clone(), now);
+            write(conn, None, accepted, Some(&text), now, retry)?;
+            out.push(SubmitOutcome::Accepted { job_id });
+            continue;
+        };
+        let new_job_id = new_job_id();
+        let submit = Event::Submit { spec, new_job_id };
+        out.push(
+            match change(conn, &found, submit, now, retry, Some(&text))? {
+                Ok(w) if w.transition.write == Write::Insert => SubmitOutcome::Accepted {
+                    job_id: w.transition.job.job.job_id,
+                },
+                Ok(w) => SubmitOutcome::Replaced {
+                    job_id: w.transition.job.job.job_id,
+                },
+                Err(Refusal::Duplicate(job_id)) => SubmitOutcome::Duplicate { job_id },
+                Err(other) => return Err(unexpected(other)),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Extends each lease its token still holds; answers the job ids whose lease is lost.
+pub(super) fn renew(
+    conn: &Connection,
+    leases: Vec<LeaseRef>,
+    expiry_ms: i64,
+    retry: &RetryPolicy,
+) -> StoreResult<Vec<String>> {
+    let mut lost = Vec::new();
+    for l in leases {
+        let kept = match find_by_id(conn, &l.job_id)? {
+            Some(found) => {
+                let renew = Event::Renew {
+                    token: l.token,
+                    expiry_ms,
+                };
+                // A renewal changes only the expiry: no clock is read by its rule.
+                change(conn, &found, renew, expiry_ms, retry, None)?.is_ok()
+            }
+            None => false,
+        };
+        if !kept {
+            lost.push(l.job_id);
+        }
+    }
+    Ok(lost)
+}
+
+/// Records a run's result, if its lease token still holds the job.
+pub(super) fn complete(
+    conn: &Connection,
+    c: Completion,
+    retry: &RetryPolicy,
+) -> StoreResult<CompleteOutcome> {
+    let Some(found) = find_by_id(conn, &c.job_id)? else {
+        return Ok(CompleteOutcome::Stale {
+            reason: "job is no longer active (cancelled or already finished)".into(),
+        });
+    };
+    let report = RunReport {
+        token: c.token,
+        outcome: c.outcome,
+        message: c.message,
+        logs: c.logs,
+        node: c.node,
+    };
+    match change(conn, &found, Event::Complete(report), c.now_ms, retry, None)? {
+        Ok(w) => {
+            let spec = &w.transition.job.job.spec;
+            let disposition =
+                w.transition.disposition.clone().ok_or_else(|| {
+                    StoreError::Backend("a completion without disposition".into())
+                })?;
+            Ok(CompleteOutcome::Accepted {
+                node_group: spec.task_tracker_node_group.clone(),
+                disposition,
+                feedback_group: w.feedback_group,
+                submit_node_group: spec.submit_node_group.clone(),
+            })
+        }
+        Err(Refusal::StaleLease | Refusal::NotRunning(_)) => Ok(CompleteOutcome::Stale {
+            reason: Refusal::StaleLease.to_string(),
+        }),
+        Err(other) => Ok(CompleteOutcome::Stale {
+            reason: other.to_string(),
+        }),
+    }
+}
+
+/// The job of a requeue, for its answer.
+fn requeued(w: &super::write::Written) -> Requeued {
+    let job = &w.transition.job.job;
+    Requeued {
+        job_id: job.job_id.clone(),
+        node_group: job.spec.task_tracker_node_group.clone(),
+    }
+}
+
+/// Hands leased jobs back unrun, each if its token still holds it.
+pub(super) fn release(
+    conn: &Connection,
+    leases: Vec<LeaseRef>,
+    now: i64,
+    retry: &RetryPolicy,
+) -> StoreResult<Vec<Requeued>> {
+    let mut out = Vec::new();
+    for l in leases {
+        if let Some(found) = find_by_id(conn, &l.job_id)?
+            && let Ok(w) = change(conn, &found, Event::Release(l.token), now, retry, None)?
+        {
+            out.push(requeued(&w));
+        }
+    }
+    Ok(out)
+}
+
+/// The lease losses a sweep applies.
+pub(super) enum Sweep {
+    /// Every lease that expired before now.
+    Expired,
+    /// Every lease of this TaskTracker, which left.
+    Owner(String),
+    /// These leases, each if still exactly as its ended stream wrote it.
+    Held(Vec<HeldLease>),
+}
+
+/// Puts the jobs whose lease `sweep` finds lost back in their queue (or suspends them).
+pub(super) fn requeue(
+    conn: &Connection,
+    sweep: Sweep,
+    now: i64,
+    retry: &RetryPolicy,
+) -> StoreResult<Vec<Requeued>> {
+    let losses: Vec<(Found, LeaseLoss)> = match sweep {
+        Sweep::Expired => found_all(&mut conn.prepare_cached(EXPIRED_LEASES.text())?, [now])?
+            .into_iter()
+            .map(|f| (f, LeaseLoss::Expired))
+            .collect(),
+        Sweep::Owner(owner) => found_all(
+            &mut conn.prepare_cached(OWNER_LEASES.text())?,
+            params![owner],
+        )?
+        .into_iter()
+        .map(|f| (f, LeaseLoss::OwnerGone(owner.clone())))
+        .collect(),
+        Sweep::Held(held) => {
+            let mut losses = Vec::with_capacity(held.len());
+            for h in held {
+                if let Some(found) = find_by_id(conn, &h.job_id)? {
+                    let loss = LeaseLoss::StreamEnded {
+                        token: h.token,
+                        expiry_ms: h.expiry_ms,
+                    };
+                    losses.push((found, loss));
+                }
+            }
+            losses
+        }
+    };
+    let mut out = Vec::new();
+    for (found, loss) in losses {
+        if let Ok(w) = change(conn, &found, Event::LeaseLost(loss), now, retry, None)? {
+            out.push(requeued(&w));
+        }
+    }
+    Ok(out)
+}
+
+/// The answer for a key with no unfinished job.
+fn not_active(conn: &Connection, key: &JobKey) -> StoreResult<ChangeOutcome> {
+    Ok(match get_finished(conn, key)? {
+        Some(job) => ChangeOutcome::AlreadyFinished(job),
+        None => ChangeOutcome::NotFound,
+    })
+}
+
+/// Suspends (`Event::Suspend`) or resumes (`Event::Resume`) the unfinished job with `key`.
+pub(super) fn suspend_or_resume(
+    conn: &Connection,
+    key: JobKey,
+    event: Event,
+    now: i64,
+    retry: &RetryPolicy,
+) -> StoreResult<ChangeOutcome> {
+    let Some(found) = find_by_key(conn, &key)? else {
+        return not_active(conn, &key);
+    };
+    Ok(match change(conn, &found, event, now, retry, None)? {
+        Ok(w) => ChangeOutcome::Changed(w.transition.job.job),
+        Err(Refusal::AlreadySuspended | Refusal::NotSuspended) => {
+            ChangeOutcome::Unchanged(found.stored.job)
+        }
+        Err(other) => return Err(unexpected(other)),
+    })
+}
+
+/// Cancels the unfinished job with `key` (and the queued instances of a recurring one).
+pub(super) fn cancel(
+    conn: &Connection,
+    key: JobKey,
+    now: i64,
+    retry: &RetryPolicy,
+) -> StoreResult<CancelOutcome> {
+    let Some(found) = find_by_key(conn, &key)? else {
+        return Ok(match get_finished(conn, &key)? {
+            Some(job) => CancelOutcome::AlreadyFinished(job),
+            None => CancelOutcome::NotFound,
+        });
+    };
+    let cancel = Event::Cancel(CancelCause::User);
+    match change(conn, &found, cancel, now, retry, None)? {
+        Ok(w) => Ok(CancelOutcome::Cancelled(w.transition.job.job)),
+        Err(other) => Err(unexpected(other)),
+    }
+}

@@ -1,0 +1,463 @@
+//! The embedded [`JobStore`]: one SQLite file in WAL mode.
+//!
+//! All writes go through one writer thread that **groups commits**: it takes every operation
+//! waiting in its queue (up to [`MAX_GROUP`]), runs each inside its own savepoint, commits once
+//! and only then answers each caller. One fsync thus covers many submits, claims and
+//! completions, which is what makes a durable (`synchronous=FULL`) store fast. Reads use a
+//! small pool of separate connections and never wait for the writer.
+//!
+//! The store decides nothing about a job's life: each change is an event applied by
+//! [`lts_core::transition`] to the job as read, and the store writes the transition.
+//!
+//! * [`schema`]: the tables, migrations and the row ↔ [`lts_core::transition::StoredJob`] codec;
+//! * `write`: a transition as SQL; `claim`: the drain's hot path; `events`: each changing call
+//!   as events and its answer; `queries`: reads, feedback, the fence and retention.
+
+mod claim;
+mod events;
+mod queries;
+mod schema;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use async_trait::async_trait;
+use lts_core::schedule::RetryPolicy;
+use lts_core::transition::Event;
+use lts_core::{FeedbackItem, Job, JobSpec, LogEntry};
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use self::events::Sweep;
+use super::{
+    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, HeldLease, JobKey,
+    JobStore, Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreError, StoreResult,
+    SubmitOutcome,
+};
+
+/// Most operations committed together.
+pub const MAX_GROUP: usize = 2048;
+const READERS: usize = 3;
+
+/// How hard SQLite syncs on commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// fsync on every (grouped) commit: survives power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints only: survives a process crash, may lose the last commits on power
+    /// loss.
+    Normal,
+}
+
+/// Options of the SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Durability level.
+    pub sync: SyncMode,
+    /// How retries are spaced.
+    pub retry: RetryPolicy,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            sync: SyncMode::Full,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+type WriteOp = (
+    &'static str,
+    Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>,
+);
+
+/// The SQLite job store.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::Sender<WriteOp>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn open_conn(path: &Path, sync: SyncMode) -> StoreResult<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // Savepoint journals and temp b-trees in memory; a page cache that holds the hot indexes.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -16_384)?;
+    // Every statement the store runs, updates of each set of changed fields among them.
+    conn.set_prepared_statement_cache_capacity(128);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (and creates, if needed) the store at `path`.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> StoreResult<SqliteStore> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Backend(format!("create {}: {e}", dir.display())))?;
+        }
+        let conn = open_conn(&path, options.sync)?;
+        schema::migrate(&conn, &path)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(open_conn(&path, options.sync)?);
+        }
+        // Checkpoints run on their own thread and connection, so the writer never copies WAL
+        // pages back into the database inside a commit.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = open_conn(&path, options.sync)?;
+        let (tx, rx) = mpsc::channel::<WriteOp>(MAX_GROUP * 4);
+        let alive = tx.downgrade();
+        thread::Builder::new()
+            .name("lts-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
+        thread::Builder::new()
+            .name("lts-sqlite-ckpt".into())
+            .spawn(move || checkpoint_loop(checkpointer, alive))
+            .map_err(|e| StoreError::Backend(format!("spawn checkpointer: {e}")))?;
+        Ok(SqliteStore {
+            path,
+            writer: tx,
+            readers: Arc::new(Mutex::new(readers)),
+            retry: options.retry,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the writer thread inside the next grouped transaction, with the store's
+    /// retry policy; answers after commit.
+    async fn write<T, F>(&self, name: &'static str, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &RetryPolicy) -> StoreResult<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let retry = self.retry;
+        let op: WriteOp = (
+            name,
+            Box::new(move |conn| {
+                let result = f(conn, &retry);
+                let ok = result.is_ok();
+                let finish: Finish = Box::new(move |commit_err| {
+                    let _ = tx.send(match commit_err {
+                        None => result,
+                        Some(e) => Err(e.clone()),
+                    });
+                });
+                (ok, finish)
+            }),
+        );
+        self.writer.send(op).await.map_err(|_| StoreError::Closed)?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the write was not committed".into()))?
+    }
+
+    /// Runs `f` on a reader connection in the blocking pool.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .ok_or(StoreError::Closed)?;
+            let result = f(&conn);
+            readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("reader task: {e}")))?
+    }
+}
+
+/// Copies committed WAL pages back into the database file, a little at a time: a PASSIVE
+/// checkpoint every 200 ms keeps each one small, so its write-back and fsync never hold up the
+/// writer's commits for long (after a burst of work, one large checkpoint a second stalled
+/// commits for ~100 ms).
+fn checkpoint_loop(conn: Connection, alive: mpsc::WeakSender<WriteOp>) {
+    const WAL_LIMIT_PAGES: i64 = 16_384;
+    while alive.upgrade().is_some() {
+        thread::sleep(std::time::Duration::from_millis(200));
+        let r: rusqlite::Result<(i64, i64, i64)> =
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            });
+        match r {
+            Ok((_, log, done)) if log > WAL_LIMIT_PAGES && done < log => {
+                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(RESTART)") {
+                    tracing::debug!(error = %e, "sqlite: restart checkpoint failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sqlite: checkpoint failed"),
+        }
+    }
+}
+
+/// Runs a statement without parameters, prepared once: the writer's per-operation savepoints
+/// cost a parse each otherwise.
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute([])
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
+    let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_GROUP);
+    let mut finishers: Vec<Finish> = Vec::with_capacity(MAX_GROUP);
+    let (mut commits, mut ops, mut since) = (0u64, 0u64, std::time::Instant::now());
+    let mut op_time: std::collections::BTreeMap<&'static str, std::time::Duration> =
+        Default::default();
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("lts_store_commit_group_size").record(batch.len() as f64);
+        commits += 1;
+        ops += batch.len() as u64;
+        if since.elapsed() >= std::time::Duration::from_secs(10) {
+            tracing::debug!(commits, ops, ops_per_commit = ops as f64 / commits as f64, op_ms = ?op_time.iter().map(|(k, v)| (*k, v.as_millis())).collect::<Vec<_>>(), "sqlite writer");
+            (commits, ops, since) = (0, 0, std::time::Instant::now());
+            op_time.clear();
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Dropping the operations drops their answer channels: every caller gets an error
+            // and nothing was written.
+            tracing::error!(error = %e, ops = batch.len(), "sqlite: cannot begin a transaction");
+            batch.clear();
+            continue;
+        }
+        for (name, op) in batch.drain(..) {
+            let started = std::time::Instant::now();
+            let _ = run(&conn, "SAVEPOINT op");
+            let (ok, finish) = op(&conn);
+            let took = started.elapsed();
+            metrics::histogram!("lts_store_op_seconds", "op" => name).record(took.as_secs_f64());
+            *op_time.entry(name).or_default() += took;
+            if ok {
+                let _ = run(&conn, "RELEASE op");
+            } else {
+                let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            }
+            finishers.push(finish);
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                for f in finishers.drain(..) {
+                    f(None);
+                }
+            }
+            Err(e) => {
+                let err = StoreError::from(e);
+                tracing::error!(error = %err, "sqlite: commit failed");
+                let _ = conn.execute_batch("ROLLBACK");
+                for f in finishers.drain(..) {
+                    f(Some(&err));
+                }
+            }
+        }
+    }
+    tracing::debug!("sqlite writer stopped");
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn submit(&self, jobs: Vec<JobSpec>, now: i64) -> StoreResult<Vec<SubmitOutcome>> {
+        // Specs are encoded here, outside the writer thread.
+        let encoded: Vec<(JobSpec, String)> = jobs
+            .into_iter()
+            .map(|s| schema::encode(&s).map(|e| (s, e)))
+            .collect::<StoreResult<_>>()?;
+        self.write("submit", move |conn, retry| {
+            events::submit(conn, encoded, now, retry)
+        })
+        .await
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Lease>> {
+        if req.max == 0 {
+            return Ok(Vec::new());
+        }
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let expiry = req.now_ms + req.lease_ms;
+        self.write("claim", move |conn, retry| {
+            claim::claim(conn, &req, &token, expiry, retry)
+        })
+        .await
+    }
+
+    async fn renew(&self, leases: Vec<LeaseRef>, expiry: i64) -> StoreResult<Vec<String>> {
+        self.write("renew", move |conn, retry| {
+            events::renew(conn, leases, expiry, retry)
+        })
+        .await
+    }
+
+    async fn complete(&self, c: Completion) -> StoreResult<CompleteOutcome> {
+        self.write("complete", move |conn, retry| {
+            events::complete(conn, c, retry)
+        })
+        .await
+    }
+
+    async fn release(&self, leases: Vec<LeaseRef>, now: i64) -> StoreResult<Vec<Requeued>> {
+        self.write("release", move |conn, retry| {
+            events::release(conn, leases, now, retry)
+        })
+        .await
+    }
+
+    async fn requeue_expired(&self, now: i64) -> StoreResult<Vec<Requeued>> {
+        self.write("requeue_expired", move |conn, retry| {
+            events::requeue(conn, Sweep::Expired, now, retry)
+        })
+        .await
+    }
+
+    async fn requeue_owner(&self, owner: &str, now: i64) -> StoreResult<Vec<Requeued>> {
+        let sweep = Sweep::Owner(owner.to_string());
+        self.write("requeue_owner", move |conn, retry| {
+            events::requeue(conn, sweep, now, retry)
+        })
+        .await
+    }
+
+    async fn requeue_held(&self, leases: Vec<HeldLease>, now: i64) -> StoreResult<Vec<Requeued>> {
+        self.write("requeue_held", move |conn, retry| {
+            events::requeue(conn, Sweep::Held(leases), now, retry)
+        })
+        .await
+    }
+
+    async fn suspend(&self, key: JobKey, now: i64) -> StoreResult<ChangeOutcome> {
+        self.write("suspend", move |conn, retry| {
+            events::suspend_or_resume(conn, key, Event::Suspend, now, retry)
+        })
+        .await
+    }
+
+    async fn resume(&self, key: JobKey, now: i64) -> StoreResult<ChangeOutcome> {
+        self.write("resume", move |conn, retry| {
+            events::suspend_or_resume(conn, key, Event::Resume, now, retry)
+        })
+        .await
+    }
+
+    async fn cancel(&self, key: JobKey, now: i64) -> StoreResult<CancelOutcome> {
+        self.write("cancel", move |conn, retry| {
+            events::cancel(conn, key, now, retry)
+        })
+        .await
+    }
+
+    async fn get(&self, key: JobKey) -> StoreResult<Option<Job>> {
+        self.read(move |conn| queries::get(conn, &key)).await
+    }
+
+    async fn list(&self, filter: ListFilter) -> StoreResult<Page> {
+        self.read(move |conn| queries::list(conn, &filter)).await
+    }
+
+    async fn log(&self, job_id: &str, limit: usize) -> StoreResult<Vec<LogEntry>> {
+        let job_id = job_id.to_string();
+        self.read(move |conn| queries::log(conn, &job_id, limit))
+            .await
+    }
+
+    async fn stats(&self, node_group: Option<&str>) -> StoreResult<Stats> {
+        let group = node_group.map(str::to_string);
+        self.read(move |conn| queries::stats(conn, group.as_deref()))
+            .await
+    }
+
+    async fn next_due(&self, node_group: &str) -> StoreResult<Option<i64>> {
+        let group = node_group.to_string();
+        self.read(move |conn| queries::next_due(conn, &group)).await
+    }
+
+    async fn pending_feedback(
+        &self,
+        submit_node_group: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<FeedbackItem>> {
+        let group = submit_node_group.to_string();
+        let after: i64 = after.and_then(|a| a.parse().ok()).unwrap_or(0);
+        self.read(move |conn| queries::pending_feedback(conn, &group, after, limit))
+            .await
+    }
+
+    async fn ack_feedback(&self, ids: Vec<String>) -> StoreResult<()> {
+        self.write("ack_feedback", move |conn, _| {
+            queries::ack_feedback(conn, ids)
+        })
+        .await
+    }
+
+    async fn fence(&self, epoch: u64, identity: &str, now: i64) -> StoreResult<bool> {
+        let identity = identity.to_string();
+        self.write("fence", move |conn, _| {
+            queries::fence(conn, epoch, &identity, now)
+        })
+        .await
+    }
+
+    async fn enforce_retention(&self, before: i64) -> StoreResult<u64> {
+        // Each chunk is its own grouped write, so that a large cleanup never holds the writer
+        // for long.
+        let mut removed = 0u64;
+        loop {
+            let n = self
+                .write("retention", move |conn, _| {
+                    queries::retention_chunk(conn, before)
+                })
+                .await?;
+            removed += n;
+            if n == 0 {
+                return Ok(removed);
+            }
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The tables, their migrations, the SQL that names job states, and the one codec between a
+//! `jobs` row and a [`StoredJob`].
+//!
+//! State codes are never written as numbers: SQL text names them `{QUEUED}`, `{RUNNING}`,
+//! `{SUSPENDED}`, and [`states`] puts in [`JobState::code`]. Statements that must use a
+//! partial index get the code as a literal (a bound parameter cannot prove the index's
+//! `WHERE state = …`); the others bind it.
+
+use std::sync::LazyLock;
+
+use lts_core::transition::StoredJob;
+use lts_core::{Job, JobSpec, JobState, Outcome};
+use rusqlite::{Connection, Row};
+
+use crate::store::{StoreError, StoreResult};
+
+/// Version of the schema, kept in `PRAGMA user_version`.
+pub(super) const SCHEMA_VERSION: i64 = 3;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS jobs (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id         TEXT NOT NULL UNIQUE,
+    node_group     TEXT NOT NULL,
+    task_id        TEXT NOT NULL,
+    state          INTEGER NOT NULL,
+    priority       INTEGER NOT NULL,
+    trigger_time   INTEGER NOT NULL,
+    attempt        INTEGER NOT NULL DEFAULT 0,
+    fire_count     INTEGER NOT NULL DEFAULT 1,
+    scheduled_fire INTEGER,
+    created_at     INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL,
+    lease_owner    TEXT,
+    lease_token    TEXT,
+    lease_expiry   INTEGER,
+    last_outcome   INTEGER,
+    last_message   TEXT,
+    spec           TEXT NOT NULL,
+    -- Suspended by a user (while queued: state = {SUSPENDED}; while running: when the attempt ends).
+    suspend_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
+-- Partial indexes: each holds only the rows it serves, so a state change is one index delete
+-- or insert instead of an update in every index.
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(node_group, priority DESC, trigger_time, seq) WHERE state = {QUEUED};
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(node_group, trigger_time) WHERE state = {QUEUED};
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(lease_expiry) WHERE state = {RUNNING};
+
+-- Finished jobs, in finishing order (the rowid), for the retention period. Retention deletes
+-- from the front, so no time index is needed.
+CREATE TABLE IF NOT EXISTS finished_jobs (
+    id          INTEGER PRIMARY KEY,
+    job_id      TEXT NOT NULL UNIQUE,
+    node_group  TEXT NOT NULL,
+    task_id     TEXT NOT NULL,
+    state       INTEGER NOT NULL,
+    finished_at INTEGER NOT NULL,
+    job         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS finished_task ON finished_jobs(node_group, task_id);
+
+-- How many finished jobs each node group has per final state (kept with the rows above).
+CREATE TABLE IF NOT EXISTS finished_counts (
+    node_group TEXT NOT NULL,
+    state      INTEGER NOT NULL,
+    n          INTEGER NOT NULL,
+    PRIMARY KEY (node_group, state)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS job_log (
+    id         INTEGER PRIMARY KEY,
+    job_id     TEXT NOT NULL,
+    task_id    TEXT NOT NULL,
+    node_group TEXT NOT NULL,
+    time       INTEGER NOT NULL,
+    log_type   TEXT NOT NULL,
+    level      TEXT NOT NULL,
+    message    TEXT NOT NULL,
+    attempt    INTEGER NOT NULL,
+    node       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_log_job ON job_log(job_id, id);
+
+-- The newest master's election epoch (fencing of master-only writes).
+CREATE TABLE IF NOT EXISTS fence (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch    INTEGER NOT NULL,
+    identity TEXT NOT NULL,
+    at       INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS feedback (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    submit_group TEXT NOT NULL,
+    job_id     TEXT NOT NULL,
+    item       TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_group ON feedback(submit_group, id);
+"#;
+
+/// `sql` with each state placeholder (`{QUEUED}`, `{RUNNING}`, `{SUSPENDED}`) replaced by the
+/// state's [`JobState::code`].
+pub(super) fn states(sql: &str) -> String {
+    [JobState::Queued, JobState::Running, JobState::Suspended]
+        .into_iter()
+        .fold(sql.to_string(), |sql, state| {
+            sql.replace(
+                &format!("{{{}}}", state.as_str()),
+                &state.code().to_string(),
+            )
+        })
+}
+
+/// A statement whose SQL names states, formatted once.
+pub(super) struct Sql(LazyLock<String>);
+
+impl Sql {
+    /// The statement with its state codes in.
+    pub(super) fn text(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Declares [`Sql`] statements from templates with state placeholders.
+macro_rules! sql {
+    ($($(#[$doc:meta])* $name:ident = $template:expr;)*) => {
+        $($(#[$doc])* pub(super) static $name: Sql = Sql(LazyLock::new(|| states($template)));)*
+    };
+}
+
+/// The columns of a `jobs` row that [`stored_job`] reads, in its order.
+pub(super) const JOB_COLS: &str = "seq, job_id, node_group, task_id, state, priority, \
+     trigger_time, attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner, \
+     lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested";
+
+sql! {
+    /// The whole schema.
+    SCHEMA_SQL = SCHEMA;
+    /// The due queued jobs of a node group, best first (`?1` group, `?2` now, `?3` limit).
+    DUE_JOBS = &format!("SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_claim \
+        WHERE node_group = ?1 AND state = {{QUEUED}} AND trigger_time <= ?2 \
+        ORDER BY priority DESC, trigger_time ASC, seq ASC LIMIT ?3");
+    /// The running jobs whose lease expired before `?1`.
+    EXPIRED_LEASES = &format!("SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_lease WHERE state = {{RUNNING}} AND lease_expiry < ?1");
+    /// The running jobs leased to `?1`.
+    OWNER_LEASES = &format!("SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_lease WHERE state = {{RUNNING}} AND lease_owner = ?1");
+    /// The earliest trigger time of a queued job of node group `?1`.
+    NEXT_DUE = "SELECT MIN(trigger_time) FROM jobs INDEXED BY jobs_due \
+        WHERE node_group = ?1 AND state = {QUEUED}";
+}
+
+/// Brings the database to [`SCHEMA_VERSION`], or says why it cannot.
+pub(super) fn migrate(conn: &Connection, path: &std::path::Path) -> StoreResult<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version != 0 && version < SCHEMA_VERSION {
+        return Err(StoreError::Backend(format!(
+            "{} has the pre-release schema version {version}; move it away to start a new store",
+            path.display()
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Backend(format!(
+            "{} has schema version {version}; this build knows up to {SCHEMA_VERSION}: upgrade lts-tracker",
+            path.display()
+        )));
+    }
+    if version == 2 {
+        // v3: suspension of running jobs.
+        conn.execute_batch(
+            "ALTER TABLE jobs ADD COLUMN suspend_requested INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    conn.execute_batch(SCHEMA_SQL.text())?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+/// A job read from `jobs`: its row id and the job as stored.
+#[derive(Debug, Clone)]
+pub(super) struct Found {
+    /// The row id, which guards its write.
+    pub seq: i64,
+    /// The job.
+    pub stored: StoredJob,
+}
+
+fn corrupt(job_id: &str, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("job {job_id}: {what}"))
+}
+
+/// The codec: a `jobs` row (its [`JOB_COLS`]) as the job it stores.
+pub(super) fn stored_job(r: &Row<'_>) -> StoreResult<Found> {
+    let job_id: String = r.get(1)?;
+    let spec: String = r.get(17)?;
+    let spec: JobSpec = serde_json::from_str(&spec).map_err(|e| corrupt(&job_id, e))?;
+    let code: i64 = r.get(4)?;
+    let state = JobState::from_code(code).ok_or_else(|| corrupt(&job_id, code))?;
+    let last_outcome: Option<i64> = r.get(15)?;
+    let job = Job {
+        job_id,
+        spec,
+        state,
+        attempt: r.get::<_, i64>(7)? as u32,
+        trigger_time_ms: r.get(6)?,
+        created_at_ms: r.get(10)?,
+        updated_at_ms: r.get(11)?,
+        lease_owner: r.get(12)?,
+        lease_expiry_ms: r.get(14)?,
+        last_outcome: last_outcome.and_then(Outcome::from_code),
+        last_message: r.get(16)?,
+        finished_at_ms: None,
+        scheduled_fire_ms: r.get(9)?,
+        fire_count: r.get::<_, i64>(8)? as u64,
+    };
+    Ok(Found {
+        seq: r.get(0)?,
+        stored: StoredJob {
+            job,
+            lease_token: r.get(13)?,
+            suspend_requested: r.get::<_, i64>(18)? != 0,
+        },
+    })
+}
+
+/// Every job that `stmt` finds with `params`, decoded.
+pub(super) fn found_all(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> StoreResult<Vec<Found>> {
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(stored_job(r)?);
+    }
+    Ok(out)
+}
+
+/// A finished job as `finished_jobs` keeps it (JSON).
+pub(super) fn decode_finished(text: &str) -> StoreResult<Job> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// JSON of a value the store keeps as text (a spec, a finished job, a feedback item).
+pub(super) fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_come_from_the_model() {
+        let schema = SCHEMA_SQL.text();
+        assert!(!schema.contains('{'), "a placeholder left: {schema}");
+        let claim = format!("WHERE state = {}", JobState::Queued.code());
+        let lease = format!("WHERE state = {}", JobState::Running.code());
+        // The partial indexes as every existing database has them: `CREATE INDEX IF NOT
+        // EXISTS` keeps those, so the text must not change.
+        assert!(schema.contains(&format!(
+            "jobs_claim ON jobs(node_group, priority DESC, trigger_time, seq) {claim};"
+        )));
+        assert!(schema.contains(&format!("jobs_lease ON jobs(lease_expiry) {lease};")));
+        assert_eq!(claim, "WHERE state = 1", "the codes stored databases hold");
+        assert!(
+            DUE_JOBS
+                .text()
+                .contains(&format!("state = {}", JobState::Queued.code()))
+        );
+        for sql in [&DUE_JOBS, &EXPIRED_LEASES, &OWNER_LEASES, &NEXT_DUE] {
+            assert!(!sql.text().contains('{'), "{}", sql.text());
+        }
+        assert!(DUE_JOBS.text().contains(JOB_COLS));
+    }
+
+    #[test]
+    fn a_row_reads_back_as_the_job_it_stores() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn, std::path::Path::new(":memory:")).unwrap();
+        let spec = JobSpec::new("t", "g").priority(3).param("k", "v");
+        let mut s = lts_core::transition::accept(spec, "j".into(), 5).job;
+        s.job.state = JobState::Running;
+        s.job.attempt = 2;
+        s.job.lease_owner = Some("w".into());
+        s.job.lease_expiry_ms = Some(9);
+        s.job.last_outcome = Some(Outcome::Later);
+        s.job.last_message = Some("m".into());
+        s.lease_token = Some("tok".into());
+        s.suspend_requested = true;
+        super::super::write::insert(&conn, &s, None).unwrap();
+        let found = conn
+            .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs"))
+            .unwrap()
+            .query_row([], |r| Ok(stored_job(r).map_err(|e| e.to_string())))
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.stored, s);
+    }
+}

@@ -1,0 +1,350 @@
+//! A [`Transition`] as SQL: the one place the SQLite store writes a job's change.
+//!
+//! [`change`] reads nothing and decides nothing: it applies an event to a job as read (with
+//! [`transition::apply`]) and writes what the transition says — the insert, the update of
+//! exactly its changed fields, or the move to `finished_jobs`; its log lines, its feedback, the
+//! job it creates and its cascade. Every write of a read job is guarded by the row id and the
+//! state and lease token it was read with; inside the writer's transaction nothing can change
+//! them, so a write that matches no row is a bug, reported as an error.
+
+use std::fmt::Write as _;
+
+use lts_core::schedule::RetryPolicy;
+use lts_core::transition::{
+    self, CancelCause, Cascade, Event, Field, Refusal, StoredJob, Transition, Write,
+};
+use lts_core::{FeedbackItem, Job, JobState, LogEntry};
+use rusqlite::types::Value;
+use rusqlite::{Connection, params, params_from_iter};
+
+use super::schema::{Found, JOB_COLS, encode, found_all};
+use crate::store::{StoreError, StoreResult};
+
+/// A transition as written.
+#[derive(Debug)]
+pub(super) struct Written {
+    /// What the event did.
+    pub transition: Transition,
+    /// Whether its follow-up job was inserted (not when an unfinished job has its task id).
+    pub follow_up_inserted: bool,
+    /// The submit node group its feedback was recorded for.
+    pub feedback_group: Option<String>,
+}
+
+/// Applies `event` at `now` to the job as read and writes the transition, with its cascade;
+/// a refusal writes nothing. `spec_json` is the transition's spec as JSON, when the caller has
+/// it already.
+pub(super) fn change(
+    conn: &Connection,
+    found: &Found,
+    event: Event,
+    now: i64,
+    retry: &RetryPolicy,
+    spec_json: Option<&str>,
+) -> StoreResult<Result<Written, Refusal>> {
+    match transition::apply(&found.stored, event, now, retry) {
+        Ok(t) => write(conn, Some(found), t, spec_json, now, retry).map(Ok),
+        Err(refusal) => Ok(Err(refusal)),
+    }
+}
+
+/// Writes `t`, the transition of the job `found` (none for a new job).
+pub(super) fn write(
+    conn: &Connection,
+    found: Option<&Found>,
+    t: Transition,
+    spec_json: Option<&str>,
+    now: i64,
+    retry: &RetryPolicy,
+) -> StoreResult<Written> {
+    match (&t.write, found) {
+        (Write::Insert, _) => {
+            if !insert(conn, &t.job, spec_json)? {
+                return Err(StoreError::Backend(format!(
+                    "job {}: an unfinished job has its task id",
+                    t.job.job.job_id
+                )));
+            }
+        }
+        (Write::Update { from, fields }, Some(f)) => {
+            update(conn, f, *from, fields, &t.job, spec_json)?
+        }
+        (Write::Finish { from, .. }, Some(f)) => finish(conn, f, *from, &t.job.job)?,
+        (Write::Keep, _) => {}
+        (Write::Update { .. } | Write::Finish { .. }, None) => {
+            return Err(StoreError::Backend("an update of a job never read".into()));
+        }
+    }
+    log_lines(conn, &t.logs)?;
+    let feedback_group = t.feedback.as_ref().map(|f| feedback(conn, f)).transpose()?;
+    let mut follow_up_inserted = false;
+    if let Some(f) = &t.follow_up
+        && insert(conn, &f.job, None)?
+    {
+        log_lines(conn, &f.logs)?;
+        follow_up_inserted = true;
+    }
+    if let Some(cascade) = &t.cascade {
+        run_cascade(conn, cascade, now, retry)?;
+    }
+    Ok(Written {
+        transition: t,
+        follow_up_inserted,
+        feedback_group,
+    })
+}
+
+/// Cancels the queued instances of a cancelled recurring job, each by its own transition (which
+/// refuses a running one: it finishes its attempt).
+fn run_cascade(
+    conn: &Connection,
+    cascade: &Cascade,
+    now: i64,
+    retry: &RetryPolicy,
+) -> StoreResult<()> {
+    let Cascade::CancelQueuedInstances {
+        node_group,
+        task_id_prefix,
+        definition,
+    } = cascade;
+    let instances = found_all(
+        &mut conn.prepare_cached(&format!(
+            "SELECT {JOB_COLS} FROM jobs
+             WHERE node_group = ?1 AND task_id LIKE ?2 ESCAPE '\\'"
+        ))?,
+        params![node_group, like_prefix(task_id_prefix)],
+    )?;
+    for found in &instances {
+        let cancel = Event::Cancel(CancelCause::WithSchedule(definition.clone()));
+        // A refusal (a running instance) writes nothing.
+        let _ = change(conn, found, cancel, now, retry, None)?;
+    }
+    Ok(())
+}
+
+/// `prefix` as a `LIKE … ESCAPE '\'` pattern.
+pub(super) fn like_prefix(prefix: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('%');
+    s
+}
+
+/// Inserts a job as new, unless an unfinished job has its node group and task id: then nothing
+/// is written and the answer is `false`.
+pub(super) fn insert(
+    conn: &Connection,
+    s: &StoredJob,
+    spec_json: Option<&str>,
+) -> StoreResult<bool> {
+    let job = &s.job;
+    let encoded;
+    let spec = match spec_json {
+        Some(text) => text,
+        None => {
+            encoded = encode(&job.spec)?;
+            &encoded
+        }
+    };
+    let n = conn
+        .prepare_cached(
+            "INSERT INTO jobs (job_id, node_group, task_id, state, priority, trigger_time,
+                 attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner,
+                 lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18)
+             ON CONFLICT (node_group, task_id) DO NOTHING",
+        )?
+        .execute(params![
+            job.job_id,
+            job.spec.task_tracker_node_group,
+            job.spec.task_id,
+            job.state.code(),
+            job.spec.priority,
+            job.trigger_time_ms,
+            i64::from(job.attempt),
+            job.fire_count as i64,
+            job.scheduled_fire_ms,
+            job.created_at_ms,
+            job.updated_at_ms,
+            job.lease_owner,
+            s.lease_token,
+            job.lease_expiry_ms,
+            job.last_outcome.map(|o| o.code()),
+            job.last_message,
+            spec,
+            s.suspend_requested,
+        ])?;
+    Ok(n == 1)
+}
+
+/// The `jobs` columns that hold a field (none: `finished_at` is kept by `finished_jobs`).
+fn columns(field: Field) -> &'static [&'static str] {
+    match field {
+        Field::State => &["state"],
+        Field::Spec => &["spec", "priority"],
+        Field::Attempt => &["attempt"],
+        Field::TriggerTime => &["trigger_time"],
+        Field::ScheduledFire => &["scheduled_fire"],
+        Field::FireCount => &["fire_count"],
+        Field::Lease => &["lease_owner", "lease_token", "lease_expiry"],
+        Field::LeaseExpiry => &["lease_expiry"],
+        Field::LastResult => &["last_outcome", "last_message"],
+        Field::SuspendRequested => &["suspend_requested"],
+        Field::FinishedAt => &[],
+        Field::UpdatedAt => &["updated_at"],
+    }
+}
+
+/// The values of a field's [`columns`] in `s`.
+fn values(field: Field, s: &StoredJob, spec_json: Option<&str>) -> StoreResult<Vec<Value>> {
+    let job = &s.job;
+    Ok(match field {
+        Field::State => vec![job.state.code().into()],
+        Field::Spec => {
+            let text = match spec_json {
+                Some(text) => text.to_string(),
+                None => encode(&job.spec)?,
+            };
+            vec![text.into(), job.spec.priority.into()]
+        }
+        Field::Attempt => vec![i64::from(job.attempt).into()],
+        Field::TriggerTime => vec![job.trigger_time_ms.into()],
+        Field::ScheduledFire => vec![job.scheduled_fire_ms.into()],
+        Field::FireCount => vec![(job.fire_count as i64).into()],
+        Field::Lease => vec![
+            job.lease_owner.clone().into(),
+            s.lease_token.clone().into(),
+            job.lease_expiry_ms.into(),
+        ],
+        Field::LeaseExpiry => vec![job.lease_expiry_ms.into()],
+        Field::LastResult => vec![
+            job.last_outcome.map(|o| o.code()).into(),
+            job.last_message.clone().into(),
+        ],
+        Field::SuspendRequested => vec![s.suspend_requested.into()],
+        Field::FinishedAt => vec![],
+        Field::UpdatedAt => vec![job.updated_at_ms.into()],
+    })
+}
+
+/// Updates exactly `fields` of the job as read, to their values in `after`.
+fn update(
+    conn: &Connection,
+    found: &Found,
+    from: JobState,
+    fields: &[Field],
+    after: &StoredJob,
+    spec_json: Option<&str>,
+) -> StoreResult<()> {
+    let mut sql = String::from("UPDATE jobs SET ");
+    let mut args: Vec<Value> = Vec::with_capacity(fields.len() + 5);
+    for &field in fields {
+        for (column, value) in columns(field).iter().zip(values(field, after, spec_json)?) {
+            if !args.is_empty() {
+                sql.push_str(", ");
+            }
+            args.push(value);
+            let _ = write!(sql, "{column} = ?{}", args.len());
+        }
+    }
+    if args.is_empty() {
+        return Ok(());
+    }
+    let n = args.len();
+    let _ = write!(
+        sql,
+        " WHERE seq = ?{} AND state = ?{} AND lease_token IS ?{}",
+        n + 1,
+        n + 2,
+        n + 3
+    );
+    args.push(found.seq.into());
+    args.push(from.code().into());
+    args.push(found.stored.lease_token.clone().into());
+    let changed = conn.prepare_cached(&sql)?.execute(params_from_iter(args))?;
+    guarded(changed, &found.stored.job)
+}
+
+fn guarded(changed: usize, job: &Job) -> StoreResult<()> {
+    match changed {
+        1 => Ok(()),
+        _ => Err(StoreError::Backend(format!(
+            "job {} changed while the writer held it",
+            job.job_id
+        ))),
+    }
+}
+
+/// Moves the job as read to `finished_jobs`, as `job`, and counts it.
+fn finish(conn: &Connection, found: &Found, from: JobState, job: &Job) -> StoreResult<()> {
+    let changed = conn
+        .prepare_cached("DELETE FROM jobs WHERE seq = ?1 AND state = ?2 AND lease_token IS ?3")?
+        .execute(params![found.seq, from.code(), found.stored.lease_token])?;
+    guarded(changed, &found.stored.job)?;
+    let group = &job.spec.task_tracker_node_group;
+    conn.prepare_cached(
+        "INSERT INTO finished_counts (node_group, state, n) VALUES (?1, ?2, 1)
+         ON CONFLICT (node_group, state) DO UPDATE SET n = n + 1",
+    )?
+    .execute(params![group, job.state.code()])?;
+    conn.prepare_cached(
+        "INSERT INTO finished_jobs (job_id, node_group, task_id, state, finished_at, job)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        job.job_id,
+        group,
+        job.spec.task_id,
+        job.state.code(),
+        job.finished_at_ms.unwrap_or(job.updated_at_ms),
+        encode(job)?
+    ])?;
+    Ok(())
+}
+
+/// Appends lines to the job log.
+pub(super) fn log_lines(conn: &Connection, logs: &[LogEntry]) -> StoreResult<()> {
+    if logs.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO job_log (job_id, task_id, node_group, time, log_type, level, message,
+             attempt, node)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for l in logs {
+        stmt.execute(params![
+            l.job_id,
+            l.task_id,
+            l.task_tracker_node_group,
+            l.time_ms,
+            l.log_type.as_str(),
+            l.level.as_str(),
+            l.message,
+            i64::from(l.attempt),
+            l.node
+        ])?;
+    }
+    Ok(())
+}
+
+/// Records feedback for its submit node group, which it answers.
+fn feedback(conn: &Connection, item: &FeedbackItem) -> StoreResult<String> {
+    let group = &item.job.spec.submit_node_group;
+    conn.prepare_cached(
+        "INSERT INTO feedback (submit_group, job_id, item, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        group,
+        item.job.job_id,
+        encode(item)?,
+        item.finished_at_ms
+    ])?;
+    Ok(group.clone())
+}

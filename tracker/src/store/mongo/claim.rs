@@ -66,12 +66,13 @@ impl MongoStore {
                 Handout::FollowUp | Handout::Nothing => others.push(Claimed { read, t }),
             }
         }
-        let (won, fired) = tokio::try_join!(
-            self.lease_batch(&leases, &token),
-            self.fire_batch(&others)
-        )?;
+        let (won, fired) =
+            tokio::try_join!(self.lease_batch(&leases, &token), self.fire_batch(&others))?;
         let mut out = Vec::with_capacity(won.len() + fired.len());
-        for c in leases.into_iter().filter(|c| won.contains(&c.read.stored.job.job_id)) {
+        for c in leases
+            .into_iter()
+            .filter(|c| won.contains(&c.read.stored.job.job_id))
+        {
             self.append_log(c.t.logs.iter().map(codec::log_doc).collect())
                 .await;
             let rev = c.read.rev + 1;
@@ -145,7 +146,10 @@ impl MongoStore {
         if others.is_empty() {
             return Ok(Vec::new());
         }
-        let follow_ups: Vec<_> = others.iter().filter_map(|c| c.t.follow_up.clone()).collect();
+        let follow_ups: Vec<_> = others
+            .iter()
+            .filter_map(|c| c.t.follow_up.clone())
+            .collect();
         let inserted = self.insert_follow_ups(&follow_ups).await?;
         let moved = others.iter().map(|c| async move {
             if self.update_one_guarded(&c.read, &c.t).await? {

@@ -157,9 +157,12 @@ pub(super) fn fields(s: &StoredJob, fields: &[Field]) -> StoreResult<(Document, 
             Field::TriggerTime => {
                 set.insert("trigger_time", job.trigger_time_ms);
             }
-            Field::ScheduledFire => {
-                put(&mut set, &mut unset, "scheduled_fire", i64s(job.scheduled_fire_ms))
-            }
+            Field::ScheduledFire => put(
+                &mut set,
+                &mut unset,
+                "scheduled_fire",
+                i64s(job.scheduled_fire_ms),
+            ),
             Field::FireCount => {
                 set.insert("fire_count", job.fire_count as i64);
             }
@@ -168,11 +171,19 @@ pub(super) fn fields(s: &StoredJob, fields: &[Field]) -> StoreResult<(Document, 
                 put(&mut set, &mut unset, "lease_owner", owner);
                 let token = s.lease_token.clone().map(Bson::String);
                 put(&mut set, &mut unset, "lease_token", token);
-                put(&mut set, &mut unset, "lease_expiry", i64s(job.lease_expiry_ms));
+                put(
+                    &mut set,
+                    &mut unset,
+                    "lease_expiry",
+                    i64s(job.lease_expiry_ms),
+                );
             }
-            Field::LeaseExpiry => {
-                put(&mut set, &mut unset, "lease_expiry", i64s(job.lease_expiry_ms))
-            }
+            Field::LeaseExpiry => put(
+                &mut set,
+                &mut unset,
+                "lease_expiry",
+                i64s(job.lease_expiry_ms),
+            ),
             Field::LastResult => {
                 let outcome = job.last_outcome.map(|o| Bson::Int64(o.code()));
                 put(&mut set, &mut unset, "last_outcome", outcome);
@@ -183,9 +194,12 @@ pub(super) fn fields(s: &StoredJob, fields: &[Field]) -> StoreResult<(Document, 
                 let flag = s.suspend_requested.then_some(Bson::Boolean(true));
                 put(&mut set, &mut unset, "suspend_requested", flag)
             }
-            Field::FinishedAt => {
-                put(&mut set, &mut unset, "finished_at", i64s(job.finished_at_ms))
-            }
+            Field::FinishedAt => put(
+                &mut set,
+                &mut unset,
+                "finished_at",
+                i64s(job.finished_at_ms),
+            ),
             Field::UpdatedAt => {
                 set.insert("updated_at", job.updated_at_ms);
             }
@@ -341,9 +355,9 @@ pub(super) fn prefix_regex(prefix: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use lts_core::transition::{Claim, Event, RunReport, apply, accept};
     use lts_core::schedule::RetryPolicy;
-    use lts_core::{Schedule, Outcome};
+    use lts_core::transition::{Claim, Event, RunReport, accept, apply};
+    use lts_core::{Outcome, Schedule};
 
     use super::*;
 
@@ -448,7 +462,9 @@ mod tests {
         });
         let t = apply(&read.stored, done, NOW + 5, &RetryPolicy::default()).unwrap();
         let item = t.feedback.clone().unwrap();
-        let (guard, u) = update(&read, &t.job, &t.write, Some(&item)).unwrap().unwrap();
+        let (guard, u) = update(&read, &t.job, &t.write, Some(&item))
+            .unwrap()
+            .unwrap();
         assert_eq!(text(&guard, "lease_token"), Some("tok"));
         let mut doc = updated(doc, &u);
         let entry = u.get_document("$push").unwrap().get_document("fb").unwrap();
@@ -457,7 +473,10 @@ mod tests {
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].job, item.job);
         assert_eq!(items[0].feedback_id, "j1/1");
-        assert_eq!((items[0].outcome, items[0].finished_at_ms), (Outcome::Success, NOW + 5));
+        assert_eq!(
+            (items[0].outcome, items[0].finished_at_ms),
+            (Outcome::Success, NOW + 5)
+        );
     }
 
     #[test]

@@ -120,13 +120,19 @@ impl MongoStore {
                     let job_id = before.stored.job.job_id;
                     return match refusal {
                         Refusal::Duplicate(_) => Ok(SubmitOutcome::Duplicate { job_id }),
-                        other => Err(StoreError::Backend(format!("submit over {job_id}: {other}"))),
+                        other => Err(StoreError::Backend(format!(
+                            "submit over {job_id}: {other}"
+                        ))),
                     };
                 }
                 Applied::Missing => {
                     // It finished meanwhile, freeing its task id: the spec is a new job.
                     let t = transition::accept(spec.clone(), new_job_id, now);
-                    if self.insert_new(vec![codec::new_doc(&t.job)?]).await?.is_empty() {
+                    if self
+                        .insert_new(vec![codec::new_doc(&t.job)?])
+                        .await?
+                        .is_empty()
+                    {
                         self.append_log(t.logs.iter().map(codec::log_doc).collect())
                             .await;
                         let job_id = t.job.job.job_id;
@@ -202,7 +208,11 @@ impl MongoStore {
                 return Ok(lost);
             }
             let fetched = self
-                .read_jobs(todo.iter().filter(|(_, r)| r.is_none()).map(|(l, _)| &l.job_id))
+                .read_jobs(
+                    todo.iter()
+                        .filter(|(_, r)| r.is_none())
+                        .map(|(l, _)| &l.job_id),
+                )
                 .await?;
             let (mut statements, mut written) = (Vec::new(), Vec::new());
             for (l, cached) in todo.drain(..) {
@@ -226,10 +236,13 @@ impl MongoStore {
                     }),
                     Some(statement) => {
                         statements.push(statement);
-                        written.push((l, Read {
-                            stored: t.job,
-                            rev: read.rev + 1,
-                        }));
+                        written.push((
+                            l,
+                            Read {
+                                stored: t.job,
+                                rev: read.rev + 1,
+                            },
+                        ));
                     }
                 }
             }
@@ -238,7 +251,9 @@ impl MongoStore {
             }
             let expected = statements.len() as u64;
             if self.update_batch(statements).await? == expected {
-                written.into_iter().for_each(|(_, read)| self.cache_lease(read));
+                written
+                    .into_iter()
+                    .for_each(|(_, read)| self.cache_lease(read));
                 return Ok(lost);
             }
             // Some changed meanwhile: read them all again (a renewal that went through
@@ -295,7 +310,11 @@ impl MongoStore {
     }
 
     /// Puts the jobs of lost leases back in their queues (or suspends them, if a user asked).
-    pub(super) async fn requeue_lost(&self, lost: Lost<'_>, now: i64) -> StoreResult<Vec<Requeued>> {
+    pub(super) async fn requeue_lost(
+        &self,
+        lost: Lost<'_>,
+        now: i64,
+    ) -> StoreResult<Vec<Requeued>> {
         let running = JobState::Running.code();
         // Narrows the search; each job's transition decides.
         let filter = match &lost {
@@ -312,7 +331,10 @@ impl MongoStore {
             _ => HashMap::new(),
         };
         let found: Vec<Document> = self.jobs.find(filter).await?.try_collect().await?;
-        let reads = found.iter().map(codec::read).collect::<StoreResult<Vec<_>>>()?;
+        let reads = found
+            .iter()
+            .map(codec::read)
+            .collect::<StoreResult<Vec<_>>>()?;
         let loss = |id: &str| match &lost {
             Lost::Expired => LeaseLoss::Expired,
             Lost::Owner(owner) => LeaseLoss::OwnerGone(owner.to_string()),
@@ -355,9 +377,14 @@ impl MongoStore {
     pub(super) async fn cancel_job(&self, key: JobKey, now: i64) -> StoreResult<CancelOutcome> {
         let event = |_: &StoredJob| Event::Cancel(CancelCause::User);
         Ok(
-            match self.apply_to(&active_filter(&key), First::Fetch, event, now).await? {
+            match self
+                .apply_to(&active_filter(&key), First::Fetch, event, now)
+                .await?
+            {
                 Applied::Done { t, .. } => CancelOutcome::Cancelled(t.job.job),
-                Applied::Refused { before, .. } => CancelOutcome::AlreadyFinished(before.stored.job),
+                Applied::Refused { before, .. } => {
+                    CancelOutcome::AlreadyFinished(before.stored.job)
+                }
                 Applied::Missing => match self.find_finished(&key).await? {
                     Some(d) => CancelOutcome::AlreadyFinished(codec::job(&d)?),
                     None => CancelOutcome::NotFound,
@@ -378,7 +405,10 @@ impl MongoStore {
             Change::Resume => Event::Resume,
         };
         Ok(
-            match self.apply_to(&active_filter(&key), First::Fetch, event, now).await? {
+            match self
+                .apply_to(&active_filter(&key), First::Fetch, event, now)
+                .await?
+            {
                 Applied::Done { t, .. } => ChangeOutcome::Changed(t.job.job),
                 Applied::Refused {
                     before,

@@ -77,7 +77,10 @@ impl MongoStore {
             .await?
             .try_collect()
             .await?;
-        let mut jobs = docs.iter().map(codec::job).collect::<StoreResult<Vec<_>>>()?;
+        let mut jobs = docs
+            .iter()
+            .map(codec::job)
+            .collect::<StoreResult<Vec<_>>>()?;
         let next = if jobs.len() > limit {
             jobs.truncate(limit);
             jobs.last().map(|j| j.job_id.clone())

@@ -5,7 +5,7 @@
 //! of times.
 
 use futures::TryStreamExt;
-use lts_core::transition::{self, Cascade, CancelCause, Event, FollowUp, Refusal, Transition};
+use lts_core::transition::{self, CancelCause, Cascade, Event, FollowUp, Refusal, Transition};
 use lts_core::transition::{StoredJob, Write};
 use mongodb::bson::{Document, doc};
 use mongodb::error::ErrorKind;
@@ -121,10 +121,11 @@ impl MongoStore {
         }
         let written = match &t.write {
             Write::Keep => true,
-            Write::Insert => self.insert_new(vec![codec::new_doc(&t.job)?]).await?.is_empty(),
-            Write::Update { .. } | Write::Finish { .. } => {
-                self.update_one_guarded(read, t).await?
-            }
+            Write::Insert => self
+                .insert_new(vec![codec::new_doc(&t.job)?])
+                .await?
+                .is_empty(),
+            Write::Update { .. } | Write::Finish { .. } => self.update_one_guarded(read, t).await?,
         };
         if !written {
             return Ok(false);
@@ -138,7 +139,11 @@ impl MongoStore {
     }
 
     /// The guarded update of `t` over the job as `read`: whether it matched.
-    pub(super) async fn update_one_guarded(&self, read: &Read, t: &Transition) -> StoreResult<bool> {
+    pub(super) async fn update_one_guarded(
+        &self,
+        read: &Read,
+        t: &Transition,
+    ) -> StoreResult<bool> {
         match codec::update(read, &t.job, &t.write, t.feedback.as_ref())? {
             None => Ok(true),
             Some((guard, update)) => {
@@ -149,13 +154,14 @@ impl MongoStore {
 
     /// Sends guarded updates (guard, update) in as few `update` commands as the server takes;
     /// returns how many matched.
-    pub(super) async fn update_batch(&self, statements: Vec<(Document, Document)>) -> StoreResult<u64> {
+    pub(super) async fn update_batch(
+        &self,
+        statements: Vec<(Document, Document)>,
+    ) -> StoreResult<u64> {
         let mut matched = 0;
         for chunk in statements.chunks(BATCH) {
-            let updates: Vec<Document> = chunk
-                .iter()
-                .map(|(q, u)| doc! { "q": q, "u": u })
-                .collect();
+            let updates: Vec<Document> =
+                chunk.iter().map(|(q, u)| doc! { "q": q, "u": u }).collect();
             let mut command = doc! {
                 "update": self.jobs.name(),
                 "updates": updates,
@@ -208,7 +214,10 @@ impl MongoStore {
     /// Inserts the jobs that transitions create, with their log lines; returns whether each
     /// was inserted (not when an unfinished job has its task id: that fire already has its
     /// job).
-    pub(super) async fn insert_follow_ups(&self, follow_ups: &[FollowUp]) -> StoreResult<Vec<bool>> {
+    pub(super) async fn insert_follow_ups(
+        &self,
+        follow_ups: &[FollowUp],
+    ) -> StoreResult<Vec<bool>> {
         let docs = follow_ups
             .iter()
             .map(|f| codec::new_doc(&f.job))

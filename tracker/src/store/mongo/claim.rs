@@ -1,0 +1,169 @@
+//! Claims: the best due jobs of a node group, leased to one TaskTracker in one batch.
+//!
+//! One `find` reads the candidates; [`transition::apply`] decides what a claim does to each
+//! (leases it, fires an instance of it, skips a missed fire, finishes a schedule); the leases
+//! go to the server as one `update` command, each statement guarded by its job's state and
+//! revision as read, so that a job another tracker took (or a user changed) meanwhile is left
+//! alone. The instances of fires are inserted before their definitions move on.
+
+use std::collections::HashSet;
+
+use futures::TryStreamExt;
+use futures::future::try_join_all;
+use lts_core::JobState;
+use lts_core::transition::{self, Claim, Event, Handout, Transition};
+use mongodb::bson::{Document, doc};
+
+use super::MongoStore;
+use super::codec::{self, Read};
+use crate::store::{ClaimRequest, Lease, StoreResult};
+
+/// A candidate and what the claim does to it.
+struct Claimed {
+    read: Read,
+    t: Transition,
+}
+
+impl MongoStore {
+    /// Leases up to `req.max` due jobs of the node group to `req.owner`, best first.
+    pub(super) async fn claim_due(&self, req: ClaimRequest) -> StoreResult<Vec<Lease>> {
+        if req.max == 0 {
+            return Ok(Vec::new());
+        }
+        let now = req.now_ms;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let expiry = now + req.lease_ms;
+        let due = doc! {
+            "task_tracker_node_group": &req.node_group,
+            "state": JobState::Queued.code(),
+            "trigger_time": { "$lte": now },
+        };
+        let found: Vec<Document> = self
+            .jobs
+            .find(due)
+            .sort(doc! { "priority": -1, "trigger_time": 1, "_id": 1 })
+            .limit(req.max as i64)
+            .await?
+            .try_collect()
+            .await?;
+        // Leases of the jobs themselves, and the rest: fires, skipped fires, ended schedules.
+        let (mut leases, mut others) = (Vec::new(), Vec::new());
+        for d in &found {
+            let read = codec::read(d)?;
+            let claim = Claim {
+                owner: req.owner.clone(),
+                token: token.clone(),
+                expiry_ms: expiry,
+                instance_id: uuid::Uuid::now_v7().simple().to_string(),
+            };
+            // A refusal: it is no longer queued and due as read.
+            let Ok(t) = transition::apply(&read.stored, Event::Claim(claim), now, &self.retry)
+            else {
+                continue;
+            };
+            match t.handout {
+                Handout::Job => leases.push(Claimed { read, t }),
+                Handout::FollowUp | Handout::Nothing => others.push(Claimed { read, t }),
+            }
+        }
+        let (won, fired) =
+            tokio::try_join!(self.lease_batch(&leases, &token), self.fire_batch(&others))?;
+        let mut out = Vec::with_capacity(won.len() + fired.len());
+        for c in leases
+            .into_iter()
+            .filter(|c| won.contains(&c.read.stored.job.job_id))
+        {
+            self.append_log(c.t.logs.iter().map(codec::log_doc).collect())
+                .await;
+            let rev = c.read.rev + 1;
+            out.push(self.handed_out(c.t.job, rev, &token, expiry));
+        }
+        for job in fired {
+            out.push(self.handed_out(job, 0, &token, expiry));
+        }
+        out.sort_by(|a, b| {
+            b.job
+                .spec
+                .priority
+                .cmp(&a.job.spec.priority)
+                .then(a.job.trigger_time_ms.cmp(&b.job.trigger_time_ms))
+                .then(a.job.job_id.cmp(&b.job.job_id))
+        });
+        Ok(out)
+    }
+
+    /// A leased job, kept for its result.
+    fn handed_out(
+        &self,
+        stored: transition::StoredJob,
+        rev: i64,
+        token: &str,
+        expiry: i64,
+    ) -> Lease {
+        let job = stored.job.clone();
+        self.cache_lease(Read { stored, rev });
+        Lease {
+            job,
+            token: token.to_string(),
+            expiry_ms: expiry,
+        }
+    }
+
+    /// Writes the leases of a claim in one command; returns the ids of the jobs it won.
+    async fn lease_batch(&self, leases: &[Claimed], token: &str) -> StoreResult<HashSet<String>> {
+        let mut statements = Vec::with_capacity(leases.len());
+        for c in leases {
+            let update = codec::update(&c.read, &c.t.job, &c.t.write, None)?;
+            statements.extend(update);
+        }
+        if statements.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let ids = || leases.iter().map(|c| c.read.stored.job.job_id.clone());
+        let expected = statements.len() as u64;
+        if self.update_batch(statements).await? == expected {
+            return Ok(ids().collect());
+        }
+        // Lost some to another tracker: read back exactly what this claim's token holds.
+        let ids: Vec<String> = ids().collect();
+        let mine: Vec<Document> = self
+            .jobs
+            .find(doc! { "_id": { "$in": ids }, "lease_token": token })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(mine
+            .iter()
+            .filter_map(|d| codec::text(d, "_id").map(str::to_string))
+            .collect())
+    }
+
+    /// Writes the claims that do not lease the job itself: the instance of each fire first
+    /// (once per fire: a fire whose instance exists already has run or runs), then each
+    /// definition moved on. Returns the instances to hand out.
+    async fn fire_batch(&self, others: &[Claimed]) -> StoreResult<Vec<transition::StoredJob>> {
+        if others.is_empty() {
+            return Ok(Vec::new());
+        }
+        let follow_ups: Vec<_> = others
+            .iter()
+            .filter_map(|c| c.t.follow_up.clone())
+            .collect();
+        let inserted = self.insert_follow_ups(&follow_ups).await?;
+        let moved = others.iter().map(|c| async move {
+            if self.update_one_guarded(&c.read, &c.t).await? {
+                self.append_log(c.t.logs.iter().map(codec::log_doc).collect())
+                    .await;
+            }
+            StoreResult::Ok(())
+        });
+        try_join_all(moved).await?;
+        Ok(follow_ups
+            .into_iter()
+            .zip(inserted)
+            .filter(|(_, inserted)| *inserted)
+            .map(|(f, _)| f.job)
+            .collect())
+    }
+}

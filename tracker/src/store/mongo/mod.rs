@@ -1,0 +1,470 @@
+//! The production [`JobStore`]: MongoDB, shared by every JobTracker of a cluster.
+//!
+//! # Layout
+//!
+//! One database per cluster (the URI's database, else `lts_<cluster>`), two collections:
+//!
+//! * `jobs`: one document per job, queued, running or finished (finished ones until the
+//!   retention period ends). A job never moves between collections, so finishing it is one
+//!   update. Dedup is the unique index (`task_tracker_node_group`, `task_id`, `done`) where
+//!   `done` is `""` while the job is unfinished and the job id once it finished, so finished
+//!   jobs free their task id. Pending feedback lives in the job document (`fb`, with
+//!   `fb_group` naming the submit node group), written in the same update that records the
+//!   result, so a result and its feedback are stored together or not at all.
+//! * `job_log`: one document per log line, with a TTL index on `at` for the retention period.
+//!
+//! # The rules live elsewhere
+//!
+//! What an event does to a job is [`lts_core::transition`]'s to say. This store reads a job
+//! ([`codec`]: document ↔ [`StoredJob`](lts_core::transition::StoredJob)), applies the event
+//! and writes the transition as one update guarded by the state and revision it read
+//! ([`write`]); a guard that matches nothing means the job changed meanwhile, and the event
+//! is applied again to the job as it is now.
+//!
+//! # Round trips
+//!
+//! Every command the driver sends is counted through command monitoring
+//! ([`MongoStore::round_trips`], metric `lts_store_round_trips_total`). Per job the path costs:
+//! submit — one `insert` per batch; claim — one `find` and one `update` command per batch of
+//! leases (each statement guarded by its job's state and revision, so two trackers never lease
+//! the same job); completion — one guarded `update`, without a read when this tracker handed
+//! the lease out (it keeps the job it leased). Log lines are written by one background writer
+//! that gathers the lines of every operation for [`LOG_LINGER`] and sends them in one
+//! `insert`; operations do not wait for it, and reading a job's log first flushes it.
+
+mod claim;
+mod codec;
+mod events;
+mod log;
+mod queries;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use lts_core::schedule::RetryPolicy;
+use lts_core::{FeedbackItem, Job, JobSpec, LogEntry};
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::event::EventHandler;
+use mongodb::event::command::CommandEvent;
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+use tokio::sync::mpsc;
+
+pub use self::log::LOG_LINGER;
+use super::{
+    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, HeldLease, JobKey,
+    JobStore, Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreError, StoreResult,
+    SubmitOutcome,
+};
+use codec::Read;
+
+/// Options of the MongoDB store.
+#[derive(Debug, Clone)]
+pub struct MongoOptions {
+    /// How retries are spaced.
+    pub retry: RetryPolicy,
+    /// How long finished jobs and log lines are kept; sets the job log's TTL index.
+    pub retention: Duration,
+    /// How long start-up keeps retrying an unreachable server before giving up.
+    pub connect_timeout: Duration,
+}
+
+impl Default for MongoOptions {
+    fn default() -> Self {
+        MongoOptions {
+            retry: RetryPolicy::default(),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            connect_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl From<mongodb::error::Error> for StoreError {
+    fn from(e: mongodb::error::Error) -> Self {
+        StoreError::Backend(format!("mongodb: {e}"))
+    }
+}
+
+const DUPLICATE_KEY: i32 = 11000;
+/// Commands that are not store work (connection handshakes, health checks).
+const NOT_STORE_WORK: &[&str] = &[
+    "hello",
+    "isMaster",
+    "ismaster",
+    "ping",
+    "buildInfo",
+    "endSessions",
+    "saslStart",
+    "saslContinue",
+];
+/// Leases kept for their results before the cache drops those long expired.
+const MAX_CACHED_LEASES: usize = 200_000;
+
+/// The MongoDB job store.
+pub struct MongoStore {
+    db: Database,
+    jobs: Collection<Document>,
+    log: Collection<Document>,
+    round_trips: Arc<AtomicU64>,
+    retry: RetryPolicy,
+    /// The jobs this tracker leased, as it wrote them: a result or a renewal is then one
+    /// guarded update without a read (the guard catches any change since).
+    leases: Mutex<HashMap<String, Read>>,
+    log_tx: mpsc::Sender<log::LogWrite>,
+}
+
+impl std::fmt::Debug for MongoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoStore")
+            .field("database", &self.db.name())
+            .finish()
+    }
+}
+
+/// The database of a cluster when the URI names none: `lts_<cluster>` with characters MongoDB
+/// does not allow in database names replaced by `_`.
+pub fn default_database(cluster: &str) -> String {
+    let clean: String = cluster
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut name = format!("lts_{clean}");
+    name.truncate(63);
+    name
+}
+
+/// Drops the database `lts bench` used, unless the URI named a database of the user's.
+pub async fn drop_bench_database(uri: &str, cluster: &str) -> StoreResult<()> {
+    let options = ClientOptions::parse(uri)
+        .await
+        .map_err(|e| StoreError::Backend(format!("store URI: {e}")))?;
+    if options.default_database.is_some() {
+        return Ok(());
+    }
+    let client = Client::with_options(options)?;
+    client.database(&default_database(cluster)).drop().await?;
+    Ok(())
+}
+
+impl MongoStore {
+    /// Connects to `uri` (`mongodb://…`), creates collections and indexes if needed, and starts
+    /// the log writer. Retries an unreachable server with backoff for
+    /// [`MongoOptions::connect_timeout`], logging every failure.
+    pub async fn connect(uri: &str, cluster: &str, options: MongoOptions) -> StoreResult<Self> {
+        let mut client_options = ClientOptions::parse(uri)
+            .await
+            .map_err(|e| StoreError::Backend(format!("store URI {uri:?}: {e}")))?;
+        client_options.app_name = Some("lts-tracker".into());
+        let round_trips = Arc::new(AtomicU64::new(0));
+        let counter = round_trips.clone();
+        client_options.command_event_handler = Some(EventHandler::callback(
+            move |ev: CommandEvent| {
+                if let CommandEvent::Started(started) = ev
+                    && !NOT_STORE_WORK.contains(&started.command_name.as_str())
+                {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("lts_store_round_trips_total", "command" => started.command_name)
+                        .increment(1);
+                }
+            },
+        ));
+        let database = client_options
+            .default_database
+            .clone()
+            .unwrap_or_else(|| default_database(cluster));
+        let client = Client::with_options(client_options)?;
+        let db = client.database(&database);
+        let (log_tx, log_rx) = mpsc::channel(4096);
+        tokio::spawn(log::log_writer(db.collection("job_log"), log_rx));
+        let store = MongoStore {
+            jobs: db.collection("jobs"),
+            log: db.collection("job_log"),
+            db,
+            round_trips,
+            retry: options.retry,
+            leases: Mutex::new(HashMap::new()),
+            log_tx,
+        };
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match store.ensure_indexes(options.retention).await {
+                Ok(()) => break,
+                Err(e) if started.elapsed() < options.connect_timeout => {
+                    tracing::warn!(error = %e, retry_in = ?delay, database = %database, "mongodb: not ready, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        store.backfill_spec_fields().await?;
+        tracing::info!(database = %database, "mongodb store ready");
+        Ok(store)
+    }
+
+    /// Commands sent to the server so far (store work only: handshakes and pings excluded).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// The database in use.
+    pub fn database(&self) -> &str {
+        self.db.name()
+    }
+
+    /// Gives jobs stored before `submit_node_group` and `schedule_kind` were kept beside the
+    /// spec those two fields, so that listings filtered on them find every job. Each job is
+    /// written once; a job whose spec cannot be read is left to fail where it is read.
+    async fn backfill_spec_fields(&self) -> StoreResult<()> {
+        let mut written = 0u64;
+        loop {
+            let docs: Vec<Document> = self
+                .jobs
+                .find(doc! { "schedule_kind": { "$exists": false }, "spec": { "$type": "string" } })
+                .projection(doc! { "spec": 1 })
+                .limit(1000)
+                .await?
+                .try_collect()
+                .await?;
+            let mut progressed = false;
+            for d in &docs {
+                let Some(spec) =
+                    codec::text(d, "spec").and_then(|t| serde_json::from_str::<JobSpec>(t).ok())
+                else {
+                    continue;
+                };
+                let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+                self.jobs
+                    .update_one(
+                        doc! { "_id": id },
+                        doc! { "$set": codec::spec_fields(&spec)? },
+                    )
+                    .await?;
+                written += 1;
+                progressed = true;
+            }
+            if docs.len() < 1000 || !progressed {
+                break;
+            }
+        }
+        if written > 0 {
+            tracing::info!(
+                jobs = written,
+                "mongodb: kept submit_node_group and schedule_kind beside the spec of older jobs"
+            );
+        }
+        Ok(())
+    }
+
+    async fn ensure_indexes(&self, retention: Duration) -> StoreResult<()> {
+        let index = |keys: Document, name: &str, sparse: bool, unique: bool| {
+            let options = IndexOptions::builder()
+                .name(name.to_string())
+                .sparse(sparse.then_some(true))
+                .unique(unique.then_some(true))
+                .build();
+            IndexModel::builder().keys(keys).options(options).build()
+        };
+        let jobs_indexes = vec![
+            index(
+                doc! { "task_tracker_node_group": 1, "task_id": 1, "done": 1 },
+                "dedup",
+                false,
+                true,
+            ),
+            index(
+                doc! { "task_tracker_node_group": 1, "state": 1, "priority": -1, "trigger_time": 1, "_id": 1 },
+                "claim",
+                false,
+                false,
+            ),
+            index(
+                doc! { "task_tracker_node_group": 1, "state": 1, "trigger_time": 1 },
+                "due",
+                false,
+                false,
+            ),
+            index(doc! { "lease_expiry": 1 }, "lease", true, false),
+            index(doc! { "lease_owner": 1 }, "owner", true, false),
+            index(doc! { "finished_at": 1 }, "finished", true, false),
+            index(doc! { "fb_group": 1, "_id": 1 }, "feedback", true, false),
+        ];
+        self.jobs.create_indexes(jobs_indexes).await?;
+        self.log
+            .create_index(index(
+                doc! { "job_id": 1, "time": 1, "_id": 1 },
+                "job",
+                false,
+                false,
+            ))
+            .await?;
+        let ttl = retention.as_secs().max(1);
+        let ttl_index = IndexModel::builder()
+            .keys(doc! { "at": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("retention".to_string())
+                    .expire_after(Duration::from_secs(ttl))
+                    .build(),
+            )
+            .build();
+        if let Err(e) = self.log.create_index(ttl_index).await {
+            // The retention changed since the index was made: change the index in place.
+            tracing::info!(error = %e, ttl_seconds = ttl, "mongodb: updating the job log TTL");
+            self.db
+                .run_command(doc! {
+                    "collMod": "job_log",
+                    "index": { "name": "retention", "expireAfterSeconds": ttl as i64 },
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a job this tracker leased (or renewed), as written.
+    fn cache_lease(&self, read: Read) {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        if leases.len() > MAX_CACHED_LEASES {
+            // Leases whose results never came (their jobs were requeued elsewhere).
+            let cutoff = lts_core::now_ms() - 3_600_000;
+            leases.retain(|_, l| l.stored.job.lease_expiry_ms.unwrap_or(0) > cutoff);
+        }
+        leases.insert(read.stored.job.job_id.clone(), read);
+    }
+
+    /// The job this tracker leased with `token`, as written, if it is kept.
+    fn cached_lease(&self, job_id: &str, token: &str) -> Option<Read> {
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases
+            .get(job_id)
+            .filter(|r| r.stored.lease_token.as_deref() == Some(token))
+            .cloned()
+    }
+
+    /// Drops the kept lease of a job if it has this token (a refused result or hand-back
+    /// shows it is stale; a stale token says nothing about the lease kept).
+    fn forget_lease_of(&self, job_id: &str, token: &str) {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        if leases
+            .get(job_id)
+            .is_some_and(|r| r.stored.lease_token.as_deref() == Some(token))
+        {
+            leases.remove(job_id);
+        }
+    }
+
+    fn forget_lease(&self, job_id: &str) {
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(job_id);
+    }
+}
+
+#[async_trait]
+impl JobStore for MongoStore {
+    async fn submit(&self, jobs: Vec<JobSpec>, now: i64) -> StoreResult<Vec<SubmitOutcome>> {
+        self.submit_specs(jobs, now).await
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Lease>> {
+        self.claim_due(req).await
+    }
+
+    async fn renew(&self, leases: Vec<LeaseRef>, expiry: i64) -> StoreResult<Vec<String>> {
+        self.renew_leases(leases, expiry).await
+    }
+
+    async fn complete(&self, c: Completion) -> StoreResult<CompleteOutcome> {
+        self.complete_run(c).await
+    }
+
+    async fn release(&self, leases: Vec<LeaseRef>, now: i64) -> StoreResult<Vec<Requeued>> {
+        self.release_leases(leases, now).await
+    }
+
+    async fn requeue_expired(&self, now: i64) -> StoreResult<Vec<Requeued>> {
+        self.requeue_lost(events::Lost::Expired, now).await
+    }
+
+    async fn requeue_owner(&self, owner: &str, now: i64) -> StoreResult<Vec<Requeued>> {
+        self.requeue_lost(events::Lost::Owner(owner), now).await
+    }
+
+    async fn requeue_held(&self, leases: Vec<HeldLease>, now: i64) -> StoreResult<Vec<Requeued>> {
+        self.requeue_lost(events::Lost::Held(&leases), now).await
+    }
+
+    async fn cancel(&self, key: JobKey, now: i64) -> StoreResult<CancelOutcome> {
+        self.cancel_job(key, now).await
+    }
+
+    async fn suspend(&self, key: JobKey, now: i64) -> StoreResult<ChangeOutcome> {
+        self.change(key, events::Change::Suspend, now).await
+    }
+
+    async fn resume(&self, key: JobKey, now: i64) -> StoreResult<ChangeOutcome> {
+        self.change(key, events::Change::Resume, now).await
+    }
+
+    async fn get(&self, key: JobKey) -> StoreResult<Option<Job>> {
+        self.get_job(key).await
+    }
+
+    async fn list(&self, filter: ListFilter) -> StoreResult<Page> {
+        self.list_jobs(filter).await
+    }
+
+    async fn log(&self, job_id: &str, limit: usize) -> StoreResult<Vec<LogEntry>> {
+        self.job_log(job_id, limit).await
+    }
+
+    async fn stats(&self, node_group: Option<&str>) -> StoreResult<Stats> {
+        self.job_stats(node_group).await
+    }
+
+    async fn next_due(&self, node_group: &str) -> StoreResult<Option<i64>> {
+        self.next_due_time(node_group).await
+    }
+
+    async fn pending_feedback(
+        &self,
+        submit_node_group: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<FeedbackItem>> {
+        self.feedback_after(submit_node_group, after, limit).await
+    }
+
+    async fn ack_feedback(&self, ids: Vec<String>) -> StoreResult<()> {
+        self.ack(ids).await
+    }
+
+    async fn fence(&self, epoch: u64, identity: &str, now: i64) -> StoreResult<bool> {
+        self.fence_master(epoch, identity, now).await
+    }
+
+    async fn enforce_retention(&self, before: i64) -> StoreResult<u64> {
+        self.retention(before).await
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        self.ping().await
+    }
+
+    fn round_trips(&self) -> Option<u64> {
+        Some(MongoStore::round_trips(self))
+    }
+}

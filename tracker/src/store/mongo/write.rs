@@ -1,0 +1,264 @@
+//! How a [`Transition`] is written: one guarded update of the job (its state and revision as
+//! read; see [`codec::update`]), the job it creates inserted first, its log lines handed to
+//! the log writer, its cascade applied job by job. A guard that matches nothing means someone
+//! changed the job meanwhile: it is read again and the event applied again, a bounded number
+//! of times.
+
+use futures::TryStreamExt;
+use lts_core::transition::{self, CancelCause, Cascade, Event, FollowUp, Refusal, Transition};
+use lts_core::transition::{StoredJob, Write};
+use mongodb::bson::{Document, doc};
+use mongodb::error::ErrorKind;
+
+use super::codec::{self, Read};
+use super::{DUPLICATE_KEY, MongoStore};
+use crate::store::{StoreError, StoreResult};
+
+/// How many times an event is applied to a job that keeps changing under it.
+pub(super) const ATTEMPTS: usize = 5;
+
+/// Most statements in one `update` command.
+const BATCH: usize = 1000;
+
+/// Where the first read of a job comes from.
+pub(super) enum First {
+    /// Read it now.
+    Fetch,
+    /// As read from the server just now: a refusal stands.
+    Fresh(Read),
+    /// As this tracker last wrote it (its lease cache): a hint that saves a read. A refusal
+    /// or a guard that matches nothing sends it to the server.
+    Cached(Read),
+}
+
+/// What applying an event to one job came to.
+pub(super) enum Applied {
+    /// Written (or nothing to write): the transition, and the job as it was read.
+    Done {
+        /// The job as read.
+        before: Read,
+        /// The transition written.
+        t: Box<Transition>,
+    },
+    /// The event does not apply to the job as read.
+    Refused {
+        /// The job as read.
+        before: Read,
+        /// Why.
+        refusal: Refusal,
+    },
+    /// No job matches.
+    Missing,
+}
+
+impl MongoStore {
+    /// Applies the event `event` makes of the job that `filter` finds (or of `first`) at `now`
+    /// and writes the transition: the job's guarded update, the job it creates, its log
+    /// lines, then its cascade.
+    pub(super) async fn apply_to(
+        &self,
+        filter: &Document,
+        first: First,
+        event: impl Fn(&StoredJob) -> Event,
+        now: i64,
+    ) -> StoreResult<Applied> {
+        let applied = self.apply_job(filter, first, event, now).await?;
+        if let Applied::Done { t, .. } = &applied
+            && let Some(cascade) = &t.cascade
+        {
+            self.cascade(cascade, now).await?;
+        }
+        Ok(applied)
+    }
+
+    /// [`MongoStore::apply_to`] for the job alone, without the transition's cascade.
+    async fn apply_job(
+        &self,
+        filter: &Document,
+        first: First,
+        event: impl Fn(&StoredJob) -> Event,
+        now: i64,
+    ) -> StoreResult<Applied> {
+        let mut next = first;
+        for _ in 0..ATTEMPTS {
+            let (read, cached) = match std::mem::replace(&mut next, First::Fetch) {
+                First::Cached(read) => (read, true),
+                First::Fresh(read) => (read, false),
+                First::Fetch => match self.jobs.find_one(filter.clone()).await? {
+                    Some(d) => (codec::read(&d)?, false),
+                    None => return Ok(Applied::Missing),
+                },
+            };
+            let t = match transition::apply(&read.stored, event(&read.stored), now, &self.retry) {
+                Ok(t) => t,
+                Err(_) if cached => continue,
+                Err(refusal) => {
+                    return Ok(Applied::Refused {
+                        before: read,
+                        refusal,
+                    });
+                }
+            };
+            if self.write(&read, &t).await? {
+                return Ok(Applied::Done {
+                    before: read,
+                    t: Box::new(t),
+                });
+            }
+        }
+        Err(StoreError::Backend(
+            "the job kept changing; try again".to_string(),
+        ))
+    }
+
+    /// Writes `t` over the job as `read`; `false` when the guard matched nothing (or, for a
+    /// new job, its task id is taken).
+    async fn write(&self, read: &Read, t: &Transition) -> StoreResult<bool> {
+        // The job a transition creates goes first: the fire or trigger it stands for happens
+        // once, even if this write is lost.
+        if let Some(f) = &t.follow_up {
+            self.insert_follow_ups(std::slice::from_ref(f)).await?;
+        }
+        let written = match &t.write {
+            Write::Keep => true,
+            Write::Insert => self
+                .insert_new(vec![codec::new_doc(&t.job)?])
+                .await?
+                .is_empty(),
+            Write::Update { .. } | Write::Finish { .. } => self.update_one_guarded(read, t).await?,
+        };
+        if !written {
+            return Ok(false);
+        }
+        if t.job.lease_token.is_none() {
+            self.forget_lease(&t.job.job.job_id);
+        }
+        self.append_log(t.logs.iter().map(codec::log_doc).collect())
+            .await;
+        Ok(true)
+    }
+
+    /// The guarded update of `t` over the job as `read`: whether it matched.
+    pub(super) async fn update_one_guarded(
+        &self,
+        read: &Read,
+        t: &Transition,
+    ) -> StoreResult<bool> {
+        match codec::update(read, &t.job, &t.write, t.feedback.as_ref())? {
+            None => Ok(true),
+            Some((guard, update)) => {
+                Ok(self.jobs.update_one(guard, update).await?.matched_count == 1)
+            }
+        }
+    }
+
+    /// Sends guarded updates (guard, update) in as few `update` commands as the server takes;
+    /// returns how many matched.
+    pub(super) async fn update_batch(
+        &self,
+        statements: Vec<(Document, Document)>,
+    ) -> StoreResult<u64> {
+        let mut matched = 0;
+        for chunk in statements.chunks(BATCH) {
+            let updates: Vec<Document> =
+                chunk.iter().map(|(q, u)| doc! { "q": q, "u": u }).collect();
+            let mut command = doc! {
+                "update": self.jobs.name(),
+                "updates": updates,
+                "ordered": false,
+            };
+            if let Some(wc) = self.jobs.write_concern() {
+                let wc = mongodb::bson::to_document(wc)
+                    .map_err(|e| StoreError::Backend(format!("mongodb: write concern: {e}")))?;
+                command.insert("writeConcern", wc);
+            }
+            let reply = self.db.run_command(command).await?;
+            for key in ["writeErrors", "writeConcernError"] {
+                if let Some(e) = reply.get(key) {
+                    return Err(StoreError::Backend(format!("mongodb: update: {e}")));
+                }
+            }
+            matched += codec::int(&reply, "n").unwrap_or(0) as u64;
+        }
+        Ok(matched)
+    }
+
+    /// Inserts new jobs; returns the positions that hit the dedup index (an unfinished job
+    /// has their node group and task id).
+    pub(super) async fn insert_new(&self, docs: Vec<Document>) -> StoreResult<Vec<usize>> {
+        if docs.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.jobs.insert_many(docs).ordered(false).await {
+            Ok(_) => Ok(Vec::new()),
+            Err(e) => match e.kind.as_ref() {
+                ErrorKind::InsertMany(failure)
+                    if failure.write_concern_error.is_none()
+                        && failure
+                            .write_errors
+                            .as_ref()
+                            .is_some_and(|w| w.iter().all(|w| w.code == DUPLICATE_KEY)) =>
+                {
+                    Ok(failure
+                        .write_errors
+                        .iter()
+                        .flatten()
+                        .map(|w| w.index)
+                        .collect())
+                }
+                _ => Err(e.into()),
+            },
+        }
+    }
+
+    /// Inserts the jobs that transitions create, with their log lines; returns whether each
+    /// was inserted (not when an unfinished job has its task id: that fire already has its
+    /// job).
+    pub(super) async fn insert_follow_ups(
+        &self,
+        follow_ups: &[FollowUp],
+    ) -> StoreResult<Vec<bool>> {
+        let docs = follow_ups
+            .iter()
+            .map(|f| codec::new_doc(&f.job))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let taken = self.insert_new(docs).await?;
+        let inserted: Vec<bool> = (0..follow_ups.len()).map(|i| !taken.contains(&i)).collect();
+        let lines = follow_ups
+            .iter()
+            .zip(&inserted)
+            .filter(|(_, inserted)| **inserted)
+            .flat_map(|(f, _)| f.logs.iter().map(codec::log_doc))
+            .collect();
+        self.append_log(lines).await;
+        Ok(inserted)
+    }
+
+    /// Applies a transition's work on other jobs.
+    async fn cascade(&self, cascade: &Cascade, now: i64) -> StoreResult<()> {
+        let Cascade::CancelQueuedInstances {
+            node_group,
+            task_id_prefix,
+            definition,
+        } = cascade;
+        let found: Vec<Document> = self
+            .jobs
+            .find(doc! {
+                "task_tracker_node_group": node_group,
+                "task_id": { "$regex": codec::prefix_regex(task_id_prefix) },
+                "done": "",
+            })
+            .await?
+            .try_collect()
+            .await?;
+        for d in found {
+            let read = codec::read(&d)?;
+            let filter = doc! { "_id": &read.stored.job.job_id };
+            let cause = || Event::Cancel(CancelCause::WithSchedule(definition.clone()));
+            // A running instance finishes its attempt (refused); the rest are cancelled.
+            self.apply_job(&filter, First::Fresh(read), |_| cause(), now)
+                .await?;
+        }
+        Ok(())
+    }
+}

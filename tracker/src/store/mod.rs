@@ -320,21 +320,6 @@ pub trait JobStore: Send + Sync + 'static {
     }
 }
 
-/// Whether a stored spec (its JSON) may be a cron or repeat job: a cheap test on the claim
-/// path, so that only those specs are parsed; a `true` is confirmed on the parsed spec.
-pub(crate) fn spec_may_recur(spec_json: &str) -> bool {
-    const TAG: &str = "\"type\":\"";
-    spec_json.match_indices(TAG).any(|(i, _)| {
-        let kind = &spec_json[i + TAG.len()..];
-        [ScheduleKind::Cron, ScheduleKind::Repeat]
-            .into_iter()
-            .any(|k| {
-                kind.strip_prefix(k.json_tag())
-                    .is_some_and(|end| end.starts_with('"'))
-            })
-    })
-}
-
 /// After this long without the newest master acting, its fence yields to any master.
 pub const FENCE_STALE_MS: i64 = 60_000;
 
@@ -342,42 +327,4 @@ pub const FENCE_STALE_MS: i64 = 60_000;
 /// ([`LogType::parse_lenient`]).
 pub(crate) fn parse_log_type(s: &str) -> LogType {
     LogType::parse_lenient(s)
-}
-
-#[cfg(test)]
-mod tests {
-    use lts_core::{JobSpec, Schedule};
-
-    use super::*;
-
-    #[test]
-    fn only_cron_and_repeat_specs_may_recur() {
-        let schedules = [
-            (Schedule::Now, false),
-            (Schedule::TriggerAt { trigger_time_ms: 1 }, false),
-            (
-                Schedule::Cron {
-                    expression: "0 * * * * *".into(),
-                    time_zone: None,
-                },
-                true,
-            ),
-            (
-                Schedule::Repeat {
-                    interval_ms: 1_000,
-                    count: -1,
-                    first_fire_ms: None,
-                },
-                true,
-            ),
-        ];
-        for (schedule, recurs) in schedules {
-            let spec = JobSpec::new("t", "g")
-                .param("note", "\"type\":\"cron")
-                .schedule(schedule);
-            let json = serde_json::to_string(&spec).unwrap();
-            assert_eq!(spec_may_recur(&json), recurs, "{json}");
-        }
-        assert!(!spec_may_recur("{\"type\":\"cronjob\"}"));
-    }
 }

@@ -4,9 +4,11 @@
 //! (leases it, fires an instance of it, skips a missed fire, finishes a schedule); the leases
 //! go to the server as one `update` command, each statement guarded by its job's state and
 //! revision as read, so that a job another tracker took (or a user changed) meanwhile is left
-//! alone. The instances of fires are inserted before their definitions move on.
+//! alone. The instances of fires are inserted before their definitions move on. Claims of one
+//! node group from one tracker take turns.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use futures::future::try_join_all;
@@ -30,6 +32,11 @@ impl MongoStore {
         if req.max == 0 {
             return Ok(Vec::new());
         }
+        // Claims of one node group from this tracker (one per TaskTracker in a dispatch
+        // round) take turns: each finds what the one before left, instead of all racing for
+        // the same best jobs and all but one losing them.
+        let turn = self.claim_turn(&req.node_group);
+        let _turn = turn.lock().await;
         let now = req.now_ms;
         let token = uuid::Uuid::new_v4().simple().to_string();
         let expiry = now + req.lease_ms;
@@ -90,6 +97,12 @@ impl MongoStore {
                 .then(a.job.job_id.cmp(&b.job.job_id))
         });
         Ok(out)
+    }
+
+    /// The turn of claims for one node group.
+    fn claim_turn(&self, node_group: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.claim_turns.lock().unwrap_or_else(|e| e.into_inner());
+        turns.entry(node_group.to_string()).or_default().clone()
     }
 
     /// A leased job, kept for its result.

@@ -115,6 +115,8 @@ pub struct MongoStore {
     /// The jobs this tracker leased, as it wrote them: a result or a renewal is then one
     /// guarded update without a read (the guard catches any change since).
     leases: Mutex<HashMap<String, Read>>,
+    /// Per node group: the turn of this tracker's claims.
+    claim_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     log_tx: mpsc::Sender<log::LogWrite>,
 }
 
@@ -194,6 +196,7 @@ impl MongoStore {
             round_trips,
             retry: options.retry,
             leases: Mutex::new(HashMap::new()),
+            claim_turns: Mutex::new(HashMap::new()),
             log_tx,
         };
         let started = std::time::Instant::now();

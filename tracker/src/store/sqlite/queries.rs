@@ -4,14 +4,15 @@
 use lts_core::{FeedbackItem, Job, JobKey, JobState, LogEntry, LogLevel};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::schema::{Found, JOB_COLS, NEXT_DUE, decode_finished, found_all, stored_job};
+use super::schema::{
+    FIND_BY_ID, FIND_BY_TASK, Found, JOB_COLS, NEXT_DUE, decode_finished, found_all, stored_job,
+};
 use super::write::like_prefix;
 use crate::store::{ListFilter, Page, Stats, StoreError, StoreResult, parse_log_type};
 
 /// The unfinished job with this id.
 pub(super) fn find_by_id(conn: &Connection, job_id: &str) -> StoreResult<Option<Found>> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE job_id = ?1"))?;
+    let mut stmt = conn.prepare_cached(FIND_BY_ID.text())?;
     let mut rows = stmt.query([job_id])?;
     rows.next()?.map(stored_job).transpose()
 }
@@ -24,9 +25,7 @@ pub(super) fn find_by_key(conn: &Connection, key: &JobKey) -> StoreResult<Option
             node_group,
             task_id,
         } => {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {JOB_COLS} FROM jobs WHERE node_group = ?1 AND task_id = ?2"
-            ))?;
+            let mut stmt = conn.prepare_cached(FIND_BY_TASK.text())?;
             let mut rows = stmt.query(params![node_group, task_id])?;
             rows.next()?.map(stored_job).transpose()
         }

@@ -146,6 +146,10 @@ sql! {
     EXPIRED_LEASES = &format!("SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_lease WHERE state = {{RUNNING}} AND lease_expiry < ?1");
     /// The running jobs leased to `?1`.
     OWNER_LEASES = &format!("SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_lease WHERE state = {{RUNNING}} AND lease_owner = ?1");
+    /// The unfinished job with id `?1`.
+    FIND_BY_ID = &format!("SELECT {JOB_COLS} FROM jobs WHERE job_id = ?1");
+    /// The unfinished job with node group `?1` and task id `?2`.
+    FIND_BY_TASK = &format!("SELECT {JOB_COLS} FROM jobs WHERE node_group = ?1 AND task_id = ?2");
     /// The earliest trigger time of a queued job of node group `?1`.
     NEXT_DUE = "SELECT MIN(trigger_time) FROM jobs INDEXED BY jobs_due \
         WHERE node_group = ?1 AND state = {QUEUED}";

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: installs what the tests need (ZooKeeper, a
-# MongoDB-wire-protocol server, the Helm SDK), then format check, clippy, build, tests.
+# The whole test suite, as CI runs it: installs what the tests need (ZooKeeper, MongoDB's
+# mongod, the Helm SDK), then format check, clippy, build, tests.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh -E 'test(kill)'   extra arguments go to cargo nextest (or cargo test)

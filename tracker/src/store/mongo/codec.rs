@@ -11,7 +11,7 @@ use lts_core::transition::{Field, StoredJob, Write};
 use lts_core::{FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, Outcome};
 use mongodb::bson::{Bson, DateTime, Document, doc};
 
-use super::super::{StoreError, StoreResult, parse_log_type};
+use crate::store::{StoreError, StoreResult, parse_log_type};
 
 /// A job as read, with the revision its next write is guarded by.
 #[derive(Debug, Clone)]

@@ -610,6 +610,10 @@ async fn get(a: GetArgs) -> CliResult {
         ),
         ("scheduled fire", time(job.scheduled_fire_ms)),
         ("fires so far", job.fire_count.to_string()),
+        (
+            "instance of",
+            job.instance_of.clone().unwrap_or_else(|| "-".into()),
+        ),
         ("attempt", job.attempt.to_string()),
         ("max_retries", s.max_retries.to_string()),
         ("need_feedback", s.need_feedback.to_string()),

@@ -162,6 +162,7 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
         finished_at_ms: j.finished_at_ms.unwrap_or(0),
         scheduled_fire_ms: j.scheduled_fire_ms.unwrap_or(0),
         fire_count: j.fire_count,
+        instance_of: j.instance_of.clone().unwrap_or_default(),
     }
 }
 
@@ -187,6 +188,7 @@ pub fn job_from_proto(p: proto::Job) -> Job {
         finished_at_ms: opt(p.finished_at_ms),
         scheduled_fire_ms: opt(p.scheduled_fire_ms),
         fire_count: p.fire_count,
+        instance_of: (!p.instance_of.is_empty()).then_some(p.instance_of),
     }
 }
 

@@ -397,6 +397,11 @@ pub struct Job {
     pub scheduled_fire_ms: Option<i64>,
     /// For scheduled jobs: instances fired so far.
     pub fire_count: u64,
+    /// For one fire (or trigger) of a recurring job run as its own job: the `job_id` of the
+    /// recurring job it belongs to. Set when the tracker creates the instance and never
+    /// changed; `None` for every job a client submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_of: Option<String>,
 }
 
 /// LTS job-log types.
@@ -601,6 +606,7 @@ impl Job {
             finished_at_ms: None,
             scheduled_fire_ms: None,
             fire_count: 0,
+            instance_of: None,
         }
     }
 }

@@ -241,20 +241,24 @@ pub fn fires_overlapping_instances(spec: &JobSpec) -> bool {
     spec.schedule.is_recurring() && !spec.rely_on_prev_cycle
 }
 
-/// What the task ids of a recurring job's instances start with: `<task_id>~`, the task id cut
-/// to 48 characters.
-pub fn instance_prefix(task_id: &str) -> String {
-    let base: String = task_id.chars().take(48).collect();
-    format!("{base}~")
+/// The character that joins a recurring job's task id and a fire time in the task id of an
+/// instance; reserved, so no task id a client submits can be an instance's.
+pub const INSTANCE_SEPARATOR: char = '~';
+
+/// The task id of the instance of the recurring job `task_id` for the fire at `fire_ms`:
+/// `<task_id>~<fire ms>`, the whole task id kept (a recurring job's task ids are unique in
+/// its node group, and fire times are unique per job, so instance task ids are too).
+pub fn instance_task_id(task_id: &str, fire_ms: i64) -> String {
+    format!("{task_id}{INSTANCE_SEPARATOR}{fire_ms}")
 }
 
-/// The one-off job that runs one fire of a recurring job: the definition's job with task id
-/// `<task_id>~<fire ms>` (the task id cut to 48 characters, so the whole stays within 64),
-/// due at once, with the definition's retries, params and feedback. Its own job, so the
-/// definition's schedule does not move.
+/// The one-off job spec that runs one fire of a recurring job: the definition's spec with
+/// task id [`instance_task_id`], due at once, with the definition's retries, params and
+/// feedback. Its own job, so the definition's schedule does not move; the job made of it
+/// carries the definition's id in [`crate::Job::instance_of`].
 pub fn instance_spec(spec: &JobSpec, fire_ms: i64) -> JobSpec {
     let mut instance = spec.clone();
-    instance.task_id = format!("{}{fire_ms}", instance_prefix(&spec.task_id));
+    instance.task_id = instance_task_id(&spec.task_id, fire_ms);
     instance.schedule = Schedule::Now;
     instance.replace_on_exist = false;
     instance.rely_on_prev_cycle = false;

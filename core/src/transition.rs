@@ -323,13 +323,9 @@ pub enum Handout {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cascade {
     /// Cancel the queued and suspended instances of a cancelled recurring job (its pending
-    /// retries and triggered runs): each unfinished job of `node_group` whose task id starts
-    /// with `task_id_prefix`, by [`CancelCause::WithSchedule`] (which refuses a running one).
+    /// retries and triggered runs): each unfinished job whose [`Job::instance_of`] is
+    /// `definition`, by [`CancelCause::WithSchedule`] (which refuses a running one).
     CancelQueuedInstances {
-        /// The node group.
-        node_group: String,
-        /// See [`schedule::instance_prefix`].
-        task_id_prefix: String,
         /// The cancelled job's id.
         definition: String,
     },
@@ -437,11 +433,12 @@ pub fn apply(
             if !job.spec.schedule.is_recurring() {
                 return Err(Refusal::NotRecurring(job.job_id.clone()));
             }
-            let instance = accept(
+            let mut instance = accept(
                 schedule::instance_spec(&job.spec, now_ms),
                 instance_id,
                 now_ms,
             );
+            instance.job.job.instance_of = Some(job.job_id.clone());
             let mut t = keep(stored.clone());
             t.follow_up = Some(FollowUp {
                 job: instance.job,
@@ -624,6 +621,7 @@ fn fire_instance(stored: &StoredJob, claim: &Claim, fire: i64, fired: u64, now: 
         instance.created_at_ms = now;
         instance.fire_count = fired;
         instance.scheduled_fire_ms = Some(step.instance_fire_ms);
+        instance.instance_of = Some(def.job_id.clone());
         let note = format!("fire {} of {}", format_ms(fire), def.job_id);
         let receive = log(&instance, now, LogType::Receive, note);
         let mut instance = StoredJob::new(instance);
@@ -873,8 +871,6 @@ fn cancel(stored: &StoredJob, cause: CancelCause, now_ms: i64) -> Result<Transit
         CancelCause::User => {
             let recurring = job.spec.schedule.is_recurring();
             let cascade = recurring.then(|| Cascade::CancelQueuedInstances {
-                node_group: job.spec.task_tracker_node_group.clone(),
-                task_id_prefix: schedule::instance_prefix(&job.spec.task_id),
                 definition: job.job_id.clone(),
             });
             ("cancelled by a user".to_string(), cascade)
@@ -1232,6 +1228,7 @@ mod tests {
         let f = t.follow_up.as_ref().expect("instance");
         let i = &f.job.job;
         assert_eq!(i.spec.task_id, format!("tick~{NOW}"));
+        assert_eq!(i.instance_of.as_deref(), Some("d"), "carries its definition");
         assert_eq!(
             (i.state, i.attempt, i.scheduled_fire_ms),
             (Running, 1, Some(NOW))
@@ -1289,18 +1286,10 @@ mod tests {
     fn cancels_replaces_triggers_and_lost_leases() {
         // Cancelling a schedule cancels its queued instances; a running job loses its lease.
         let t = run(&job_in(Running), Event::Cancel(CancelCause::User), LATER);
-        let Some(Cascade::CancelQueuedInstances {
-            task_id_prefix,
-            definition,
-            ..
-        }) = t.cascade
-        else {
+        let Some(Cascade::CancelQueuedInstances { definition }) = t.cascade else {
             panic!("{t:?}")
         };
-        assert_eq!(
-            (task_id_prefix.as_str(), definition.as_str()),
-            ("tick~", "j1")
-        );
+        assert_eq!(definition, "j1");
         assert!(matches!(&t.write, Write::Finish { fields, .. } if fields.contains(&Field::Lease)));
         let with = Event::Cancel(CancelCause::WithSchedule("j0".into()));
         let t = run(&job_in(Queued), with, LATER);
@@ -1316,8 +1305,8 @@ mod tests {
         let t = run(&job_in(Queued), Event::Trigger("i".into()), LATER);
         let i = t.follow_up.expect("instance").job.job;
         assert_eq!(
-            (i.spec.task_id, i.trigger_time_ms),
-            (format!("tick~{LATER}"), LATER)
+            (i.spec.task_id, i.trigger_time_ms, i.instance_of.as_deref()),
+            (format!("tick~{LATER}"), LATER, Some("j1"))
         );
         // A replace: a queued job takes the new trigger time (a one-off, no scheduled fire).
         let submit = |ms| {
@@ -1553,19 +1542,11 @@ mod tests {
             {
                 self.jobs.push(f.job);
             }
-            if let Some(Cascade::CancelQueuedInstances {
-                node_group,
-                task_id_prefix,
-                definition,
-            }) = t.cascade
-            {
+            if let Some(Cascade::CancelQueuedInstances { definition }) = t.cascade {
                 for k in 0..self.jobs.len() {
                     let j = &self.jobs[k].job;
                     let queued = matches!(j.state, Queued | Suspended);
-                    if queued
-                        && j.spec.task_tracker_node_group == node_group
-                        && j.spec.task_id.starts_with(&task_id_prefix)
-                    {
+                    if queued && j.instance_of.as_deref() == Some(definition.as_str()) {
                         let cancel = Event::Cancel(CancelCause::WithSchedule(definition.clone()));
                         let t = apply(&self.jobs[k], cancel, self.now, &policy);
                         self.jobs[k] = t.map_err(|r| TestCaseError::fail(r.to_string()))?.job;

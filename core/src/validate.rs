@@ -112,6 +112,17 @@ pub fn validate(spec: &JobSpec) -> Result<(), Violations> {
             "task_id",
             "must not contain control characters",
         ));
+    } else if spec
+        .task_id
+        .contains(crate::schedule::INSTANCE_SEPARATOR)
+    {
+        out.push(FieldViolation::new(
+            "task_id",
+            format!(
+                "must not contain {:?}: it names the instances of recurring jobs",
+                crate::schedule::INSTANCE_SEPARATOR
+            ),
+        ));
     }
 
     check_node_group(
@@ -307,6 +318,18 @@ mod tests {
         assert_eq!(fields(&spec), ["task_id"]);
         let spec = JobSpec::new("x".repeat(64), "g");
         assert!(validate(&spec).is_ok());
+    }
+
+    #[test]
+    fn the_instance_separator_is_reserved() {
+        let spec = JobSpec::new("report~1700000000000", "g");
+        assert_eq!(fields(&spec), ["task_id"]);
+        assert!(
+            validate(&spec)
+                .unwrap_err()
+                .to_string()
+                .contains("names the instances of recurring jobs")
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use lts_tracker::store::mongo::{MongoOptions, MongoStore};
 use lts_tracker::store::sqlite::{SqliteOptions, SqliteStore};
 use lts_tracker::store::{
     CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, HeldLease, JobKey,
-    JobStore, LeaseRef, ListFilter, SubmitOutcome,
+    JobStore, LeaseRef, ListFilter, SubmitOutcome, TriggerOutcome,
 };
 
 const NOW: i64 = 1_800_000_000_000;
@@ -1394,8 +1394,8 @@ pub async fn cancel_cascades_to_queued_instances_only(store: Arc<dyn JobStore>) 
         .unwrap()
         .remove(0);
     assert_ne!(a.job.job_id, b.job.job_id);
-    // `a` fails with a retry left (queued); `b` runs on; a triggered run is queued (a trigger
-    // submits the instance of now, as the service does); "cronx" only looks like an instance.
+    // `a` fails with a retry left (queued); `b` runs on; a triggered run is queued; "cronx"
+    // and "cron~7" (a task id accepted before `~` was reserved) only look like instances.
     let r = store
         .complete(done(&a.job.job_id, &a.token, Outcome::Later, NOW + 1_100))
         .await
@@ -1410,12 +1410,21 @@ pub async fn cancel_cascades_to_queued_instances_only(store: Arc<dyn JobStore>) 
         ),
         "{r:?}"
     );
-    let triggered = lts_core::schedule::instance_spec(&spec, NOW + 1_200);
-    let trig_id = id(&store.submit(vec![triggered], NOW + 1_200).await.unwrap()[0]);
-    let other_id = id(&store
-        .submit(vec![JobSpec::new("cronx", "g")], NOW)
+    let trig_id = match store
+        .trigger(JobKey::Id(def_id.clone()), NOW + 1_200)
         .await
-        .unwrap()[0]);
+        .unwrap()
+    {
+        TriggerOutcome::Triggered(i) => i.job_id,
+        other => panic!("{other:?}"),
+    };
+    let others = store
+        .submit(
+            vec![JobSpec::new("cronx", "g"), JobSpec::new("cron~7", "g")],
+            NOW,
+        )
+        .await
+        .unwrap();
     let c = store
         .cancel(JobKey::Id(def_id.clone()), NOW + 1_300)
         .await
@@ -1443,7 +1452,9 @@ pub async fn cancel_cascades_to_queued_instances_only(store: Arc<dyn JobStore>) 
         JobState::Running,
         "the running instance"
     );
-    assert_eq!(state(other_id).await, JobState::Queued, "not an instance");
+    for other in &others {
+        assert_eq!(state(id(other)).await, JobState::Queued, "not an instance");
+    }
     let log = store.log(&trig_id, 100).await.unwrap();
     assert!(
         log.iter()
@@ -1469,8 +1480,9 @@ pub async fn cancel_cascades_to_queued_instances_only(store: Arc<dyn JobStore>) 
         .claim(claim("g", "w1", 10, NOW + 60_000))
         .await
         .unwrap();
-    let tasks: Vec<&str> = later.iter().map(|l| l.job.spec.task_id.as_str()).collect();
-    assert_eq!(tasks, ["cronx"]);
+    let mut tasks: Vec<&str> = later.iter().map(|l| l.job.spec.task_id.as_str()).collect();
+    tasks.sort_unstable();
+    assert_eq!(tasks, ["cronx", "cron~7"]);
     // A cancelled job stays cancelled.
     assert!(matches!(
         store
@@ -1479,6 +1491,79 @@ pub async fn cancel_cascades_to_queued_instances_only(store: Arc<dyn JobStore>) 
             .unwrap(),
         CancelOutcome::AlreadyFinished(_)
     ));
+}
+
+/// An instance is told apart by the recurring job it names in `instance_of`, not by its task
+/// id: two recurring jobs whose long task ids share their first 48 characters both fire at the
+/// same instant, each into its own instance; a trigger makes an instance too, and refuses a
+/// one-off job.
+pub async fn instances_name_their_recurring_job(store: Arc<dyn JobStore>) {
+    let common = "x".repeat(48);
+    let every_second = |task_id: String| {
+        JobSpec::new(task_id, "g").schedule(Schedule::Repeat {
+            interval_ms: 1000,
+            count: -1,
+            first_fire_ms: Some(NOW),
+        })
+    };
+    let (a, b) = (format!("{common}-report-a"), format!("{common}-report-b"));
+    let out = store
+        .submit(vec![every_second(a.clone()), every_second(b.clone())], NOW)
+        .await
+        .unwrap();
+    let (a_id, b_id) = (id(&out[0]), id(&out[1]));
+    let fired = store.claim(claim("g", "w1", 10, NOW + 5)).await.unwrap();
+    let mut seen: Vec<(String, Option<String>)> = fired
+        .iter()
+        .map(|l| (l.job.spec.task_id.clone(), l.job.instance_of.clone()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (format!("{a}~{NOW}"), Some(a_id.clone())),
+            (format!("{b}~{NOW}"), Some(b_id.clone())),
+        ],
+        "one fire each, none lost"
+    );
+    // A trigger: an instance of now, naming its recurring job; the schedule does not move.
+    let t = store
+        .trigger(JobKey::Id(a_id.clone()), NOW + 100)
+        .await
+        .unwrap();
+    let TriggerOutcome::Triggered(i) = t else {
+        panic!("{t:?}")
+    };
+    assert_eq!(
+        (i.spec.task_id.as_str(), i.instance_of.as_deref(), i.state),
+        (format!("{a}~{}", NOW + 100).as_str(), Some(a_id.as_str()), JobState::Queued)
+    );
+    let again = store
+        .trigger(JobKey::Id(a_id.clone()), NOW + 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        TriggerOutcome::Triggered(i.clone()),
+        "the same instant: the same instance"
+    );
+    let got = store.get(JobKey::Id(i.job_id.clone())).await.unwrap().unwrap();
+    assert_eq!(got.instance_of.as_deref(), Some(a_id.as_str()));
+    let def = store.get(JobKey::Id(a_id.clone())).await.unwrap().unwrap();
+    assert_eq!((def.fire_count, def.instance_of), (2, None));
+    // Cancelling `b` leaves `a`'s instances alone.
+    store.cancel(JobKey::Id(b_id), NOW + 200).await.unwrap();
+    let i_now = store.get(JobKey::Id(i.job_id)).await.unwrap().unwrap();
+    assert_eq!(i_now.state, JobState::Queued);
+    // What a trigger refuses.
+    let one_off = id(&store
+        .submit(vec![JobSpec::new("once", "g")], NOW)
+        .await
+        .unwrap()[0]);
+    let t = store.trigger(JobKey::Id(one_off), NOW).await.unwrap();
+    assert!(matches!(t, TriggerOutcome::NotRecurring(ref j) if j.spec.task_id == "once"), "{t:?}");
+    let t = store.trigger(JobKey::Id("nope".into()), NOW).await.unwrap();
+    assert_eq!(t, TriggerOutcome::NotFound);
 }
 
 macro_rules! for_each_case {
@@ -1500,7 +1585,8 @@ macro_rules! for_each_case {
             months_of_a_daily_cron,
             stale_token_after_reassignment,
             suspended_while_running_waits_after_its_attempt,
-            cancel_cascades_to_queued_instances_only
+            cancel_cascades_to_queued_instances_only,
+            instances_name_their_recurring_job
         );
     };
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{
     CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, HeldLease, JobStore,
-    Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreResult, SubmitOutcome,
+    Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreResult, SubmitOutcome, TriggerOutcome,
 };
 
 /// How many announcement batches a slow watcher may fall behind before it must resync.
@@ -333,6 +333,14 @@ impl JobStore for ChangeFeed {
     async fn resume(&self, key: JobKey, now_ms: i64) -> StoreResult<ChangeOutcome> {
         let out = self.inner.resume(key, now_ms).await?;
         if let ChangeOutcome::Changed(job) = &out {
+            self.announce(|| vec![ChangeHint::of_job(job)]);
+        }
+        Ok(out)
+    }
+
+    async fn trigger(&self, key: JobKey, now_ms: i64) -> StoreResult<TriggerOutcome> {
+        let out = self.inner.trigger(key, now_ms).await?;
+        if let TriggerOutcome::Triggered(job) = &out {
             self.announce(|| vec![ChangeHint::of_job(job)]);
         }
         Ok(out)

@@ -326,12 +326,10 @@ pub fn mirror(status: &mut crate::crd::JobStatus, job: &lts_core::Job) {
     status.last_fire_time = job.scheduled_fire_ms.and_then(rfc3339);
 }
 
-/// Whether `job` runs one fire of a recurring job (an instance job). The one place that tells
-/// instances apart: today from their task id, `<definition's task id>~<fire ms>`, due now (a
-/// task id a user chose may hold a `~` too); once the protocol carries the definition as
-/// `instance_of`, from that field.
+/// Whether `job` runs one fire of a recurring job (an instance job): the tracker names the
+/// recurring job in its `instance_of`.
 pub fn is_instance(job: &lts_core::Job) -> bool {
-    job.spec.schedule == Schedule::Now && job.spec.task_id.contains('~')
+    job.instance_of.is_some()
 }
 
 /// Whether `job` is an instance (one fire) of the recurring job submitted for the resource with
@@ -597,6 +595,7 @@ mod tests {
         instance.state = JobState::Running;
         instance.attempt = 1;
         instance.scheduled_fire_ms = Some(fire);
+        instance.instance_of = Some("D".into());
         assert!(is_instance_of(&instance, "0b6f3c1e-uid"));
         assert!(!is_instance_of(&instance, "another-uid"));
         assert!(!is_instance_of(&definition, "0b6f3c1e-uid"));

@@ -394,6 +394,7 @@ mod tests {
         let mut fire = tracker_job("I1", lts_core::schedule::instance_spec(&spec, 5_000));
         fire.state = JobState::Running;
         fire.scheduled_fire_ms = Some(5_000);
+        fire.instance_of = Some("J1".into());
         let mut n = 0;
         for prev in &previous {
             for generation in [1, 2] {
@@ -516,6 +517,7 @@ mod tests {
         instance.state = JobState::Running;
         instance.attempt = 1;
         instance.scheduled_fire_ms = Some(fire);
+        instance.instance_of = Some("J1".into());
         let mut o = obs(&j, Tracker::Unasked);
         o.instance = Some(instance.clone());
         let s = status(&j, &o, &Ending::Settled, t(1));

@@ -289,6 +289,7 @@ async fn a_fire_of_a_recurring_job_reaches_the_status_without_a_call() {
     instance.state = JobState::Running;
     instance.attempt = 1;
     instance.scheduled_fire_ms = Some(fire);
+    instance.instance_of = Some(definition.job_id.clone());
     assert!(convert::is_instance(&instance));
     ctx.watches.route(instance);
     let (_, calls, api) = round(

@@ -8,7 +8,9 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::{BoxStream, TrackerCore, invalid_argument, store_status};
-use crate::store::{CancelOutcome, ChangeOutcome, JobKey, ListFilter, SubmitOutcome};
+use crate::store::{
+    CancelOutcome, ChangeOutcome, JobKey, ListFilter, SubmitOutcome, TriggerOutcome,
+};
 
 /// Most jobs in one `Submit`.
 pub const MAX_SUBMIT_BATCH: usize = 10_000;
@@ -316,58 +318,41 @@ impl JobService for JobApi {
         request: Request<proto::TriggerJobRequest>,
     ) -> Result<Response<proto::TriggerJobResponse>, Status> {
         let key = job_key(request.into_inner().job)?;
-        let job = self
-            .0
-            .store
-            .get(key.clone())
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("no job {}", describe(&key))))?;
-        if job.state.is_final() {
-            return Err(Status::failed_precondition(format!(
-                "job {} already finished ({})",
-                job.job_id, job.state
-            )));
-        }
-        if !job.spec.schedule.is_recurring() {
-            return Err(Status::failed_precondition(format!(
-                "job {} is a one-off job: trigger runs an extra instance of a cron or repeat job; \
-                 to run this one now, resubmit it with replace_on_exist and no trigger time",
-                job.job_id
-            )));
-        }
-        let now = now_ms();
-        let instance = lts_core::schedule::instance_spec(&job.spec, now);
-        if let Err(v) = lts_core::validate(&instance) {
-            return Err(Status::internal(format!(
-                "trigger instance is invalid: {v}"
-            )));
-        }
-        let group = instance.task_tracker_node_group.clone();
         let out = self
             .0
             .store
-            .submit(vec![instance], now)
+            .trigger(key.clone(), now_ms())
             .await
             .map_err(store_status)?;
-        let job_id = match out.into_iter().next() {
-            Some(
-                SubmitOutcome::Accepted { job_id }
-                | SubmitOutcome::Duplicate { job_id }
-                | SubmitOutcome::Replaced { job_id },
-            ) => job_id,
-            None => return Err(Status::internal("trigger: the store answered nothing")),
+        let instance = match out {
+            TriggerOutcome::Triggered(instance) => instance,
+            TriggerOutcome::NotRecurring(job) => {
+                return Err(Status::failed_precondition(format!(
+                    "job {} is a one-off job: trigger runs an extra instance of a cron or \
+                     repeat job; to run this one now, resubmit it with replace_on_exist and no \
+                     trigger time",
+                    job.job_id
+                )));
+            }
+            TriggerOutcome::AlreadyFinished(job) => {
+                return Err(Status::failed_precondition(format!(
+                    "job {} already finished ({})",
+                    job.job_id, job.state
+                )));
+            }
+            TriggerOutcome::NotFound => {
+                return Err(Status::not_found(format!("no job {}", describe(&key))));
+            }
         };
-        self.0.dispatcher.signal_work(&group);
+        self.0
+            .dispatcher
+            .signal_work(&instance.spec.task_tracker_node_group);
         metrics::counter!("lts_jobs_triggered_total").increment(1);
-        tracing::info!(job_id = %job.job_id, instance = %job_id, "job triggered");
-        let instance = self
-            .0
-            .store
-            .get(JobKey::Id(job_id.clone()))
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| Status::internal(format!("trigger instance {job_id} vanished")))?;
+        tracing::info!(
+            job_id = instance.instance_of.as_deref().unwrap_or_default(),
+            instance = %instance.job_id,
+            "job triggered"
+        );
         Ok(Response::new(proto::TriggerJobResponse {
             instance: Some(convert::job_to_proto(&instance)),
         }))

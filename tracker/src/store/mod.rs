@@ -183,6 +183,20 @@ pub enum ChangeOutcome {
     NotFound,
 }
 
+/// What `trigger` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TriggerOutcome {
+    /// The instance that runs the extra fire, queued now (or the one already created for the
+    /// same instant), with the recurring job it belongs to in [`Job::instance_of`].
+    Triggered(Job),
+    /// The job is a one-off job: only a cron or repeat job has instances.
+    NotRecurring(Job),
+    /// It had already finished; nothing changed.
+    AlreadyFinished(Job),
+    /// No such job.
+    NotFound,
+}
+
 /// Filters for `list`.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -271,6 +285,10 @@ pub trait JobStore: Send + Sync + 'static {
     /// Resumes a suspended job. A recurring job whose fire passed meanwhile follows its misfire
     /// policy ([`lts_core::schedule::resume_trigger`]): never a burst of catch-up runs.
     async fn resume(&self, key: JobKey, now_ms: i64) -> StoreResult<ChangeOutcome>;
+
+    /// Queues one extra run of an unfinished recurring job now, as an instance of it (its
+    /// schedule does not move).
+    async fn trigger(&self, key: JobKey, now_ms: i64) -> StoreResult<TriggerOutcome>;
 
     /// One job, unfinished or finished.
     async fn get(&self, key: JobKey) -> StoreResult<Option<Job>>;

@@ -64,6 +64,7 @@ pub(super) fn job(doc: &Document) -> StoreResult<Job> {
         finished_at_ms: int(doc, "finished_at"),
         scheduled_fire_ms: int(doc, "scheduled_fire"),
         fire_count: int(doc, "fire_count").unwrap_or(1) as u64,
+        instance_of: text(doc, "instance_of").map(str::to_string),
     })
 }
 
@@ -110,6 +111,9 @@ pub(super) fn new_doc(s: &StoredJob) -> StoreResult<Document> {
         "created_at": job.created_at_ms,
         "rev": 0i64,
     };
+    if let Some(of) = &job.instance_of {
+        d.insert("instance_of", of);
+    }
     d.extend(spec_fields(&job.spec)?);
     let (set, _) = fields(s, ALL_FIELDS)?;
     d.extend(set);

@@ -14,7 +14,7 @@ use super::codec::{self, Read};
 use super::write::{ATTEMPTS, Applied, First};
 use crate::store::{
     CancelOutcome, ChangeOutcome, CompleteOutcome, Completion, HeldLease, JobKey, LeaseRef,
-    Requeued, StoreError, StoreResult, SubmitOutcome,
+    Requeued, StoreError, StoreResult, SubmitOutcome, TriggerOutcome,
 };
 
 /// Jobs written at once by the paths that write one job at a time (hand-backs, lost leases).
@@ -391,6 +391,44 @@ impl MongoStore {
                 },
             },
         )
+    }
+
+    /// Queues an extra run of an unfinished recurring job now: its instance for this instant,
+    /// or the one a trigger in the same millisecond created.
+    pub(super) async fn trigger_job(&self, key: JobKey, now: i64) -> StoreResult<TriggerOutcome> {
+        let instance_id = new_id();
+        let event = |_: &StoredJob| Event::Trigger(instance_id.clone());
+        let t = match self
+            .apply_to(&active_filter(&key), First::Fetch, event, now)
+            .await?
+        {
+            Applied::Done { t, .. } => t,
+            Applied::Refused {
+                before,
+                refusal: Refusal::NotRecurring(_),
+            } => return Ok(TriggerOutcome::NotRecurring(before.stored.job)),
+            Applied::Refused { before, .. } => {
+                return Ok(TriggerOutcome::AlreadyFinished(before.stored.job));
+            }
+            Applied::Missing => {
+                return Ok(match self.find_finished(&key).await? {
+                    Some(d) => TriggerOutcome::AlreadyFinished(codec::job(&d)?),
+                    None => TriggerOutcome::NotFound,
+                });
+            }
+        };
+        let Some(f) = &t.follow_up else {
+            return Err(StoreError::Backend("a trigger created no instance".into()));
+        };
+        let spec = &f.job.job.spec;
+        let key = JobKey::Task {
+            node_group: spec.task_tracker_node_group.clone(),
+            task_id: spec.task_id.clone(),
+        };
+        match self.get_job(key.clone()).await? {
+            Some(job) => Ok(TriggerOutcome::Triggered(job)),
+            None => Err(StoreError::Backend(format!("trigger instance {key} vanished"))),
+        }
     }
 
     /// Suspends or resumes an unfinished job.

@@ -34,6 +34,7 @@
 
 mod claim;
 mod codec;
+mod migrate;
 mod events;
 mod log;
 mod queries;
@@ -45,10 +46,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
 use lts_core::schedule::RetryPolicy;
 use lts_core::{FeedbackItem, Job, JobSpec, LogEntry};
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Document, doc};
 use mongodb::event::EventHandler;
 use mongodb::event::command::CommandEvent;
 use mongodb::options::{ClientOptions, IndexOptions};
@@ -59,7 +59,7 @@ pub use self::log::LOG_LINGER;
 use super::{
     CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, HeldLease, JobKey,
     JobStore, Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreError, StoreResult,
-    SubmitOutcome,
+    SubmitOutcome, TriggerOutcome,
 };
 use codec::Read;
 
@@ -213,6 +213,7 @@ impl MongoStore {
             }
         }
         store.backfill_spec_fields().await?;
+        store.backfill_instance_of().await?;
         tracing::info!(database = %database, "mongodb store ready");
         Ok(store)
     }
@@ -225,50 +226,6 @@ impl MongoStore {
     /// The database in use.
     pub fn database(&self) -> &str {
         self.db.name()
-    }
-
-    /// Gives jobs stored before `submit_node_group` and `schedule_kind` were kept beside the
-    /// spec those two fields, so that listings filtered on them find every job. Each job is
-    /// written once; a job whose spec cannot be read is left to fail where it is read.
-    async fn backfill_spec_fields(&self) -> StoreResult<()> {
-        let mut written = 0u64;
-        loop {
-            let docs: Vec<Document> = self
-                .jobs
-                .find(doc! { "schedule_kind": { "$exists": false }, "spec": { "$type": "string" } })
-                .projection(doc! { "spec": 1 })
-                .limit(1000)
-                .await?
-                .try_collect()
-                .await?;
-            let mut progressed = false;
-            for d in &docs {
-                let Some(spec) =
-                    codec::text(d, "spec").and_then(|t| serde_json::from_str::<JobSpec>(t).ok())
-                else {
-                    continue;
-                };
-                let id = d.get("_id").cloned().unwrap_or(Bson::Null);
-                self.jobs
-                    .update_one(
-                        doc! { "_id": id },
-                        doc! { "$set": codec::spec_fields(&spec)? },
-                    )
-                    .await?;
-                written += 1;
-                progressed = true;
-            }
-            if docs.len() < 1000 || !progressed {
-                break;
-            }
-        }
-        if written > 0 {
-            tracing::info!(
-                jobs = written,
-                "mongodb: kept submit_node_group and schedule_kind beside the spec of older jobs"
-            );
-        }
-        Ok(())
     }
 
     async fn ensure_indexes(&self, retention: Duration) -> StoreResult<()> {
@@ -302,6 +259,7 @@ impl MongoStore {
             index(doc! { "lease_expiry": 1 }, "lease", true, false),
             index(doc! { "lease_owner": 1 }, "owner", true, false),
             index(doc! { "finished_at": 1 }, "finished", true, false),
+            index(doc! { "instance_of": 1, "done": 1 }, "instance_of", true, false),
             index(doc! { "fb_group": 1, "_id": 1 }, "feedback", true, false),
         ];
         self.jobs.create_indexes(jobs_indexes).await?;
@@ -420,6 +378,10 @@ impl JobStore for MongoStore {
 
     async fn resume(&self, key: JobKey, now: i64) -> StoreResult<ChangeOutcome> {
         self.change(key, events::Change::Resume, now).await
+    }
+
+    async fn trigger(&self, key: JobKey, now: i64) -> StoreResult<TriggerOutcome> {
+        self.trigger_job(key, now).await
     }
 
     async fn get(&self, key: JobKey) -> StoreResult<Option<Job>> {

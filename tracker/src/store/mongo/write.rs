@@ -236,18 +236,10 @@ impl MongoStore {
 
     /// Applies a transition's work on other jobs.
     async fn cascade(&self, cascade: &Cascade, now: i64) -> StoreResult<()> {
-        let Cascade::CancelQueuedInstances {
-            node_group,
-            task_id_prefix,
-            definition,
-        } = cascade;
+        let Cascade::CancelQueuedInstances { definition } = cascade;
         let found: Vec<Document> = self
             .jobs
-            .find(doc! {
-                "task_tracker_node_group": node_group,
-                "task_id": { "$regex": codec::prefix_regex(task_id_prefix) },
-                "done": "",
-            })
+            .find(doc! { "instance_of": definition, "done": "" })
             .await?
             .try_collect()
             .await?;

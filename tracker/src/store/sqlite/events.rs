@@ -13,7 +13,7 @@ use super::schema::{EXPIRED_LEASES, Found, OWNER_LEASES, found_all};
 use super::write::{change, write};
 use crate::store::{
     CancelOutcome, ChangeOutcome, CompleteOutcome, Completion, HeldLease, LeaseRef, Requeued,
-    StoreError, StoreResult, SubmitOutcome,
+    StoreError, StoreResult, SubmitOutcome, TriggerOutcome,
 };
 
 /// A refusal that the store API has no answer for: the caller's rule and the store's disagree.
@@ -233,6 +233,38 @@ pub(super) fn suspend_or_resume(
         }
         Err(other) => return Err(unexpected(other)),
     })
+}
+
+/// Queues an extra run of the unfinished recurring job with `key` now (`Event::Trigger`): its
+/// instance for this instant, or the one a trigger in the same millisecond created.
+pub(super) fn trigger(
+    conn: &Connection,
+    key: JobKey,
+    now: i64,
+    retry: &RetryPolicy,
+) -> StoreResult<TriggerOutcome> {
+    let Some(found) = find_by_key(conn, &key)? else {
+        return Ok(match get_finished(conn, &key)? {
+            Some(job) => TriggerOutcome::AlreadyFinished(job),
+            None => TriggerOutcome::NotFound,
+        });
+    };
+    let w = match change(conn, &found, Event::Trigger(new_job_id()), now, retry, None)? {
+        Ok(w) => w,
+        Err(Refusal::NotRecurring(_)) => return Ok(TriggerOutcome::NotRecurring(found.stored.job)),
+        Err(other) => return Err(unexpected(other)),
+    };
+    let Some(instance) = w.transition.follow_up else {
+        return Err(StoreError::Backend("a trigger created no instance".into()));
+    };
+    let key = JobKey::Task {
+        node_group: instance.job.job.spec.task_tracker_node_group.clone(),
+        task_id: instance.job.job.spec.task_id.clone(),
+    };
+    match find_by_key(conn, &key)? {
+        Some(found) => Ok(TriggerOutcome::Triggered(found.stored.job)),
+        None => Err(StoreError::Backend(format!("trigger instance {key} vanished"))),
+    }
 }
 
 /// Cancels the unfinished job with `key` (and the queued instances of a recurring one).

@@ -34,7 +34,7 @@ use self::events::Sweep;
 use super::{
     CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, HeldLease, JobKey,
     JobStore, Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreError, StoreResult,
-    SubmitOutcome,
+    SubmitOutcome, TriggerOutcome,
 };
 
 /// Most operations committed together.
@@ -388,6 +388,13 @@ impl JobStore for SqliteStore {
     async fn cancel(&self, key: JobKey, now: i64) -> StoreResult<CancelOutcome> {
         self.write("cancel", move |conn, retry| {
             events::cancel(conn, key, now, retry)
+        })
+        .await
+    }
+
+    async fn trigger(&self, key: JobKey, now: i64) -> StoreResult<TriggerOutcome> {
+        self.write("trigger", move |conn, retry| {
+            events::trigger(conn, key, now, retry)
         })
         .await
     }

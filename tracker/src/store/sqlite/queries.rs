@@ -7,7 +7,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::schema::{
     FIND_BY_ID, FIND_BY_TASK, Found, JOB_COLS, NEXT_DUE, decode_finished, found_all, stored_job,
 };
-use super::write::like_prefix;
 use crate::store::{ListFilter, Page, Stats, StoreError, StoreResult, parse_log_type};
 
 /// The unfinished job with this id.
@@ -296,4 +295,17 @@ pub(super) fn retention_chunk(conn: &Connection, before: i64) -> StoreResult<u64
         None => 0,
     };
     Ok((gone.len() + logs) as u64)
+}
+
+/// `prefix` as a `LIKE … ESCAPE '\'` pattern.
+fn like_prefix(prefix: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('%');
+    s
 }

@@ -15,7 +15,7 @@ use rusqlite::{Connection, Row};
 use crate::store::{StoreError, StoreResult};
 
 /// Version of the schema, kept in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -38,7 +38,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_message   TEXT,
     spec           TEXT NOT NULL,
     -- Suspended by a user (while queued: state = {SUSPENDED}; while running: when the attempt ends).
-    suspend_requested INTEGER NOT NULL DEFAULT 0
+    suspend_requested INTEGER NOT NULL DEFAULT 0,
+    -- The job_id of the recurring job this job is an instance (one fire) of.
+    instance_of    TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
 -- Partial indexes: each holds only the rows it serves, so a state change is one index delete
@@ -46,6 +48,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(node_group, priority DESC, trigger_time, seq) WHERE state = {QUEUED};
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(node_group, trigger_time) WHERE state = {QUEUED};
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(lease_expiry) WHERE state = {RUNNING};
+CREATE INDEX IF NOT EXISTS jobs_instance_of ON jobs(instance_of) WHERE instance_of IS NOT NULL;
 
 -- Finished jobs, in finishing order (the rowid), for the retention period. Retention deletes
 -- from the front, so no time index is needed.
@@ -133,7 +136,7 @@ macro_rules! sql {
 /// The columns of a `jobs` row that [`stored_job`] reads, in its order.
 pub(super) const JOB_COLS: &str = "seq, job_id, node_group, task_id, state, priority, \
      trigger_time, attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner, \
-     lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested";
+     lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested, instance_of";
 
 sql! {
     /// The whole schema.
@@ -158,7 +161,7 @@ sql! {
 /// Brings the database to [`SCHEMA_VERSION`], or says why it cannot.
 pub(super) fn migrate(conn: &Connection, path: &std::path::Path) -> StoreResult<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version != 0 && version < SCHEMA_VERSION {
+    if version != 0 && version < 3 {
         return Err(StoreError::Backend(format!(
             "{} has the pre-release schema version {version}; move it away to start a new store",
             path.display()
@@ -170,10 +173,22 @@ pub(super) fn migrate(conn: &Connection, path: &std::path::Path) -> StoreResult<
             path.display()
         )));
     }
-    if version == 2 {
-        // v3: suspension of running jobs.
+    if version == 3 {
+        // v4: instances name their recurring job in `instance_of`. Those of a v3 store are
+        // found by their task id, `<the recurring job's task id cut to 48 characters>~<fire
+        // ms>`, and their recurring job's node group.
         conn.execute_batch(
-            "ALTER TABLE jobs ADD COLUMN suspend_requested INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE jobs ADD COLUMN instance_of TEXT;
+             UPDATE jobs SET instance_of = (
+                 SELECT d.job_id FROM jobs d
+                 WHERE d.node_group = jobs.node_group AND d.job_id <> jobs.job_id
+                   AND json_extract(d.spec, '$.schedule.type') IN ('cron', 'repeat')
+                   AND substr(jobs.task_id, 1, length(substr(d.task_id, 1, 48)) + 1)
+                       = substr(d.task_id, 1, 48) || '~'
+                   AND substr(jobs.task_id, length(substr(d.task_id, 1, 48)) + 2)
+                       NOT GLOB '*[^0-9]*'
+                 LIMIT 1)
+             WHERE instr(task_id, '~') > 0;",
         )?;
     }
     conn.execute_batch(SCHEMA_SQL.text())?;
@@ -217,6 +232,7 @@ pub(super) fn stored_job(r: &Row<'_>) -> StoreResult<Found> {
         finished_at_ms: None,
         scheduled_fire_ms: r.get(9)?,
         fire_count: r.get::<_, i64>(8)? as u64,
+        instance_of: r.get(19)?,
     };
     Ok(Found {
         seq: r.get(0)?,
@@ -253,6 +269,8 @@ pub(super) fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
 
 #[cfg(test)]
 mod tests {
+    use lts_core::Schedule;
+
     use super::*;
 
     #[test]
@@ -280,6 +298,47 @@ mod tests {
     }
 
     #[test]
+    fn a_v3_store_gives_its_instances_their_recurring_job() {
+        let conn = Connection::open_in_memory().unwrap();
+        let path = std::path::Path::new(":memory:");
+        migrate(&conn, path).unwrap();
+        let long = format!("{}-nightly", "r".repeat(48));
+        let cron = Schedule::Cron {
+            expression: "0 0 * * * *".into(),
+            time_zone: None,
+        };
+        let jobs = [
+            ("d", JobSpec::new(long.clone(), "g").schedule(cron)),
+            ("i", JobSpec::new(format!("{}~1700000000000", "r".repeat(48)), "g")),
+            ("u", JobSpec::new("mine~x", "g")),
+            ("o", JobSpec::new(format!("{}~17", "r".repeat(48)), "other")),
+        ];
+        for (id, spec) in jobs {
+            let s = lts_core::transition::accept(spec, id.into(), 5).job;
+            super::super::write::insert(&conn, &s, None).unwrap();
+        }
+        // The store as v3 left it.
+        conn.execute_batch(
+            "DROP INDEX jobs_instance_of; ALTER TABLE jobs DROP COLUMN instance_of;
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        migrate(&conn, path).unwrap();
+        let of = |id: &str| -> Option<String> {
+            conn.query_row("SELECT instance_of FROM jobs WHERE job_id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(of("i").as_deref(), Some("d"));
+        assert_eq!((of("d"), of("u"), of("o")), (None, None, None));
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
     fn a_row_reads_back_as_the_job_it_stores() {
         let conn = Connection::open_in_memory().unwrap();
         migrate(&conn, std::path::Path::new(":memory:")).unwrap();
@@ -293,6 +352,7 @@ mod tests {
         s.job.last_message = Some("m".into());
         s.lease_token = Some("tok".into());
         s.suspend_requested = true;
+        s.job.instance_of = Some("d".into());
         super::super::write::insert(&conn, &s, None).unwrap();
         let found = conn
             .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs"))

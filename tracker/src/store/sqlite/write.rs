@@ -102,17 +102,12 @@ fn run_cascade(
     now: i64,
     retry: &RetryPolicy,
 ) -> StoreResult<()> {
-    let Cascade::CancelQueuedInstances {
-        node_group,
-        task_id_prefix,
-        definition,
-    } = cascade;
+    let Cascade::CancelQueuedInstances { definition } = cascade;
     let instances = found_all(
         &mut conn.prepare_cached(&format!(
-            "SELECT {JOB_COLS} FROM jobs
-             WHERE node_group = ?1 AND task_id LIKE ?2 ESCAPE '\\'"
+            "SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_instance_of WHERE instance_of = ?1"
         ))?,
-        params![node_group, like_prefix(task_id_prefix)],
+        params![definition],
     )?;
     for found in &instances {
         let cancel = Event::Cancel(CancelCause::WithSchedule(definition.clone()));
@@ -120,19 +115,6 @@ fn run_cascade(
         let _ = change(conn, found, cancel, now, retry, None)?;
     }
     Ok(())
-}
-
-/// `prefix` as a `LIKE … ESCAPE '\'` pattern.
-pub(super) fn like_prefix(prefix: &str) -> String {
-    let mut s = String::with_capacity(prefix.len() + 1);
-    for c in prefix.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            s.push('\\');
-        }
-        s.push(c);
-    }
-    s.push('%');
-    s
 }
 
 /// Inserts a job as new, unless an unfinished job has its node group and task id: then nothing
@@ -155,9 +137,10 @@ pub(super) fn insert(
         .prepare_cached(
             "INSERT INTO jobs (job_id, node_group, task_id, state, priority, trigger_time,
                  attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner,
-                 lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested)
+                 lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested,
+                 instance_of)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18)
+                 ?18, ?19)
              ON CONFLICT (node_group, task_id) DO NOTHING",
         )?
         .execute(params![
@@ -179,6 +162,7 @@ pub(super) fn insert(
             job.last_message,
             spec,
             s.suspend_requested,
+            job.instance_of,
         ])?;
     Ok(n == 1)
 }

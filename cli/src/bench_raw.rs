@@ -9,7 +9,7 @@ use std::time::Instant;
 use futures::TryStreamExt;
 use indicatif::ProgressBar;
 use mongodb::bson::{Document, doc};
-use mongodb::options::{ClientOptions, WriteConcern};
+use mongodb::options::ClientOptions;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
@@ -57,12 +57,10 @@ pub async fn mongo(
     let mut options = ClientOptions::parse(url)
         .await
         .map_err(|e| err(e.to_string()))?;
-    options.write_concern = Some(
-        WriteConcern::builder()
-            .w(mongodb::options::Acknowledgment::Majority)
-            .journal(true)
-            .build(),
-    );
+    // The store's write concern: its durable default unless the URL sets one.
+    if options.write_concern.is_none() {
+        options.write_concern = Some(lts_tracker::store::mongo::durable_write_concern());
+    }
     let client = mongodb::Client::with_options(options).map_err(|e| err(e.to_string()))?;
     let db = client.database(&format!("lts_bench_raw_{}", std::process::id()));
     let result = mongo_run(&db, jobs, concurrency, claim, bar).await;

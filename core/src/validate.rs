@@ -112,10 +112,7 @@ pub fn validate(spec: &JobSpec) -> Result<(), Violations> {
             "task_id",
             "must not contain control characters",
         ));
-    } else if spec
-        .task_id
-        .contains(crate::schedule::INSTANCE_SEPARATOR)
-    {
+    } else if spec.task_id.contains(crate::schedule::INSTANCE_SEPARATOR) {
         out.push(FieldViolation::new(
             "task_id",
             format!(

@@ -132,6 +132,16 @@ impl TrackerProc {
 
     /// Starts a tracker on a given port.
     pub async fn start_on(dir: &Path, port: u16, extra: &[&str]) -> anyhow::Result<TrackerProc> {
+        Self::start_with_env(dir, port, extra, &[]).await
+    }
+
+    /// Starts a tracker on a given port with extra environment variables (e.g. `FAILPOINTS`).
+    pub async fn start_with_env(
+        dir: &Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<TrackerProc> {
         let addr = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(bin("lts-tracker"));
         cmd.arg("--listen").arg(&addr);
@@ -142,7 +152,8 @@ impl TrackerProc {
         cmd.arg("--identity")
             .arg(format!("tracker-{port}"))
             .args(extra)
-            .env("LTS_LOG", "info");
+            .env("LTS_LOG", "info")
+            .envs(env.iter().copied());
         let log = dir.join(format!("tracker-{port}-{}.log", unique()));
         let proc = Proc::spawn(cmd, log)?;
         let t = TrackerProc {

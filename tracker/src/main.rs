@@ -14,6 +14,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     lts_tracker::init_tracing();
+    // Fail points armed by `FAILPOINTS` (builds with the `failpoints` feature only; tests).
+    let _fail_points = fail::FailScenario::setup();
     let cli = Cli::parse();
     let tracker = match Tracker::start(cli.config).await {
         Ok(t) => t,

@@ -152,9 +152,13 @@ impl MongoStore {
             .collect())
     }
 
-    /// Writes the claims that do not lease the job itself: the instance of each fire first
-    /// (once per fire: a fire whose instance exists already has run or runs), then each
-    /// definition moved on. Returns the instances to hand out.
+    /// Writes the claims that do not lease the job itself: the instance of each fire first,
+    /// then each definition moved on. Returns the instances to hand out.
+    ///
+    /// A fire happens once even if this tracker dies between the two writes: the instance's
+    /// fire key (its recurring job and fire number, see [`codec::new_doc`]) is unique, so the
+    /// claim that takes the definition again finds that fire taken (its instance runs, or
+    /// ran), hands nothing out for it, and moves the definition on.
     async fn fire_batch(&self, others: &[Claimed]) -> StoreResult<Vec<transition::StoredJob>> {
         if others.is_empty() {
             return Ok(Vec::new());
@@ -164,6 +168,7 @@ impl MongoStore {
             .filter_map(|c| c.t.follow_up.clone())
             .collect();
         let inserted = self.insert_follow_ups(&follow_ups).await?;
+        fail::fail_point!("mongo-fire-between-instance-and-definition");
         let moved = others.iter().map(|c| async move {
             if self.update_one_guarded(&c.read, &c.t).await? {
                 self.append_log(c.t.logs.iter().map(codec::log_doc).collect())

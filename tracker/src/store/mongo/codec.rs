@@ -113,6 +113,10 @@ pub(super) fn new_doc(s: &StoredJob) -> StoreResult<Document> {
     };
     if let Some(of) = &job.instance_of {
         d.insert("instance_of", of);
+        if job.scheduled_fire_ms.is_some() {
+            // A scheduled fire (not a trigger): the `fire` index keeps it to one instance.
+            d.insert("fire_key", format!("{of}#{}", job.fire_count));
+        }
     }
     d.extend(spec_fields(&job.spec)?);
     let (set, _) = fields(s, ALL_FIELDS)?;

@@ -427,7 +427,9 @@ impl MongoStore {
         };
         match self.get_job(key.clone()).await? {
             Some(job) => Ok(TriggerOutcome::Triggered(job)),
-            None => Err(StoreError::Backend(format!("trigger instance {key} vanished"))),
+            None => Err(StoreError::Backend(format!(
+                "trigger instance {key} vanished"
+            ))),
         }
     }
 

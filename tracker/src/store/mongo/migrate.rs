@@ -97,8 +97,7 @@ impl MongoStore {
                     .try_collect()
                     .await?;
                 let definition = candidates.iter().find(|c| {
-                    codec::text(c, "task_id")
-                        .is_some_and(|t| t.chars().take(48).eq(prefix.chars()))
+                    codec::text(c, "task_id").is_some_and(|t| t.chars().take(48).eq(prefix.chars()))
                 });
                 let id = d.get("_id").cloned().unwrap_or(Bson::Null);
                 let of = definition

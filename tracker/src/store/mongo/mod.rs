@@ -34,9 +34,9 @@
 
 mod claim;
 mod codec;
-mod migrate;
 mod events;
 mod log;
+mod migrate;
 mod queries;
 mod write;
 
@@ -46,12 +46,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use lts_core::schedule::RetryPolicy;
 use lts_core::{FeedbackItem, Job, JobSpec, LogEntry};
 use mongodb::bson::{Document, doc};
 use mongodb::event::EventHandler;
 use mongodb::event::command::CommandEvent;
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern};
 use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::sync::mpsc;
 
@@ -88,6 +89,15 @@ impl From<mongodb::error::Error> for StoreError {
     fn from(e: mongodb::error::Error) -> Self {
         StoreError::Backend(format!("mongodb: {e}"))
     }
+}
+
+/// The write concern of every store write unless the URI sets one: acknowledged once a
+/// majority of the replica set has it in its journal.
+pub fn durable_write_concern() -> WriteConcern {
+    WriteConcern::builder()
+        .w(Acknowledgment::Majority)
+        .journal(true)
+        .build()
 }
 
 const DUPLICATE_KEY: i32 = 11000;
@@ -168,6 +178,12 @@ impl MongoStore {
             .await
             .map_err(|e| StoreError::Backend(format!("store URI {uri:?}: {e}")))?;
         client_options.app_name = Some("lts-tracker".into());
+        // Every acknowledged write survives the loss of the primary: a majority has it in its
+        // journal. A `w=`/`journal=` in the URI overrides this (at the user's risk).
+        if client_options.write_concern.is_none() {
+            client_options.write_concern = Some(durable_write_concern());
+        }
+        let write_concern = client_options.write_concern.clone().unwrap_or_default();
         let round_trips = Arc::new(AtomicU64::new(0));
         let counter = round_trips.clone();
         client_options.command_event_handler = Some(EventHandler::callback(
@@ -199,19 +215,23 @@ impl MongoStore {
             claim_turns: Mutex::new(HashMap::new()),
             log_tx,
         };
-        let started = std::time::Instant::now();
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match store.ensure_indexes(options.retention).await {
-                Ok(()) => break,
-                Err(e) if started.elapsed() < options.connect_timeout => {
-                    tracing::warn!(error = %e, retry_in = ?delay, database = %database, "mongodb: not ready, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_total_delay(Some(options.connect_timeout))
+            .without_max_times();
+        (|| store.ensure_indexes(options.retention))
+            .retry(backoff)
+            .notify(|e, retry_in| {
+                tracing::warn!(error = %e, ?retry_in, database = %database, "mongodb: not ready, retrying");
+            })
+            .await?;
+        tracing::info!(
+            database = %database,
+            w = ?write_concern.w,
+            journal = ?write_concern.journal,
+            "mongodb: connected"
+        );
         store.backfill_spec_fields().await?;
         store.backfill_instance_of().await?;
         tracing::info!(database = %database, "mongodb store ready");
@@ -259,7 +279,15 @@ impl MongoStore {
             index(doc! { "lease_expiry": 1 }, "lease", true, false),
             index(doc! { "lease_owner": 1 }, "owner", true, false),
             index(doc! { "finished_at": 1 }, "finished", true, false),
-            index(doc! { "instance_of": 1, "done": 1 }, "instance_of", true, false),
+            index(
+                doc! { "instance_of": 1, "done": 1 },
+                "instance_of",
+                true,
+                false,
+            ),
+            // One instance per fire of a recurring job, finished ones included (see
+            // `claim::fire_batch`).
+            index(doc! { "fire_key": 1 }, "fire", true, true),
             index(doc! { "fb_group": 1, "_id": 1 }, "feedback", true, false),
         ];
         self.jobs.create_indexes(jobs_indexes).await?;

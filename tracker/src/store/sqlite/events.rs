@@ -156,6 +156,7 @@ pub(super) fn release(
 }
 
 /// The lease losses a sweep applies.
+#[derive(Debug, Clone)]
 pub(super) enum Sweep {
     /// Every lease that expired before now.
     Expired,
@@ -263,7 +264,9 @@ pub(super) fn trigger(
     };
     match find_by_key(conn, &key)? {
         Some(found) => Ok(TriggerOutcome::Triggered(found.stored.job)),
-        None => Err(StoreError::Backend(format!("trigger instance {key} vanished"))),
+        None => Err(StoreError::Backend(format!(
+            "trigger instance {key} vanished"
+        ))),
     }
 }
 

@@ -1,8 +1,8 @@
 //! The embedded [`JobStore`]: one SQLite file in WAL mode.
 //!
 //! All writes go through one writer thread that **groups commits**: it takes every operation
-//! waiting in its queue (up to [`MAX_GROUP`]), runs each inside its own savepoint, commits once
-//! and only then answers each caller. One fsync thus covers many submits, claims and
+//! waiting in its queue (up to [`MAX_GROUP`]), runs them in one transaction, commits once and
+//! only then answers each caller (`writer`: how a failed operation fails alone). One fsync thus covers many submits, claims and
 //! completions, which is what makes a durable (`synchronous=FULL`) store fast. Reads use a
 //! small pool of separate connections and never wait for the writer.
 //!
@@ -18,6 +18,7 @@ mod events;
 mod queries;
 mod schema;
 mod write;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use self::events::Sweep;
+use self::writer::{WriteOp, writer_loop};
 use super::{
     CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, HeldLease, JobKey,
     JobStore, Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreError, StoreResult,
@@ -76,12 +78,6 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
-type WriteOp = (
-    &'static str,
-    Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>,
-);
-
 /// The SQLite job store.
 pub struct SqliteStore {
     path: PathBuf,
@@ -111,7 +107,7 @@ fn open_conn(path: &Path, sync: SyncMode) -> StoreResult<Connection> {
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
-    // Savepoint journals and temp b-trees in memory; a page cache that holds the hot indexes.
+    // Temp b-trees in memory; a page cache that holds the hot indexes.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -16_384)?;
     // Every statement the store runs, updates of each set of changed fields among them.
@@ -165,24 +161,10 @@ impl SqliteStore {
     async fn write<T, F>(&self, name: &'static str, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &RetryPolicy) -> StoreResult<T> + Send + 'static,
+        F: FnMut(&Connection, &RetryPolicy) -> StoreResult<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let retry = self.retry;
-        let op: WriteOp = (
-            name,
-            Box::new(move |conn| {
-                let result = f(conn, &retry);
-                let ok = result.is_ok();
-                let finish: Finish = Box::new(move |commit_err| {
-                    let _ = tx.send(match commit_err {
-                        None => result,
-                        Some(e) => Err(e.clone()),
-                    });
-                });
-                (ok, finish)
-            }),
-        );
+        let op: WriteOp = Box::new(writer::Pending::new(name, f, self.retry, tx));
         self.writer.send(op).await.map_err(|_| StoreError::Closed)?;
         rx.await
             .map_err(|_| StoreError::Backend("the write was not committed".into()))?
@@ -234,74 +216,6 @@ fn checkpoint_loop(conn: Connection, alive: mpsc::WeakSender<WriteOp>) {
     }
 }
 
-/// Runs a statement without parameters, prepared once: the writer's per-operation savepoints
-/// cost a parse each otherwise.
-fn run(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
-    conn.prepare_cached(sql)?.execute([])
-}
-
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
-    let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_GROUP);
-    let mut finishers: Vec<Finish> = Vec::with_capacity(MAX_GROUP);
-    let (mut commits, mut ops, mut since) = (0u64, 0u64, std::time::Instant::now());
-    let mut op_time: std::collections::BTreeMap<&'static str, std::time::Duration> =
-        Default::default();
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        metrics::histogram!("lts_store_commit_group_size").record(batch.len() as f64);
-        commits += 1;
-        ops += batch.len() as u64;
-        if since.elapsed() >= std::time::Duration::from_secs(10) {
-            tracing::debug!(commits, ops, ops_per_commit = ops as f64 / commits as f64, op_ms = ?op_time.iter().map(|(k, v)| (*k, v.as_millis())).collect::<Vec<_>>(), "sqlite writer");
-            (commits, ops, since) = (0, 0, std::time::Instant::now());
-            op_time.clear();
-        }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            // Dropping the operations drops their answer channels: every caller gets an error
-            // and nothing was written.
-            tracing::error!(error = %e, ops = batch.len(), "sqlite: cannot begin a transaction");
-            batch.clear();
-            continue;
-        }
-        for (name, op) in batch.drain(..) {
-            let started = std::time::Instant::now();
-            let _ = run(&conn, "SAVEPOINT op");
-            let (ok, finish) = op(&conn);
-            let took = started.elapsed();
-            metrics::histogram!("lts_store_op_seconds", "op" => name).record(took.as_secs_f64());
-            *op_time.entry(name).or_default() += took;
-            if ok {
-                let _ = run(&conn, "RELEASE op");
-            } else {
-                let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
-            }
-            finishers.push(finish);
-        }
-        match conn.execute_batch("COMMIT") {
-            Ok(()) => {
-                for f in finishers.drain(..) {
-                    f(None);
-                }
-            }
-            Err(e) => {
-                let err = StoreError::from(e);
-                tracing::error!(error = %err, "sqlite: commit failed");
-                let _ = conn.execute_batch("ROLLBACK");
-                for f in finishers.drain(..) {
-                    f(Some(&err));
-                }
-            }
-        }
-    }
-    tracing::debug!("sqlite writer stopped");
-}
-
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn submit(&self, jobs: Vec<JobSpec>, now: i64) -> StoreResult<Vec<SubmitOutcome>> {
@@ -311,7 +225,7 @@ impl JobStore for SqliteStore {
             .map(|s| schema::encode(&s).map(|e| (s, e)))
             .collect::<StoreResult<_>>()?;
         self.write("submit", move |conn, retry| {
-            events::submit(conn, encoded, now, retry)
+            events::submit(conn, encoded.clone(), now, retry)
         })
         .await
     }
@@ -330,21 +244,21 @@ impl JobStore for SqliteStore {
 
     async fn renew(&self, leases: Vec<LeaseRef>, expiry: i64) -> StoreResult<Vec<String>> {
         self.write("renew", move |conn, retry| {
-            events::renew(conn, leases, expiry, retry)
+            events::renew(conn, leases.clone(), expiry, retry)
         })
         .await
     }
 
     async fn complete(&self, c: Completion) -> StoreResult<CompleteOutcome> {
         self.write("complete", move |conn, retry| {
-            events::complete(conn, c, retry)
+            events::complete(conn, c.clone(), retry)
         })
         .await
     }
 
     async fn release(&self, leases: Vec<LeaseRef>, now: i64) -> StoreResult<Vec<Requeued>> {
         self.write("release", move |conn, retry| {
-            events::release(conn, leases, now, retry)
+            events::release(conn, leases.clone(), now, retry)
         })
         .await
     }
@@ -359,42 +273,42 @@ impl JobStore for SqliteStore {
     async fn requeue_owner(&self, owner: &str, now: i64) -> StoreResult<Vec<Requeued>> {
         let sweep = Sweep::Owner(owner.to_string());
         self.write("requeue_owner", move |conn, retry| {
-            events::requeue(conn, sweep, now, retry)
+            events::requeue(conn, sweep.clone(), now, retry)
         })
         .await
     }
 
     async fn requeue_held(&self, leases: Vec<HeldLease>, now: i64) -> StoreResult<Vec<Requeued>> {
         self.write("requeue_held", move |conn, retry| {
-            events::requeue(conn, Sweep::Held(leases), now, retry)
+            events::requeue(conn, Sweep::Held(leases.clone()), now, retry)
         })
         .await
     }
 
     async fn suspend(&self, key: JobKey, now: i64) -> StoreResult<ChangeOutcome> {
         self.write("suspend", move |conn, retry| {
-            events::suspend_or_resume(conn, key, Event::Suspend, now, retry)
+            events::suspend_or_resume(conn, key.clone(), Event::Suspend, now, retry)
         })
         .await
     }
 
     async fn resume(&self, key: JobKey, now: i64) -> StoreResult<ChangeOutcome> {
         self.write("resume", move |conn, retry| {
-            events::suspend_or_resume(conn, key, Event::Resume, now, retry)
+            events::suspend_or_resume(conn, key.clone(), Event::Resume, now, retry)
         })
         .await
     }
 
     async fn cancel(&self, key: JobKey, now: i64) -> StoreResult<CancelOutcome> {
         self.write("cancel", move |conn, retry| {
-            events::cancel(conn, key, now, retry)
+            events::cancel(conn, key.clone(), now, retry)
         })
         .await
     }
 
     async fn trigger(&self, key: JobKey, now: i64) -> StoreResult<TriggerOutcome> {
         self.write("trigger", move |conn, retry| {
-            events::trigger(conn, key, now, retry)
+            events::trigger(conn, key.clone(), now, retry)
         })
         .await
     }
@@ -438,7 +352,7 @@ impl JobStore for SqliteStore {
 
     async fn ack_feedback(&self, ids: Vec<String>) -> StoreResult<()> {
         self.write("ack_feedback", move |conn, _| {
-            queries::ack_feedback(conn, ids)
+            queries::ack_feedback(conn, &ids)
         })
         .await
     }

@@ -212,7 +212,7 @@ pub(super) fn pending_feedback(
 }
 
 /// Deletes acknowledged feedback.
-pub(super) fn ack_feedback(conn: &Connection, ids: Vec<String>) -> StoreResult<()> {
+pub(super) fn ack_feedback(conn: &Connection, ids: &[String]) -> StoreResult<()> {
     let mut stmt = conn.prepare_cached("DELETE FROM feedback WHERE id = ?1")?;
     for id in ids {
         if let Ok(id) = id.parse::<i64>() {

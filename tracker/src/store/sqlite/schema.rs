@@ -309,7 +309,10 @@ mod tests {
         };
         let jobs = [
             ("d", JobSpec::new(long.clone(), "g").schedule(cron)),
-            ("i", JobSpec::new(format!("{}~1700000000000", "r".repeat(48)), "g")),
+            (
+                "i",
+                JobSpec::new(format!("{}~1700000000000", "r".repeat(48)), "g"),
+            ),
             ("u", JobSpec::new("mine~x", "g")),
             ("o", JobSpec::new(format!("{}~17", "r".repeat(48)), "other")),
         ];
@@ -325,9 +328,11 @@ mod tests {
         .unwrap();
         migrate(&conn, path).unwrap();
         let of = |id: &str| -> Option<String> {
-            conn.query_row("SELECT instance_of FROM jobs WHERE job_id = ?1", [id], |r| {
-                r.get(0)
-            })
+            conn.query_row(
+                "SELECT instance_of FROM jobs WHERE job_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
             .unwrap()
         };
         assert_eq!(of("i").as_deref(), Some("d"));

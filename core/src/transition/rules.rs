@@ -1,0 +1,507 @@
+//! The rules: what each event does to a job as stored, as a [`Transition`].
+
+use super::*;
+
+/// The transition of a submit that found no unfinished job with the spec's task id: a new
+/// queued job `job_id`, due at its first trigger time.
+pub fn accept(spec: JobSpec, job_id: String, now_ms: i64) -> Transition {
+    let trigger = schedule::first_trigger(&spec, now_ms).unwrap_or(now_ms);
+    let mut job = Job::new(job_id, spec);
+    job.trigger_time_ms = trigger;
+    job.scheduled_fire_ms = job.spec.schedule.is_recurring().then_some(trigger);
+    job.fire_count = 1;
+    job.created_at_ms = now_ms;
+    job.updated_at_ms = now_ms;
+    let line = log(&job, now_ms, LogType::Receive, "accepted");
+    keep(StoredJob::new(job)).written(Write::Insert, vec![line])
+}
+
+/// Applies `event` at `now_ms` to the job as stored; retries are spaced by `retry`.
+pub fn apply(
+    stored: &StoredJob,
+    event: Event,
+    now_ms: i64,
+    retry: &RetryPolicy,
+) -> Result<Transition, Refusal> {
+    let job = &stored.job;
+    if job.state.is_final() {
+        return match event {
+            Event::Submit { spec, new_job_id } => Ok(accept(spec, new_job_id, now_ms)),
+            _ => Err(Refusal::Finished(job.job_id.clone(), job.state)),
+        };
+    }
+    match event {
+        Event::Submit { spec, .. } => replace(stored, spec, now_ms),
+        Event::Claim(claim) => claim_job(stored, &claim, now_ms),
+        Event::Renew { token, expiry_ms } => {
+            stored.leased_with(&token)?;
+            let mut after = stored.clone();
+            after.job.lease_expiry_ms = Some(expiry_ms);
+            Ok(changed(stored, after, Vec::new()))
+        }
+        Event::Complete(report) => complete(stored, report, now_ms, retry),
+        Event::Release(token) => {
+            stored.leased_with(&token)?;
+            let mut after = requeued(stored, now_ms);
+            after.job.attempt = after.job.attempt.saturating_sub(1);
+            let note = "handed back by its TaskTracker";
+            let line = log(&after.job, now_ms, LogType::Resend, note);
+            Ok(changed(stored, after, vec![line]))
+        }
+        Event::LeaseLost(loss) => lease_lost(stored, loss, now_ms),
+        Event::Suspend => suspend(stored, now_ms),
+        Event::Resume => resume(stored, now_ms),
+        Event::Trigger(instance_id) => {
+            if !job.spec.schedule.is_recurring() {
+                return Err(Refusal::NotRecurring(job.job_id.clone()));
+            }
+            let mut instance = accept(
+                schedule::instance_spec(&job.spec, now_ms),
+                instance_id,
+                now_ms,
+            );
+            instance.job.job.instance_of = Some(job.job_id.clone());
+            let mut t = keep(stored.clone());
+            t.follow_up = Some(FollowUp {
+                job: instance.job,
+                logs: instance.logs,
+            });
+            Ok(t)
+        }
+        Event::Cancel(cause) => cancel(stored, cause, now_ms),
+    }
+}
+
+/// A transition that writes nothing.
+fn keep(job: StoredJob) -> Transition {
+    Transition {
+        job,
+        write: Write::Keep,
+        logs: Vec::new(),
+        feedback: None,
+        disposition: None,
+        next_fire: NextFire::Unchanged,
+        follow_up: None,
+        handout: Handout::Nothing,
+        cascade: None,
+    }
+}
+
+/// The transition from `before` to `after`. Its fields are found by comparing the two, so what
+/// a store writes cannot drift from what the rule decided.
+fn changed(before: &StoredJob, after: StoredJob, logs: Vec<LogEntry>) -> Transition {
+    let (from, fields) = (before.job.state, Field::changed(before, &after));
+    let write = if after.job.state.is_final() {
+        Write::Finish { from, fields }
+    } else {
+        Write::Update { from, fields }
+    };
+    keep(after).written(write, logs)
+}
+
+impl Transition {
+    fn written(self, write: Write, logs: Vec<LogEntry>) -> Transition {
+        Transition {
+            write,
+            logs,
+            ..self
+        }
+    }
+}
+
+/// A line of `job`'s log, as most are: informational, of its current attempt, by the tracker.
+fn log(job: &Job, time_ms: i64, log_type: LogType, message: impl Into<String>) -> LogEntry {
+    LogEntry {
+        time_ms,
+        log_type,
+        level: LogLevel::Info,
+        message: message.into(),
+        attempt: job.attempt,
+        job_id: job.job_id.clone(),
+        task_id: job.spec.task_id.clone(),
+        task_tracker_node_group: job.spec.task_tracker_node_group.clone(),
+        node: String::new(),
+    }
+}
+
+// Private to this module: the exceptions to `log`'s defaults.
+impl LogEntry {
+    fn with_level(self, level: LogLevel) -> LogEntry {
+        LogEntry { level, ..self }
+    }
+
+    fn by_node(self, node: &str) -> LogEntry {
+        LogEntry {
+            node: node.to_string(),
+            ..self
+        }
+    }
+}
+
+/// The job leased by `claim`: running, one more attempt.
+fn lease(s: &mut StoredJob, claim: &Claim, now_ms: i64) {
+    s.job.state = JobState::Running;
+    s.job.attempt += 1;
+    s.job.lease_owner = Some(claim.owner.clone());
+    s.job.lease_expiry_ms = Some(claim.expiry_ms);
+    s.job.updated_at_ms = now_ms;
+    s.lease_token = Some(claim.token.clone());
+}
+
+fn sent(job: &Job, claim: &Claim, now_ms: i64) -> LogEntry {
+    log(job, now_ms, LogType::Sent, &claim.owner).by_node(&claim.owner)
+}
+
+/// The job without its lease, back in its queue — or suspended, if a user asked for that while
+/// it ran (the one place that rule lives).
+fn requeued(stored: &StoredJob, now_ms: i64) -> StoredJob {
+    let mut after = stored.clone();
+    after.job.state = if stored.suspend_requested {
+        JobState::Suspended
+    } else {
+        JobState::Queued
+    };
+    after.job.lease_owner = None;
+    after.job.lease_expiry_ms = None;
+    after.lease_token = None;
+    after.job.updated_at_ms = now_ms;
+    after
+}
+
+fn replace(stored: &StoredJob, spec: JobSpec, now_ms: i64) -> Result<Transition, Refusal> {
+    let job = &stored.job;
+    if !spec.replace_on_exist {
+        return Err(Refusal::Duplicate(job.job_id.clone()));
+    }
+    let mut after = stored.clone();
+    // A queued job takes the new trigger time, as a submit of the spec would; a running or
+    // suspended one keeps its own, and the new spec applies to what comes after.
+    if job.state == JobState::Queued {
+        let trigger = schedule::first_trigger(&spec, now_ms).unwrap_or(now_ms);
+        after.job.trigger_time_ms = trigger;
+        after.job.scheduled_fire_ms = spec.schedule.is_recurring().then_some(trigger);
+    }
+    after.job.spec = spec;
+    after.job.updated_at_ms = now_ms;
+    let note = if job.state == JobState::Running {
+        "replaced by a new submit; applies after the running attempt"
+    } else {
+        "replaced by a new submit"
+    };
+    Ok(changed(
+        stored,
+        after,
+        vec![log(job, now_ms, LogType::Update, note)],
+    ))
+}
+
+fn claim_job(stored: &StoredJob, claim: &Claim, now_ms: i64) -> Result<Transition, Refusal> {
+    let job = &stored.job;
+    if job.state != JobState::Queued {
+        return Err(Refusal::NotQueued(job.state));
+    }
+    if job.trigger_time_ms > now_ms {
+        return Err(Refusal::NotDue(job.trigger_time_ms));
+    }
+    let fire = job.scheduled_fire_ms.unwrap_or(job.trigger_time_ms);
+    let fired = job.fire_count.max(1);
+    if schedule::fires_overlapping_instances(&job.spec) {
+        return Ok(fire_instance(stored, claim, fire, fired, now_ms));
+    }
+    let mut after = stored.clone();
+    lease(&mut after, claim, now_ms);
+    let mut logs = Vec::new();
+    // Only the first attempt of a fire can be late (see the module docs).
+    if after.job.attempt == 1 {
+        match schedule::late_fire(&job.spec, job.trigger_time_ms, fire, fired, now_ms) {
+            LateFire::OnTime => {}
+            LateFire::CatchUp => {
+                // It runs as the fire of now, so its completion does not queue another catch-up.
+                after.job.scheduled_fire_ms = Some(now_ms);
+                let note = format!("missed fire {}: one catch-up run now", format_ms(fire));
+                logs.push(log(job, now_ms, LogType::Update, note));
+            }
+            LateFire::Skip { next_ms } => return Ok(advance(stored, fire, next_ms, false, now_ms)),
+        }
+    }
+    logs.push(sent(&after.job, claim, now_ms));
+    let mut t = changed(stored, after, logs);
+    t.handout = Handout::Job;
+    Ok(t)
+}
+
+/// A claimed recurring job whose instances overlap is not run itself: the instance of its due
+/// fire is created and leased in its place, and the job moves on to its next fire at once.
+fn fire_instance(stored: &StoredJob, claim: &Claim, fire: i64, fired: u64, now: i64) -> Transition {
+    let def = &stored.job;
+    let step = schedule::overlap_step(&def.spec, fire, fired, now);
+    let mut t = advance(stored, fire, step.next_ms, step.run, now);
+    if step.run {
+        let spec = schedule::instance_spec(&def.spec, step.instance_fire_ms);
+        let mut instance = Job::new(claim.instance_id.clone(), spec);
+        instance.trigger_time_ms = def.trigger_time_ms;
+        instance.created_at_ms = now;
+        instance.fire_count = fired;
+        instance.scheduled_fire_ms = Some(step.instance_fire_ms);
+        instance.instance_of = Some(def.job_id.clone());
+        let note = format!("fire {} of {}", format_ms(fire), def.job_id);
+        let receive = log(&instance, now, LogType::Receive, note);
+        let mut instance = StoredJob::new(instance);
+        lease(&mut instance, claim, now);
+        let logs = vec![receive, sent(&instance.job, claim, now)];
+        (t.follow_up, t.handout) = (
+            Some(FollowUp {
+                job: instance,
+                logs,
+            }),
+            Handout::FollowUp,
+        );
+    }
+    t
+}
+
+/// Moves a queued recurring job on to its fire `next` (one more fire counted), or finishes it
+/// when its schedule is exhausted (`None`), and says whether a claim `fired` or skipped `fire`
+/// — except for a plain fire the schedule goes on from: the instance's own log tells of it,
+/// and a cron firing every second would fill the job's log otherwise.
+fn advance(stored: &StoredJob, fire: i64, next: Option<i64>, fired: bool, now: i64) -> Transition {
+    let mut after = stored.clone();
+    after.job.attempt = 0;
+    after.job.updated_at_ms = now;
+    let what = if fired {
+        "fired"
+    } else {
+        "skipped the missed fire"
+    };
+    let (note, next_fire) = match next {
+        Some(at_ms) => {
+            after.job.trigger_time_ms = at_ms;
+            after.job.scheduled_fire_ms = Some(at_ms);
+            after.job.fire_count += 1;
+            let note = format!("{what} {}; next fire {}", format_ms(fire), format_ms(at_ms));
+            ((!fired).then_some(note), NextFire::At(at_ms))
+        }
+        None => {
+            after.job.state = JobState::Succeeded;
+            after.job.finished_at_ms = Some(now);
+            after.job.last_message = Some("schedule complete".into());
+            let note = format!("{what} {}, the last of its schedule", format_ms(fire));
+            (Some(note), NextFire::Exhausted)
+        }
+    };
+    // Attempt 0, as the job's before a first claim: a schedule line is of no run.
+    let logs = note.map(|n| log(&stored.job, now, LogType::Update, n));
+    let mut t = changed(stored, after, logs.into_iter().collect());
+    t.next_fire = next_fire;
+    t
+}
+
+fn complete(
+    stored: &StoredJob,
+    report: RunReport,
+    now_ms: i64,
+    retry: &RetryPolicy,
+) -> Result<Transition, Refusal> {
+    stored.leased_with(&report.token)?;
+    let (job, attempt, outcome) = (&stored.job, stored.job.attempt, report.outcome);
+    let node = report.node.as_str();
+    let mut logs: Vec<LogEntry> = report
+        .logs
+        .iter()
+        .map(|l| log(job, l.time_ms, LogType::Biz, &l.message).with_level(l.level))
+        .map(|l| l.by_node(node))
+        .collect();
+    let summary = match report.message.as_str() {
+        "" => outcome.to_string(),
+        message => format!("{outcome}: {message}"),
+    };
+    let level = if outcome == Outcome::Success {
+        LogLevel::Info
+    } else {
+        LogLevel::Warn
+    };
+    logs.push(
+        log(job, now_ms, LogType::Finished, summary)
+            .with_level(level)
+            .by_node(node),
+    );
+
+    // The backoff without its random jitter, then a deterministic one.
+    let exact = RetryPolicy {
+        jitter: false,
+        ..*retry
+    };
+    let scheduled = job.scheduled_fire_ms.unwrap_or(job.created_at_ms);
+    let mut disposition = schedule::disposition(
+        &job.spec,
+        attempt,
+        scheduled,
+        job.fire_count,
+        outcome,
+        now_ms,
+        &exact,
+    );
+    if let Disposition::Retry { at_ms } = &mut disposition
+        && retry.jitter
+    {
+        *at_ms += retry_jitter_ms(*at_ms - now_ms, &job.job_id, attempt);
+    }
+
+    // The job as the run ended: what feedback reports, and where the next state starts.
+    let mut ended = requeued(stored, now_ms);
+    ended.job.last_outcome = Some(outcome);
+    ended.job.last_message = Some(report.message.clone());
+    let mut after = ended.clone();
+    let (reported, next_fire) = match disposition {
+        Disposition::Finish(state) => {
+            after.job.state = state;
+            after.job.finished_at_ms = Some(now_ms);
+            let next = match job.spec.schedule.is_recurring() {
+                true => NextFire::Exhausted,
+                false => NextFire::Unchanged,
+            };
+            (Some(state), next)
+        }
+        Disposition::Retry { at_ms } => {
+            after.job.trigger_time_ms = at_ms;
+            let max = job.spec.max_retries;
+            let note = format!("retry {attempt} of {max} at {}", format_ms(at_ms));
+            logs.push(log(job, now_ms, LogType::Resend, note));
+            (None, NextFire::Unchanged)
+        }
+        Disposition::NextFire { at_ms, instance } => {
+            after.job.trigger_time_ms = at_ms;
+            after.job.scheduled_fire_ms = Some(at_ms);
+            after.job.fire_count += 1;
+            after.job.attempt = 0;
+            (Some(instance), NextFire::At(at_ms))
+        }
+    };
+    let feedback = reported.filter(|_| job.spec.need_feedback).map(|state| {
+        let mut snapshot = ended.job;
+        snapshot.state = state;
+        snapshot.finished_at_ms = Some(now_ms);
+        FeedbackItem {
+            feedback_id: String::new(),
+            job: snapshot,
+            outcome,
+            message: report.message,
+            finished_at_ms: now_ms,
+        }
+    });
+    let mut t = changed(stored, after, logs);
+    (t.feedback, t.disposition, t.next_fire) = (feedback, Some(disposition), next_fire);
+    Ok(t)
+}
+
+/// The jitter of a retry `delay_ms` away: up to one more delay, like the backoff's own, but a
+/// deterministic function of the job and its attempt (FNV-1a, then the splitmix64 finalizer):
+/// jobs that fail together still spread out, and the same events give the same transition.
+pub(super) fn retry_jitter_ms(delay_ms: i64, job_id: &str, attempt: u32) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in job_id.bytes().chain(attempt.to_le_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let fraction = ((h ^ (h >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+    (delay_ms.max(0) as f64 * fraction) as i64
+}
+
+fn lease_lost(stored: &StoredJob, loss: LeaseLoss, now_ms: i64) -> Result<Transition, Refusal> {
+    let job = &stored.job;
+    if job.state != JobState::Running {
+        return Err(Refusal::NotRunning(job.state));
+    }
+    let expiry = job.lease_expiry_ms.unwrap_or_default();
+    let note = match loss {
+        LeaseLoss::Expired if expiry >= now_ms => return Err(Refusal::LeaseNotExpired(expiry)),
+        LeaseLoss::Expired => "lease expired",
+        LeaseLoss::OwnerGone(owner) => match &job.lease_owner {
+            Some(holder) if *holder != owner => return Err(Refusal::NotOwner(holder.clone())),
+            _ => "its TaskTracker left the cluster",
+        },
+        LeaseLoss::StreamEnded { token, expiry_ms } => {
+            stored.leased_with(&token)?;
+            if expiry != expiry_ms {
+                return Err(Refusal::LeaseRenewed(expiry));
+            }
+            "its TaskTracker left the cluster (its stream ended)"
+        }
+    };
+    let line = log(job, now_ms, LogType::FixedDead, note).with_level(LogLevel::Warn);
+    Ok(changed(stored, requeued(stored, now_ms), vec![line]))
+}
+
+fn suspend(stored: &StoredJob, now_ms: i64) -> Result<Transition, Refusal> {
+    let job = &stored.job;
+    if stored.suspend_requested || job.state == JobState::Suspended {
+        return Err(Refusal::AlreadySuspended);
+    }
+    let mut after = stored.clone();
+    after.suspend_requested = true;
+    after.job.updated_at_ms = now_ms;
+    let note = if job.state == JobState::Running {
+        "suspended by a user; the running attempt finishes first"
+    } else {
+        after.job.state = JobState::Suspended;
+        "suspended by a user"
+    };
+    Ok(changed(
+        stored,
+        after,
+        vec![log(job, now_ms, LogType::Suspend, note)],
+    ))
+}
+
+fn resume(stored: &StoredJob, now_ms: i64) -> Result<Transition, Refusal> {
+    let job = &stored.job;
+    let mut after = stored.clone();
+    after.suspend_requested = false;
+    after.job.updated_at_ms = now_ms;
+    let mut next_fire = NextFire::Unchanged;
+    let note = if job.state == JobState::Suspended {
+        // A fire missed meanwhile follows the misfire policy: never a burst of catch-ups.
+        let at_ms =
+            schedule::resume_trigger(&job.spec, job.trigger_time_ms, job.fire_count, now_ms);
+        after.job.state = JobState::Queued;
+        after.job.trigger_time_ms = at_ms;
+        if job.spec.schedule.is_recurring() {
+            after.job.scheduled_fire_ms = Some(at_ms);
+            next_fire = NextFire::At(at_ms);
+        }
+        format!("resumed by a user; runs at {}", format_ms(at_ms))
+    } else if stored.suspend_requested {
+        "resumed by a user before its running attempt ended".to_string()
+    } else {
+        return Err(Refusal::NotSuspended);
+    };
+    let mut t = changed(stored, after, vec![log(job, now_ms, LogType::Resume, note)]);
+    t.next_fire = next_fire;
+    Ok(t)
+}
+
+fn cancel(stored: &StoredJob, cause: CancelCause, now_ms: i64) -> Result<Transition, Refusal> {
+    let job = &stored.job;
+    let (note, cascade) = match cause {
+        CancelCause::WithSchedule(_) if job.state == JobState::Running => {
+            return Err(Refusal::InstanceRunning);
+        }
+        CancelCause::WithSchedule(definition) => {
+            (format!("cancelled with its schedule {definition}"), None)
+        }
+        CancelCause::User => {
+            let recurring = job.spec.schedule.is_recurring();
+            let cascade = recurring.then(|| Cascade::CancelQueuedInstances {
+                definition: job.job_id.clone(),
+            });
+            ("cancelled by a user".to_string(), cascade)
+        }
+    };
+    let mut after = requeued(stored, now_ms);
+    after.job.state = JobState::Cancelled;
+    after.job.finished_at_ms = Some(now_ms);
+    let mut t = changed(stored, after, vec![log(job, now_ms, LogType::Del, note)]);
+    t.cascade = cascade;
+    Ok(t)
+}

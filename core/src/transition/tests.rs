@@ -1,0 +1,771 @@
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::rules::retry_jitter_ms;
+use super::*;
+use crate::model::{MisfirePolicy, Schedule};
+use JobState::{Cancelled, Failed, Queued, Running, Succeeded, Suspended};
+
+const NOW: i64 = 1_800_000_000_000;
+const LATER: i64 = NOW + 100;
+
+fn exact() -> RetryPolicy {
+    RetryPolicy {
+        jitter: false,
+        ..Default::default()
+    }
+}
+
+/// A repeat job `tick` firing every second from `NOW` (`count` times), retried once, with
+/// feedback.
+fn repeat(rely_on_prev_cycle: bool, count: i64) -> JobSpec {
+    let first_fire_ms = Some(NOW);
+    let schedule = Schedule::Repeat {
+        interval_ms: 1000,
+        count,
+        first_fire_ms,
+    };
+    let mut spec = JobSpec::new("tick", "g").schedule(schedule).max_retries(1);
+    spec.rely_on_prev_cycle = rely_on_prev_cycle;
+    spec.feedback_to("clients")
+}
+
+fn claim(token: &str) -> Event {
+    let (owner, token, instance_id) = ("w1".into(), token.into(), "i1".into());
+    Event::Claim(Claim {
+        owner,
+        token,
+        expiry_ms: NOW + 50,
+        instance_id,
+    })
+}
+
+fn report(token: &str, outcome: Outcome) -> RunReport {
+    let (token, message, node) = (token.into(), String::new(), "w1".into());
+    RunReport {
+        token,
+        outcome,
+        message,
+        logs: Vec::new(),
+        node,
+    }
+}
+
+fn done(token: &str, outcome: Outcome) -> Event {
+    Event::Complete(report(token, outcome))
+}
+
+fn run(job: &StoredJob, event: Event, now: i64) -> Transition {
+    apply(job, event, now, &exact()).unwrap_or_else(|r| panic!("refused: {r}"))
+}
+
+fn types(logs: &[LogEntry]) -> Vec<LogType> {
+    logs.iter().map(|l| l.log_type).collect()
+}
+
+/// The table's job `j1` in `state`: a sequential repeat job, as a store would hold it; a
+/// running one under lease `tok` of `w1`, expired at `LATER`.
+fn job_in(state: JobState) -> StoredJob {
+    let mut s = accept(repeat(true, -1), "j1".into(), NOW).job;
+    s.job.state = state;
+    match state {
+        Queued => {}
+        Running => {
+            s.job.attempt = 1;
+            s.job.lease_owner = Some("w1".into());
+            s.job.lease_expiry_ms = Some(NOW + 50);
+            s.lease_token = Some("tok".into());
+        }
+        Suspended => s.suspend_requested = true,
+        Succeeded | Failed | Cancelled => s.job.finished_at_ms = Some(NOW),
+    }
+    s
+}
+
+/// The module's invariants on one stored job.
+fn consistent(s: &StoredJob) -> Result<(), String> {
+    let (j, unfinished) = (&s.job, !s.job.state.is_final());
+    let leased = [
+        j.lease_owner.is_some(),
+        s.lease_token.is_some(),
+        j.lease_expiry_ms.is_some(),
+    ];
+    let ran_out = j.last_message.as_deref() == Some("schedule complete");
+    let broken = if leased != [j.state == Running; 3] {
+        "a lease that does not match its state"
+    } else if (j.state == Suspended) != (s.suspend_requested && unfinished && j.state != Running) {
+        "a suspend request that does not match its state"
+    } else if unfinished == j.finished_at_ms.is_some() {
+        "a finish time that does not match its state"
+    } else if matches!(j.state, Succeeded | Failed) && j.last_outcome.is_none() && !ran_out {
+        "finished without an outcome"
+    } else {
+        return Ok(());
+    };
+    Err(format!("{} ({}): {broken}", j.job_id, j.state))
+}
+
+/// One event of each kind, as the table applies them to `job_in(state)` at `LATER`.
+fn events() -> Vec<Event> {
+    let tok = || "tok".to_string();
+    let submit = |replace| {
+        let spec = repeat(true, -1).replace_on_exist(replace);
+        Event::Submit {
+            spec,
+            new_job_id: "j2".into(),
+        }
+    };
+    let (token, expiry_ms) = (tok(), NOW + 50);
+    vec![
+        submit(false),
+        submit(true),
+        claim("new"),
+        Event::Renew {
+            token: tok(),
+            expiry_ms: NOW + 9000,
+        },
+        done("tok", Outcome::Exception),
+        Event::Release(tok()),
+        Event::LeaseLost(LeaseLoss::Expired),
+        Event::LeaseLost(LeaseLoss::OwnerGone("w1".into())),
+        Event::LeaseLost(LeaseLoss::StreamEnded { token, expiry_ms }),
+        Event::Suspend,
+        Event::Resume,
+        Event::Trigger("i1".into()),
+        Event::Cancel(CancelCause::User),
+        Event::Cancel(CancelCause::WithSchedule("d".into())),
+    ]
+}
+
+/// The table, every state × every event: the state a legal event leaves and the log lines
+/// it writes, or the refusal of an illegal one. The match is exhaustive over both.
+fn expect(state: JobState, event: &Event) -> Result<(JobState, &'static [LogType]), Refusal> {
+    use Event as E;
+    use LogType as L;
+    match (state, event) {
+        (Succeeded | Failed | Cancelled, E::Submit { .. }) => Ok((Queued, &[L::Receive])),
+        (Succeeded | Failed | Cancelled, _) => Err(Refusal::Finished("j1".into(), state)),
+        (_, E::Submit { spec, .. }) if spec.replace_on_exist => Ok((state, &[L::Update])),
+        (_, E::Submit { .. }) => Err(Refusal::Duplicate("j1".into())),
+        (Queued, E::Claim(_)) => Ok((Running, &[L::Sent])),
+        (_, E::Claim(_)) => Err(Refusal::NotQueued(state)),
+        (Running, E::Renew { .. }) => Ok((Running, &[])),
+        (Running, E::Complete(_)) => Ok((Queued, &[L::Finished, L::Resend])),
+        (Running, E::Release(_)) => Ok((Queued, &[L::Resend])),
+        (Running, E::LeaseLost(_)) => Ok((Queued, &[L::FixedDead])),
+        (_, E::Renew { .. } | E::Complete(_) | E::Release(_) | E::LeaseLost(_)) => {
+            Err(Refusal::NotRunning(state))
+        }
+        (Queued, E::Suspend) => Ok((Suspended, &[L::Suspend])),
+        (Running, E::Suspend) => Ok((Running, &[L::Suspend])),
+        (_, E::Suspend) => Err(Refusal::AlreadySuspended),
+        (Suspended, E::Resume) => Ok((Queued, &[L::Resume])),
+        (_, E::Resume) => Err(Refusal::NotSuspended),
+        (_, E::Trigger(_)) => Ok((state, &[])),
+        (Running, E::Cancel(CancelCause::WithSchedule(_))) => Err(Refusal::InstanceRunning),
+        (_, E::Cancel(_)) => Ok((Cancelled, &[L::Del])),
+    }
+}
+
+#[test]
+fn every_state_and_every_event() {
+    for state in JobState::ALL {
+        for event in events() {
+            let (before, case) = (job_in(state), format!("{state} × {event:?}"));
+            let got = apply(&before, event.clone(), LATER, &exact());
+            let want = expect(state, &event);
+            let (t, (to, logs)) = match (got, want) {
+                (Ok(t), Ok(want)) => (t, want),
+                (Err(got), Err(want)) if got == want => continue,
+                (got, want) => panic!("{case}: expected {want:?}, got {got:?}"),
+            };
+            let j = &t.job.job;
+            assert_eq!(j.state, to, "{case}");
+            assert_eq!(types(&t.logs), logs, "{case}");
+            consistent(&t.job).unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert!(t.logs.iter().all(|l| l.job_id == j.job_id), "{case}");
+            match &t.write {
+                Write::Insert => assert_eq!(j.job_id, "j2", "{case}"),
+                Write::Keep => assert_eq!(t.job, before, "{case}"),
+                Write::Update { from, fields } | Write::Finish { from, fields } => {
+                    assert_eq!((*from, j.job_id.as_str()), (state, "j1"), "{case}");
+                    assert_eq!(fields, &Field::changed(&before, &t.job), "{case}");
+                    let finish = matches!(t.write, Write::Finish { .. });
+                    assert_eq!(finish, to.is_final(), "{case}");
+                }
+            }
+            let triggered = matches!(event, Event::Trigger(_));
+            assert_eq!(t.follow_up.is_some(), triggered, "{case}");
+            let claimed = matches!(event, Event::Claim(_));
+            assert_eq!(t.handout == Handout::Job, claimed, "{case}");
+        }
+    }
+}
+
+#[test]
+fn a_one_off_job_runs_retries_and_reports() {
+    use Field as F;
+    let spec = JobSpec::new("once", "g").max_retries(1).feedback_to("c");
+    let queued = accept(spec, "a".into(), NOW).job;
+    assert_eq!(queued.job.scheduled_fire_ms, None);
+    let t = run(&queued, claim("t1"), NOW + 1);
+    let fields = vec![F::State, F::Attempt, F::Lease, F::UpdatedAt];
+    assert_eq!(
+        t.write,
+        Write::Update {
+            from: Queued,
+            fields
+        }
+    );
+    let running = t.job;
+    let renew = Event::Renew {
+        token: "t1".into(),
+        expiry_ms: NOW + 999,
+    };
+    let fields = vec![F::LeaseExpiry];
+    assert_eq!(
+        run(&running, renew, NOW).write,
+        Write::Update {
+            from: Running,
+            fields
+        }
+    );
+    let stale = apply(&running, done("t0", Outcome::Later), NOW, &exact());
+    assert_eq!(stale, Err(Refusal::StaleLease));
+    // A retry: between one and two delays (jitter), the same for the same job and attempt.
+    let policy = RetryPolicy::default();
+    let later = || apply(&running, done("t1", Outcome::Later), NOW, &policy).unwrap();
+    let t = later();
+    assert_eq!(t, later());
+    let Some(Disposition::Retry { at_ms }) = t.disposition else {
+        panic!("{t:?}")
+    };
+    assert!((NOW + 1000..NOW + 2000).contains(&at_ms), "{at_ms}");
+    assert_eq!(t.job.job.trigger_time_ms, at_ms);
+    assert_eq!(
+        t.logs[1].message,
+        format!("retry 1 of 1 at {}", format_ms(at_ms))
+    );
+    assert_eq!(t.feedback, None);
+    let jitters = ["a", "b", "c"].map(|id| retry_jitter_ms(1000, id, 1));
+    assert!(jitters.iter().all(|j| (0..1000).contains(j)), "{jitters:?}");
+    assert!(jitters.windows(2).any(|w| w[0] != w[1]), "{jitters:?}");
+    // The last attempt fails for good; its business log and result are recorded.
+    let again = run(&t.job, claim("t2"), at_ms).job;
+    assert_eq!(again.job.attempt, 2);
+    let mut last = report("t2", Outcome::Exception);
+    last.message = "boom".into();
+    let (level, message) = (LogLevel::Warn, "hm".to_string());
+    last.logs.push(BizLine {
+        time_ms: at_ms + 5,
+        level,
+        message,
+    });
+    let t = run(&again, Event::Complete(last), at_ms + 10);
+    let fields = vec![
+        F::State,
+        F::Lease,
+        F::LastResult,
+        F::FinishedAt,
+        F::UpdatedAt,
+    ];
+    assert_eq!(
+        t.write,
+        Write::Finish {
+            from: Running,
+            fields
+        }
+    );
+    assert_eq!(t.disposition, Some(Disposition::Finish(Failed)));
+    let lines: Vec<_> = t
+        .logs
+        .iter()
+        .map(|l| (l.message.as_str(), l.attempt))
+        .collect();
+    assert_eq!(lines, [("hm", 2), ("EXCEPTION: boom", 2)]);
+    assert_eq!(
+        (t.logs[0].node.as_str(), t.logs[1].level),
+        ("w1", LogLevel::Warn)
+    );
+    let fb = t.feedback.expect("feedback");
+    assert_eq!(fb.job, t.job.job, "a finished job is reported as stored");
+    assert_eq!(
+        (fb.outcome, fb.finished_at_ms),
+        (Outcome::Exception, at_ms + 10)
+    );
+}
+
+#[test]
+fn a_job_suspended_while_running_waits_after_its_attempt() {
+    let job = run(&job_in(Queued), claim("t1"), LATER).job;
+    let flagged = run(&job, Event::Suspend, LATER).job;
+    assert!(flagged.job.state == Running && flagged.suspend_requested);
+    // Whatever would queue it again suspends it instead.
+    let t = run(&flagged, done("t1", Outcome::Success), LATER);
+    assert_eq!(t.job.job.state, Suspended);
+    assert_eq!(t.next_fire, NextFire::At(NOW + 1000));
+    let fb = t.feedback.expect("feedback of each run").job;
+    assert_eq!(
+        (fb.state, fb.lease_owner, fb.fire_count),
+        (Succeeded, None, 1)
+    );
+    let release = Event::Release("t1".into());
+    assert_eq!(run(&flagged, release, LATER).job.job.state, Suspended);
+    let expired = Event::LeaseLost(LeaseLoss::Expired);
+    assert_eq!(run(&flagged, expired, NOW + 51).job.job.state, Suspended);
+    // Resumed long after its fire: one catch-up run now.
+    let resumed = run(&t.job, Event::Resume, NOW + 60_500);
+    assert_eq!(resumed.next_fire, NextFire::At(NOW + 60_500));
+    // Resumed before the attempt ended: it just goes on.
+    let t = run(&flagged, Event::Resume, LATER).job;
+    assert!(t.job.state == Running && !t.suspend_requested);
+}
+
+#[test]
+fn overlapping_fires_run_as_leased_instances() {
+    let def = accept(repeat(false, 2), "d".into(), NOW).job;
+    let t = run(&def, claim("t1"), NOW + 10);
+    assert_eq!(
+        (t.handout, t.next_fire),
+        (Handout::FollowUp, NextFire::At(NOW + 1000))
+    );
+    assert!(
+        t.logs.is_empty(),
+        "a plain fire is told in the instance's log"
+    );
+    let d = &t.job.job;
+    assert_eq!((d.state, d.fire_count, d.attempt), (Queued, 2, 0));
+    let f = t.follow_up.as_ref().expect("instance");
+    let i = &f.job.job;
+    assert_eq!(i.spec.task_id, format!("tick~{NOW}"));
+    assert_eq!(
+        i.instance_of.as_deref(),
+        Some("d"),
+        "carries its definition"
+    );
+    assert_eq!(
+        (i.state, i.attempt, i.scheduled_fire_ms),
+        (Running, 1, Some(NOW))
+    );
+    assert_eq!(f.job.lease_token.as_deref(), Some("t1"));
+    assert_eq!(types(&f.logs), [LogType::Receive, LogType::Sent]);
+    assert_eq!(f.logs[0].message, format!("fire {} of d", format_ms(NOW)));
+    // The last fire finishes the definition.
+    let t = run(&t.job, claim("t2"), NOW + 1000);
+    assert!(matches!(t.write, Write::Finish { .. }));
+    assert_eq!(t.next_fire, NextFire::Exhausted);
+    assert_eq!(t.job.job.last_message.as_deref(), Some("schedule complete"));
+    assert!(t.logs[0].message.ends_with("the last of its schedule"));
+    // A fire claimed long after with misfire policy skip: no instance.
+    let mut skip = def;
+    skip.job.spec.misfire_policy = MisfirePolicy::Skip;
+    let t = run(&skip, claim("t3"), NOW + 60_500);
+    assert_eq!((t.handout, t.follow_up), (Handout::Nothing, None));
+    assert_eq!(t.job.job.trigger_time_ms, NOW + 61_000);
+    assert!(t.logs[0].message.starts_with("skipped the missed fire"));
+}
+
+#[test]
+fn only_the_first_attempt_of_a_sequential_fire_can_be_late() {
+    let late = NOW + 60_500;
+    let job = job_in(Queued);
+    let t = run(&job, claim("t1"), late);
+    assert_eq!(
+        t.job.job.scheduled_fire_ms,
+        Some(late),
+        "one catch-up run now"
+    );
+    assert_eq!(types(&t.logs), [LogType::Update, LogType::Sent]);
+    // Handed back, the attempt did not count: the next claim is the first again.
+    let back = run(&t.job, Event::Release("t1".into()), late).job;
+    assert_eq!(back.job.attempt, 0);
+    let t = run(&back, claim("t2"), late + 5_000).job;
+    assert_eq!(t.job.scheduled_fire_ms, Some(late + 5_000));
+    // A retry keeps its fire, however late.
+    let mut retry = job.clone();
+    retry.job.attempt = 1;
+    let t = run(&retry, claim("t3"), late).job;
+    assert_eq!((t.job.attempt, t.job.scheduled_fire_ms), (2, Some(NOW)));
+    // With misfire policy skip the late fire does not run: on to the next one.
+    let mut skip = job;
+    skip.job.spec.misfire_policy = MisfirePolicy::Skip;
+    let t = run(&skip, claim("t4"), late);
+    assert_eq!(t.handout, Handout::Nothing);
+    let j = &t.job.job;
+    assert_eq!((j.state, j.attempt, j.fire_count), (Queued, 0, 2));
+    assert_eq!(j.trigger_time_ms, NOW + 61_000);
+}
+
+#[test]
+fn cancels_replaces_triggers_and_lost_leases() {
+    // Cancelling a schedule cancels its queued instances; a running job loses its lease.
+    let t = run(&job_in(Running), Event::Cancel(CancelCause::User), LATER);
+    let Some(Cascade::CancelQueuedInstances { definition }) = t.cascade else {
+        panic!("{t:?}")
+    };
+    assert_eq!(definition, "j1");
+    assert!(matches!(&t.write, Write::Finish { fields, .. } if fields.contains(&Field::Lease)));
+    let with = Event::Cancel(CancelCause::WithSchedule("j0".into()));
+    let t = run(&job_in(Queued), with, LATER);
+    assert_eq!(t.logs[0].message, "cancelled with its schedule j0");
+    let one_off = accept(JobSpec::new("o", "g"), "o".into(), NOW).job;
+    assert_eq!(
+        run(&one_off, Event::Cancel(CancelCause::User), NOW).cascade,
+        None
+    );
+    let trigger = apply(&one_off, Event::Trigger("i".into()), NOW, &exact());
+    assert_eq!(trigger, Err(Refusal::NotRecurring("o".into())));
+    // A trigger queues an instance now; the schedule does not move.
+    let t = run(&job_in(Queued), Event::Trigger("i".into()), LATER);
+    let i = t.follow_up.expect("instance").job.job;
+    assert_eq!(
+        (i.spec.task_id, i.trigger_time_ms, i.instance_of.as_deref()),
+        (format!("tick~{LATER}"), LATER, Some("j1"))
+    );
+    // A replace: a queued job takes the new trigger time (a one-off, no scheduled fire).
+    let submit = |ms| {
+        let schedule = Schedule::TriggerAt {
+            trigger_time_ms: ms,
+        };
+        let spec = JobSpec::new("o", "g")
+            .schedule(schedule)
+            .replace_on_exist(true);
+        Event::Submit {
+            spec,
+            new_job_id: "x".into(),
+        }
+    };
+    let queued = accept(JobSpec::new("o", "g"), "o".into(), NOW).job;
+    let t = run(&queued, submit(NOW + 9_000), NOW).job.job;
+    assert_eq!(
+        (t.trigger_time_ms, t.scheduled_fire_ms),
+        (NOW + 9_000, None)
+    );
+    let running = run(&queued, claim("t"), NOW).job;
+    let t = run(&running, submit(NOW + 9_000), NOW);
+    assert_eq!(t.job.job.trigger_time_ms, NOW);
+    assert!(
+        t.logs[0]
+            .message
+            .ends_with("applies after the running attempt")
+    );
+    let spec = repeat(true, -1).replace_on_exist(true);
+    let t = run(
+        &job_in(Suspended),
+        Event::Submit {
+            spec,
+            new_job_id: "x".into(),
+        },
+        LATER,
+    );
+    assert_eq!(t.logs[0].message, "replaced by a new submit");
+    // A lease is lost only for its cause; the attempt stays counted.
+    let job = job_in(Running);
+    let lost = |loss, now| apply(&job, Event::LeaseLost(loss), now, &exact());
+    let early = lost(LeaseLoss::Expired, NOW);
+    assert_eq!(early, Err(Refusal::LeaseNotExpired(NOW + 50)));
+    let other = lost(LeaseLoss::OwnerGone("w2".into()), LATER);
+    assert_eq!(other, Err(Refusal::NotOwner("w1".into())));
+    let (token, expiry_ms) = ("tok".into(), NOW);
+    let renewed = lost(LeaseLoss::StreamEnded { token, expiry_ms }, LATER);
+    assert_eq!(renewed, Err(Refusal::LeaseRenewed(NOW + 50)));
+    let t = lost(LeaseLoss::Expired, LATER).unwrap();
+    assert_eq!((t.logs[0].level, t.job.job.attempt), (LogLevel::Warn, 1));
+    // Refusals read as sentences.
+    let due = Refusal::NotDue(1_000).to_string();
+    assert_eq!(due, "the job is not due before 1970-01-01T00:00:01.000Z");
+    let finished = Refusal::Finished("j".into(), Cancelled).to_string();
+    assert_eq!(finished, "job j already finished (CANCELLED)");
+}
+
+/// A store in memory, driven by [`apply`] alone, that checks the invariants after each event.
+struct World {
+    now: i64,
+    jobs: Vec<StoredJob>,
+    ids: u64,
+    /// Leases lost per job since its attempt counter last started again.
+    losses: HashMap<String, u32>,
+}
+
+/// An event for a picked job; a `true` asks for a stale lease token.
+#[derive(Debug, Clone)]
+enum Op {
+    Submit(bool),
+    Claim,
+    Renew(bool),
+    Complete(Outcome, bool),
+    Release(bool),
+    Lose(u8),
+    Suspend,
+    Resume,
+    Trigger,
+    Cancel,
+    Wait(i64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    use Outcome::{Exception, Failed, Later, Success};
+    let outcome = prop_oneof![Just(Success), Just(Failed), Just(Later), Just(Exception)];
+    prop_oneof![
+        1 => any::<bool>().prop_map(Op::Submit),
+        4 => Just(Op::Claim),
+        1 => any::<bool>().prop_map(Op::Renew),
+        4 => (outcome, any::<bool>()).prop_map(|(o, stale)| Op::Complete(o, stale)),
+        1 => any::<bool>().prop_map(Op::Release),
+        2 => (0u8..3).prop_map(Op::Lose),
+        1 => Just(Op::Suspend),
+        1 => Just(Op::Resume),
+        1 => Just(Op::Trigger),
+        1 => Just(Op::Cancel),
+        3 => (0i64..4_000).prop_map(Op::Wait),
+    ]
+}
+
+fn spec() -> impl Strategy<Value = JobSpec> {
+    let count = prop_oneof![Just(-1i64), 1i64..4];
+    let flags = (any::<bool>(), any::<bool>(), any::<bool>());
+    (0u8..3, 0u32..3, count, flags).prop_map(|(kind, retries, count, (rely, skip, fb))| {
+        let schedule = match kind {
+            0 => Schedule::Now,
+            1 => Schedule::TriggerAt {
+                trigger_time_ms: NOW + 1_500,
+            },
+            _ => Schedule::Repeat {
+                interval_ms: 1000,
+                count,
+                first_fire_ms: None,
+            },
+        };
+        let mut spec = JobSpec::new("p", "g")
+            .schedule(schedule)
+            .max_retries(retries);
+        spec.rely_on_prev_cycle = rely;
+        spec.misfire_policy = [MisfirePolicy::FireOnce, MisfirePolicy::Skip][usize::from(skip)];
+        spec.need_feedback = fb;
+        spec
+    })
+}
+
+impl World {
+    fn new(specs: Vec<JobSpec>) -> World {
+        let accepted = specs.into_iter().enumerate().map(|(n, spec)| {
+            let spec = JobSpec {
+                task_id: format!("p{n}"),
+                ..spec
+            };
+            accept(spec, format!("j{n}"), NOW).job
+        });
+        World {
+            now: NOW,
+            jobs: accepted.collect(),
+            ids: 0,
+            losses: HashMap::new(),
+        }
+    }
+
+    fn fresh(&mut self, prefix: &str) -> String {
+        self.ids += 1;
+        format!("{prefix}{}", self.ids)
+    }
+
+    /// The unfinished job with this spec's node group and task id.
+    fn unfinished(&self, spec: &JobSpec) -> Option<usize> {
+        let mut jobs = self.jobs.iter();
+        jobs.position(|j| !j.job.state.is_final() && key(&j.job.spec) == key(spec))
+    }
+
+    /// The event `op` makes for the job at `i` (a submit: for the unfinished job with its
+    /// task id, as a store finds it), or `None` for time passing.
+    fn event(&mut self, i: &mut usize, pick: usize, op: Op) -> Option<Event> {
+        let job = self.jobs[*i].clone();
+        let token = |stale: bool| match job.lease_token.clone() {
+            Some(t) if !stale => t,
+            _ => "stale".into(),
+        };
+        let expiry_ms = self.now + 5_000;
+        Some(match op {
+            Op::Wait(ms) => {
+                self.now += ms;
+                return None;
+            }
+            Op::Submit(replace) => {
+                *i = self.unfinished(&job.job.spec).unwrap_or(*i);
+                let spec = job.job.spec.replace_on_exist(replace).priority(1);
+                Event::Submit {
+                    spec,
+                    new_job_id: self.fresh("n"),
+                }
+            }
+            Op::Claim => {
+                let (token, instance_id) = (self.fresh("t"), self.fresh("i"));
+                let owner = format!("w{}", pick % 2);
+                Event::Claim(Claim {
+                    owner,
+                    token,
+                    expiry_ms,
+                    instance_id,
+                })
+            }
+            Op::Renew(stale) => Event::Renew {
+                token: token(stale),
+                expiry_ms,
+            },
+            Op::Complete(outcome, stale) => done(&token(stale), outcome),
+            Op::Release(stale) => Event::Release(token(stale)),
+            Op::Lose(0) => Event::LeaseLost(LeaseLoss::Expired),
+            Op::Lose(1) => {
+                let owner = job.job.lease_owner.unwrap_or_default();
+                Event::LeaseLost(LeaseLoss::OwnerGone(owner))
+            }
+            Op::Lose(_) => {
+                let expiry_ms = job.job.lease_expiry_ms.unwrap_or_default();
+                let token = token(false);
+                Event::LeaseLost(LeaseLoss::StreamEnded { token, expiry_ms })
+            }
+            Op::Suspend => Event::Suspend,
+            Op::Resume => Event::Resume,
+            Op::Trigger => Event::Trigger(self.fresh("i")),
+            Op::Cancel => Event::Cancel(CancelCause::User),
+        })
+    }
+
+    /// Applies one event as a store would, then checks every invariant.
+    fn step(&mut self, pick: usize, op: Op) -> Result<(), TestCaseError> {
+        let mut i = pick % self.jobs.len();
+        let Some(event) = self.event(&mut i, pick, op) else {
+            return self.check();
+        };
+        let before = self.jobs[i].clone();
+        let policy = RetryPolicy::default();
+        let Ok(t) = apply(&before, event.clone(), self.now, &policy) else {
+            return self.check();
+        };
+        check_transition(&before, &event, &t)?;
+        let id = t.job.job.job_id.clone();
+        if t.job.job.attempt == 0 {
+            self.losses.remove(&id);
+        } else if matches!(event, Event::LeaseLost(_)) {
+            *self.losses.entry(id).or_default() += 1;
+        }
+        match t.write {
+            Write::Insert => self.jobs.push(t.job),
+            _ => self.jobs[i] = t.job,
+        }
+        if let Some(f) = t.follow_up
+            && self.unfinished(&f.job.job.spec).is_none()
+        {
+            self.jobs.push(f.job);
+        }
+        if let Some(Cascade::CancelQueuedInstances { definition }) = t.cascade {
+            for k in 0..self.jobs.len() {
+                let j = &self.jobs[k].job;
+                let queued = matches!(j.state, Queued | Suspended);
+                if queued && j.instance_of.as_deref() == Some(definition.as_str()) {
+                    let cancel = Event::Cancel(CancelCause::WithSchedule(definition.clone()));
+                    let t = apply(&self.jobs[k], cancel, self.now, &policy);
+                    self.jobs[k] = t.map_err(|r| TestCaseError::fail(r.to_string()))?.job;
+                }
+            }
+        }
+        self.check()
+    }
+
+    fn check(&self) -> Result<(), TestCaseError> {
+        let mut tokens = Vec::new();
+        for (n, s) in self.jobs.iter().enumerate() {
+            consistent(s).map_err(TestCaseError::fail)?;
+            let j = &s.job;
+            tokens.extend(s.lease_token.clone());
+            let lost = self.losses.get(&j.job_id).copied().unwrap_or(0);
+            let most = j.spec.max_retries + 1 + lost;
+            prop_assert!(
+                j.attempt <= most,
+                "{}: attempt {} > {most}",
+                j.job_id,
+                j.attempt
+            );
+            // Never lost: an unfinished job is the only one with its task id, with a way on.
+            let (event, at) = match j.state {
+                Queued => (claim("probe"), j.trigger_time_ms.max(self.now)),
+                Running => {
+                    let expired = j.lease_expiry_ms.unwrap_or_default() + 1;
+                    (Event::LeaseLost(LeaseLoss::Expired), expired)
+                }
+                Suspended => (Event::Resume, self.now),
+                Succeeded | Failed | Cancelled => continue,
+            };
+            prop_assert_eq!(self.unfinished(&j.spec), Some(n), "two {}", &j.spec.task_id);
+            let on = apply(s, event, at, &exact());
+            prop_assert!(on.is_ok(), "{} ({}) is stuck: {:?}", j.job_id, j.state, on);
+        }
+        let n = tokens.len();
+        tokens.sort();
+        tokens.dedup();
+        prop_assert_eq!(tokens.len(), n, "one lease per job and one job per lease");
+        Ok(())
+    }
+}
+
+fn key(spec: &JobSpec) -> (String, String) {
+    (spec.task_id.clone(), spec.task_tracker_node_group.clone())
+}
+
+/// What holds for every transition, whatever came before.
+fn check_transition(b: &StoredJob, event: &Event, t: &Transition) -> Result<(), TestCaseError> {
+    let (was, is) = (&b.job, &t.job.job);
+    match &t.write {
+        Write::Insert => prop_assert!(was.state.is_final() && is.job_id != was.job_id),
+        Write::Keep => prop_assert_eq!(&t.job, b),
+        Write::Update { from, .. } | Write::Finish { from, .. } => {
+            prop_assert_eq!((*from, &is.job_id), (was.state, &was.job_id));
+        }
+    }
+    prop_assert!(t.logs.iter().all(|l| l.job_id == is.job_id));
+    if let Some(f) = &t.follow_up {
+        prop_assert!(f.logs.iter().all(|l| l.job_id == f.job.job.job_id));
+    }
+    // Retried only while retries remain.
+    if let Some(Disposition::Retry { .. }) = t.disposition {
+        prop_assert!(
+            was.attempt <= was.spec.max_retries,
+            "retry of attempt {}",
+            was.attempt
+        );
+    }
+    // A claim leases one job: the one it hands out.
+    let instance = t
+        .follow_up
+        .as_ref()
+        .is_some_and(|f| f.job.job.state == Running);
+    let itself = is.state == Running && was.state != Running;
+    prop_assert_eq!(itself, t.handout == Handout::Job);
+    prop_assert_eq!(instance, t.handout == Handout::FollowUp);
+    // A job finishes with an outcome, by a cancel, or when its schedule runs out.
+    if is.state.is_final() && !was.state.is_final() {
+        let why = match event {
+            Event::Complete(_) | Event::Cancel(_) => true,
+            Event::Claim(_) => t.next_fire == NextFire::Exhausted,
+            _ => false,
+        };
+        prop_assert!(why, "{} finished by {:?}", is.job_id, event);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// No sequence of events loses a job, leases it twice or retries it past max_retries.
+    #[test]
+    fn no_sequence_of_events_breaks_a_job(
+        specs in prop::collection::vec(spec(), 1..3),
+        ops in prop::collection::vec((any::<usize>(), op()), 1..80),
+    ) {
+        let mut world = World::new(specs);
+        world.check()?;
+        for (pick, op) in ops {
+            world.step(pick, op)?;
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! A tracker killed (`kill -9`) between the two writes of a fire on MongoDB — the fire's
+//! instance inserted, its recurring job not yet moved on — leaves nothing half-done: the next
+//! tracker finds the fire taken, runs it once (its instance), and moves the schedule on.
+//!
+//! The kill lands exactly between the writes: the first tracker runs with the fail point
+//! `mongo-fire-between-instance-and-definition` armed to sleep, the test watches the database
+//! until the instance is there and the recurring job is not moved, and kills it then.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lts_core::{JobSpec, JobState, Schedule, now_ms};
+use lts_tests::{MongoServer, TrackerProc, eventually, free_port};
+use lts_worker_sdk::{JobContext, RunResult, SubmitAnswer, TaskTracker};
+use mongodb::bson::{Document, doc};
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(60);
+const FAIL_POINT: &str = "mongo-fire-between-instance-and-definition";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracker_killed_between_a_fires_two_writes_neither_loses_nor_doubles_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mongo = MongoServer::start(&dir.path().join("mongo")).await.unwrap();
+    let store = mongo.url("crash");
+    let db = mongodb::Client::with_uri_str(&store)
+        .await
+        .unwrap()
+        .database("crash");
+    let jobs = db.collection::<Document>("jobs");
+    let port = free_port();
+    let args = ["--store", store.as_str(), "--lease-ms", "2000"];
+    let armed = format!("{FAIL_POINT}=sleep(600000)");
+    let mut first = TrackerProc::start_with_env(dir.path(), port, &args, &[("FAILPOINTS", &armed)])
+        .await
+        .unwrap();
+
+    // A worker that counts runs per task id, connected to the tracker's address throughout.
+    let runs = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
+    let r = runs.clone();
+    let stop = CancellationToken::new();
+    let worker = TaskTracker::builder()
+        .node_group("fires")
+        .tracker(first.addr.clone())
+        .threads(2)
+        .runner(move |ctx: JobContext| {
+            let r = r.clone();
+            async move {
+                *r.lock()
+                    .unwrap()
+                    .entry(ctx.task_id().to_string())
+                    .or_default() += 1;
+                RunResult::success("")
+            }
+        })
+        .build()
+        .unwrap();
+    let worker = tokio::spawn(worker.run_until_cancelled(stop.clone()));
+
+    // Two fires an hour apart; the first is due in a moment.
+    let first_fire = now_ms() + 1_000;
+    let spec = JobSpec::new("hourly", "fires").schedule(Schedule::Repeat {
+        interval_ms: 3_600_000,
+        count: 2,
+        first_fire_ms: Some(first_fire),
+    });
+    let def_id = match first.client().submit(spec).await.unwrap() {
+        SubmitAnswer::Accepted { job_id } => job_id,
+        other => panic!("{other:?}"),
+    };
+
+    // The first write is done and the second is not: kill the tracker now.
+    let instance: Document = eventually(T, "the fire's instance to be written", || async {
+        jobs.find_one(doc! { "instance_of": &def_id })
+            .await
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let def = first
+        .client()
+        .get(lts_core::JobKey::Id(def_id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (def.fire_count, def.trigger_time_ms),
+        (1, first_fire),
+        "the recurring job is not moved on yet: {def:?}"
+    );
+    first.proc.kill9();
+    assert!(
+        runs.lock().unwrap().is_empty(),
+        "nothing ran before the kill"
+    );
+
+    // Another tracker on the same store and address, without the fail point, once the fire is
+    // past its misfire threshold (1 s) and the dead claim's lease (2 s) has run out: taken
+    // again, the fire would be a catch-up run under a task id of its own, and its first
+    // instance is free to run — only the fire's key tells the two apart.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let second = TrackerProc::start_on(dir.path(), port, &args)
+        .await
+        .unwrap();
+    let client = second.client();
+    let instance_id = instance.get_str("_id").unwrap().to_string();
+    let done = eventually(T, "the fire's instance to run", || async {
+        let j = client
+            .get(lts_core::JobKey::Id(instance_id.clone()))
+            .await
+            .ok()?;
+        j.state.is_final().then_some(j)
+    })
+    .await
+    .unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let def = eventually(T, "the recurring job to move on", || async {
+        let j = client
+            .get(lts_core::JobKey::Id(def_id.clone()))
+            .await
+            .ok()?;
+        (j.fire_count == 2).then_some(j)
+    })
+    .await
+    .unwrap();
+    assert_eq!(def.state, JobState::Queued, "{def:?}");
+    assert!(
+        def.trigger_time_ms > now_ms() + 3_000_000,
+        "its next fire is the one an hour later: {def:?}"
+    );
+
+    // Whatever the second tracker did first (requeue the dead claim's lease, or take the
+    // recurring job again), the fire ran once and has one instance.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let instances = jobs
+        .count_documents(doc! { "instance_of": &def_id })
+        .await
+        .unwrap();
+    assert_eq!(instances, 1, "one instance of the fire");
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.values().sum::<u32>(), 1, "the fire ran once: {runs:?}");
+    stop.cancel();
+    worker.await.unwrap();
+}

@@ -1,0 +1,511 @@
+//! Claims, leases, results and retries: the queue itself.
+
+use super::*;
+
+/// Claims in priority, then trigger time, then submit order; never past the trigger time.
+pub async fn claim_order(store: Arc<dyn JobStore>) {
+    let specs = vec![
+        JobSpec::new("a", "g"),
+        JobSpec::new("b", "g").priority(5),
+        JobSpec::new("c", "g").schedule(Schedule::TriggerAt {
+            trigger_time_ms: NOW - 1000,
+        }),
+        JobSpec::new("d", "g")
+            .priority(9)
+            .schedule(Schedule::TriggerAt {
+                trigger_time_ms: NOW + 1000,
+            }),
+        JobSpec::new("e", "g"),
+        JobSpec::new("other", "h").priority(100),
+    ];
+    store.submit(specs, NOW).await.unwrap();
+    let got = store.claim(claim("g", "w1", 10, NOW)).await.unwrap();
+    let order: Vec<&str> = got.iter().map(|l| l.job.spec.task_id.as_str()).collect();
+    assert_eq!(order, ["b", "c", "a", "e"]);
+    assert!(
+        got.iter()
+            .all(|l| l.job.state == JobState::Running && l.job.attempt == 1)
+    );
+    assert!(
+        store
+            .claim(claim("g", "w2", 10, NOW))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.next_due("g").await.unwrap(), Some(NOW + 1000));
+    let later = store.claim(claim("g", "w2", 10, NOW + 1000)).await.unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].job.spec.task_id, "d");
+}
+
+/// Concurrent claims never lease a job twice.
+pub async fn no_double_lease(store: Arc<dyn JobStore>) {
+    let specs: Vec<JobSpec> = (0..200)
+        .map(|i| JobSpec::new(format!("t{i}"), "g"))
+        .collect();
+    store.submit(specs, NOW).await.unwrap();
+    let mut handles = Vec::new();
+    for w in 0..8 {
+        let s = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = s.claim(claim("g", &format!("w{w}"), 7, NOW)).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|l| l.job.job_id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(n, 200);
+    assert_eq!(all.len(), 200);
+}
+
+/// Dedup among unfinished jobs; replace keeps the id; finished jobs free the task id.
+pub async fn dedup_and_replace(store: Arc<dyn JobStore>) {
+    let a = store
+        .submit(vec![JobSpec::new("x", "g").param("v", "1")], NOW)
+        .await
+        .unwrap();
+    let job_id = id(&a[0]);
+    assert!(matches!(a[0], SubmitOutcome::Accepted { .. }));
+    let b = store
+        .submit(
+            vec![
+                JobSpec::new("x", "g").param("v", "2"),
+                JobSpec::new("x", "g")
+                    .param("v", "3")
+                    .replace_on_exist(true),
+                JobSpec::new("x", "other-group"),
+            ],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        b[0],
+        SubmitOutcome::Duplicate {
+            job_id: job_id.clone()
+        }
+    );
+    assert_eq!(
+        b[1],
+        SubmitOutcome::Replaced {
+            job_id: job_id.clone()
+        }
+    );
+    assert!(matches!(b[2], SubmitOutcome::Accepted { .. }));
+    let job = store
+        .get(JobKey::Id(job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.spec.params["v"], "3");
+    let lease = store
+        .claim(claim("g", "w", 1, NOW))
+        .await
+        .unwrap()
+        .remove(0);
+    let r = store
+        .complete(done(&job_id, &lease.token, Outcome::Success, NOW + 5))
+        .await
+        .unwrap();
+    assert!(matches!(
+        r,
+        CompleteOutcome::Accepted {
+            disposition: Disposition::Finish(JobState::Succeeded),
+            ..
+        }
+    ));
+    let again = store
+        .submit(vec![JobSpec::new("x", "g")], NOW + 10)
+        .await
+        .unwrap();
+    assert!(matches!(again[0], SubmitOutcome::Accepted { .. }));
+    assert_ne!(id(&again[0]), job_id);
+    // By task id: the unfinished one wins over the finished one.
+    let by_task = store
+        .get(JobKey::Task {
+            node_group: "g".into(),
+            task_id: "x".into(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_task.job_id, id(&again[0]));
+}
+
+/// Results need the current token; retries and finishing follow the disposition.
+pub async fn complete_retry_and_stale(store: Arc<dyn JobStore>) {
+    let a = store
+        .submit(
+            vec![JobSpec::new("r", "g").max_retries(1).feedback_to("clients")],
+            NOW,
+        )
+        .await
+        .unwrap();
+    let job_id = id(&a[0]);
+    let l1 = store
+        .claim(claim("g", "w1", 1, NOW))
+        .await
+        .unwrap()
+        .remove(0);
+    let stale = store
+        .complete(done(&job_id, "not-the-token", Outcome::Success, NOW))
+        .await
+        .unwrap();
+    assert!(matches!(stale, CompleteOutcome::Stale { .. }));
+    let r = store
+        .complete(done(&job_id, &l1.token, Outcome::Later, NOW + 10))
+        .await
+        .unwrap();
+    let CompleteOutcome::Accepted {
+        disposition: Disposition::Retry { at_ms },
+        feedback_group: None,
+        ..
+    } = r
+    else {
+        panic!("expected a retry, got {r:?}");
+    };
+    assert!(at_ms > NOW + 10);
+    // Not due before the backoff.
+    assert!(
+        store
+            .claim(claim("g", "w1", 1, NOW + 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let l2 = store
+        .claim(claim("g", "w2", 1, at_ms))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(l2.job.attempt, 2);
+    // The first lease's token is dead now.
+    let stale = store
+        .complete(done(&job_id, &l1.token, Outcome::Success, at_ms))
+        .await
+        .unwrap();
+    assert!(matches!(stale, CompleteOutcome::Stale { .. }));
+    let r = store
+        .complete(done(&job_id, &l2.token, Outcome::Exception, at_ms + 1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        r,
+        CompleteOutcome::Accepted {
+            disposition: Disposition::Finish(JobState::Failed),
+            feedback_group: Some(_),
+            ..
+        }
+    ));
+    let job = store
+        .get(JobKey::Id(job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.last_outcome, Some(Outcome::Exception));
+    let fb = store.pending_feedback("clients", None, 10).await.unwrap();
+    assert_eq!(fb.len(), 1);
+    assert_eq!(fb[0].job.job_id, job_id);
+    store
+        .ack_feedback(vec![fb[0].feedback_id.clone()])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .pending_feedback("clients", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let types: Vec<LogType> = store
+        .log(&job_id, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.log_type)
+        .collect();
+    assert_eq!(
+        types,
+        [
+            LogType::Receive,
+            LogType::Sent,
+            LogType::Finished,
+            LogType::Resend,
+            LogType::Sent,
+            LogType::Finished
+        ]
+    );
+}
+
+/// Expired leases, gone owners and released leases put jobs back.
+pub async fn requeue_paths(store: Arc<dyn JobStore>) {
+    store
+        .submit(
+            (0..3).map(|i| JobSpec::new(format!("q{i}"), "g")).collect(),
+            NOW,
+        )
+        .await
+        .unwrap();
+    let leases = store.claim(claim("g", "w1", 3, NOW)).await.unwrap();
+    assert_eq!(leases.len(), 3);
+    // Renewal keeps one alive past the original expiry.
+    let lost = store
+        .renew(
+            vec![LeaseRef {
+                job_id: leases[0].job.job_id.clone(),
+                token: leases[0].token.clone(),
+            }],
+            NOW + 60_000,
+        )
+        .await
+        .unwrap();
+    assert!(lost.is_empty());
+    let expired = store.requeue_expired(NOW + 10_001).await.unwrap();
+    assert_eq!(expired.len(), 2);
+    // Release does not count the attempt.
+    let released = store
+        .release(
+            vec![LeaseRef {
+                job_id: leases[0].job.job_id.clone(),
+                token: leases[0].token.clone(),
+            }],
+            NOW + 10_002,
+        )
+        .await
+        .unwrap();
+    assert_eq!(released.len(), 1);
+    let job = store
+        .get(JobKey::Id(leases[0].job.job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Queued, 0));
+    let again = store
+        .claim(claim("g", "w2", 3, NOW + 10_003))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 3);
+    assert_eq!(
+        store.requeue_owner("w2", NOW + 10_004).await.unwrap().len(),
+        3
+    );
+    let lost = store
+        .renew(
+            vec![LeaseRef {
+                job_id: again[0].job.job_id.clone(),
+                token: again[0].token.clone(),
+            }],
+            NOW + 70_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(lost, vec![again[0].job.job_id.clone()]);
+}
+
+/// Every case, by name.
+/// A stream's held leases go back to the queue when it ends — but not a lease that the
+/// TaskTracker re-announced (renewed) through another stream meanwhile, nor a finished job.
+pub async fn requeue_held_only_what_nobody_renewed(store: Arc<dyn JobStore>) {
+    store
+        .submit(
+            (0..3).map(|i| JobSpec::new(format!("h{i}"), "g")).collect(),
+            NOW,
+        )
+        .await
+        .unwrap();
+    let leases = store.claim(claim("g", "w1", 3, NOW)).await.unwrap();
+    assert_eq!(leases.len(), 3);
+    let held: Vec<HeldLease> = leases
+        .iter()
+        .map(|l| HeldLease {
+            job_id: l.job.job_id.clone(),
+            token: l.token.clone(),
+            expiry_ms: l.expiry_ms,
+        })
+        .collect();
+    // h0 moved to another stream (renewed there), h1 finished, h2 is left behind.
+    let lost = store
+        .renew(
+            vec![LeaseRef {
+                job_id: leases[0].job.job_id.clone(),
+                token: leases[0].token.clone(),
+            }],
+            NOW + 3_000,
+        )
+        .await
+        .unwrap();
+    assert!(lost.is_empty());
+    store
+        .complete(done(
+            &leases[1].job.job_id,
+            &leases[1].token,
+            Outcome::Success,
+            NOW + 1_000,
+        ))
+        .await
+        .unwrap();
+    let requeued = store.requeue_held(held, NOW + 4_000).await.unwrap();
+    assert_eq!(
+        requeued
+            .iter()
+            .map(|r| r.job_id.as_str())
+            .collect::<Vec<_>>(),
+        [leases[2].job.job_id.as_str()]
+    );
+    let get = |i: usize| {
+        let store = store.clone();
+        let id = leases[i].job.job_id.clone();
+        async move { store.get(JobKey::Id(id)).await.unwrap().unwrap() }
+    };
+    assert_eq!(get(0).await.state, JobState::Running);
+    assert_eq!(get(1).await.state, JobState::Succeeded);
+    let left = get(2).await;
+    assert_eq!((left.state, left.attempt), (JobState::Queued, 1));
+    let log = store.log(&leases[2].job.job_id, 20).await.unwrap();
+    assert!(
+        log.iter().any(|l| l.log_type == LogType::FixedDead),
+        "{log:?}"
+    );
+    // Nothing left to requeue a second time.
+    assert!(
+        store
+            .requeue_held(
+                vec![HeldLease {
+                    job_id: leases[2].job.job_id.clone(),
+                    token: leases[2].token.clone(),
+                    expiry_ms: leases[2].expiry_ms,
+                }],
+                NOW + 5_000
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Once a job is leased again, the first lease's token is dead: its renewal is lost, its result
+/// is stale, its hand-back does nothing, and none of them touches the new lease. A lost lease
+/// counts its attempt (the run may have had effects); a hand-back does not.
+pub async fn stale_token_after_reassignment(store: Arc<dyn JobStore>) {
+    let job_id = id(&store
+        .submit(vec![JobSpec::new("s", "g").max_retries(3)], NOW)
+        .await
+        .unwrap()[0]);
+    let first = store
+        .claim(claim("g", "w1", 1, NOW))
+        .await
+        .unwrap()
+        .remove(0);
+    let expired = store.requeue_expired(NOW + 10_001).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    let job = store
+        .get(JobKey::Id(job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (job.state, job.attempt, job.lease_owner.as_deref()),
+        (JobState::Queued, 1, None),
+        "a lost lease counts its attempt"
+    );
+    let second = store
+        .claim(claim("g", "w2", 1, NOW + 10_002))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(second.job.attempt, 2);
+    assert_ne!(second.token, first.token);
+    let old = LeaseRef {
+        job_id: job_id.clone(),
+        token: first.token.clone(),
+    };
+    let lost = store.renew(vec![old.clone()], NOW + 90_000).await.unwrap();
+    assert_eq!(lost, vec![job_id.clone()], "a stale renewal is lost");
+    let stale = store
+        .complete(done(&job_id, &first.token, Outcome::Success, NOW + 10_003))
+        .await
+        .unwrap();
+    assert!(matches!(stale, CompleteOutcome::Stale { .. }), "{stale:?}");
+    let released = store.release(vec![old], NOW + 10_004).await.unwrap();
+    assert!(released.is_empty(), "a stale hand-back does nothing");
+    let job = store
+        .get(JobKey::Id(job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            job.state,
+            job.attempt,
+            job.lease_owner.as_deref(),
+            job.lease_expiry_ms
+        ),
+        (JobState::Running, 2, Some("w2"), Some(second.expiry_ms)),
+        "the new lease is untouched"
+    );
+    // The holder hands it back: the attempt does not count.
+    let back = LeaseRef {
+        job_id: job_id.clone(),
+        token: second.token.clone(),
+    };
+    let released = store.release(vec![back], NOW + 10_005).await.unwrap();
+    assert_eq!(released.len(), 1);
+    let job = store
+        .get(JobKey::Id(job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Queued, 1));
+    let third = store
+        .claim(claim("g", "w1", 1, NOW + 10_006))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(third.job.attempt, 2);
+    let r = store
+        .complete(done(&job_id, &third.token, Outcome::Success, NOW + 10_007))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r,
+            CompleteOutcome::Accepted {
+                disposition: Disposition::Finish(JobState::Succeeded),
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let types: Vec<LogType> = store
+        .log(&job_id, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.log_type)
+        .collect();
+    assert_eq!(
+        types,
+        [
+            LogType::Receive,
+            LogType::Sent,
+            LogType::FixedDead,
+            LogType::Sent,
+            LogType::Resend,
+            LogType::Sent,
+            LogType::Finished
+        ]
+    );
+}

@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// the scheduler rather than a queue for free threads.
     #[arg(long, short = 't')]
     pub threads: Option<u32>,
+    /// Jobs each TaskTracker takes beyond its threads (the SDK's `prefetch`). Default: as many
+    /// as its threads — the bench's jobs do nothing, the case prefetch is made for.
+    #[arg(long)]
+    pub prefetch: Option<u32>,
     /// Offered rate of the latency phase, jobs per second.
     #[arg(long, default_value_t = 1_000)]
     pub rate: u32,
@@ -89,7 +93,7 @@ pub struct BenchArgs {
         value_name = "FILE",
         requires = "compare",
         conflicts_with_all = [
-            "workers", "threads", "rate", "latency_seconds", "submit_jobs", "single_jobs",
+            "workers", "threads", "prefetch", "rate", "latency_seconds", "submit_jobs", "single_jobs",
             "submitters", "drain_jobs", "phases", "cron", "seconds", "sync", "data_dir", "store",
             "json",
         ]
@@ -191,6 +195,10 @@ impl BenchArgs {
     fn threads(&self) -> u32 {
         self.threads.unwrap_or(DEFAULT_THREADS)
     }
+
+    fn prefetch(&self) -> u32 {
+        self.prefetch.unwrap_or_else(|| self.threads())
+    }
 }
 
 /// Runs `lts bench`.
@@ -271,6 +279,7 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
         config: serde_json::json!({
             "workers": args.workers,
             "threads": args.threads(),
+            "prefetch": args.prefetch(),
             "rate": args.rate,
             "latency_seconds": args.latency_seconds,
             "submit_jobs": args.submit_jobs,
@@ -510,6 +519,7 @@ fn start_workers(
             .node_group(group)
             .tracker(endpoint)
             .threads(args.threads())
+            .prefetch(args.prefetch())
             .identity(format!("bench-{group}-{w}"))
             .runner(runner.clone())
             .build()?;

@@ -22,6 +22,8 @@ pub const MAX_PARAMS_BYTES: usize = 256 * 1024;
 pub const MAX_RETRIES: u32 = 1000;
 /// Latest accepted instant: 9999-12-31T23:59:59Z.
 pub const MAX_INSTANT_MS: i64 = 253_402_300_799_000;
+/// Most jobs a TaskTracker may take beyond its threads (`Hello.prefetch`).
+pub const MAX_PREFETCH: u32 = 10_000;
 /// Most running jobs a TaskTracker may re-announce in its `Hello`.
 pub const MAX_HELLO_RUNNING: usize = 10_000;
 
@@ -242,6 +244,12 @@ pub fn validate_hello(hello: &proto::Hello, cluster: &str) -> Result<(), Violati
     if hello.threads == 0 {
         v.push(FieldViolation::new("hello.threads", "must be at least 1"));
     }
+    if hello.prefetch > MAX_PREFETCH {
+        v.push(FieldViolation::new(
+            "hello.prefetch",
+            format!("must be at most {MAX_PREFETCH} (got {})", hello.prefetch),
+        ));
+    }
     if hello.running.len() > MAX_HELLO_RUNNING {
         v.push(FieldViolation::new(
             "hello.running",
@@ -376,13 +384,14 @@ mod tests {
             version: "0.1.0".into(),
             running: Vec::new(),
             heartbeat_ms: 500,
+            prefetch: 4,
         };
         let lease = || proto::LeaseRef {
             job_id: "j".into(),
             lease_token: "t".into(),
         };
         type Change = fn(&mut proto::Hello);
-        let cases: [(&str, Change, &[&str]); 10] = [
+        let cases: [(&str, Change, &[&str]); 11] = [
             ("a complete hello", |_| {}, &[]),
             ("no cluster: the tracker's", |h| h.cluster.clear(), &[]),
             (
@@ -402,6 +411,11 @@ mod tests {
             ),
             ("no identity", |h| h.identity.clear(), &["hello.identity"]),
             ("no thread", |h| h.threads = 0, &["hello.threads"]),
+            (
+                "prefetch too large",
+                |h| h.prefetch = MAX_PREFETCH + 1,
+                &["hello.prefetch"],
+            ),
             (
                 "another cluster",
                 |h| h.cluster = "test".into(),

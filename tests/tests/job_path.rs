@@ -244,6 +244,7 @@ fn raw_hello(group: &str, identity: &str, threads: u32, heartbeat_ms: u32) -> pr
         version: "test".into(),
         running: vec![],
         heartbeat_ms,
+        prefetch: 0,
     }
 }
 

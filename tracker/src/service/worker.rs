@@ -100,9 +100,11 @@ impl WorkerService for WorkerApi {
         }));
         let group = hello.node_group.clone();
         let identity = hello.identity.clone();
-        let conn_id =
-            core.dispatcher
-                .connect(&group, &identity, hello.threads, tx.clone(), conn.clone());
+        // Its window: a job for each thread, and its prefetch queued behind them.
+        let window = hello.threads.saturating_add(hello.prefetch);
+        let conn_id = core
+            .dispatcher
+            .connect(&group, &identity, window, tx.clone(), conn.clone());
         if core.register_peers {
             let _ = core
                 .registry

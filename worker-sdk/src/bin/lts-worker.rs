@@ -38,6 +38,10 @@ struct Cli {
     /// Jobs run at once.
     #[arg(long, env = "LTS_THREADS", default_value_t = 4)]
     threads: u32,
+    /// Jobs taken beyond `--threads`, queued here and started as threads free up (for many
+    /// short jobs; keep 0 for long ones).
+    #[arg(long, env = "LTS_PREFETCH", default_value_t = 0)]
+    prefetch: u32,
     /// Identity (default: host name and a random suffix).
     #[arg(long, env = "LTS_IDENTITY")]
     identity: Option<String>,
@@ -77,6 +81,7 @@ async fn main() -> ExitCode {
         .node_group(cli.node_group)
         .trackers(cli.tracker)
         .threads(cli.threads)
+        .prefetch(cli.prefetch)
         .shutdown_grace(Duration::from_secs(cli.shutdown_grace))
         .heartbeat(Duration::from_millis(cli.heartbeat_ms))
         .tracker_silence(Duration::from_millis(cli.tracker_silence_ms))

@@ -99,8 +99,14 @@ fn check_instant(field: &str, ms: i64, out: &mut Vec<FieldViolation>) {
     }
 }
 
-/// Validates a job; returns every problem at once.
+/// Validates a job submitted now; returns every problem at once.
 pub fn validate(spec: &JobSpec) -> Result<(), Violations> {
+    validate_at(spec, crate::now_ms())
+}
+
+/// Validates a job submitted at `now_ms` (a schedule must have a fire after it); returns
+/// every problem at once.
+pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
     let mut out = Vec::new();
 
     let len = spec.task_id.chars().count();
@@ -181,13 +187,27 @@ pub fn validate(spec: &JobSpec) -> Result<(), Violations> {
             expression,
             time_zone,
         } => {
-            if let Err(reason) = schedule::parse_cron(expression) {
-                out.push(FieldViolation::new("cron.expression", reason));
+            let parsed = schedule::parse_cron(expression);
+            if let Err(reason) = &parsed {
+                out.push(FieldViolation::new("cron.expression", reason.clone()));
             }
-            if let Some(tz) = time_zone
-                && let Err(reason) = schedule::parse_time_zone(tz)
-            {
-                out.push(FieldViolation::new("cron.time_zone", reason));
+            let zone = time_zone.as_deref().map(schedule::parse_time_zone);
+            if let Some(Err(reason)) = &zone {
+                out.push(FieldViolation::new("cron.time_zone", reason.clone()));
+            }
+            if parsed.is_ok() && !matches!(zone, Some(Err(_))) {
+                match schedule::next_cron_fire(expression, time_zone.as_deref(), now_ms - 1) {
+                    None => out.push(FieldViolation::new(
+                        "cron.expression",
+                        "never fires from now on (a date that does not exist, such as 30 \
+                         February, or only past years)",
+                    )),
+                    Some(at) if at > MAX_INSTANT_MS => out.push(FieldViolation::new(
+                        "cron.expression",
+                        "does not fire before 9999-12-31T23:59:59Z",
+                    )),
+                    Some(_) => {}
+                }
             }
         }
         Schedule::Repeat {
@@ -323,6 +343,26 @@ mod tests {
         assert_eq!(fields(&spec), ["task_id"]);
         let spec = JobSpec::new("x".repeat(64), "g");
         assert!(validate(&spec).is_ok());
+    }
+
+    #[test]
+    fn a_cron_that_never_fires_again_is_rejected() {
+        const NOW: i64 = 1_800_000_000_000; // 2027-01-15
+        let cron = |expression: &str| {
+            JobSpec::new("t", "g").schedule(Schedule::Cron {
+                expression: expression.into(),
+                time_zone: None,
+            })
+        };
+        for never in ["0 0 0 30 2 *", "0 0 0 1 1 * 2020"] {
+            let err = validate_at(&cron(never), NOW).unwrap_err();
+            let fields: Vec<_> = err.0.iter().map(|v| v.field.as_str()).collect();
+            assert_eq!(fields, ["cron.expression"], "{never}");
+            assert!(err.to_string().contains("never fires"), "{err}");
+        }
+        for fires in ["0 0 0 29 2 *", "0 0 0 1 1 * 2030", "*/5 * * * * *"] {
+            assert!(validate_at(&cron(fires), NOW).is_ok(), "{fires}");
+        }
     }
 
     #[test]

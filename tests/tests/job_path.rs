@@ -647,6 +647,14 @@ async fn invalid_jobs_are_rejected_with_the_field_named_and_nothing_is_stored() 
         ),
         (rely_now, &["rely_on_prev_cycle"]),
         (JobSpec::new("p", "inv").param("", "v"), &["params"]),
+        (
+            JobSpec::new("feb30", "inv").schedule(Schedule::Cron {
+                expression: "0 0 0 30 2 *".into(),
+                time_zone: None,
+            }),
+            &["cron.expression"],
+        ),
+        (JobSpec::new("report~1", "inv"), &["task_id"]),
     ];
     let n = cases.len();
     let mut specs: Vec<JobSpec> = cases.iter().map(|(s, _)| s.clone()).collect();

@@ -389,3 +389,32 @@ async fn waiting_for_a_recurring_job_returns_its_next_fires_run() {
     stop.cancel();
     h.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_cron_that_never_fires_is_refused_with_its_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let (code, out, err) = lts(
+        &tracker,
+        &[
+            "submit",
+            "--task-id",
+            "feb30",
+            "--node-group",
+            "sched",
+            "--cron",
+            "0 0 0 30 2 *",
+        ],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("cron.expression") && err.contains("never fires"),
+        "{err}"
+    );
+    let (jobs, _) = tracker
+        .client()
+        .list(lts_worker_sdk::ListQuery::default())
+        .await
+        .unwrap();
+    assert!(jobs.is_empty(), "nothing stored: {jobs:?}");
+}

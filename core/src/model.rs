@@ -587,6 +587,16 @@ pub enum JobKey {
     },
 }
 
+impl JobKey {
+    /// The key of the job a spec describes: its node group and task id.
+    pub fn of_spec(spec: &JobSpec) -> JobKey {
+        JobKey::Task {
+            node_group: spec.task_tracker_node_group.clone(),
+            task_id: spec.task_id.clone(),
+        }
+    }
+}
+
 impl Job {
     /// A queued job `job_id` for `spec`, every other field at its empty value (builders and
     /// tests start here and set what they need).

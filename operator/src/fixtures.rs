@@ -211,10 +211,7 @@ pub fn tracker_job(job_id: &str, spec: LtsSpec) -> lts_core::Job {
 impl TrackerApi for FakeTracker {
     async fn submit(&self, spec: LtsSpec) -> Result<SubmitAnswer, ClientError> {
         self.record(format!("submit {}", spec.task_id))?;
-        let key = JobKey::Task {
-            node_group: spec.task_tracker_node_group.clone(),
-            task_id: spec.task_id.clone(),
-        };
+        let key = JobKey::of_spec(&spec);
         if let Some(existing) = self.find(&key).filter(|j| !j.state.is_final()) {
             if spec.replace_on_exist {
                 self.update(&key, |j| {

@@ -100,10 +100,7 @@ impl MongoStore {
 
     /// Submits a spec whose task id an unfinished job had a moment ago.
     async fn submit_over(&self, spec: &JobSpec, now: i64) -> StoreResult<SubmitOutcome> {
-        let key = JobKey::Task {
-            node_group: spec.task_tracker_node_group.clone(),
-            task_id: spec.task_id.clone(),
-        };
+        let key = JobKey::of_spec(spec);
         let filter = active_filter(&key);
         for _ in 0..ATTEMPTS {
             let new_job_id = new_id();
@@ -420,11 +417,7 @@ impl MongoStore {
         let Some(f) = &t.follow_up else {
             return Err(StoreError::Backend("a trigger created no instance".into()));
         };
-        let spec = &f.job.job.spec;
-        let key = JobKey::Task {
-            node_group: spec.task_tracker_node_group.clone(),
-            task_id: spec.task_id.clone(),
-        };
+        let key = JobKey::of_spec(&f.job.job.spec);
         match self.get_job(key.clone()).await? {
             Some(job) => Ok(TriggerOutcome::Triggered(job)),
             None => Err(StoreError::Backend(format!(

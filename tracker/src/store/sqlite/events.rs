@@ -31,10 +31,7 @@ pub(super) fn submit(
 ) -> StoreResult<Vec<SubmitOutcome>> {
     let mut out = Vec::with_capacity(specs.len());
     for (spec, text) in specs {
-        let key = JobKey::Task {
-            node_group: spec.task_tracker_node_group.clone(),
-            task_id: spec.task_id.clone(),
-        };
+        let key = JobKey::of_spec(&spec);
         let Some(found) = find_by_key(conn, &key)? else {
             let job_id = new_job_id();
             let accepted = transition::accept(spec, job_id.clone(), now);
@@ -258,10 +255,11 @@ pub(super) fn trigger(
     let Some(instance) = w.transition.follow_up else {
         return Err(StoreError::Backend("a trigger created no instance".into()));
     };
-    let key = JobKey::Task {
-        node_group: instance.job.job.spec.task_tracker_node_group.clone(),
-        task_id: instance.job.job.spec.task_id.clone(),
-    };
+    if w.follow_up_inserted {
+        return Ok(TriggerOutcome::Triggered(instance.job.job));
+    }
+    // A trigger of the same millisecond created it already.
+    let key = JobKey::of_spec(&instance.job.job.spec);
     match find_by_key(conn, &key)? {
         Some(found) => Ok(TriggerOutcome::Triggered(found.stored.job)),
         None => Err(StoreError::Backend(format!(

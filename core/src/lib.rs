@@ -6,6 +6,7 @@
 pub mod convert;
 pub mod duration;
 pub mod heartbeat;
+pub mod limits;
 pub mod model;
 #[cfg(feature = "runtime")]
 pub mod runtime;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use lts_core::limits::{self, ReportLimits};
 use lts_core::proto::{
     cluster_service_server::ClusterServiceServer, feedback_service_server::FeedbackServiceServer,
     job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
@@ -149,6 +150,20 @@ pub struct TrackerConfig {
     /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9464).
     #[arg(long, env = "LTS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The largest gRPC message sent or accepted, in bytes (encoded). TaskTrackers learn it
+    /// when they connect and keep their results under it.
+    #[arg(long, env = "LTS_MAX_MESSAGE_BYTES", default_value_t = limits::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    /// The longest result message stored, in bytes; longer ones are cut with a marker.
+    #[arg(long, env = "LTS_MAX_RESULT_MESSAGE_BYTES", default_value_t = ReportLimits::default().message_bytes)]
+    pub max_result_message_bytes: usize,
+    /// The most business-log lines stored per run: the first and the last half are kept,
+    /// with a line saying how many were dropped between.
+    #[arg(long, env = "LTS_MAX_LOG_LINES", default_value_t = ReportLimits::default().log_lines)]
+    pub max_log_lines: usize,
+    /// The longest business-log line stored, in bytes; longer ones are cut with a marker.
+    #[arg(long, env = "LTS_MAX_LOG_LINE_BYTES", default_value_t = ReportLimits::default().log_line_bytes)]
+    pub max_log_line_bytes: usize,
 }
 
 impl TrackerConfig {
@@ -172,6 +187,19 @@ impl TrackerConfig {
             retention_hours: 168,
             sqlite_sync: SyncFlag::Full,
             metrics_listen: None,
+            max_message_bytes: limits::DEFAULT_MAX_MESSAGE_BYTES,
+            max_result_message_bytes: ReportLimits::default().message_bytes,
+            max_log_lines: ReportLimits::default().log_lines,
+            max_log_line_bytes: ReportLimits::default().log_line_bytes,
+        }
+    }
+
+    /// The bounds a run's report is stored within.
+    pub fn report_limits(&self) -> ReportLimits {
+        ReportLimits {
+            message_bytes: self.max_result_message_bytes,
+            log_lines: self.max_log_lines,
+            log_line_bytes: self.max_log_line_bytes,
         }
     }
 
@@ -198,6 +226,8 @@ impl TrackerConfig {
                 ),
             ));
         }
+        limits::check_message_limit("max_message_bytes", self.max_message_bytes, &mut v);
+        limits::check_report_limits(&self.report_limits(), &mut v);
         if self.retry_min_delay_ms == 0 || self.retry_min_delay_ms > self.retry_max_delay_ms {
             v.push(validate::FieldViolation::new(
                 "retry_min_delay_ms",
@@ -326,6 +356,8 @@ impl Tracker {
             register_peers: zk.is_none(),
             shutdown: shutdown.clone(),
             heartbeat: Duration::from_millis(config.heartbeat_ms),
+            report_limits: config.report_limits(),
+            max_message_bytes: config.max_message_bytes,
         });
 
         if let Some(addr) = config.metrics_listen {
@@ -348,10 +380,26 @@ impl Tracker {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(health_service)
-            .add_service(JobServiceServer::new(JobApi(core.clone())))
-            .add_service(WorkerServiceServer::new(WorkerApi(core.clone())))
-            .add_service(FeedbackServiceServer::new(FeedbackApi(core.clone())))
-            .add_service(ClusterServiceServer::new(ClusterApi(core.clone())))
+            .add_service(
+                JobServiceServer::new(JobApi(core.clone()))
+                    .max_decoding_message_size(config.max_message_bytes)
+                    .max_encoding_message_size(config.max_message_bytes),
+            )
+            .add_service(
+                WorkerServiceServer::new(WorkerApi(core.clone()))
+                    .max_decoding_message_size(config.max_message_bytes)
+                    .max_encoding_message_size(config.max_message_bytes),
+            )
+            .add_service(
+                FeedbackServiceServer::new(FeedbackApi(core.clone()))
+                    .max_decoding_message_size(config.max_message_bytes)
+                    .max_encoding_message_size(config.max_message_bytes),
+            )
+            .add_service(
+                ClusterServiceServer::new(ClusterApi(core.clone()))
+                    .max_decoding_message_size(config.max_message_bytes)
+                    .max_encoding_message_size(config.max_message_bytes),
+            )
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
         let server = tokio::spawn(server);
         tracing::info!(

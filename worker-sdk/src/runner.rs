@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use lts_core::limits::{LineBudget, ReportLimits};
 use lts_core::{BizLine, Job, LogLevel, Outcome, now_ms};
 use tokio_util::sync::CancellationToken;
 
@@ -51,12 +52,37 @@ impl RunResult {
 }
 
 /// Business log of one run: lines go to the job log with the result.
-#[derive(Debug, Clone, Default)]
+///
+/// Bounded as the run logs ([`ReportLimits`]): lines longer than the limit are cut with a
+/// marker, and past the most lines a run may keep, the first half and the latest lines are
+/// kept with a note of how many were dropped between — memory stays bounded however much a
+/// run logs.
+#[derive(Debug, Clone)]
 pub struct BizLogger {
-    lines: Arc<Mutex<Vec<BizLine>>>,
+    lines: Arc<Mutex<LineBudget>>,
+    limits: ReportLimits,
+}
+
+impl Default for BizLogger {
+    fn default() -> Self {
+        BizLogger::with_limits(ReportLimits::default())
+    }
 }
 
 impl BizLogger {
+    /// A logger bounded by `limits`.
+    pub fn with_limits(limits: ReportLimits) -> BizLogger {
+        BizLogger {
+            lines: Arc::new(Mutex::new(LineBudget::new(limits))),
+            limits,
+        }
+    }
+
+    /// The bounds this logger keeps.
+    pub fn limits(&self) -> ReportLimits {
+        self.limits
+    }
+
     /// Logs a line at `level`.
     pub fn log(&self, level: LogLevel, message: impl Into<String>) {
         let line = BizLine {
@@ -85,9 +111,10 @@ impl BizLogger {
         self.log(LogLevel::Error, message);
     }
 
-    /// Takes the lines logged so far.
+    /// Takes the lines logged so far (with the note of dropped lines, if any).
     pub fn take(&self) -> Vec<BizLine> {
-        std::mem::take(&mut *self.lines.lock().unwrap_or_else(|e| e.into_inner()))
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *lines, LineBudget::new(self.limits)).into_lines()
     }
 }
 

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{ClientError, reconnect_backoff};
 use crate::connect::{self, Trackers};
 use crate::runner::{BizLogger, JobContext, JobRunner, RunResult};
+use lts_core::limits::ReportLimits;
 use lts_registry::{NodeInfo, Registry, Role};
 
 /// Builds a [`TaskTracker`].
@@ -46,6 +47,8 @@ pub struct TaskTrackerBuilder {
     grace: Duration,
     heartbeat: Duration,
     silence: Duration,
+    report_limits: ReportLimits,
+    max_message_bytes: usize,
     runner: Option<Arc<dyn JobRunner>>,
 }
 
@@ -135,6 +138,22 @@ impl TaskTrackerBuilder {
         self
     }
 
+    /// Bounds on what one run may report (default [`ReportLimits::default`]): its message and
+    /// business-log lines are cut to them, with markers, as the run logs.
+    pub fn report_limits(mut self, limits: ReportLimits) -> Self {
+        self.report_limits = limits;
+        self
+    }
+
+    /// The largest gRPC message sent or accepted, in bytes (default
+    /// [`lts_core::limits::DEFAULT_MAX_MESSAGE_BYTES`]). A result is also kept under the
+    /// tracker's own limit, which it announces: past it, the run's business-log lines are
+    /// dropped (with a line saying so) and the outcome is sent as it is.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
     /// The runner (required).
     pub fn runner(mut self, runner: impl JobRunner) -> Self {
         self.runner = Some(Arc::new(runner));
@@ -169,6 +188,8 @@ impl TaskTrackerBuilder {
                 ),
             ));
         }
+        lts_core::limits::check_message_limit("max_message_bytes", self.max_message_bytes, &mut v);
+        lts_core::limits::check_report_limits(&self.report_limits, &mut v);
         if self.trackers.is_empty() && self.registry.is_none() {
             v.push(lts_core::FieldViolation::new(
                 "tracker",
@@ -215,6 +236,8 @@ impl TaskTrackerBuilder {
             heartbeat: self.heartbeat,
             silence: self.silence,
             avoid: connect::Avoid::default(),
+            report_limits: self.report_limits,
+            max_message_bytes: self.max_message_bytes,
             runner,
         })
     }
@@ -237,6 +260,8 @@ pub struct TaskTracker {
     silence: Duration,
     /// Trackers that went silent or failed: reconnect elsewhere first.
     avoid: connect::Avoid,
+    report_limits: ReportLimits,
+    max_message_bytes: usize,
     runner: Arc<dyn JobRunner>,
 }
 
@@ -273,6 +298,9 @@ struct State {
     released: bool,
     /// Prefetched jobs a shutdown took out of line before they started, to hand back.
     unstarted: Vec<proto::LeaseRef>,
+    /// The largest message the tracker takes: the least of this TaskTracker's limit and what
+    /// trackers announced (or, failing that, showed by refusing one).
+    peer_limit: usize,
 }
 
 enum SessionEnd {
@@ -296,6 +324,8 @@ impl TaskTracker {
             grace: Duration::from_secs(30),
             heartbeat: Duration::from_millis(500),
             silence: Duration::from_secs(2),
+            report_limits: ReportLimits::default(),
+            max_message_bytes: lts_core::limits::DEFAULT_MAX_MESSAGE_BYTES,
             runner: None,
         }
     }
@@ -356,6 +386,7 @@ impl TaskTracker {
             shutting_down: false,
             released: false,
             unstarted: Vec::new(),
+            peer_limit: self.max_message_bytes,
         };
         let mut delays = reconnect_backoff();
         let mut grace_deadline: Option<tokio::time::Instant> = None;
@@ -437,7 +468,7 @@ impl TaskTracker {
         if run.token != f.result.lease_token {
             return;
         }
-        let mut result = f.result;
+        let mut result = fit(f.result, st.peer_limit);
         result.credits = u32::from(!st.shutting_down);
         if let Some(o) = out {
             send(o, worker_message::Msg::Result(result.clone()));
@@ -480,7 +511,9 @@ impl TaskTracker {
             }),
         );
         // A frozen tracker accepts the connection (its kernel does) but never answers.
-        let mut stub = WorkerServiceClient::new(channel);
+        let mut stub = WorkerServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes);
         let open = stub.work(UnboundedReceiverStream::new(rx));
         let mut inbound = match tokio::time::timeout(self.silence.max(OPEN_TIMEOUT), open).await {
             Ok(Ok(r)) => r.into_inner(),
@@ -494,12 +527,6 @@ impl TaskTracker {
             }
         };
         tracing::info!(tracker = %addr, node_group = %self.node_group, identity = %self.identity, threads = self.threads, "connected to tracker");
-        // Results the previous stream did not acknowledge: their threads are already free.
-        for result in st.unacked.values() {
-            let mut r = result.clone();
-            r.credits = 0;
-            send(&out, worker_message::Msg::Result(r));
-        }
         if !st.shutting_down {
             let window = self.threads.saturating_add(self.prefetch);
             let free = window.saturating_sub(st.running.len() as u32);
@@ -531,12 +558,32 @@ impl TaskTracker {
                 msg = inbound.next() => {
                     let msg = match msg {
                         Some(Ok(m)) => m,
-                        Some(Err(s)) => return SessionEnd::Lost(ClientError::from(s).to_string(), true),
+                        Some(Err(s)) => {
+                            if matches!(s.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted) {
+                                // A message too large for the tracker: send less from now on,
+                                // down to a floor at which a bare outcome always fits.
+                                st.peer_limit = (st.peer_limit / 2).max(lts_core::limits::MIN_MAX_MESSAGE_BYTES);
+                                tracing::warn!(limit = st.peer_limit, error = %s.message(), "the tracker refused a message as too large; results are kept smaller");
+                            }
+                            return SessionEnd::Lost(ClientError::from(s).to_string(), true);
+                        }
                         None => return SessionEnd::Lost("stream closed by the tracker".into(), true),
                     };
                     match msg.msg {
                         Some(tracker_message::Msg::Welcome(w)) => {
                             welcomed = true;
+                            if w.max_message_bytes > 0 {
+                                let theirs = usize::try_from(w.max_message_bytes).unwrap_or(usize::MAX);
+                                st.peer_limit = st.peer_limit.min(theirs);
+                            }
+                            // Results the previous stream did not acknowledge (their threads
+                            // are already free), kept under the limit just learnt.
+                            for result in st.unacked.values_mut() {
+                                *result = fit(std::mem::take(result), st.peer_limit);
+                                let mut r = result.clone();
+                                r.credits = 0;
+                                send(&out, worker_message::Msg::Result(r));
+                            }
                             tracker_pings = w.heartbeat_ms > 0;
                             let every = Duration::from_millis((w.lease_ms.max(1_000) / 3) as u64);
                             if every != renew_every {
@@ -563,7 +610,8 @@ impl TaskTracker {
                         None => {}
                     }
                 }
-                Some(f) = done_rx.recv() => self.finished(st, f, Some(&out)),
+                // Until the Welcome, a result waits with the unacknowledged ones.
+                Some(f) = done_rx.recv() => self.finished(st, f, welcomed.then_some(&out)),
                 _ = ping.tick() => {
                     if (tracker_pings && !heartbeat.is_alive())
                         || (!welcomed && tokio::time::Instant::now() >= welcome_by)
@@ -685,6 +733,7 @@ impl TaskTracker {
             },
         );
         let runner = self.runner.clone();
+        let limits = self.report_limits;
         let done = done_tx.clone();
         let slots = self.slots.clone();
         tokio::spawn(async move {
@@ -706,7 +755,7 @@ impl TaskTracker {
             let ctx = JobContext {
                 attempt: job.attempt,
                 job,
-                logger: BizLogger::default(),
+                logger: BizLogger::with_limits(limits),
                 cancel,
             };
             let logger = ctx.logger.clone();
@@ -721,13 +770,15 @@ impl TaskTracker {
                     RunResult::exception(format!("runner panicked: {what}"))
                 }
             };
+            let mut message = result.message;
+            lts_core::limits::truncate(&mut message, limits.message_bytes);
             let _ = done.send(Finished {
                 job_id: job_id.clone(),
                 result: proto::JobResult {
                     job_id,
                     lease_token: a.lease_token,
                     outcome: convert::outcome_to_proto(result.outcome) as i32,
-                    message: result.message,
+                    message,
                     logs: logger.take().iter().map(convert::biz_to_proto).collect(),
                     started_at_ms: started,
                     finished_at_ms: now_ms(),
@@ -743,6 +794,34 @@ type WorkerOut = mpsc::UnboundedSender<proto::WorkerMessage>;
 /// Least time a tracker gets to open the work stream and send its Welcome (it renews the
 /// leases this TaskTracker re-announces first).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Room for the envelope of a result (the `WorkerMessage` around it).
+const ENVELOPE_BYTES: usize = 64;
+
+/// Keeps a result under `limit` bytes, encoded: past it, the run's business-log lines are
+/// dropped, with one line saying so, and its message is cut — the outcome always goes through.
+fn fit(mut r: proto::JobResult, limit: usize) -> proto::JobResult {
+    use prost::Message;
+    let size = r.encoded_len();
+    if size + ENVELOPE_BYTES <= limit {
+        return r;
+    }
+    let lines = r.logs.len();
+    tracing::warn!(job_id = %r.job_id, size, limit, lines, "result over the message limit; its business-log lines are dropped");
+    lts_core::limits::truncate(&mut r.message, FITTED_MESSAGE_BYTES);
+    let note = lts_core::BizLine {
+        time_ms: r.finished_at_ms,
+        level: lts_core::LogLevel::Warn,
+        message: format!(
+            "this run's {lines} business-log lines were dropped: its report ({size} bytes) exceeded the tracker's {limit}-byte message limit"
+        ),
+    };
+    r.logs = vec![convert::biz_to_proto(&note)];
+    r
+}
+
+/// The longest message of a result cut to fit the message limit: far below the least limit.
+const FITTED_MESSAGE_BYTES: usize = 4 << 10;
 
 fn send(out: &WorkerOut, msg: worker_message::Msg) -> bool {
     out.send(proto::WorkerMessage { msg: Some(msg) }).is_ok()

@@ -53,6 +53,10 @@ pub struct TrackerCore {
     pub shutdown: CancellationToken,
     /// How often each TaskTracker stream is pinged.
     pub heartbeat: Duration,
+    /// The bounds a run's report is stored within (a client need not be ours).
+    pub report_limits: lts_core::limits::ReportLimits,
+    /// The largest gRPC message sent or accepted (TaskTrackers learn it in the Welcome).
+    pub max_message_bytes: usize,
 }
 
 impl std::fmt::Debug for TrackerCore {

@@ -96,6 +96,7 @@ impl WorkerService for WorkerApi {
                 lease_ms: core.dispatcher.lease_ms(),
                 lost_job_ids: lost,
                 heartbeat_ms: core.heartbeat.as_millis() as u32,
+                max_message_bytes: core.max_message_bytes as u64,
             })),
         }));
         let group = hello.node_group.clone();
@@ -137,7 +138,17 @@ impl WorkerService for WorkerApi {
                     m = inbound.next() => m,
                     _ = core.shutdown.cancelled() => break,
                 };
-                let Some(Ok(msg)) = msg else { break };
+                let msg = match msg {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(status)) => {
+                        // A message over the size limit, or one that does not decode: say why
+                        // before the stream ends, so the TaskTracker can mend what it sends.
+                        tracing::warn!(node_group = %group, identity = %identity, error = %status.message(), "TaskTracker stream failed");
+                        let _ = tx.send(Err(status));
+                        break;
+                    }
+                    None => break,
+                };
                 match msg.msg {
                     Some(worker_message::Msg::Credit(c)) => {
                         core.dispatcher.add_credits(&group, conn_id, c.n);
@@ -264,12 +275,17 @@ async fn complete(
         let _ = tx.send(Ok(result_ack(&job_id, false, "outcome is required")));
         return;
     };
+    let (mut message, mut logs) = (
+        r.message,
+        r.logs.into_iter().map(convert::biz_from_proto).collect(),
+    );
+    core.report_limits.bound(&mut message, &mut logs);
     let completion = Completion {
         job_id: r.job_id,
         token: r.lease_token,
         outcome,
-        message: r.message,
-        logs: r.logs.into_iter().map(convert::biz_from_proto).collect(),
+        message,
+        logs,
         node: identity.to_string(),
         now_ms: now_ms(),
     };

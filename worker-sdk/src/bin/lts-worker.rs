@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use lts_core::limits::{self, ReportLimits};
 use lts_registry::{ZkConfig, ZkRegistry};
 use lts_worker_sdk::sidecar::{SidecarArgs, runner_from_args};
 use lts_worker_sdk::{TaskTracker, runtime};
@@ -55,6 +56,20 @@ struct Cli {
     /// running jobs keep running and their leases move along.
     #[arg(long, env = "LTS_TRACKER_SILENCE_MS", default_value_t = 2_000)]
     tracker_silence_ms: u64,
+    /// The largest gRPC message sent or accepted, in bytes (a result is also kept under the
+    /// tracker's own limit: past it, the run's log lines are dropped with a note).
+    #[arg(long, env = "LTS_MAX_MESSAGE_BYTES", default_value_t = limits::DEFAULT_MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
+    /// The longest result message sent, in bytes; longer ones are cut with a marker.
+    #[arg(long, env = "LTS_MAX_RESULT_MESSAGE_BYTES", default_value_t = ReportLimits::default().message_bytes)]
+    max_result_message_bytes: usize,
+    /// The most business-log (output) lines kept per run: the first and the last half, with
+    /// a line saying how many were dropped between.
+    #[arg(long, env = "LTS_MAX_LOG_LINES", default_value_t = ReportLimits::default().log_lines)]
+    max_log_lines: usize,
+    /// The longest business-log (output) line kept, in bytes; longer ones are cut with a marker.
+    #[arg(long, env = "LTS_MAX_LOG_LINE_BYTES", default_value_t = ReportLimits::default().log_line_bytes)]
+    max_log_line_bytes: usize,
     #[command(flatten)]
     sidecar: SidecarArgs,
 }
@@ -85,6 +100,12 @@ async fn main() -> ExitCode {
         .shutdown_grace(Duration::from_secs(cli.shutdown_grace))
         .heartbeat(Duration::from_millis(cli.heartbeat_ms))
         .tracker_silence(Duration::from_millis(cli.tracker_silence_ms))
+        .max_message_bytes(cli.max_message_bytes)
+        .report_limits(ReportLimits {
+            message_bytes: cli.max_result_message_bytes,
+            log_lines: cli.max_log_lines,
+            log_line_bytes: cli.max_log_line_bytes,
+        })
         .runner_arc(runner);
     if let Some(id) = cli.identity {
         builder = builder.identity(id);

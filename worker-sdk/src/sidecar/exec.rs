@@ -3,7 +3,6 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,8 +12,6 @@ use tokio::process::Command;
 use super::{JobPayload, truncate};
 use crate::runner::{BizLogger, JobContext, JobRunner, RunResult};
 
-/// Business-log lines kept per run.
-const MAX_LINES: usize = 1_000;
 /// The exit code that means "try again later" (`EX_TEMPFAIL` of sysexits.h).
 pub const EXIT_LATER: i32 = 75;
 
@@ -63,8 +60,6 @@ pub fn outcome_for_exit(code: i32, last_err: Option<&str>) -> RunResult {
 
 struct Lines {
     logger: BizLogger,
-    kept: AtomicUsize,
-    dropped: AtomicUsize,
     last_err: std::sync::Mutex<Option<String>>,
 }
 
@@ -72,12 +67,6 @@ impl Lines {
     fn push(&self, line: String, is_err: bool) {
         if is_err {
             *self.last_err.lock().unwrap_or_else(|e| e.into_inner()) = Some(line.clone());
-        }
-        if self.kept.fetch_add(1, Ordering::Relaxed) >= MAX_LINES {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if is_err {
             self.logger.warn(line);
         } else {
             self.logger.info(line);
@@ -85,11 +74,45 @@ impl Lines {
     }
 }
 
+/// Reads a program's output line by line into `lines`. A line longer than the logger's line
+/// limit is cut with a marker, the rest of it read and dropped (the program never blocks on a
+/// full pipe, and a run without newlines cannot fill memory); bytes that are not UTF-8 are
+/// replaced.
 async fn pump<R: tokio::io::AsyncRead + Unpin>(reader: R, lines: Arc<Lines>, is_err: bool) {
-    let mut r = BufReader::new(reader).lines();
-    while let Ok(Some(line)) = r.next_line().await {
-        lines.push(line, is_err);
+    let max = lines.logger.limits().log_line_bytes;
+    let mut r = BufReader::new(reader);
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = 0usize;
+    loop {
+        let buf = match r.fill_buf().await {
+            Ok(b) if !b.is_empty() => b,
+            _ => break,
+        };
+        let newline = buf.iter().position(|&b| b == b'\n');
+        let chunk = &buf[..newline.unwrap_or(buf.len())];
+        let take = chunk.len().min(max.saturating_sub(line.len()));
+        line.extend_from_slice(&chunk[..take]);
+        cut += chunk.len() - take;
+        let consumed = newline.map_or(buf.len(), |i| i + 1);
+        r.consume(consumed);
+        if newline.is_some() {
+            lines.push(finish_line(&mut line, &mut cut, max), is_err);
+        }
     }
+    if !line.is_empty() || cut > 0 {
+        lines.push(finish_line(&mut line, &mut cut, max), is_err);
+    }
+}
+
+fn finish_line(line: &mut Vec<u8>, cut: &mut usize, max: usize) -> String {
+    if line.last() == Some(&b'\r') && *cut == 0 {
+        line.pop();
+    }
+    let mut text = String::from_utf8_lossy(line).into_owned();
+    lts_core::limits::truncate_after(&mut text, max, *cut);
+    line.clear();
+    *cut = 0;
+    text
 }
 
 #[async_trait]
@@ -127,8 +150,6 @@ impl JobRunner for ExecRunner {
         }
         let lines = Arc::new(Lines {
             logger: ctx.logger.clone(),
-            kept: AtomicUsize::new(0),
-            dropped: AtomicUsize::new(0),
             last_err: std::sync::Mutex::new(None),
         });
         let out = child
@@ -153,12 +174,6 @@ impl JobRunner for ExecRunner {
         // Collect the rest of the output (the pipes close when the process exits).
         for h in [out, err].into_iter().flatten() {
             let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
-        }
-        let dropped = lines.dropped.load(Ordering::Relaxed);
-        if dropped > 0 {
-            ctx.logger.warn(format!(
-                "{dropped} more output lines were dropped (limit {MAX_LINES})"
-            ));
         }
         let last_err = lines
             .last_err
@@ -187,6 +202,7 @@ impl JobRunner for ExecRunner {
 mod tests {
     use super::*;
     use crate::sidecar::test_support::ctx;
+    use lts_core::limits::ReportLimits;
     use lts_core::{LogLevel, Outcome};
 
     fn runner(cmd: &str) -> ExecRunner {
@@ -261,13 +277,45 @@ mod tests {
         let r = runner("seq 1 1500").run(c).await;
         assert_eq!(r.outcome, Outcome::Success);
         let lines = logger.take();
-        assert_eq!(lines.len(), MAX_LINES + 1);
+        let limit = ReportLimits::default().log_lines;
+        assert_eq!(lines.len(), limit);
+        // The first lines, a note, and the last lines.
+        assert_eq!(lines[0].message, "1");
         assert!(
-            lines
-                .last()
-                .unwrap()
-                .message
-                .contains("500 more output lines")
+            lines[limit / 2].message.contains("501 log lines dropped"),
+            "{:?}",
+            lines[limit / 2]
         );
+        assert_eq!(lines[limit - 1].message, "1500");
+    }
+
+    #[tokio::test]
+    async fn a_line_too_long_or_not_utf8_is_cut_and_the_program_never_blocks() {
+        let c = ctx("long", &[]);
+        let logger = c.logger.clone();
+        // 5 MB without a newline, then binary bytes, then a short line.
+        let r =
+            runner("head -c 5000000 /dev/zero | tr '\\0' x; echo; printf 'a\\377b\\n'; echo done")
+                .run(c)
+                .await;
+        assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+        let lines = logger.take();
+        let max = ReportLimits::default().log_line_bytes;
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].message.len() <= max, "{}", lines[0].message.len());
+        assert!(lines[0].message.starts_with("xxxx"));
+        let kept = lines[0].message.bytes().take_while(|&b| b == b'x').count();
+        let marker = format!(
+            "{}{} bytes]",
+            lts_core::limits::TRUNCATED_MARKER,
+            5_000_000 - kept
+        );
+        assert!(
+            lines[0].message.ends_with(&marker),
+            "{}",
+            &lines[0].message[kept..]
+        );
+        assert_eq!(lines[1].message, "a\u{fffd}b");
+        assert_eq!(lines[2].message, "done");
     }
 }

@@ -10,12 +10,16 @@ use serde::Deserialize;
 use super::{JobPayload, truncate};
 use crate::runner::{JobContext, JobRunner, RunResult};
 
+/// The largest answer body read by default (8 MiB); see [`HttpRunner::max_answer_bytes`].
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = 8 << 20;
+
 /// POSTs each job to a URL.
 #[derive(Debug, Clone)]
 pub struct HttpRunner {
     url: String,
     timeout: Duration,
     client: reqwest::Client,
+    max_answer_bytes: usize,
 }
 
 impl HttpRunner {
@@ -36,8 +40,33 @@ impl HttpRunner {
             url,
             timeout,
             client,
+            max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
         })
     }
+
+    /// The largest answer body read (default [`DEFAULT_MAX_ANSWER_BYTES`]). A successful answer
+    /// with a larger body ends the run `FAILED` (the program broke the contract, and what it
+    /// meant cannot be known from part of its JSON); an error answer's body is only quoted
+    /// from its start anyway.
+    pub fn max_answer_bytes(mut self, bytes: usize) -> HttpRunner {
+        self.max_answer_bytes = bytes;
+        self
+    }
+}
+
+/// An answer body, read up to `max` bytes, and whether there was more.
+async fn read_body(mut response: reqwest::Response, max: usize) -> (String, bool) {
+    let mut body = Vec::new();
+    let mut too_long = false;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        if body.len() + chunk.len() > max {
+            body.extend_from_slice(&chunk[..max - body.len()]);
+            too_long = true;
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    (String::from_utf8_lossy(&body).into_owned(), too_long)
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,10 +178,17 @@ impl JobRunner for HttpRunner {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = tokio::select! {
-            b = response.text() => b.unwrap_or_default(),
+        let max = self.max_answer_bytes;
+        let (body, too_long) = tokio::select! {
+            b = read_body(response, max) => b,
             _ = ctx.cancel.cancelled() => return RunResult::exception("cancelled"),
         };
+        // An error's body is only quoted from its start: a long one does no harm.
+        if too_long && (200..300).contains(&status) {
+            return RunResult::failed(format!(
+                "HTTP {status}, but the answer body is larger than {max} bytes (--max-answer-bytes); the answer was not read"
+            ));
+        }
         let mut result = outcome_for_answer(status, &body, &ctx);
         if let (429 | 503, Some(ra)) = (status, retry_after) {
             result.message.push_str(&format!(" (Retry-After: {ra})"));
@@ -285,6 +321,37 @@ mod tests {
             .await;
         assert_eq!(r.outcome, Outcome::Exception);
         assert!(r.message.contains("timed out"), "{}", r.message);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_not_read() {
+        let big: &'static str =
+            Box::leak(format!("{{\"message\":\"{}\"}}", "x".repeat(500)).into_boxed_str());
+        let (url, _) = server(200, big, Duration::ZERO).await;
+        let r = runner(&url)
+            .max_answer_bytes(100)
+            .run(ctx("big", &[]))
+            .await;
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert!(r.message.contains("larger than 100 bytes"), "{}", r.message);
+
+        // An error answer is quoted from its start, whatever its length.
+        let (url, _) = server(500, big, Duration::ZERO).await;
+        let r = runner(&url)
+            .max_answer_bytes(100)
+            .run(ctx("big-error", &[]))
+            .await;
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert!(
+            r.message.starts_with("HTTP 500: {\"message\":\"xxx"),
+            "{}",
+            r.message
+        );
+
+        // Within the limit, the answer is taken.
+        let (url, _) = server(200, big, Duration::ZERO).await;
+        let r = runner(&url).run(ctx("fits", &[])).await;
+        assert_eq!((r.outcome, r.message.len()), (Outcome::Success, 500));
     }
 
     #[test]

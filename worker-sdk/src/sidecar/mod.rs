@@ -10,8 +10,10 @@
 //!   `LTS_ATTEMPT` and `LTS_NODE_GROUP`;
 //! * exit code: `0` → `SUCCESS`, `75` (`EX_TEMPFAIL`) → `LATER` (retried while the job has
 //!   retries left), anything else → `FAILED`; killed by a signal → `EXCEPTION`;
-//! * every stdout line becomes an INFO business-log line, every stderr line a WARN line (at
-//!   most 1,000 lines per run are kept);
+//! * every stdout line becomes an INFO business-log line, every stderr line a WARN line
+//!   (bounded: `--max-log-lines` lines a run, the first half and the last half kept with a
+//!   note between; a line over `--max-log-line-bytes` is cut with a marker; output that is not
+//!   UTF-8 is replaced, never fatal);
 //! * the job's timeout (`--timeout`) or a cancellation kills the process: `EXCEPTION`.
 //!
 //! **`--http URL`** POSTs the job as JSON ([`JobPayload`], headers `x-lts-job-id` and
@@ -26,7 +28,12 @@
 //! * `429` or `503` → `LATER`; any other status → `FAILED` (with the status and the start of
 //!   the body);
 //! * the program not reachable (connection refused) → `LATER`;
-//! * no answer within `--timeout` → `EXCEPTION`.
+//! * no answer within `--timeout` → `EXCEPTION`;
+//! * a `2xx` body larger than `--max-answer-bytes` (default 8 MiB) → `FAILED`, unread.
+//!
+//! In both modes what a run reports is bounded (`--max-result-message-bytes`,
+//! `--max-log-lines`, `--max-log-line-bytes`), and a result is kept under the tracker's
+//! message limit by dropping its log lines with a note: the outcome always arrives.
 
 pub mod exec;
 pub mod http;
@@ -91,6 +98,10 @@ pub struct SidecarArgs {
     /// Seconds one job may take.
     #[arg(long, env = "LTS_JOB_TIMEOUT", default_value_t = 600)]
     pub timeout: u64,
+    /// `--http`: the largest answer body read, in bytes; a successful answer with a larger
+    /// body ends the run FAILED.
+    #[arg(long, env = "LTS_MAX_ANSWER_BYTES", default_value_t = http::DEFAULT_MAX_ANSWER_BYTES)]
+    pub max_answer_bytes: usize,
 }
 
 /// The runner the arguments ask for.
@@ -106,7 +117,14 @@ pub fn runner_from_args(args: &SidecarArgs) -> anyhow::Result<Arc<dyn JobRunner>
             }
             Ok(Arc::new(ExecRunner::new(cmd.clone(), timeout)))
         }
-        (None, Some(url)) => Ok(Arc::new(HttpRunner::new(url.clone(), timeout)?)),
+        (None, Some(url)) => {
+            if args.max_answer_bytes == 0 {
+                anyhow::bail!("--max-answer-bytes: must be at least 1");
+            }
+            Ok(Arc::new(
+                HttpRunner::new(url.clone(), timeout)?.max_answer_bytes(args.max_answer_bytes),
+            ))
+        }
         _ => anyhow::bail!("give exactly one of --exec CMD or --http URL"),
     }
 }

@@ -106,6 +106,10 @@ pub struct SubmitArgs {
     /// Retries after LATER/EXCEPTION.
     #[arg(long, default_value_t = 0)]
     max_retries: u32,
+    /// Runs that may be lost (their worker died, froze or left without a result) before the
+    /// job fails; counted apart from --max-retries [default: 3].
+    #[arg(long)]
+    max_lease_losses: Option<u32>,
     /// Run once at this time: RFC 3339 (`2026-12-01T10:00:00Z`) or `+30s`, `+5m`, `+2h`, `+1d`.
     #[arg(long, group = "schedule")]
     trigger_time: Option<String>,
@@ -227,6 +231,7 @@ pub fn spec_from_args(a: &SubmitArgs, now: i64) -> CliResult<JobSpec> {
             Misfire::FireOnce => MisfirePolicy::FireOnce,
             Misfire::Skip => MisfirePolicy::Skip,
         },
+        max_lease_losses: a.max_lease_losses,
     };
     validate::validate(&spec).map_err(|v| CliError::Usage(v.to_string()))?;
     Ok(spec)
@@ -616,6 +621,14 @@ async fn get(a: GetArgs) -> CliResult {
         ),
         ("attempt", job.attempt.to_string()),
         ("max_retries", s.max_retries.to_string()),
+        (
+            "lost runs",
+            format!(
+                "{} (max_lease_losses {})",
+                job.lease_losses,
+                s.lease_loss_budget()
+            ),
+        ),
         ("need_feedback", s.need_feedback.to_string()),
         ("rely_on_prev_cycle", s.rely_on_prev_cycle.to_string()),
         ("replace_on_exist", s.replace_on_exist.to_string()),

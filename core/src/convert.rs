@@ -54,6 +54,7 @@ pub fn spec_from_proto(p: proto::JobSpec) -> Result<JobSpec, Violations> {
         rely_on_prev_cycle: p.rely_on_prev_cycle,
         replace_on_exist: p.replace_on_exist,
         misfire_policy,
+        max_lease_losses: p.max_lease_losses,
     })
 }
 
@@ -96,6 +97,7 @@ pub fn spec_to_proto(s: &JobSpec) -> proto::JobSpec {
             MisfirePolicy::FireOnce => proto::MisfirePolicy::FireOnce,
             MisfirePolicy::Skip => proto::MisfirePolicy::Skip,
         } as i32,
+        max_lease_losses: s.max_lease_losses,
     }
 }
 
@@ -163,6 +165,7 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
         scheduled_fire_ms: j.scheduled_fire_ms.unwrap_or(0),
         fire_count: j.fire_count,
         instance_of: j.instance_of.clone().unwrap_or_default(),
+        lease_losses: j.lease_losses,
     }
 }
 
@@ -189,6 +192,7 @@ pub fn job_from_proto(p: proto::Job) -> Job {
         scheduled_fire_ms: opt(p.scheduled_fire_ms),
         fire_count: p.fire_count,
         instance_of: (!p.instance_of.is_empty()).then_some(p.instance_of),
+        lease_losses: p.lease_losses,
     }
 }
 

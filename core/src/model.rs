@@ -157,7 +157,16 @@ pub struct JobSpec {
     pub replace_on_exist: bool,
     /// Catch-up behaviour for missed fires of cron/repeat jobs.
     pub misfire_policy: MisfirePolicy,
+    /// How many runs may be lost — their TaskTracker died, froze past its lease or left the
+    /// cluster without a result — before the job fails: a job that kills its worker must not
+    /// walk through every worker of its group. `None`: [`DEFAULT_MAX_LEASE_LOSSES`]. Counted
+    /// apart from `max_retries`, which bounds the failures a run reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lease_losses: Option<u32>,
 }
+
+/// How many lost runs a job survives unless its spec says otherwise.
+pub const DEFAULT_MAX_LEASE_LOSSES: u32 = 3;
 
 impl JobSpec {
     /// A real-time job with the given task id and node group, other fields at defaults.
@@ -184,6 +193,17 @@ impl JobSpec {
     /// Sets the schedule (builder style).
     pub fn schedule(mut self, schedule: Schedule) -> Self {
         self.schedule = schedule;
+        self
+    }
+
+    /// How many lost runs this job survives (its `max_lease_losses`, or the default).
+    pub fn lease_loss_budget(&self) -> u32 {
+        self.max_lease_losses.unwrap_or(DEFAULT_MAX_LEASE_LOSSES)
+    }
+
+    /// Sets `max_lease_losses` (builder style).
+    pub fn max_lease_losses(mut self, max_lease_losses: u32) -> Self {
+        self.max_lease_losses = Some(max_lease_losses);
         self
     }
 
@@ -402,6 +422,10 @@ pub struct Job {
     /// changed; `None` for every job a client submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_of: Option<String>,
+    /// Runs of the current fire that were lost (see [`JobSpec::max_lease_losses`]); these
+    /// count in `attempt` too, but not against `max_retries`.
+    #[serde(default)]
+    pub lease_losses: u32,
 }
 
 /// LTS job-log types.
@@ -617,6 +641,7 @@ impl Job {
             scheduled_fire_ms: None,
             fire_count: 0,
             instance_of: None,
+            lease_losses: 0,
         }
     }
 }

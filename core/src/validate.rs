@@ -20,6 +20,8 @@ pub const MAX_PARAM_KEY_LEN: usize = 256;
 pub const MAX_PARAMS_BYTES: usize = 256 * 1024;
 /// Highest `max_retries`.
 pub const MAX_RETRIES: u32 = 1000;
+/// Highest `max_lease_losses`.
+pub const MAX_LEASE_LOSSES: u32 = 100;
 /// Latest accepted instant: 9999-12-31T23:59:59Z.
 pub const MAX_INSTANT_MS: i64 = 253_402_300_799_000;
 /// Most jobs a TaskTracker may take beyond its threads (`Hello.prefetch`).
@@ -175,6 +177,14 @@ pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
         out.push(FieldViolation::new(
             "max_retries",
             format!("must be at most {MAX_RETRIES} (got {})", spec.max_retries),
+        ));
+    }
+    if let Some(n) = spec.max_lease_losses
+        && n > MAX_LEASE_LOSSES
+    {
+        out.push(FieldViolation::new(
+            "max_lease_losses",
+            format!("must be at most {MAX_LEASE_LOSSES} (got {n})"),
         ));
     }
 

@@ -386,6 +386,11 @@ pub struct JobSpec {
     #[serde(default)]
     #[schemars(range(min = 0, max = 1000))]
     pub max_retries: i32,
+    /// Runs that may be lost (their TaskTracker died, froze past its lease or left without a
+    /// result) before the job fails; counted apart from `maxRetries`. Omitted: 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_lease_losses: Option<i32>,
     /// When it runs; omitted means now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleSpec>,

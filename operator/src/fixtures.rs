@@ -52,6 +52,7 @@ pub fn job(name: &str) -> Job {
             params: BTreeMap::from([("to".to_string(), "a@b.c".to_string())]),
             need_feedback: false,
             max_retries: 2,
+            max_lease_losses: None,
             schedule: None,
             rely_on_prev_cycle: false,
             replace_on_exist: false,

@@ -21,6 +21,7 @@ fn job() -> Job {
             params: BTreeMap::new(),
             need_feedback: false,
             max_retries: 0,
+            max_lease_losses: None,
             schedule: None,
             rely_on_prev_cycle: false,
             replace_on_exist: false,

@@ -100,6 +100,14 @@ impl Proc {
         }
     }
 
+    /// Whether it has exited (or was killed) by now.
+    pub fn has_exited(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
     /// The process output so far (for assertion messages).
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

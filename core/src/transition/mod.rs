@@ -227,7 +227,7 @@ pub enum Field {
     State,
     /// The spec, and its `priority` where a store keeps it apart.
     Spec,
-    /// `attempt`.
+    /// `attempt` and `lease_losses`, set together.
     Attempt,
     /// `trigger_time`.
     TriggerTime,
@@ -257,7 +257,10 @@ impl Field {
         [
             (Field::State, x.state != y.state),
             (Field::Spec, x.spec != y.spec),
-            (Field::Attempt, x.attempt != y.attempt),
+            (
+                Field::Attempt,
+                (x.attempt, x.lease_losses) != (y.attempt, y.lease_losses),
+            ),
             (Field::TriggerTime, x.trigger_time_ms != y.trigger_time_ms),
             (
                 Field::ScheduledFire,

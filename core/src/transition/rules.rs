@@ -48,7 +48,7 @@ pub fn apply(
             let line = log(&after.job, now_ms, LogType::Resend, note);
             Ok(changed(stored, after, vec![line]))
         }
-        Event::LeaseLost(loss) => lease_lost(stored, loss, now_ms),
+        Event::LeaseLost(loss) => lease_lost(stored, loss, now_ms, retry),
         Event::Suspend => suspend(stored, now_ms),
         Event::Resume => resume(stored, now_ms),
         Event::Trigger(instance_id) => {
@@ -267,6 +267,7 @@ fn fire_instance(stored: &StoredJob, claim: &Claim, fire: i64, fired: u64, now: 
 fn advance(stored: &StoredJob, fire: i64, next: Option<i64>, fired: bool, now: i64) -> Transition {
     let mut after = stored.clone();
     after.job.attempt = 0;
+    after.job.lease_losses = 0;
     after.job.updated_at_ms = now;
     let what = if fired {
         "fired"
@@ -303,7 +304,7 @@ fn complete(
     retry: &RetryPolicy,
 ) -> Result<Transition, Refusal> {
     stored.leased_with(&report.token)?;
-    let (job, attempt, outcome) = (&stored.job, stored.job.attempt, report.outcome);
+    let (job, outcome) = (&stored.job, report.outcome);
     let node = report.node.as_str();
     let mut logs: Vec<LogEntry> = report
         .logs
@@ -325,7 +326,37 @@ fn complete(
             .with_level(level)
             .by_node(node),
     );
+    let end = RunEnd {
+        outcome,
+        message: report.message,
+        may_retry: true,
+    };
+    Ok(end_run(stored, end, logs, now_ms, retry))
+}
 
+/// How a run ended, for [`end_run`].
+struct RunEnd {
+    outcome: Outcome,
+    message: String,
+    /// `false`: no retry, whatever `max_retries` says (the run's loss budget is spent).
+    may_retry: bool,
+}
+
+/// A run of `stored` ended: retried, on to its next fire, or finished — with the feedback of
+/// an instance that reached its end.
+fn end_run(
+    stored: &StoredJob,
+    end: RunEnd,
+    mut logs: Vec<LogEntry>,
+    now_ms: i64,
+    retry: &RetryPolicy,
+) -> Transition {
+    let job = &stored.job;
+    // Lost runs have their own budget: they do not use up retries.
+    let attempt = match end.may_retry {
+        true => job.attempt.saturating_sub(job.lease_losses),
+        false => u32::MAX,
+    };
     // The backoff without its random jitter, then a deterministic one.
     let exact = RetryPolicy {
         jitter: false,
@@ -337,20 +368,20 @@ fn complete(
         attempt,
         scheduled,
         job.fire_count,
-        outcome,
+        end.outcome,
         now_ms,
         &exact,
     );
     if let Disposition::Retry { at_ms } = &mut disposition
         && retry.jitter
     {
-        *at_ms += retry_jitter_ms(*at_ms - now_ms, &job.job_id, attempt);
+        *at_ms += retry_jitter_ms(*at_ms - now_ms, &job.job_id, job.attempt);
     }
 
     // The job as the run ended: what feedback reports, and where the next state starts.
     let mut ended = requeued(stored, now_ms);
-    ended.job.last_outcome = Some(outcome);
-    ended.job.last_message = Some(report.message.clone());
+    ended.job.last_outcome = Some(end.outcome);
+    ended.job.last_message = Some(end.message.clone());
     let mut after = ended.clone();
     let (reported, next_fire) = match disposition {
         Disposition::Finish(state) => {
@@ -374,6 +405,7 @@ fn complete(
             after.job.scheduled_fire_ms = Some(at_ms);
             after.job.fire_count += 1;
             after.job.attempt = 0;
+            after.job.lease_losses = 0;
             (Some(instance), NextFire::At(at_ms))
         }
     };
@@ -384,14 +416,14 @@ fn complete(
         FeedbackItem {
             feedback_id: String::new(),
             job: snapshot,
-            outcome,
-            message: report.message,
+            outcome: end.outcome,
+            message: end.message,
             finished_at_ms: now_ms,
         }
     });
     let mut t = changed(stored, after, logs);
     (t.feedback, t.disposition, t.next_fire) = (feedback, Some(disposition), next_fire);
-    Ok(t)
+    t
 }
 
 /// The jitter of a retry `delay_ms` away: up to one more delay, like the backoff's own, but a
@@ -408,13 +440,21 @@ pub(super) fn retry_jitter_ms(delay_ms: i64, job_id: &str, attempt: u32) -> i64 
     (delay_ms.max(0) as f64 * fraction) as i64
 }
 
-fn lease_lost(stored: &StoredJob, loss: LeaseLoss, now_ms: i64) -> Result<Transition, Refusal> {
+/// A run lost without a result. Within the job's budget of lost runs it is queued again after
+/// a backoff (a job that kills its worker must not take the next one at once); past it, the
+/// run ends `EXCEPTION` and the job fails (or, if recurring, goes on to its next fire).
+fn lease_lost(
+    stored: &StoredJob,
+    loss: LeaseLoss,
+    now_ms: i64,
+    retry: &RetryPolicy,
+) -> Result<Transition, Refusal> {
     let job = &stored.job;
     if job.state != JobState::Running {
         return Err(Refusal::NotRunning(job.state));
     }
     let expiry = job.lease_expiry_ms.unwrap_or_default();
-    let note = match loss {
+    let cause = match loss {
         LeaseLoss::Expired if expiry >= now_ms => return Err(Refusal::LeaseNotExpired(expiry)),
         LeaseLoss::Expired => "lease expired",
         LeaseLoss::OwnerGone(owner) => match &job.lease_owner {
@@ -429,8 +469,52 @@ fn lease_lost(stored: &StoredJob, loss: LeaseLoss, now_ms: i64) -> Result<Transi
             "its TaskTracker left the cluster (its stream ended)"
         }
     };
+    let (losses, budget) = (
+        job.lease_losses.saturating_add(1),
+        job.spec.lease_loss_budget(),
+    );
+    let mut lost = stored.clone();
+    lost.job.lease_losses = losses;
+    if losses > budget {
+        let message = format!(
+            "{cause}: run lost {losses} times, more than max_lease_losses ({budget}) allows"
+        );
+        let line = log(job, now_ms, LogType::FixedDead, &message).with_level(LogLevel::Warn);
+        let end = RunEnd {
+            outcome: Outcome::Exception,
+            message,
+            may_retry: false,
+        };
+        let mut t = end_run(&lost, end, vec![line], now_ms, retry);
+        // The write is from the job as stored, not from the counted copy.
+        let fields = Field::changed(stored, &t.job);
+        t.write = match t.write {
+            Write::Finish { from, .. } => Write::Finish { from, fields },
+            Write::Update { from, .. } => Write::Update { from, fields },
+            other => other,
+        };
+        return Ok(t);
+    }
+    let mut delay = retry
+        .delay(losses)
+        .as_millis()
+        .try_into()
+        .unwrap_or(i64::MAX);
+    if retry.jitter {
+        delay += retry_jitter_ms(delay, &job.job_id, job.attempt);
+    }
+    let mut after = requeued(&lost, now_ms);
+    after.job.trigger_time_ms = now_ms.saturating_add(delay);
+    let note = format!(
+        "{cause}; queued again at {} (lost run {losses} of at most {budget})",
+        format_ms(after.job.trigger_time_ms)
+    );
     let line = log(job, now_ms, LogType::FixedDead, note).with_level(LogLevel::Warn);
-    Ok(changed(stored, requeued(stored, now_ms), vec![line]))
+    let mut t = changed(stored, after, vec![line]);
+    t.disposition = Some(Disposition::Retry {
+        at_ms: t.job.job.trigger_time_ms,
+    });
+    Ok(t)
 }
 
 fn suspend(stored: &StoredJob, now_ms: i64) -> Result<Transition, Refusal> {

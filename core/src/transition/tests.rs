@@ -479,6 +479,96 @@ fn cancels_replaces_triggers_and_lost_leases() {
     assert_eq!(finished, "job j already finished (CANCELLED)");
 }
 
+#[test]
+fn lost_runs_back_off_have_their_own_budget_and_end_a_poison_job() {
+    // A one-off job that may lose one run and retry one reported failure.
+    let spec = JobSpec::new("poison", "g")
+        .max_retries(1)
+        .max_lease_losses(1)
+        .feedback_to("c");
+    let queued = accept(spec, "p1".into(), NOW).job;
+    let running = run(&queued, claim("t1"), NOW).job;
+    let expired = NOW + 51;
+
+    // The first loss: queued again after the first backoff step, not at once.
+    let t = run(&running, Event::LeaseLost(LeaseLoss::Expired), expired);
+    assert_eq!(t.job.job.state, Queued);
+    assert_eq!((t.job.job.attempt, t.job.job.lease_losses), (1, 1));
+    assert_eq!(t.job.job.trigger_time_ms, expired + 1_000);
+    assert_eq!(
+        t.disposition,
+        Some(Disposition::Retry {
+            at_ms: expired + 1_000
+        })
+    );
+    assert_eq!(types(&t.logs), [LogType::FixedDead]);
+    assert!(
+        t.logs[0].message.contains("lost run 1 of at most 1"),
+        "{}",
+        t.logs[0].message
+    );
+    assert!(t.feedback.is_none());
+    let again = t.job;
+    assert!(
+        apply(&again, claim("t2"), expired, &exact()).is_err(),
+        "not before its backoff"
+    );
+
+    // A lost run did not use up the retry: a reported EXCEPTION is still retried.
+    let running = run(&again, claim("t2"), expired + 1_000).job;
+    let t = run(&running, done("t2", Outcome::Exception), expired + 1_100);
+    assert!(
+        matches!(t.disposition, Some(Disposition::Retry { .. })),
+        "{:?}",
+        t.disposition
+    );
+    assert!(t.logs.iter().any(|l| l.message.starts_with("retry 1 of 1")));
+
+    // The second loss is past the budget: the job fails, with a FIXED_DEAD line and feedback.
+    let retried = t.job;
+    let at = retried.job.trigger_time_ms;
+    let running = run(&retried, claim("t3"), at).job;
+    let t = run(
+        &running,
+        Event::LeaseLost(LeaseLoss::OwnerGone("w1".into())),
+        at + 10,
+    );
+    let j = &t.job.job;
+    assert_eq!(
+        (j.state, j.last_outcome),
+        (Failed, Some(Outcome::Exception))
+    );
+    assert_eq!((j.attempt, j.lease_losses), (3, 2));
+    assert_eq!(types(&t.logs), [LogType::FixedDead]);
+    let message =
+        "its TaskTracker left the cluster: run lost 2 times, more than max_lease_losses (1) allows";
+    assert_eq!(t.logs[0].message, message);
+    assert_eq!(j.last_message.as_deref(), Some(message));
+    let feedback = t.feedback.expect("feedback of the failure");
+    assert_eq!(
+        (feedback.outcome, feedback.job.state),
+        (Outcome::Exception, Failed)
+    );
+    match &t.write {
+        Write::Finish { from, fields } => {
+            assert_eq!(*from, Running);
+            assert!(fields.contains(&Field::Attempt), "{fields:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A recurring job past its budget fails that fire and goes on to the next one, its count
+    // of lost runs starting again.
+    let mut def = job_in(Running);
+    def.job.spec.max_lease_losses = Some(0);
+    let t = run(&def, Event::LeaseLost(LeaseLoss::Expired), expired);
+    let j = &t.job.job;
+    assert_eq!((j.state, j.attempt, j.lease_losses), (Queued, 0, 0));
+    assert_eq!(j.last_outcome, Some(Outcome::Exception));
+    assert!(matches!(t.next_fire, NextFire::At(_)), "{:?}", t.next_fire);
+    assert_eq!(t.feedback.map(|f| f.job.state), Some(Failed));
+}
+
 /// A store in memory, driven by [`apply`] alone, that checks the invariants after each event.
 struct World {
     now: i64,
@@ -525,26 +615,30 @@ fn op() -> impl Strategy<Value = Op> {
 fn spec() -> impl Strategy<Value = JobSpec> {
     let count = prop_oneof![Just(-1i64), 1i64..4];
     let flags = (any::<bool>(), any::<bool>(), any::<bool>());
-    (0u8..3, 0u32..3, count, flags).prop_map(|(kind, retries, count, (rely, skip, fb))| {
-        let schedule = match kind {
-            0 => Schedule::Now,
-            1 => Schedule::TriggerAt {
-                trigger_time_ms: NOW + 1_500,
-            },
-            _ => Schedule::Repeat {
-                interval_ms: 1000,
-                count,
-                first_fire_ms: None,
-            },
-        };
-        let mut spec = JobSpec::new("p", "g")
-            .schedule(schedule)
-            .max_retries(retries);
-        spec.rely_on_prev_cycle = rely;
-        spec.misfire_policy = [MisfirePolicy::FireOnce, MisfirePolicy::Skip][usize::from(skip)];
-        spec.need_feedback = fb;
-        spec
-    })
+    let losses = prop_oneof![Just(None), (0u32..3).prop_map(Some)];
+    (0u8..3, 0u32..3, count, flags, losses).prop_map(
+        |(kind, retries, count, (rely, skip, fb), losses)| {
+            let schedule = match kind {
+                0 => Schedule::Now,
+                1 => Schedule::TriggerAt {
+                    trigger_time_ms: NOW + 1_500,
+                },
+                _ => Schedule::Repeat {
+                    interval_ms: 1000,
+                    count,
+                    first_fire_ms: None,
+                },
+            };
+            let mut spec = JobSpec::new("p", "g")
+                .schedule(schedule)
+                .max_retries(retries);
+            spec.rely_on_prev_cycle = rely;
+            spec.misfire_policy = [MisfirePolicy::FireOnce, MisfirePolicy::Skip][usize::from(skip)];
+            spec.need_feedback = fb;
+            spec.max_lease_losses = losses;
+            spec
+        },
+    )
 }
 
 impl World {
@@ -685,6 +779,15 @@ impl World {
                 j.job_id,
                 j.attempt
             );
+            // Lost runs are counted in the job, and bounded.
+            prop_assert_eq!(j.lease_losses, lost, "{} lost runs", &j.job_id);
+            let budget = j.spec.lease_loss_budget();
+            prop_assert!(
+                j.lease_losses <= budget || j.state.is_final(),
+                "{}: {} lost runs > {budget}, and it goes on",
+                j.job_id,
+                j.lease_losses
+            );
             // Never lost: an unfinished job is the only one with its task id, with a way on.
             let (event, at) = match j.state {
                 Queued => (claim("probe"), j.trigger_time_ms.max(self.now)),
@@ -725,13 +828,21 @@ fn check_transition(b: &StoredJob, event: &Event, t: &Transition) -> Result<(), 
     if let Some(f) = &t.follow_up {
         prop_assert!(f.logs.iter().all(|l| l.job_id == f.job.job.job_id));
     }
-    // Retried only while retries remain.
+    // Retried only while retries remain: a reported failure within max_retries (lost runs
+    // not counted), a lost run within max_lease_losses.
     if let Some(Disposition::Retry { .. }) = t.disposition {
-        prop_assert!(
-            was.attempt <= was.spec.max_retries,
-            "retry of attempt {}",
-            was.attempt
-        );
+        match event {
+            Event::LeaseLost(_) => prop_assert!(
+                was.lease_losses < was.spec.lease_loss_budget(),
+                "lost run {} queued again",
+                was.lease_losses + 1
+            ),
+            _ => prop_assert!(
+                was.attempt - was.lease_losses <= was.spec.max_retries,
+                "retry of attempt {}",
+                was.attempt
+            ),
+        }
     }
     // A claim leases one job: the one it hands out.
     let instance = t
@@ -745,6 +856,7 @@ fn check_transition(b: &StoredJob, event: &Event, t: &Transition) -> Result<(), 
     if is.state.is_final() && !was.state.is_final() {
         let why = match event {
             Event::Complete(_) | Event::Cancel(_) => true,
+            Event::LeaseLost(_) => is.lease_losses > is.spec.lease_loss_budget(),
             Event::Claim(_) => t.next_fire == NextFire::Exhausted,
             _ => false,
         };

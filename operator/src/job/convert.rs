@@ -218,6 +218,9 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
     if spec.max_retries < 0 {
         problems.push("spec.maxRetries: must not be negative".into());
     }
+    if spec.max_lease_losses.is_some_and(|n| n < 0) {
+        problems.push("spec.maxLeaseLosses: must not be negative".into());
+    }
     let out = lts_core::JobSpec {
         task_id: task_id(job).unwrap_or_default(),
         task_tracker_node_group: spec.task_tracker_node_group.clone(),
@@ -236,6 +239,7 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
             MisfirePolicy::FireOnce => lts_core::MisfirePolicy::FireOnce,
             MisfirePolicy::Skip => lts_core::MisfirePolicy::Skip,
         },
+        max_lease_losses: spec.max_lease_losses.map(|n| n.max(0) as u32),
     };
     if let Err(v) = lts_core::validate(&out) {
         problems.extend(

@@ -65,6 +65,7 @@ pub(super) fn job(doc: &Document) -> StoreResult<Job> {
         scheduled_fire_ms: int(doc, "scheduled_fire"),
         fire_count: int(doc, "fire_count").unwrap_or(1) as u64,
         instance_of: text(doc, "instance_of").map(str::to_string),
+        lease_losses: int(doc, "lease_losses").unwrap_or(0) as u32,
     })
 }
 
@@ -161,6 +162,7 @@ pub(super) fn fields(s: &StoredJob, fields: &[Field]) -> StoreResult<(Document, 
             Field::Spec => set.extend(spec_fields(&job.spec)?),
             Field::Attempt => {
                 set.insert("attempt", i64::from(job.attempt));
+                set.insert("lease_losses", i64::from(job.lease_losses));
             }
             Field::TriggerTime => {
                 set.insert("trigger_time", job.trigger_time_ms);

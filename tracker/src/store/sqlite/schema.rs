@@ -15,7 +15,7 @@ use rusqlite::{Connection, Row};
 use crate::store::{StoreError, StoreResult};
 
 /// Version of the schema, kept in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- Suspended by a user (while queued: state = {SUSPENDED}; while running: when the attempt ends).
     suspend_requested INTEGER NOT NULL DEFAULT 0,
     -- The job_id of the recurring job this job is an instance (one fire) of.
-    instance_of    TEXT
+    instance_of    TEXT,
+    -- Runs of the current fire lost without a result (bounded by the spec's max_lease_losses).
+    lease_losses   INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
 -- Partial indexes: each holds only the rows it serves, so a state change is one index delete
@@ -136,7 +138,8 @@ macro_rules! sql {
 /// The columns of a `jobs` row that [`stored_job`] reads, in its order.
 pub(super) const JOB_COLS: &str = "seq, job_id, node_group, task_id, state, priority, \
      trigger_time, attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner, \
-     lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested, instance_of";
+     lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested, instance_of, \
+     lease_losses";
 
 sql! {
     /// The whole schema.
@@ -191,9 +194,22 @@ pub(super) fn migrate(conn: &Connection, path: &std::path::Path) -> StoreResult<
              WHERE instr(task_id, '~') > 0;",
         )?;
     }
+    if (3..5).contains(&version) && !has_column(conn, "jobs", "lease_losses")? {
+        // v5: lost runs are counted (none lost so far).
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN lease_losses INTEGER NOT NULL DEFAULT 0;")?;
+    }
     conn.execute_batch(SCHEMA_SQL.text())?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> StoreResult<bool> {
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
 }
 
 /// A job read from `jobs`: its row id and the job as stored.
@@ -233,6 +249,7 @@ pub(super) fn stored_job(r: &Row<'_>) -> StoreResult<Found> {
         scheduled_fire_ms: r.get(9)?,
         fire_count: r.get::<_, i64>(8)? as u64,
         instance_of: r.get(19)?,
+        lease_losses: r.get::<_, i64>(20)? as u32,
     };
     Ok(Found {
         seq: r.get(0)?,
@@ -344,6 +361,25 @@ mod tests {
     }
 
     #[test]
+    fn a_v4_store_counts_no_lost_runs_yet() {
+        let conn = Connection::open_in_memory().unwrap();
+        let path = std::path::Path::new(":memory:");
+        migrate(&conn, path).unwrap();
+        let s = lts_core::transition::accept(JobSpec::new("t", "g"), "j".into(), 5).job;
+        super::super::write::insert(&conn, &s, None).unwrap();
+        conn.execute_batch("ALTER TABLE jobs DROP COLUMN lease_losses; PRAGMA user_version = 4;")
+            .unwrap();
+        migrate(&conn, path).unwrap();
+        let found = conn
+            .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs"))
+            .unwrap()
+            .query_row([], |r| Ok(stored_job(r).map_err(|e| e.to_string())))
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.stored, s);
+    }
+
+    #[test]
     fn a_row_reads_back_as_the_job_it_stores() {
         let conn = Connection::open_in_memory().unwrap();
         migrate(&conn, std::path::Path::new(":memory:")).unwrap();
@@ -358,6 +394,7 @@ mod tests {
         s.lease_token = Some("tok".into());
         s.suspend_requested = true;
         s.job.instance_of = Some("d".into());
+        s.job.lease_losses = 2;
         super::super::write::insert(&conn, &s, None).unwrap();
         let found = conn
             .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs"))

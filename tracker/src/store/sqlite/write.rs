@@ -138,9 +138,9 @@ pub(super) fn insert(
             "INSERT INTO jobs (job_id, node_group, task_id, state, priority, trigger_time,
                  attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner,
                  lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested,
-                 instance_of)
+                 instance_of, lease_losses)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19)
+                 ?18, ?19, ?20)
              ON CONFLICT (node_group, task_id) DO NOTHING",
         )?
         .execute(params![
@@ -163,6 +163,7 @@ pub(super) fn insert(
             spec,
             s.suspend_requested,
             job.instance_of,
+            i64::from(job.lease_losses),
         ])?;
     Ok(n == 1)
 }
@@ -172,7 +173,7 @@ fn columns(field: Field) -> &'static [&'static str] {
     match field {
         Field::State => &["state"],
         Field::Spec => &["spec", "priority"],
-        Field::Attempt => &["attempt"],
+        Field::Attempt => &["attempt", "lease_losses"],
         Field::TriggerTime => &["trigger_time"],
         Field::ScheduledFire => &["scheduled_fire"],
         Field::FireCount => &["fire_count"],
@@ -197,7 +198,10 @@ fn values(field: Field, s: &StoredJob, spec_json: Option<&str>) -> StoreResult<V
             };
             vec![text.into(), job.spec.priority.into()]
         }
-        Field::Attempt => vec![i64::from(job.attempt).into()],
+        Field::Attempt => vec![
+            i64::from(job.attempt).into(),
+            i64::from(job.lease_losses).into(),
+        ],
         Field::TriggerTime => vec![job.trigger_time_ms.into()],
         Field::ScheduledFire => vec![job.scheduled_fire_ms.into()],
         Field::FireCount => vec![(job.fire_count as i64).into()],

@@ -275,6 +275,22 @@ pub async fn requeue_paths(store: Arc<dyn JobStore>) {
     assert!(lost.is_empty());
     let expired = store.requeue_expired(NOW + 10_001).await.unwrap();
     assert_eq!(expired.len(), 2);
+    // A lost run is counted, and the job waits out a backoff (1 s without jitter) first.
+    for r in &expired {
+        let job = store
+            .get(JobKey::Id(r.job_id.clone()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(job.state, JobState::Queued);
+        assert_eq!((job.attempt, job.lease_losses), (1, 1));
+        assert_eq!(job.trigger_time_ms, NOW + 11_001);
+    }
+    let early = store
+        .claim(claim("g", "w2", 3, NOW + 10_003))
+        .await
+        .unwrap();
+    assert!(early.is_empty(), "the backoff holds them: {early:?}");
     // Release does not count the attempt.
     let released = store
         .release(
@@ -294,12 +310,12 @@ pub async fn requeue_paths(store: Arc<dyn JobStore>) {
         .unwrap();
     assert_eq!((job.state, job.attempt), (JobState::Queued, 0));
     let again = store
-        .claim(claim("g", "w2", 3, NOW + 10_003))
+        .claim(claim("g", "w2", 3, NOW + 11_001))
         .await
         .unwrap();
     assert_eq!(again.len(), 3);
     assert_eq!(
-        store.requeue_owner("w2", NOW + 10_004).await.unwrap().len(),
+        store.requeue_owner("w2", NOW + 11_002).await.unwrap().len(),
         3
     );
     let lost = store
@@ -316,6 +332,63 @@ pub async fn requeue_paths(store: Arc<dyn JobStore>) {
 }
 
 /// Every case, by name.
+/// Past its budget of lost runs, a job fails (with its FIXED_DEAD line and feedback) instead
+/// of going back to the queue; a recurring one fails that fire and keeps its schedule.
+pub async fn lost_runs_end_a_poison_job(store: Arc<dyn JobStore>) {
+    let spec = JobSpec::new("poison", "g")
+        .max_lease_losses(0)
+        .max_retries(2)
+        .feedback_to("c");
+    store.submit(vec![spec], NOW).await.unwrap();
+    let leased = store.claim(claim("g", "w1", 1, NOW)).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    let id = leased[0].job.job_id.clone();
+    store.requeue_owner("w1", NOW + 5).await.unwrap();
+    let job = store.get(JobKey::Id(id.clone())).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    assert_eq!(job.last_outcome, Some(Outcome::Exception));
+    assert_eq!((job.attempt, job.lease_losses), (1, 1));
+    let log = store.log(&id, 20).await.unwrap();
+    let last = log.last().unwrap();
+    assert_eq!(last.log_type, LogType::FixedDead, "{log:?}");
+    assert!(
+        last.message
+            .contains("more than max_lease_losses (0) allows"),
+        "{}",
+        last.message
+    );
+    assert_eq!(store.stats(None).await.unwrap().pending_feedback, 1);
+    assert!(
+        store
+            .claim(claim("g", "w2", 1, NOW + 60_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A recurring job: that fire fails, the next one comes, no lost runs counted for it.
+    let every = Schedule::Repeat {
+        interval_ms: 1_000,
+        count: -1,
+        first_fire_ms: Some(NOW),
+    };
+    let spec = JobSpec::new("tick", "g")
+        .schedule(every)
+        .max_lease_losses(0);
+    let mut spec = spec;
+    spec.rely_on_prev_cycle = true;
+    store.submit(vec![spec], NOW).await.unwrap();
+    let leased = store.claim(claim("g", "w3", 1, NOW)).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    let id = leased[0].job.job_id.clone();
+    store.requeue_expired(NOW + 10_001).await.unwrap();
+    let job = store.get(JobKey::Id(id)).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued, "{job:?}");
+    assert_eq!((job.attempt, job.lease_losses), (0, 0));
+    assert_eq!(job.last_outcome, Some(Outcome::Exception));
+    assert!(job.trigger_time_ms > NOW, "{job:?}");
+}
+
 /// A stream's held leases go back to the queue when it ends — but not a lease that the
 /// TaskTracker re-announced (renewed) through another stream meanwhile, nor a finished job.
 pub async fn requeue_held_only_what_nobody_renewed(store: Arc<dyn JobStore>) {
@@ -421,8 +494,10 @@ pub async fn stale_token_after_reassignment(store: Arc<dyn JobStore>) {
         (JobState::Queued, 1, None),
         "a lost lease counts its attempt"
     );
+    // Queued again after the backoff of a lost run (1 s).
+    assert_eq!(job.trigger_time_ms, NOW + 11_001);
     let second = store
-        .claim(claim("g", "w2", 1, NOW + 10_002))
+        .claim(claim("g", "w2", 1, NOW + 11_002))
         .await
         .unwrap()
         .remove(0);
@@ -435,11 +510,11 @@ pub async fn stale_token_after_reassignment(store: Arc<dyn JobStore>) {
     let lost = store.renew(vec![old.clone()], NOW + 90_000).await.unwrap();
     assert_eq!(lost, vec![job_id.clone()], "a stale renewal is lost");
     let stale = store
-        .complete(done(&job_id, &first.token, Outcome::Success, NOW + 10_003))
+        .complete(done(&job_id, &first.token, Outcome::Success, NOW + 11_003))
         .await
         .unwrap();
     assert!(matches!(stale, CompleteOutcome::Stale { .. }), "{stale:?}");
-    let released = store.release(vec![old], NOW + 10_004).await.unwrap();
+    let released = store.release(vec![old], NOW + 11_004).await.unwrap();
     assert!(released.is_empty(), "a stale hand-back does nothing");
     let job = store
         .get(JobKey::Id(job_id.clone()))
@@ -461,7 +536,7 @@ pub async fn stale_token_after_reassignment(store: Arc<dyn JobStore>) {
         job_id: job_id.clone(),
         token: second.token.clone(),
     };
-    let released = store.release(vec![back], NOW + 10_005).await.unwrap();
+    let released = store.release(vec![back], NOW + 11_005).await.unwrap();
     assert_eq!(released.len(), 1);
     let job = store
         .get(JobKey::Id(job_id.clone()))
@@ -470,13 +545,13 @@ pub async fn stale_token_after_reassignment(store: Arc<dyn JobStore>) {
         .unwrap();
     assert_eq!((job.state, job.attempt), (JobState::Queued, 1));
     let third = store
-        .claim(claim("g", "w1", 1, NOW + 10_006))
+        .claim(claim("g", "w1", 1, NOW + 11_006))
         .await
         .unwrap()
         .remove(0);
     assert_eq!(third.job.attempt, 2);
     let r = store
-        .complete(done(&job_id, &third.token, Outcome::Success, NOW + 10_007))
+        .complete(done(&job_id, &third.token, Outcome::Success, NOW + 11_007))
         .await
         .unwrap();
     assert!(

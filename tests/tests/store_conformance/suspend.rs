@@ -199,29 +199,29 @@ pub async fn suspended_while_running_waits_after_its_attempt(store: Arc<dyn JobS
     );
     let job = store.get(key.clone()).await.unwrap().unwrap();
     assert_eq!((job.state, job.attempt), (JobState::Suspended, 2));
-    // Resumed before its attempt ends: nothing waits, it is queued again as usual.
-    store.resume(key.clone(), at_ms + 10_002).await.unwrap();
+    // Resumed: queued again as usual, once the backoff of its lost run (1 s) is over.
+    store.resume(key.clone(), at_ms + 11_002).await.unwrap();
     let l = store
-        .claim(claim("g", "w2", 1, at_ms + 10_003))
+        .claim(claim("g", "w2", 1, at_ms + 11_003))
         .await
         .unwrap()
         .remove(0);
     assert_eq!(l.job.attempt, 3);
-    store.suspend(key.clone(), at_ms + 10_004).await.unwrap();
-    let r = store.resume(key.clone(), at_ms + 10_005).await.unwrap();
+    store.suspend(key.clone(), at_ms + 11_004).await.unwrap();
+    let r = store.resume(key.clone(), at_ms + 11_005).await.unwrap();
     assert!(
         matches!(r, ChangeOutcome::Changed(ref j) if j.state == JobState::Running),
         "{r:?}"
     );
     // Suspended once more, then handed back: suspended, the attempt not counted.
-    store.suspend(key.clone(), at_ms + 10_006).await.unwrap();
+    store.suspend(key.clone(), at_ms + 11_006).await.unwrap();
     let back = LeaseRef {
         job_id: job_id.clone(),
         token: l.token.clone(),
     };
     assert_eq!(
         store
-            .release(vec![back], at_ms + 10_007)
+            .release(vec![back], at_ms + 11_007)
             .await
             .unwrap()
             .len(),

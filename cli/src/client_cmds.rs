@@ -110,6 +110,10 @@ pub struct SubmitArgs {
     /// job fails; counted apart from --max-retries [default: 3].
     #[arg(long)]
     max_lease_losses: Option<u32>,
+    /// How long one run may take (`90s`, `10m`, `2h`); a run past it is cancelled and ends
+    /// TIMEOUT, retried while --max-retries allows [default: no limit].
+    #[arg(long)]
+    timeout: Option<String>,
     /// Run once at this time: RFC 3339 (`2026-12-01T10:00:00Z`) or `+30s`, `+5m`, `+2h`, `+1d`.
     #[arg(long, group = "schedule")]
     trigger_time: Option<String>,
@@ -232,6 +236,13 @@ pub fn spec_from_args(a: &SubmitArgs, now: i64) -> CliResult<JobSpec> {
             Misfire::Skip => MisfirePolicy::Skip,
         },
         max_lease_losses: a.max_lease_losses,
+        timeout_ms: a
+            .timeout
+            .as_deref()
+            .map(lts_core::parse_duration_ms)
+            .transpose()
+            .map_err(|e| CliError::Usage(format!("--timeout: {e}")))?
+            .map(|ms| ms.max(0) as u64),
     };
     validate::validate(&spec).map_err(|v| CliError::Usage(v.to_string()))?;
     Ok(spec)
@@ -621,6 +632,13 @@ async fn get(a: GetArgs) -> CliResult {
         ),
         ("attempt", job.attempt.to_string()),
         ("max_retries", s.max_retries.to_string()),
+        (
+            "timeout",
+            s.timeout_ms
+                .map(lts_core::duration::format_ms)
+                .unwrap_or_else(|| "-".into()),
+        ),
+        ("deadline", time(job.deadline_ms)),
         (
             "lost runs",
             format!(

@@ -55,6 +55,7 @@ pub fn spec_from_proto(p: proto::JobSpec) -> Result<JobSpec, Violations> {
         replace_on_exist: p.replace_on_exist,
         misfire_policy,
         max_lease_losses: p.max_lease_losses,
+        timeout_ms: p.timeout_ms,
     })
 }
 
@@ -98,6 +99,7 @@ pub fn spec_to_proto(s: &JobSpec) -> proto::JobSpec {
             MisfirePolicy::Skip => proto::MisfirePolicy::Skip,
         } as i32,
         max_lease_losses: s.max_lease_losses,
+        timeout_ms: s.timeout_ms,
     }
 }
 
@@ -133,6 +135,7 @@ pub fn outcome_to_proto(o: Outcome) -> proto::Outcome {
         Outcome::Failed => proto::Outcome::Failed,
         Outcome::Later => proto::Outcome::Later,
         Outcome::Exception => proto::Outcome::Exception,
+        Outcome::Timeout => proto::Outcome::Timeout,
     }
 }
 
@@ -144,6 +147,7 @@ pub fn outcome_from_proto(v: i32) -> Option<Outcome> {
         proto::Outcome::Failed => Some(Outcome::Failed),
         proto::Outcome::Later => Some(Outcome::Later),
         proto::Outcome::Exception => Some(Outcome::Exception),
+        proto::Outcome::Timeout => Some(Outcome::Timeout),
     }
 }
 
@@ -166,6 +170,7 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
         fire_count: j.fire_count,
         instance_of: j.instance_of.clone().unwrap_or_default(),
         lease_losses: j.lease_losses,
+        deadline_ms: j.deadline_ms.unwrap_or(0),
     }
 }
 
@@ -193,6 +198,7 @@ pub fn job_from_proto(p: proto::Job) -> Job {
         fire_count: p.fire_count,
         instance_of: (!p.instance_of.is_empty()).then_some(p.instance_of),
         lease_losses: p.lease_losses,
+        deadline_ms: opt(p.deadline_ms),
     }
 }
 

@@ -65,6 +65,11 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
     i64::try_from(ms).map_err(|_| invalid(s, "it is too long"))
 }
 
+/// A number of milliseconds as people read it: `1s`, `10m`, `1h 30m`, `30days`.
+pub fn format_ms(ms: u64) -> String {
+    humantime::format_duration(Duration::from_millis(ms)).to_string()
+}
+
 /// The one error message: the value, why, and what would do.
 fn invalid(s: &str, why: &str) -> String {
     format!(

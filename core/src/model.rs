@@ -163,6 +163,12 @@ pub struct JobSpec {
     /// apart from `max_retries`, which bounds the failures a run reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lease_losses: Option<u32>,
+    /// How long one run may take, in milliseconds (none: no limit). A run past it is cancelled
+    /// by its TaskTracker and ends `TIMEOUT` (retried while retries remain); the tracker renews
+    /// its lease no further than a grace period past the deadline, so a TaskTracker that
+    /// ignores it loses the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// How many lost runs a job survives unless its spec says otherwise.
@@ -204,6 +210,12 @@ impl JobSpec {
     /// Sets `max_lease_losses` (builder style).
     pub fn max_lease_losses(mut self, max_lease_losses: u32) -> Self {
         self.max_lease_losses = Some(max_lease_losses);
+        self
+    }
+
+    /// Sets `timeout_ms` (builder style).
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout_ms = Some(timeout.as_millis().try_into().unwrap_or(u64::MAX));
         self
     }
 
@@ -324,6 +336,8 @@ pub enum Outcome {
     Later,
     /// The runner failed unexpectedly; retried while retries remain.
     Exception,
+    /// The run passed the job's timeout and was cancelled; retried while retries remain.
+    Timeout,
 }
 
 impl Outcome {
@@ -334,6 +348,7 @@ impl Outcome {
             Outcome::Failed => 2,
             Outcome::Later => 3,
             Outcome::Exception => 4,
+            Outcome::Timeout => 5,
         }
     }
 
@@ -344,6 +359,7 @@ impl Outcome {
             Outcome::Failed,
             Outcome::Later,
             Outcome::Exception,
+            Outcome::Timeout,
         ]
         .into_iter()
         .find(|o| o.code() == code)
@@ -356,12 +372,13 @@ impl Outcome {
             Outcome::Failed => "FAILED",
             Outcome::Later => "LATER",
             Outcome::Exception => "EXCEPTION",
+            Outcome::Timeout => "TIMEOUT",
         }
     }
 
-    /// Whether this outcome may be retried (`LATER`, `EXCEPTION`).
+    /// Whether this outcome may be retried (`LATER`, `EXCEPTION`, `TIMEOUT`).
     pub fn is_retryable(self) -> bool {
-        matches!(self, Outcome::Later | Outcome::Exception)
+        matches!(self, Outcome::Later | Outcome::Exception | Outcome::Timeout)
     }
 }
 
@@ -379,6 +396,7 @@ impl std::str::FromStr for Outcome {
             "FAILED" => Ok(Outcome::Failed),
             "LATER" => Ok(Outcome::Later),
             "EXCEPTION" => Ok(Outcome::Exception),
+            "TIMEOUT" => Ok(Outcome::Timeout),
             _ => Err(format!(
                 "unknown outcome {s:?}; expected SUCCESS, FAILED, LATER or EXCEPTION"
             )),
@@ -426,6 +444,10 @@ pub struct Job {
     /// count in `attempt` too, but not against `max_retries`.
     #[serde(default)]
     pub lease_losses: u32,
+    /// While running with a timeout: when the run must have ended (the lease's start plus
+    /// the spec's `timeout_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<i64>,
 }
 
 /// LTS job-log types.
@@ -642,6 +664,7 @@ impl Job {
             fire_count: 0,
             instance_of: None,
             lease_losses: 0,
+            deadline_ms: None,
         }
     }
 }

@@ -20,6 +20,10 @@ pub const MAX_PARAM_KEY_LEN: usize = 256;
 pub const MAX_PARAMS_BYTES: usize = 256 * 1024;
 /// Highest `max_retries`.
 pub const MAX_RETRIES: u32 = 1000;
+/// Shortest `timeout_ms`: one second.
+pub const MIN_TIMEOUT_MS: u64 = 1_000;
+/// Longest `timeout_ms`: 30 days.
+pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3_600_000;
 /// Highest `max_lease_losses`.
 pub const MAX_LEASE_LOSSES: u32 = 100;
 /// Latest accepted instant: 9999-12-31T23:59:59Z.
@@ -177,6 +181,19 @@ pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
         out.push(FieldViolation::new(
             "max_retries",
             format!("must be at most {MAX_RETRIES} (got {})", spec.max_retries),
+        ));
+    }
+    if let Some(t) = spec.timeout_ms
+        && !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&t)
+    {
+        out.push(FieldViolation::new(
+            "timeout",
+            format!(
+                "must be between {} and {} (got {})",
+                crate::duration::format_ms(MIN_TIMEOUT_MS),
+                crate::duration::format_ms(MAX_TIMEOUT_MS),
+                crate::duration::format_ms(t)
+            ),
         ));
     }
     if let Some(n) = spec.max_lease_losses

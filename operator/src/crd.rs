@@ -391,6 +391,12 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub max_lease_losses: Option<i32>,
+    /// Seconds one run may take (like a Pod's `activeDeadlineSeconds`, per run): a run past
+    /// it is cancelled and ends `TIMEOUT`, retried while `maxRetries` allows. Omitted: no
+    /// limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2592000))]
+    pub timeout_seconds: Option<i64>,
     /// When it runs; omitted means now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleSpec>,

@@ -53,6 +53,7 @@ pub fn job(name: &str) -> Job {
             need_feedback: false,
             max_retries: 2,
             max_lease_losses: None,
+            timeout_seconds: None,
             schedule: None,
             rely_on_prev_cycle: false,
             replace_on_exist: false,

@@ -22,6 +22,7 @@ fn job() -> Job {
             need_feedback: false,
             max_retries: 0,
             max_lease_losses: None,
+            timeout_seconds: None,
             schedule: None,
             rely_on_prev_cycle: false,
             replace_on_exist: false,

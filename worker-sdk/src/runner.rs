@@ -49,6 +49,15 @@ impl RunResult {
             message: message.into(),
         }
     }
+
+    /// Ran out of time (retried while the job has retries left). The TaskTracker reports this
+    /// itself when a job's timeout passes; a runner with its own time limits may too.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        RunResult {
+            outcome: Outcome::Timeout,
+            message: message.into(),
+        }
+    }
 }
 
 /// Business log of one run: lines go to the job log with the result.
@@ -127,8 +136,10 @@ pub struct JobContext {
     pub attempt: u32,
     /// Business log: lines end up in the job log.
     pub logger: BizLogger,
-    /// Cancelled when the run should stop early: the job was cancelled or reassigned, or the
-    /// TaskTracker is shutting down and the grace period ran out.
+    /// Cancelled when the run should stop early: the job's timeout passed, the job was
+    /// cancelled or reassigned, or the TaskTracker is shutting down and the grace period ran
+    /// out. A runner that watches it and returns soon after is the well-behaved one: past a
+    /// timeout, the run gets [`crate::worker::CANCEL_GRACE`] to stop before it is abandoned.
     pub cancel: CancellationToken,
 }
 

@@ -734,6 +734,10 @@ impl TaskTracker {
         );
         let runner = self.runner.clone();
         let limits = self.report_limits;
+        // The timeout counts from the claim, as the tracker's deadline does (this TaskTracker's
+        // own clock, so no skew between the two).
+        let timeout = job.spec.timeout_ms.map(Duration::from_millis);
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let done = done_tx.clone();
         let slots = self.slots.clone();
         tokio::spawn(async move {
@@ -756,10 +760,30 @@ impl TaskTracker {
                 attempt: job.attempt,
                 job,
                 logger: BizLogger::with_limits(limits),
-                cancel,
+                cancel: cancel.clone(),
             };
             let logger = ctx.logger.clone();
-            let result = match AssertUnwindSafe(runner.run(ctx)).catch_unwind().await {
+            let run = AssertUnwindSafe(runner.run(ctx)).catch_unwind();
+            tokio::pin!(run);
+            let ended = match (deadline, timeout) {
+                (Some(at), Some(timeout)) => tokio::select! {
+                    r = &mut run => r,
+                    _ = tokio::time::sleep_until(at) => {
+                        cancel.cancel();
+                        let stopped = tokio::time::timeout(CANCEL_GRACE, &mut run).await.is_ok();
+                        let left = if stopped {
+                            "the run was cancelled"
+                        } else {
+                            "the run did not stop within its grace and was abandoned"
+                        };
+                        let took = lts_core::duration::format_ms(timeout.as_millis() as u64);
+                        tracing::warn!(job_id = %job_id, timeout = %took, stopped, "job timed out");
+                        Ok(RunResult::timeout(format!("timed out after {took} (the job's timeout); {left}")))
+                    }
+                },
+                _ => (&mut run).await,
+            };
+            let result = match ended {
                 Ok(r) => r,
                 Err(panic) => {
                     let what = panic
@@ -790,6 +814,10 @@ impl TaskTracker {
 }
 
 type WorkerOut = mpsc::UnboundedSender<proto::WorkerMessage>;
+
+/// How long a run past its job's timeout gets, once cancelled, to stop before it is abandoned
+/// and reported `TIMEOUT` (well within the tracker's own grace past the deadline).
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// Least time a tracker gets to open the work stream and send its Welcome (it renews the
 /// leases this TaskTracker re-announces first).

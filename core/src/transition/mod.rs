@@ -235,7 +235,7 @@ pub enum Field {
     ScheduledFire,
     /// `fire_count`.
     FireCount,
-    /// The whole lease: owner, token and expiry, set or cleared together.
+    /// The whole lease: owner, token, expiry and the run's deadline, set or cleared together.
     Lease,
     /// The lease expiry alone (a renewal).
     LeaseExpiry,
@@ -253,7 +253,9 @@ impl Field {
     /// The fields that differ between two versions of a job, in declaration order.
     pub fn changed(a: &StoredJob, b: &StoredJob) -> Vec<Field> {
         let (x, y) = (&a.job, &b.job);
-        let lease = x.lease_owner != y.lease_owner || a.lease_token != b.lease_token;
+        let lease = x.lease_owner != y.lease_owner
+            || a.lease_token != b.lease_token
+            || x.deadline_ms != y.deadline_ms;
         [
             (Field::State, x.state != y.state),
             (Field::Spec, x.spec != y.spec),
@@ -378,6 +380,10 @@ pub enum Refusal {
     #[error("the instance is running: it finishes its attempt")]
     InstanceRunning,
 }
+
+/// How long past a run's deadline its lease may last: the time its TaskTracker has to cancel
+/// the run and report `TIMEOUT` itself before the tracker takes the run back as timed out.
+pub const DEADLINE_GRACE_MS: i64 = 10_000;
 
 mod rules;
 #[cfg(test)]

@@ -36,7 +36,7 @@ pub fn apply(
         Event::Renew { token, expiry_ms } => {
             stored.leased_with(&token)?;
             let mut after = stored.clone();
-            after.job.lease_expiry_ms = Some(expiry_ms);
+            after.job.lease_expiry_ms = Some(capped_expiry(&after.job, expiry_ms));
             Ok(changed(stored, after, Vec::new()))
         }
         Event::Complete(report) => complete(stored, report, now_ms, retry),
@@ -143,9 +143,23 @@ fn lease(s: &mut StoredJob, claim: &Claim, now_ms: i64) {
     s.job.state = JobState::Running;
     s.job.attempt += 1;
     s.job.lease_owner = Some(claim.owner.clone());
-    s.job.lease_expiry_ms = Some(claim.expiry_ms);
+    s.job.deadline_ms = s
+        .job
+        .spec
+        .timeout_ms
+        .map(|t| now_ms.saturating_add(i64::try_from(t).unwrap_or(i64::MAX)));
+    s.job.lease_expiry_ms = Some(capped_expiry(&s.job, claim.expiry_ms));
     s.job.updated_at_ms = now_ms;
     s.lease_token = Some(claim.token.clone());
+}
+
+/// A lease expiry, kept within [`DEADLINE_GRACE_MS`] of the run's deadline: a TaskTracker
+/// that does not end a run past its timeout loses it.
+fn capped_expiry(job: &Job, expiry_ms: i64) -> i64 {
+    match job.deadline_ms {
+        Some(deadline) => expiry_ms.min(deadline.saturating_add(DEADLINE_GRACE_MS)),
+        None => expiry_ms,
+    }
 }
 
 fn sent(job: &Job, claim: &Claim, now_ms: i64) -> LogEntry {
@@ -163,6 +177,7 @@ fn requeued(stored: &StoredJob, now_ms: i64) -> StoredJob {
     };
     after.job.lease_owner = None;
     after.job.lease_expiry_ms = None;
+    after.job.deadline_ms = None;
     after.lease_token = None;
     after.job.updated_at_ms = now_ms;
     after
@@ -469,6 +484,28 @@ fn lease_lost(
             "its TaskTracker left the cluster (its stream ended)"
         }
     };
+    // A run lost past its deadline timed out: an attempt like any reported failure.
+    if let Some(deadline) = job.deadline_ms.filter(|d| now_ms >= *d) {
+        let timeout = job.spec.timeout_ms.unwrap_or_default();
+        let message = format!(
+            "ran past its timeout of {} (deadline {}) and was not ended by its TaskTracker ({cause})",
+            crate::duration::format_ms(timeout),
+            format_ms(deadline)
+        );
+        let line = log(
+            job,
+            now_ms,
+            LogType::Finished,
+            format!("TIMEOUT: {message}"),
+        )
+        .with_level(LogLevel::Warn);
+        let end = RunEnd {
+            outcome: Outcome::Timeout,
+            message,
+            may_retry: true,
+        };
+        return Ok(end_run(stored, end, vec![line], now_ms, retry));
+    }
     let (losses, budget) = (
         job.lease_losses.saturating_add(1),
         job.spec.lease_loss_budget(),

@@ -100,6 +100,12 @@ fn consistent(s: &StoredJob) -> Result<(), String> {
         "a finish time that does not match its state"
     } else if matches!(j.state, Succeeded | Failed) && j.last_outcome.is_none() && !ran_out {
         "finished without an outcome"
+    } else if j.deadline_ms.is_some() != (j.state == Running && j.spec.timeout_ms.is_some()) {
+        "a deadline that does not match its state"
+    } else if let (Some(d), Some(e)) = (j.deadline_ms, j.lease_expiry_ms)
+        && e > d + DEADLINE_GRACE_MS
+    {
+        "a lease past its deadline's grace"
     } else {
         return Ok(());
     };
@@ -569,6 +575,63 @@ fn lost_runs_back_off_have_their_own_budget_and_end_a_poison_job() {
     assert_eq!(t.feedback.map(|f| f.job.state), Some(Failed));
 }
 
+#[test]
+fn a_run_past_its_timeout_ends_timeout_and_is_retried_while_retries_remain() {
+    let spec = JobSpec::new("slow", "g")
+        .timeout(std::time::Duration::from_secs(1))
+        .max_retries(1);
+    let queued = accept(spec, "s1".into(), NOW).job;
+    let claim_until = |token: &str, expiry_ms| {
+        let (owner, token, instance_id) = ("w1".into(), token.into(), "i".into());
+        Event::Claim(Claim {
+            owner,
+            token,
+            expiry_ms,
+            instance_id,
+        })
+    };
+    // The lease runs to the deadline's grace at most, however long the claim asked for.
+    let running = run(&queued, claim_until("t1", NOW + 60_000), NOW).job;
+    let grace_end = NOW + 1_000 + DEADLINE_GRACE_MS;
+    assert_eq!(running.job.deadline_ms, Some(NOW + 1_000));
+    assert_eq!(running.job.lease_expiry_ms, Some(grace_end));
+    let renew = Event::Renew {
+        token: "t1".into(),
+        expiry_ms: NOW + 90_000,
+    };
+    let renewed = run(&running, renew, NOW + 500).job;
+    assert_eq!(renewed.job.lease_expiry_ms, Some(grace_end));
+
+    // Its TaskTracker never ends it: past the grace, the sweep ends the run TIMEOUT. It is
+    // not a lost run; a retry remains.
+    let t = run(
+        &renewed,
+        Event::LeaseLost(LeaseLoss::Expired),
+        grace_end + 1,
+    );
+    let j = &t.job.job;
+    assert_eq!((j.state, j.last_outcome), (Queued, Some(Outcome::Timeout)));
+    assert_eq!((j.lease_losses, j.deadline_ms), (0, None));
+    assert!(matches!(t.disposition, Some(Disposition::Retry { .. })));
+    assert_eq!(types(&t.logs), [LogType::Finished, LogType::Resend]);
+    assert!(
+        t.logs[0]
+            .message
+            .starts_with("TIMEOUT: ran past its timeout of 1s"),
+        "{}",
+        t.logs[0].message
+    );
+
+    // The second run's TaskTracker reports TIMEOUT itself: retries are spent, the job fails.
+    let at = j.trigger_time_ms;
+    let running = run(&t.job, claim_until("t2", at + 50), at).job;
+    assert_eq!(running.job.deadline_ms, Some(at + 1_000));
+    let t = run(&running, done("t2", Outcome::Timeout), at + 1_200);
+    let j = &t.job.job;
+    assert_eq!((j.state, j.last_outcome), (Failed, Some(Outcome::Timeout)));
+    assert_eq!(j.deadline_ms, None);
+}
+
 /// A store in memory, driven by [`apply`] alone, that checks the invariants after each event.
 struct World {
     now: i64,
@@ -616,8 +679,9 @@ fn spec() -> impl Strategy<Value = JobSpec> {
     let count = prop_oneof![Just(-1i64), 1i64..4];
     let flags = (any::<bool>(), any::<bool>(), any::<bool>());
     let losses = prop_oneof![Just(None), (0u32..3).prop_map(Some)];
-    (0u8..3, 0u32..3, count, flags, losses).prop_map(
-        |(kind, retries, count, (rely, skip, fb), losses)| {
+    let timeout = prop_oneof![Just(None), Just(Some(1_000u64))];
+    (0u8..3, 0u32..3, count, flags, (losses, timeout)).prop_map(
+        |(kind, retries, count, (rely, skip, fb), (losses, timeout))| {
             let schedule = match kind {
                 0 => Schedule::Now,
                 1 => Schedule::TriggerAt {
@@ -636,6 +700,7 @@ fn spec() -> impl Strategy<Value = JobSpec> {
             spec.misfire_policy = [MisfirePolicy::FireOnce, MisfirePolicy::Skip][usize::from(skip)];
             spec.need_feedback = fb;
             spec.max_lease_losses = losses;
+            spec.timeout_ms = timeout;
             spec
         },
     )
@@ -739,7 +804,7 @@ impl World {
         let id = t.job.job.job_id.clone();
         if t.job.job.attempt == 0 {
             self.losses.remove(&id);
-        } else if matches!(event, Event::LeaseLost(_)) {
+        } else if t.job.job.lease_losses > before.job.lease_losses {
             *self.losses.entry(id).or_default() += 1;
         }
         match t.write {
@@ -831,8 +896,9 @@ fn check_transition(b: &StoredJob, event: &Event, t: &Transition) -> Result<(), 
     // Retried only while retries remain: a reported failure within max_retries (lost runs
     // not counted), a lost run within max_lease_losses.
     if let Some(Disposition::Retry { .. }) = t.disposition {
+        let timed_out = is.lease_losses == was.lease_losses;
         match event {
-            Event::LeaseLost(_) => prop_assert!(
+            Event::LeaseLost(_) if !timed_out => prop_assert!(
                 was.lease_losses < was.spec.lease_loss_budget(),
                 "lost run {} queued again",
                 was.lease_losses + 1
@@ -856,7 +922,10 @@ fn check_transition(b: &StoredJob, event: &Event, t: &Transition) -> Result<(), 
     if is.state.is_final() && !was.state.is_final() {
         let why = match event {
             Event::Complete(_) | Event::Cancel(_) => true,
-            Event::LeaseLost(_) => is.lease_losses > is.spec.lease_loss_budget(),
+            Event::LeaseLost(_) => {
+                is.lease_losses > is.spec.lease_loss_budget()
+                    || is.last_outcome == Some(Outcome::Timeout)
+            }
             Event::Claim(_) => t.next_fire == NextFire::Exhausted,
             _ => false,
         };

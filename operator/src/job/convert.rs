@@ -134,6 +134,8 @@ pub fn spec_field(field: &str) -> String {
     let path = camel_path.join(".");
     match camel_path.first().map(String::as_str) {
         Some("triggerTime" | "cron" | "repeat") => format!("spec.schedule.{path}"),
+        // The resource gives the timeout in seconds.
+        Some("timeout") => "spec.timeoutSeconds".into(),
         _ => format!("spec.{path}"),
     }
 }
@@ -240,6 +242,9 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
             MisfirePolicy::Skip => lts_core::MisfirePolicy::Skip,
         },
         max_lease_losses: spec.max_lease_losses.map(|n| n.max(0) as u32),
+        timeout_ms: spec
+            .timeout_seconds
+            .map(|s| u64::try_from(s).unwrap_or(0).saturating_mul(1_000)),
     };
     if let Err(v) = lts_core::validate(&out) {
         problems.extend(

@@ -389,6 +389,50 @@ pub async fn lost_runs_end_a_poison_job(store: Arc<dyn JobStore>) {
     assert!(job.trigger_time_ms > NOW, "{job:?}");
 }
 
+/// A run's deadline is stored with its lease, caps its renewals, and a run lost past it ends
+/// `TIMEOUT` — an attempt, not a lost run.
+pub async fn deadlines_cap_leases_and_end_runs_timeout(store: Arc<dyn JobStore>) {
+    let spec = JobSpec::new("slow", "g").timeout(std::time::Duration::from_secs(2));
+    store.submit(vec![spec], NOW).await.unwrap();
+    let leased = store.claim(claim("g", "w1", 1, NOW)).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    let id = leased[0].job.job_id.clone();
+    let grace_end = NOW + 2_000 + lts_core::transition::DEADLINE_GRACE_MS;
+    let job = store.get(JobKey::Id(id.clone())).await.unwrap().unwrap();
+    assert_eq!(job.deadline_ms, Some(NOW + 2_000));
+    let lease = LeaseRef {
+        job_id: id.clone(),
+        token: leased[0].token.clone(),
+    };
+    assert!(
+        store
+            .renew(vec![lease], NOW + 600_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let job = store.get(JobKey::Id(id.clone())).await.unwrap().unwrap();
+    assert_eq!(
+        job.lease_expiry_ms,
+        Some(grace_end),
+        "renewed no further than the grace"
+    );
+    assert!(store.requeue_expired(grace_end).await.unwrap().is_empty());
+    store.requeue_expired(grace_end + 1).await.unwrap();
+    let job = store.get(JobKey::Id(id.clone())).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.last_outcome),
+        (JobState::Failed, Some(Outcome::Timeout))
+    );
+    assert_eq!((job.lease_losses, job.deadline_ms), (0, None));
+    let log = store.log(&id, 20).await.unwrap();
+    assert_eq!(
+        log.last().map(|l| l.log_type),
+        Some(LogType::Finished),
+        "{log:?}"
+    );
+}
+
 /// A stream's held leases go back to the queue when it ends — but not a lease that the
 /// TaskTracker re-announced (renewed) through another stream meanwhile, nor a finished job.
 pub async fn requeue_held_only_what_nobody_renewed(store: Arc<dyn JobStore>) {

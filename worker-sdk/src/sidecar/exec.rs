@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
@@ -14,6 +15,27 @@ use crate::runner::{BizLogger, JobContext, JobRunner, RunResult};
 
 /// The exit code that means "try again later" (`EX_TEMPFAIL` of sysexits.h).
 pub const EXIT_LATER: i32 = 75;
+/// How long a cancelled or timed-out job's processes get between SIGTERM and SIGKILL.
+pub const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// The process group a job's shell leads: every process the job started. Whatever is left of
+/// it when the run ends is killed (SIGKILL), so no child outlives its job.
+struct Group(Option<Pid>);
+
+impl Group {
+    fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.0 {
+            // ESRCH: the group is gone already.
+            let _ = kill_process_group(pid, signal);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.signal(Signal::KILL);
+    }
+}
 
 /// Runs a shell command per job.
 #[derive(Debug, Clone)]
@@ -129,6 +151,7 @@ impl JobRunner for ExecRunner {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            .process_group(0)
             .env("LTS_JOB_ID", &ctx.job.job_id)
             .env("LTS_TASK_ID", &ctx.job.spec.task_id)
             .env("LTS_ATTEMPT", ctx.attempt.to_string())
@@ -141,6 +164,7 @@ impl JobRunner for ExecRunner {
             Err(e) => return RunResult::exception(format!("cannot start `sh -c`: {e}")),
         };
         tracing::debug!(job_id = %ctx.job.job_id, pid = ?child.id(), "job process started");
+        let group = Group(child.id().and_then(|id| Pid::from_raw(id as i32)));
         if let Some(mut stdin) = child.stdin.take() {
             // A program that does not read stdin closes the pipe early; that is fine.
             tokio::spawn(async move {
@@ -160,18 +184,24 @@ impl JobRunner for ExecRunner {
             .stderr
             .take()
             .map(|e| tokio::spawn(pump(e, lines.clone(), true)));
-        let status = tokio::select! {
-            s = child.wait() => s,
-            _ = tokio::time::sleep(self.timeout) => {
-                let _ = child.kill().await;
-                return RunResult::exception(format!("timed out after {} s; the process was killed", self.timeout.as_secs()));
-            }
-            _ = ctx.cancel.cancelled() => {
-                let _ = child.kill().await;
-                return RunResult::exception("cancelled; the process was killed");
+        let stopped = tokio::select! {
+            s = child.wait() => Ok(s),
+            _ = tokio::time::sleep(self.timeout) => Err(format!("timed out after {} s (--timeout)", self.timeout.as_secs())),
+            _ = ctx.cancel.cancelled() => Err("cancelled".to_string()),
+        };
+        let status = match stopped {
+            Ok(s) => s,
+            Err(why) => {
+                // SIGTERM to every process of the job, SIGKILL to what is left after the grace.
+                group.signal(Signal::TERM);
+                let _ = tokio::time::timeout(TERM_GRACE, child.wait()).await;
+                drop(group);
+                return RunResult::exception(format!("{why}; the job's processes were stopped"));
             }
         };
-        // Collect the rest of the output (the pipes close when the process exits).
+        // Children the job left behind die with it; then the pipes close.
+        drop(group);
+        // Collect the rest of the output.
         for h in [out, err].into_iter().flatten() {
             let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
         }
@@ -268,6 +298,66 @@ mod tests {
         assert_eq!(r.outcome, Outcome::Exception);
         assert!(r.message.contains("cancelled"));
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// Whether process `pid` runs (a zombie does not).
+    fn alive(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            .map(|s| s.rsplit(')').next().map(|r| r.trim_start().chars().next()) != Some(Some('Z')))
+            .unwrap_or(false)
+    }
+
+    #[tokio::test]
+    async fn a_cancel_stops_every_process_of_the_job_even_one_that_ignores_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child.pid");
+        let c = ctx("group", &[]);
+        let cancel = c.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cancel.cancel();
+        });
+        let cmd = format!(
+            "trap '' TERM; sh -c \"trap '' TERM; sleep 30\" & echo $! > {}; wait",
+            pid_file.display()
+        );
+        let started = std::time::Instant::now();
+        let r = runner(&cmd).run(c).await;
+        assert_eq!(r.outcome, Outcome::Exception, "{r:?}");
+        assert!(
+            r.message.contains("processes were stopped"),
+            "{}",
+            r.message
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+        let child = std::fs::read_to_string(&pid_file).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !alive(&child),
+            "the job's child {child} survived its cancel"
+        );
+    }
+
+    #[tokio::test]
+    async fn children_left_behind_die_with_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child.pid");
+        let started = std::time::Instant::now();
+        let cmd = format!("sleep 30 & echo $! > {}; echo done", pid_file.display());
+        let r = runner(&cmd).run(ctx("leftover", &[])).await;
+        assert_eq!(r.outcome, Outcome::Success, "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        let child = std::fs::read_to_string(&pid_file).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!alive(&child), "the job's child {child} outlived it");
     }
 
     #[tokio::test]

@@ -66,6 +66,7 @@ pub(super) fn job(doc: &Document) -> StoreResult<Job> {
         fire_count: int(doc, "fire_count").unwrap_or(1) as u64,
         instance_of: text(doc, "instance_of").map(str::to_string),
         lease_losses: int(doc, "lease_losses").unwrap_or(0) as u32,
+        deadline_ms: int(doc, "deadline"),
     })
 }
 
@@ -187,6 +188,7 @@ pub(super) fn fields(s: &StoredJob, fields: &[Field]) -> StoreResult<(Document, 
                     "lease_expiry",
                     i64s(job.lease_expiry_ms),
                 );
+                put(&mut set, &mut unset, "deadline", i64s(job.deadline_ms));
             }
             Field::LeaseExpiry => put(
                 &mut set,

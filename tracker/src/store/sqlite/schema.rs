@@ -42,7 +42,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- The job_id of the recurring job this job is an instance (one fire) of.
     instance_of    TEXT,
     -- Runs of the current fire lost without a result (bounded by the spec's max_lease_losses).
-    lease_losses   INTEGER NOT NULL DEFAULT 0
+    lease_losses   INTEGER NOT NULL DEFAULT 0,
+    -- While running with a timeout: when the run must have ended.
+    deadline       INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
 -- Partial indexes: each holds only the rows it serves, so a state change is one index delete
@@ -139,7 +141,7 @@ macro_rules! sql {
 pub(super) const JOB_COLS: &str = "seq, job_id, node_group, task_id, state, priority, \
      trigger_time, attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner, \
      lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested, instance_of, \
-     lease_losses";
+     lease_losses, deadline";
 
 sql! {
     /// The whole schema.
@@ -194,9 +196,16 @@ pub(super) fn migrate(conn: &Connection, path: &std::path::Path) -> StoreResult<
              WHERE instr(task_id, '~') > 0;",
         )?;
     }
-    if (3..5).contains(&version) && !has_column(conn, "jobs", "lease_losses")? {
-        // v5: lost runs are counted (none lost so far).
-        conn.execute_batch("ALTER TABLE jobs ADD COLUMN lease_losses INTEGER NOT NULL DEFAULT 0;")?;
+    // v5: lost runs are counted (none lost so far), and runs have deadlines (none so far).
+    if (3..5).contains(&version) {
+        for (column, ty) in [
+            ("lease_losses", "INTEGER NOT NULL DEFAULT 0"),
+            ("deadline", "INTEGER"),
+        ] {
+            if !has_column(conn, "jobs", column)? {
+                conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} {ty};"))?;
+            }
+        }
     }
     conn.execute_batch(SCHEMA_SQL.text())?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -250,6 +259,7 @@ pub(super) fn stored_job(r: &Row<'_>) -> StoreResult<Found> {
         fire_count: r.get::<_, i64>(8)? as u64,
         instance_of: r.get(19)?,
         lease_losses: r.get::<_, i64>(20)? as u32,
+        deadline_ms: r.get(21)?,
     };
     Ok(Found {
         seq: r.get(0)?,
@@ -367,8 +377,11 @@ mod tests {
         migrate(&conn, path).unwrap();
         let s = lts_core::transition::accept(JobSpec::new("t", "g"), "j".into(), 5).job;
         super::super::write::insert(&conn, &s, None).unwrap();
-        conn.execute_batch("ALTER TABLE jobs DROP COLUMN lease_losses; PRAGMA user_version = 4;")
-            .unwrap();
+        conn.execute_batch(
+            "ALTER TABLE jobs DROP COLUMN lease_losses; ALTER TABLE jobs DROP COLUMN deadline;
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
         migrate(&conn, path).unwrap();
         let found = conn
             .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs"))
@@ -395,6 +408,7 @@ mod tests {
         s.suspend_requested = true;
         s.job.instance_of = Some("d".into());
         s.job.lease_losses = 2;
+        s.job.deadline_ms = Some(7);
         super::super::write::insert(&conn, &s, None).unwrap();
         let found = conn
             .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs"))

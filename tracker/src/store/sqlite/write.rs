@@ -138,9 +138,9 @@ pub(super) fn insert(
             "INSERT INTO jobs (job_id, node_group, task_id, state, priority, trigger_time,
                  attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner,
                  lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested,
-                 instance_of, lease_losses)
+                 instance_of, lease_losses, deadline)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, ?20)
+                 ?18, ?19, ?20, ?21)
              ON CONFLICT (node_group, task_id) DO NOTHING",
         )?
         .execute(params![
@@ -164,6 +164,7 @@ pub(super) fn insert(
             s.suspend_requested,
             job.instance_of,
             i64::from(job.lease_losses),
+            job.deadline_ms,
         ])?;
     Ok(n == 1)
 }
@@ -177,7 +178,7 @@ fn columns(field: Field) -> &'static [&'static str] {
         Field::TriggerTime => &["trigger_time"],
         Field::ScheduledFire => &["scheduled_fire"],
         Field::FireCount => &["fire_count"],
-        Field::Lease => &["lease_owner", "lease_token", "lease_expiry"],
+        Field::Lease => &["lease_owner", "lease_token", "lease_expiry", "deadline"],
         Field::LeaseExpiry => &["lease_expiry"],
         Field::LastResult => &["last_outcome", "last_message"],
         Field::SuspendRequested => &["suspend_requested"],
@@ -209,6 +210,7 @@ fn values(field: Field, s: &StoredJob, spec_json: Option<&str>) -> StoreResult<V
             job.lease_owner.clone().into(),
             s.lease_token.clone().into(),
             job.lease_expiry_ms.into(),
+            job.deadline_ms.into(),
         ],
         Field::LeaseExpiry => vec![job.lease_expiry_ms.into()],
         Field::LastResult => vec![

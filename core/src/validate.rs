@@ -24,6 +24,8 @@ pub const MAX_RETRIES: u32 = 1000;
 pub const MIN_TIMEOUT_MS: u64 = 1_000;
 /// Longest `timeout_ms`: 30 days.
 pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3_600_000;
+/// Most threads one TaskTracker may announce.
+pub const MAX_THREADS: u32 = 10_000;
 /// Highest `max_lease_losses`.
 pub const MAX_LEASE_LOSSES: u32 = 100;
 /// Latest accepted instant: 9999-12-31T23:59:59Z.
@@ -288,8 +290,14 @@ pub fn validate_hello(hello: &proto::Hello, cluster: &str) -> Result<(), Violati
     if hello.identity.is_empty() {
         v.push(FieldViolation::new("hello.identity", "is required"));
     }
-    if hello.threads == 0 {
-        v.push(FieldViolation::new("hello.threads", "must be at least 1"));
+    if !(1..=MAX_THREADS).contains(&hello.threads) {
+        v.push(FieldViolation::new(
+            "hello.threads",
+            format!(
+                "must be between 1 and {MAX_THREADS} (got {})",
+                hello.threads
+            ),
+        ));
     }
     if hello.prefetch > MAX_PREFETCH {
         v.push(FieldViolation::new(

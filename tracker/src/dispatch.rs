@@ -23,8 +23,60 @@ use crate::store::{ClaimRequest, HeldLease, JobStore, LeaseRef};
 /// Largest claim for one TaskTracker in one round.
 const MAX_CLAIM: u32 = 512;
 
-/// The outbound half of a TaskTracker stream.
-pub type WorkerTx = mpsc::UnboundedSender<Result<TrackerMessage, Status>>;
+/// The outbound half of a TaskTracker stream: bounded. A TaskTracker that stops reading its
+/// stream while the tracker has more to say (assignments, acknowledgements, pongs) overflows
+/// it, and the stream is closed ([`WorkerTx::overflowed`]) instead of growing without end.
+#[derive(Debug, Clone)]
+pub struct WorkerTx {
+    tx: mpsc::Sender<Result<TrackerMessage, Status>>,
+    overflow: CancellationToken,
+}
+
+/// The message could not be queued: the stream is gone, or it overflowed and is closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
+impl WorkerTx {
+    /// A stream's outbox of `capacity` messages, and the stream that drains it (it ends when
+    /// the outbox overflows).
+    pub fn channel(
+        capacity: usize,
+    ) -> (
+        WorkerTx,
+        impl tokio_stream::Stream<Item = Result<TrackerMessage, Status>> + Send + 'static,
+    ) {
+        use futures::StreamExt;
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let overflow = CancellationToken::new();
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .take_until(overflow.clone().cancelled_owned());
+        (WorkerTx { tx, overflow }, stream)
+    }
+
+    /// Queues a message without waiting.
+    pub fn send(&self, msg: Result<TrackerMessage, Status>) -> Result<(), Closed> {
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.overflow.is_cancelled() {
+                    metrics::counter!("lts_worker_streams_overflowed_total").increment(1);
+                    tracing::warn!(
+                        capacity = self.tx.max_capacity(),
+                        "a TaskTracker does not read its stream; closing it"
+                    );
+                    self.overflow.cancel();
+                }
+                Err(Closed)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Closed),
+        }
+    }
+
+    /// Cancelled when the outbox overflowed (the stream is closing).
+    pub fn overflowed(&self) -> &CancellationToken {
+        &self.overflow
+    }
+}
 
 /// A connected TaskTracker as the dispatcher sees it.
 #[derive(Debug)]
@@ -58,6 +110,10 @@ pub struct Group {
     work_epoch: AtomicU64,
     /// When the pending wake-up timer fires (`i64::MAX`: none).
     timer_at: AtomicI64,
+    /// Cancelled when its last TaskTracker leaves: the group's task ends and its state goes
+    /// (a group exists only while a TaskTracker of it is connected, so node-group names sent
+    /// by clients or workers cannot pile up tasks).
+    closed: CancellationToken,
 }
 
 impl Group {
@@ -134,24 +190,13 @@ impl Dispatcher {
         self.lease_ms
     }
 
-    fn group(self: &Arc<Self>, name: &str) -> Arc<Group> {
-        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(g) = groups.get(name) {
-            return g.clone();
-        }
-        let g = Arc::new(Group {
-            name: name.to_string(),
-            slots: Mutex::new(Vec::new()),
-            wake: Notify::new(),
-            maybe_work: AtomicBool::new(true),
-            work_epoch: AtomicU64::new(0),
-            timer_at: AtomicI64::new(i64::MAX),
-        });
-        groups.insert(name.to_string(), g.clone());
-        let me = self.clone();
-        let group = g.clone();
-        tokio::spawn(async move { me.run_group(group).await });
-        g
+    /// The group `name` while a TaskTracker of it is connected.
+    fn existing(&self, name: &str) -> Option<Arc<Group>> {
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// There may be due work in `node_group` (a submit, requeue or release).
@@ -174,7 +219,11 @@ impl Dispatcher {
             self.signal_work(node_group);
             return;
         }
-        let g = self.group(node_group);
+        // Without a TaskTracker there is no group to wake: one that connects looks for due
+        // work at once, and sets its timer from the store.
+        let Some(g) = self.existing(node_group) else {
+            return;
+        };
         let current = g.timer_at.load(Ordering::SeqCst);
         if current <= at_ms && current > now_ms() {
             return;
@@ -185,6 +234,7 @@ impl Dispatcher {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(delay as u64)) => {}
                 _ = shutdown.cancelled() => return,
+                _ = g.closed.cancelled() => return,
             }
             let _ =
                 g.timer_at
@@ -203,7 +253,26 @@ impl Dispatcher {
         conn: Arc<WorkerConn>,
     ) -> u64 {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let g = self.group(node_group);
+        // Under the map's lock, so that a disconnect cannot close the group in between.
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let g = groups
+            .entry(node_group.to_string())
+            .or_insert_with(|| {
+                let g = Arc::new(Group {
+                    name: node_group.to_string(),
+                    slots: Mutex::new(Vec::new()),
+                    wake: Notify::new(),
+                    maybe_work: AtomicBool::new(true),
+                    work_epoch: AtomicU64::new(0),
+                    timer_at: AtomicI64::new(i64::MAX),
+                    closed: CancellationToken::new(),
+                });
+                let me = self.clone();
+                let group = g.clone();
+                tokio::spawn(async move { me.run_group(group).await });
+                g
+            })
+            .clone();
         g.slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -215,6 +284,7 @@ impl Dispatcher {
                 tx,
                 conn,
             });
+        drop(groups);
         metrics::gauge!("lts_task_trackers_connected", "node_group" => node_group.to_string())
             .increment(1.0);
         conn_id
@@ -222,11 +292,17 @@ impl Dispatcher {
 
     /// Removes a TaskTracker stream.
     pub fn disconnect(self: &Arc<Self>, node_group: &str, conn_id: u64) {
-        let g = self.group(node_group);
-        g.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|s| s.conn_id != conn_id);
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = groups.get(node_group) {
+            let mut slots = g.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.retain(|s| s.conn_id != conn_id);
+            if slots.is_empty() {
+                drop(slots);
+                g.closed.cancel();
+                groups.remove(node_group);
+            }
+        }
+        drop(groups);
         metrics::gauge!("lts_task_trackers_connected", "node_group" => node_group.to_string())
             .decrement(1.0);
     }
@@ -251,7 +327,9 @@ impl Dispatcher {
         if n == 0 {
             return;
         }
-        let g = self.group(node_group);
+        let Some(g) = self.existing(node_group) else {
+            return;
+        };
         {
             let mut slots = g.slots.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(s) = slots.iter_mut().find(|s| s.conn_id == conn_id) {
@@ -324,13 +402,14 @@ impl Dispatcher {
     async fn run_group(self: Arc<Self>, group: Arc<Group>) {
         let mut backoff_ms = 0u64;
         loop {
-            if self.shutdown.is_cancelled() {
+            if self.shutdown.is_cancelled() || group.closed.is_cancelled() {
                 return;
             }
             if backoff_ms > 0 {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
                     _ = self.shutdown.cancelled() => return,
+                    _ = group.closed.cancelled() => return,
                 }
             }
             if !group.maybe_work.load(Ordering::SeqCst) {
@@ -342,6 +421,7 @@ impl Dispatcher {
                         }
                     }
                     _ = self.shutdown.cancelled() => return,
+                    _ = group.closed.cancelled() => return,
                 }
                 continue;
             }
@@ -354,6 +434,7 @@ impl Dispatcher {
                     _ = group.wake.notified() => {}
                     _ = tokio::time::sleep(self.idle_poll) => {}
                     _ = self.shutdown.cancelled() => return,
+                    _ = group.closed.cancelled() => return,
                 }
                 continue;
             }
@@ -454,5 +535,60 @@ impl Dispatcher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+
+    fn dispatcher(dir: &std::path::Path) -> Arc<Dispatcher> {
+        let store = SqliteStore::open(dir.join("lts.db"), SqliteOptions::default()).unwrap();
+        Dispatcher::new(
+            Arc::new(store),
+            15_000,
+            Duration::from_millis(500),
+            CancellationToken::new(),
+        )
+    }
+
+    fn groups(d: &Dispatcher) -> usize {
+        d.groups.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn an_outbox_nobody_reads_overflows_and_ends_its_stream() {
+        use futures::StreamExt;
+        let (tx, stream) = WorkerTx::channel(2);
+        let ping = || Ok(TrackerMessage { msg: None });
+        assert_eq!((tx.send(ping()), tx.send(ping())), (Ok(()), Ok(())));
+        assert_eq!(tx.send(ping()), Err(Closed), "the third does not fit");
+        assert!(tx.overflowed().is_cancelled());
+        let drained: Vec<_> = stream.collect().await;
+        assert!(drained.is_empty(), "the stream ends at once: {drained:?}");
+    }
+
+    #[tokio::test]
+    async fn a_group_lives_only_while_a_task_tracker_of_it_is_connected() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dispatcher(dir.path());
+        // Names that only clients mention make no group (and no task).
+        d.signal_work("nobody");
+        d.signal_work_at("nobody", now_ms() + 60_000);
+        d.add_credits("nobody", 7, 10);
+        assert_eq!(groups(&d), 0);
+
+        let (tx, _rx) = WorkerTx::channel(16);
+        let conn = Arc::new(WorkerConn::new(None));
+        let a = d.connect("g", "w1", 4, tx.clone(), conn.clone());
+        let b = d.connect("g", "w2", 4, tx, conn);
+        assert_eq!(groups(&d), 1);
+        let group = d.existing("g").unwrap();
+        d.disconnect("g", a);
+        assert_eq!(groups(&d), 1, "w2 is still there");
+        d.disconnect("g", b);
+        assert_eq!(groups(&d), 0);
+        assert!(group.closed.is_cancelled(), "its task ends");
     }
 }

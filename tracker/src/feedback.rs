@@ -45,6 +45,8 @@ struct GroupState {
 struct Pump {
     state: Mutex<GroupState>,
     wake: Notify,
+    /// Cancelled when its last subscriber leaves: the pump's task ends and its state goes.
+    closed: CancellationToken,
 }
 
 /// All feedback pumps of this tracker.
@@ -72,30 +74,23 @@ impl FeedbackHub {
         })
     }
 
-    fn pump(self: &Arc<Self>, group: &str) -> Arc<Pump> {
-        let mut pumps = self.pumps.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = pumps.get(group) {
-            return p.clone();
-        }
-        let p = Arc::new(Pump {
-            state: Mutex::new(GroupState::default()),
-            wake: Notify::new(),
-        });
-        pumps.insert(group.to_string(), p.clone());
-        let me = self.clone();
-        let (g, pump) = (group.to_string(), p.clone());
-        tokio::spawn(async move { me.run(g, pump).await });
-        p
+    /// The pump of `group` while it has subscribers.
+    fn existing(&self, group: &str) -> Option<Arc<Pump>> {
+        self.pumps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .cloned()
+    }
+
+    /// How many submit node groups have subscribers here.
+    pub fn groups(&self) -> usize {
+        self.pumps.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// New feedback was stored for `group`.
     pub fn signal(&self, group: &str) {
-        if let Some(p) = self
-            .pumps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(group)
-        {
+        if let Some(p) = self.existing(group) {
             p.wake.notify_one();
         }
     }
@@ -103,7 +98,22 @@ impl FeedbackHub {
     /// Adds a subscriber; returns its id.
     pub fn subscribe(self: &Arc<Self>, group: &str, tx: FeedbackTx) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let p = self.pump(group);
+        // Under the map's lock, so that the last unsubscribe cannot close the pump in between.
+        let mut pumps = self.pumps.lock().unwrap_or_else(|e| e.into_inner());
+        let p = pumps
+            .entry(group.to_string())
+            .or_insert_with(|| {
+                let p = Arc::new(Pump {
+                    state: Mutex::new(GroupState::default()),
+                    wake: Notify::new(),
+                    closed: CancellationToken::new(),
+                });
+                let me = self.clone();
+                let (g, pump) = (group.to_string(), p.clone());
+                tokio::spawn(async move { me.run(g, pump).await });
+                p
+            })
+            .clone();
         p.state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -113,18 +123,25 @@ impl FeedbackHub {
                 tx,
                 in_flight: HashSet::new(),
             });
+        drop(pumps);
         p.wake.notify_one();
         id
     }
 
     /// Removes a subscriber; what it held unacknowledged is offered again.
     pub fn unsubscribe(self: &Arc<Self>, group: &str, id: u64) {
-        let p = self.pump(group);
-        p.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .subscribers
-            .retain(|s| s.id != id);
+        let mut pumps = self.pumps.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = pumps.get(group).cloned() else {
+            return;
+        };
+        let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.subscribers.retain(|s| s.id != id);
+        if st.subscribers.is_empty() {
+            // Nothing it held is lost: unacknowledged feedback stays in the store.
+            p.closed.cancel();
+            pumps.remove(group);
+        }
+        drop(st);
         p.wake.notify_one();
     }
 
@@ -133,7 +150,10 @@ impl FeedbackHub {
         if let Err(e) = self.store.ack_feedback(ids.clone()).await {
             tracing::warn!(error = %e, "feedback ack failed; items will be offered again");
         }
-        let p = self.pump(group);
+        metrics::counter!("lts_feedback_acked_total").increment(ids.len() as u64);
+        let Some(p) = self.existing(group) else {
+            return;
+        };
         let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = st.subscribers.iter_mut().find(|s| s.id == id) {
             for f in &ids {
@@ -141,7 +161,6 @@ impl FeedbackHub {
             }
         }
         drop(st);
-        metrics::counter!("lts_feedback_acked_total").increment(ids.len() as u64);
         p.wake.notify_one();
     }
 
@@ -160,6 +179,7 @@ impl FeedbackHub {
                 _ = pump.wake.notified() => {}
                 _ = tokio::time::sleep(RESCAN) => {}
                 _ = self.shutdown.cancelled() => return,
+                _ = pump.closed.cancelled() => return,
             }
         }
     }
@@ -209,5 +229,33 @@ impl FeedbackHub {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+
+    #[tokio::test]
+    async fn a_pump_lives_only_while_its_group_has_subscribers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("lts.db"), SqliteOptions::default()).unwrap();
+        let hub = FeedbackHub::new(Arc::new(store), CancellationToken::new());
+        // Signals and acks for a group nobody subscribes to make no pump.
+        hub.signal("nobody");
+        hub.ack("nobody", 1, Vec::new()).await;
+        hub.unsubscribe("nobody", 1);
+        assert_eq!(hub.groups(), 0);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let a = hub.subscribe("clients", tx.clone());
+        let b = hub.subscribe("clients", tx);
+        assert_eq!(hub.groups(), 1);
+        let pump = hub.existing("clients").unwrap();
+        hub.unsubscribe("clients", a);
+        assert_eq!(hub.groups(), 1);
+        hub.unsubscribe("clients", b);
+        assert_eq!(hub.groups(), 0);
+        assert!(pump.closed.is_cancelled(), "its task ends");
     }
 }

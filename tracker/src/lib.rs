@@ -8,6 +8,7 @@
 //! * [`feedback`] delivers results to subscribed JobClients;
 //! * [`changes`] announces job changes to `JobService.Watch` subscribers.
 
+pub mod admission;
 pub mod changes;
 pub mod conn;
 pub mod dispatch;

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
+use crate::admission::StreamSlots;
 use crate::dispatch::Dispatcher;
 use crate::feedback::FeedbackHub;
 use crate::registry::{LocalRegistry, NodeInfo, Registry, Role, ZkConfig, ZkRegistry};
@@ -164,6 +165,22 @@ pub struct TrackerConfig {
     /// The longest business-log line stored, in bytes; longer ones are cut with a marker.
     #[arg(long, env = "LTS_MAX_LOG_LINE_BYTES", default_value_t = ReportLimits::default().log_line_bytes)]
     pub max_log_line_bytes: usize,
+    /// How long a new Work or feedback stream may take to send its first message (Hello,
+    /// Subscribe), in milliseconds.
+    #[arg(long, env = "LTS_HELLO_TIMEOUT_MS", default_value_t = 10_000)]
+    pub hello_timeout_ms: u64,
+    /// The most TaskTracker (Work) streams served at once.
+    #[arg(long, env = "LTS_MAX_WORKER_STREAMS", default_value_t = 10_000)]
+    pub max_worker_streams: usize,
+    /// The most feedback subscriptions and job watches served at once.
+    #[arg(long, env = "LTS_MAX_SUBSCRIBER_STREAMS", default_value_t = 10_000)]
+    pub max_subscriber_streams: usize,
+    /// The largest page `ListJobs` returns (a larger page size is cut to it).
+    #[arg(long, env = "LTS_MAX_PAGE_SIZE", default_value_t = 1_000)]
+    pub max_page_size: usize,
+    /// The most job-log lines `GetLog` returns (a larger limit is cut to it).
+    #[arg(long, env = "LTS_MAX_LOG_ENTRIES", default_value_t = 10_000)]
+    pub max_log_entries: usize,
 }
 
 impl TrackerConfig {
@@ -191,6 +208,11 @@ impl TrackerConfig {
             max_result_message_bytes: ReportLimits::default().message_bytes,
             max_log_lines: ReportLimits::default().log_lines,
             max_log_line_bytes: ReportLimits::default().log_line_bytes,
+            hello_timeout_ms: 10_000,
+            max_worker_streams: 10_000,
+            max_subscriber_streams: 10_000,
+            max_page_size: 1_000,
+            max_log_entries: 10_000,
         }
     }
 
@@ -228,6 +250,17 @@ impl TrackerConfig {
         }
         limits::check_message_limit("max_message_bytes", self.max_message_bytes, &mut v);
         limits::check_report_limits(&self.report_limits(), &mut v);
+        for (field, value) in [
+            ("hello_timeout_ms", self.hello_timeout_ms as usize),
+            ("max_worker_streams", self.max_worker_streams),
+            ("max_subscriber_streams", self.max_subscriber_streams),
+            ("max_page_size", self.max_page_size),
+            ("max_log_entries", self.max_log_entries),
+        ] {
+            if value == 0 {
+                v.push(validate::FieldViolation::new(field, "must be at least 1"));
+            }
+        }
         if self.retry_min_delay_ms == 0 || self.retry_min_delay_ms > self.retry_max_delay_ms {
             v.push(validate::FieldViolation::new(
                 "retry_min_delay_ms",
@@ -358,6 +391,19 @@ impl Tracker {
             heartbeat: Duration::from_millis(config.heartbeat_ms),
             report_limits: config.report_limits(),
             max_message_bytes: config.max_message_bytes,
+            hello_timeout: Duration::from_millis(config.hello_timeout_ms),
+            worker_streams: StreamSlots::new(
+                "TaskTracker (Work)",
+                "--max-worker-streams",
+                config.max_worker_streams,
+            ),
+            subscriber_streams: StreamSlots::new(
+                "feedback and watch",
+                "--max-subscriber-streams",
+                config.max_subscriber_streams,
+            ),
+            max_page_size: config.max_page_size,
+            max_log_entries: config.max_log_entries,
         });
 
         if let Some(addr) = config.metrics_listen {

@@ -11,6 +11,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{BoxStream, TrackerCore, invalid_argument};
+use crate::admission::first_message;
 use crate::registry::{NodeInfo, Role};
 
 /// `FeedbackService`.
@@ -30,12 +31,13 @@ impl FeedbackService for FeedbackApi {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let admitted = core.subscriber_streams.admit()?;
         let mut inbound = request.into_inner();
-        let sub = match inbound.next().await {
-            Some(Ok(proto::FeedbackClientMessage {
+        let first = first_message(&mut inbound, core.hello_timeout, "FeedbackSubscribe").await?;
+        let sub = match first {
+            Some(proto::FeedbackClientMessage {
                 msg: Some(feedback_client_message::Msg::Subscribe(s)),
-            })) => s,
-            Some(Err(e)) => return Err(e),
+            }) => s,
             _ => {
                 return Err(Status::invalid_argument(
                     "the first message on a Subscribe stream must be FeedbackSubscribe",
@@ -75,6 +77,7 @@ impl FeedbackService for FeedbackApi {
         }
         tracing::info!(submit_node_group = %group, identity = %identity, "feedback subscriber connected");
         tokio::spawn(async move {
+            let _admitted = admitted;
             loop {
                 let msg = tokio::select! {
                     m = inbound.next() => m,

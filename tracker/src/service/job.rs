@@ -149,10 +149,13 @@ impl JobService for JobApi {
                 &mut v,
             );
         }
-        if r.page_size > 1000 {
+        if r.page_size as usize > self.0.max_page_size {
             v.push(validate::FieldViolation::new(
                 "page_size",
-                format!("must be at most 1000 (got {})", r.page_size),
+                format!(
+                    "must be at most {} (got {}; --max-page-size)",
+                    self.0.max_page_size, r.page_size
+                ),
             ));
         }
         let state = match r.state {
@@ -190,10 +193,9 @@ impl JobService for JobApi {
                 task_id_prefix: (!r.task_id_prefix.is_empty()).then_some(r.task_id_prefix),
                 submit_node_group: (!r.submit_node_group.is_empty()).then_some(r.submit_node_group),
                 schedule_kind,
-                limit: if r.page_size == 0 {
-                    100
-                } else {
-                    r.page_size as usize
+                limit: match r.page_size as usize {
+                    0 => 100.min(self.0.max_page_size),
+                    n => n,
                 },
                 after: (!r.page_token.is_empty()).then_some(r.page_token),
             })
@@ -225,12 +227,14 @@ impl JobService for JobApi {
         if !v.is_empty() {
             return Err(invalid_argument(&validate::Violations(v)));
         }
+        let admitted = self.0.subscriber_streams.admit()?;
         let filter = crate::changes::WatchFilter::from_proto(r);
         let (tx, rx) = mpsc::channel(1024);
         metrics::gauge!("lts_job_watchers").increment(1.0);
         let feed = self.0.changes.clone();
         let stop = self.0.shutdown.clone();
         tokio::spawn(async move {
+            let _admitted = admitted;
             feed.watch(filter, tx, stop).await;
             metrics::gauge!("lts_job_watchers").decrement(1.0);
         });
@@ -368,7 +372,10 @@ impl JobService for JobApi {
                 validate::FieldViolation::new("job_id", "is required"),
             ])));
         }
-        let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
+        let limit = match r.limit as usize {
+            0 => 1_000.min(self.0.max_log_entries),
+            n => n.min(self.0.max_log_entries),
+        };
         let entries = self
             .0
             .store

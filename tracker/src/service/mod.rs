@@ -57,6 +57,16 @@ pub struct TrackerCore {
     pub report_limits: lts_core::limits::ReportLimits,
     /// The largest gRPC message sent or accepted (TaskTrackers learn it in the Welcome).
     pub max_message_bytes: usize,
+    /// How long a new stream may take to send its first message.
+    pub hello_timeout: Duration,
+    /// TaskTracker (Work) streams, capped.
+    pub worker_streams: Arc<crate::admission::StreamSlots>,
+    /// Feedback subscriptions and job watches, capped together.
+    pub subscriber_streams: Arc<crate::admission::StreamSlots>,
+    /// The largest `ListJobs` page.
+    pub max_page_size: usize,
+    /// The most `GetLog` lines.
+    pub max_log_entries: usize,
 }
 
 impl std::fmt::Debug for TrackerCore {

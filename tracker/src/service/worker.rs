@@ -9,14 +9,14 @@ use lts_core::proto::{
     self, tracker_message, worker_message, worker_service_server::WorkerService,
 };
 use lts_core::{convert, now_ms, validate};
-use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{BoxStream, TrackerCore, invalid_argument, store_status};
+use crate::admission::first_message;
 use crate::conn::WorkerConn;
+use crate::dispatch::WorkerTx;
 use crate::registry::{NodeInfo, Role};
 use crate::store::{CompleteOutcome, Completion, HeldLease, LeaseRef};
 
@@ -46,12 +46,13 @@ impl WorkerService for WorkerApi {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let admitted = core.worker_streams.admit()?;
         let mut inbound = request.into_inner();
-        let hello = match inbound.next().await {
-            Some(Ok(proto::WorkerMessage {
+        let first = first_message(&mut inbound, core.hello_timeout, "Hello").await?;
+        let hello = match first {
+            Some(proto::WorkerMessage {
                 msg: Some(worker_message::Msg::Hello(h)),
-            })) => h,
-            Some(Err(e)) => return Err(e),
+            }) => h,
             _ => {
                 return Err(Status::invalid_argument(
                     "the first message on a Work stream must be Hello",
@@ -60,7 +61,12 @@ impl WorkerService for WorkerApi {
         };
         validate::validate_hello(&hello, &core.cluster).map_err(|v| invalid_argument(&v))?;
 
-        let (tx, rx) = mpsc::unbounded_channel();
+        // Room for the Welcome, a full window of assignments and their acknowledgements, and
+        // pings: only a TaskTracker that stops reading fills it.
+        let capacity = (hello.threads.saturating_add(hello.prefetch) as usize)
+            .saturating_mul(2)
+            .saturating_add(1_024);
+        let (tx, rx) = WorkerTx::channel(capacity);
         // Pings go both ways when the TaskTracker takes part: it learns fast that this tracker
         // froze, and this tracker stops handing jobs to (and renewing leases through) a stream
         // whose TaskTracker stopped answering.
@@ -131,12 +137,19 @@ impl WorkerService for WorkerApi {
                 ended.clone(),
             ));
         }
+        // Renewals and results in flight on this stream at once: past it, the stream is read
+        // no further until some are done (back-pressure instead of a task per message).
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(
+            window.clamp(16, validate::MAX_THREADS + validate::MAX_PREFETCH) as usize,
+        ));
         tokio::spawn(async move {
+            let _admitted = admitted;
             let _ended = ended.drop_guard();
             loop {
                 let msg = tokio::select! {
                     m = inbound.next() => m,
                     _ = core.shutdown.cancelled() => break,
+                    _ = tx.overflowed().cancelled() => break,
                 };
                 let msg = match msg {
                     Some(Ok(msg)) => msg,
@@ -173,7 +186,11 @@ impl WorkerService for WorkerApi {
                         let core = core.clone();
                         let tx = tx.clone();
                         let conn = conn.clone();
+                        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                            break;
+                        };
                         tokio::spawn(async move {
+                            let _permit = permit;
                             let expiry = now_ms() + core.dispatcher.lease_ms();
                             let ids: Vec<String> =
                                 r.leases.iter().map(|l| l.job_id.clone()).collect();
@@ -203,7 +220,11 @@ impl WorkerService for WorkerApi {
                         let tx = tx.clone();
                         let conn = conn.clone();
                         let (group, identity) = (group.clone(), identity.clone());
+                        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                            break;
+                        };
                         tokio::spawn(async move {
+                            let _permit = permit;
                             complete(&core, &group, &identity, conn_id, &conn, r, &tx).await;
                         });
                     }
@@ -230,17 +251,12 @@ impl WorkerService for WorkerApi {
             tracing::info!(node_group = %group, identity = %identity, "TaskTracker disconnected");
             orphan_check(core, group, identity, conn).await;
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 }
 
 /// Pings the TaskTracker of one stream every `every` until the stream ends.
-async fn ping_loop(
-    conn: Arc<WorkerConn>,
-    tx: crate::dispatch::WorkerTx,
-    every: Duration,
-    ended: CancellationToken,
-) {
+async fn ping_loop(conn: Arc<WorkerConn>, tx: WorkerTx, every: Duration, ended: CancellationToken) {
     let Some(hb) = conn.heartbeat() else { return };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -265,7 +281,7 @@ async fn complete(
     conn_id: u64,
     conn: &WorkerConn,
     r: proto::JobResult,
-    tx: &crate::dispatch::WorkerTx,
+    tx: &WorkerTx,
 ) {
     // The thread is free now: hand out its next job while this result is being committed, so
     // the claim and the completion share one grouped commit.

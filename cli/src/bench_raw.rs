@@ -53,7 +53,9 @@ pub async fn mongo(
     claim: usize,
     bar: &ProgressBar,
 ) -> CliResult<RawReport> {
-    let err = failed("mongodb");
+    let failed = failed("mongodb");
+    // A driver's error may quote the URL or its secrets.
+    let err = |e: String| failed(lts_core::redact::scrub(&e, url));
     let mut options = ClientOptions::parse(url)
         .await
         .map_err(|e| err(e.to_string()))?;

@@ -8,6 +8,7 @@ pub mod duration;
 pub mod heartbeat;
 pub mod limits;
 pub mod model;
+pub mod redact;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod schedule;

@@ -11,6 +11,7 @@ use lts_core::proto::{
     cluster_service_server::ClusterServiceServer, feedback_service_server::FeedbackServiceServer,
     job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
 };
+use lts_core::redact::{self, redact_url};
 use lts_core::schedule::RetryPolicy;
 use lts_core::{now_ms, validate};
 use tokio::net::TcpListener;
@@ -27,8 +28,8 @@ use crate::store::JobStore;
 use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore, SyncMode};
 
-/// Where jobs are stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where jobs are stored. Shown (`Display` and `Debug`) with its secrets hidden.
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// `sqlite:PATH`: the embedded store in one file.
     Sqlite(std::path::PathBuf),
@@ -40,23 +41,17 @@ impl std::fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreUrl::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
-            StoreUrl::Mongo(url) => f.write_str(&redact_password(url)),
+            StoreUrl::Mongo(url) => f.write_str(&redact_url(url)),
         }
     }
 }
 
-/// The URL with its password (if any) replaced by `***`, for logs.
-pub fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_end].rsplit_once('@') {
-        Some((creds, hosts)) => {
-            let user = creds.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{hosts}{}", &rest[host_end..])
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            StoreUrl::Mongo(url) => f.debug_tuple("Mongo").field(&redact_url(url)).finish(),
         }
-        None => url.to_string(),
     }
 }
 
@@ -75,7 +70,7 @@ impl std::str::FromStr for StoreUrl {
         }
         Err(format!(
             "unsupported store {:?}: expected sqlite:PATH (e.g. sqlite:./data/lts.db) or mongodb://HOST:PORT/DATABASE",
-            redact_password(s)
+            redact_url(s)
         ))
     }
 }
@@ -328,6 +323,8 @@ impl Tracker {
                     },
                 )
                 .await
+                // A driver's error may quote the URL, or its parts.
+                .map_err(|e| anyhow::anyhow!("{}", redact::scrub(&format!("{e:#}"), url)))
                 .with_context(|| format!("opening the job store {}", config.store))?,
             ),
         };

@@ -40,6 +40,7 @@ mod migrate;
 mod queries;
 mod write;
 
+use lts_core::redact::{redact_url, scrub};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -160,7 +161,7 @@ pub fn default_database(cluster: &str) -> String {
 pub async fn drop_bench_database(uri: &str, cluster: &str) -> StoreResult<()> {
     let options = ClientOptions::parse(uri)
         .await
-        .map_err(|e| StoreError::Backend(format!("store URI: {e}")))?;
+        .map_err(|e| StoreError::Backend(scrub(&format!("store URI: {e}"), uri)))?;
     if options.default_database.is_some() {
         return Ok(());
     }
@@ -174,9 +175,10 @@ impl MongoStore {
     /// the log writer. Retries an unreachable server with backoff for
     /// [`MongoOptions::connect_timeout`], logging every failure.
     pub async fn connect(uri: &str, cluster: &str, options: MongoOptions) -> StoreResult<Self> {
-        let mut client_options = ClientOptions::parse(uri)
-            .await
-            .map_err(|e| StoreError::Backend(format!("store URI {uri:?}: {e}")))?;
+        let mut client_options = ClientOptions::parse(uri).await.map_err(|e| {
+            let why = format!("store URI {}: {e}", redact_url(uri));
+            StoreError::Backend(scrub(&why, uri))
+        })?;
         client_options.app_name = Some("lts-tracker".into());
         // Every acknowledged write survives the loss of the primary: a majority has it in its
         // journal. A `w=`/`journal=` in the URI overrides this (at the user's risk).

@@ -509,6 +509,64 @@ async fn the_retrying_client_spools_while_no_tracker_runs_and_delivers_in_order(
 }
 
 #[tokio::test]
+async fn spooled_entries_that_can_never_go_out_are_quarantined_and_nothing_behind_them_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_path = dir.path().join("client-spool.db");
+    // A spool as a crash or a bug may leave it: a torn entry, and a job too large for any
+    // message, between good ones.
+    let spool = lts_worker_sdk::spool::Spool::open(&spool_path).unwrap();
+    let body = |spec: &JobSpec| serde_json::to_string(spec).unwrap();
+    let huge = JobSpec::new("huge", "quarantine").param("blob", "x".repeat(20 << 20));
+    spool
+        .push(vec![
+            body(&JobSpec::new("first", "quarantine")),
+            "{\"task_id\": \"torn".into(),
+            body(&huge),
+            body(&JobSpec::new("last", "quarantine")),
+        ])
+        .await
+        .unwrap();
+    drop(spool);
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let retrying = RetryingJobClient::open(
+        JobClient::new(std::slice::from_ref(&tracker.addr)).unwrap(),
+        &spool_path,
+    )
+    .unwrap();
+    assert!(retrying.flush(T).await.unwrap(), "the spool drained");
+    let (jobs, _) = tracker
+        .client()
+        .list(lts_worker_sdk::ListQuery {
+            node_group: Some("quarantine".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let tasks: Vec<&str> = jobs.iter().map(|j| j.spec.task_id.as_str()).collect();
+    assert_eq!(tasks, ["first", "last"], "the good ones, in order");
+    let mut quarantine = spool_path.as_os_str().to_owned();
+    quarantine.push(".quarantine.jsonl");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&quarantine)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("unreadable")
+    );
+    assert_eq!(lines[0]["body"], "{\"task_id\": \"torn");
+    assert!(
+        lines[1]["reason"].as_str().unwrap().starts_with("refused"),
+        "{}",
+        lines[1]["reason"]
+    );
+}
+
+#[tokio::test]
 async fn kill_9_of_the_tracker_loses_no_accepted_job() {
     let dir = tempfile::tempdir().unwrap();
     let tracker = TrackerProc::start(dir.path(), &["--lease-ms", "2000"])

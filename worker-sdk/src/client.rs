@@ -902,6 +902,11 @@ impl Drop for RetryingJobClient {
     }
 }
 
+/// The most spooled jobs resent in one batch.
+const RESEND_BATCH: usize = 500;
+/// The most bytes (of spooled JSON) resent in one batch: far below any message limit.
+const RESEND_BATCH_BYTES: usize = 4 << 20;
+
 async fn resend_loop(
     client: JobClient,
     spool: Spool,
@@ -910,6 +915,9 @@ async fn resend_loop(
     stop: CancellationToken,
 ) {
     let mut delays = reconnect_backoff();
+    // The most entries in one resend: halved when a batch is refused for good, so that the
+    // one entry at fault ends up alone (and in quarantine).
+    let mut most = RESEND_BATCH;
     loop {
         tokio::select! {
             _ = wake.notified() => {}
@@ -918,7 +926,7 @@ async fn resend_loop(
         }
         loop {
             let guard = gate.lock().await;
-            let batch = match spool.peek(500).await {
+            let batch = match spool.peek(most).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "spool read failed");
@@ -928,18 +936,50 @@ async fn resend_loop(
             if batch.is_empty() {
                 break;
             }
-            let (ids, specs): (Vec<i64>, Vec<JobSpec>) = batch
-                .into_iter()
-                .filter_map(|(id, body)| match serde_json::from_str(&body) {
-                    Ok(spec) => Some((id, spec)),
-                    Err(e) => {
-                        tracing::error!(id, error = %e, "unreadable spool entry dropped");
-                        None
+            // Unreadable entries go to quarantine; the rest go out in order, a batch at most
+            // RESEND_BATCH_BYTES large (at least one entry).
+            let (mut sendable, mut unreadable, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+            for (id, body) in batch {
+                match serde_json::from_str::<JobSpec>(&body) {
+                    Ok(spec) => {
+                        if !sendable.is_empty() && bytes + body.len() > RESEND_BATCH_BYTES {
+                            break;
+                        }
+                        bytes += body.len();
+                        sendable.push((id, body, spec));
                     }
-                })
-                .unzip();
+                    Err(e) => unreadable.push((id, body, format!("unreadable: {e}"))),
+                }
+            }
+            if !unreadable.is_empty() {
+                if let Err(e) = spool.quarantine(unreadable).await {
+                    tracing::error!(error = %e, "spool quarantine failed");
+                    break;
+                }
+                continue;
+            }
+            let ids: Vec<i64> = sendable.iter().map(|(id, _, _)| *id).collect();
+            let specs: Vec<JobSpec> = sendable.iter().map(|(_, _, s)| s.clone()).collect();
             match client.submit_batch(specs).await {
+                Err(e) if !e.is_retryable() => {
+                    drop(guard);
+                    if sendable.len() > 1 {
+                        most = (sendable.len() / 2).max(1);
+                        tracing::warn!(error = %e, next_batch = most, "spooled batch refused; sending smaller batches");
+                        continue;
+                    }
+                    let (id, body, _) = sendable.remove(0);
+                    if let Err(q) = spool
+                        .quarantine(vec![(id, body, format!("refused: {e}"))])
+                        .await
+                    {
+                        tracing::error!(error = %q, "spool quarantine failed");
+                        break;
+                    }
+                    continue;
+                }
                 Ok(answers) => {
+                    most = RESEND_BATCH;
                     for a in &answers {
                         if let SubmitAnswer::Rejected(v) = a {
                             tracing::warn!(violations = %v, "spooled job rejected by the tracker");

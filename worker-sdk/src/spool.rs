@@ -110,6 +110,55 @@ impl Spool {
         .await
     }
 
+    /// Where entries that cannot be delivered are kept: `<spool file>.quarantine.jsonl`.
+    pub fn quarantine_path(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".quarantine.jsonl");
+        PathBuf::from(name)
+    }
+
+    /// Moves entries that can never be delivered (unreadable, or refused for good) out of the
+    /// way: each is appended, with why, as one JSON line to [`Spool::quarantine_path`]
+    /// (fsynced), then removed from the spool — nothing behind them waits, and nothing is
+    /// dropped unseen.
+    pub async fn quarantine(&self, entries: Vec<(i64, String, String)>) -> Result<(), SpoolError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let path = self.quarantine_path();
+        let lines: String = entries
+            .iter()
+            .map(|(id, body, reason)| {
+                let line = serde_json::json!({
+                    "id": id,
+                    "at_ms": lts_core::now_ms(),
+                    "reason": reason,
+                    "body": body,
+                });
+                format!("{line}\n")
+            })
+            .collect();
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            f.write_all(lines.as_bytes())?;
+            f.sync_all()
+        })
+        .await
+        .map_err(|e| self.err(e))?;
+        written.map_err(|e| self.err(format!("quarantine file: {e}")))?;
+        tracing::error!(
+            n = entries.len(),
+            file = %self.quarantine_path().display(),
+            "spool entries that cannot be delivered moved to the quarantine file"
+        );
+        self.remove(entries.into_iter().map(|(id, _, _)| id).collect())
+            .await
+    }
+
     /// How many entries wait.
     pub async fn len(&self) -> Result<u64, SpoolError> {
         self.with(|c| c.query_row("SELECT COUNT(*) FROM spool", [], |r| r.get::<_, i64>(0)))

@@ -225,7 +225,11 @@ pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
                 out.push(FieldViolation::new("cron.time_zone", reason.clone()));
             }
             if parsed.is_ok() && !matches!(zone, Some(Err(_))) {
-                match schedule::next_cron_fire(expression, time_zone.as_deref(), now_ms - 1) {
+                match schedule::next_cron_fire(
+                    expression,
+                    time_zone.as_deref(),
+                    now_ms.saturating_sub(1),
+                ) {
                     None => out.push(FieldViolation::new(
                         "cron.expression",
                         "never fires from now on (a date that does not exist, such as 30 \

@@ -190,11 +190,11 @@ proptest! {
     /// fields named; a decoded job converts.
     #[test]
     fn the_protocol_conversion_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        if let Ok(p) = proto::JobSpec::decode(bytes.as_slice()) {
-            if let Err(v) = convert::spec_from_proto(p) {
-                for f in &v.0 {
-                    prop_assert!(names_a_field(&f.field), "unknown field {:?}", f.field);
-                }
+        if let Ok(p) = proto::JobSpec::decode(bytes.as_slice())
+            && let Err(v) = convert::spec_from_proto(p)
+        {
+            for f in &v.0 {
+                prop_assert!(names_a_field(&f.field), "unknown field {:?}", f.field);
             }
         }
         if let Ok(p) = proto::Job::decode(bytes.as_slice()) {

@@ -32,6 +32,7 @@
 mod background;
 pub mod client;
 pub mod connect;
+pub mod outbox;
 pub mod runner;
 pub mod sidecar;
 pub mod spool;

@@ -83,6 +83,24 @@ impl Spool {
         .await
     }
 
+    /// Appends entries durably (one transaction), in order; their ids.
+    pub async fn push_returning_ids(&self, bodies: Vec<String>) -> Result<Vec<i64>, SpoolError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let mut ids = Vec::with_capacity(bodies.len());
+            {
+                let mut stmt = tx.prepare_cached("INSERT INTO spool (body) VALUES (?1)")?;
+                for b in &bodies {
+                    stmt.execute([b])?;
+                    ids.push(tx.last_insert_rowid());
+                }
+            }
+            tx.commit()?;
+            Ok(ids)
+        })
+        .await
+    }
+
     /// The oldest `n` entries with their ids.
     pub async fn peek(&self, n: usize) -> Result<Vec<(i64, String)>, SpoolError> {
         self.with(move |c| {

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, reconnect_backoff};
 use crate::connect::{self, Trackers};
+use crate::outbox::Outbox;
 use crate::runner::{BizLogger, JobContext, JobRunner, RunResult};
 use lts_core::limits::ReportLimits;
 use lts_registry::{NodeInfo, Registry, Role};
@@ -49,6 +50,7 @@ pub struct TaskTrackerBuilder {
     silence: Duration,
     report_limits: ReportLimits,
     max_message_bytes: usize,
+    outbox: Option<std::path::PathBuf>,
     runner: Option<Arc<dyn JobRunner>>,
 }
 
@@ -154,6 +156,15 @@ impl TaskTrackerBuilder {
         self
     }
 
+    /// Keep finished results the tracker has not acknowledged yet in a durable outbox at
+    /// `path` (an SQLite file, fsynced on every write), and send them again after a crash or
+    /// restart, so that a run that finished is not run again ([`crate::outbox`]). Costs one
+    /// fsync per result; off by default.
+    pub fn outbox(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.outbox = Some(path.into());
+        self
+    }
+
     /// The runner (required).
     pub fn runner(mut self, runner: impl JobRunner) -> Self {
         self.runner = Some(Arc::new(runner));
@@ -221,6 +232,7 @@ impl TaskTrackerBuilder {
         if !v.is_empty() {
             return Err(ClientError::Invalid(lts_core::Violations(v)));
         }
+        let outbox = self.outbox.map(Outbox::open).transpose()?;
         Ok(TaskTracker {
             identity: self.identity.unwrap_or_else(|| default_identity("worker")),
             cluster: self.cluster,
@@ -238,6 +250,7 @@ impl TaskTrackerBuilder {
             avoid: connect::Avoid::default(),
             report_limits: self.report_limits,
             max_message_bytes: self.max_message_bytes,
+            outbox,
             runner,
         })
     }
@@ -262,6 +275,7 @@ pub struct TaskTracker {
     avoid: connect::Avoid,
     report_limits: ReportLimits,
     max_message_bytes: usize,
+    outbox: Option<Outbox>,
     runner: Arc<dyn JobRunner>,
 }
 
@@ -286,6 +300,8 @@ struct RunningJob {
 struct Finished {
     job_id: String,
     result: proto::JobResult,
+    /// Its entry in the outbox, if kept there.
+    outbox_id: Option<i64>,
 }
 
 /// State that survives reconnects.
@@ -301,6 +317,8 @@ struct State {
     /// The largest message the tracker takes: the least of this TaskTracker's limit and what
     /// trackers announced (or, failing that, showed by refusing one).
     peer_limit: usize,
+    /// Outbox entries of unacknowledged results, by job id.
+    outbox_ids: HashMap<String, i64>,
 }
 
 enum SessionEnd {
@@ -326,6 +344,7 @@ impl TaskTracker {
             silence: Duration::from_secs(2),
             report_limits: ReportLimits::default(),
             max_message_bytes: lts_core::limits::DEFAULT_MAX_MESSAGE_BYTES,
+            outbox: None,
             runner: None,
         }
     }
@@ -387,7 +406,23 @@ impl TaskTracker {
             released: false,
             unstarted: Vec::new(),
             peer_limit: self.max_message_bytes,
+            outbox_ids: HashMap::new(),
         };
+        // Results a previous run of this TaskTracker finished and never got acknowledged: sent
+        // again once connected.
+        if let Some(outbox) = &self.outbox {
+            match outbox.load().await {
+                Ok(kept) if !kept.is_empty() => {
+                    tracing::info!(n = kept.len(), "results from the outbox to send again");
+                    for (job_id, (id, result)) in kept {
+                        st.outbox_ids.insert(job_id.clone(), id);
+                        st.unacked.insert(job_id, result);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "the outbox cannot be read"),
+            }
+        }
         let mut delays = reconnect_backoff();
         let mut grace_deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -404,10 +439,17 @@ impl TaskTracker {
                         delays = reconnect_backoff();
                     }
                     if st.shutting_down && st.running.is_empty() {
-                        tracing::warn!(
-                            unacked = st.unacked.len(),
-                            "shutting down without a tracker; unacknowledged results are dropped (their leases expire and the jobs run again)"
-                        );
+                        if self.outbox.is_some() {
+                            tracing::warn!(
+                                unacked = st.unacked.len(),
+                                "shutting down without a tracker; unacknowledged results stay in the outbox for the next start"
+                            );
+                        } else {
+                            tracing::warn!(
+                                unacked = st.unacked.len(),
+                                "shutting down without a tracker; unacknowledged results are dropped (their leases expire and the jobs run again)"
+                            );
+                        }
                         break;
                     }
                     let d = delays.next().unwrap_or(Duration::from_secs(5));
@@ -461,12 +503,17 @@ impl TaskTracker {
 
     /// Records a finished job; sends its result on `out` when connected.
     fn finished(&self, st: &mut State, f: Finished, out: Option<&WorkerOut>) {
-        let Some(run) = st.running.remove(&f.job_id) else {
+        let wanted = match st.running.remove(&f.job_id) {
             // Handed back or lost: the tracker no longer expects a result.
-            return;
+            None => false,
+            Some(run) => run.token == f.result.lease_token,
         };
-        if run.token != f.result.lease_token {
+        if !wanted {
+            self.forget(f.outbox_id);
             return;
+        }
+        if let Some(id) = f.outbox_id {
+            st.outbox_ids.insert(f.job_id.clone(), id);
         }
         let mut result = fit(f.result, st.peer_limit);
         result.credits = u32::from(!st.shutting_down);
@@ -603,9 +650,10 @@ impl TaskTracker {
                         Some(tracker_message::Msg::Pong(p)) => heartbeat.answered(p.nonce),
                         Some(tracker_message::Msg::ResultAck(a)) => {
                             if !a.accepted {
-                                tracing::warn!(job_id = %a.job_id, reason = %a.reason, "result refused by the tracker");
+                                tracing::warn!(job_id = %a.job_id, reason = %a.reason, "result refused by the tracker (it no longer wants it); dropped");
                             }
                             st.unacked.remove(&a.job_id);
+                            self.forget(st.outbox_ids.remove(&a.job_id));
                         }
                         None => {}
                     }
@@ -653,6 +701,19 @@ impl TaskTracker {
                     self.hand_back(st, &out);
                 }
             }
+        }
+    }
+
+    /// Removes a result from the outbox (in the background: a result kept a little longer is
+    /// at worst sent once more, and refused as stale).
+    fn forget(&self, outbox_id: Option<i64>) {
+        if let (Some(outbox), Some(id)) = (&self.outbox, outbox_id) {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                if let Err(e) = outbox.forget(vec![id]).await {
+                    tracing::warn!(error = %e, "outbox cleanup failed");
+                }
+            });
         }
     }
 
@@ -733,6 +794,7 @@ impl TaskTracker {
             },
         );
         let runner = self.runner.clone();
+        let outbox = self.outbox.clone();
         let limits = self.report_limits;
         // The timeout counts from the claim, as the tracker's deadline does (this TaskTracker's
         // own clock, so no skew between the two).
@@ -796,18 +858,31 @@ impl TaskTracker {
             };
             let mut message = result.message;
             lts_core::limits::truncate(&mut message, limits.message_bytes);
-            let _ = done.send(Finished {
+            let result = proto::JobResult {
                 job_id: job_id.clone(),
-                result: proto::JobResult {
-                    job_id,
-                    lease_token: a.lease_token,
-                    outcome: convert::outcome_to_proto(result.outcome) as i32,
-                    message,
-                    logs: logger.take().iter().map(convert::biz_to_proto).collect(),
-                    started_at_ms: started,
-                    finished_at_ms: now_ms(),
-                    credits: 1,
+                lease_token: a.lease_token,
+                outcome: convert::outcome_to_proto(result.outcome) as i32,
+                message,
+                logs: logger.take().iter().map(convert::biz_to_proto).collect(),
+                started_at_ms: started,
+                finished_at_ms: now_ms(),
+                credits: 1,
+            };
+            // Kept before it is sent: from here on, a crash does not run the job again.
+            let outbox_id = match &outbox {
+                Some(o) => match o.keep(&result).await {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        tracing::error!(job_id = %job_id, error = %e, "the outbox cannot keep a result; sending it anyway");
+                        None
+                    }
                 },
+                None => None,
+            };
+            let _ = done.send(Finished {
+                job_id,
+                result,
+                outbox_id,
             });
         });
     }

@@ -70,6 +70,11 @@ struct Cli {
     /// The longest business-log (output) line kept, in bytes; longer ones are cut with a marker.
     #[arg(long, env = "LTS_MAX_LOG_LINE_BYTES", default_value_t = ReportLimits::default().log_line_bytes)]
     max_log_line_bytes: usize,
+    /// Keep finished results until the tracker acknowledges them in this file (SQLite,
+    /// fsynced), and send them again after a crash or restart instead of letting the job run
+    /// again. One fsync per result; put it on a volume that outlives the container.
+    #[arg(long, env = "LTS_OUTBOX")]
+    outbox: Option<std::path::PathBuf>,
     #[command(flatten)]
     sidecar: SidecarArgs,
 }
@@ -109,6 +114,9 @@ async fn main() -> ExitCode {
         .runner_arc(runner);
     if let Some(id) = cli.identity {
         builder = builder.identity(id);
+    }
+    if let Some(path) = cli.outbox {
+        builder = builder.outbox(path);
     }
     let mut zk = None;
     if let Some(url) = &cli.registry {

@@ -68,6 +68,7 @@ macro_rules! for_each_case {
             deadlines_cap_leases_and_end_runs_timeout,
             requeue_held_only_what_nobody_renewed,
             cancel_list_stats_retention,
+            many_reads_at_once,
             list_by_submit_group_and_schedule_kind,
             repeat_fires_until_count,
             feedback_until_acknowledged,

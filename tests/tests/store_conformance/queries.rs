@@ -161,7 +161,8 @@ pub async fn cancel_list_stats_retention(store: Arc<dyn JobStore>) {
     );
 }
 
-/// Pending feedback stays until acknowledged, survives retention, and pages by its id.
+/// Pending feedback stays until acknowledged or the retention period is over, and pages by
+/// its id.
 pub async fn feedback_until_acknowledged(store: Arc<dyn JobStore>) {
     let spec = JobSpec::new("fb", "g").feedback_to("clients");
     let job_id = id(&store.submit(vec![spec], NOW).await.unwrap()[0]);
@@ -202,9 +203,9 @@ pub async fn feedback_until_acknowledged(store: Arc<dyn JobStore>) {
         )
     );
     assert_eq!(store.stats(None).await.unwrap().pending_feedback, 1);
-    store.enforce_retention(NOW + 1_000_000).await.unwrap();
+    store.enforce_retention(NOW + 5).await.unwrap();
     let again = store.pending_feedback("clients", None, 10).await.unwrap();
-    assert_eq!(again.len(), 1, "unacknowledged feedback outlives retention");
+    assert_eq!(again.len(), 1, "feedback within the retention period stays");
     assert!(
         store
             .pending_feedback("clients", Some(&item.feedback_id), 10)
@@ -225,6 +226,55 @@ pub async fn feedback_until_acknowledged(store: Arc<dyn JobStore>) {
             .is_empty()
     );
     assert_eq!(store.stats(None).await.unwrap().pending_feedback, 0);
+
+    // Feedback nobody takes is kept for the retention period, then goes.
+    let spec = JobSpec::new("fb2", "g").feedback_to("nobody");
+    let job_id = id(&store.submit(vec![spec], NOW).await.unwrap()[0]);
+    let l = store
+        .claim(claim("g", "w", 1, NOW))
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .complete(done(&job_id, &l.token, Outcome::Failed, NOW + 10))
+        .await
+        .unwrap();
+    store.enforce_retention(NOW + 10).await.unwrap();
+    assert_eq!(
+        store
+            .pending_feedback("nobody", None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    store.enforce_retention(NOW + 11).await.unwrap();
+    assert!(
+        store
+            .pending_feedback("nobody", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.stats(None).await.unwrap().pending_feedback, 0);
+}
+
+/// Many reads at once all get an answer (they wait for a connection, never fail).
+pub async fn many_reads_at_once(store: Arc<dyn JobStore>) {
+    let job_id = id(&store
+        .submit(vec![JobSpec::new("read", "g")], NOW)
+        .await
+        .unwrap()[0]);
+    let reads: Vec<_> = (0..64)
+        .map(|_| {
+            let store = store.clone();
+            let job_id = job_id.clone();
+            tokio::spawn(async move { store.get(JobKey::Id(job_id)).await })
+        })
+        .collect();
+    for r in reads {
+        assert!(r.await.unwrap().unwrap().is_some());
+    }
 }
 
 /// A deposed master's writes are refused once a newer master has acted; a stale fence yields.

@@ -244,7 +244,12 @@ pub(super) fn update(
     let mut update = doc! { "$inc": { "rev": 1i64 } };
     if let Some(item) = feedback {
         set.insert("fb_group", &item.job.spec.submit_node_group);
-        update.insert("$push", doc! { "fb": feedback_entry(item) });
+        // Bounded: a recurring job whose feedback nobody takes keeps its latest items only,
+        // and its document never grows toward MongoDB's 16 MB limit.
+        update.insert(
+            "$push",
+            doc! { "fb": { "$each": [feedback_entry(item)], "$slice": -MAX_PENDING_FEEDBACK } },
+        );
     }
     if !set.is_empty() {
         update.insert("$set", set);
@@ -264,6 +269,9 @@ pub(super) fn update(
     }
     Ok(Some((guard, update)))
 }
+
+/// The most unacknowledged feedback items one job document keeps (the oldest go first).
+pub const MAX_PENDING_FEEDBACK: i64 = 1_000;
 
 /// The feedback of one run, kept in its job's `fb` array until acknowledged; `n` (the fire
 /// the run belonged to) numbers it within the job.
@@ -479,8 +487,10 @@ mod tests {
             .unwrap();
         assert_eq!(text(&guard, "lease_token"), Some("tok"));
         let mut doc = updated(doc, &u);
-        let entry = u.get_document("$push").unwrap().get_document("fb").unwrap();
-        doc.insert("fb", vec![Bson::Document(entry.clone())]);
+        let push = u.get_document("$push").unwrap().get_document("fb").unwrap();
+        assert_eq!(push.get_i64("$slice").unwrap(), -MAX_PENDING_FEEDBACK);
+        let entry = push.get_array("$each").unwrap()[0].clone();
+        doc.insert("fb", vec![entry]);
         let items = feedback_items(&doc).unwrap();
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].job, item.job);

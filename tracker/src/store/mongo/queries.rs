@@ -251,7 +251,29 @@ impl MongoStore {
     /// Deletes finished jobs (whose feedback is acknowledged) and log lines older than
     /// `before`.
     pub(super) async fn retention(&self, before: i64) -> StoreResult<u64> {
-        // Finished jobs whose feedback is still pending stay until it is acknowledged.
+        // Feedback nobody took within the retention period goes (a submit group without a
+        // subscriber must not grow the store for ever); a job left with none loses its mark.
+        let expired = doc! { "finished_at": { "$lt": before } };
+        let pulled = self
+            .jobs
+            .update_many(
+                doc! { "fb_group": { "$exists": true }, "fb": { "$elemMatch": expired.clone() } },
+                doc! { "$pull": { "fb": expired } },
+            )
+            .await?;
+        if pulled.modified_count > 0 {
+            tracing::warn!(
+                jobs = pulled.modified_count,
+                "feedback nobody acknowledged within the retention period deleted"
+            );
+            self.jobs
+                .update_many(
+                    doc! { "fb_group": { "$exists": true }, "fb": { "$size": 0 } },
+                    doc! { "$unset": { "fb": "", "fb_group": "" } },
+                )
+                .await?;
+        }
+        // Finished jobs whose (recent) feedback is still pending stay until it is taken.
         let jobs = self
             .jobs
             .delete_many(doc! {

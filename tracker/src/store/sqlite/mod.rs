@@ -83,6 +83,8 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: mpsc::Sender<WriteOp>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// One permit per reader connection: a read waits for a free one instead of failing.
+    reader_permits: Arc<tokio::sync::Semaphore>,
     retry: RetryPolicy,
 }
 
@@ -147,6 +149,7 @@ impl SqliteStore {
             path,
             writer: tx,
             readers: Arc::new(Mutex::new(readers)),
+            reader_permits: Arc::new(tokio::sync::Semaphore::new(READERS)),
             retry: options.retry,
         })
     }
@@ -177,7 +180,15 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let readers = self.readers.clone();
+        // More reads than connections wait their turn (no "store is closed" under load).
+        let permit = self
+            .reader_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = readers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

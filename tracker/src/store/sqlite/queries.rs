@@ -278,6 +278,19 @@ pub(super) fn retention_chunk(conn: &Connection, before: i64) -> StoreResult<u64
         )?
         .execute(params![group, state, n])?;
     }
+    // Feedback nobody took within the retention period (a submit group with no subscriber).
+    let feedback = conn
+        .prepare_cached(
+            "DELETE FROM feedback WHERE id IN
+                 (SELECT id FROM feedback WHERE created_at < ?1 ORDER BY id LIMIT ?2)",
+        )?
+        .execute(params![before, RETENTION_CHUNK])? as u64;
+    if feedback > 0 {
+        tracing::warn!(
+            n = feedback,
+            "feedback nobody acknowledged within the retention period deleted"
+        );
+    }
     let log_cut: Option<i64> = conn
         .prepare_cached(
             "SELECT COALESCE(
@@ -294,7 +307,7 @@ pub(super) fn retention_chunk(conn: &Connection, before: i64) -> StoreResult<u64
             .execute(params![cut, RETENTION_CHUNK])?,
         None => 0,
     };
-    Ok((gone.len() + logs) as u64)
+    Ok((gone.len() + logs) as u64 + feedback)
 }
 
 /// `prefix` as a `LIKE … ESCAPE '\'` pattern.

@@ -309,6 +309,9 @@ struct State {
     running: HashMap<String, RunningJob>,
     /// Results sent (or waiting to be sent) and not yet acknowledged.
     unacked: HashMap<String, proto::JobResult>,
+    /// Results already unacknowledged at the last renewal tick: sent again at the next one (a
+    /// tracker that failed to record one, say while its store was down, never answers it).
+    overdue: std::collections::HashSet<String>,
     shutting_down: bool,
     /// Jobs handed back at the end of the grace period.
     released: bool,
@@ -402,6 +405,7 @@ impl TaskTracker {
         let mut st = State {
             running: HashMap::new(),
             unacked: HashMap::new(),
+            overdue: std::collections::HashSet::new(),
             shutting_down: false,
             released: false,
             unstarted: Vec::new(),
@@ -649,10 +653,13 @@ impl TaskTracker {
                         }
                         Some(tracker_message::Msg::Pong(p)) => heartbeat.answered(p.nonce),
                         Some(tracker_message::Msg::ResultAck(a)) => {
-                            if !a.accepted {
+                            let was_pending = st.unacked.remove(&a.job_id).is_some();
+                            st.overdue.remove(&a.job_id);
+                            if !a.accepted && was_pending {
                                 tracing::warn!(job_id = %a.job_id, reason = %a.reason, "result refused by the tracker (it no longer wants it); dropped");
+                            } else if !a.accepted {
+                                tracing::debug!(job_id = %a.job_id, reason = %a.reason, "a result sent again was already recorded");
                             }
-                            st.unacked.remove(&a.job_id);
                             self.forget(st.outbox_ids.remove(&a.job_id));
                         }
                         None => {}
@@ -685,6 +692,21 @@ impl TaskTracker {
                     }
                 }
                 _ = renew.tick() => {
+                    let overdue: Vec<&proto::JobResult> = st
+                        .unacked
+                        .iter()
+                        .filter(|(id, _)| st.overdue.contains(*id))
+                        .map(|(_, r)| r)
+                        .collect();
+                    if !overdue.is_empty() {
+                        tracing::info!(n = overdue.len(), "results still unacknowledged; sending them again");
+                    }
+                    for r in overdue {
+                        let mut r = r.clone();
+                        r.credits = 0;
+                        send(&out, worker_message::Msg::Result(r));
+                    }
+                    st.overdue = st.unacked.keys().cloned().collect();
                     if !st.running.is_empty() {
                         let leases = st.running.iter().map(|(id, r)| proto::LeaseRef {
                             job_id: id.clone(),

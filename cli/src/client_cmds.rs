@@ -236,6 +236,8 @@ pub fn spec_from_args(a: &SubmitArgs, now: i64) -> CliResult<JobSpec> {
             Misfire::Skip => MisfirePolicy::Skip,
         },
         max_lease_losses: a.max_lease_losses,
+        // Set by the client for each submit (its retries dedup).
+        idempotency_key: None,
         timeout_ms: a
             .timeout
             .as_deref()

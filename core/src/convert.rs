@@ -56,6 +56,7 @@ pub fn spec_from_proto(p: proto::JobSpec) -> Result<JobSpec, Violations> {
         misfire_policy,
         max_lease_losses: p.max_lease_losses,
         timeout_ms: p.timeout_ms,
+        idempotency_key: (!p.idempotency_key.is_empty()).then_some(p.idempotency_key),
     })
 }
 
@@ -100,6 +101,7 @@ pub fn spec_to_proto(s: &JobSpec) -> proto::JobSpec {
         } as i32,
         max_lease_losses: s.max_lease_losses,
         timeout_ms: s.timeout_ms,
+        idempotency_key: s.idempotency_key.clone().unwrap_or_default(),
     }
 }
 

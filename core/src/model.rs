@@ -169,6 +169,12 @@ pub struct JobSpec {
     /// ignores it loses the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// A key that makes submitting this job again harmless: a submit whose key a job already
+    /// has (within the retention period, finished or not) is answered with that job instead
+    /// of storing another. `JobClient` sets a fresh one on every submit it may retry, so a
+    /// retry after a lost answer never stores (or runs) a job twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// How many lost runs a job survives unless its spec says otherwise.

@@ -26,6 +26,8 @@ pub const MIN_TIMEOUT_MS: u64 = 1_000;
 pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3_600_000;
 /// Most threads one TaskTracker may announce.
 pub const MAX_THREADS: u32 = 10_000;
+/// Longest `idempotency_key`, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 /// Highest `max_lease_losses`.
 pub const MAX_LEASE_LOSSES: u32 = 100;
 /// Latest accepted instant: 9999-12-31T23:59:59Z.
@@ -195,6 +197,19 @@ pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
                 crate::duration::format_ms(MIN_TIMEOUT_MS),
                 crate::duration::format_ms(MAX_TIMEOUT_MS),
                 crate::duration::format_ms(t)
+            ),
+        ));
+    }
+    if let Some(key) = &spec.idempotency_key
+        && (key.is_empty()
+            || key.len() > MAX_IDEMPOTENCY_KEY_BYTES
+            || key.chars().any(|c| c.is_control()))
+    {
+        out.push(FieldViolation::new(
+            "idempotency_key",
+            format!(
+                "must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes without control characters (got {} bytes)",
+                key.len()
             ),
         ));
     }

@@ -18,6 +18,7 @@ const FIELDS: &[&str] = &[
     "max_retries",
     "max_lease_losses",
     "timeout",
+    "idempotency_key",
     "trigger_time",
     "cron.expression",
     "cron.time_zone",
@@ -136,6 +137,7 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
                     },
                     max_lease_losses: losses,
                     timeout_ms: timeout,
+                    idempotency_key: None,
                 }
             },
         )

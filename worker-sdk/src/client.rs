@@ -114,7 +114,8 @@ pub enum SubmitAnswer {
         /// Its id.
         job_id: String,
     },
-    /// An unfinished job with the same task id exists; nothing changed.
+    /// An unfinished job with the same task id exists, or a job was stored with the same
+    /// idempotency key; nothing changed.
     Duplicate {
         /// The existing job's id.
         job_id: String,
@@ -416,11 +417,25 @@ impl JobClient {
     }
 
     /// Submits many jobs in one request; one answer per job, in order.
+    ///
+    /// Each spec without an idempotency key gets a fresh one, so that a retry of this call
+    /// (its first answer lost, say to a tracker that froze) never stores a job twice: the
+    /// job the lost attempt stored is answered `Accepted`, as it was.
     pub async fn submit_batch(
         &self,
-        specs: Vec<JobSpec>,
+        mut specs: Vec<JobSpec>,
     ) -> Result<Vec<SubmitAnswer>, ClientError> {
         let n = specs.len();
+        let generated: Vec<bool> = specs
+            .iter_mut()
+            .map(|s| {
+                let fresh = s.idempotency_key.is_none();
+                if fresh {
+                    s.idempotency_key = Some(new_idempotency_key());
+                }
+                fresh
+            })
+            .collect();
         let req = proto::SubmitRequest {
             jobs: specs.iter().map(convert::spec_to_proto).collect(),
         };
@@ -437,11 +452,24 @@ impl JobClient {
                 out[i] = Some(SubmitAnswer::from_proto(r));
             }
         }
-        out.into_iter()
+        let mut answers = out
+            .into_iter()
             .map(|a| {
                 a.ok_or_else(|| ClientError::Unavailable("incomplete answer from tracker".into()))
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        // A duplicate of a key made for this call is this call's own job (an earlier attempt
+        // stored it and its answer was lost): say so.
+        for (i, answer) in answers.iter_mut().enumerate() {
+            if let SubmitAnswer::Duplicate { job_id } = answer
+                && generated[i]
+                && let Ok(job) = self.get(JobKey::Id(job_id.clone())).await
+                && job.spec.idempotency_key == specs[i].idempotency_key
+            {
+                *answer = SubmitAnswer::Accepted { job_id: job.job_id };
+            }
+        }
+        Ok(answers)
     }
 
     /// One job.
@@ -854,7 +882,12 @@ impl RetryingJobClient {
 
     /// Submits jobs. While the spool holds earlier jobs, new ones join the end of it so that
     /// order is kept.
-    pub async fn submit(&self, specs: Vec<JobSpec>) -> Result<RetryingAnswer, ClientError> {
+    pub async fn submit(&self, mut specs: Vec<JobSpec>) -> Result<RetryingAnswer, ClientError> {
+        // Keys made now go into the spool with the jobs: a resend whose first answer was lost
+        // is answered with the job it stored, even after that job finished.
+        for s in &mut specs {
+            s.idempotency_key.get_or_insert_with(new_idempotency_key);
+        }
         let _g = self.gate.lock().await;
         if self.spool.is_empty().await? {
             match self.client.submit_batch(specs.clone()).await {
@@ -900,6 +933,11 @@ impl Drop for RetryingJobClient {
         self.stop.cancel();
         self.task.abort();
     }
+}
+
+/// A fresh idempotency key (a random UUID).
+pub fn new_idempotency_key() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// The most spooled jobs resent in one batch.

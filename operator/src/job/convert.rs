@@ -245,6 +245,9 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
         timeout_ms: spec
             .timeout_seconds
             .map(|s| u64::try_from(s).unwrap_or(0).saturating_mul(1_000)),
+        // A resource is its own key: its task id (from its uid) dedups, and a changed spec
+        // must replace the job, not be answered with it.
+        idempotency_key: None,
     };
     if let Err(v) = lts_core::validate(&out) {
         problems.extend(

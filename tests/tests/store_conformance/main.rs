@@ -65,6 +65,7 @@ macro_rules! for_each_case {
             complete_retry_and_stale,
             requeue_paths,
             lost_runs_end_a_poison_job,
+            idempotent_submits_answer_the_stored_job,
             deadlines_cap_leases_and_end_runs_timeout,
             requeue_held_only_what_nobody_renewed,
             cancel_list_stats_retention,

@@ -433,6 +433,67 @@ pub async fn deadlines_cap_leases_and_end_runs_timeout(store: Arc<dyn JobStore>)
     );
 }
 
+/// A submit with an idempotency key a job already has is answered with that job — unfinished
+/// or finished, until the retention period ends — so a retry after a lost answer stores (and
+/// runs) nothing twice.
+pub async fn idempotent_submits_answer_the_stored_job(store: Arc<dyn JobStore>) {
+    let mut spec = JobSpec::new("once", "g");
+    spec.idempotency_key = Some("key-1".into());
+    let first = id(&store.submit(vec![spec.clone()], NOW).await.unwrap()[0]);
+    let again = store.submit(vec![spec.clone()], NOW + 1).await.unwrap();
+    assert_eq!(
+        again,
+        vec![SubmitOutcome::Duplicate {
+            job_id: first.clone()
+        }]
+    );
+    let l = store
+        .claim(claim("g", "w", 1, NOW + 2))
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .complete(done(&first, &l.token, Outcome::Success, NOW + 3))
+        .await
+        .unwrap();
+    // Finished: its task id is free, but the key still answers with it.
+    let after = store.submit(vec![spec.clone()], NOW + 4).await.unwrap();
+    assert_eq!(
+        after,
+        vec![SubmitOutcome::Duplicate {
+            job_id: first.clone()
+        }]
+    );
+    // Another spec with the key: the key decides.
+    let mut other = JobSpec::new("other", "g");
+    other.idempotency_key = Some("key-1".into());
+    let answer = store.submit(vec![other], NOW + 5).await.unwrap();
+    assert_eq!(
+        answer,
+        vec![SubmitOutcome::Duplicate {
+            job_id: first.clone()
+        }]
+    );
+    // Without a key, the finished task id is simply submitted again.
+    let plain = store
+        .submit(vec![JobSpec::new("once", "g")], NOW + 6)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&plain[0], SubmitOutcome::Accepted { job_id } if *job_id != first),
+        "{plain:?}"
+    );
+    // After the retention period the key is forgotten.
+    store.enforce_retention(NOW + 1_000).await.unwrap();
+    let mut fresh = JobSpec::new("fresh", "g");
+    fresh.idempotency_key = Some("key-1".into());
+    let late = store.submit(vec![fresh], NOW + 2_000).await.unwrap();
+    assert!(
+        matches!(&late[0], SubmitOutcome::Accepted { job_id } if *job_id != first),
+        "{late:?}"
+    );
+}
+
 /// A stream's held leases go back to the queue when it ends — but not a lease that the
 /// TaskTracker re-announced (renewed) through another stream meanwhile, nor a finished job.
 pub async fn requeue_held_only_what_nobody_renewed(store: Arc<dyn JobStore>) {

@@ -120,6 +120,10 @@ pub(super) fn new_doc(s: &StoredJob) -> StoreResult<Document> {
             d.insert("fire_key", format!("{of}#{}", job.fire_count));
         }
     }
+    if let Some(key) = &job.spec.idempotency_key {
+        // The `submit_key` index answers a repeated submit with this job.
+        d.insert("submit_key", key);
+    }
     d.extend(spec_fields(&job.spec)?);
     let (set, _) = fields(s, ALL_FIELDS)?;
     d.extend(set);

@@ -100,6 +100,10 @@ impl MongoStore {
 
     /// Submits a spec whose task id an unfinished job had a moment ago.
     async fn submit_over(&self, spec: &JobSpec, now: i64) -> StoreResult<SubmitOutcome> {
+        // A submit seen before (its answer lost, say) is answered with its job.
+        if let Some(job_id) = self.known_submit(spec).await? {
+            return Ok(SubmitOutcome::Duplicate { job_id });
+        }
         let key = JobKey::of_spec(spec);
         let filter = active_filter(&key);
         for _ in 0..ATTEMPTS {
@@ -135,10 +139,26 @@ impl MongoStore {
                         let job_id = t.job.job.job_id;
                         return Ok(SubmitOutcome::Accepted { job_id });
                     }
+                    if let Some(job_id) = self.known_submit(spec).await? {
+                        return Ok(SubmitOutcome::Duplicate { job_id });
+                    }
                 }
             }
         }
         Err(StoreError::Backend("submit: dedup did not settle".into()))
+    }
+
+    /// The job a submit with `spec`'s idempotency key stored, if one did (within retention).
+    async fn known_submit(&self, spec: &JobSpec) -> StoreResult<Option<String>> {
+        let Some(key) = &spec.idempotency_key else {
+            return Ok(None);
+        };
+        let found = self
+            .jobs
+            .find_one(doc! { "submit_key": key })
+            .projection(doc! { "_id": 1 })
+            .await?;
+        Ok(found.and_then(|d| d.get_str("_id").ok().map(str::to_string)))
     }
 
     /// Records a run's result: one guarded update, without a read when this tracker leased

@@ -290,6 +290,7 @@ impl MongoStore {
             // One instance per fire of a recurring job, finished ones included (see
             // `claim::fire_batch`).
             index(doc! { "fire_key": 1 }, "fire", true, true),
+            index(doc! { "submit_key": 1 }, "submit_key", true, true),
             index(doc! { "fb_group": 1, "_id": 1 }, "feedback", true, false),
         ];
         self.jobs.create_indexes(jobs_indexes).await?;

@@ -31,30 +31,56 @@ pub(super) fn submit(
 ) -> StoreResult<Vec<SubmitOutcome>> {
     let mut out = Vec::with_capacity(specs.len());
     for (spec, text) in specs {
-        let key = JobKey::of_spec(&spec);
-        let Some(found) = find_by_key(conn, &key)? else {
-            let job_id = new_job_id();
-            let accepted = transition::accept(spec, job_id.clone(), now);
-            write(conn, None, accepted, Some(&text), now, retry)?;
-            out.push(SubmitOutcome::Accepted { job_id });
+        let idempotency = spec.idempotency_key.clone();
+        if let Some(k) = &idempotency
+            && let Some(job_id) = known_submit(conn, k)?
+        {
+            out.push(SubmitOutcome::Duplicate { job_id });
             continue;
+        }
+        let key = JobKey::of_spec(&spec);
+        let outcome = match find_by_key(conn, &key)? {
+            None => {
+                let job_id = new_job_id();
+                let accepted = transition::accept(spec, job_id.clone(), now);
+                write(conn, None, accepted, Some(&text), now, retry)?;
+                SubmitOutcome::Accepted { job_id }
+            }
+            Some(found) => {
+                let new_job_id = new_job_id();
+                let submit = Event::Submit { spec, new_job_id };
+                match change(conn, &found, submit, now, retry, Some(&text))? {
+                    Ok(w) if w.transition.write == Write::Insert => SubmitOutcome::Accepted {
+                        job_id: w.transition.job.job.job_id,
+                    },
+                    Ok(w) => SubmitOutcome::Replaced {
+                        job_id: w.transition.job.job.job_id,
+                    },
+                    Err(Refusal::Duplicate(job_id)) => SubmitOutcome::Duplicate { job_id },
+                    Err(other) => return Err(unexpected(other)),
+                }
+            }
         };
-        let new_job_id = new_job_id();
-        let submit = Event::Submit { spec, new_job_id };
-        out.push(
-            match change(conn, &found, submit, now, retry, Some(&text))? {
-                Ok(w) if w.transition.write == Write::Insert => SubmitOutcome::Accepted {
-                    job_id: w.transition.job.job.job_id,
-                },
-                Ok(w) => SubmitOutcome::Replaced {
-                    job_id: w.transition.job.job.job_id,
-                },
-                Err(Refusal::Duplicate(job_id)) => SubmitOutcome::Duplicate { job_id },
-                Err(other) => return Err(unexpected(other)),
-            },
-        );
+        if let (Some(k), SubmitOutcome::Accepted { job_id } | SubmitOutcome::Replaced { job_id }) =
+            (&idempotency, &outcome)
+        {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO submit_keys (key, job_id, at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(rusqlite::params![k, job_id, now])?;
+        }
+        out.push(outcome);
     }
     Ok(out)
+}
+
+/// The job a submit with idempotency key `key` stored, if one did (within retention).
+fn known_submit(conn: &Connection, key: &str) -> StoreResult<Option<String>> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .prepare_cached("SELECT job_id FROM submit_keys WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
 }
 
 /// Extends each lease its token still holds; answers the job ids whose lease is lost.

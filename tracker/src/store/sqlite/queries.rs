@@ -278,6 +278,14 @@ pub(super) fn retention_chunk(conn: &Connection, before: i64) -> StoreResult<u64
         )?
         .execute(params![group, state, n])?;
     }
+    // Idempotency keys older than the retention period.
+    let keys = conn
+        .prepare_cached(
+            "DELETE FROM submit_keys WHERE id IN
+                 (SELECT id FROM submit_keys ORDER BY id LIMIT ?2)
+               AND at < ?1",
+        )?
+        .execute(params![before, RETENTION_CHUNK])? as u64;
     // Feedback nobody took within the retention period (a submit group with no subscriber).
     let feedback = conn
         .prepare_cached(
@@ -307,7 +315,7 @@ pub(super) fn retention_chunk(conn: &Connection, before: i64) -> StoreResult<u64
             .execute(params![cut, RETENTION_CHUNK])?,
         None => 0,
     };
-    Ok((gone.len() + logs) as u64 + feedback)
+    Ok((gone.len() + logs) as u64 + feedback + keys)
 }
 
 /// `prefix` as a `LIKE … ESCAPE '\'` pattern.

@@ -97,6 +97,16 @@ CREATE TABLE IF NOT EXISTS fence (
     at       INTEGER NOT NULL
 );
 
+-- Idempotency keys of submits, for the retention period: a submit with a known key is
+-- answered with its job instead of storing another.
+-- In time order by rowid, so retention deletes from the front without a time index.
+CREATE TABLE IF NOT EXISTS submit_keys (
+    id     INTEGER PRIMARY KEY,
+    key    TEXT NOT NULL UNIQUE,
+    job_id TEXT NOT NULL,
+    at     INTEGER NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS feedback (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     submit_group TEXT NOT NULL,

@@ -203,6 +203,7 @@ pub struct JobClient {
     trackers: Trackers,
     avoid: Arc<connect::Avoid>,
     call_timeout: Duration,
+    keys: Arc<KeyMaker>,
 }
 
 /// How long one call may take by default before the client gives up on that tracker and
@@ -234,6 +235,7 @@ impl JobClient {
             trackers: Trackers::Static(addrs.to_vec()),
             avoid: Arc::default(),
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            keys: Arc::default(),
         })
     }
 
@@ -244,6 +246,7 @@ impl JobClient {
             trackers: Trackers::Registry(registry),
             avoid: Arc::default(),
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            keys: Arc::default(),
         }
     }
 
@@ -431,7 +434,7 @@ impl JobClient {
             .map(|s| {
                 let fresh = s.idempotency_key.is_none();
                 if fresh {
-                    s.idempotency_key = Some(new_idempotency_key());
+                    s.idempotency_key = Some(self.keys.key());
                 }
                 fresh
             })
@@ -886,7 +889,8 @@ impl RetryingJobClient {
         // Keys made now go into the spool with the jobs: a resend whose first answer was lost
         // is answered with the job it stored, even after that job finished.
         for s in &mut specs {
-            s.idempotency_key.get_or_insert_with(new_idempotency_key);
+            s.idempotency_key
+                .get_or_insert_with(|| self.client.keys.key());
         }
         let _g = self.gate.lock().await;
         if self.spool.is_empty().await? {
@@ -935,9 +939,28 @@ impl Drop for RetryingJobClient {
     }
 }
 
-/// A fresh idempotency key (a random UUID).
-pub fn new_idempotency_key() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+/// Idempotency keys of one client: a random prefix and a counter, so that the keys one
+/// client makes sort in the order it makes them (cheap for the stores' indexes).
+#[derive(Debug)]
+struct KeyMaker {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Default for KeyMaker {
+    fn default() -> Self {
+        KeyMaker {
+            prefix: uuid::Uuid::new_v4().simple().to_string(),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl KeyMaker {
+    fn key(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n:016x}", self.prefix)
+    }
 }
 
 /// The most spooled jobs resent in one batch.

@@ -32,22 +32,31 @@ pub(super) fn submit(
     let mut out = Vec::with_capacity(specs.len());
     for (spec, text) in specs {
         let idempotency = spec.idempotency_key.clone();
-        if let Some(k) = &idempotency
-            && let Some(job_id) = known_submit(conn, k)?
-        {
-            out.push(SubmitOutcome::Duplicate { job_id });
-            continue;
+        let new_job_id = new_job_id();
+        if let Some(k) = &idempotency {
+            // The key is claimed first, for the job about to be stored: its unique index is
+            // the lookup, so a new key costs one probe, not a read and a write.
+            let claimed = conn
+                .prepare_cached(
+                    "INSERT INTO submit_keys (key, job_id, at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO NOTHING",
+                )?
+                .execute(rusqlite::params![k, new_job_id, now])?
+                == 1;
+            if !claimed && let Some(job_id) = known_submit(conn, k)? {
+                out.push(SubmitOutcome::Duplicate { job_id });
+                continue;
+            }
         }
         let key = JobKey::of_spec(&spec);
         let outcome = match find_by_key(conn, &key)? {
             None => {
-                let job_id = new_job_id();
+                let job_id = new_job_id;
                 let accepted = transition::accept(spec, job_id.clone(), now);
                 write(conn, None, accepted, Some(&text), now, retry)?;
                 SubmitOutcome::Accepted { job_id }
             }
             Some(found) => {
-                let new_job_id = new_job_id();
                 let submit = Event::Submit { spec, new_job_id };
                 match change(conn, &found, submit, now, retry, Some(&text))? {
                     Ok(w) if w.transition.write == Write::Insert => SubmitOutcome::Accepted {
@@ -61,13 +70,12 @@ pub(super) fn submit(
                 }
             }
         };
-        if let (Some(k), SubmitOutcome::Accepted { job_id } | SubmitOutcome::Replaced { job_id }) =
+        // The submit resolved to a job already there (its task id's): the key names that one.
+        if let (Some(k), SubmitOutcome::Replaced { job_id } | SubmitOutcome::Duplicate { job_id }) =
             (&idempotency, &outcome)
         {
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO submit_keys (key, job_id, at) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(rusqlite::params![k, job_id, now])?;
+            conn.prepare_cached("UPDATE submit_keys SET job_id = ?2 WHERE key = ?1")?
+                .execute(rusqlite::params![k, job_id])?;
         }
         out.push(outcome);
     }

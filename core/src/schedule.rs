@@ -262,6 +262,8 @@ pub fn instance_spec(spec: &JobSpec, fire_ms: i64) -> JobSpec {
     instance.schedule = Schedule::Now;
     instance.replace_on_exist = false;
     instance.rely_on_prev_cycle = false;
+    // The definition's submit key is the definition's: an instance is not a submit.
+    instance.idempotency_key = None;
     instance
 }
 

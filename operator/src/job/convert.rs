@@ -265,7 +265,12 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
 /// A stable fingerprint of what is submitted (FNV-1a over its JSON), so a changed spec is
 /// resubmitted and an unchanged one never is.
 pub fn spec_hash(spec: &lts_core::JobSpec) -> String {
-    let json = serde_json::to_string(spec).unwrap_or_default();
+    // The idempotency key a client gave the submit is not what the resource asks for.
+    let spec = lts_core::JobSpec {
+        idempotency_key: None,
+        ..spec.clone()
+    };
+    let json = serde_json::to_string(&spec).unwrap_or_default();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in json.bytes() {
         h ^= u64::from(b);

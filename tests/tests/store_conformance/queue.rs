@@ -492,6 +492,24 @@ pub async fn idempotent_submits_answer_the_stored_job(store: Arc<dyn JobStore>) 
         matches!(&late[0], SubmitOutcome::Accepted { job_id } if *job_id != first),
         "{late:?}"
     );
+
+    // A recurring job's key is its own: its fires are not submits, and each gets its
+    // instance.
+    let every = Schedule::Repeat {
+        interval_ms: 1_000,
+        count: -1,
+        first_fire_ms: Some(NOW + 3_000),
+    };
+    let mut tick = JobSpec::new("tick", "fires").schedule(every);
+    tick.idempotency_key = Some("key-2".into());
+    store.submit(vec![tick], NOW + 2_500).await.unwrap();
+    for fire in 0..2 {
+        let at = NOW + 3_000 + fire * 1_000;
+        let leased = store.claim(claim("fires", "w", 1, at)).await.unwrap();
+        assert_eq!(leased.len(), 1, "fire {fire}");
+        assert!(leased[0].job.instance_of.is_some(), "{:?}", leased[0].job);
+        assert_eq!(leased[0].job.spec.idempotency_key, None);
+    }
 }
 
 /// A stream's held leases go back to the queue when it ends — but not a lease that the

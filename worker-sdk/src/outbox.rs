@@ -118,6 +118,45 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever a spool file holds (torn writes, foreign text, JSON of the wrong shape),
+        /// reading it never panics: what reads is kept, the rest goes to quarantine, nothing
+        /// is dropped unseen.
+        #[test]
+        fn reading_any_spool_content_never_panics_and_loses_nothing(
+            bodies in proptest::collection::vec(
+                prop_oneof![
+                    any::<String>(),
+                    "\\{\"job_id\":\"[a-z]{1,4}\"[^}]{0,40}\\}?",
+                    Just("{\"job_id\":\"j\",\"lease_token\":\"t\",\"outcome\":1,\"message\":\"m\",\"logs\":[],\"started_at_ms\":1,\"finished_at_ms\":2}".to_string()),
+                ],
+                0..12,
+            )
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("outbox.db");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let spool = Spool::open(&path).unwrap();
+                spool.push(bodies.clone()).await.unwrap();
+                let outbox = Outbox::open(&path).unwrap();
+                let loaded = outbox.load().await.unwrap();
+                let readable = bodies.iter().filter(|b| serde_json::from_str::<Entry>(b).is_ok()).count();
+                let quarantined = std::fs::read_to_string(spool.quarantine_path())
+                    .map(|t| t.lines().count())
+                    .unwrap_or(0);
+                // Several readable entries of one job collapse to its newest.
+                prop_assert!(loaded.len() <= readable);
+                prop_assert_eq!(quarantined, bodies.len() - readable);
+                prop_assert_eq!(spool.len().await.unwrap() as usize, loaded.len());
+                Ok(())
+            })?;
+        }
+    }
 
     #[tokio::test]
     async fn results_survive_a_reopen_until_forgotten() {

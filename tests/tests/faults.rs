@@ -2,8 +2,8 @@
 //! `lts-tracker`s sharing it and three `lts-worker` processes — runs a steady load of
 //! real-time jobs and a recurring job while, one at a time, the master tracker is killed
 //! (`kill -9`) and frozen (`SIGSTOP` for twice the session timeout), a follower tracker, a
-//! worker mid-job, the ZooKeeper server and the MongoDB server are killed, each brought back
-//! after a few seconds. Then the load stops, every accepted job is waited for, and the suite
+//! worker mid-job, the ZooKeeper server, the MongoDB server and a client process holding a
+//! spooled batch are killed, each brought back after a few seconds. Then the load stops, every accepted job is waited for, and the suite
 //! prints (as JSON) the faults injected, jobs accepted and finished, jobs lost (must be 0),
 //! jobs run more than once (counted, each explained: only jobs in flight at a kill), fires of
 //! the recurring job missed and doubled (must be 0), and how long after each fault the first
@@ -31,6 +31,8 @@ const DOWN: Duration = Duration::from_secs(3);
 /// on time or as its one catch-up run.
 const EVERY_MS: i64 = 5_000;
 const GROUP: &str = "chaos";
+/// Jobs in the batch a killed client had spooled.
+const SPOOLED_BATCH: usize = 20;
 /// The trackers' lease time.
 const LEASE_MS: i64 = 5_000;
 
@@ -42,16 +44,18 @@ enum Fault {
     KillWorker,
     KillZooKeeper,
     KillMongo,
+    KillSpoolingClient,
 }
 
 impl Fault {
-    const ALL: [Fault; 6] = [
+    const ALL: [Fault; 7] = [
         Fault::KillMaster,
         Fault::KillWorker,
         Fault::FreezeMaster,
         Fault::KillFollower,
         Fault::KillZooKeeper,
         Fault::KillMongo,
+        Fault::KillSpoolingClient,
     ];
 
     fn name(self) -> &'static str {
@@ -62,6 +66,7 @@ impl Fault {
             Fault::KillWorker => "kill -9 worker mid-job",
             Fault::KillZooKeeper => "kill -9 zookeeper",
             Fault::KillMongo => "kill -9 mongod",
+            Fault::KillSpoolingClient => "kill -9 client with a spooled batch",
         }
     }
 }
@@ -74,6 +79,8 @@ struct Cluster {
     trackers: Vec<Option<TrackerProc>>,
     workers: Vec<Option<Proc>>,
     runs: PathBuf,
+    /// Task ids a killed client had spooled: each must be stored exactly once.
+    spooled: Vec<String>,
 }
 
 impl Cluster {
@@ -189,6 +196,46 @@ impl Cluster {
                 let mongo = self.mongo.take().unwrap();
                 self.mongo = Some(mongo.restart_after_kill9(DOWN).await.unwrap());
             }
+            Fault::KillSpoolingClient => {
+                // A client that reaches no tracker spools its batch; it is killed; started
+                // again with the trackers, it delivers the batch.
+                let spool = self
+                    .dir
+                    .join(format!("client-spool-{}.db", self.spooled.len()));
+                let prefix = format!("spool-{}", self.spooled.len());
+                let client = |name: &str, trackers: &str, jobs: usize| {
+                    let mut cmd = std::process::Command::new(lts_tests::bin("lts-spool-client"));
+                    cmd.args(["--tracker", trackers, "--group", GROUP, "--prefix", &prefix])
+                        .args(["--jobs", &jobs.to_string()])
+                        .arg("--spool")
+                        .arg(&spool);
+                    Proc::spawn(cmd, self.dir.join(format!("{prefix}-{name}.log"))).unwrap()
+                };
+                let dead = format!("127.0.0.1:{}", lts_tests::free_port());
+                let mut first = client("first", &dead, SPOOLED_BATCH);
+                let last = format!("spooled {}", SPOOLED_BATCH - 1);
+                eventually(Duration::from_secs(30), "the batch spooled", || async {
+                    first.output().contains(&last).then_some(())
+                })
+                .await
+                .unwrap();
+                first.kill9();
+                let trackers: Vec<String> = self
+                    .trackers
+                    .iter()
+                    .flatten()
+                    .map(|t| t.addr.clone())
+                    .collect();
+                let mut second = client("second", &trackers.join(","), 0);
+                eventually(Duration::from_secs(60), "the spool delivered", || async {
+                    second.output().contains("delivered").then_some(())
+                })
+                .await
+                .unwrap();
+                second.kill9();
+                self.spooled
+                    .extend((0..SPOOLED_BATCH).map(|i| format!("{prefix}-{i}")));
+            }
         }
     }
 }
@@ -245,6 +292,7 @@ async fn no_job_is_lost_and_no_fire_missed_or_doubled_under_faults() {
         trackers: Vec::new(),
         workers: Vec::new(),
         runs: dir.path().join("runs.txt"),
+        spooled: Vec::new(),
     };
     for _ in 0..3 {
         let t = cluster.tracker().await;
@@ -371,6 +419,36 @@ async fn no_job_is_lost_and_no_fire_missed_or_doubled_under_faults() {
         .await
         .unwrap();
 
+    // The spooled batches: every job stored exactly once, and finished.
+    let (mut spooled_lost, mut spooled_twice) = (Vec::new(), Vec::new());
+    for task in &cluster.spooled {
+        let found = eventually(
+            Duration::from_secs(60),
+            "a spooled job finished",
+            || async {
+                let (jobs, _) = client
+                    .list(ListQuery {
+                        node_group: Some(GROUP.into()),
+                        task_id_prefix: Some(task.clone()),
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                let mine: Vec<_> = jobs
+                    .into_iter()
+                    .filter(|j| j.spec.task_id == *task)
+                    .collect();
+                (!mine.is_empty() && mine.iter().all(|j| j.state.is_final())).then_some(mine.len())
+            },
+        )
+        .await;
+        match found {
+            Ok(1) => {}
+            Ok(_) => spooled_twice.push(task.clone()),
+            Err(_) => spooled_lost.push(task.clone()),
+        }
+    }
+
     // Runs: more than one run of a job happens only to jobs in flight at a kill.
     let runs = runs_of(&cluster.runs);
     let twice: Vec<(&String, &Vec<(String, i64)>)> = runs
@@ -423,6 +501,9 @@ async fn no_job_is_lost_and_no_fire_missed_or_doubled_under_faults() {
         "jobs_refused_while_down": refused.load(Ordering::Relaxed),
         "jobs_finished": finished,
         "jobs_lost": lost.len(),
+        "spooled_jobs": cluster.spooled.len(),
+        "spooled_jobs_lost": spooled_lost.len(),
+        "spooled_jobs_stored_twice": spooled_twice.len(),
         "jobs_run_more_than_once": twice.len(),
         "run_more_than_once": twice
             .iter()
@@ -438,6 +519,10 @@ async fn no_job_is_lost_and_no_fire_missed_or_doubled_under_faults() {
         std::fs::write(path, &text).unwrap();
     }
     assert!(lost.is_empty(), "jobs lost: {lost:?}\n{text}");
+    assert!(
+        spooled_lost.is_empty() && spooled_twice.is_empty(),
+        "spooled jobs lost {spooled_lost:?}, stored twice {spooled_twice:?}\n{text}"
+    );
     assert!(
         missed.is_empty() && doubled.is_empty(),
         "fires missed {missed:?}, doubled {doubled:?}\n{text}"

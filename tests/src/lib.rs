@@ -697,3 +697,57 @@ pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// A TaskTracker of the test's own making on a raw `WorkerService.Work` stream: it says Hello
+/// for one thread of `node_group`, grants one credit, and then does exactly what the test
+/// sends — for checking what a tracker does with a peer that is not the SDK.
+pub struct RawWorker {
+    tx: tokio::sync::mpsc::UnboundedSender<lts_core::proto::WorkerMessage>,
+    /// What the tracker sends.
+    pub inbound: tonic::Streaming<lts_core::proto::TrackerMessage>,
+}
+
+impl RawWorker {
+    /// Opens the stream to the tracker at `addr`.
+    pub async fn connect(addr: &str, node_group: &str, identity: &str) -> anyhow::Result<Self> {
+        use lts_core::proto::{self, worker_message, worker_service_client::WorkerServiceClient};
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let me = |m| proto::WorkerMessage { msg: Some(m) };
+        tx.send(me(worker_message::Msg::Hello(proto::Hello {
+            cluster: "default".into(),
+            node_group: node_group.into(),
+            identity: identity.into(),
+            threads: 1,
+            version: "test".into(),
+            ..Default::default()
+        })))?;
+        tx.send(me(worker_message::Msg::Credit(proto::Credit { n: 1 })))?;
+        let inbound = WorkerServiceClient::connect(format!("http://{addr}"))
+            .await?
+            .max_encoding_message_size(64 << 20)
+            .work(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(RawWorker { tx, inbound })
+    }
+
+    /// A sender of messages on the stream (cloneable, for a task of its own).
+    pub fn sender(&self) -> impl Fn(lts_core::proto::worker_message::Msg) + Send + 'static {
+        let tx = self.tx.clone();
+        move |m| {
+            let _ = tx.send(lts_core::proto::WorkerMessage { msg: Some(m) });
+        }
+    }
+
+    /// The next assignment, skipping everything else.
+    pub async fn assignment(&mut self) -> anyhow::Result<lts_core::proto::Assignment> {
+        use lts_core::proto::tracker_message::Msg;
+        loop {
+            match self.inbound.message().await?.map(|m| m.msg) {
+                Some(Some(Msg::Assign(a))) => return Ok(a),
+                Some(_) => continue,
+                None => bail!("the stream ended before an assignment"),
+            }
+        }
+    }
+}

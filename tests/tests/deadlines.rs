@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use lts_core::proto::{self, worker_message, worker_service_client::WorkerServiceClient};
+use lts_core::proto::{self, worker_message};
 use lts_core::{JobSpec, JobState, LogType, Outcome};
-use lts_tests::{Proc, TrackerProc, wait_final};
+use lts_tests::{Proc, RawWorker, TrackerProc, wait_final};
 use lts_worker_sdk::{JobContext, RunResult, SubmitAnswer, TaskTracker};
 use tokio_util::sync::CancellationToken;
 
@@ -178,33 +178,11 @@ async fn a_task_tracker_that_never_ends_a_run_loses_it_to_the_deadline() {
     );
     // A TaskTracker of our own making: it takes the job and renews its lease every 500 ms,
     // asking for a minute each time, and never reports.
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let send = move |m: worker_message::Msg| {
-        let _ = tx.send(proto::WorkerMessage { msg: Some(m) });
-    };
-    send(worker_message::Msg::Hello(proto::Hello {
-        cluster: "default".into(),
-        node_group: "raw".into(),
-        identity: "never-done".into(),
-        threads: 1,
-        version: "test".into(),
-        ..Default::default()
-    }));
-    send(worker_message::Msg::Credit(proto::Credit { n: 1 }));
-    let mut stub = WorkerServiceClient::connect(format!("http://{}", tracker.addr))
+    let mut raw = RawWorker::connect(&tracker.addr, "raw", "never-done")
         .await
         .unwrap();
-    let mut inbound = stub
-        .work(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let assignment = loop {
-        match inbound.message().await.unwrap().unwrap().msg {
-            Some(proto::tracker_message::Msg::Assign(a)) => break a,
-            _ => continue,
-        }
-    };
+    let send = raw.sender();
+    let assignment = raw.assignment().await.unwrap();
     let job = assignment.job.clone().unwrap();
     assert!(job.deadline_ms > 0, "the assignment carries the deadline");
     let lease = proto::LeaseRef {

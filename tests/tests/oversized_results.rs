@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use lts_core::limits::{ReportLimits, TRUNCATED_MARKER};
-use lts_core::proto::{self, worker_message, worker_service_client::WorkerServiceClient};
+use lts_core::proto::{self, worker_message};
 use lts_core::{JobSpec, JobState, LogType};
-use lts_tests::{Proc, TrackerProc, wait_final};
+use lts_tests::{Proc, RawWorker, TrackerProc, wait_final};
 use lts_worker_sdk::SubmitAnswer;
 
 const T: Duration = Duration::from_secs(30);
@@ -123,39 +123,16 @@ async fn the_tracker_bounds_what_a_raw_client_reports_and_says_why_it_refuses_a_
     let client = tracker.client();
     let id = accepted(client.submit(JobSpec::new("raw", "raw")).await.unwrap());
 
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let send = |m: worker_message::Msg| {
-        tx.send(proto::WorkerMessage { msg: Some(m) }).unwrap();
-    };
-    send(worker_message::Msg::Hello(proto::Hello {
-        cluster: "default".into(),
-        node_group: "raw".into(),
-        identity: "raw-worker".into(),
-        threads: 1,
-        version: "test".into(),
-        ..Default::default()
-    }));
-    send(worker_message::Msg::Credit(proto::Credit { n: 1 }));
-    let mut stub = WorkerServiceClient::connect(format!("http://{}", tracker.addr))
+    let mut raw = RawWorker::connect(&tracker.addr, "raw", "raw-worker")
         .await
-        .unwrap()
-        .max_encoding_message_size(64 << 20);
-    let mut inbound = stub
-        .work(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let welcome = inbound.message().await.unwrap().unwrap();
+        .unwrap();
+    let send = raw.sender();
+    let welcome = raw.inbound.message().await.unwrap().unwrap();
     let Some(proto::tracker_message::Msg::Welcome(w)) = welcome.msg else {
         panic!("{welcome:?}")
     };
     assert_eq!(w.max_message_bytes, 1_048_576, "the limit is announced");
-    let assignment = loop {
-        match inbound.message().await.unwrap().unwrap().msg {
-            Some(proto::tracker_message::Msg::Assign(a)) => break a,
-            _ => continue,
-        }
-    };
+    let assignment = raw.assignment().await.unwrap();
     // 5,000 lines and a 100 KB message: within the message limit, beyond what is stored.
     send(worker_message::Msg::Result(proto::JobResult {
         job_id: id.clone(),
@@ -196,7 +173,7 @@ async fn the_tracker_bounds_what_a_raw_client_reports_and_says_why_it_refuses_a_
         ..Default::default()
     }));
     let status = loop {
-        match inbound.message().await {
+        match raw.inbound.message().await {
             Ok(Some(_)) => continue,
             Ok(None) => panic!("the stream ended without a status"),
             Err(s) => break s,

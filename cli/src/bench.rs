@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// (dropped afterwards) and reports the store round trips per job.
     #[arg(long, value_name = "URL")]
     pub store: Option<StoreUrl>,
+    /// Run with security on: TLS (a throwaway CA and certificate) and a token checked
+    /// against an auth file on every call, to measure what they cost.
+    #[arg(long)]
+    pub secure: bool,
     /// Write the figures as one JSON object to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -95,7 +99,7 @@ pub struct BenchArgs {
         conflicts_with_all = [
             "workers", "threads", "prefetch", "rate", "latency_seconds", "submit_jobs", "single_jobs",
             "submitters", "drain_jobs", "phases", "cron", "seconds", "sync", "data_dir", "store",
-            "json",
+            "json", "secure",
         ]
     )]
     pub against: Option<PathBuf>,
@@ -272,9 +276,15 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
     config.cluster = bench_cluster();
     config.sqlite_sync = args.sync;
     config.identity = Some("bench-tracker".into());
+    let creds = if args.secure {
+        secure(&mut config, &dir)?
+    } else {
+        config = config.open();
+        lts_worker_sdk::Credentials::default()
+    };
     let tracker = Tracker::start(config).await?;
     let endpoint = tracker.endpoint();
-    let client = JobClient::connect(std::slice::from_ref(&endpoint)).await?;
+    let client = JobClient::connect_with(std::slice::from_ref(&endpoint), creds).await?;
     let mut report = Report {
         config: serde_json::json!({
             "workers": args.workers,
@@ -288,6 +298,7 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
             "drain_jobs": args.drain_jobs,
             "store": match &store { StoreUrl::Sqlite(_) => "sqlite", StoreUrl::Mongo(_) => "mongodb" },
             "sync": format!("{:?}", args.sync).to_lowercase(),
+            "secure": args.secure,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         }),
         ..Default::default()
@@ -501,8 +512,46 @@ async fn submit_single(client: &JobClient, n: u64, submitters: u32) -> CliResult
     Ok(n as f64 / secs)
 }
 
+/// TLS and token authentication for the bench's tracker: a throwaway CA, a certificate for
+/// 127.0.0.1, and an admin token in an auth file, all in `dir`; returns what clients present.
+fn secure(
+    config: &mut TrackerConfig,
+    dir: &std::path::Path,
+) -> CliResult<lts_worker_sdk::Credentials> {
+    let fail = |e: &dyn std::fmt::Display| CliError::Failed(format!("--secure: {e}"));
+    let ca = lts_tracker::pki::Ca::new("LTS bench CA").map_err(|e| fail(&e))?;
+    let leaf = ca
+        .issue(
+            "bench-tracker",
+            &["localhost", "127.0.0.1"],
+            Duration::from_secs(86_400),
+        )
+        .map_err(|e| fail(&e))?;
+    let (token, hash) = lts_tracker::auth::new_token();
+    let files = [
+        ("bench-tls.pem", leaf.cert_pem),
+        ("bench-tls-key.pem", leaf.key_pem),
+        (
+            "bench-auth.yaml",
+            format!(
+                "principals:\n  - name: bench\n    tokens: [{{sha256: {hash}}}]\n    grants: [{{role: admin}}]\n"
+            ),
+        ),
+    ];
+    for (name, text) in &files {
+        std::fs::write(dir.join(name), text).map_err(|e| fail(&e))?;
+    }
+    config.tls_cert = Some(dir.join("bench-tls.pem"));
+    config.tls_key = Some(dir.join("bench-tls-key.pem"));
+    config.auth_file = Some(dir.join("bench-auth.yaml"));
+    Ok(lts_worker_sdk::Credentials::default()
+        .tls_ca_pem(ca.cert_pem())
+        .token(token))
+}
+
 fn start_workers(
     endpoint: &str,
+    creds: &lts_worker_sdk::Credentials,
     group: &str,
     args: &BenchArgs,
     runner: impl Fn(JobContext) -> futures::future::BoxFuture<'static, RunResult>
@@ -518,6 +567,7 @@ fn start_workers(
             .cluster(bench_cluster())
             .node_group(group)
             .tracker(endpoint)
+            .credentials(creds.clone())
             .threads(args.threads())
             .prefetch(args.prefetch())
             .identity(format!("bench-{group}-{w}"))
@@ -557,6 +607,7 @@ async fn drain(
     let start = Instant::now();
     let workers = start_workers(
         endpoint,
+        client.credentials(),
         group,
         args,
         move |_ctx: JobContext| {
@@ -606,6 +657,7 @@ async fn latency(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliRes
     let stop = CancellationToken::new();
     let workers = start_workers(
         endpoint,
+        client.credentials(),
         group,
         args,
         move |ctx: JobContext| {
@@ -673,6 +725,7 @@ async fn cron(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliResult
     let stop = CancellationToken::new();
     let workers = start_workers(
         endpoint,
+        client.credentials(),
         group,
         args,
         move |ctx: JobContext| {

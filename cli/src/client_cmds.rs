@@ -8,7 +8,7 @@ use lts_core::{
     Job, JobKey, JobSpec, JobState, MisfirePolicy, Schedule, ScheduleKind, now_ms, validate,
 };
 use lts_registry::{Registry, ZkConfig, ZkRegistry};
-use lts_worker_sdk::{JobClient, ListQuery, SubmitAnswer};
+use lts_worker_sdk::{CredentialOptions, Credentials, JobClient, ListQuery, SubmitAnswer};
 use serde::Serialize;
 
 use crate::error::{CliError, CliResult};
@@ -38,10 +38,18 @@ pub struct ClientOpts {
     /// time is left for another one (with --registry or several --tracker addresses).
     #[arg(long, env = "LTS_CALL_TIMEOUT_MS", default_value_t = 5_000)]
     pub call_timeout_ms: u64,
+    /// TLS and token.
+    #[command(flatten)]
+    pub credentials: CredentialOptions,
 }
 
 impl ClientOpts {
     async fn client(&self) -> CliResult<JobClient> {
+        let creds = Credentials::from_options(&self.credentials)?;
+        Ok(self.bare_client().await?.with_credentials(creds))
+    }
+
+    async fn bare_client(&self) -> CliResult<JobClient> {
         match &self.registry {
             Some(url) => {
                 let cfg = ZkConfig::parse(url, &self.cluster)

@@ -128,7 +128,8 @@ pub async fn run(args: DevArgs) -> CliResult {
         lts_core::runtime::init_tracing(lts_core::runtime::LogFormat::from_env());
     }
     let db = args.data_dir.join("lts.db");
-    let mut config = TrackerConfig::new(StoreUrl::Sqlite(db.clone()), args.listen);
+    // Zero-config on loopback: plaintext, every caller an administrator.
+    let mut config = TrackerConfig::new(StoreUrl::Sqlite(db.clone()), args.listen).open();
     config.retry_min_delay_ms = 200;
     config.retry_max_delay_ms = 5_000;
     config.identity = Some("dev-tracker".into());

@@ -1,6 +1,7 @@
 //! `lts`: the command-line tool of LTS — run everything locally (`lts dev`), submit and
 //! inspect jobs, list nodes, and benchmark (`lts bench`).
 
+mod auth_cmds;
 mod bench;
 mod bench_compare;
 mod bench_raw;
@@ -36,6 +37,11 @@ enum Command {
     Nodes(client_cmds::NodesArgs),
     /// Measure submit throughput, drain throughput and dispatch latency.
     Bench(bench::BenchArgs),
+    /// Make tokens, a CA and certificates for a secured cluster.
+    Auth {
+        #[command(subcommand)]
+        command: auth_cmds::AuthCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +70,7 @@ fn main() -> ExitCode {
             Command::Jobs { command } => client_cmds::jobs(command).await,
             Command::Nodes(args) => client_cmds::nodes(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Auth { command } => auth_cmds::run(command),
         }
     });
     match result {

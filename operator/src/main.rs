@@ -59,6 +59,9 @@ struct Cli {
     /// in time is left for another one.
     #[arg(long, env = "LTS_CALL_TIMEOUT_MS", default_value_t = 5_000)]
     call_timeout_ms: u64,
+    /// How the operator reaches JobTrackers: TLS and token.
+    #[command(flatten)]
+    credentials: lts_worker_sdk::CredentialOptions,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -196,13 +199,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )
     .default_backoff()
     .touched_objects();
+    let creds = lts_worker_sdk::Credentials::from_options(&cli.credentials)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let ctx = Arc::new(
         Context::new(
             client.clone(),
             reader.clone(),
-            Arc::new(GrpcConnector::new(Duration::from_millis(
-                cli.call_timeout_ms,
-            ))),
+            Arc::new(
+                GrpcConnector::new(Duration::from_millis(cli.call_timeout_ms))
+                    .with_credentials(creds),
+            ),
             BuildConfig {
                 tracker_image: cli.tracker_image.clone(),
                 worker_image: cli.worker_image.clone(),

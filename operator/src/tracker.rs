@@ -117,6 +117,7 @@ impl TrackerApi for JobClient {
 pub struct GrpcConnector {
     clients: Mutex<HashMap<String, Arc<JobClient>>>,
     call_timeout: Duration,
+    creds: lts_worker_sdk::Credentials,
 }
 
 impl GrpcConnector {
@@ -125,7 +126,14 @@ impl GrpcConnector {
         GrpcConnector {
             clients: Mutex::default(),
             call_timeout,
+            creds: lts_worker_sdk::Credentials::default(),
         }
+    }
+
+    /// Connect to trackers with these credentials (the CA of their certificates, a token).
+    pub fn with_credentials(mut self, creds: lts_worker_sdk::Credentials) -> GrpcConnector {
+        self.creds = creds;
+        self
     }
 }
 
@@ -141,8 +149,11 @@ impl TrackerConnector for GrpcConnector {
         if let Some(c) = clients.get(address) {
             return Ok(c.clone());
         }
-        let client =
-            Arc::new(JobClient::new(&[address.to_string()])?.with_call_timeout(self.call_timeout));
+        let client = Arc::new(
+            JobClient::new(&[address.to_string()])?
+                .with_call_timeout(self.call_timeout)
+                .with_credentials(self.creds.clone()),
+        );
         clients.insert(address.to_string(), client.clone());
         Ok(client)
     }

@@ -157,6 +157,13 @@ impl TrackerProc {
             cmd.arg("--store")
                 .arg(format!("sqlite:{}", dir.join("lts.db").display()));
         }
+        // Plaintext and open unless the test configures TLS or an auth file.
+        if !extra.contains(&"--tls-cert") {
+            cmd.arg("--insecure");
+        }
+        if !extra.contains(&"--auth-file") {
+            cmd.arg("--no-auth");
+        }
         cmd.arg("--identity")
             .arg(format!("tracker-{port}"))
             .args(extra)

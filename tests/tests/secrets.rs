@@ -12,6 +12,7 @@ const PEM_PASSWORD: &str = "pem-secret-9";
 fn tracker(dir: &std::path::Path, name: &str, store: &str) -> Proc {
     let mut cmd = std::process::Command::new(lts_tests::bin("lts-tracker"));
     cmd.args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--insecure", "--no-auth"])
         .env("LTS_STORE", store)
         .env("LTS_LOG", "debug");
     Proc::spawn(cmd, dir.join(format!("{name}.log"))).unwrap()

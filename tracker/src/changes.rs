@@ -377,8 +377,14 @@ impl JobStore for ChangeFeed {
             .await
     }
 
-    async fn ack_feedback(&self, feedback_ids: Vec<String>) -> StoreResult<()> {
-        self.inner.ack_feedback(feedback_ids).await
+    async fn ack_feedback(
+        &self,
+        submit_node_group: &str,
+        feedback_ids: Vec<String>,
+    ) -> StoreResult<()> {
+        self.inner
+            .ack_feedback(submit_node_group, feedback_ids)
+            .await
     }
 
     async fn enforce_retention(&self, before_ms: i64) -> StoreResult<u64> {

@@ -147,7 +147,7 @@ impl FeedbackHub {
 
     /// A subscriber acknowledged items: delete them from the store.
     pub async fn ack(self: &Arc<Self>, group: &str, id: u64, ids: Vec<String>) {
-        if let Err(e) = self.store.ack_feedback(ids.clone()).await {
+        if let Err(e) = self.store.ack_feedback(group, ids.clone()).await {
             tracing::warn!(error = %e, "feedback ack failed; items will be offered again");
         }
         metrics::counter!("lts_feedback_acked_total").increment(ids.len() as u64);

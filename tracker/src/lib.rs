@@ -9,15 +9,18 @@
 //! * [`changes`] announces job changes to `JobService.Watch` subscribers.
 
 pub mod admission;
+pub mod auth;
 pub mod changes;
 pub mod conn;
 pub mod dispatch;
 pub mod feedback;
 pub mod metrics;
+pub mod pki;
 pub mod registry;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
 
 pub use server::{StoreUrl, Tracker, TrackerConfig};
 

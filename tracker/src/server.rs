@@ -2,6 +2,7 @@
 //! ([`Tracker`]). The binary `lts-tracker`, `lts dev` and the tests all start trackers this way.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admission::StreamSlots;
+use crate::auth::Auth;
 use crate::dispatch::Dispatcher;
 use crate::feedback::FeedbackHub;
 use crate::registry::{LocalRegistry, NodeInfo, Registry, Role, ZkConfig, ZkRegistry};
@@ -27,6 +29,7 @@ use crate::service::{ClusterApi, FeedbackApi, JobApi, TrackerCore, WorkerApi};
 use crate::store::JobStore;
 use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore, SyncMode};
+use crate::tls::{ClientAuth, ServerTls, TlsFiles};
 
 /// Where jobs are stored. Shown (`Display` and `Debug`) with its secrets hidden.
 #[derive(Clone, PartialEq, Eq)]
@@ -176,6 +179,30 @@ pub struct TrackerConfig {
     /// The most job-log lines `GetLog` returns (a larger limit is cut to it).
     #[arg(long, env = "LTS_MAX_LOG_ENTRIES", default_value_t = 10_000)]
     pub max_log_entries: usize,
+    /// The tracker's TLS certificate chain (PEM). Read again when it changes on disk.
+    #[arg(long, env = "LTS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "LTS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA bundle (PEM) that signs client certificates.
+    #[arg(long, env = "LTS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Whether clients must present a certificate signed by `--tls-ca` (`required`), may
+    /// (`optional`, the others use tokens) or are not asked (`none`). Default: `required`
+    /// with `--tls-ca`, else `none`.
+    #[arg(long, env = "LTS_TLS_CLIENT_AUTH", value_enum)]
+    pub tls_client_auth: Option<ClientAuth>,
+    /// Serve plaintext gRPC (no `--tls-cert`): only on a trusted network or loopback.
+    #[arg(long, env = "LTS_INSECURE")]
+    pub insecure: bool,
+    /// Principals, their tokens and certificate names, and their grants (YAML; see the
+    /// README's security section). Read again when it changes.
+    #[arg(long, env = "LTS_AUTH_FILE", conflicts_with = "no_auth")]
+    pub auth_file: Option<PathBuf>,
+    /// Serve without an auth file: every caller is an administrator.
+    #[arg(long, env = "LTS_NO_AUTH")]
+    pub no_auth: bool,
 }
 
 impl TrackerConfig {
@@ -208,7 +235,37 @@ impl TrackerConfig {
             max_subscriber_streams: 10_000,
             max_page_size: 1_000,
             max_log_entries: 10_000,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_client_auth: None,
+            insecure: false,
+            auth_file: None,
+            no_auth: false,
         }
+    }
+
+    /// Plaintext and without an auth file (every caller is an administrator): what `lts dev`
+    /// and in-process tools on loopback use.
+    pub fn open(mut self) -> TrackerConfig {
+        self.insecure = true;
+        self.no_auth = true;
+        self
+    }
+
+    /// The TLS files, when TLS is configured.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        let (cert, key) = (self.tls_cert.clone()?, self.tls_key.clone()?);
+        Some(TlsFiles {
+            cert,
+            key,
+            ca: self.tls_ca.clone(),
+            client_auth: self.tls_client_auth.unwrap_or(if self.tls_ca.is_some() {
+                ClientAuth::Required
+            } else {
+                ClientAuth::None
+            }),
+        })
     }
 
     /// The bounds a run's report is stored within.
@@ -262,6 +319,24 @@ impl TrackerConfig {
                 "must be > 0 and at most retry_max_delay_ms",
             ));
         }
+        if self.tls_cert.is_none() && !self.insecure {
+            v.push(validate::FieldViolation::new(
+                "tls_cert",
+                "TLS is off: give --tls-cert and --tls-key, or --insecure to serve plaintext gRPC on a trusted network",
+            ));
+        }
+        if self.tls_cert.is_some() && self.insecure {
+            v.push(validate::FieldViolation::new(
+                "insecure",
+                "--insecure and --tls-cert contradict each other: give one",
+            ));
+        }
+        if self.auth_file.is_none() && !self.no_auth {
+            v.push(validate::FieldViolation::new(
+                "auth_file",
+                "every caller would be an administrator: give --auth-file, or --no-auth to allow it",
+            ));
+        }
         if v.is_empty() {
             Ok(())
         } else {
@@ -276,6 +351,7 @@ pub use lts_core::default_identity;
 pub struct Tracker {
     core: Arc<TrackerCore>,
     local_addr: SocketAddr,
+    tls: bool,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     shutdown: CancellationToken,
     zk: Option<ZkRegistry>,
@@ -293,6 +369,11 @@ impl Tracker {
     /// Opens the store, binds the listener and starts serving.
     pub async fn start(config: TrackerConfig) -> anyhow::Result<Tracker> {
         config.check().map_err(|v| anyhow::anyhow!("{v}"))?;
+        let tls = config.tls_files().map(ServerTls::load).transpose()?;
+        let auth = match &config.auth_file {
+            Some(path) => Auth::from_file(path.clone())?,
+            None => Auth::open(),
+        };
         let retry = RetryPolicy {
             min_delay: Duration::from_millis(config.retry_min_delay_ms),
             max_delay: Duration::from_millis(config.retry_max_delay_ms),
@@ -401,7 +482,12 @@ impl Tracker {
             ),
             max_page_size: config.max_page_size,
             max_log_entries: config.max_log_entries,
+            auth: auth.clone(),
         });
+        auth.spawn_reloader(shutdown.clone());
+        if let Some(tls) = &tls {
+            tls.spawn_reloader(shutdown.clone());
+        }
 
         if let Some(addr) = config.metrics_listen {
             crate::metrics::install(addr)?;
@@ -415,11 +501,8 @@ impl Tracker {
         health_reporter
             .set_serving::<WorkerServiceServer<WorkerApi>>()
             .await;
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(30)));
         let stop = shutdown.clone();
-        let server = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(health_service)
@@ -442,19 +525,34 @@ impl Tracker {
                 ClusterServiceServer::new(ClusterApi(core.clone()))
                     .max_decoding_message_size(config.max_message_bytes)
                     .max_encoding_message_size(config.max_message_bytes),
-            )
-            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
-        let server = tokio::spawn(server);
+            );
+        let server = match &tls {
+            Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+                crate::tls::incoming(listener, tls.clone(), shutdown.clone()),
+                async move { stop.cancelled().await },
+            )),
+            None => tokio::spawn(
+                router.serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener)
+                        .with_nodelay(Some(true))
+                        .with_keepalive(Some(Duration::from_secs(30))),
+                    async move { stop.cancelled().await },
+                ),
+            ),
+        };
         tracing::info!(
             identity = %identity,
             cluster = %config.cluster,
             listen = %local_addr,
             store = ?config.store,
+            tls = tls.is_some(),
+            auth = auth.enabled(),
             "JobTracker started"
         );
         Ok(Tracker {
             core,
             local_addr,
+            tls: tls.is_some(),
             server,
             shutdown,
             zk,
@@ -466,14 +564,15 @@ impl Tracker {
         self.local_addr
     }
 
-    /// `http://ADDR` for clients on this machine.
+    /// `http://ADDR` (`https://` with TLS) for clients on this machine.
     pub fn endpoint(&self) -> String {
         let addr = if self.local_addr.ip().is_unspecified() {
             SocketAddr::new([127, 0, 0, 1].into(), self.local_addr.port())
         } else {
             self.local_addr
         };
-        format!("http://{addr}")
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{addr}")
     }
 
     /// The tracker's store (for in-process tools such as `lts dev`).

@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::connect::{self, Trackers};
+use crate::credentials::{AuthChannel, Credentials};
 use crate::spool::SpoolError;
 use lts_registry::Registry;
 
@@ -44,6 +44,13 @@ pub enum ClientError {
     /// Bad client configuration (addresses, paths).
     #[error("{0}")]
     Config(String),
+    /// The tracker does not know who is calling: no token or client certificate, or one it
+    /// does not accept (unknown, expired, revoked).
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller is known but lacks a grant; the message names it.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The local spool failed.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -93,6 +100,12 @@ impl From<tonic::Status> for ClientError {
                 ClientError::Invalid(Violations(violations))
             }
             tonic::Code::NotFound => ClientError::NotFound(s.message().to_string()),
+            tonic::Code::Unauthenticated => ClientError::Unauthenticated(format!(
+                "{} ({})",
+                s.message(),
+                crate::credentials::hint(&s).unwrap_or_default()
+            )),
+            tonic::Code::PermissionDenied => ClientError::PermissionDenied(s.message().to_string()),
             tonic::Code::FailedPrecondition => {
                 ClientError::FailedPrecondition(s.message().to_string())
             }
@@ -101,6 +114,14 @@ impl From<tonic::Status> for ClientError {
                 message: s.message().to_string(),
             },
         }
+    }
+}
+
+/// A status's message with the transport error under it (where TLS problems show).
+fn status_chain(s: &tonic::Status) -> String {
+    match std::error::Error::source(s) {
+        Some(src) => format!("{}: {}", s.message(), connect::source_chain(src)),
+        None => s.message().to_string(),
     }
 }
 
@@ -197,8 +218,9 @@ pub type Stats = proto::StatsResponse;
 /// and is tried again (submits are safe to repeat: the tracker deduplicates by task id).
 #[derive(Debug, Clone)]
 pub struct JobClient {
-    current: Arc<std::sync::Mutex<Option<(String, Channel)>>>,
+    current: Arc<std::sync::Mutex<Option<(String, AuthChannel)>>>,
     trackers: Trackers,
+    creds: Credentials,
     avoid: Arc<connect::Avoid>,
     call_timeout: Duration,
     pub(crate) keys: Arc<KeyMaker>,
@@ -226,11 +248,12 @@ impl JobClient {
             return Err(ClientError::Config("no tracker address given".into()));
         }
         for a in addrs {
-            connect::endpoint(a)?;
+            connect::endpoint(a, &Credentials::default())?;
         }
         Ok(JobClient {
             current: Arc::default(),
             trackers: Trackers::Static(addrs.to_vec()),
+            creds: Credentials::default(),
             avoid: Arc::default(),
             call_timeout: DEFAULT_CALL_TIMEOUT,
             keys: Arc::default(),
@@ -242,6 +265,7 @@ impl JobClient {
         JobClient {
             current: Arc::default(),
             trackers: Trackers::Registry(registry),
+            creds: Credentials::default(),
             avoid: Arc::default(),
             call_timeout: DEFAULT_CALL_TIMEOUT,
             keys: Arc::default(),
@@ -250,10 +274,30 @@ impl JobClient {
 
     /// A client connected now to one of `addrs`.
     pub async fn connect(addrs: &[String]) -> Result<JobClient, ClientError> {
-        let client = JobClient::new(addrs)?;
-        let c = connect::connect_any(addrs).await?;
+        Self::connect_with(addrs, Credentials::default()).await
+    }
+
+    /// A client connected now to one of `addrs`, with `creds`.
+    pub async fn connect_with(
+        addrs: &[String],
+        creds: Credentials,
+    ) -> Result<JobClient, ClientError> {
+        let client = JobClient::new(addrs)?.with_credentials(creds);
+        let c = connect::connect_any(addrs, &client.creds).await?;
         *client.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
         Ok(client)
+    }
+
+    /// Connect with these credentials (TLS, client certificate, token) from now on.
+    pub fn with_credentials(mut self, creds: Credentials) -> JobClient {
+        self.creds = creds;
+        self.current = Arc::default();
+        self
+    }
+
+    /// The credentials this client presents.
+    pub fn credentials(&self) -> &Credentials {
+        &self.creds
     }
 
     /// The deadline of every call (default [`DEFAULT_CALL_TIMEOUT`]). A tracker that does not
@@ -305,7 +349,7 @@ impl JobClient {
 
     /// The tracker this client talks to, chosen (at random, avoiding recent failures) when
     /// there is none yet or the current one left the registry.
-    async fn channel(&self) -> Result<(String, Channel), ClientError> {
+    async fn channel(&self) -> Result<(String, AuthChannel), ClientError> {
         let current = self
             .current
             .lock()
@@ -332,11 +376,12 @@ impl JobClient {
                     .choose(&mut rand::rng())
                     .ok_or_else(|| ClientError::Config("no tracker address given".into()))?)
                 .clone();
-                let ch = connect::endpoint(&addr)?.connect_lazy();
+                let ch = connect::lazy(&addr, &self.creds)?;
                 (addr, ch)
             }
             Trackers::Registry(_) => {
-                connect::connect_avoiding(&self.trackers, &self.avoid.current()).await?
+                connect::connect_avoiding(&self.trackers, &self.avoid.current(), &self.creds)
+                    .await?
             }
         };
         tracing::debug!(tracker = %c.0, "JobClient connected");
@@ -356,7 +401,7 @@ impl JobClient {
     /// unavailable or does not answer in time.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(AuthChannel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.call_with(Repeat::Safe, f).await
@@ -364,7 +409,7 @@ impl JobClient {
 
     async fn call_with<T, F, Fut>(&self, repeat: Repeat, f: F) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(AuthChannel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let attempts = match &self.trackers {
@@ -379,7 +424,10 @@ impl JobClient {
                 Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
                     self.avoid.add(&addr);
                     self.forget(&addr);
-                    last = Some(ClientError::from(s));
+                    last = Some(ClientError::Unavailable(connect::explain(
+                        &status_chain(&s),
+                        &self.creds,
+                    )));
                 }
                 Ok(Err(s)) => return Err(s.into()),
                 Err(_) => {
@@ -403,7 +451,7 @@ impl JobClient {
         Err(last.unwrap_or_else(|| ClientError::Unavailable("no tracker".into())))
     }
 
-    fn jobs(ch: Channel) -> JobServiceClient<Channel> {
+    fn jobs(ch: AuthChannel) -> JobServiceClient<AuthChannel> {
         JobServiceClient::new(ch)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
@@ -610,7 +658,7 @@ impl JobClient {
     /// polling): see [`crate::watch`]. Re-read what you track on each
     /// [`WatchEvent::Resync`](crate::WatchEvent::Resync).
     pub fn watch(&self, filter: crate::WatchFilter) -> crate::JobWatch {
-        crate::watch::start(self.trackers.clone(), filter)
+        crate::watch::start(self.trackers.clone(), self.creds.clone(), filter)
     }
 
     /// The cluster's nodes, as the tracker sees them.
@@ -691,6 +739,7 @@ impl JobClient {
         let stop = CancellationToken::new();
         let task = tokio::spawn(feedback_loop(
             self.trackers.clone(),
+            self.creds.clone(),
             submit_node_group.to_string(),
             identity.to_string(),
             Arc::new(handler),
@@ -719,6 +768,7 @@ type Handler = Arc<dyn Fn(FeedbackItem) + Send + Sync>;
 
 async fn feedback_loop(
     trackers: Trackers,
+    creds: Credentials,
     group: String,
     identity: String,
     handler: Handler,
@@ -743,7 +793,7 @@ async fn feedback_loop(
             tracing::warn!(error = %e, "JobClient registration failed; retrying in the background");
         }
     }
-    feedback_sessions(&trackers, &group, &identity, &handler, &stop).await;
+    feedback_sessions(&trackers, &creds, &group, &identity, &handler, &stop).await;
     if let Some(r) = &registry {
         let _ = r.unregister(lts_registry::Role::JobClient, &identity).await;
     }
@@ -751,6 +801,7 @@ async fn feedback_loop(
 
 async fn feedback_sessions(
     trackers: &Trackers,
+    creds: &Credentials,
     group: &str,
     identity: &str,
     handler: &Handler,
@@ -758,7 +809,7 @@ async fn feedback_sessions(
 ) {
     let mut delays = reconnect_backoff();
     while !stop.is_cancelled() {
-        match feedback_session(trackers, group, identity, handler, stop).await {
+        match feedback_session(trackers, creds, group, identity, handler, stop).await {
             Ok(()) => delays = reconnect_backoff(),
             Err(e) => {
                 tracing::warn!(submit_node_group = %group, error = %e, "feedback stream lost; reconnecting")
@@ -774,12 +825,13 @@ async fn feedback_sessions(
 
 async fn feedback_session(
     trackers: &Trackers,
+    creds: &Credentials,
     group: &str,
     identity: &str,
     handler: &Handler,
     stop: &CancellationToken,
 ) -> Result<(), ClientError> {
-    let (_, channel) = connect::connect_to(trackers).await?;
+    let (_, channel) = connect::connect_to(trackers, creds).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(proto::FeedbackClientMessage {
         msg: Some(proto::feedback_client_message::Msg::Subscribe(

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use lts_registry::{Registry, Role};
 use rand::seq::SliceRandom;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::ClientError;
+use crate::credentials::{AuthChannel, Credentials};
 
 /// Where to find JobTrackers.
 #[derive(Clone)]
@@ -56,8 +57,11 @@ impl Trackers {
 }
 
 /// Connects to one tracker of `trackers`, picked at random.
-pub async fn connect_to(trackers: &Trackers) -> Result<(String, Channel), ClientError> {
-    connect_avoiding(trackers, &[]).await
+pub async fn connect_to(
+    trackers: &Trackers,
+    creds: &Credentials,
+) -> Result<(String, AuthChannel), ClientError> {
+    connect_avoiding(trackers, &[], creds).await
 }
 
 /// Connects to one tracker of `trackers`, picked at random among those not in `avoid` (which
@@ -65,7 +69,8 @@ pub async fn connect_to(trackers: &Trackers) -> Result<(String, Channel), Client
 pub async fn connect_avoiding(
     trackers: &Trackers,
     avoid: &[String],
-) -> Result<(String, Channel), ClientError> {
+    creds: &Credentials,
+) -> Result<(String, AuthChannel), ClientError> {
     let addrs = trackers.wait_addresses(Duration::from_secs(3)).await;
     if addrs.is_empty() {
         return Err(ClientError::Unavailable(
@@ -75,12 +80,12 @@ pub async fn connect_avoiding(
     let (avoided, preferred): (Vec<String>, Vec<String>) =
         addrs.into_iter().partition(|a| avoid.contains(a));
     if preferred.is_empty() {
-        return connect_any(&avoided).await;
+        return connect_any(&avoided, creds).await;
     }
-    match connect_any(&preferred).await {
+    match connect_any(&preferred, creds).await {
         Ok(c) => Ok(c),
         Err(e) if avoided.is_empty() => Err(e),
-        Err(_) => connect_any(&avoided).await,
+        Err(_) => connect_any(&avoided, creds).await,
     }
 }
 
@@ -107,34 +112,79 @@ impl Avoid {
     }
 }
 
-/// `host:port` → `http://host:port`; URLs pass unchanged.
-pub fn normalize(addr: &str) -> String {
-    let addr = addr.trim();
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 /// An endpoint with the settings every LTS connection uses (TCP_NODELAY, keepalive, timeouts).
 ///
 /// HTTP/2 keepalive pings every 3 s and gives up after 3 s more: a tracker that froze (or a
 /// partition) ends every stream on the connection within ~6 s, so feedback subscriptions and
 /// job watches move to another tracker. (The `Work` stream has its own, faster heartbeat.)
-pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
-    let url = normalize(addr);
-    Ok(Endpoint::from_shared(url.clone())
-        .map_err(|e| ClientError::Config(format!("tracker address {addr:?}: {e}")))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(3))
-        .http2_keep_alive_interval(Duration::from_secs(3))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .keep_alive_while_idle(true))
+/// With TLS in `creds`, the tracker's certificate is checked and the client's presented.
+pub fn endpoint(addr: &str, creds: &Credentials) -> Result<Endpoint, ClientError> {
+    let url = creds.url(addr);
+    creds.apply(
+        Endpoint::from_shared(url.clone())
+            .map_err(|e| ClientError::Config(format!("tracker address {addr:?}: {e}")))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(3))
+            .http2_keep_alive_interval(Duration::from_secs(3))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true),
+    )
+}
+
+/// A channel to `addr` that connects on first use.
+pub fn lazy(addr: &str, creds: &Credentials) -> Result<AuthChannel, ClientError> {
+    Ok(AuthChannel::new(
+        endpoint(addr, creds)?.connect_lazy(),
+        creds.interceptor(),
+    ))
+}
+
+/// Connects to `addr` now.
+pub async fn connect_one(addr: &str, creds: &Credentials) -> Result<AuthChannel, ClientError> {
+    match endpoint(addr, creds)?.connect().await {
+        Ok(ch) => Ok(AuthChannel::new(ch, creds.interceptor())),
+        Err(e) => Err(ClientError::Unavailable(format!(
+            "{addr}: {}",
+            explain(&source_chain(&e), creds)
+        ))),
+    }
+}
+
+/// A connect error, with what to do about it when it is about TLS.
+pub fn explain(error: &str, creds: &Credentials) -> String {
+    let hint = if error.contains("CertificateRequired") || error.contains("certificate required") {
+        Some(
+            "the tracker asks for a client certificate: pass --tls-cert/--tls-key or set LTS_TLS_CERT/LTS_TLS_KEY",
+        )
+    } else if error.contains("UnknownIssuer") || error.contains("invalid peer certificate") {
+        Some(
+            "the tracker's certificate is not signed by the CA given (--tls-ca, LTS_TLS_CA), or does not name this address (--tls-domain)",
+        )
+    } else if !creds.uses_tls()
+        && (error.contains("connection reset")
+            || error.contains("broken pipe")
+            || error.contains("h2 protocol error")
+            || error.contains("connection closed"))
+    {
+        Some("the tracker may serve TLS: pass --tls-ca (LTS_TLS_CA)")
+    } else if creds.uses_tls()
+        && (error.contains("InvalidContentType") || error.contains("corrupt message"))
+    {
+        Some("the tracker serves plaintext (--insecure): leave out --tls-ca")
+    } else {
+        None
+    };
+    match hint {
+        Some(h) => format!("{error} ({h})"),
+        None => error.to_string(),
+    }
 }
 
 /// Connects to one of `addrs`, tried in random order.
-pub async fn connect_any(addrs: &[String]) -> Result<(String, Channel), ClientError> {
+pub async fn connect_any(
+    addrs: &[String],
+    creds: &Credentials,
+) -> Result<(String, AuthChannel), ClientError> {
     if addrs.is_empty() {
         return Err(ClientError::Config("no tracker address given".into()));
     }
@@ -142,10 +192,10 @@ pub async fn connect_any(addrs: &[String]) -> Result<(String, Channel), ClientEr
     order.shuffle(&mut rand::rng());
     let mut last = String::new();
     for addr in order {
-        match endpoint(addr)?.connect().await {
-            Ok(ch) => return Ok((addr.clone(), ch)),
+        match endpoint(addr, creds)?.connect().await {
+            Ok(ch) => return Ok((addr.clone(), AuthChannel::new(ch, creds.interceptor()))),
             Err(e) => {
-                last = format!("{addr}: {}", source_chain(&e));
+                last = format!("{addr}: {}", explain(&source_chain(&e), creds));
                 tracing::debug!(tracker = %addr, error = %last, "tracker not reachable");
             }
         }

@@ -32,6 +32,7 @@
 mod background;
 pub mod client;
 pub mod connect;
+pub mod credentials;
 pub mod outbox;
 mod retrying;
 pub mod runner;
@@ -46,6 +47,7 @@ pub use client::{
 };
 /// Logging set-up and the shutdown signal of the LTS binaries ([`lts_core::runtime`]).
 #[cfg(feature = "runtime")]
+pub use credentials::{CredentialOptions, Credentials};
 pub use lts_core::runtime;
 pub use lts_core::{FeedbackItem, Job, JobKey, JobSpec, JobState, Outcome, Schedule};
 pub use runner::{BizLogger, JobContext, JobRunner, RunResult};

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ClientError;
 use crate::background::Background;
 use crate::connect::{self, Trackers};
+use crate::credentials::Credentials;
 
 /// How often the set of trackers is read again when no registry tells of changes.
 pub const REFRESH: Duration = Duration::from_secs(10);
@@ -78,10 +79,10 @@ impl JobWatch {
 }
 
 /// Starts a watch of every tracker of `trackers`.
-pub(crate) fn start(trackers: Trackers, filter: WatchFilter) -> JobWatch {
+pub(crate) fn start(trackers: Trackers, creds: Credentials, filter: WatchFilter) -> JobWatch {
     let (tx, rx) = mpsc::channel(1024);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(supervise(trackers, filter, tx, stop.clone()));
+    let task = tokio::spawn(supervise(trackers, creds, filter, tx, stop.clone()));
     JobWatch {
         rx,
         task: Background::new(stop, task),
@@ -91,6 +92,7 @@ pub(crate) fn start(trackers: Trackers, filter: WatchFilter) -> JobWatch {
 /// Keeps one stream per tracker address, adding and dropping streams as trackers change.
 async fn supervise(
     trackers: Trackers,
+    creds: Credentials,
     filter: WatchFilter,
     tx: mpsc::Sender<WatchEvent>,
     stop: CancellationToken,
@@ -101,7 +103,7 @@ async fn supervise(
         Trackers::Static(_) => None,
     };
     loop {
-        let targets = targets(&trackers).await;
+        let targets = targets(&trackers, &creds).await;
         streams.retain(|addr, token| {
             let keep = targets.contains(addr);
             if !keep {
@@ -113,7 +115,13 @@ async fn supervise(
         for addr in targets {
             streams.entry(addr.clone()).or_insert_with(|| {
                 let token = stop.child_token();
-                tokio::spawn(follow(addr, filter.clone(), tx.clone(), token.clone()));
+                tokio::spawn(follow(
+                    addr,
+                    creds.clone(),
+                    filter.clone(),
+                    tx.clone(),
+                    token.clone(),
+                ));
                 token
             });
         }
@@ -138,13 +146,13 @@ async fn supervise(
 /// The addresses to hold streams to. With a registry: its JobTracker members. With a fixed
 /// list: the trackers `ListNodes` names when there are several (a Service in front of a
 /// cluster), otherwise the fixed addresses themselves.
-async fn targets(trackers: &Trackers) -> Vec<String> {
+async fn targets(trackers: &Trackers, creds: &Credentials) -> Vec<String> {
     let fixed = match trackers {
         Trackers::Registry(_) => return trackers.addresses(),
         Trackers::Static(a) => a.clone(),
     };
     let listed = async {
-        let (_, ch) = connect::connect_any(&fixed).await?;
+        let (_, ch) = connect::connect_any(&fixed, creds).await?;
         let resp = lts_core::proto::cluster_service_client::ClusterServiceClient::new(ch)
             .list_nodes(proto::ListNodesRequest {})
             .await?
@@ -172,6 +180,7 @@ fn unspecified_host(addr: &str) -> bool {
 /// Holds the watch stream of one tracker until `stop`, reconnecting with backoff.
 async fn follow(
     addr: String,
+    creds: Credentials,
     filter: WatchFilter,
     tx: mpsc::Sender<WatchEvent>,
     stop: CancellationToken,
@@ -187,9 +196,7 @@ async fn follow(
     let mut backoff = new_backoff();
     loop {
         let run = async {
-            let ch = connect::endpoint(&addr)?.connect().await.map_err(|e| {
-                ClientError::Unavailable(format!("{addr}: {}", connect::source_chain(&e)))
-            })?;
+            let ch = connect::connect_one(&addr, &creds).await?;
             let mut stream = JobServiceClient::new(ch)
                 .max_decoding_message_size(64 << 20)
                 .watch(filter.to_proto())

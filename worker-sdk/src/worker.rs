@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, reconnect_backoff};
 use crate::connect::{self, Trackers};
+use crate::credentials::Credentials;
 use crate::outbox::Outbox;
 use crate::runner::{BizLogger, JobContext, JobRunner, RunResult};
 use lts_core::limits::ReportLimits;
@@ -42,6 +43,7 @@ pub struct TaskTrackerBuilder {
     node_group: Option<String>,
     trackers: Vec<String>,
     registry: Option<Arc<dyn Registry>>,
+    creds: Credentials,
     threads: u32,
     prefetch: u32,
     identity: Option<String>,
@@ -94,6 +96,12 @@ impl TaskTrackerBuilder {
     /// registers itself there, so the master re-queues its jobs at once if it dies.
     pub fn registry(mut self, registry: Arc<dyn Registry>) -> Self {
         self.registry = Some(registry);
+        self
+    }
+
+    /// The credentials to connect with: the tracker's CA, a client certificate, a token.
+    pub fn credentials(mut self, creds: Credentials) -> Self {
+        self.creds = creds;
         self
     }
 
@@ -221,7 +229,7 @@ impl TaskTrackerBuilder {
             ));
         }
         for t in &self.trackers {
-            if let Err(e) = connect::endpoint(t) {
+            if let Err(e) = connect::endpoint(t, &self.creds) {
                 v.push(lts_core::FieldViolation::new("tracker", e.to_string()));
             }
         }
@@ -241,6 +249,7 @@ impl TaskTrackerBuilder {
                 Some(r) => Trackers::Registry(r),
                 None => Trackers::Static(self.trackers),
             },
+            creds: self.creds,
             threads: self.threads,
             prefetch: self.prefetch,
             slots: Arc::new(Semaphore::new(self.threads as usize)),
@@ -264,6 +273,7 @@ pub struct TaskTracker {
     cluster: String,
     node_group: String,
     trackers: Trackers,
+    creds: Credentials,
     threads: u32,
     prefetch: u32,
     /// One permit per thread: a job runs while it holds one.
@@ -338,6 +348,7 @@ impl TaskTracker {
             cluster: "default".into(),
             node_group: None,
             trackers: Vec::new(),
+            creds: Credentials::default(),
             registry: None,
             threads: 8,
             prefetch: 0,
@@ -536,7 +547,9 @@ impl TaskTracker {
         grace: &mut Option<tokio::time::Instant>,
     ) -> SessionEnd {
         let (addr, channel) =
-            match connect::connect_avoiding(&self.trackers, &self.avoid.current()).await {
+            match connect::connect_avoiding(&self.trackers, &self.avoid.current(), &self.creds)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => return SessionEnd::Lost(e.to_string(), false),
             };

@@ -319,6 +319,11 @@ fn job_tracker_pod(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> PodSpec 
             mounts.push(mount("data", "/var/lib/lts"));
         }
     }
+    // Plaintext and without an auth file until the operator issues the cluster's certificates
+    // and grants; `spec.env` comes after and may set LTS_TLS_*, LTS_AUTH_FILE (with
+    // LTS_INSECURE/LTS_NO_AUTH "false") to secure a tracker by hand.
+    env_vars.push(env("LTS_INSECURE", "true"));
+    env_vars.push(env("LTS_NO_AUTH", "true"));
     env_vars.extend(spec.env.iter().cloned());
     let container = Container {
         name: "tracker".into(),

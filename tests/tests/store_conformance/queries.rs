@@ -214,8 +214,22 @@ pub async fn feedback_until_acknowledged(store: Arc<dyn JobStore>) {
             .is_empty(),
         "paging after the last item finds nothing"
     );
+    // Another group's subscriber cannot acknowledge (and so delete) it.
     store
-        .ack_feedback(vec![item.feedback_id.clone()])
+        .ack_feedback("intruders", vec![item.feedback_id.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .pending_feedback("clients", None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "an acknowledgement from another group deletes nothing"
+    );
+    store
+        .ack_feedback("clients", vec![item.feedback_id.clone()])
         .await
         .unwrap();
     assert!(

@@ -220,7 +220,7 @@ pub async fn complete_retry_and_stale(store: Arc<dyn JobStore>) {
     assert_eq!(fb.len(), 1);
     assert_eq!(fb[0].job.job_id, job_id);
     store
-        .ack_feedback(vec![fb[0].feedback_id.clone()])
+        .ack_feedback("clients", vec![fb[0].feedback_id.clone()])
         .await
         .unwrap();
     assert!(

@@ -34,14 +34,20 @@ fn node_to_proto(n: &NodeInfo, master: Option<&NodeInfo>, free: Option<u32>) -> 
 impl ClusterService for ClusterApi {
     async fn list_nodes(
         &self,
-        _request: Request<proto::ListNodesRequest>,
+        request: Request<proto::ListNodesRequest>,
     ) -> Result<Response<proto::ListNodesResponse>, Status> {
-        let nodes = self
+        // Anyone who may call finds the JobTrackers; only an admin sees the TaskTrackers and
+        // clients (their identities and addresses).
+        let admin = self.0.auth.principal(&request)?.admin;
+        let mut nodes = self
             .0
             .registry
             .nodes()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        if !admin {
+            nodes.retain(|n| n.role == Role::JobTracker);
+        }
         let master = self.0.registry.master().borrow().clone();
         let loads = self.0.dispatcher.loads();
         Ok(Response::new(proto::ListNodesResponse {
@@ -71,8 +77,9 @@ impl ClusterService for ClusterApi {
 
     async fn get_master(
         &self,
-        _request: Request<proto::GetMasterRequest>,
+        request: Request<proto::GetMasterRequest>,
     ) -> Result<Response<proto::GetMasterResponse>, Status> {
+        self.0.auth.principal(&request)?;
         let master = self.0.registry.master().borrow().clone();
         Ok(Response::new(proto::GetMasterResponse {
             master: master.as_ref().map(|m| node_to_proto(m, Some(m), None)),

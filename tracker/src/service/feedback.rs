@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{BoxStream, TrackerCore, invalid_argument};
 use crate::admission::first_message;
+use crate::auth::Need;
 use crate::registry::{NodeInfo, Role};
 
 /// `FeedbackService`.
@@ -27,6 +28,7 @@ impl FeedbackService for FeedbackApi {
         request: Request<Streaming<proto::FeedbackClientMessage>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let core = self.0.clone();
+        let who = core.auth.principal(&request)?;
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -53,6 +55,10 @@ impl FeedbackService for FeedbackApi {
         if !v.is_empty() {
             return Err(invalid_argument(&validate::Violations(v)));
         }
+        who.require(
+            Need::Submitter(&sub.submit_node_group),
+            "receive this node group's feedback",
+        )?;
         let (tx, rx) = mpsc::unbounded_channel();
         let group = sub.submit_node_group;
         let identity = if sub.identity.is_empty() {

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::{BoxStream, TrackerCore, invalid_argument, store_status};
+use crate::auth::{Need, Principal};
 use crate::store::{
     CancelOutcome, ChangeOutcome, JobKey, ListFilter, SubmitOutcome, TriggerOutcome,
 };
@@ -53,7 +54,15 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitRequest>,
     ) -> Result<Response<proto::SubmitResponse>, Status> {
+        let who = self.0.auth.principal(&request)?;
         let jobs = request.into_inner().jobs;
+        if !who.admin {
+            let groups: std::collections::BTreeSet<&str> =
+                jobs.iter().map(|j| j.submit_node_group.as_str()).collect();
+            for g in groups {
+                who.require(Need::Submitter(g), "submit jobs")?;
+            }
+        }
         if jobs.len() > MAX_SUBMIT_BATCH {
             return Err(invalid_argument(&validate::Violations(vec![
                 validate::FieldViolation::new(
@@ -129,9 +138,16 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
+        let who = self.0.auth.principal(&request)?;
         let key = job_key(request.into_inner().job)?;
         match self.0.store.get(key.clone()).await.map_err(store_status)? {
-            Some(job) => Ok(Response::new(convert::job_to_proto(&job))),
+            Some(job) => {
+                who.require(
+                    Need::Submitter(&job.spec.submit_node_group),
+                    "read this job",
+                )?;
+                Ok(Response::new(convert::job_to_proto(&job)))
+            }
             None => Err(Status::not_found(format!("no job {}", describe(&key)))),
         }
     }
@@ -140,7 +156,9 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
-        let r = request.into_inner();
+        let who = self.0.auth.principal(&request)?;
+        let mut r = request.into_inner();
+        r.submit_node_group = own_groups(&who, r.submit_node_group, "list jobs")?;
         let mut v = Vec::new();
         if !r.task_tracker_node_group.is_empty() {
             validate::check_node_group(
@@ -214,7 +232,9 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::WatchJobsRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let r = request.into_inner();
+        let who = self.0.auth.principal(&request)?;
+        let mut r = request.into_inner();
+        r.submit_node_group = own_groups(&who, r.submit_node_group, "watch jobs")?;
         let mut v = Vec::new();
         for (field, value) in [
             ("task_tracker_node_group", &r.task_tracker_node_group),
@@ -247,7 +267,9 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::CancelJobResponse>, Status> {
+        let who = self.0.auth.principal(&request)?;
         let key = job_key(request.into_inner().job)?;
+        self.own_job(&who, &key, "cancel this job").await?;
         match self
             .0
             .store
@@ -274,7 +296,9 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SuspendJobRequest>,
     ) -> Result<Response<proto::SuspendJobResponse>, Status> {
+        let who = self.0.auth.principal(&request)?;
         let key = job_key(request.into_inner().job)?;
+        self.own_job(&who, &key, "suspend this job").await?;
         let out = self
             .0
             .store
@@ -296,7 +320,9 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::ResumeJobRequest>,
     ) -> Result<Response<proto::ResumeJobResponse>, Status> {
+        let who = self.0.auth.principal(&request)?;
         let key = job_key(request.into_inner().job)?;
+        self.own_job(&who, &key, "resume this job").await?;
         let out = self
             .0
             .store
@@ -321,7 +347,9 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::TriggerJobRequest>,
     ) -> Result<Response<proto::TriggerJobResponse>, Status> {
+        let who = self.0.auth.principal(&request)?;
         let key = job_key(request.into_inner().job)?;
+        self.own_job(&who, &key, "trigger this job").await?;
         let out = self
             .0
             .store
@@ -366,12 +394,15 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::GetLogRequest>,
     ) -> Result<Response<proto::GetLogResponse>, Status> {
+        let who = self.0.auth.principal(&request)?;
         let r = request.into_inner();
         if r.job_id.is_empty() {
             return Err(invalid_argument(&validate::Violations(vec![
                 validate::FieldViolation::new("job_id", "is required"),
             ])));
         }
+        self.own_job(&who, &JobKey::Id(r.job_id.clone()), "read this job's log")
+            .await?;
         let limit = match r.limit as usize {
             0 => 1_000.min(self.0.max_log_entries),
             n => n.min(self.0.max_log_entries),
@@ -391,7 +422,18 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::StatsRequest>,
     ) -> Result<Response<proto::StatsResponse>, Status> {
+        let who = self.0.auth.principal(&request)?;
         let r = request.into_inner();
+        // Counts over every tenant: an admin's, or (for one TaskTracker node group) its
+        // workers' — e.g. to scale them.
+        if r.task_tracker_node_group.is_empty() {
+            who.require(Need::Admin, "read the stats of every node group")?;
+        } else {
+            who.require(
+                Need::Worker(&r.task_tracker_node_group),
+                "read this node group's stats",
+            )?;
+        }
         let group = (!r.task_tracker_node_group.is_empty()).then_some(r.task_tracker_node_group);
         let s = self
             .0
@@ -409,6 +451,39 @@ impl JobService for JobApi {
             pending_feedback: s.pending_feedback,
         }))
     }
+}
+
+impl JobApi {
+    /// `Ok` when `who` may act on the job `key` names: an admin, or a submitter of the node
+    /// group that submitted it. An unknown job passes (the call answers `NOT_FOUND`).
+    async fn own_job(&self, who: &Principal, key: &JobKey, action: &str) -> Result<(), Status> {
+        if who.admin {
+            return Ok(());
+        }
+        match self.0.store.get(key.clone()).await.map_err(store_status)? {
+            Some(job) => who.require(Need::Submitter(&job.spec.submit_node_group), action),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The submit node group a list or watch of `who` is confined to: the one asked for, which it
+/// must submit for; or, left empty, its only one. An admin may leave it empty (every group).
+fn own_groups(who: &Principal, asked: String, action: &str) -> Result<String, Status> {
+    if who.admin {
+        return Ok(asked);
+    }
+    if asked.is_empty() {
+        return match who.submit.only() {
+            Some(g) => Ok(g.to_string()),
+            None => Err(Status::permission_denied(format!(
+                "principal {:?} may {action} only of its own submit node groups: name one in submit_node_group",
+                who.name
+            ))),
+        };
+    }
+    who.require(Need::Submitter(&asked), action)?;
+    Ok(asked)
 }
 
 /// The job and whether it changed, or the gRPC status for a finished or unknown job.

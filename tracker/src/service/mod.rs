@@ -67,6 +67,8 @@ pub struct TrackerCore {
     pub max_page_size: usize,
     /// The most `GetLog` lines.
     pub max_log_entries: usize,
+    /// Who may call what.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl std::fmt::Debug for TrackerCore {

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{BoxStream, TrackerCore, invalid_argument, store_status};
 use crate::admission::first_message;
+use crate::auth::Need;
 use crate::conn::WorkerConn;
 use crate::dispatch::WorkerTx;
 use crate::registry::{NodeInfo, Role};
@@ -42,6 +43,7 @@ impl WorkerService for WorkerApi {
         request: Request<Streaming<proto::WorkerMessage>>,
     ) -> Result<Response<Self::WorkStream>, Status> {
         let core = self.0.clone();
+        let who = core.auth.principal(&request)?;
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -60,6 +62,13 @@ impl WorkerService for WorkerApi {
             }
         };
         validate::validate_hello(&hello, &core.cluster).map_err(|v| invalid_argument(&v))?;
+        who.require(
+            Need::Worker(&hello.node_group),
+            "run this node group's jobs",
+        )?;
+        // The identity is this principal's while the stream lives: nobody else can take over
+        // its leases or its registration.
+        let binding = core.auth.bind(&hello.identity, &who)?;
 
         // Room for the Welcome, a full window of assignments and their acknowledgements, and
         // pings: only a TaskTracker that stops reading fills it.
@@ -144,6 +153,7 @@ impl WorkerService for WorkerApi {
         ));
         tokio::spawn(async move {
             let _admitted = admitted;
+            let _binding = binding;
             let _ended = ended.drop_guard();
             loop {
                 let msg = tokio::select! {

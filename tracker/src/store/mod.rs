@@ -313,8 +313,13 @@ pub trait JobStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<FeedbackItem>>;
 
-    /// Deletes acknowledged feedback.
-    async fn ack_feedback(&self, feedback_ids: Vec<String>) -> StoreResult<()>;
+    /// Deletes acknowledged feedback of `submit_node_group`; ids of another group's feedback
+    /// are ignored (a subscriber acknowledges only what it may receive).
+    async fn ack_feedback(
+        &self,
+        submit_node_group: &str,
+        feedback_ids: Vec<String>,
+    ) -> StoreResult<()>;
 
     /// Deletes finished jobs and log lines older than `before_ms`; returns how many rows went.
     async fn enforce_retention(&self, before_ms: i64) -> StoreResult<u64>;

@@ -77,6 +77,9 @@ struct Cli {
     outbox: Option<std::path::PathBuf>,
     #[command(flatten)]
     sidecar: SidecarArgs,
+    /// TLS and token.
+    #[command(flatten)]
+    credentials: lts_worker_sdk::CredentialOptions,
 }
 
 #[tokio::main]
@@ -96,7 +99,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let creds = match lts_worker_sdk::Credentials::from_options(&cli.credentials) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lts-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut builder = TaskTracker::builder()
+        .credentials(creds)
         .cluster(cli.cluster.clone())
         .node_group(cli.node_group)
         .trackers(cli.tracker)

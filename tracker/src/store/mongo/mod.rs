@@ -444,8 +444,8 @@ impl JobStore for MongoStore {
         self.feedback_after(submit_node_group, after, limit).await
     }
 
-    async fn ack_feedback(&self, ids: Vec<String>) -> StoreResult<()> {
-        self.ack(ids).await
+    async fn ack_feedback(&self, group: &str, ids: Vec<String>) -> StoreResult<()> {
+        self.ack(group, ids).await
     }
 
     async fn fence(&self, epoch: u64, identity: &str, now: i64) -> StoreResult<bool> {

@@ -186,7 +186,7 @@ impl MongoStore {
     }
 
     /// Deletes acknowledged feedback (`<job id>/<n>`).
-    pub(super) async fn ack(&self, ids: Vec<String>) -> StoreResult<()> {
+    pub(super) async fn ack(&self, group: &str, ids: Vec<String>) -> StoreResult<()> {
         let mut per_job: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         for id in &ids {
             if let Some((job, n)) = id.rsplit_once('/')
@@ -201,7 +201,7 @@ impl MongoStore {
         for (job, ns) in &per_job {
             self.jobs
                 .update_one(
-                    doc! { "_id": job },
+                    doc! { "_id": job, "fb_group": group },
                     doc! { "$pull": { "fb": { "n": { "$in": ns } } } },
                 )
                 .await?;
@@ -209,7 +209,7 @@ impl MongoStore {
         let jobs: Vec<&String> = per_job.keys().collect();
         self.jobs
             .update_many(
-                doc! { "_id": { "$in": jobs }, "fb": { "$size": 0 } },
+                doc! { "_id": { "$in": jobs }, "fb_group": group, "fb": { "$size": 0 } },
                 doc! { "$unset": { "fb": "", "fb_group": "" } },
             )
             .await?;

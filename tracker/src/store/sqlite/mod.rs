@@ -361,9 +361,10 @@ impl JobStore for SqliteStore {
             .await
     }
 
-    async fn ack_feedback(&self, ids: Vec<String>) -> StoreResult<()> {
+    async fn ack_feedback(&self, group: &str, ids: Vec<String>) -> StoreResult<()> {
+        let group = group.to_string();
         self.write("ack_feedback", move |conn, _| {
-            queries::ack_feedback(conn, &ids)
+            queries::ack_feedback(conn, &group, &ids)
         })
         .await
     }

@@ -212,11 +212,12 @@ pub(super) fn pending_feedback(
 }
 
 /// Deletes acknowledged feedback.
-pub(super) fn ack_feedback(conn: &Connection, ids: &[String]) -> StoreResult<()> {
-    let mut stmt = conn.prepare_cached("DELETE FROM feedback WHERE id = ?1")?;
+pub(super) fn ack_feedback(conn: &Connection, group: &str, ids: &[String]) -> StoreResult<()> {
+    let mut stmt =
+        conn.prepare_cached("DELETE FROM feedback WHERE id = ?1 AND submit_group = ?2")?;
     for id in ids {
         if let Ok(id) = id.parse::<i64>() {
-            stmt.execute([id])?;
+            stmt.execute(params![id, group])?;
         }
     }
     Ok(())

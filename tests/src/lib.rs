@@ -130,6 +130,7 @@ pub struct TrackerProc {
     /// Its data directory.
     pub dir: PathBuf,
     extra: Vec<String>,
+    creds: lts_worker_sdk::Credentials,
 }
 
 impl TrackerProc {
@@ -149,6 +150,18 @@ impl TrackerProc {
         port: u16,
         extra: &[&str],
         env: &[(&str, &str)],
+    ) -> anyhow::Result<TrackerProc> {
+        Self::start_secured(dir, port, extra, env, Default::default()).await
+    }
+
+    /// Starts a tracker whose flags secure it (`--tls-cert`, `--auth-file`…); `creds` are an
+    /// admin's, for the readiness check and [`TrackerProc::client`].
+    pub async fn start_secured(
+        dir: &Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        creds: lts_worker_sdk::Credentials,
     ) -> anyhow::Result<TrackerProc> {
         let addr = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(bin("lts-tracker"));
@@ -176,6 +189,7 @@ impl TrackerProc {
             addr,
             dir: dir.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            creds,
         };
         t.wait_ready(Duration::from_secs(20)).await?;
         Ok(t)
@@ -195,12 +209,12 @@ impl TrackerProc {
         tokio::time::sleep(down_for).await;
         let port: u16 = self.addr.rsplit(':').next().unwrap_or("0").parse()?;
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        TrackerProc::start_on(&self.dir, port, &extra).await
+        TrackerProc::start_secured(&self.dir, port, &extra, &[], self.creds.clone()).await
     }
 
     async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
-        let client = JobClient::new(std::slice::from_ref(&self.addr))?;
+        let client = self.client();
         loop {
             match client.stats(None).await {
                 Ok(_) => return Ok(()),
@@ -218,7 +232,9 @@ impl TrackerProc {
 
     /// A client of this tracker.
     pub fn client(&self) -> JobClient {
-        JobClient::new(std::slice::from_ref(&self.addr)).expect("client")
+        JobClient::new(std::slice::from_ref(&self.addr))
+            .expect("client")
+            .with_credentials(self.creds.clone())
     }
 }
 
@@ -717,6 +733,16 @@ pub struct RawWorker {
 impl RawWorker {
     /// Opens the stream to the tracker at `addr`.
     pub async fn connect(addr: &str, node_group: &str, identity: &str) -> anyhow::Result<Self> {
+        Self::connect_with(addr, node_group, identity, &Default::default()).await
+    }
+
+    /// Opens the stream to the tracker at `addr`, presenting `creds`.
+    pub async fn connect_with(
+        addr: &str,
+        node_group: &str,
+        identity: &str,
+        creds: &lts_worker_sdk::Credentials,
+    ) -> anyhow::Result<Self> {
         use lts_core::proto::{self, worker_message, worker_service_client::WorkerServiceClient};
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let me = |m| proto::WorkerMessage { msg: Some(m) };
@@ -729,8 +755,8 @@ impl RawWorker {
             ..Default::default()
         })))?;
         tx.send(me(worker_message::Msg::Credit(proto::Credit { n: 1 })))?;
-        let inbound = WorkerServiceClient::connect(format!("http://{addr}"))
-            .await?
+        let channel = lts_worker_sdk::connect::connect_one(addr, creds).await?;
+        let inbound = WorkerServiceClient::new(channel)
             .max_encoding_message_size(64 << 20)
             .work(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
             .await?

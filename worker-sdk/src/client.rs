@@ -429,7 +429,7 @@ impl JobClient {
                         &self.creds,
                     )));
                 }
-                Ok(Err(s)) => return Err(s.into()),
+                Ok(Err(s)) => return Err(self.error(s)),
                 Err(_) => {
                     self.avoid.add(&addr);
                     self.forget(&addr);
@@ -449,6 +449,20 @@ impl JobClient {
             }
         }
         Err(last.unwrap_or_else(|| ClientError::Unavailable("no tracker".into())))
+    }
+
+    /// A status as an error; a transport failure (a TLS mismatch shows as an HTTP/2 or
+    /// connection error) says what to change.
+    fn error(&self, s: tonic::Status) -> ClientError {
+        match s.code() {
+            tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                ClientError::Rpc {
+                    code: s.code(),
+                    message: connect::explain(&status_chain(&s), &self.creds),
+                }
+            }
+            _ => s.into(),
+        }
     }
 
     fn jobs(ch: AuthChannel) -> JobServiceClient<AuthChannel> {

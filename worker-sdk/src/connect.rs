@@ -150,6 +150,17 @@ pub async fn connect_one(addr: &str, creds: &Credentials) -> Result<AuthChannel,
     }
 }
 
+fn closed(error: &str) -> bool {
+    [
+        "connection reset",
+        "broken pipe",
+        "h2 protocol error",
+        "connection closed",
+    ]
+    .iter()
+    .any(|m| error.contains(m))
+}
+
 /// A connect error, with what to do about it when it is about TLS.
 pub fn explain(error: &str, creds: &Credentials) -> String {
     let hint = if error.contains("CertificateRequired") || error.contains("certificate required") {
@@ -160,13 +171,14 @@ pub fn explain(error: &str, creds: &Credentials) -> String {
         Some(
             "the tracker's certificate is not signed by the CA given (--tls-ca, LTS_TLS_CA), or does not name this address (--tls-domain)",
         )
-    } else if !creds.uses_tls()
-        && (error.contains("connection reset")
-            || error.contains("broken pipe")
-            || error.contains("h2 protocol error")
-            || error.contains("connection closed"))
-    {
+    } else if !creds.uses_tls() && closed(error) {
         Some("the tracker may serve TLS: pass --tls-ca (LTS_TLS_CA)")
+    } else if creds.uses_tls() && !creds.has_identity() && closed(error) {
+        // TLS 1.3: a tracker that requires a client certificate closes the connection after
+        // the handshake, which the client sees as a closed connection.
+        Some(
+            "the tracker may ask for a client certificate: pass --tls-cert/--tls-key or set LTS_TLS_CERT/LTS_TLS_KEY",
+        )
     } else if creds.uses_tls()
         && (error.contains("InvalidContentType") || error.contains("corrupt message"))
     {

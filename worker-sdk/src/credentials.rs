@@ -197,6 +197,11 @@ impl Credentials {
         self.tls
     }
 
+    /// Whether a client certificate is presented.
+    pub fn has_identity(&self) -> bool {
+        self.identity.is_some()
+    }
+
     /// The interceptor that adds the token.
     pub fn interceptor(&self) -> TokenInterceptor {
         self.token.clone()

@@ -31,6 +31,10 @@ pub struct ClientOpts {
     /// Cluster name (with --registry).
     #[arg(long, env = "LTS_CLUSTER", default_value = "default")]
     pub cluster: String,
+    /// File holding the ZooKeeper digest credential `user:password` (a mounted Secret): the
+    /// registry's nodes are then readable and writable with it only.
+    #[arg(long, env = "LTS_ZK_AUTH_FILE")]
+    pub zk_auth_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', env = "LTS_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -53,6 +57,7 @@ impl ClientOpts {
         match &self.registry {
             Some(url) => {
                 let cfg = ZkConfig::parse(url, &self.cluster)
+                    .and_then(|c| c.with_auth_file(self.zk_auth_file.as_deref()))
                     .map_err(|e| CliError::Usage(format!("--registry: {e}")))?;
                 let zk = ZkRegistry::start(cfg, None);
                 zk.wait_connected(Duration::from_secs(10))

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use backon::BackoffBuilder;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, SessionState};
+use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, Permission, SessionState};
 
 use crate::{Health, NodeInfo, Registry, RegistryError, Role};
 
@@ -41,6 +41,47 @@ pub struct ZkConfig {
     pub cluster: String,
     /// Session timeout; a dead node's ephemeral znodes vanish after this.
     pub session_timeout: Duration,
+    /// The digest credential (`user:password`) the session authenticates with; the nodes it
+    /// creates are then readable and writable only with the same credential. `None`: nodes
+    /// are world-writable (a warning says so).
+    pub auth: Option<ZkDigest>,
+}
+
+/// A ZooKeeper digest credential, `user:password`; shown without its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ZkDigest(String);
+
+impl std::fmt::Debug for ZkDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = self.0.split_once(':').map(|(u, _)| u).unwrap_or("");
+        write!(f, "ZkDigest({user}:***)")
+    }
+}
+
+impl ZkDigest {
+    /// Reads `user:password` from a file (a mounted Secret); surrounding whitespace is ignored.
+    pub fn from_file(path: &std::path::Path) -> Result<ZkDigest, RegistryError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            RegistryError::Config(format!(
+                "reading the ZooKeeper credential {}: {e}",
+                path.display()
+            ))
+        })?;
+        ZkDigest::parse(text.trim()).map_err(|why| {
+            RegistryError::Config(format!(
+                "the ZooKeeper credential in {} {why}",
+                path.display()
+            ))
+        })
+    }
+
+    /// `user:password`.
+    pub fn parse(s: &str) -> Result<ZkDigest, String> {
+        match s.split_once(':') {
+            Some((u, p)) if !u.is_empty() && !p.is_empty() => Ok(ZkDigest(s.to_string())),
+            _ => Err("must be one line `user:password`".into()),
+        }
+    }
 }
 
 impl ZkConfig {
@@ -75,7 +116,19 @@ impl ZkConfig {
             chroot: chroot.to_string(),
             cluster: cluster.to_string(),
             session_timeout: Duration::from_secs(6),
+            auth: None,
         })
+    }
+
+    /// Authenticate with the digest credential in `path` (`None`: keep as is).
+    pub fn with_auth_file(
+        mut self,
+        path: Option<&std::path::Path>,
+    ) -> Result<ZkConfig, RegistryError> {
+        if let Some(p) = path {
+            self.auth = Some(ZkDigest::from_file(p)?);
+        }
+        Ok(self)
     }
 
     fn base(&self) -> String {
@@ -109,6 +162,8 @@ struct Inner {
     /// was alive then. See [`Inner::session_fresh`].
     last_answer: AtomicU64,
     origin: std::time::Instant,
+    /// Why the registry gave up for good (its nodes cannot be secured).
+    fatal: Mutex<Option<String>>,
 }
 
 /// A registry backed by ZooKeeper. Cheap to clone; the session lives until the last clone is
@@ -131,8 +186,16 @@ fn zk_err(e: ZkError) -> RegistryError {
     RegistryError::Backend(format!("zookeeper: {e}"))
 }
 
-fn acls() -> Acls<'static> {
-    Acls::anyone_all()
+impl Inner {
+    /// The ACL of every node this process creates: the creator's credential only, or (without
+    /// one) anyone.
+    fn acls(&self) -> Acls<'static> {
+        if self.cfg.auth.is_some() {
+            Acls::creator_all()
+        } else {
+            Acls::anyone_all()
+        }
+    }
 }
 
 impl ZkRegistry {
@@ -156,6 +219,7 @@ impl ZkRegistry {
             stop: CancellationToken::new(),
             last_answer: AtomicU64::new(0),
             origin: std::time::Instant::now(),
+            fatal: Mutex::new(None),
         });
         if let Some(me) = &inner.candidate {
             inner
@@ -174,6 +238,15 @@ impl ZkRegistry {
         loop {
             if self.health() == Health::Connected {
                 return Ok(());
+            }
+            if let Some(why) = self
+                .inner
+                .fatal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+            {
+                return Err(RegistryError::Config(why));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(RegistryError::Backend(format!(
@@ -274,9 +347,14 @@ impl Inner {
     }
 }
 
-async fn create_node(client: &Client, path: &str, node: &NodeInfo) -> Result<(), ZkError> {
+async fn create_node(
+    client: &Client,
+    path: &str,
+    node: &NodeInfo,
+    acls: Acls<'static>,
+) -> Result<(), ZkError> {
     let data = serde_json::to_vec(node).unwrap_or_default();
-    let opts = CreateMode::Ephemeral.with_acls(acls());
+    let opts = CreateMode::Ephemeral.with_acls(acls);
     match client.create(path, &data, &opts).await {
         Ok(_) => Ok(()),
         Err(ZkError::NodeExists) => {
@@ -294,13 +372,82 @@ async fn create_node(client: &Client, path: &str, node: &NodeInfo) -> Result<(),
     }
 }
 
+/// The ACL id ZooKeeper gives a digest credential: `user:base64(sha1(user:password))`.
+fn digest_id(auth: &ZkDigest) -> String {
+    use base64::Engine;
+    use sha1::Digest;
+    let user = auth.0.split_once(':').map(|(u, _)| u).unwrap_or("");
+    let hash = sha1::Sha1::digest(auth.0.as_bytes());
+    format!(
+        "{user}:{}",
+        base64::engine::general_purpose::STANDARD.encode(hash)
+    )
+}
+
+/// With a credential: creates the registry's directories (readable and writable only with
+/// it) and checks that every one of them — also those made earlier, by anyone — lets nobody
+/// else write. Without one: warns that the nodes are world-writable.
+async fn check_secure(inner: &Inner, client: &Client) -> Result<(), String> {
+    let Some(auth) = &inner.cfg.auth else {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "ZooKeeper nodes are created world-writable: give a credential (--zk-auth-file) so that only this cluster's nodes can change them"
+            )
+        });
+        return Ok(());
+    };
+    let ours = digest_id(auth);
+    let dir_opts = CreateMode::Persistent.with_acls(inner.acls());
+    let mut dirs: Vec<String> = Role::ALL.iter().map(|r| inner.dir(*r)).collect();
+    dirs.push(inner.election_dir());
+    for d in &dirs {
+        client.mkdir(d, &dir_opts).await.map_err(|e| {
+            format!("creating {d}: {e} (is the credential the one that created it?)")
+        })?;
+    }
+    // Every node from the base down to the directories LTS writes in.
+    let mut paths: Vec<String> = vec![inner.base.clone()];
+    for d in &dirs {
+        let mut p = inner.base.clone();
+        for part in d[inner.base.len()..].split('/').filter(|s| !s.is_empty()) {
+            p = format!("{p}/{part}");
+            if !paths.contains(&p) {
+                paths.push(p.clone());
+            }
+        }
+    }
+    let write = Permission::WRITE | Permission::CREATE | Permission::DELETE | Permission::ADMIN;
+    for p in &paths {
+        let (acls, _) = client
+            .get_acl(p)
+            .await
+            .map_err(|e| format!("reading the ACL of {p}: {e}"))?;
+        for acl in &acls {
+            let mine = acl.scheme() == "digest" && acl.id() == ours;
+            if !mine && (acl.permission() & write) != Permission::NONE {
+                return Err(format!(
+                    "{p} can be changed by {}:{} (created without this credential): the registry cannot be secured there. Delete it (zkCli.sh deleteall {}) or give it this credential's ACL, then start again",
+                    acl.scheme(),
+                    acl.id(),
+                    inner.base
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn run(inner: Arc<Inner>) {
     let mut delays = backoff();
     while !inner.stop.is_cancelled() {
-        let connect = Client::connector()
+        let mut connector = Client::connector()
             .with_session_timeout(inner.cfg.session_timeout)
-            .with_connection_timeout(Duration::from_secs(3))
-            .connect(&inner.cfg.servers);
+            .with_connection_timeout(Duration::from_secs(3));
+        if let Some(auth) = &inner.cfg.auth {
+            connector = connector.with_auth("digest", auth.0.as_bytes());
+        }
+        let connect = connector.connect(&inner.cfg.servers);
         let client = tokio::select! {
             c = connect => c,
             _ = inner.stop.cancelled() => return,
@@ -317,6 +464,13 @@ async fn run(inner: Arc<Inner>) {
             }
         };
         delays = backoff();
+        if let Err(why) = check_secure(&inner, &client).await {
+            // Not a passing fault: refuse to work on nodes others can change.
+            tracing::error!(error = %why, "ZooKeeper registry refused");
+            *inner.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+            inner.set_health(Health::Disconnected(why));
+            return;
+        }
         *inner.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
         inner.set_health(Health::Connected);
         let why = session(&inner, &client).await;
@@ -416,7 +570,7 @@ async fn evaluate(
     client: &Client,
     candidate_path: &mut Option<String>,
 ) -> Result<Watches, ZkError> {
-    let dir_opts = CreateMode::Persistent.with_acls(acls());
+    let dir_opts = CreateMode::Persistent.with_acls(inner.acls());
     for role in Role::ALL {
         client.mkdir(&inner.dir(role), &dir_opts).await?;
     }
@@ -434,7 +588,7 @@ async fn evaluate(
         let path = inner.node_path(n.role, &n.identity);
         match client.check_stat(&path).await? {
             Some(stat) if stat.ephemeral_owner == client.session_id().0 => {}
-            _ => create_node(client, &path, n).await?,
+            _ => create_node(client, &path, n, inner.acls()).await?,
         }
     }
 
@@ -453,7 +607,7 @@ async fn evaluate(
                 .create(
                     &format!("{election}/n_"),
                     &data,
-                    &CreateMode::EphemeralSequential.with_acls(acls()),
+                    &CreateMode::EphemeralSequential.with_acls(inner.acls()),
                 )
                 .await?;
             *candidate_path = Some(format!("{election}/n_{seq}"));
@@ -573,9 +727,14 @@ impl Registry for ZkRegistry {
             .unwrap_or_else(|e| e.into_inner())
             .insert((node.role, node.identity.clone()), node.clone());
         let result = match self.current() {
-            Ok(c) => create_node(&c, &self.inner.node_path(node.role, &node.identity), &node)
-                .await
-                .map_err(zk_err),
+            Ok(c) => create_node(
+                &c,
+                &self.inner.node_path(node.role, &node.identity),
+                &node,
+                self.inner.acls(),
+            )
+            .await
+            .map_err(zk_err),
             Err(e) => Err(e),
         };
         // Whatever happened, the session task makes sure it exists once connected.

@@ -108,6 +108,10 @@ pub struct TrackerConfig {
     /// master's leadership end after this.
     #[arg(long, env = "LTS_ZK_SESSION_TIMEOUT_MS", default_value_t = 6_000)]
     pub zk_session_timeout_ms: u64,
+    /// File holding the ZooKeeper digest credential `user:password` (a mounted Secret): the
+    /// registry's nodes are then readable and writable with it only.
+    #[arg(long, env = "LTS_ZK_AUTH_FILE")]
+    pub zk_auth_file: Option<std::path::PathBuf>,
     /// Cluster name; TaskTrackers and clients of another cluster are refused.
     #[arg(long, env = "LTS_CLUSTER", default_value = "default")]
     pub cluster: String,
@@ -214,6 +218,7 @@ impl TrackerConfig {
             store,
             registry: "local".into(),
             zk_session_timeout_ms: 6_000,
+            zk_auth_file: None,
             cluster: "default".into(),
             node_group: "job-tracker".into(),
             identity: None,
@@ -437,13 +442,21 @@ impl Tracker {
         {
             (Arc::new(LocalRegistry::new(me)), None)
         } else {
-            let mut zk_config = ZkConfig::parse(&config.registry, &config.cluster)?;
+            let mut zk_config = ZkConfig::parse(&config.registry, &config.cluster)?
+                .with_auth_file(config.zk_auth_file.as_deref())?;
             zk_config.session_timeout = Duration::from_millis(config.zk_session_timeout_ms);
             let zk = ZkRegistry::start(zk_config, Some(me));
             // Start serving even if ZooKeeper is down: the tracker keeps accepting jobs and
             // joins the cluster (and the election) when ZooKeeper is back.
-            if let Err(e) = zk.wait_connected(Duration::from_secs(10)).await {
-                tracing::warn!(error = %e, "starting without ZooKeeper; will keep trying");
+            match zk.wait_connected(Duration::from_secs(10)).await {
+                Ok(()) => {}
+                // Its nodes cannot be secured: not a passing fault.
+                Err(e @ lts_registry::RegistryError::Config(_)) => {
+                    return Err(anyhow::anyhow!("registry: {e}"));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "starting without ZooKeeper; will keep trying")
+                }
             }
             (Arc::new(zk.clone()), Some(zk))
         };

@@ -36,6 +36,10 @@ struct Cli {
     /// Cluster name.
     #[arg(long, env = "LTS_CLUSTER", default_value = "default")]
     cluster: String,
+    /// File holding the ZooKeeper digest credential `user:password` (a mounted Secret): the
+    /// registry's nodes are then readable and writable with it only.
+    #[arg(long, env = "LTS_ZK_AUTH_FILE")]
+    zk_auth_file: Option<std::path::PathBuf>,
     /// The TaskTracker node group whose jobs to run.
     #[arg(long, env = "LTS_NODE_GROUP", default_value = "reports")]
     node_group: String,
@@ -82,7 +86,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let zk = match &cli.registry {
         Some(url) => {
-            let registry = ZkRegistry::start(ZkConfig::parse(url, &cli.cluster)?, None);
+            let cfg =
+                ZkConfig::parse(url, &cli.cluster)?.with_auth_file(cli.zk_auth_file.as_deref())?;
+            let registry = ZkRegistry::start(cfg, None);
             builder = builder.registry(Arc::new(registry.clone()));
             Some(registry)
         }

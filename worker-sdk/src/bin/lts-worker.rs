@@ -30,6 +30,10 @@ struct Cli {
     /// ZooKeeper session timeout in milliseconds.
     #[arg(long, env = "LTS_ZK_SESSION_TIMEOUT_MS", default_value_t = 6_000)]
     zk_session_timeout_ms: u64,
+    /// File holding the ZooKeeper digest credential `user:password` (a mounted Secret): the
+    /// registry's nodes are then readable and writable with it only.
+    #[arg(long, env = "LTS_ZK_AUTH_FILE")]
+    zk_auth_file: Option<std::path::PathBuf>,
     /// Cluster name.
     #[arg(long, env = "LTS_CLUSTER", default_value = "default")]
     cluster: String,
@@ -131,7 +135,9 @@ async fn main() -> ExitCode {
     }
     let mut zk = None;
     if let Some(url) = &cli.registry {
-        let mut cfg = match ZkConfig::parse(url, &cli.cluster) {
+        let mut cfg = match ZkConfig::parse(url, &cli.cluster)
+            .and_then(|c| c.with_auth_file(cli.zk_auth_file.as_deref()))
+        {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("lts-worker: --registry: {e}");

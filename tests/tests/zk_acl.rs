@@ -1,0 +1,147 @@
+//! ZooKeeper ACLs with a real ZooKeeper: with a digest credential, the registry's nodes can be
+//! read and changed only with it — nobody without it can delete a worker's node, publish a
+//! fake tracker, or read the cluster's membership — and a tracker refuses to start on nodes
+//! someone else can change.
+
+use std::time::Duration;
+
+use lts_registry::{Registry, Role, ZkConfig, ZkRegistry};
+use lts_tests::{TrackerProc, ZkServer, eventually};
+use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
+
+const T: Duration = Duration::from_secs(30);
+
+async fn zk_client(zk: &ZkServer, auth: Option<&str>) -> Client {
+    let mut c = Client::connector();
+    if let Some(a) = auth {
+        c = c.with_auth("digest", a.as_bytes());
+    }
+    c.connect(&format!(
+        "127.0.0.1:{}",
+        zk.url().rsplit(':').next().unwrap()
+    ))
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_credential_only_its_holders_can_read_or_change_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let zk = ZkServer::start(dir.path()).await.unwrap();
+    let cred = dir.path().join("zk.cred");
+    std::fs::write(&cred, "lts:s3cret-zk\n").unwrap();
+    let registry = format!("{}/secure", zk.url());
+    let tracker = TrackerProc::start(
+        dir.path(),
+        &[
+            "--registry",
+            &registry,
+            "--zk-auth-file",
+            cred.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+
+    // A member with the credential sees the tracker.
+    let cfg = ZkConfig::parse(&registry, "default")
+        .unwrap()
+        .with_auth_file(Some(&cred))
+        .unwrap();
+    let member = ZkRegistry::start(cfg, None);
+    member.wait_connected(T).await.unwrap();
+    let trackers = member.members(Role::JobTracker);
+    eventually(T, "the tracker is a member", || {
+        let t = trackers.clone();
+        async move { (!t.borrow().is_empty()).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let node = format!(
+        "/secure/lts/default/nodes/job-tracker/{}",
+        trackers.borrow()[0].identity
+    );
+
+    // Without the credential, or with another one: nothing can be read, deleted or added.
+    for auth in [None, Some("lts:wrong"), Some("mallory:s3cret-zk")] {
+        let c = zk_client(&zk, auth).await;
+        assert_eq!(
+            c.get_data(&node).await.unwrap_err(),
+            ZkError::NoAuth,
+            "{auth:?} reads"
+        );
+        assert_eq!(
+            c.delete(&node, None).await.unwrap_err(),
+            ZkError::NoAuth,
+            "{auth:?} deletes"
+        );
+        assert_eq!(
+            c.list_children("/secure/lts/default/nodes/job-tracker")
+                .await
+                .unwrap_err(),
+            ZkError::NoAuth,
+            "{auth:?} lists"
+        );
+        let fake = c
+            .create(
+                "/secure/lts/default/nodes/job-tracker/fake",
+                b"{}",
+                &CreateMode::Ephemeral.with_acls(Acls::anyone_all()),
+            )
+            .await;
+        assert_eq!(fake.unwrap_err(), ZkError::NoAuth, "{auth:?} creates");
+    }
+    // With it: readable.
+    let c = zk_client(&zk, Some("lts:s3cret-zk")).await;
+    c.get_data(&node).await.unwrap();
+    member.close().await;
+    drop(tracker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tracker_refuses_a_chroot_anyone_can_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let zk = ZkServer::start(dir.path()).await.unwrap();
+    // A registry without a credential makes the nodes world-writable.
+    let open = ZkRegistry::start(
+        ZkConfig::parse(&format!("{}/open", zk.url()), "default").unwrap(),
+        None,
+    );
+    open.wait_connected(T).await.unwrap();
+    open.close().await;
+
+    let cred = dir.path().join("zk.cred");
+    std::fs::write(&cred, "lts:s3cret-zk").unwrap();
+    let out = std::process::Command::new(lts_tests::bin("lts-tracker"))
+        .args(["--insecure", "--no-auth", "--listen", "127.0.0.1:0"])
+        .arg("--store")
+        .arg(format!("sqlite:{}", dir.path().join("t.db").display()))
+        .args(["--registry", &format!("{}/open", zk.url())])
+        .args(["--zk-auth-file", cred.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started: {stderr}");
+    assert!(
+        stderr.contains("cannot be secured") && stderr.contains("deleteall /open/lts/default"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+
+    // A credential file that is not `user:password` is refused, naming the file.
+    std::fs::write(&cred, "just-a-password").unwrap();
+    let out = std::process::Command::new(lts_tests::bin("lts-tracker"))
+        .args(["--insecure", "--no-auth", "--listen", "127.0.0.1:0"])
+        .arg("--store")
+        .arg(format!("sqlite:{}", dir.path().join("t.db").display()))
+        .args(["--registry", &format!("{}/other", zk.url())])
+        .args(["--zk-auth-file", cred.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("zk.cred") && stderr.contains("user:password"),
+        "{stderr}"
+    );
+}

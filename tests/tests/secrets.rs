@@ -49,3 +49,41 @@ fn a_store_url_s_secrets_never_reach_the_log() {
         "{bad_out}"
     );
 }
+
+#[test]
+fn a_store_password_is_refused_in_a_flag_and_read_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("mongodb://app:{PASSWORD}@127.0.0.1:1/lts?serverSelectionTimeoutMS=200");
+    let out = std::process::Command::new(lts_tests::bin("lts-tracker"))
+        .args(["--insecure", "--no-auth", "--store", &url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--store-file"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+
+    // From a file (a mounted Secret): used, and still never logged.
+    let file = dir.path().join("store-url");
+    std::fs::write(&file, format!("{url}\n")).unwrap();
+    let mut cmd = std::process::Command::new(lts_tests::bin("lts-tracker"));
+    cmd.args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--insecure",
+            "--no-auth",
+            "--store-file",
+            file.to_str().unwrap(),
+        ])
+        .env_remove("LTS_STORE")
+        .env("LTS_LOG", "debug");
+    let mut p = Proc::spawn(cmd, dir.path().join("file.log")).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    p.kill9();
+    let out = p.output();
+    // It is connecting to the file's store (database `lts` on 127.0.0.1:1).
+    assert!(
+        out.contains("127.0.0.1:1") && out.contains("database=lts"),
+        "{out}"
+    );
+    assert!(!out.contains(PASSWORD), "{out}");
+}

@@ -1,6 +1,6 @@
 //! `lts-tracker`: runs one JobTracker.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser, parser::ValueSource};
 use lts_tracker::{Tracker, TrackerConfig};
 
 /// The LTS JobTracker: accepts jobs, stores them and hands them to TaskTrackers.
@@ -16,7 +16,22 @@ async fn main() -> std::process::ExitCode {
     lts_tracker::init_tracing();
     // Fail points armed by `FAILPOINTS` (builds with the `failpoints` feature only; tests).
     let _fail_points = fail::FailScenario::setup();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // A store URL with a password in a flag is visible to every user of the machine (`ps`).
+    if matches.value_source("store") == Some(ValueSource::CommandLine)
+        && let Some(url) = matches.get_one::<lts_tracker::server::StoreUrl>("store")
+        && let lts_tracker::server::StoreUrl::Mongo(raw) = url
+        && lts_core::redact::redact_url(raw) != *raw
+    {
+        eprintln!(
+            "lts-tracker: --store {url}: the URL holds a secret; pass it in --store-file (a mounted Secret) or LTS_STORE instead of a flag"
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let tracker = match Tracker::start(cli.config).await {
         Ok(t) => t,
         Err(e) => {

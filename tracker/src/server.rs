@@ -100,6 +100,10 @@ pub struct TrackerConfig {
     /// (shared by every tracker of the cluster; without a database, `lts_<cluster>`).
     #[arg(long, env = "LTS_STORE", default_value = "sqlite:./lts-data/lts.db")]
     pub store: StoreUrl,
+    /// Read the job store URL from this file instead (a mounted Secret): a URL with a
+    /// password belongs here or in `LTS_STORE`, never in a flag (`ps` shows flags).
+    #[arg(long, env = "LTS_STORE_FILE", conflicts_with = "store")]
+    pub store_file: Option<PathBuf>,
     /// Membership and election: `local` (one tracker) or
     /// `zookeeper://HOST:PORT[,HOST:PORT]/CHROOT`.
     #[arg(long, env = "LTS_REGISTRY", default_value = "local")]
@@ -216,6 +220,7 @@ impl TrackerConfig {
             listen,
             advertise: None,
             store,
+            store_file: None,
             registry: "local".into(),
             zk_session_timeout_ms: 6_000,
             zk_auth_file: None,
@@ -372,8 +377,16 @@ impl std::fmt::Debug for Tracker {
 
 impl Tracker {
     /// Opens the store, binds the listener and starts serving.
-    pub async fn start(config: TrackerConfig) -> anyhow::Result<Tracker> {
+    pub async fn start(mut config: TrackerConfig) -> anyhow::Result<Tracker> {
         config.check().map_err(|v| anyhow::anyhow!("{v}"))?;
+        if let Some(path) = &config.store_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the store URL from {}", path.display()))?;
+            config.store = text
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("the store URL in {}: {e}", path.display()))?;
+        }
         let tls = config.tls_files().map(ServerTls::load).transpose()?;
         let auth = match &config.auth_file {
             Some(path) => Auth::from_file(path.clone())?,

@@ -186,6 +186,27 @@ pub struct NodeGroupSpec {
     /// the embedded SQLite store on an emptyDir volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mongo_uri_secret_ref: Option<SecretKeyRef>,
+    /// Who may reach the group's pods. By default a NetworkPolicy denies every inbound
+    /// connection except: to a JobTracker's gRPC port, from the cluster's own pods, the LTS
+    /// operator and `clientsFrom`; to the metrics port, from `metricsFrom` (default: anyone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySettings>,
+}
+
+/// The NetworkPolicy the operator keeps for a NodeGroup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySettings {
+    /// `false`: no NetworkPolicy (every pod may connect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// JobTracker: further peers allowed to call gRPC — the applications that submit jobs,
+    /// e.g. `[{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: billing}}}]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients_from: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
+    /// Who may scrape the metrics port (empty: anyone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics_from: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
 }
 
 impl NodeGroupSpec {
@@ -204,6 +225,7 @@ impl NodeGroupSpec {
             env: vec![],
             zookeeper: None,
             mongo_uri_secret_ref: None,
+            network_policy: None,
         }
     }
 }

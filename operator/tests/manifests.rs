@@ -51,6 +51,40 @@ fn every_shape() -> Vec<NodeGroup> {
     });
     ha.spec.resources = Some(resources());
     ha.spec.image_pull_policy = Some("IfNotPresent".into());
+    // Clients of one namespace, and Prometheus, may reach these trackers.
+    ha.spec.network_policy = Some(lts_operator::crd::NetworkPolicySettings {
+        enabled: None,
+        clients_from: vec![k8s_openapi::api::networking::v1::NetworkPolicyPeer {
+            namespace_selector: Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                    match_labels: Some(
+                        [(
+                            "kubernetes.io/metadata.name".to_string(),
+                            "billing".to_string(),
+                        )]
+                        .into(),
+                    ),
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        }],
+        metrics_from: vec![k8s_openapi::api::networking::v1::NetworkPolicyPeer {
+            pod_selector: Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                    match_labels: Some(
+                        [(
+                            "app.kubernetes.io/name".to_string(),
+                            "prometheus".to_string(),
+                        )]
+                        .into(),
+                    ),
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        }],
+    });
 
     let mut sdk = group("mailers", NodeRole::TaskTracker);
     sdk.spec.image = Some("example/mailer:1".into());
@@ -118,6 +152,11 @@ fn built_objects_are_valid_kubernetes_objects() {
         let mut docs = vec![serde_json::to_value(&d.deployment).unwrap()];
         docs.extend(d.service.iter().map(|s| serde_json::to_value(s).unwrap()));
         docs.extend(d.pdb.iter().map(|p| serde_json::to_value(p).unwrap()));
+        docs.extend(
+            d.network_policy
+                .iter()
+                .map(|p| serde_json::to_value(p).unwrap()),
+        );
         kinds.extend(docs.iter().map(|d| d["kind"].as_str().unwrap().to_string()));
         files.push(write_docs(
             dir.path(),
@@ -148,7 +187,12 @@ fn built_objects_are_valid_kubernetes_objects() {
         "lease",
         &[serde_json::to_value(&lease).unwrap()],
     ));
-    for kind in ["Deployment", "Service", "PodDisruptionBudget"] {
+    for kind in [
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    ] {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} was built");
     }
     let out = lts_tests::kubernetes_validate(&files).unwrap_or_else(|e| panic!("{e:#}"));

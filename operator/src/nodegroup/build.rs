@@ -19,6 +19,10 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
     VolumeMount,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -56,6 +60,74 @@ pub struct Desired {
     pub service: Option<Service>,
     /// With more than one replica: at most one pod down at a time.
     pub pdb: Option<PodDisruptionBudget>,
+    /// Who may connect to the pods (unless `spec.networkPolicy.enabled` is `false`).
+    pub network_policy: Option<NetworkPolicy>,
+}
+
+/// Labels of the LTS operator's pods (the chart's), allowed to call every JobTracker.
+pub fn operator_pod_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "lts".to_string()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "operator".to_string(),
+        ),
+    ])
+}
+
+/// Default-deny inbound for the group's pods, with the openings its role needs: a JobTracker's
+/// gRPC port for the cluster's pods (its TaskTrackers and JobTrackers), the operator (any
+/// namespace) and `clientsFrom`; the metrics port for `metricsFrom` (anyone when empty).
+/// TaskTrackers get no gRPC opening: they only connect out (a sidecar's HTTP program is
+/// reached over the pod's loopback, which no NetworkPolicy filters).
+fn network_policy(ng: &NodeGroup) -> Option<NetworkPolicy> {
+    let settings = ng.spec.network_policy.clone().unwrap_or_default();
+    if settings.enabled == Some(false) {
+        return None;
+    }
+    let tcp = |name: &str| NetworkPolicyPort {
+        port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..NetworkPolicyPort::default()
+    };
+    let pods = |labels: BTreeMap<String, String>| LabelSelector {
+        match_labels: Some(labels),
+        ..LabelSelector::default()
+    };
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        ports: Some(vec![tcp("metrics")]),
+        from: (!settings.metrics_from.is_empty()).then(|| settings.metrics_from.clone()),
+    }];
+    if ng.spec.role == NodeRole::JobTracker {
+        let mut from = vec![
+            NetworkPolicyPeer {
+                pod_selector: Some(pods(BTreeMap::from([(
+                    "lts.io/cluster".to_string(),
+                    ng.spec.cluster.clone(),
+                )]))),
+                ..NetworkPolicyPeer::default()
+            },
+            NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector::default()),
+                pod_selector: Some(pods(operator_pod_labels())),
+                ..NetworkPolicyPeer::default()
+            },
+        ];
+        from.extend(settings.clients_from.iter().cloned());
+        ingress.push(NetworkPolicyIngressRule {
+            ports: Some(vec![tcp("grpc")]),
+            from: Some(from),
+        });
+    }
+    Some(NetworkPolicy {
+        metadata: meta(ng),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pods(selector_labels(ng))),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(ingress),
+            ..NetworkPolicySpec::default()
+        }),
+    })
 }
 
 /// The UID/GID every container runs as unless the image says otherwise.
@@ -249,6 +321,7 @@ pub fn build(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> Desired {
         deployment,
         service,
         pdb,
+        network_policy: network_policy(ng),
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -127,17 +128,29 @@ pub async fn apply(client: &kube::Client, ns: &str, desired: &Desired) -> Result
             .await?;
     }
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
-    match &desired.pdb {
-        Some(pdb) => {
-            pdbs.patch(&name, &pp, &Patch::Apply(pdb)).await?;
+    apply_or_delete(&pdbs, &name, desired.pdb.as_ref()).await?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    apply_or_delete(&policies, &name, desired.network_policy.as_ref()).await?;
+    Ok(deployment)
+}
+
+/// Applies `object` (server-side), or deletes the one named `name` when it is not wanted.
+async fn apply_or_delete<K>(api: &Api<K>, name: &str, object: Option<&K>) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match object {
+        Some(o) => {
+            api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(o))
+                .await?;
         }
-        None => match pdbs.delete(&name, &DeleteParams::default()).await {
+        None => match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         },
     }
-    Ok(deployment)
+    Ok(())
 }
 
 /// The status of a NodeGroup from its ready pods and the trackers' view of the cluster

@@ -72,6 +72,10 @@ async fn create_applies_deployment_and_service_and_reports_not_ready() {
             404,
             "NotFound",
         ),
+        Step::echo(
+            Method::PATCH,
+            "/apis/networking.k8s.io/v1/namespaces/lts/networkpolicies/tracker",
+        ),
         Step::status(
             "/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/tracker/status",
             &nodegroup("tracker", NodeRole::JobTracker),
@@ -93,7 +97,22 @@ async fn create_applies_deployment_and_service_and_reports_not_ready() {
         "NodeGroup"
     );
     assert_eq!(calls[1].body["spec"]["ports"][0]["port"], 7070);
-    let status: NodeGroupStatus = status_of(&calls[3]);
+    // Default-deny inbound: metrics for anyone, gRPC for the cluster's pods and the operator.
+    let np = &calls[3].body;
+    assert_eq!(np["kind"], "NetworkPolicy");
+    assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], "metrics");
+    assert!(np["spec"]["ingress"][0].get("from").is_none());
+    assert_eq!(np["spec"]["ingress"][1]["ports"][0]["port"], "grpc");
+    assert_eq!(
+        np["spec"]["ingress"][1]["from"][0]["podSelector"]["matchLabels"]["lts.io/cluster"],
+        "prod"
+    );
+    assert_eq!(
+        np["spec"]["ingress"][1]["from"][1]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "operator"
+    );
+    let status: NodeGroupStatus = status_of(&calls[4]);
     assert_eq!(status.ready_replicas, 0);
     let ready = conditions::find(&status.conditions, "Ready").unwrap();
     assert_eq!(
@@ -127,6 +146,10 @@ async fn update_to_three_replicas_adds_a_pdb_and_reports_members_and_master() {
             Method::PATCH,
             "/apis/policy/v1/namespaces/lts/poddisruptionbudgets/tracker",
         ),
+        Step::echo(
+            Method::PATCH,
+            "/apis/networking.k8s.io/v1/namespaces/lts/networkpolicies/tracker",
+        ),
         Step::status(
             "/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/tracker/status",
             &nodegroup("tracker", NodeRole::JobTracker),
@@ -139,7 +162,7 @@ async fn update_to_three_replicas_adds_a_pdb_and_reports_members_and_master() {
     let calls = finish(verifier).await;
     assert_eq!(calls[0].body["spec"]["replicas"], 3);
     assert_eq!(calls[2].body["spec"]["maxUnavailable"], 1);
-    let status: NodeGroupStatus = status_of(&calls[3]);
+    let status: NodeGroupStatus = status_of(&calls[4]);
     assert_eq!(status.ready_replicas, 3);
     assert_eq!(status.observed_generation, Some(2));
     assert_eq!(status.master.as_deref(), Some("tracker-a"));
@@ -173,6 +196,10 @@ async fn task_tracker_members_come_from_its_clusters_trackers() {
             404,
             "NotFound",
         ),
+        Step::echo(
+            Method::PATCH,
+            "/apis/networking.k8s.io/v1/namespaces/lts/networkpolicies/mailers",
+        ),
         Step::status(
             "/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/mailers/status",
             &nodegroup("mailers", NodeRole::TaskTracker),
@@ -180,7 +207,11 @@ async fn task_tracker_members_come_from_its_clusters_trackers() {
     ]);
     run(tt, ctx).await.unwrap();
     let calls = finish(verifier).await;
-    let status: NodeGroupStatus = status_of(&calls[2]);
+    // A TaskTracker accepts nothing inbound but metrics scrapes.
+    let np = &calls[2].body;
+    assert_eq!(np["spec"]["ingress"].as_array().unwrap().len(), 1);
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], "metrics");
+    let status: NodeGroupStatus = status_of(&calls[3]);
     assert_eq!(status.members.len(), 1);
     assert_eq!(status.members[0].identity, "mailers-1");
     assert_eq!(status.members[0].threads, Some(4));
@@ -247,6 +278,10 @@ async fn unreachable_trackers_degrade_the_group_but_do_not_fail_the_reconcile() 
             404,
             "NotFound",
         ),
+        Step::echo(
+            Method::PATCH,
+            "/apis/networking.k8s.io/v1/namespaces/lts/networkpolicies/tracker",
+        ),
         Step::status(
             "/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/tracker/status",
             &nodegroup("tracker", NodeRole::JobTracker),
@@ -257,7 +292,7 @@ async fn unreachable_trackers_degrade_the_group_but_do_not_fail_the_reconcile() 
         Action::requeue(REFRESH_UNSETTLED)
     );
     let calls = finish(verifier).await;
-    let status: NodeGroupStatus = status_of(&calls[3]);
+    let status: NodeGroupStatus = status_of(&calls[4]);
     let d = conditions::find(&status.conditions, "Degraded").unwrap();
     assert_eq!(
         (d.status.as_str(), d.reason.as_str()),

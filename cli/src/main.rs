@@ -6,6 +6,7 @@ mod bench;
 mod bench_compare;
 mod bench_raw;
 mod client_cmds;
+mod config;
 mod dev;
 mod error;
 mod output;

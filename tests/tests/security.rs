@@ -703,6 +703,38 @@ async fn a_misconfigured_client_is_told_what_to_change() {
     let out = lts(&["--tls-cert", cert.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--tls-key"), "{}", stderr(&out));
+
+    // A context of the config file says it all: `lts --context secured jobs list`.
+    let config = dir.path().join("config.toml");
+    write(
+        &config,
+        &format!(
+            "current-context = \"other\"\n[contexts.secured]\ntracker = [\"{}\"]\ntls-ca = \"ca.pem\"\ntls-cert = \"admin.pem\"\ntls-key = \"admin-key.pem\"\n[contexts.other]\ntracker = [\"127.0.0.1:1\"]\n",
+            tracker.addr
+        ),
+    );
+    let ctx = |args: &[&str]| {
+        std::process::Command::new(lts_tests::bin("lts"))
+            .args(["jobs", "list", "--config", config.to_str().unwrap()])
+            .args(args)
+            .env_remove("LTS_TRACKER")
+            .env_remove("LTS_CONTEXT")
+            .output()
+            .unwrap()
+    };
+    let out = ctx(&["--context", "secured"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ctx(&["--context", "staging"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no context \"staging\""),
+        "{}",
+        stderr(&out)
+    );
+    // The current context (a tracker that is not there): unavailable, naming where it looked.
+    let out = ctx(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("127.0.0.1:1"), "{}", stderr(&out));
 }
 
 #[test]

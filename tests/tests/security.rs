@@ -86,7 +86,7 @@ fn auth_file(h: &[(&str, String)], revocable: Option<&str>) -> String {
     );
     if let Some(r) = revocable {
         text.push_str(&format!(
-            "  - name: temp-api\n    tokens: [{{sha256: {r}}}]\n    grants: [{{role: submitter, groups: [billing]}}]\n"
+            "  - name: temp-api\n    tokens: [{{sha256: {r}}}]\n    grants: [{{role: submitter, groups: [billing]}}, {{role: worker, groups: [billing-jobs]}}]\n"
         ));
     }
     text
@@ -490,6 +490,30 @@ async fn tokens_are_revoked_and_added_by_editing_the_auth_file_while_the_tracker
     let temp = s.client(&s.revocable);
     temp.stats(Some("x")).await.unwrap_err();
     temp.submit(job("billing", "t-1")).await.unwrap();
+    // Streams opened before the revocation: a Work stream and a feedback subscription.
+    let mut w = RawWorker::connect_with(&s.tracker.addr, "billing-jobs", "temp-1", &s.revocable)
+        .await
+        .unwrap();
+    let (fb_tx, fb_rx) = tokio::sync::mpsc::unbounded_channel();
+    fb_tx
+        .send(proto::FeedbackClientMessage {
+            msg: Some(proto::feedback_client_message::Msg::Subscribe(
+                proto::FeedbackSubscribe {
+                    submit_node_group: "billing".into(),
+                    identity: "temp".into(),
+                },
+            )),
+        })
+        .unwrap();
+    let mut feedback = FeedbackServiceClient::new(
+        lts_worker_sdk::connect::connect_one(&s.tracker.addr, &s.revocable)
+            .await
+            .unwrap(),
+    )
+    .subscribe(tokio_stream::wrappers::UnboundedReceiverStream::new(fb_rx))
+    .await
+    .unwrap()
+    .into_inner();
 
     // Revoke: the entry leaves the file; within a reload the token is refused.
     let text = std::fs::read_to_string(&s.auth_file).unwrap();
@@ -504,6 +528,31 @@ async fn tokens_are_revoked_and_added_by_editing_the_auth_file_while_the_tracker
     })
     .await
     .unwrap();
+    // The open streams end too, saying why; the worker's jobs go back like any leaver's.
+    let ended = tokio::time::timeout(T, async {
+        loop {
+            match w.inbound.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let e = ended.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let ended = tokio::time::timeout(T, async {
+        loop {
+            match feedback.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(ended.unwrap_err().code(), Code::Unauthenticated);
+    drop(fb_tx);
 
     // A file that does not parse keeps the rules it replaced.
     write(&s.auth_file, "principals: [{name: broken");
@@ -523,7 +572,7 @@ async fn tokens_are_revoked_and_added_by_editing_the_auth_file_while_the_tracker
     write(
         &s.auth_file,
         &format!(
-            "{}  - name: temp-api\n    tokens: [{{sha256: {}}}]\n    grants: [{{role: submitter, groups: [billing]}}]\n",
+            "{}  - name: temp-api\n    tokens: [{{sha256: {}}}]\n    grants: [{{role: submitter, groups: [billing]}}, {{role: worker, groups: [billing-jobs]}}]\n",
             &text[..cut],
             s.revocable_hash
         ),

@@ -329,6 +329,22 @@ fn parse(text: &str) -> anyhow::Result<Rules> {
     Ok(rules)
 }
 
+/// What a caller presented to prove who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presented {
+    /// Nothing (or a tracker without an auth file).
+    Nothing,
+    /// The SHA-256 of a bearer token.
+    Token([u8; 32]),
+    /// A client certificate's names.
+    Certificate(Vec<String>),
+}
+
+fn refused(reason: &'static str, message: String) -> Status {
+    metrics::counter!("lts_auth_denied_total", "reason" => reason).increment(1);
+    Status::unauthenticated(message)
+}
+
 /// Authenticates calls and binds TaskTracker identities to the principal that first used
 /// them.
 #[derive(Debug)]
@@ -446,70 +462,113 @@ impl Auth {
     /// The principal making `request`: from its bearer token, else its client certificate.
     /// `UNAUTHENTICATED` when it has neither, or they name nobody.
     pub fn principal<T>(&self, request: &Request<T>) -> Result<Arc<Principal>, Status> {
+        Ok(self.authenticate(request)?.0)
+    }
+
+    /// The principal making `request`, and what it presented — to check again, against the
+    /// rules of the moment, while a long stream lasts ([`Auth::recheck`]).
+    pub fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(Arc<Principal>, Presented), Status> {
         if !self.enabled() {
-            return Ok(Arc::new(Principal::anonymous_admin()));
+            return Ok((Arc::new(Principal::anonymous_admin()), Presented::Nothing));
         }
-        let denied = |reason: &'static str, message: String| {
-            metrics::counter!("lts_auth_denied_total", "reason" => reason).increment(1);
-            Status::unauthenticated(message)
-        };
-        let rules = self.rules();
-        if let Some(value) = request.metadata().get("authorization") {
+        let presented = if let Some(value) = request.metadata().get("authorization") {
             let token = value
                 .to_str()
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .ok_or_else(|| {
-                    denied(
+                    refused(
                         "malformed",
                         "the authorization header must be `Bearer <token>`".into(),
                     )
                 })?;
             let mut hash = [0u8; 32];
             hash.copy_from_slice(&sha2::Sha256::digest(token.trim().as_bytes()));
-            let Some((principal, expires)) = rules.tokens.get(&hash) else {
-                return Err(denied(
-                    "unknown_token",
-                    "the token is not known to this tracker (revoked, or never issued)".into(),
-                ));
-            };
-            if let Some(at) = expires
-                && *at <= lts_core::now_ms()
-            {
-                return Err(denied(
-                    "expired_token",
-                    format!(
-                        "the token of principal {:?} expired at {}",
-                        principal.name,
-                        chrono::DateTime::from_timestamp_millis(*at)
-                            .map(|t| t.to_rfc3339())
-                            .unwrap_or_default()
-                    ),
-                ));
-            }
-            return Ok(principal.clone());
-        }
-        if let Some(certs) = request.peer_certs()
+            Presented::Token(hash)
+        } else if let Some(certs) = request.peer_certs()
             && let Some(leaf) = certs.first()
         {
-            let names = crate::tls::certificate_names(leaf);
-            return names
+            Presented::Certificate(crate::tls::certificate_names(leaf))
+        } else {
+            Presented::Nothing
+        };
+        let principal = self.recheck(&presented)?;
+        Ok((principal, presented))
+    }
+
+    /// The principal `presented` names under the rules of the moment: a token revoked or
+    /// expired since, or a certificate name removed, is `UNAUTHENTICATED` now.
+    pub fn recheck(&self, presented: &Presented) -> Result<Arc<Principal>, Status> {
+        if !self.enabled() {
+            return Ok(Arc::new(Principal::anonymous_admin()));
+        }
+        let rules = self.rules();
+        match presented {
+            Presented::Token(hash) => {
+                let Some((principal, expires)) = rules.tokens.get(hash) else {
+                    return Err(refused(
+                        "unknown_token",
+                        "the token is not known to this tracker (revoked, or never issued)".into(),
+                    ));
+                };
+                if let Some(at) = expires
+                    && *at <= lts_core::now_ms()
+                {
+                    return Err(refused(
+                        "expired_token",
+                        format!(
+                            "the token of principal {:?} expired at {}",
+                            principal.name,
+                            chrono::DateTime::from_timestamp_millis(*at)
+                                .map(|t| t.to_rfc3339())
+                                .unwrap_or_default()
+                        ),
+                    ));
+                }
+                Ok(principal.clone())
+            }
+            Presented::Certificate(names) => names
                 .iter()
                 .find_map(|n| rules.certificates.get(n).cloned())
                 .ok_or_else(|| {
-                    denied(
+                    refused(
                         "unknown_certificate",
                         format!(
                             "the client certificate ({}) names no principal of this tracker",
                             names.join(", ")
                         ),
                     )
-                });
+                }),
+            Presented::Nothing => Err(refused(
+                "no_credentials",
+                "no credentials: this tracker needs a bearer token (--token-file or LTS_TOKEN) or a client certificate (--tls-cert and --tls-key)".into(),
+            )),
         }
-        Err(denied(
-            "no_credentials",
-            "no credentials: this tracker needs a bearer token (--token-file or LTS_TOKEN) or a client certificate (--tls-cert and --tls-key)".into(),
-        ))
+    }
+
+    /// Ends when `presented` no longer holds `need` (revoked, expired, grant removed),
+    /// with the status to end a stream with; never without an auth file. Checked at every
+    /// reload of the rules.
+    pub async fn revoked(&self, presented: &Presented, need: Need<'_>, action: &str) -> Status {
+        if !self.enabled() {
+            return std::future::pending().await;
+        }
+        let mut tick = tokio::time::interval(RELOAD_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.recheck(presented) {
+                Ok(p) => {
+                    if let Err(status) = p.require(need, action) {
+                        return status;
+                    }
+                }
+                Err(status) => return status,
+            }
+        }
     }
 
     /// Binds TaskTracker `identity` to `principal` while the returned guard lives. Refused

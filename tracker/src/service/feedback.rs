@@ -28,7 +28,7 @@ impl FeedbackService for FeedbackApi {
         request: Request<Streaming<proto::FeedbackClientMessage>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let core = self.0.clone();
-        let who = core.auth.principal(&request)?;
+        let (who, presented) = core.auth.authenticate(&request)?;
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -66,6 +66,7 @@ impl FeedbackService for FeedbackApi {
         } else {
             sub.identity
         };
+        let ended_tx = tx.clone();
         let id = core.feedback.subscribe(&group, tx);
         if core.register_peers {
             let _ = core
@@ -84,10 +85,22 @@ impl FeedbackService for FeedbackApi {
         tracing::info!(submit_node_group = %group, identity = %identity, "feedback subscriber connected");
         tokio::spawn(async move {
             let _admitted = admitted;
+            // Revoked credentials end the subscription within a reload of the rules.
+            let (auth, granted) = (core.auth.clone(), group.clone());
+            let revoked = auth.revoked(
+                &presented,
+                Need::Submitter(&granted),
+                "receive this node group's feedback",
+            );
+            tokio::pin!(revoked);
             loop {
                 let msg = tokio::select! {
                     m = inbound.next() => m,
                     _ = core.shutdown.cancelled() => break,
+                    status = &mut revoked => {
+                        let _ = ended_tx.send(Err(status));
+                        break;
+                    }
                 };
                 let Some(Ok(msg)) = msg else { break };
                 if let Some(feedback_client_message::Msg::Ack(a)) = msg.msg {

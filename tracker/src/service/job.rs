@@ -232,9 +232,10 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::WatchJobsRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let who = self.0.auth.principal(&request)?;
+        let (who, presented) = self.0.auth.authenticate(&request)?;
         let mut r = request.into_inner();
         r.submit_node_group = own_groups(&who, r.submit_node_group, "watch jobs")?;
+        let need_group = r.submit_node_group.clone();
         let mut v = Vec::new();
         for (field, value) in [
             ("task_tracker_node_group", &r.task_tracker_node_group),
@@ -252,10 +253,28 @@ impl JobService for JobApi {
         let (tx, rx) = mpsc::channel(1024);
         metrics::gauge!("lts_job_watchers").increment(1.0);
         let feed = self.0.changes.clone();
-        let stop = self.0.shutdown.clone();
+        let stop = self.0.shutdown.child_token();
+        let auth = self.0.auth.clone();
+        let ended_tx = tx.clone();
+        let admin = who.admin;
         tokio::spawn(async move {
             let _admitted = admitted;
-            feed.watch(filter, tx, stop).await;
+            // Revoked credentials end the watch within a reload of the rules.
+            let revoked = async {
+                let need = if admin {
+                    Need::Admin
+                } else {
+                    Need::Submitter(&need_group)
+                };
+                auth.revoked(&presented, need, "watch jobs").await
+            };
+            tokio::select! {
+                _ = feed.watch(filter, tx, stop.clone()) => {}
+                status = revoked => {
+                    stop.cancel();
+                    let _ = ended_tx.send(Err(status)).await;
+                }
+            }
             metrics::gauge!("lts_job_watchers").decrement(1.0);
         });
         Ok(Response::new(Box::pin(

@@ -43,7 +43,7 @@ impl WorkerService for WorkerApi {
         request: Request<Streaming<proto::WorkerMessage>>,
     ) -> Result<Response<Self::WorkStream>, Status> {
         let core = self.0.clone();
-        let who = core.auth.principal(&request)?;
+        let (who, presented) = core.auth.authenticate(&request)?;
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -155,11 +155,25 @@ impl WorkerService for WorkerApi {
             let _admitted = admitted;
             let _binding = binding;
             let _ended = ended.drop_guard();
+            // A token revoked or a grant removed ends the stream within a reload of the rules:
+            // its jobs go back to the queue like those of any TaskTracker that left.
+            let (auth, granted) = (core.auth.clone(), group.clone());
+            let revoked = auth.revoked(
+                &presented,
+                Need::Worker(&granted),
+                "run this node group's jobs",
+            );
+            tokio::pin!(revoked);
             loop {
                 let msg = tokio::select! {
                     m = inbound.next() => m,
                     _ = core.shutdown.cancelled() => break,
                     _ = tx.overflowed().cancelled() => break,
+                    status = &mut revoked => {
+                        tracing::warn!(node_group = %group, identity = %identity, reason = %status.message(), "TaskTracker's credentials revoked; ending its stream");
+                        let _ = tx.send(Err(status));
+                        break;
+                    }
                 };
                 let msg = match msg {
                     Some(Ok(msg)) => msg,

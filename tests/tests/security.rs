@@ -236,6 +236,23 @@ async fn every_rpc_is_allowed_or_refused_as_the_callers_role_says() {
         worker.submit(job("billing", "w-1")).await,
         "a worker submits",
     );
+    // Nor may another tenant replace it by submitting the same task id with replace_on_exist.
+    let m = denied(
+        other
+            .submit(job("other", "b-1").replace_on_exist(true))
+            .await,
+        "other replaces billing's job",
+    );
+    assert!(m.contains("replace this job"), "{m}");
+    assert_eq!(
+        admin
+            .get(JobKey::Id(id.clone()))
+            .await
+            .unwrap()
+            .spec
+            .submit_node_group,
+        "billing"
+    );
     let other_id = other
         .submit(job("other", "o-2"))
         .await

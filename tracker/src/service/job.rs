@@ -62,6 +62,21 @@ impl JobService for JobApi {
             for g in groups {
                 who.require(Need::Submitter(g), "submit jobs")?;
             }
+            // Replacing is writing to the job already there: it must be the caller's too.
+            for j in jobs.iter().filter(|j| j.replace_on_exist) {
+                let key = JobKey::Task {
+                    node_group: j.task_tracker_node_group.clone(),
+                    task_id: j.task_id.clone(),
+                };
+                if let Some(existing) = self.0.store.get(key).await.map_err(store_status)?
+                    && !existing.state.is_final()
+                {
+                    who.require(
+                        Need::Submitter(&existing.spec.submit_node_group),
+                        "replace this job",
+                    )?;
+                }
+            }
         }
         if jobs.len() > MAX_SUBMIT_BATCH {
             return Err(invalid_argument(&validate::Violations(vec![

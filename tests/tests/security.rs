@@ -244,6 +244,13 @@ async fn every_rpc_is_allowed_or_refused_as_the_callers_role_says() {
         "other replaces billing's job",
     );
     assert!(m.contains("replace this job"), "{m}");
+    // A plain duplicate of it is refused as taken, without that job's id.
+    match other.submit(job("other", "b-1")).await.unwrap() {
+        lts_worker_sdk::SubmitAnswer::Rejected(v) => {
+            assert!(v.to_string().contains("taken by an unfinished job"), "{v}")
+        }
+        a => panic!("a duplicate of another tenant's job: {a:?}"),
+    }
     assert_eq!(
         admin
             .get(JobKey::Id(id.clone()))

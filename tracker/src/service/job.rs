@@ -133,6 +133,30 @@ impl JobService for JobApi {
                     }
                 };
                 metrics::counter!("lts_jobs_submitted_total", "status" => label).increment(1);
+                // A duplicate of another tenant's job: say the task id is taken, without
+                // handing out that job's id.
+                if status == proto::SubmitStatus::DuplicateIgnored
+                    && !who.admin
+                    && let Some(existing) = self
+                        .0
+                        .store
+                        .get(JobKey::Id(job_id.clone()))
+                        .await
+                        .map_err(store_status)?
+                    && !who.holds(Need::Submitter(&existing.spec.submit_node_group))
+                {
+                    let v = validate::Violations(vec![validate::FieldViolation::new(
+                        format!("jobs[{i}].task_id"),
+                        "is taken by an unfinished job of another submit node group",
+                    )]);
+                    results[i] = Some(proto::SubmitResult {
+                        index: i as u32,
+                        status: proto::SubmitStatus::Rejected as i32,
+                        job_id: String::new(),
+                        violations: convert::violations_to_proto(&v),
+                    });
+                    continue;
+                }
                 results[i] = Some(proto::SubmitResult {
                     index: i as u32,
                     status: status as i32,

@@ -6,6 +6,7 @@ mod bench;
 mod bench_compare;
 mod bench_raw;
 mod client_cmds;
+mod client_opts;
 mod config;
 mod dev;
 mod error;

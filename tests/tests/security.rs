@@ -105,12 +105,6 @@ fn save_leaf(dir: &Path, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
 impl Secured {
     async fn start(dir: &Path) -> Secured {
         let ca = Ca::new("test CA").unwrap();
-        let leaf = ca
-            .issue("tracker", &["localhost", "127.0.0.1"], T * 100)
-            .unwrap();
-        let (cert, key) = save_leaf(dir, "tracker", &leaf);
-        let ca_file = dir.join("ca.pem");
-        write(&ca_file, &ca.cert_pem());
         let mut tokens = Vec::new();
         let mut hashes = Vec::new();
         for name in ["admin", "billing", "other", "rogue", "expired", "revocable"] {
@@ -126,32 +120,18 @@ impl Secured {
                 .unwrap()
         };
         let revocable_hash = hashes[5].1.clone();
-        let auth = dir.join("auth.yaml");
-        write(&auth, &auth_file(&hashes, Some(&revocable_hash)));
         let admin = tls_creds(&ca).token(token("admin"));
         let w = ca
             .issue("billing-workers", &["billing-workers"], T * 100)
             .unwrap();
-        let tracker = TrackerProc::start_secured(
+        let (tracker, _, _) = start_tls_tracker(
             dir,
-            free_port(),
-            &[
-                "--tls-cert",
-                cert.to_str().unwrap(),
-                "--tls-key",
-                key.to_str().unwrap(),
-                "--tls-ca",
-                ca_file.to_str().unwrap(),
-                "--tls-client-auth",
-                "optional",
-                "--auth-file",
-                auth.to_str().unwrap(),
-            ],
-            &[],
+            &ca,
+            "optional",
+            &auth_file(&hashes, Some(&revocable_hash)),
             admin.clone(),
         )
-        .await
-        .unwrap();
+        .await;
         Secured {
             tracker,
             admin,
@@ -162,7 +142,7 @@ impl Secured {
             expired: tls_creds(&ca).token(token("expired")),
             revocable: tls_creds(&ca).token(token("revocable")),
             ca,
-            auth_file: auth,
+            auth_file: dir.join("auth.yaml"),
             revocable_hash: revocable_hash.clone(),
         }
     }
@@ -608,27 +588,24 @@ async fn tokens_are_revoked_and_added_by_editing_the_auth_file_while_the_tracker
     .unwrap();
 }
 
-/// Starts a tracker with the certificate `name` of `ca` from `dir`, client auth `client_auth`.
-async fn tls_tracker(dir: &Path, ca: &Ca, client_auth: &str) -> (TrackerProc, PathBuf, PathBuf) {
+/// Starts a tracker serving a certificate of `ca` for 127.0.0.1 (files in `dir`: `ca.pem`,
+/// `tracker.pem`, `tracker-key.pem`, `auth.yaml` holding `auth`), asking clients for a
+/// certificate as `client_auth` says; `creds` are an admin's. Returns the certificate files.
+async fn start_tls_tracker(
+    dir: &Path,
+    ca: &Ca,
+    client_auth: &str,
+    auth: &str,
+    creds: Credentials,
+) -> (TrackerProc, PathBuf, PathBuf) {
     let leaf = ca
         .issue("tracker", &["localhost", "127.0.0.1"], T * 100)
         .unwrap();
     let (cert, key) = save_leaf(dir, "tracker", &leaf);
     let ca_file = dir.join("ca.pem");
     write(&ca_file, &ca.cert_pem());
-    let admin = ca.issue("admin", &[], T * 100).unwrap();
-    let (token, hash) = new_token();
-    write(&dir.join("admin.token"), &format!("{token}\n"));
-    let auth = dir.join("auth.yaml");
-    write(
-        &auth,
-        &format!(
-            "principals:\n  - name: admin\n    tokens: [{{sha256: {hash}}}]\n    certificates: [admin]\n    grants: [{{role: admin}}]\n"
-        ),
-    );
-    let creds = tls_creds(ca)
-        .tls_identity_pem(admin.cert_pem, admin.key_pem)
-        .token(token);
+    let auth_file = dir.join("auth.yaml");
+    write(&auth_file, auth);
     let t = TrackerProc::start_secured(
         dir,
         free_port(),
@@ -642,7 +619,7 @@ async fn tls_tracker(dir: &Path, ca: &Ca, client_auth: &str) -> (TrackerProc, Pa
             "--tls-client-auth",
             client_auth,
             "--auth-file",
-            auth.to_str().unwrap(),
+            auth_file.to_str().unwrap(),
         ],
         &[],
         creds,
@@ -650,6 +627,21 @@ async fn tls_tracker(dir: &Path, ca: &Ca, client_auth: &str) -> (TrackerProc, Pa
     .await
     .unwrap();
     (t, cert, key)
+}
+
+/// A tracker of `ca` with one principal, `admin` (token in `dir/admin.token`, or the
+/// certificate `admin`), asking clients for a certificate as `client_auth` says.
+async fn tls_tracker(dir: &Path, ca: &Ca, client_auth: &str) -> (TrackerProc, PathBuf, PathBuf) {
+    let admin = ca.issue("admin", &[], T * 100).unwrap();
+    let (token, hash) = new_token();
+    write(&dir.join("admin.token"), &format!("{token}\n"));
+    let auth = format!(
+        "principals:\n  - name: admin\n    tokens: [{{sha256: {hash}}}]\n    certificates: [admin]\n    grants: [{{role: admin}}]\n"
+    );
+    let creds = tls_creds(ca)
+        .tls_identity_pem(admin.cert_pem, admin.key_pem)
+        .token(token);
+    start_tls_tracker(dir, ca, client_auth, &auth, creds).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

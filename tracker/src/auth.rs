@@ -354,6 +354,8 @@ pub struct Auth {
     /// TaskTracker identities connected now, with the principal speaking for them and how many
     /// streams use them.
     bound: Mutex<HashMap<String, (String, usize)>>,
+    /// Every caller, without an auth file.
+    anonymous: Arc<Principal>,
 }
 
 /// Holds a TaskTracker identity for its principal while the stream lives.
@@ -382,6 +384,7 @@ impl Auth {
             file: None,
             rules: RwLock::new((Vec::new(), Arc::new(Rules::default()))),
             bound: Mutex::new(HashMap::new()),
+            anonymous: Arc::new(Principal::anonymous_admin()),
         })
     }
 
@@ -395,6 +398,7 @@ impl Auth {
             file: Some(path),
             rules: RwLock::new((text, Arc::new(rules))),
             bound: Mutex::new(HashMap::new()),
+            anonymous: Arc::new(Principal::anonymous_admin()),
         }))
     }
 
@@ -425,30 +429,7 @@ impl Auth {
             return;
         }
         let auth = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RELOAD_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut failing = false;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                match auth.reload() {
-                    Ok(true) => {
-                        failing = false;
-                        tracing::info!("auth file reloaded");
-                    }
-                    Ok(false) => failing = false,
-                    Err(e) => {
-                        if !failing {
-                            tracing::warn!(error = %format!("{e:#}"), "auth file changed but does not load; keeping the previous rules");
-                        }
-                        failing = true;
-                    }
-                }
-            }
-        });
+        crate::reload::spawn("auth file", RELOAD_EVERY, shutdown, move || auth.reload());
     }
 
     fn rules(&self) -> Arc<Rules> {
@@ -472,7 +453,7 @@ impl Auth {
         request: &Request<T>,
     ) -> Result<(Arc<Principal>, Presented), Status> {
         if !self.enabled() {
-            return Ok((Arc::new(Principal::anonymous_admin()), Presented::Nothing));
+            return Ok((self.anonymous.clone(), Presented::Nothing));
         }
         let presented = if let Some(value) = request.metadata().get("authorization") {
             let token = value
@@ -503,7 +484,7 @@ impl Auth {
     /// expired since, or a certificate name removed, is `UNAUTHENTICATED` now.
     pub fn recheck(&self, presented: &Presented) -> Result<Arc<Principal>, Status> {
         if !self.enabled() {
-            return Ok(Arc::new(Principal::anonymous_admin()));
+            return Ok(self.anonymous.clone());
         }
         let rules = self.rules();
         match presented {

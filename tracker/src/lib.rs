@@ -17,6 +17,7 @@ pub mod feedback;
 pub mod metrics;
 pub mod pki;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -185,34 +185,8 @@ impl ServerTls {
     /// Reloads every [`RELOAD_EVERY`] until `shutdown`.
     pub fn spawn_reloader(self: &Arc<Self>, shutdown: CancellationToken) {
         let tls = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RELOAD_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            let mut failing = false;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                match tls.reload() {
-                    Ok(true) => {
-                        failing = false;
-                        metrics::counter!("lts_tls_reloads_total", "result" => "ok").increment(1);
-                        tracing::info!(cert = %tls.files.cert.display(), "TLS certificate reloaded");
-                    }
-                    Ok(false) => failing = false,
-                    Err(e) => {
-                        metrics::counter!("lts_tls_reloads_total", "result" => "error")
-                            .increment(1);
-                        // Once per failure streak: a file being rewritten fails one read.
-                        if !failing {
-                            tracing::warn!(error = %format!("{e:#}"), "TLS files changed but do not load; serving the previous certificate");
-                        }
-                        failing = true;
-                    }
-                }
-            }
+        crate::reload::spawn("TLS certificate", RELOAD_EVERY, shutdown, move || {
+            tls.reload()
         });
     }
 }

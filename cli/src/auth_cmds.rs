@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lts_tracker::auth;
-use lts_tracker::pki::Ca;
+use lts_core::pki::Ca;
 
 use crate::error::{CliError, CliResult};
 

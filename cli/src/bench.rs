@@ -519,7 +519,7 @@ fn secure(
     dir: &std::path::Path,
 ) -> CliResult<lts_worker_sdk::Credentials> {
     let fail = |e: &dyn std::fmt::Display| CliError::Failed(format!("--secure: {e}"));
-    let ca = lts_tracker::pki::Ca::new("LTS bench CA").map_err(|e| fail(&e))?;
+    let ca = lts_core::pki::Ca::new("LTS bench CA").map_err(|e| fail(&e))?;
     let leaf = ca
         .issue(
             "bench-tracker",

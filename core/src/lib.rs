@@ -8,6 +8,8 @@ pub mod duration;
 pub mod heartbeat;
 pub mod limits;
 pub mod model;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod redact;
 #[cfg(feature = "runtime")]
 pub mod runtime;

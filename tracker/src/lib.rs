@@ -15,7 +15,6 @@ pub mod conn;
 pub mod dispatch;
 pub mod feedback;
 pub mod metrics;
-pub mod pki;
 pub mod registry;
 pub mod reload;
 pub mod server;

@@ -249,27 +249,5 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// The names a client certificate carries, for matching principals: its subject's common
-/// name, its DNS names and its URIs (e.g. a SPIFFE id).
-pub fn certificate_names(der: &[u8]) -> Vec<String> {
-    use x509_parser::prelude::*;
-    let Ok((_, cert)) = X509Certificate::from_der(der) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = cert
-        .subject()
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
-        .collect();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for n in &san.value.general_names {
-            match n {
-                GeneralName::DNSName(d) => names.push(d.to_string()),
-                GeneralName::URI(u) => names.push(u.to_string()),
-                _ => {}
-            }
-        }
-    }
-    names.dedup();
-    names
-}
+/// The names a client certificate carries, for matching principals.
+pub use lts_core::pki::certificate_names;

@@ -219,6 +219,9 @@ pub type Stats = proto::StatsResponse;
 #[derive(Debug, Clone)]
 pub struct JobClient {
     current: Arc<std::sync::Mutex<Option<(String, AuthChannel)>>>,
+    /// When the TLS files were last looked at, and their fingerprint when the current channel
+    /// was made.
+    tls_files: Arc<std::sync::Mutex<(std::time::Instant, Option<u64>)>>,
     trackers: Trackers,
     creds: Credentials,
     avoid: Arc<connect::Avoid>,
@@ -252,6 +255,7 @@ impl JobClient {
         }
         Ok(JobClient {
             current: Arc::default(),
+            tls_files: Arc::new(std::sync::Mutex::new((std::time::Instant::now(), None))),
             trackers: Trackers::Static(addrs.to_vec()),
             creds: Credentials::default(),
             avoid: Arc::default(),
@@ -264,6 +268,7 @@ impl JobClient {
     pub fn from_registry(registry: Arc<dyn Registry>) -> JobClient {
         JobClient {
             current: Arc::default(),
+            tls_files: Arc::new(std::sync::Mutex::new((std::time::Instant::now(), None))),
             trackers: Trackers::Registry(registry),
             creds: Credentials::default(),
             avoid: Arc::default(),
@@ -290,8 +295,10 @@ impl JobClient {
 
     /// Connect with these credentials (TLS, client certificate, token) from now on.
     pub fn with_credentials(mut self, creds: Credentials) -> JobClient {
+        let fingerprint = creds.fingerprint();
         self.creds = creds;
         self.current = Arc::default();
+        self.tls_files = Arc::new(std::sync::Mutex::new((std::time::Instant::now(), fingerprint)));
         self
     }
 
@@ -360,10 +367,11 @@ impl JobClient {
                 let now = self.trackers.addresses();
                 !now.is_empty() && !now.contains(&addr)
             };
-            if !left {
+            if left {
+                self.forget(&addr);
+            } else if !self.tls_files_changed() {
                 return Ok((addr, ch));
             }
-            self.forget(&addr);
         }
         let c = match &self.trackers {
             Trackers::Static(addrs) => {
@@ -387,6 +395,24 @@ impl JobClient {
         tracing::debug!(tracker = %c.0, "JobClient connected");
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
         Ok(c)
+    }
+
+    /// Whether the certificate files changed since the current channel was made (looked at
+    /// every [`crate::credentials::TLS_FILE_RECHECK`]): a renewed client certificate is
+    /// presented from the next connection on.
+    fn tls_files_changed(&self) -> bool {
+        let mut files = self.tls_files.lock().unwrap_or_else(|e| e.into_inner());
+        if files.1.is_none() || files.0.elapsed() < crate::credentials::TLS_FILE_RECHECK {
+            return false;
+        }
+        files.0 = std::time::Instant::now();
+        let now = self.creds.fingerprint();
+        if now == files.1 {
+            return false;
+        }
+        tracing::info!("the TLS certificate files changed; reconnecting with them");
+        files.1 = now;
+        true
     }
 
     fn forget(&self, addr: &str) {

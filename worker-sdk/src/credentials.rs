@@ -25,6 +25,9 @@ use crate::ClientError;
 
 /// A token file is read again at most this often (a rotated Secret is picked up).
 pub const TOKEN_FILE_REFRESH: Duration = Duration::from_secs(1);
+/// A client holding a connection checks its certificate files this often, and reconnects
+/// when they changed.
+pub const TLS_FILE_RECHECK: Duration = Duration::from_secs(10);
 
 /// A channel to a tracker that sends the caller's token with every call.
 pub type AuthChannel = InterceptedService<Channel, TokenInterceptor>;
@@ -88,12 +91,54 @@ impl Interceptor for TokenInterceptor {
     }
 }
 
+/// PEM given in memory, or a file read again for every new connection (so a certificate
+/// rotated on disk, e.g. a renewed Kubernetes Secret, is presented without a restart).
+#[derive(Debug, Clone)]
+enum Pem {
+    Inline(Arc<Vec<u8>>),
+    File {
+        path: PathBuf,
+        what: &'static str,
+        /// The last content read: used while a rotation has the file briefly missing.
+        last: Arc<Mutex<Vec<u8>>>,
+    },
+}
+
+impl Pem {
+    fn file(path: &Path, what: &'static str) -> Result<Pem, ClientError> {
+        let content = read(path, what)?;
+        Ok(Pem::File {
+            path: path.to_path_buf(),
+            what,
+            last: Arc::new(Mutex::new(content)),
+        })
+    }
+
+    fn load(&self) -> Vec<u8> {
+        match self {
+            Pem::Inline(b) => b.to_vec(),
+            Pem::File { path, what, last } => {
+                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                match read(path, what) {
+                    Ok(b) if !b.is_empty() => *last = b,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "keeping the last content read"),
+                }
+                last.clone()
+            }
+        }
+    }
+}
+
 /// What a connection to a tracker presents and checks. The default is plaintext without a
 /// token (a tracker started with `--insecure --no-auth`, such as `lts dev`).
+///
+/// Material given as files is read again for every new connection; [`Credentials::fingerprint`]
+/// tells a long-lived client when to reconnect with what changed.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
-    ca: Option<Vec<u8>>,
-    identity: Option<(Vec<u8>, Vec<u8>)>,
+    ca: Option<Pem>,
+    identity: Option<(Pem, Pem)>,
     tls: bool,
     domain: Option<String>,
     token: TokenInterceptor,
@@ -107,14 +152,14 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, ClientError> {
 impl Credentials {
     /// Connect with TLS, checking the tracker's certificate against this CA bundle (PEM).
     pub fn tls_ca_file(mut self, path: impl AsRef<Path>) -> Result<Self, ClientError> {
-        self.ca = Some(read(path.as_ref(), "CA bundle (--tls-ca)")?);
+        self.ca = Some(Pem::file(path.as_ref(), "CA bundle (--tls-ca)")?);
         self.tls = true;
         Ok(self)
     }
 
     /// Connect with TLS, checking the tracker's certificate against this CA (PEM).
     pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.ca = Some(pem.into());
+        self.ca = Some(Pem::Inline(Arc::new(pem.into())));
         self.tls = true;
         self
     }
@@ -126,8 +171,8 @@ impl Credentials {
         key: impl AsRef<Path>,
     ) -> Result<Self, ClientError> {
         self.identity = Some((
-            read(cert.as_ref(), "client certificate (--tls-cert)")?,
-            read(key.as_ref(), "client key (--tls-key)")?,
+            Pem::file(cert.as_ref(), "client certificate (--tls-cert)")?,
+            Pem::file(key.as_ref(), "client key (--tls-key)")?,
         ));
         self.tls = true;
         Ok(self)
@@ -135,7 +180,10 @@ impl Credentials {
 
     /// Present this client certificate and key (PEM) for mutual TLS.
     pub fn tls_identity_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
-        self.identity = Some((cert.into(), key.into()));
+        self.identity = Some((
+            Pem::Inline(Arc::new(cert.into())),
+            Pem::Inline(Arc::new(key.into())),
+        ));
         self.tls = true;
         self
     }
@@ -202,6 +250,27 @@ impl Credentials {
         self.identity.is_some()
     }
 
+    /// A digest of the TLS material as it is now (files read again); `None` when nothing
+    /// comes from a file. A client holding a connection compares it now and then and
+    /// reconnects when it changed.
+    pub fn fingerprint(&self) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let files = [self.ca.as_ref()]
+            .into_iter()
+            .chain(self.identity.iter().flat_map(|(c, k)| [Some(c), Some(k)]))
+            .flatten()
+            .filter(|p| matches!(p, Pem::File { .. }))
+            .collect::<Vec<_>>();
+        if files.is_empty() {
+            return None;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for p in files {
+            p.load().hash(&mut h);
+        }
+        Some(h.finish())
+    }
+
     /// The interceptor that adds the token.
     pub fn interceptor(&self) -> TokenInterceptor {
         self.token.clone()
@@ -227,12 +296,12 @@ impl Credentials {
         }
         let mut tls = ClientTlsConfig::new();
         match &self.ca {
-            Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(ca)),
+            Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(ca.load())),
             // An https:// address without --tls-ca: the system's roots (a public certificate).
             None => tls = tls.with_webpki_roots(),
         }
         if let Some((cert, key)) = &self.identity {
-            tls = tls.identity(Identity::from_pem(cert, key));
+            tls = tls.identity(Identity::from_pem(cert.load(), key.load()));
         }
         if let Some(d) = &self.domain {
             tls = tls.domain_name(d.clone());
@@ -279,5 +348,43 @@ pub fn hint(status: &tonic::Status) -> Option<&'static str> {
             "pass a token (--token-file, LTS_TOKEN) or a client certificate (--tls-cert/--tls-key, LTS_TLS_CERT/LTS_TLS_KEY)",
         ),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_read_again_and_their_change_shows_in_the_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, ca) = (
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+            dir.path().join("ca.crt"),
+        );
+        std::fs::write(&cert, "cert 1").unwrap();
+        std::fs::write(&key, "key 1").unwrap();
+        std::fs::write(&ca, "ca 1").unwrap();
+        let creds = Credentials::default()
+            .tls_ca_file(&ca)
+            .unwrap()
+            .tls_identity_files(&cert, &key)
+            .unwrap();
+        let first = creds.fingerprint().expect("file-backed");
+        assert_eq!(creds.fingerprint(), Some(first), "stable while unchanged");
+        std::fs::write(&cert, "cert 2").unwrap();
+        let second = creds.fingerprint().unwrap();
+        assert_ne!(first, second);
+        // A file missing in the middle of a rotation: the last content read stands.
+        std::fs::remove_file(&key).unwrap();
+        assert_eq!(creds.fingerprint(), Some(second));
+        assert!(
+            Credentials::default()
+                .tls_ca_pem("inline")
+                .fingerprint()
+                .is_none()
+        );
+        assert!(Credentials::default().tls_ca_file(dir.path().join("none")).is_err());
     }
 }

@@ -1,5 +1,7 @@
 //! A small certificate authority: a CA and the leaf certificates it signs (ECDSA P-256), as
-//! PEM. `lts bench --secure`, `lts auth ca` and the tests make their certificates with it.
+//! PEM, and what a certificate says about itself ([`inspect`]). The operator keeps each
+//! cluster's CA and certificates with it; `lts bench --secure`, `lts auth ca` and the tests
+//! make theirs with it.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -61,7 +63,8 @@ impl Ca {
         self.issuer.key().serialize_pem()
     }
 
-    /// A certificate for `common_name` valid for the DNS names and IP addresses in `sans`,
+    /// A certificate for `common_name` valid for the DNS names, URIs (`spiffe://…`) and IP
+    /// addresses in `sans`,
     /// usable by servers and clients alike, until `valid_for` from now.
     pub fn issue(
         &self,
@@ -76,6 +79,7 @@ impl Ca {
         for s in sans {
             params.subject_alt_names.push(match s.parse() {
                 Ok(ip) => SanType::IpAddress(ip),
+                Err(_) if s.contains("://") => SanType::URI((*s).try_into()?),
                 Err(_) => SanType::DnsName((*s).try_into()?),
             });
         }
@@ -103,10 +107,77 @@ fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
+/// What a certificate says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Its subject's common name, DNS names and URIs, as [`certificate_names`] lists them.
+    pub names: Vec<String>,
+    /// Valid from (Unix seconds).
+    pub not_before: i64,
+    /// Valid until (Unix seconds).
+    pub not_after: i64,
+}
+
+impl CertInfo {
+    /// Whether the certificate is past `fraction` (0..=1) of its life at `now` (Unix
+    /// seconds): time to issue the next one. Renewing at two thirds leaves a third of the
+    /// life for the new one to reach every pod.
+    pub fn due_for_renewal(&self, now: i64, fraction: f64) -> bool {
+        let life = (self.not_after - self.not_before).max(0) as f64;
+        now as f64 >= self.not_before as f64 + life * fraction.clamp(0.0, 1.0)
+    }
+}
+
+/// Reads the first certificate of a PEM bundle. `None` when there is none or it does not
+/// parse.
+pub fn inspect(cert_pem: &str) -> Option<CertInfo> {
+    use x509_parser::prelude::*;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let (_, cert) = X509Certificate::from_der(&pem.contents).ok()?;
+    Some(CertInfo {
+        names: certificate_names(&pem.contents),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// SHA-256 of a PEM text, hex: tells whether a certificate was signed by the CA at hand.
+pub fn fingerprint(pem: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(pem.trim().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The names a certificate (DER) carries, for matching principals: its subject's common name,
+/// its DNS names and its URIs (e.g. a SPIFFE id).
+pub fn certificate_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::*;
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push(d.to_string()),
+                GeneralName::URI(u) => names.push(u.to_string()),
+                _ => {}
+            }
+        }
+    }
+    names.dedup();
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::pki_types::pem::PemObject;
 
     #[test]
     fn a_leaf_names_what_it_was_issued_for() {
@@ -118,10 +189,13 @@ mod tests {
                 std::time::Duration::from_secs(3600),
             )
             .unwrap();
-        let der =
-            rustls::pki_types::CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
-        let names = crate::tls::certificate_names(&der);
-        assert_eq!(names, vec!["workers.lts", "localhost"]);
+        let info = inspect(&leaf.cert_pem).unwrap();
+        assert_eq!(info.names, vec!["workers.lts", "localhost"]);
+        assert_eq!(info.not_after - info.not_before, 3600 + 300);
+        let now = info.not_before + 300;
+        assert!(!info.due_for_renewal(now, 2.0 / 3.0));
+        assert!(info.due_for_renewal(info.not_before + 2600, 2.0 / 3.0));
+        assert_ne!(fingerprint(&ca.cert_pem()), fingerprint(&leaf.cert_pem));
         assert!(ca.cert_pem().contains("BEGIN CERTIFICATE"));
         let again = Ca::load(&ca.cert_pem(), &ca.key_pem()).unwrap();
         let other = again
@@ -129,5 +203,22 @@ mod tests {
             .unwrap();
         assert!(other.cert_pem.contains("BEGIN CERTIFICATE"));
         assert!(leaf.key_pem.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn a_uri_san_is_a_name() {
+        let ca = Ca::new("test CA").unwrap();
+        let leaf = ca
+            .issue(
+                "w",
+                &["spiffe://lts/ns/prod/worker"],
+                std::time::Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!(
+            inspect(&leaf.cert_pem).unwrap().names,
+            vec!["w", "spiffe://lts/ns/prod/worker"]
+        );
+        assert!(inspect("not a certificate").is_none());
     }
 }

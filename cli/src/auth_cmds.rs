@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lts_tracker::auth;
 use lts_core::pki::Ca;
+use lts_tracker::auth;
 
 use crate::error::{CliError, CliResult};
 

@@ -137,6 +137,8 @@ fn default_replicas() -> i32 {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.role == 'TaskTracker' || !has(self.worker)")
     .message("worker applies to TaskTracker NodeGroups only"))]
+#[x_kube(validation = Rule::new("self.role == 'JobTracker' || !has(self.clients)")
+    .message("clients applies to JobTracker NodeGroups only"))]
 #[x_kube(validation = Rule::new(
     "self.role == 'TaskTracker' || self.replicas <= 1 || (has(self.mongoUriSecretRef) && has(self.zookeeper))"
 ).message("a JobTracker NodeGroup with more than one replica needs mongoUriSecretRef and zookeeper"))]
@@ -191,6 +193,32 @@ pub struct NodeGroupSpec {
     /// operator and `clientsFrom`; to the metrics port, from `metricsFrom` (default: anyone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<NetworkPolicySettings>,
+    /// JobTracker: the applications that call the cluster (submit jobs, read them). Unless
+    /// the operator runs with `--pki none`, each gets a client certificate in the Secret
+    /// `<cluster>-lts-client-<name>` (`tls.crt`, `tls.key`, `ca.crt`) and the grants listed;
+    /// a client taken off the list loses its Secret and its grants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub clients: Vec<ClientSpec>,
+}
+
+/// An application allowed to call an LTS cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientSpec {
+    /// A DNS label, unique in the cluster; names the client's Secret.
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Submit node groups it may submit jobs as, and whose jobs it may read, change, watch
+    /// and get feedback of (`["*"]`: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub submit_node_groups: Vec<String>,
+    /// Everything, including the cluster APIs and every node group.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// The NetworkPolicy the operator keeps for a NodeGroup.
@@ -226,6 +254,7 @@ impl NodeGroupSpec {
             zookeeper: None,
             mongo_uri_secret_ref: None,
             network_policy: None,
+            clients: vec![],
         }
     }
 }

@@ -25,6 +25,9 @@ pub enum Error {
     /// The object lacks a field the API server always sets (namespace, uid).
     #[error("object is missing {0}")]
     MissingField(&'static str),
+    /// Making, reading or storing a certificate failed.
+    #[error("certificates: {0}")]
+    Pki(String),
     /// The CustomResourceDefinitions are not installed in the cluster.
     #[error("{0}")]
     CrdsNotInstalled(String),
@@ -41,6 +44,7 @@ impl Error {
             Error::Serialize(_) => "serialize",
             Error::MissingField(_) => "missing_field",
             Error::CrdsNotInstalled(_) => "crds_not_installed",
+            Error::Pki(_) => "pki",
         }
     }
 }

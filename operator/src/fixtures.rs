@@ -305,7 +305,11 @@ impl TrackerApi for FakeTracker {
 pub struct SameTracker(pub Arc<dyn TrackerApi>, pub Mutex<Vec<String>>);
 
 impl TrackerConnector for SameTracker {
-    fn tracker(&self, address: &str) -> Result<Arc<dyn TrackerApi>, ClientError> {
+    fn tracker(
+        &self,
+        address: &str,
+        _creds: Option<lts_worker_sdk::Credentials>,
+    ) -> Result<Arc<dyn TrackerApi>, ClientError> {
         self.1.lock().unwrap().push(address.to_string());
         Ok(self.0.clone())
     }

@@ -32,6 +32,7 @@ pub mod job;
 pub mod leader;
 pub mod metrics;
 pub mod nodegroup;
+pub mod pki;
 pub mod reconcile;
 pub mod tracker;
 
@@ -67,10 +68,13 @@ pub struct Context {
     /// Only this namespace's NodeGroups and Jobs (and the objects built for them) are
     /// watched; `None`: every namespace.
     pub watch_namespace: Option<String>,
+    /// The clusters' certificates and grants.
+    pub pki: Arc<pki::Pki>,
 }
 
 impl Context {
-    /// A context with the default backoff (1 s doubling to 5 min).
+    /// A context with the default backoff (1 s doubling to 5 min), without certificates
+    /// ([`Context::with_pki`] turns them on).
     pub fn new(
         client: Client,
         nodegroups: Store<DeserializeGuard<crate::crd::NodeGroup>>,
@@ -90,11 +94,44 @@ impl Context {
             recorder,
             nodegroups,
             trackers,
-            build,
+            build: nodegroup::BuildConfig {
+                secure: false,
+                ..build
+            },
             backoff: backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
             watches,
             watch_namespace: None,
+            pki: Arc::new(pki::Pki::disabled()),
         }
+    }
+
+    /// Makes certificates with `pki` (builder style); also tells `build` whether pods get
+    /// them.
+    pub fn with_pki(mut self, pki: pki::Pki) -> Context {
+        self.build.secure = pki.mode.enabled();
+        self.pki = Arc::new(pki);
+        self
+    }
+
+    /// A client of the trackers of the cluster whose JobTracker NodeGroup is named
+    /// `job_tracker` (in `namespace`), presenting the operator's identity in that cluster;
+    /// and their address.
+    pub async fn tracker(
+        &self,
+        namespace: &str,
+        job_tracker: &str,
+    ) -> Result<(String, Arc<dyn tracker::TrackerApi>)> {
+        use kube::ResourceExt;
+        let address = nodegroup::validate::service_address(job_tracker, namespace);
+        let creds =
+            match self.valid_nodegroups().into_iter().find(|g| {
+                g.name_any() == job_tracker && g.namespace().as_deref() == Some(namespace)
+            }) {
+                Some(jt) => self.pki.credentials(&self.client, namespace, &jt).await?,
+                None => None,
+            };
+        let api = self.trackers.tracker(&address, creds)?;
+        Ok((address, api))
     }
 
     /// Watches only `namespace` (builder style); see [`Context::watch_namespace`].

@@ -16,6 +16,7 @@ use lts_operator::crd::NodeGroup;
 use lts_operator::http::{self, Health};
 use lts_operator::leader::{Elector, LeaseConfig};
 use lts_operator::nodegroup::BuildConfig;
+use lts_operator::pki::{Pki, PkiMode};
 use lts_operator::tracker::GrpcConnector;
 use lts_operator::{Context, job, nodegroup};
 use tokio_util::sync::CancellationToken;
@@ -59,9 +60,46 @@ struct Cli {
     /// in time is left for another one.
     #[arg(long, env = "LTS_CALL_TIMEOUT_MS", default_value_t = 5_000)]
     call_timeout_ms: u64,
-    /// How the operator reaches JobTrackers: TLS and token.
+    /// Who makes the clusters' certificates: `operator` (a CA per cluster in a Secret,
+    /// short-lived certificates per NodeGroup), `cert-manager` (Certificates from
+    /// `--cert-manager-issuer`), or `none` (plaintext, no authentication).
+    #[arg(long, env = "LTS_PKI", value_enum, default_value_t = PkiFlag::Operator)]
+    pki: PkiFlag,
+    /// With `--pki cert-manager`: `ClusterIssuer/NAME` or `Issuer/NAME` (in each NodeGroup's
+    /// namespace).
+    #[arg(
+        long,
+        env = "LTS_CERT_MANAGER_ISSUER",
+        required_if_eq("pki", "cert-manager")
+    )]
+    cert_manager_issuer: Option<lts_operator::pki::IssuerRef>,
+    /// Life of each NodeGroup certificate (renewed at two thirds), e.g. `7d`, `24h`;
+    /// between 1h and 365d.
+    #[arg(long, env = "LTS_CERTIFICATE_VALIDITY", default_value = "7d", value_parser = validity)]
+    certificate_validity: Duration,
+    /// Where the operator keeps its own client certificates (`--pki operator`); default:
+    /// `lts-operator` in the temporary directory.
+    #[arg(long, env = "LTS_PKI_DIR")]
+    pki_dir: Option<std::path::PathBuf>,
+    /// How the operator reaches JobTrackers: TLS and token. With `--pki operator` the
+    /// operator presents its own certificate to each cluster instead.
     #[command(flatten)]
     credentials: lts_worker_sdk::CredentialOptions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PkiFlag {
+    Operator,
+    CertManager,
+    None,
+}
+
+fn validity(s: &str) -> Result<Duration, String> {
+    let d = lts_core::duration::parse_duration(s)?;
+    if d < Duration::from_secs(3600) || d > Duration::from_secs(365 * 24 * 3600) {
+        return Err(format!("{s:?}: must be between 1h and 365d"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -201,6 +239,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     .touched_objects();
     let creds = lts_worker_sdk::Credentials::from_options(&cli.credentials)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pki_mode = match (cli.pki, cli.cert_manager_issuer.clone()) {
+        (PkiFlag::Operator, _) => PkiMode::Operator,
+        (PkiFlag::CertManager, Some(issuer)) => PkiMode::CertManager(issuer),
+        (PkiFlag::CertManager, None) => {
+            anyhow::bail!("--pki cert-manager needs --cert-manager-issuer")
+        }
+        (PkiFlag::None, _) => {
+            tracing::warn!("--pki none: trackers run without TLS and without authentication");
+            PkiMode::Disabled
+        }
+    };
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -212,10 +261,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             BuildConfig {
                 tracker_image: cli.tracker_image.clone(),
                 worker_image: cli.worker_image.clone(),
+                secure: true,
             },
             Arc::new(job::Watches::default()),
         )
-        .watching(watch_namespace.clone()),
+        .watching(watch_namespace.clone())
+        .with_pki(Pki::new(
+            pki_mode,
+            cli.certificate_validity,
+            cli.pki_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("lts-operator")),
+        )),
     );
     tracing::info!(%identity, "starting the NodeGroup and Job controllers");
     let ng_stop = stop.clone();

@@ -58,8 +58,14 @@ pub trait TrackerApi: Send + Sync + 'static {
 
 /// Hands out a tracker client per address (`host:port`).
 pub trait TrackerConnector: Send + Sync + 'static {
-    /// A client of the trackers at `address`.
-    fn tracker(&self, address: &str) -> Result<Arc<dyn TrackerApi>, ClientError>;
+    /// A client of the trackers at `address`, presenting `creds` (the connector's own when
+    /// `None`). The first call for an address decides: credentials given as files are read
+    /// again on each connection, so they stay current.
+    fn tracker(
+        &self,
+        address: &str,
+        creds: Option<lts_worker_sdk::Credentials>,
+    ) -> Result<Arc<dyn TrackerApi>, ClientError>;
 }
 
 #[async_trait]
@@ -144,7 +150,11 @@ impl Default for GrpcConnector {
 }
 
 impl TrackerConnector for GrpcConnector {
-    fn tracker(&self, address: &str) -> Result<Arc<dyn TrackerApi>, ClientError> {
+    fn tracker(
+        &self,
+        address: &str,
+        creds: Option<lts_worker_sdk::Credentials>,
+    ) -> Result<Arc<dyn TrackerApi>, ClientError> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = clients.get(address) {
             return Ok(c.clone());
@@ -152,7 +162,7 @@ impl TrackerConnector for GrpcConnector {
         let client = Arc::new(
             JobClient::new(&[address.to_string()])?
                 .with_call_timeout(self.call_timeout)
-                .with_credentials(self.creds.clone()),
+                .with_credentials(creds.unwrap_or_else(|| self.creds.clone())),
         );
         clients.insert(address.to_string(), client.clone());
         Ok(client)

@@ -7,13 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lts_core::pki::{Ca, Leaf};
 use lts_core::proto::{
     self, feedback_service_client::FeedbackServiceClient, job_service_client::JobServiceClient,
 };
 use lts_core::{JobKey, JobSpec, Schedule};
 use lts_tests::{RawWorker, TrackerProc, eventually, free_port};
 use lts_tracker::auth::new_token;
-use lts_core::pki::{Ca, Leaf};
 use lts_worker_sdk::{ClientError, Credentials, JobClient, ListQuery};
 use tonic::Code;
 

@@ -1,5 +1,5 @@
 //! Prometheus metrics. Every crate records through the `metrics` facade; this installs the
-//! exporter that serves `/metrics`.
+//! exporter and serves `/metrics` with the health endpoints.
 //!
 //! Names: `lts_jobs_submitted_total{status}`, `lts_jobs_dispatched_total{node_group}`,
 //! `lts_jobs_completed_total{outcome}`, `lts_stale_results_total`,
@@ -8,13 +8,83 @@
 //! `lts_feedback_acked_total`, `lts_store_commit_group_size` (histogram).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-/// Serves Prometheus metrics on `addr` (HTTP, any path).
-pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::JobStore;
+
+/// Serves, on `addr` (plain HTTP, whatever the gRPC port does, so a kubelet can probe it):
+///
+/// * `/metrics`: Prometheus metrics;
+/// * `/healthz`: 200 while the process runs (a liveness probe: never depends on the store, so
+///   a store outage does not restart every tracker);
+/// * `/readyz`: 200 while the job store answers and the tracker is not shutting down; 503
+///   with the reason otherwise (a readiness probe: the Service stops sending clients here).
+///
+/// Binds before returning, so a taken port fails the tracker's start.
+pub async fn serve(
+    addr: SocketAddr,
+    store: Arc<dyn JobStore>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
+    let stopping = shutdown.clone();
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let h = handle.clone();
+                async move {
+                    h.run_upkeep();
+                    h.render()
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let store = store.clone();
+                let stopping = stopping.clone();
+                async move {
+                    if stopping.is_cancelled() {
+                        return (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "shutting down\n".to_string(),
+                        );
+                    }
+                    match tokio::time::timeout(std::time::Duration::from_secs(3), store.health())
+                        .await
+                    {
+                        Ok(Ok(())) => (StatusCode::OK, "ready\n".to_string()),
+                        Ok(Err(e)) => {
+                            (StatusCode::SERVICE_UNAVAILABLE, format!("job store: {e}\n"))
+                        }
+                        Err(_) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "job store: no answer within 3 s\n".to_string(),
+                        ),
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
         .map_err(|e| anyhow::anyhow!("metrics listener on {addr}: {e}"))?;
-    tracing::info!(%addr, "serving Prometheus metrics");
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "metrics listener stopped");
+        }
+    });
     Ok(())
 }

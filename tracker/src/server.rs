@@ -516,7 +516,7 @@ impl Tracker {
         }
 
         if let Some(addr) = config.metrics_listen {
-            crate::metrics::install(addr)?;
+            crate::metrics::serve(addr, core.store.clone(), shutdown.clone()).await?;
         }
         spawn_master_loops(core.clone(), config.retention_hours);
 

@@ -298,7 +298,10 @@ impl JobClient {
         let fingerprint = creds.fingerprint();
         self.creds = creds;
         self.current = Arc::default();
-        self.tls_files = Arc::new(std::sync::Mutex::new((std::time::Instant::now(), fingerprint)));
+        self.tls_files = Arc::new(std::sync::Mutex::new((
+            std::time::Instant::now(),
+            fingerprint,
+        )));
         self
     }
 

@@ -385,6 +385,10 @@ mod tests {
                 .fingerprint()
                 .is_none()
         );
-        assert!(Credentials::default().tls_ca_file(dir.path().join("none")).is_err());
+        assert!(
+            Credentials::default()
+                .tls_ca_file(dir.path().join("none"))
+                .is_err()
+        );
     }
 }

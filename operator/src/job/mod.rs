@@ -39,7 +39,6 @@ use kube::runtime::watcher;
 pub use watches::Watches;
 
 use crate::crd::Job;
-use crate::nodegroup::validate::service_address;
 use crate::reconcile::{self, Outcome};
 use crate::{Context, Error, Result};
 use plan::{Observed, Tracker};
@@ -85,15 +84,15 @@ async fn apply(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
     apply::news(&job, &mut obs, &ctx.watches);
     let route = plan::target(&obs).map(|(cluster, target)| {
         (
-            service_address(&cluster.job_tracker, &ns),
+            cluster.job_tracker.clone(),
             target.spec.submit_node_group.clone(),
         )
     });
     let mut every = FALLBACK_REFRESH;
     let ending = match route {
         Err(problem) => Ending::Blocked(problem),
-        Ok((address, group)) => {
-            let tracker = ctx.trackers.tracker(&address)?;
+        Ok((job_tracker, group)) => {
+            let (address, tracker) = ctx.tracker(&ns, &job_tracker).await?;
             ctx.watches.ensure(&address, &group, tracker.clone());
             every = plan::refresh_every(ctx.watches.is_live(&address, &group));
             obs.due = plan::is_due(&job, since_read, every);
@@ -146,9 +145,7 @@ async fn cleanup(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
     let Ok(cluster) = &obs.cluster else {
         return Ok(Action::await_change());
     };
-    let tracker = ctx
-        .trackers
-        .tracker(&service_address(&cluster.job_tracker, &ns))?;
+    let (_, tracker) = ctx.tracker(&ns, &cluster.job_tracker).await?;
     apply::news(&job, &mut obs, &ctx.watches);
     apply::observe(&job, &mut obs, &*tracker).await?;
     match apply::apply(&job, &mut obs, &*tracker, &ctx.watches).await {

@@ -14,10 +14,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, GRPCAction,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -31,6 +31,7 @@ use kube::{Resource, ResourceExt};
 
 use super::validate::{TrackerDiscovery, Validated};
 use crate::crd::{NodeGroup, NodeRole, WorkerMode};
+use crate::pki;
 use crate::{GRPC_PORT, METRICS_PORT};
 
 /// Operator-wide defaults for what a NodeGroup leaves open.
@@ -40,6 +41,9 @@ pub struct BuildConfig {
     pub tracker_image: String,
     /// Image of the `lts-worker` sidecar.
     pub worker_image: String,
+    /// Pods get their NodeGroup's certificate (and a JobTracker the cluster's auth file) and
+    /// speak only TLS; `false`: plaintext without authentication (`--pki none`).
+    pub secure: bool,
 }
 
 impl Default for BuildConfig {
@@ -47,6 +51,7 @@ impl Default for BuildConfig {
         BuildConfig {
             tracker_image: format!("ghcr.io/lts-rs/lts-tracker:{}", lts_core::VERSION),
             worker_image: format!("ghcr.io/lts-rs/lts-worker:{}", lts_core::VERSION),
+            secure: true,
         }
     }
 }
@@ -219,11 +224,15 @@ fn pod_security() -> PodSecurityContext {
     }
 }
 
-fn grpc_probe(initial_delay: i32, period: i32, failures: i32) -> Probe {
+/// An HTTP probe of the tracker's metrics port (plain HTTP whether or not gRPC speaks TLS,
+/// which a kubelet's gRPC probe cannot): `/readyz` checks the job store, `/healthz` only that
+/// the process answers.
+fn http_probe(path: &str, initial_delay: i32, period: i32, failures: i32) -> Probe {
     Probe {
-        grpc: Some(GRPCAction {
-            port: GRPC_PORT,
-            service: None,
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("metrics".into()),
+            ..HTTPGetAction::default()
         }),
         initial_delay_seconds: Some(initial_delay),
         period_seconds: Some(period),
@@ -248,6 +257,35 @@ fn mount(name: &str, path: &str) -> VolumeMount {
         mount_path: path.into(),
         ..VolumeMount::default()
     }
+}
+
+fn read_only(m: VolumeMount) -> VolumeMount {
+    VolumeMount {
+        read_only: Some(true),
+        ..m
+    }
+}
+
+fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            default_mode: Some(0o440),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// `LTS_TLS_CERT`, `LTS_TLS_KEY`, `LTS_TLS_CA`: the mounted certificate Secret.
+fn tls_env() -> Vec<EnvVar> {
+    vec![
+        env("LTS_TLS_CERT", format!("{}/tls.crt", pki::TLS_DIR)),
+        env("LTS_TLS_KEY", format!("{}/tls.key", pki::TLS_DIR)),
+        env("LTS_TLS_CA", format!("{}/ca.crt", pki::TLS_DIR)),
+    ]
 }
 
 fn empty_dir(name: &str) -> Volume {
@@ -392,11 +430,25 @@ fn job_tracker_pod(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> PodSpec 
             mounts.push(mount("data", "/var/lib/lts"));
         }
     }
-    // Plaintext and without an auth file until the operator issues the cluster's certificates
-    // and grants; `spec.env` comes after and may set LTS_TLS_*, LTS_AUTH_FILE (with
-    // LTS_INSECURE/LTS_NO_AUTH "false") to secure a tracker by hand.
-    env_vars.push(env("LTS_INSECURE", "true"));
-    env_vars.push(env("LTS_NO_AUTH", "true"));
+    if cfg.secure {
+        // The NodeGroup's certificate, clients must present theirs, and the cluster's auth
+        // file: both Secrets are kept by the operator (`crate::pki`).
+        env_vars.extend(tls_env());
+        env_vars.push(env("LTS_TLS_CLIENT_AUTH", "required"));
+        env_vars.push(env(
+            "LTS_AUTH_FILE",
+            format!("{}/{}", pki::AUTH_DIR, pki::AUTH_KEY),
+        ));
+        volumes.push(secret_volume("tls", &pki::tls_secret(&ng.name_any())));
+        volumes.push(secret_volume("auth", &pki::auth_secret(&spec.cluster)));
+        mounts.push(read_only(mount("tls", pki::TLS_DIR)));
+        mounts.push(read_only(mount("auth", pki::AUTH_DIR)));
+    } else {
+        // `--pki none`: plaintext without an auth file; `spec.env` comes after and may set
+        // LTS_TLS_*, LTS_AUTH_FILE (with LTS_INSECURE/LTS_NO_AUTH "false") by hand.
+        env_vars.push(env("LTS_INSECURE", "true"));
+        env_vars.push(env("LTS_NO_AUTH", "true"));
+    }
     env_vars.extend(spec.env.iter().cloned());
     let container = Container {
         name: "tracker".into(),
@@ -418,8 +470,8 @@ fn job_tracker_pod(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> PodSpec 
         ]),
         env: Some(env_vars),
         ports: Some(vec![port("grpc", GRPC_PORT), port("metrics", METRICS_PORT)]),
-        readiness_probe: Some(grpc_probe(2, 5, 3)),
-        liveness_probe: Some(grpc_probe(10, 10, 6)),
+        readiness_probe: Some(http_probe("/readyz", 2, 5, 3)),
+        liveness_probe: Some(http_probe("/healthz", 10, 10, 6)),
         resources: spec.resources.clone(),
         security_context: Some(restricted(true)),
         volume_mounts: Some(mounts),
@@ -432,8 +484,10 @@ fn job_tracker_pod(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> PodSpec 
     }
 }
 
-/// The `LTS_*` settings every TaskTracker process reads.
-fn worker_env(ng: &NodeGroup, v: &Validated) -> Vec<EnvVar> {
+/// The `LTS_*` settings every TaskTracker process reads; with `secure`, the certificate it
+/// presents and the name the JobTracker's certificate must carry (trackers found through
+/// ZooKeeper are reached by pod IP).
+fn worker_env(ng: &NodeGroup, v: &Validated, secure: bool) -> Vec<EnvVar> {
     let mut out = vec![
         env_field("LTS_IDENTITY", "metadata.name"),
         env("LTS_CLUSTER", ng.spec.cluster.clone()),
@@ -448,6 +502,13 @@ fn worker_env(ng: &NodeGroup, v: &Validated) -> Vec<EnvVar> {
         Some(TrackerDiscovery::Service(addr)) => out.push(env("LTS_TRACKER", addr.clone())),
         None => {}
     }
+    if secure {
+        out.extend(tls_env());
+        if let Some(jt) = &v.job_tracker {
+            let ns = ng.namespace().unwrap_or_default();
+            out.push(env("LTS_TLS_DOMAIN", pki::tracker_domain(jt, &ns)));
+        }
+    }
     out
 }
 
@@ -455,10 +516,18 @@ fn task_tracker_pod(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> PodSpec
     let spec = &ng.spec;
     let worker = spec.worker.clone().unwrap_or_default();
     let mut containers = Vec::new();
-    let mut volumes = None;
+    let mut volumes = Vec::new();
+    let tls_mounts = || {
+        cfg.secure
+            .then(|| read_only(mount("tls", pki::TLS_DIR)))
+            .into_iter()
+    };
+    if cfg.secure {
+        volumes.push(secret_volume("tls", &pki::tls_secret(&ng.name_any())));
+    }
     match worker.mode {
         WorkerMode::Sdk => {
-            let mut e = worker_env(ng, v);
+            let mut e = worker_env(ng, v, cfg.secure);
             e.extend(spec.env.iter().cloned());
             containers.push(Container {
                 name: "worker".into(),
@@ -467,6 +536,7 @@ fn task_tracker_pod(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> PodSpec
                 env: Some(e),
                 resources: spec.resources.clone(),
                 security_context: Some(restricted(false)),
+                volume_mounts: cfg.secure.then(|| tls_mounts().collect()),
                 ..Container::default()
             });
         }
@@ -499,7 +569,7 @@ fn task_tracker_pod(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> PodSpec
             if let Some(t) = worker.timeout_seconds {
                 args.push(format!("--timeout={t}"));
             }
-            let mut e = worker_env(ng, v);
+            let mut e = worker_env(ng, v, cfg.secure);
             if exec_mode {
                 // The command runs in the sidecar: it gets the user's environment.
                 e.extend(spec.env.iter().cloned());
@@ -522,15 +592,19 @@ fn task_tracker_pod(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> PodSpec
                     Some(sidecar_resources())
                 },
                 security_context: Some(restricted(true)),
-                volume_mounts: Some(vec![mount("tmp", "/tmp")]),
+                volume_mounts: Some(
+                    std::iter::once(mount("tmp", "/tmp"))
+                        .chain(tls_mounts())
+                        .collect(),
+                ),
                 ..Container::default()
             });
-            volumes = Some(vec![empty_dir("tmp")]);
+            volumes.push(empty_dir("tmp"));
         }
     }
     PodSpec {
         containers,
-        volumes,
+        volumes: (!volumes.is_empty()).then_some(volumes),
         ..PodSpec::default()
     }
 }
@@ -588,8 +662,9 @@ mod tests {
             .and_then(|v| v.secret_key_ref.as_ref())
             .unwrap();
         assert_eq!((key.name.as_str(), key.key.as_str()), ("mongo", "uri"));
-        assert!(c.readiness_probe.as_ref().unwrap().grpc.is_some());
-        assert!(c.liveness_probe.as_ref().unwrap().grpc.is_some());
+        let path = |p: &Option<Probe>| p.as_ref()?.http_get.as_ref()?.path.clone();
+        assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+        assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
         assert_eq!(
             c.image.as_deref(),
             Some(BuildConfig::default().tracker_image.as_str())
@@ -769,6 +844,128 @@ mod tests {
                 assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
             }
         }
+    }
+
+    fn mounts(c: &Container) -> Vec<(String, String)> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.clone(), m.mount_path.clone()))
+            .collect()
+    }
+
+    fn secret_volumes(d: &Desired) -> Vec<(String, String)> {
+        let pod = d
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        pod.volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| Some((v.name.clone(), v.secret.as_ref()?.secret_name.clone()?)))
+            .collect()
+    }
+
+    #[test]
+    fn a_secure_job_tracker_serves_tls_with_its_certificate_and_the_clusters_auth_file() {
+        let jt = ng("tracker", NodeRole::JobTracker);
+        let v = validate(&jt, std::slice::from_ref(&jt)).unwrap();
+        let d = build(&jt, &v, &BuildConfig::default());
+        let c = container(&d, "tracker");
+        assert_eq!(
+            env_value(c, "LTS_TLS_CERT").as_deref(),
+            Some("/etc/lts/tls/tls.crt")
+        );
+        assert_eq!(
+            env_value(c, "LTS_TLS_KEY").as_deref(),
+            Some("/etc/lts/tls/tls.key")
+        );
+        assert_eq!(
+            env_value(c, "LTS_TLS_CA").as_deref(),
+            Some("/etc/lts/tls/ca.crt")
+        );
+        assert_eq!(
+            env_value(c, "LTS_TLS_CLIENT_AUTH").as_deref(),
+            Some("required")
+        );
+        assert_eq!(
+            env_value(c, "LTS_AUTH_FILE").as_deref(),
+            Some("/etc/lts/auth/auth.yaml")
+        );
+        assert_eq!(env_value(c, "LTS_INSECURE"), None);
+        assert_eq!(env_value(c, "LTS_NO_AUTH"), None);
+        assert_eq!(
+            secret_volumes(&d),
+            [
+                ("tls".to_string(), "tracker-lts-tls".to_string()),
+                ("auth".to_string(), "prod-lts-auth".to_string())
+            ]
+        );
+        assert!(mounts(c).contains(&("tls".into(), "/etc/lts/tls".into())));
+        assert!(mounts(c).contains(&("auth".into(), "/etc/lts/auth".into())));
+
+        let insecure = BuildConfig {
+            secure: false,
+            ..BuildConfig::default()
+        };
+        let d = build(&jt, &v, &insecure);
+        let c = container(&d, "tracker");
+        assert_eq!(env_value(c, "LTS_INSECURE").as_deref(), Some("true"));
+        assert_eq!(env_value(c, "LTS_NO_AUTH").as_deref(), Some("true"));
+        assert_eq!(env_value(c, "LTS_TLS_CERT"), None);
+        assert!(secret_volumes(&d).is_empty());
+    }
+
+    #[test]
+    fn secure_workers_present_their_groups_certificate_and_check_the_trackers_name() {
+        let jt = ng("tracker", NodeRole::JobTracker);
+        let mut sdk = ng("mailers", NodeRole::TaskTracker);
+        sdk.spec.image = Some("img".into());
+        let mut side = ng("reports", NodeRole::TaskTracker);
+        side.spec.image = Some("img".into());
+        side.spec.worker = Some(WorkerSpec {
+            mode: WorkerMode::Sidecar,
+            http: Some(HttpTarget {
+                port: 8080,
+                path: "/run".into(),
+            }),
+            ..WorkerSpec::default()
+        });
+        let all = [jt.clone(), sdk.clone(), side.clone()];
+        for (g, name) in [(&sdk, "worker"), (&side, "lts-worker")] {
+            let v = validate(g, &all).unwrap();
+            let d = build(g, &v, &BuildConfig::default());
+            let c = container(&d, name);
+            assert_eq!(
+                env_value(c, "LTS_TLS_CERT").as_deref(),
+                Some("/etc/lts/tls/tls.crt"),
+                "{name}"
+            );
+            assert_eq!(
+                env_value(c, "LTS_TLS_DOMAIN").as_deref(),
+                Some("tracker.lts.svc"),
+                "{name}"
+            );
+            assert!(
+                mounts(c).contains(&("tls".into(), "/etc/lts/tls".into())),
+                "{name}"
+            );
+            let secret = format!("{}-lts-tls", g.name_any());
+            assert!(
+                secret_volumes(&d).contains(&("tls".to_string(), secret)),
+                "{name}"
+            );
+        }
+        // The user's own container in Sidecar mode gets no certificate.
+        let v = validate(&side, &all).unwrap();
+        let d = build(&side, &v, &BuildConfig::default());
+        assert!(mounts(container(&d, "app")).is_empty());
+        assert_eq!(env_value(container(&d, "app"), "LTS_TLS_CERT"), None);
     }
 
     #[test]

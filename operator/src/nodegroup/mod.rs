@@ -88,7 +88,21 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
             return reconcile::conclude(ctx, ng, status, outcome).await;
         }
     };
-    let desired = build(ng, &validated, &ctx.build);
+    // Certificates and grants before the pods that mount them. A TaskTracker group of a
+    // cluster whose JobTracker NodeGroup is not here (trackers found through ZooKeeper) has
+    // no CA to get a certificate from: its pods take their credentials from `spec.env`.
+    let job_tracker = validated
+        .job_tracker
+        .as_deref()
+        .and_then(|name| siblings.iter().find(|g| g.name_any() == name));
+    let mut cfg = ctx.build.clone();
+    match job_tracker {
+        Some(jt) if ctx.pki.mode.enabled() => {
+            ctx.pki.reconcile(&ctx.client, ng, jt, &siblings).await?
+        }
+        _ => cfg.secure = false,
+    }
+    let desired = build(ng, &validated, &cfg);
     let deployment = apply(&ctx.client, ns, &desired).await?;
     let ready = deployment
         .status
@@ -98,13 +112,10 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
     let nodes = match (&validated.job_tracker, ng.spec.role, ready) {
         // No tracker pod is up yet: nothing to ask.
         (_, NodeRole::JobTracker, 0) | (None, _, _) => None,
-        (Some(tracker), _, _) => {
-            let addr = validate::service_address(tracker, ns);
-            Some(match ctx.trackers.tracker(&addr) {
-                Ok(t) => t.nodes().await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            })
-        }
+        (Some(tracker), _, _) => Some(match ctx.tracker(ns, tracker).await {
+            Ok((_, t)) => t.nodes().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }),
     };
     let status = observed_status(ng, ready, nodes.as_ref(), Timestamp::now());
     let settled = conditions::find(&status.conditions, "Ready").is_some_and(|c| c.status == "True")

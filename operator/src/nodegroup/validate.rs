@@ -63,6 +63,38 @@ fn is_dns_label(s: &str, max: usize) -> bool {
         && !s.ends_with('-')
 }
 
+/// Each client: a DNS label, named once, granted something, naming valid node groups.
+fn check_clients(clients: &[crate::crd::ClientSpec], problems: &mut Vec<String>) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, c) in clients.iter().enumerate() {
+        if !is_dns_label(&c.name, 40) {
+            problems.push(format!(
+                "spec.clients[{i}].name: {:?} must be a DNS label of at most 40 characters",
+                c.name
+            ));
+        } else if !seen.insert(c.name.as_str()) {
+            problems.push(format!(
+                "spec.clients[{i}].name: {:?} is listed twice",
+                c.name
+            ));
+        }
+        if !c.admin && c.submit_node_groups.is_empty() {
+            problems.push(format!(
+                "spec.clients[{i}]: grants nothing: list submitNodeGroups or set admin"
+            ));
+        }
+        for g in c.submit_node_groups.iter().filter(|g| g.as_str() != "*") {
+            let mut v = Vec::new();
+            lts_core::validate::check_node_group(
+                &format!("spec.clients[{i}].submitNodeGroups"),
+                g,
+                &mut v,
+            );
+            problems.extend(v.iter().map(|v| v.to_string()));
+        }
+    }
+}
+
 /// Checks `ng` against its siblings (every NodeGroup of its namespace, itself included).
 pub fn validate(ng: &NodeGroup, siblings: &[NodeGroup]) -> Result<Validated, Invalid> {
     let spec = &ng.spec;
@@ -141,6 +173,7 @@ pub fn validate(ng: &NodeGroup, siblings: &[NodeGroup]) -> Result<Validated, Inv
                     others.join(", ")
                 ));
             }
+            check_clients(&spec.clients, &mut problems);
             out.job_tracker = Some(name.clone());
         }
         NodeRole::TaskTracker => {
@@ -187,6 +220,9 @@ pub fn validate(ng: &NodeGroup, siblings: &[NodeGroup]) -> Result<Validated, Inv
             if spec.mongo_uri_secret_ref.is_some() {
                 problems
                     .push("spec.mongoUriSecretRef: applies to JobTracker NodeGroups only".into());
+            }
+            if !spec.clients.is_empty() {
+                problems.push("spec.clients: applies to JobTracker NodeGroups only".into());
             }
             let tracker = match job_trackers.as_slice() {
                 [one] => Some(*one),
@@ -361,6 +397,44 @@ mod tests {
         });
         let (msg, _) = problems(&tt, &[]);
         assert!(msg.contains("spec.mongoUriSecretRef"), "{msg}");
+    }
+
+    #[test]
+    fn clients_are_named_once_grant_something_and_belong_to_a_job_tracker() {
+        use crate::crd::ClientSpec;
+        let client = |name: &str, groups: &[&str], admin: bool| ClientSpec {
+            name: name.into(),
+            submit_node_groups: groups.iter().map(|g| g.to_string()).collect(),
+            admin,
+        };
+        let mut jt = nodegroup("tracker", NodeRole::JobTracker);
+        jt.spec.clients = vec![
+            client("billing", &["billing"], false),
+            client("ops", &[], true),
+            client("any", &["*"], false),
+        ];
+        assert!(validate(&jt, std::slice::from_ref(&jt)).is_ok());
+        jt.spec.clients = vec![
+            client("billing", &["billing"], false),
+            client("billing", &["x"], false),
+            client("Bad_Name", &["x"], false),
+            client("idle", &[], false),
+            client("spaces", &["a b"], false),
+        ];
+        let (msg, _) = problems(&jt, std::slice::from_ref(&jt));
+        assert!(
+            msg.contains("spec.clients[1].name: \"billing\" is listed twice"),
+            "{msg}"
+        );
+        assert!(msg.contains("spec.clients[2].name"), "{msg}");
+        assert!(msg.contains("spec.clients[3]: grants nothing"), "{msg}");
+        assert!(msg.contains("spec.clients[4].submitNodeGroups"), "{msg}");
+        let mut tt = nodegroup("w", NodeRole::TaskTracker);
+        tt.spec.image = Some("img".into());
+        tt.spec.clients = vec![client("c", &["x"], false)];
+        let jt = nodegroup("tracker", NodeRole::JobTracker);
+        let (msg, _) = problems(&tt, &[jt]);
+        assert!(msg.contains("spec.clients: applies to JobTracker"), "{msg}");
     }
 
     #[test]

@@ -259,6 +259,20 @@ async fn a_current_certificate_is_left_alone() {
     finish(verifier).await;
 }
 
+/// A plain HTTP/1.1 GET, as a kubelet probe makes it: the whole answer.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 fn base64(s: &str) -> String {
     serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec()))
         .unwrap()
@@ -346,10 +360,13 @@ async fn what_the_operator_issues_lets_each_part_do_its_job_and_nothing_more() {
         path(auth.clone()),
     );
     let port = free_port();
+    let metrics = format!("127.0.0.1:{}", free_port());
     let tracker = TrackerProc::start_secured(
         dir.path(),
         port,
         &[
+            "--metrics-listen",
+            &metrics,
             "--tls-cert",
             &cert,
             "--tls-key",
@@ -367,6 +384,17 @@ async fn what_the_operator_issues_lets_each_part_do_its_job_and_nothing_more() {
     .await
     .unwrap();
     let addr = tracker.addr.clone();
+
+    // The kubelet's probes reach the metrics port over plain HTTP while gRPC needs TLS.
+    for (path, want) in [
+        ("/readyz", "ready"),
+        ("/healthz", "ok"),
+        ("/metrics", "lts_"),
+    ] {
+        let answer = http_get(&metrics, path).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        assert!(answer.contains(want), "{path}: {answer}");
+    }
 
     // The operator is admin: it sees the whole cluster and submits for any group.
     let admin = JobClient::new(std::slice::from_ref(&addr))

@@ -117,12 +117,13 @@ fn default_values_render_valid_kubernetes_objects() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            "NetworkPolicy",
             "Role",
             "RoleBinding",
             "Service",
             "ServiceAccount"
         ],
-        "the default install is the operator alone"
+        "the default install is the operator alone, behind its NetworkPolicy"
     );
     assert!(r.custom().is_empty(), "no cluster by default");
     kubernetes_validate(&r.builtin()).unwrap_or_else(|e| panic!("{e:#}"));
@@ -247,10 +248,16 @@ fn rbac_is_least_privilege() {
     for rule in role["rules"].as_array().unwrap() {
         let text = rule.to_string();
         assert!(!text.contains("\"*\""), "no wildcards: {text}");
-        assert!(
-            !text.contains("secrets"),
-            "the operator never reads Secrets: {text}"
-        );
+        if text.contains("secrets") {
+            // The clusters' certificates: made, read and replaced, never watched or listed
+            // beyond a label selector's worth, and nothing else with them.
+            assert_eq!(rule["resources"], serde_json::json!(["secrets"]), "{text}");
+            assert_eq!(
+                rule["verbs"],
+                serde_json::json!(["get", "list", "create", "patch", "delete"]),
+                "{text}"
+            );
+        }
         assert!(!text.contains("\"pods\""), "no access to pods: {text}");
         if rule["apiGroups"][0] == "apiextensions.k8s.io" {
             let verbs = rule["verbs"].to_string();
@@ -264,6 +271,63 @@ fn rbac_is_least_privilege() {
     let lease_rules = r.one("Role")["rules"].to_string();
     assert!(lease_rules.contains("coordination.k8s.io"), "{lease_rules}");
     assert!(!lease_rules.contains("delete"), "{lease_rules}");
+}
+
+#[test]
+fn pki_modes_shape_the_operator_and_its_rights() {
+    let dir = TempDir::new().unwrap();
+    let values = |name: &str, text: &str| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        f
+    };
+    let env = |r: &Rendered| -> Vec<(String, String)> {
+        r.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["value"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let has = |r: &Rendered, name: &str, value: &str| {
+        env(r).contains(&(name.to_string(), value.to_string()))
+    };
+
+    // Default: the operator is the CA; it keeps its own certificates in memory.
+    let r = Rendered::of(None);
+    assert!(has(&r, "LTS_PKI", "operator"));
+    assert!(has(&r, "LTS_PKI_DIR", "/var/run/lts-operator"));
+    let pod = &r.one("Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["emptyDir"]["medium"], "Memory");
+    assert!(!r.kinds().contains(&"Certificate".to_string()));
+
+    // cert-manager: a Certificate for the operator, mounted, and rights on Certificates.
+    let f = values(
+        "cm.yaml",
+        "pki:\n  mode: cert-manager\n  certManager:\n    issuer: ClusterIssuer/lts-ca\n",
+    );
+    let r = Rendered::of(Some(&f));
+    let cert = r.one("Certificate");
+    assert_eq!(cert["spec"]["uris"][0], "spiffe://lts/operator");
+    assert_eq!(cert["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    assert_eq!(cert["spec"]["issuerRef"]["name"], "lts-ca");
+    assert!(has(&r, "LTS_CERT_MANAGER_ISSUER", "ClusterIssuer/lts-ca"));
+    assert!(has(&r, "LTS_TLS_CERT", "/etc/lts/tls/tls.crt"));
+    let rules = r.one("ClusterRole")["rules"].to_string();
+    assert!(rules.contains("cert-manager.io"), "{rules}");
+
+    // none: no Secrets at all.
+    let f = values("none.yaml", "pki:\n  mode: none\n");
+    let r = Rendered::of(Some(&f));
+    assert!(has(&r, "LTS_PKI", "none"));
+    let rules = r.one("ClusterRole")["rules"].to_string();
+    assert!(!rules.contains("secrets"), "{rules}");
+    assert!(!rules.contains("cert-manager.io"), "{rules}");
 }
 
 #[test]
@@ -356,6 +420,10 @@ fn value_combinations_the_schema_cannot_express_fail_with_a_message() {
         (
             "cluster:\n  enabled: true\n  taskTracker:\n    worker:\n      mode: Sdk\n",
             "cluster.taskTracker.image is required",
+        ),
+        (
+            "pki:\n  mode: cert-manager\n",
+            "pki.mode=cert-manager needs pki.certManager.issuer",
         ),
     ];
     let dir = TempDir::new().unwrap();

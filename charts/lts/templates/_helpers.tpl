@@ -63,6 +63,9 @@ app.kubernetes.io/component: operator
 
 {{/* Fails early, with a message, on value combinations the schema cannot express. */}}
 {{- define "lts.checkValues" -}}
+{{- if and (eq .Values.pki.mode "cert-manager") (not .Values.pki.certManager.issuer) }}
+{{- fail "pki.mode=cert-manager needs pki.certManager.issuer (ClusterIssuer/NAME or Issuer/NAME)" }}
+{{- end }}
 {{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.leaderElection.enabled) }}
 {{- fail "operator.replicas > 1 needs operator.leaderElection.enabled=true: without a Lease every replica would reconcile" }}
 {{- end }}

@@ -405,6 +405,7 @@ pub fn certificate_resource() -> ApiResource {
 struct OperatorIdentity {
     ca_fingerprint: String,
     renew_after: i64,
+    creds: lts_worker_sdk::Credentials,
 }
 
 /// The operator's side of the cluster PKI: its mode and its own identities.
@@ -584,20 +585,14 @@ impl Pki {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
             .cloned();
-        let now = now();
-        if known.as_ref().is_none_or(|k| now >= k.renew_after) {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-            let ca = self.ensure_ca(&secrets, namespace, job_tracker).await?;
-            self.write_identity(&key, &dir, &ca)?;
+        match known {
+            Some(k) if now() < k.renew_after => Ok(Some(k.creds)),
+            _ => {
+                let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+                let ca = self.ensure_ca(&secrets, namespace, job_tracker).await?;
+                Ok(Some(self.write_identity(&key, &dir, &ca)?))
+            }
         }
-        let files = |e: lts_worker_sdk::ClientError| Error::Pki(e.to_string());
-        Ok(Some(
-            lts_worker_sdk::Credentials::default()
-                .tls_ca_file(dir.join("ca.crt"))
-                .map_err(files)?
-                .tls_identity_files(dir.join("identity.pem"), dir.join("identity.pem"))
-                .map_err(files)?,
-        ))
     }
 
     /// Notes the CA a reconcile just read: when it is not the one the operator's identity
@@ -616,7 +611,14 @@ impl Pki {
         Ok(())
     }
 
-    fn write_identity(&self, key: &(String, String), dir: &Path, ca: &Ca) -> Result<()> {
+    /// Issues the operator's certificate for one cluster into `dir`; the credentials that
+    /// read it (again on each connection).
+    fn write_identity(
+        &self,
+        key: &(String, String),
+        dir: &Path,
+        ca: &Ca,
+    ) -> Result<lts_worker_sdk::Credentials> {
         let leaf = ca
             .issue("lts-operator", &[OPERATOR_ID], self.validity)
             .map_err(|e| Error::Pki(format!("issuing the operator's certificate: {e}")))?;
@@ -639,6 +641,12 @@ impl Pki {
             inspect(&leaf.cert_pem).ok_or_else(|| Error::Pki("unreadable certificate".into()))?;
         let renew_after =
             info.not_before + ((info.not_after - info.not_before) as f64 * RENEW_AT) as i64;
+        let files = |e: lts_worker_sdk::ClientError| Error::Pki(e.to_string());
+        let creds = lts_worker_sdk::Credentials::default()
+            .tls_ca_file(dir.join("ca.crt"))
+            .map_err(files)?
+            .tls_identity_files(dir.join("identity.pem"), dir.join("identity.pem"))
+            .map_err(files)?;
         self.identities
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -647,10 +655,11 @@ impl Pki {
                 OperatorIdentity {
                     ca_fingerprint: fingerprint(&ca.cert_pem()),
                     renew_after,
+                    creds: creds.clone(),
                 },
             );
         tracing::info!(namespace = %key.0, cluster = %key.1, "issued the operator's own certificate");
-        Ok(())
+        Ok(creds)
     }
 }
 

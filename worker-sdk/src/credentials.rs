@@ -240,6 +240,21 @@ impl Credentials {
         Ok(c)
     }
 
+    /// From the environment, as the LTS operator sets it in a TaskTracker pod: `LTS_TLS_CA`,
+    /// `LTS_TLS_CERT`, `LTS_TLS_KEY`, `LTS_TLS_DOMAIN`, `LTS_TOKEN_FILE`, `LTS_TOKEN` (the same
+    /// variables the LTS programs' flags read). Nothing set: plaintext without a token.
+    pub fn from_env() -> Result<Credentials, ClientError> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Credentials::from_options(&CredentialOptions {
+            tls_ca: var("LTS_TLS_CA").map(PathBuf::from),
+            tls_cert: var("LTS_TLS_CERT").map(PathBuf::from),
+            tls_key: var("LTS_TLS_KEY").map(PathBuf::from),
+            tls_domain: var("LTS_TLS_DOMAIN"),
+            token_file: var("LTS_TOKEN_FILE").map(PathBuf::from),
+            token: var("LTS_TOKEN"),
+        })
+    }
+
     /// Whether connections use TLS.
     pub fn uses_tls(&self) -> bool {
         self.tls

@@ -184,10 +184,16 @@ pub struct NodeGroupSpec {
     /// reaches its cluster's JobTrackers through their Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zookeeper: Option<String>,
-    /// JobTracker: the Secret key holding the MongoDB URI. Without it a single JobTracker uses
-    /// the embedded SQLite store on an emptyDir volume.
+    /// JobTracker: the Secret key holding the MongoDB URI. Without it one JobTracker keeps
+    /// the embedded SQLite store on a PersistentVolumeClaim (`storage`): a StatefulSet whose
+    /// pod is replaced only after the old one is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mongo_uri_secret_ref: Option<SecretKeyRef>,
+    /// JobTracker on the embedded store: the PersistentVolumeClaim holding its queue. Set at
+    /// creation (a StatefulSet's claims cannot change); default 1Gi of the default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage is immutable (a StatefulSet's volume claims cannot change)"))]
+    pub storage: Option<StorageSpec>,
     /// Who may reach the group's pods. By default a NetworkPolicy denies every inbound
     /// connection except: to a JobTracker's gRPC port, from the cluster's own pods, the LTS
     /// operator and `clientsFrom`; to the metrics port, from `metricsFrom` (default: anyone).
@@ -221,6 +227,25 @@ pub struct ClientSpec {
     pub admin: bool,
 }
 
+/// The volume of an embedded-store JobTracker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested size, e.g. `10Gi`.
+    #[serde(default = "default_storage_size")]
+    pub size: k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+    /// StorageClass (default: the cluster's default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+fn default_storage_size() -> k8s_openapi::apimachinery::pkg::api::resource::Quantity {
+    k8s_openapi::apimachinery::pkg::api::resource::Quantity(DEFAULT_STORAGE_SIZE.into())
+}
+
+/// The size of an embedded-store JobTracker's volume when `storage` does not say.
+pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
+
 /// The NetworkPolicy the operator keeps for a NodeGroup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
@@ -253,6 +278,7 @@ impl NodeGroupSpec {
             env: vec![],
             zookeeper: None,
             mongo_uri_secret_ref: None,
+            storage: None,
             network_policy: None,
             clients: vec![],
         }

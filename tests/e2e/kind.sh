@@ -39,7 +39,7 @@ k() { "$KUBECTL" -n "$NS" "$@"; }
 
 dump() {
     log "state of namespace $NS:"
-    k get nodegroups,ltsjobs,deployments,pods -o wide >&2 || true
+    k get nodegroups,ltsjobs,deployments,statefulsets,pvc,pods -o wide >&2 || true
     k describe ltsjobs >&2 || true
     k logs "deployment/$RELEASE-operator" --tail=100 >&2 || true
 }

@@ -470,6 +470,24 @@ fn single_tracker_cluster_renders_without_zookeeper_and_mongodb() {
         r.notes().contains("SQLite"),
         "NOTES warn about the embedded store"
     );
+
+    // The embedded store's claim, sized and classed from the values (checked by the CRD).
+    std::fs::write(
+        &file,
+        "cluster:\n  enabled: true\n  jobTracker:\n    storage:\n      size: 10Gi\n      storageClassName: fast\n",
+    )
+    .unwrap();
+    let r = Rendered::of(Some(&file));
+    let tracker = r
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "NodeGroup" && o["spec"]["role"] == "JobTracker")
+        .unwrap();
+    assert_eq!(
+        tracker["spec"]["storage"],
+        serde_json::json!({"size": "10Gi", "storageClassName": "fast"})
+    );
+    validate_custom(&r.custom());
 }
 
 #[test]

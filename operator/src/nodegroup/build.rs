@@ -1,7 +1,9 @@
 //! `build`: a validated NodeGroup → the objects the operator owns for it. Pure.
 //!
-//! * JobTracker: a Deployment running `lts-tracker`, a Service (gRPC 7070 + metrics), and a
-//!   PodDisruptionBudget when it has more than one replica.
+//! * JobTracker: `lts-tracker` pods, a Service (gRPC 7070 + metrics), and a
+//!   PodDisruptionBudget when it has more than one replica. On MongoDB the pods are a
+//!   Deployment; on the embedded store one pod of a StatefulSet with a PersistentVolumeClaim
+//!   for the queue, replaced only after the old pod is gone.
 //! * TaskTracker: a Deployment of the user's SDK image, or of the user's container plus the
 //!   `lts-worker` sidecar (or the sidecar alone when it runs a command); a PodDisruptionBudget
 //!   when it has more than one replica.
@@ -11,13 +13,15 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -56,11 +60,47 @@ impl Default for BuildConfig {
     }
 }
 
+/// What runs a NodeGroup's pods.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Workload {
+    /// TaskTrackers, and JobTrackers on MongoDB: interchangeable pods.
+    Deployment(Deployment),
+    /// A JobTracker on the embedded store: one pod on its own PersistentVolumeClaim, replaced
+    /// only after the old pod is gone (no two trackers on one SQLite file, ever).
+    StatefulSet(StatefulSet),
+}
+
+impl Workload {
+    /// The pod template.
+    pub fn template(&self) -> &PodTemplateSpec {
+        match self {
+            Workload::Deployment(d) => &d.spec.as_ref().expect("built with a spec").template,
+            Workload::StatefulSet(s) => &s.spec.as_ref().expect("built with a spec").template,
+        }
+    }
+
+    /// The pod spec.
+    pub fn pod(&self) -> &PodSpec {
+        self.template()
+            .spec
+            .as_ref()
+            .expect("built with a pod spec")
+    }
+
+    /// The object's metadata.
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Workload::Deployment(d) => &d.metadata,
+            Workload::StatefulSet(s) => &s.metadata,
+        }
+    }
+}
+
 /// Everything the operator owns for one NodeGroup.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
     /// The group's pods.
-    pub deployment: Deployment,
+    pub workload: Workload,
     /// JobTracker only: the cluster's gRPC endpoint.
     pub service: Option<Service>,
     /// With more than one replica: at most one pod down at a time.
@@ -322,25 +362,50 @@ pub fn build(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> Desired {
         automount_service_account_token: Some(false),
         ..pod
     };
-    let deployment = Deployment {
-        metadata: meta(ng),
-        spec: Some(DeploymentSpec {
-            replicas: Some(ng.spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(ng)),
-                ..LabelSelector::default()
-            },
-            strategy,
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(ng)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod),
-            },
-            ..DeploymentSpec::default()
+    let selector = LabelSelector {
+        match_labels: Some(selector_labels(ng)),
+        ..LabelSelector::default()
+    };
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(ng)),
+            ..ObjectMeta::default()
         }),
-        status: None,
+        spec: Some(pod),
+    };
+    let workload = if embedded_store(ng) {
+        Workload::StatefulSet(StatefulSet {
+            metadata: meta(ng),
+            spec: Some(StatefulSetSpec {
+                replicas: Some(ng.spec.replicas.min(1)),
+                selector,
+                service_name: Some(ng.name_any()),
+                template,
+                volume_claim_templates: Some(vec![data_claim(ng)]),
+                // The queue outlives the StatefulSet: deleting the NodeGroup or scaling it to
+                // zero keeps the claim (delete it by hand to drop the jobs).
+                persistent_volume_claim_retention_policy: Some(
+                    StatefulSetPersistentVolumeClaimRetentionPolicy {
+                        when_deleted: Some("Retain".into()),
+                        when_scaled: Some("Retain".into()),
+                    },
+                ),
+                ..StatefulSetSpec::default()
+            }),
+            status: None,
+        })
+    } else {
+        Workload::Deployment(Deployment {
+            metadata: meta(ng),
+            spec: Some(DeploymentSpec {
+                replicas: Some(ng.spec.replicas),
+                selector,
+                strategy,
+                template,
+                ..DeploymentSpec::default()
+            }),
+            status: None,
+        })
     };
     let service = (ng.spec.role == NodeRole::JobTracker).then(|| service(ng));
     let pdb = (ng.spec.replicas > 1).then(|| PodDisruptionBudget {
@@ -356,10 +421,45 @@ pub fn build(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> Desired {
         status: None,
     });
     Desired {
-        deployment,
+        workload,
         service,
         pdb,
         network_policy: network_policy(ng),
+    }
+}
+
+/// A JobTracker without MongoDB keeps its jobs in SQLite on a volume of its own.
+pub fn embedded_store(ng: &NodeGroup) -> bool {
+    ng.spec.role == NodeRole::JobTracker && ng.spec.mongo_uri_secret_ref.is_none()
+}
+
+/// The name of the volume (and claim template) holding the embedded store.
+pub const DATA_VOLUME: &str = "data";
+
+/// The PersistentVolumeClaim template of an embedded-store JobTracker; its claim is
+/// `data-<name>-0`, the same for every pod that replaces the first.
+fn data_claim(ng: &NodeGroup) -> PersistentVolumeClaim {
+    let storage = ng.spec.storage.clone();
+    let size = storage
+        .as_ref()
+        .map(|s| s.size.clone())
+        .unwrap_or_else(|| Quantity(crate::crd::DEFAULT_STORAGE_SIZE.into()));
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.into()),
+            labels: Some(labels(ng)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: storage.and_then(|s| s.storage_class_name),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), size)])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
     }
 }
 
@@ -425,9 +525,9 @@ fn job_tracker_pod(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> PodSpec 
             ..EnvVar::default()
         }),
         None => {
+            // The volume comes from the StatefulSet's claim template.
             env_vars.push(env("LTS_STORE", "sqlite:/var/lib/lts/lts.db"));
-            volumes.push(empty_dir("data"));
-            mounts.push(mount("data", "/var/lib/lts"));
+            mounts.push(mount(DATA_VOLUME, "/var/lib/lts"));
         }
     }
     if cfg.secure {
@@ -617,11 +717,11 @@ mod tests {
     use crate::nodegroup::validate::validate;
 
     fn container<'a>(d: &'a Desired, name: &str) -> &'a Container {
-        d.deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|p| p.containers.iter().find(|c| c.name == name))
+        d.workload
+            .pod()
+            .containers
+            .iter()
+            .find(|c| c.name == name)
             .unwrap_or_else(|| panic!("container {name}"))
     }
 
@@ -682,7 +782,7 @@ mod tests {
             .collect();
         assert_eq!(ports, [7070, 9090]);
         assert!(d.pdb.is_some(), "3 replicas get a PDB");
-        let owner = &d.deployment.metadata.owner_references.as_ref().unwrap()[0];
+        let owner = &d.workload.metadata().owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.controller),
             ("NodeGroup", Some(true))
@@ -690,7 +790,7 @@ mod tests {
     }
 
     #[test]
-    fn single_job_tracker_uses_sqlite_on_empty_dir_and_no_pdb() {
+    fn single_job_tracker_uses_sqlite_on_its_claim_and_no_pdb() {
         let jt = ng("tracker", NodeRole::JobTracker);
         let v = validate(&jt, std::slice::from_ref(&jt)).unwrap();
         let d = build(&jt, &v, &BuildConfig::default());
@@ -792,15 +892,7 @@ mod tests {
         tt.spec.env = vec![env("A", "b")];
         let v = validate(&tt, &[jt, tt.clone()]).unwrap();
         let d = build(&tt, &v, &BuildConfig::default());
-        let pod = d
-            .deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
+        let pod = d.workload.pod();
         assert_eq!(pod.containers.len(), 1);
         let side = container(&d, "lts-worker");
         assert_eq!(side.args.clone().unwrap(), ["--exec=./run.sh"]);
@@ -824,15 +916,7 @@ mod tests {
         for g in [&jt, &tt] {
             let v = validate(g, &[jt.clone(), tt.clone()]).unwrap();
             let d = build(g, &v, &BuildConfig::default());
-            let pod = d
-                .deployment
-                .spec
-                .as_ref()
-                .unwrap()
-                .template
-                .spec
-                .clone()
-                .unwrap();
+            let pod = d.workload.pod().clone();
             assert_eq!(
                 pod.security_context.as_ref().unwrap().run_as_non_root,
                 Some(true)
@@ -855,15 +939,7 @@ mod tests {
     }
 
     fn secret_volumes(d: &Desired) -> Vec<(String, String)> {
-        let pod = d
-            .deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
+        let pod = d.workload.pod();
         pod.volumes
             .iter()
             .flatten()
@@ -973,10 +1049,74 @@ mod tests {
         let jt = ng("tracker", NodeRole::JobTracker);
         let v = validate(&jt, std::slice::from_ref(&jt)).unwrap();
         let d = build(&jt, &v, &BuildConfig::default());
-        let spec = d.deployment.spec.unwrap();
+        let Workload::StatefulSet(set) = d.workload else {
+            panic!("an embedded-store JobTracker is a StatefulSet")
+        };
+        let spec = set.spec.unwrap();
         let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
         for (k, v) in spec.selector.match_labels.unwrap() {
             assert_eq!(pod_labels.get(&k), Some(&v));
         }
+    }
+
+    #[test]
+    fn an_embedded_store_job_tracker_is_one_pod_of_a_stateful_set_on_its_own_claim() {
+        let mut jt = ng("tracker", NodeRole::JobTracker);
+        jt.spec.storage = Some(crate::crd::StorageSpec {
+            size: Quantity("10Gi".into()),
+            storage_class_name: Some("fast".into()),
+        });
+        let v = validate(&jt, std::slice::from_ref(&jt)).unwrap();
+        let d = build(&jt, &v, &BuildConfig::default());
+        let Workload::StatefulSet(set) = &d.workload else {
+            panic!("a StatefulSet: {:?}", d.workload)
+        };
+        let spec = set.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.service_name.as_deref(), Some("tracker"));
+        // The default OrderedReady rolling update replaces the pod only after the old one
+        // is gone: never two trackers on one SQLite file.
+        assert_eq!(spec.pod_management_policy, None);
+        assert_eq!(spec.update_strategy, None);
+        let claims = spec.volume_claim_templates.as_ref().unwrap();
+        assert_eq!(claims.len(), 1);
+        let claim = &claims[0];
+        assert_eq!(claim.metadata.name.as_deref(), Some(DATA_VOLUME));
+        let cs = claim.spec.as_ref().unwrap();
+        assert_eq!(cs.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            cs.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"],
+            Quantity("10Gi".into())
+        );
+        let retain = spec
+            .persistent_volume_claim_retention_policy
+            .as_ref()
+            .unwrap();
+        assert_eq!(retain.when_deleted.as_deref(), Some("Retain"));
+        assert_eq!(retain.when_scaled.as_deref(), Some("Retain"));
+        // The store is on the claim, not on an emptyDir.
+        let pod = d.workload.pod();
+        assert!(
+            pod.volumes.iter().flatten().all(|v| v.name != DATA_VOLUME),
+            "no pod volume shadows the claim"
+        );
+        let c = container(&d, "tracker");
+        assert!(mounts(c).contains(&(DATA_VOLUME.to_string(), "/var/lib/lts".to_string())));
+        // Building again gives the same object: a reconcile never replaces the pod, so the
+        // pod that replaces a lost one mounts the same claim (data-tracker-0).
+        assert_eq!(build(&jt, &v, &BuildConfig::default()), d);
+        assert!(d.pdb.is_none());
+
+        // On MongoDB: a Deployment, as many trackers as asked.
+        let mut jt = ng("tracker", NodeRole::JobTracker);
+        jt.spec.mongo_uri_secret_ref = Some(SecretKeyRef {
+            name: "m".into(),
+            key: "uri".into(),
+        });
+        let v = validate(&jt, std::slice::from_ref(&jt)).unwrap();
+        assert!(matches!(
+            build(&jt, &v, &BuildConfig::default()).workload,
+            Workload::Deployment(_)
+        ));
     }
 }

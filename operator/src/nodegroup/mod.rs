@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -26,7 +26,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use lts_core::proto::{ListNodesResponse, NodeRole as ProtoRole};
 
-pub use build::{BuildConfig, Desired, build};
+pub use build::{BuildConfig, Desired, Workload, build};
 pub use validate::{Invalid, Validated, validate};
 
 use crate::conditions::{self, Wanted};
@@ -103,12 +103,7 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
         _ => cfg.secure = false,
     }
     let desired = build(ng, &validated, &cfg);
-    let deployment = apply(&ctx.client, ns, &desired).await?;
-    let ready = deployment
-        .status
-        .as_ref()
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
+    let ready = apply(&ctx.client, ns, &desired).await?;
     let nodes = match (&validated.job_tracker, ng.spec.role, ready) {
         // No tracker pod is up yet: nothing to ask.
         (_, NodeRole::JobTracker, 0) | (None, _, _) => None,
@@ -124,44 +119,64 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
     reconcile::conclude(ctx, ng, status, Outcome::Settled(then)).await
 }
 
-/// Writes the built objects with server-side apply; deletes a PodDisruptionBudget that is no
-/// longer wanted. Returns the Deployment as the API server answered (with its status).
-pub async fn apply(client: &kube::Client, ns: &str, desired: &Desired) -> Result<Deployment> {
-    let pp = PatchParams::apply(MANAGER).force();
-    let name = desired.deployment.metadata.name.clone().unwrap_or_default();
+/// Writes the built objects with server-side apply; deletes what is no longer wanted (a
+/// PodDisruptionBudget or NetworkPolicy turned off, the Deployment of a JobTracker now on a
+/// StatefulSet or the other way round). Returns the ready pods as the API server reports them.
+pub async fn apply(client: &kube::Client, ns: &str, desired: &Desired) -> Result<i32> {
+    let name = desired.workload.metadata().name.clone().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let deployment = deployments
-        .patch(&name, &pp, &Patch::Apply(&desired.deployment))
-        .await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let ready = match &desired.workload {
+        Workload::Deployment(d) => {
+            if desired.service.is_some() {
+                // A JobTracker moved from the embedded store to MongoDB: the old tracker goes
+                // first (its claim is kept), so no client submits to it during the switch.
+                apply_or_delete::<StatefulSet>(&statefulsets, &name, None).await?;
+            }
+            let d = apply_or_delete(&deployments, &name, Some(d)).await?;
+            d.and_then(|d| d.status?.ready_replicas)
+        }
+        Workload::StatefulSet(s) => {
+            // Whatever ran this JobTracker before (an older operator's Deployment on an
+            // emptyDir) goes first, so two trackers never serve one cluster.
+            apply_or_delete::<Deployment>(&deployments, &name, None).await?;
+            let s = apply_or_delete(&statefulsets, &name, Some(s)).await?;
+            s.and_then(|s| s.status?.ready_replicas)
+        }
+    };
     if let Some(svc) = &desired.service {
         Api::<Service>::namespaced(client.clone(), ns)
-            .patch(&name, &pp, &Patch::Apply(svc))
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(svc),
+            )
             .await?;
     }
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
     apply_or_delete(&pdbs, &name, desired.pdb.as_ref()).await?;
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
     apply_or_delete(&policies, &name, desired.network_policy.as_ref()).await?;
-    Ok(deployment)
+    Ok(ready.unwrap_or(0))
 }
 
-/// Applies `object` (server-side), or deletes the one named `name` when it is not wanted.
-async fn apply_or_delete<K>(api: &Api<K>, name: &str, object: Option<&K>) -> Result<()>
+/// Applies `object` (server-side) and returns it as stored, or deletes the one named `name`
+/// when it is not wanted (`None`).
+async fn apply_or_delete<K>(api: &Api<K>, name: &str, object: Option<&K>) -> Result<Option<K>>
 where
     K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     match object {
-        Some(o) => {
+        Some(o) => Ok(Some(
             api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(o))
-                .await?;
-        }
+                .await?,
+        )),
         None => match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
+            Ok(_) => Ok(None),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+            Err(e) => Err(e.into()),
         },
     }
-    Ok(())
 }
 
 /// The status of a NodeGroup from its ready pods and the trackers' view of the cluster
@@ -307,6 +322,7 @@ pub async fn run(
     let wc = watcher::Config::default().labels("app.kubernetes.io/managed-by=lts-operator");
     Controller::for_stream(nodegroups, ctx.nodegroups.clone())
         .owns(ctx.api::<Deployment>(), wc.clone())
+        .owns(ctx.api::<StatefulSet>(), wc.clone())
         .owns(ctx.api::<Service>(), wc)
         .graceful_shutdown_on(shutdown)
         .run(

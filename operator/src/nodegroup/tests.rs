@@ -25,9 +25,20 @@ fn deployment_with_ready(body: &Value, ready: i32) -> Value {
     serde_json::to_value(d).unwrap()
 }
 
-fn desired_deployment(ng: &NodeGroup, siblings: &[NodeGroup]) -> Value {
+/// The built workload (Deployment or StatefulSet) as the API server answers an apply, with
+/// `ready` ready pods.
+fn applied_with_ready(ng: &NodeGroup, siblings: &[NodeGroup], ready: i32) -> Value {
     let v = validate(ng, siblings).unwrap();
-    serde_json::to_value(build(ng, &v, &BuildConfig::default()).deployment).unwrap()
+    match build(ng, &v, &BuildConfig::default()).workload {
+        Workload::Deployment(d) => deployment_with_ready(&serde_json::to_value(d).unwrap(), ready),
+        Workload::StatefulSet(mut s) => {
+            s.status = Some(k8s_openapi::api::apps::v1::StatefulSetStatus {
+                ready_replicas: Some(ready),
+                ..Default::default()
+            });
+            serde_json::to_value(s).unwrap()
+        }
+    }
 }
 
 async fn run(ng: NodeGroup, ctx: Arc<Context>) -> Result<Action> {
@@ -64,7 +75,13 @@ async fn create_applies_deployment_and_service_and_reports_not_ready() {
     let tracker = Arc::new(FakeTracker::default());
     let (ctx, api) = context(std::slice::from_ref(&jt), tracker.clone());
     let verifier = api.run(vec![
-        Step::echo(Method::PATCH, format!("{NS}/deployments/tracker")),
+        Step::error(
+            Method::DELETE,
+            format!("{NS}/deployments/tracker"),
+            404,
+            "NotFound",
+        ),
+        Step::echo(Method::PATCH, format!("{NS}/statefulsets/tracker")),
         Step::echo(Method::PATCH, "/api/v1/namespaces/lts/services/tracker"),
         Step::error(
             Method::DELETE,
@@ -84,21 +101,22 @@ async fn create_applies_deployment_and_service_and_reports_not_ready() {
     let action = run(jt.clone(), ctx).await.unwrap();
     assert_eq!(action, Action::requeue(REFRESH_UNSETTLED));
     let calls = finish(verifier).await;
-    for c in &calls[..2] {
+    for c in &calls[1..3] {
         assert!(
             c.uri.contains("fieldManager=lts-operator") && c.uri.contains("force=true"),
             "server-side apply: {}",
             c.uri
         );
     }
-    assert_eq!(calls[0].body["kind"], "Deployment");
+    // The embedded store: a StatefulSet, after any Deployment of an older operator is gone.
+    assert_eq!(calls[1].body["kind"], "StatefulSet");
     assert_eq!(
-        calls[0].body["metadata"]["ownerReferences"][0]["kind"],
+        calls[1].body["metadata"]["ownerReferences"][0]["kind"],
         "NodeGroup"
     );
-    assert_eq!(calls[1].body["spec"]["ports"][0]["port"], 7070);
+    assert_eq!(calls[2].body["spec"]["ports"][0]["port"], 7070);
     // Default-deny inbound: metrics for anyone, gRPC for the cluster's pods and the operator.
-    let np = &calls[3].body;
+    let np = &calls[4].body;
     assert_eq!(np["kind"], "NetworkPolicy");
     assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
     assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], "metrics");
@@ -112,7 +130,7 @@ async fn create_applies_deployment_and_service_and_reports_not_ready() {
         np["spec"]["ingress"][1]["from"][1]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
         "operator"
     );
-    let status: NodeGroupStatus = status_of(&calls[4]);
+    let status: NodeGroupStatus = status_of(&calls[5]);
     assert_eq!(status.ready_replicas, 0);
     let ready = conditions::find(&status.conditions, "Ready").unwrap();
     assert_eq!(
@@ -138,8 +156,14 @@ async fn update_to_three_replicas_adds_a_pdb_and_reports_members_and_master() {
     let tracker = Arc::new(FakeTracker::default());
     *tracker.nodes.lock().unwrap() = Some(nodes());
     let (ctx, api) = context(std::slice::from_ref(&jt), tracker.clone());
-    let ready = deployment_with_ready(&desired_deployment(&jt, std::slice::from_ref(&jt)), 3);
+    let ready = applied_with_ready(&jt, std::slice::from_ref(&jt), 3);
     let verifier = api.run(vec![
+        Step::error(
+            Method::DELETE,
+            format!("{NS}/statefulsets/tracker"),
+            404,
+            "NotFound",
+        ),
         Step::json(Method::PATCH, format!("{NS}/deployments/tracker"), ready),
         Step::echo(Method::PATCH, "/api/v1/namespaces/lts/services/tracker"),
         Step::echo(
@@ -160,9 +184,10 @@ async fn update_to_three_replicas_adds_a_pdb_and_reports_members_and_master() {
         Action::requeue(REFRESH)
     );
     let calls = finish(verifier).await;
-    assert_eq!(calls[0].body["spec"]["replicas"], 3);
-    assert_eq!(calls[2].body["spec"]["maxUnavailable"], 1);
-    let status: NodeGroupStatus = status_of(&calls[4]);
+    assert_eq!(calls[1].body["kind"], "Deployment", "MongoDB: a Deployment");
+    assert_eq!(calls[1].body["spec"]["replicas"], 3);
+    assert_eq!(calls[3].body["spec"]["maxUnavailable"], 1);
+    let status: NodeGroupStatus = status_of(&calls[5]);
     assert_eq!(status.ready_replicas, 3);
     assert_eq!(status.observed_generation, Some(2));
     assert_eq!(status.master.as_deref(), Some("tracker-a"));
@@ -187,7 +212,7 @@ async fn task_tracker_members_come_from_its_clusters_trackers() {
     *tracker.nodes.lock().unwrap() = Some(nodes());
     let groups = [jt, tt.clone()];
     let (ctx, api) = context(&groups, tracker.clone());
-    let ready = deployment_with_ready(&desired_deployment(&tt, &groups), 1);
+    let ready = applied_with_ready(&tt, &groups, 1);
     let verifier = api.run(vec![
         Step::json(Method::PATCH, format!("{NS}/deployments/mailers"), ready),
         Step::error(
@@ -268,9 +293,15 @@ async fn unreachable_trackers_degrade_the_group_but_do_not_fail_the_reconcile() 
     let tracker = Arc::new(FakeTracker::default());
     tracker.unavailable.store(true, Ordering::Relaxed);
     let (ctx, api) = context(std::slice::from_ref(&jt), tracker.clone());
-    let ready = deployment_with_ready(&desired_deployment(&jt, std::slice::from_ref(&jt)), 1);
+    let ready = applied_with_ready(&jt, std::slice::from_ref(&jt), 1);
     let verifier = api.run(vec![
-        Step::json(Method::PATCH, format!("{NS}/deployments/tracker"), ready),
+        Step::error(
+            Method::DELETE,
+            format!("{NS}/deployments/tracker"),
+            404,
+            "NotFound",
+        ),
+        Step::json(Method::PATCH, format!("{NS}/statefulsets/tracker"), ready),
         Step::echo(Method::PATCH, "/api/v1/namespaces/lts/services/tracker"),
         Step::error(
             Method::DELETE,
@@ -292,7 +323,8 @@ async fn unreachable_trackers_degrade_the_group_but_do_not_fail_the_reconcile() 
         Action::requeue(REFRESH_UNSETTLED)
     );
     let calls = finish(verifier).await;
-    let status: NodeGroupStatus = status_of(&calls[4]);
+    let status: NodeGroupStatus = status_of(&calls[5]);
+    assert_eq!(status.ready_replicas, 1, "from the StatefulSet's status");
     let d = conditions::find(&status.conditions, "Degraded").unwrap();
     assert_eq!(
         (d.status.as_str(), d.reason.as_str()),
@@ -306,7 +338,7 @@ async fn an_api_error_fails_the_reconcile_and_backs_off() {
     let tracker = Arc::new(FakeTracker::default());
     let (ctx, api) = context(std::slice::from_ref(&jt), tracker);
     let verifier = api.run(vec![Step::error(
-        Method::PATCH,
+        Method::DELETE,
         format!("{NS}/deployments/tracker"),
         403,
         "Forbidden",
@@ -376,7 +408,7 @@ async fn a_readable_guarded_object_is_reconciled() {
     let jt = nodegroup("tracker", NodeRole::JobTracker);
     let (ctx, api) = context(std::slice::from_ref(&jt), Arc::new(FakeTracker::default()));
     let verifier = api.run(vec![Step::error(
-        Method::PATCH,
+        Method::DELETE,
         format!("{NS}/deployments/tracker"),
         500,
         "InternalError",

@@ -174,6 +174,19 @@ pub fn validate(ng: &NodeGroup, siblings: &[NodeGroup]) -> Result<Validated, Inv
                 ));
             }
             check_clients(&spec.clients, &mut problems);
+            if spec.storage.is_some() && spec.mongo_uri_secret_ref.is_some() {
+                problems.push(
+                    "spec.storage: applies to the embedded store only (leave it out with spec.mongoUriSecretRef)"
+                        .into(),
+                );
+            }
+            if spec
+                .storage
+                .as_ref()
+                .is_some_and(|st| st.size.0.trim().is_empty())
+            {
+                problems.push("spec.storage.size: must not be empty (e.g. 10Gi)".into());
+            }
             out.job_tracker = Some(name.clone());
         }
         NodeRole::TaskTracker => {
@@ -223,6 +236,9 @@ pub fn validate(ng: &NodeGroup, siblings: &[NodeGroup]) -> Result<Validated, Inv
             }
             if !spec.clients.is_empty() {
                 problems.push("spec.clients: applies to JobTracker NodeGroups only".into());
+            }
+            if spec.storage.is_some() {
+                problems.push("spec.storage: applies to JobTracker NodeGroups only".into());
             }
             let tracker = match job_trackers.as_slice() {
                 [one] => Some(*one),
@@ -435,6 +451,31 @@ mod tests {
         let jt = nodegroup("tracker", NodeRole::JobTracker);
         let (msg, _) = problems(&tt, &[jt]);
         assert!(msg.contains("spec.clients: applies to JobTracker"), "{msg}");
+    }
+
+    #[test]
+    fn storage_belongs_to_an_embedded_store_job_tracker() {
+        use crate::crd::StorageSpec;
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let storage = Some(StorageSpec {
+            size: Quantity("5Gi".into()),
+            storage_class_name: None,
+        });
+        let mut jt = nodegroup("tracker", NodeRole::JobTracker);
+        jt.spec.storage = storage.clone();
+        assert!(validate(&jt, std::slice::from_ref(&jt)).is_ok());
+        jt.spec.mongo_uri_secret_ref = Some(SecretKeyRef {
+            name: "m".into(),
+            key: "uri".into(),
+        });
+        let (msg, _) = problems(&jt, std::slice::from_ref(&jt));
+        assert!(msg.contains("spec.storage: applies to the embedded store only"), "{msg}");
+        let mut tt = nodegroup("w", NodeRole::TaskTracker);
+        tt.spec.image = Some("img".into());
+        tt.spec.storage = storage;
+        let jt = nodegroup("tracker", NodeRole::JobTracker);
+        let (msg, _) = problems(&tt, &[jt]);
+        assert!(msg.contains("spec.storage: applies to JobTracker"), "{msg}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use lts_operator::crd::{
     HttpTarget, NodeGroup, NodeGroupSpec, NodeRole, SecretKeyRef, WorkerMode, WorkerSpec,
 };
 use lts_operator::leader::{Decision, LeaseConfig, next_spec};
-use lts_operator::nodegroup::{BuildConfig, build, validate};
+use lts_operator::nodegroup::{BuildConfig, Workload, build, validate};
 
 fn group(name: &str, role: NodeRole) -> NodeGroup {
     let mut ng = NodeGroup::new(name, NodeGroupSpec::new("prod", role));
@@ -149,7 +149,10 @@ fn built_objects_are_valid_kubernetes_objects() {
         let v = validate(ng, &groups)
             .unwrap_or_else(|e| panic!("{}: {e:?}", ng.metadata.name.as_deref().unwrap()));
         let d = build(ng, &v, &BuildConfig::default());
-        let mut docs = vec![serde_json::to_value(&d.deployment).unwrap()];
+        let mut docs = vec![match &d.workload {
+            Workload::Deployment(w) => serde_json::to_value(w).unwrap(),
+            Workload::StatefulSet(w) => serde_json::to_value(w).unwrap(),
+        }];
         docs.extend(d.service.iter().map(|s| serde_json::to_value(s).unwrap()));
         docs.extend(d.pdb.iter().map(|p| serde_json::to_value(p).unwrap()));
         docs.extend(
@@ -189,6 +192,7 @@ fn built_objects_are_valid_kubernetes_objects() {
     ));
     for kind in [
         "Deployment",
+        "StatefulSet",
         "Service",
         "PodDisruptionBudget",
         "NetworkPolicy",

@@ -469,7 +469,10 @@ mod tests {
             key: "uri".into(),
         });
         let (msg, _) = problems(&jt, std::slice::from_ref(&jt));
-        assert!(msg.contains("spec.storage: applies to the embedded store only"), "{msg}");
+        assert!(
+            msg.contains("spec.storage: applies to the embedded store only"),
+            "{msg}"
+        );
         let mut tt = nodegroup("w", NodeRole::TaskTracker);
         tt.spec.image = Some("img".into());
         tt.spec.storage = storage;

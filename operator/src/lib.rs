@@ -70,6 +70,8 @@ pub struct Context {
     pub watch_namespace: Option<String>,
     /// The clusters' certificates and grants.
     pub pki: Arc<pki::Pki>,
+    /// How long a deleted Job tries to cancel its job before it lets go.
+    pub cancel_timeout: Duration,
 }
 
 impl Context {
@@ -102,7 +104,14 @@ impl Context {
             watches,
             watch_namespace: None,
             pki: Arc::new(pki::Pki::disabled()),
+            cancel_timeout: job::DEFAULT_CANCEL_TIMEOUT,
         }
+    }
+
+    /// A deleted Job tries this long to cancel its job (builder style).
+    pub fn with_cancel_timeout(mut self, timeout: Duration) -> Context {
+        self.cancel_timeout = timeout;
+        self
     }
 
     /// Makes certificates with `pki` (builder style); also tells `build` whether pods get

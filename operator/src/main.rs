@@ -81,6 +81,11 @@ struct Cli {
     /// `lts-operator` in the temporary directory.
     #[arg(long, env = "LTS_PKI_DIR")]
     pki_dir: Option<std::path::PathBuf>,
+    /// How long a deleted Job keeps trying to cancel its job on unreachable trackers before
+    /// the resource goes anyway (with a Warning Event), e.g. `5m`. The annotation
+    /// `lts.io/skip-cancel: "true"` lets a Job go at once.
+    #[arg(long, env = "LTS_CANCEL_TIMEOUT", default_value = "5m", value_parser = lts_core::duration::parse_duration)]
+    cancel_timeout: Duration,
     /// How the operator reaches JobTrackers: TLS and token. With `--pki operator` the
     /// operator presents its own certificate to each cluster instead.
     #[command(flatten)]
@@ -266,6 +271,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Arc::new(job::Watches::default()),
         )
         .watching(watch_namespace.clone())
+        .with_cancel_timeout(cli.cancel_timeout)
         .with_pki(Pki::new(
             pki_mode,
             cli.certificate_validity,

@@ -28,13 +28,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
 
 pub use watches::Watches;
 
@@ -52,6 +52,46 @@ pub const FALLBACK_REFRESH: Duration = Duration::from_secs(30);
 pub const WATCHED_REFRESH: Duration = Duration::from_secs(600);
 /// A Job whose cluster is missing is looked at again after this long.
 pub const CLUSTER_RETRY: Duration = Duration::from_secs(30);
+/// Annotation: `"true"` deletes the resource without cancelling its job on the trackers.
+pub const SKIP_CANCEL: &str = "lts.io/skip-cancel";
+/// How long a deleted Job keeps trying to cancel its job before it lets go (default of the
+/// operator's `--cancel-timeout`).
+pub const DEFAULT_CANCEL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Why a deleted Job lets go without its job cancelled: skipped by the user, or the trackers
+/// could not be reached within the cancel timeout. `None`: keep trying. Pure.
+pub fn let_go(
+    job: &Job,
+    now: Timestamp,
+    timeout: Duration,
+    error: &str,
+) -> Option<(&'static str, String)> {
+    let id = job
+        .status
+        .as_ref()
+        .and_then(|s| s.job_id.clone())
+        .unwrap_or_else(|| "(not yet known)".into());
+    if job.annotations().get(SKIP_CANCEL).map(String::as_str) == Some("true") {
+        return Some((
+            "CancelSkipped",
+            format!(
+                "deleted without cancelling job {id} on the trackers ({SKIP_CANCEL}); it may still run"
+            ),
+        ));
+    }
+    let since = job.metadata.deletion_timestamp.as_ref()?.0;
+    let waited = now.duration_since(since);
+    let waited = Duration::try_from(waited).unwrap_or_default();
+    (waited >= timeout).then(|| {
+        (
+            "CancelAbandoned",
+            format!(
+                "could not cancel job {id} on the trackers for {} ({error}); the resource goes, the job may still run: cancel it with `lts jobs cancel {id}` once its trackers are back",
+                lts_core::duration::format_ms(timeout.as_millis() as u64)
+            ),
+        )
+    })
+}
 
 /// Reconciles one Job.
 pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
@@ -127,9 +167,43 @@ async fn apply(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
     reconcile::conclude(&ctx, &*job, status, outcome).await
 }
 
-/// A Job being deleted: cancel its job on the tracker, then let the resource go (the
-/// finalizer stays while the cancel fails, unless the cluster is gone).
+/// A Job being deleted: cancel its job on the tracker, then let the resource go. The finalizer
+/// stays while the cancel fails, for at most the cancel timeout; `lts.io/skip-cancel: "true"`
+/// lets go at once. Letting go without a cancel is a Warning Event.
 async fn cleanup(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
+    if let Some((reason, note)) = let_go(&job, Timestamp::now(), ctx.cancel_timeout, "skipped") {
+        if reason == "CancelSkipped" {
+            return warn_and_let_go(&job, &ctx, reason, note).await;
+        }
+    }
+    match cancel(job.clone(), ctx.clone()).await {
+        Ok(action) => Ok(action),
+        Err(e) => match let_go(&job, Timestamp::now(), ctx.cancel_timeout, &e.to_string()) {
+            Some((reason, note)) => warn_and_let_go(&job, &ctx, reason, note).await,
+            None => Err(e),
+        },
+    }
+}
+
+async fn warn_and_let_go(job: &Job, ctx: &Context, reason: &str, note: String) -> Result<Action> {
+    tracing::warn!(job = %reconcile::key(job), reason, message = %note, "letting a deleted Job go without cancelling its job");
+    ctx.recorder
+        .publish(
+            &kube::runtime::events::Event {
+                type_: kube::runtime::events::EventType::Warning,
+                reason: reason.into(),
+                note: Some(crate::nodegroup::truncate(&note, 1000)),
+                action: "Cancel".into(),
+                secondary: None,
+            },
+            &job.object_ref(&()),
+        )
+        .await?;
+    Ok(Action::await_change())
+}
+
+/// Cancels the deleted Job's unfinished job on its cluster's trackers.
+async fn cancel(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
     let ns = job
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;

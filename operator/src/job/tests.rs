@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::Method;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use lts_core::JobState;
 use serde_json::json;
@@ -568,6 +569,98 @@ async fn delete_with_the_tracker_down_keeps_the_finalizer_and_retries() {
     assert!(matches!(err, Error::TrackerUnavailable(_)), "{err}");
     finish(verifier).await;
     assert_eq!(tracker.jobs()[0].state, JobState::Queued);
+}
+
+#[tokio::test]
+async fn a_delete_that_cannot_cancel_lets_go_after_the_timeout_with_a_warning() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (_, status) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    tracker.unavailable.store(true, Ordering::Relaxed);
+    let mut doomed = job("mail").finalized().with_status(status).deleting();
+    let ten_minutes_ago =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(600);
+    doomed.metadata.deletion_timestamp = Some(Time(ten_minutes_ago));
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let mut released = doomed.clone();
+    released.metadata.finalizers = None;
+    let verifier = api.run(vec![
+        Step::event(),
+        Step::json(Method::PATCH, JOB, serde_json::to_value(&released).unwrap()),
+    ]);
+    run(doomed, ctx).await.unwrap();
+    let calls = finish(verifier).await;
+    assert_eq!(calls[0].body["type"], "Warning");
+    assert_eq!(calls[0].body["reason"], "CancelAbandoned");
+    let note = calls[0].body["note"].as_str().unwrap();
+    assert!(note.contains("lts jobs cancel"), "{note}");
+    assert!(
+        calls[1].body.to_string().contains("remove"),
+        "{}",
+        calls[1].body
+    );
+    assert_eq!(tracker.jobs()[0].state, JobState::Queued, "not cancelled");
+}
+
+#[tokio::test]
+async fn skip_cancel_lets_a_deleted_job_go_at_once_with_a_warning() {
+    let tracker = Arc::new(FakeTracker::default());
+    let (_, status) = reconcile_to_status(job("mail").finalized(), tracker.clone()).await;
+    let mut doomed = job("mail").finalized().with_status(status).deleting();
+    doomed
+        .annotations_mut()
+        .insert(super::SKIP_CANCEL.into(), "true".into());
+    let (ctx, api) = context(&cluster(), tracker.clone());
+    let mut released = doomed.clone();
+    released.metadata.finalizers = None;
+    let verifier = api.run(vec![
+        Step::event(),
+        Step::json(Method::PATCH, JOB, serde_json::to_value(&released).unwrap()),
+    ]);
+    let before = tracker.ops().len();
+    run(doomed, ctx).await.unwrap();
+    let calls = finish(verifier).await;
+    assert_eq!(calls[0].body["reason"], "CancelSkipped");
+    assert_eq!(tracker.ops().len(), before, "the trackers are not asked");
+}
+
+#[test]
+fn a_deleted_job_lets_go_when_skipped_or_after_the_timeout() {
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    let now = Timestamp::now();
+    let timeout = Duration::from_secs(300);
+    let at = |secs_ago: i64| {
+        let mut j = job("mail").deleting();
+        j.metadata.deletion_timestamp = Some(Time(now - SignedDuration::from_secs(secs_ago)));
+        j
+    };
+    assert_eq!(
+        super::let_go(&job("mail"), now, timeout, "e"),
+        None,
+        "not deleted"
+    );
+    assert_eq!(
+        super::let_go(&at(60), now, timeout, "e"),
+        None,
+        "still trying"
+    );
+    let (reason, note) = super::let_go(&at(301), now, timeout, "tracker unavailable").unwrap();
+    assert_eq!(reason, "CancelAbandoned");
+    assert!(
+        note.contains("tracker unavailable") && note.contains("5m"),
+        "{note}"
+    );
+    let mut skipped = at(1);
+    skipped
+        .annotations_mut()
+        .insert(super::SKIP_CANCEL.into(), "true".into());
+    assert_eq!(
+        super::let_go(&skipped, now, timeout, "e").unwrap().0,
+        "CancelSkipped"
+    );
+    skipped
+        .annotations_mut()
+        .insert(super::SKIP_CANCEL.into(), "false".into());
+    assert_eq!(super::let_go(&skipped, now, timeout, "e"), None);
 }
 
 #[tokio::test]

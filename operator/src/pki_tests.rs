@@ -259,65 +259,6 @@ async fn a_current_certificate_is_left_alone() {
     finish(verifier).await;
 }
 
-/// A plain HTTP/1.1 GET, as a kubelet probe makes it: the whole answer.
-async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
-#[tokio::test]
-async fn the_operators_own_certificate_is_made_once_per_cluster_and_kept_in_files() {
-    let jt = nodegroup("tracker", NodeRole::JobTracker);
-    let ca = Ca::new("test").unwrap();
-    let ca_secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "prod-lts-ca", "namespace": "lts"},
-        "data": {"ca.crt": base64(&ca.cert_pem()), "ca.key": base64(&ca.key_pem())}});
-    let (ctx, api) = context(std::slice::from_ref(&jt), Arc::new(FakeTracker::default()));
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(PkiMode::Operator, DEFAULT_VALIDITY, dir.path());
-    let verifier = api.run(vec![Step::json(
-        Method::GET,
-        format!("{SECRETS}/prod-lts-ca"),
-        ca_secret,
-    )]);
-    let first = pki.credentials(&ctx.client, "lts", &jt).await.unwrap();
-    let again = pki.credentials(&ctx.client, "lts", &jt).await.unwrap();
-    finish(verifier).await;
-    assert!(first.is_some_and(|c| c.has_identity()));
-    assert_eq!(again.and_then(|c| c.fingerprint()), {
-        let d = dir.path().join("lts").join("prod");
-        Credentials::default()
-            .tls_ca_file(d.join("ca.crt"))
-            .unwrap()
-            .tls_identity_files(d.join("identity.pem"), d.join("identity.pem"))
-            .unwrap()
-            .fingerprint()
-    });
-    let pem = std::fs::read_to_string(dir.path().join("lts/prod/identity.pem")).unwrap();
-    let info = lts_core::pki::inspect(&pem).unwrap();
-    assert_eq!(info.names, ["lts-operator", OPERATOR_ID]);
-    assert!(
-        pem.contains("PRIVATE KEY"),
-        "certificate and key in one file"
-    );
-    // Without the operator as CA there is nothing to present of its own.
-    let off = Pki::new(PkiMode::Disabled, DEFAULT_VALIDITY, dir.path());
-    assert!(
-        off.credentials(&ctx.client, "lts", &jt)
-            .await
-            .unwrap()
-            .is_none()
-    );
-}
-
 fn base64(s: &str) -> String {
     serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec()))
         .unwrap()
@@ -433,7 +374,7 @@ async fn what_the_operator_issues_lets_each_part_do_its_job_and_nothing_more() {
         ("/healthz", "ok"),
         ("/metrics", "lts_"),
     ] {
-        let answer = http_get(&metrics, path).await;
+        let answer = lts_tests::http_get(&metrics, path).await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
         assert!(answer.contains(want), "{path}: {answer}");
     }

@@ -52,4 +52,4 @@ pub use lts_core::runtime;
 pub use lts_core::{FeedbackItem, Job, JobKey, JobSpec, JobState, Outcome, Schedule};
 pub use runner::{BizLogger, JobContext, JobRunner, RunResult};
 pub use watch::{JobWatch, WatchEvent, WatchFilter};
-pub use worker::{TaskTracker, TaskTrackerBuilder};
+pub use worker::{Connection, TaskTracker, TaskTrackerBuilder};

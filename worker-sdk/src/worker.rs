@@ -261,11 +261,29 @@ impl TaskTrackerBuilder {
             max_message_bytes: self.max_message_bytes,
             outbox,
             runner,
+            connection: Connection::default(),
         })
     }
 }
 
 pub use lts_core::default_identity;
+
+/// Whether a TaskTracker holds a Work stream to a tracker right now: what a readiness check
+/// asks (`lts-worker --health-listen` serves it as `/readyz`). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Connection(Arc<AtomicBool>);
+
+impl Connection {
+    /// Connected to a tracker now.
+    pub fn is_connected(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, connected: bool) {
+        self.0
+            .store(connected, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// A TaskTracker: see the module docs.
 pub struct TaskTracker {
@@ -287,6 +305,7 @@ pub struct TaskTracker {
     max_message_bytes: usize,
     outbox: Option<Outbox>,
     runner: Arc<dyn JobRunner>,
+    connection: Connection,
 }
 
 impl std::fmt::Debug for TaskTracker {
@@ -368,6 +387,11 @@ impl TaskTracker {
         &self.identity
     }
 
+    /// Whether it is connected to a tracker, now and later (take it before [`TaskTracker::run`]).
+    pub fn connection(&self) -> Connection {
+        self.connection.clone()
+    }
+
     /// Runs until `shutdown` completes, then shuts down gracefully.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let stop = CancellationToken::new();
@@ -444,10 +468,11 @@ impl TaskTracker {
             if st.shutting_down && st.running.is_empty() && st.unacked.is_empty() {
                 break;
             }
-            match self
+            let end = self
                 .session(&mut st, &done_tx, &mut done_rx, &stop, &mut grace_deadline)
-                .await
-            {
+                .await;
+            self.connection.set(false);
+            match end {
                 SessionEnd::Done => break,
                 SessionEnd::Lost(why, connected) => {
                     if connected {
@@ -591,6 +616,7 @@ impl TaskTracker {
             }
         };
         tracing::info!(tracker = %addr, node_group = %self.node_group, identity = %self.identity, threads = self.threads, "connected to tracker");
+        self.connection.set(true);
         if !st.shutting_down {
             let window = self.threads.saturating_add(self.prefetch);
             let free = window.saturating_sub(st.running.len() as u32);

@@ -264,14 +264,18 @@ fn pod_security() -> PodSecurityContext {
     }
 }
 
-/// An HTTP probe of the tracker's metrics port (plain HTTP whether or not gRPC speaks TLS,
-/// which a kubelet's gRPC probe cannot): `/readyz` checks the job store, `/healthz` only that
-/// the process answers.
-fn http_probe(path: &str, initial_delay: i32, period: i32, failures: i32) -> Probe {
+/// The port of the `lts-worker` sidecar's `/healthz` and `/readyz`.
+pub const SIDECAR_HEALTH_PORT: i32 = 8081;
+
+/// An HTTP probe of a named port (plain HTTP whether or not gRPC speaks TLS, which a kubelet's
+/// gRPC probe cannot). The tracker's metrics port: `/readyz` checks the job store, `/healthz`
+/// only that the process answers; the sidecar's health port: `/readyz` says it is connected
+/// to a tracker.
+fn http_probe(port: &str, path: &str, initial_delay: i32, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("metrics".into()),
+            port: IntOrString::String(port.into()),
             ..HTTPGetAction::default()
         }),
         initial_delay_seconds: Some(initial_delay),
@@ -570,8 +574,11 @@ fn job_tracker_pod(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> PodSpec 
         ]),
         env: Some(env_vars),
         ports: Some(vec![port("grpc", GRPC_PORT), port("metrics", METRICS_PORT)]),
-        readiness_probe: Some(http_probe("/readyz", 2, 5, 3)),
-        liveness_probe: Some(http_probe("/healthz", 10, 10, 6)),
+        // Up to a minute to open the store (a large SQLite file, a slow MongoDB) before the
+        // liveness probe counts.
+        startup_probe: Some(http_probe("metrics", "/healthz", 1, 2, 30)),
+        readiness_probe: Some(http_probe("metrics", "/readyz", 0, 5, 3)),
+        liveness_probe: Some(http_probe("metrics", "/healthz", 0, 10, 6)),
         resources: spec.resources.clone(),
         security_context: Some(restricted(true)),
         volume_mounts: Some(mounts),
@@ -669,6 +676,7 @@ fn task_tracker_pod(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> PodSpec
             if let Some(t) = worker.timeout_seconds {
                 args.push(format!("--timeout={t}"));
             }
+            args.push(format!("--health-listen=0.0.0.0:{SIDECAR_HEALTH_PORT}"));
             let mut e = worker_env(ng, v, cfg.secure);
             if exec_mode {
                 // The command runs in the sidecar: it gets the user's environment.
@@ -692,6 +700,11 @@ fn task_tracker_pod(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> PodSpec
                     Some(sidecar_resources())
                 },
                 security_context: Some(restricted(true)),
+                ports: Some(vec![port("health", SIDECAR_HEALTH_PORT)]),
+                startup_probe: Some(http_probe("health", "/healthz", 1, 2, 15)),
+                // Not connected to a tracker: not ready (it takes no work), but alive.
+                readiness_probe: Some(http_probe("health", "/readyz", 0, 5, 2)),
+                liveness_probe: Some(http_probe("health", "/healthz", 0, 10, 6)),
                 volume_mounts: Some(
                     std::iter::once(mount("tmp", "/tmp"))
                         .chain(tls_mounts())
@@ -864,7 +877,18 @@ mod tests {
         assert_eq!(app.image.as_deref(), Some("example/reports:2"));
         let side = container(&d, "lts-worker");
         let args = side.args.clone().unwrap();
-        assert_eq!(args, ["--http=http://127.0.0.1:8080/run", "--timeout=60"]);
+        assert_eq!(
+            args,
+            [
+                "--http=http://127.0.0.1:8080/run",
+                "--timeout=60",
+                "--health-listen=0.0.0.0:8081"
+            ]
+        );
+        let path = |p: &Option<Probe>| p.as_ref()?.http_get.as_ref()?.path.clone();
+        assert_eq!(path(&side.readiness_probe).as_deref(), Some("/readyz"));
+        assert_eq!(path(&side.liveness_probe).as_deref(), Some("/healthz"));
+        assert_eq!(path(&side.startup_probe).as_deref(), Some("/healthz"));
         assert_eq!(
             side.command.as_deref(),
             Some(&["lts-worker".to_string()][..])
@@ -895,7 +919,10 @@ mod tests {
         let pod = d.workload.pod();
         assert_eq!(pod.containers.len(), 1);
         let side = container(&d, "lts-worker");
-        assert_eq!(side.args.clone().unwrap(), ["--exec=./run.sh"]);
+        assert_eq!(
+            side.args.clone().unwrap(),
+            ["--exec=./run.sh", "--health-listen=0.0.0.0:8081"]
+        );
         assert_eq!(env_value(side, "A").as_deref(), Some("b"));
         assert_eq!(side.image.as_deref(), Some("example/with-scripts:1"));
     }

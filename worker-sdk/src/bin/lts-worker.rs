@@ -79,6 +79,10 @@ struct Cli {
     /// again. One fsync per result; put it on a volume that outlives the container.
     #[arg(long, env = "LTS_OUTBOX")]
     outbox: Option<std::path::PathBuf>,
+    /// Serve `/healthz` (the process answers) and `/readyz` (connected to a tracker) over
+    /// plain HTTP on this address, for a kubelet's probes (e.g. `0.0.0.0:8081`).
+    #[arg(long, env = "LTS_HEALTH_LISTEN")]
+    health_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     sidecar: SidecarArgs,
     /// TLS and token.
@@ -156,9 +160,47 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(addr) = cli.health_listen {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("lts-worker: --health-listen {addr}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        tokio::spawn(serve_health(listener, worker.connection()));
+    }
     worker.run(runtime::shutdown_signal()).await;
     if let Some(zk) = zk {
         zk.close().await;
     }
     ExitCode::SUCCESS
+}
+
+/// `/healthz`: 200 while the process answers (liveness: never tied to the trackers, so an
+/// outage of theirs restarts nothing). `/readyz`: 200 while connected to a tracker.
+async fn serve_health(listener: tokio::net::TcpListener, connection: lts_worker_sdk::Connection) {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let router = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let connected = connection.is_connected();
+                async move {
+                    if connected {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not connected to a tracker\n",
+                        )
+                    }
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::warn!(error = %e, "health listener stopped");
+    }
 }

@@ -1,0 +1,50 @@
+//! The health endpoints a kubelet probes, on real processes: the `lts-worker` sidecar's
+//! `/readyz` follows its connection to a tracker (not ready before the tracker is up, ready
+//! once connected, not ready again when the tracker is killed) while `/healthz` stays up
+//! throughout, so a tracker outage takes workers out of rotation without restarting them.
+
+use std::time::Duration;
+
+use lts_tests::{Proc, TrackerProc, eventually, free_port, http_get};
+
+const T: Duration = Duration::from_secs(30);
+
+async fn status(addr: &str, path: &str) -> Option<u16> {
+    let answer = http_get(addr, path).await.ok()?;
+    answer.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecars_readiness_follows_its_tracker_and_liveness_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let tracker_addr = format!("127.0.0.1:{port}");
+    let health = format!("127.0.0.1:{}", free_port());
+    let mut cmd = std::process::Command::new(lts_tests::bin("lts-worker"));
+    cmd.args(["--tracker", &tracker_addr, "--node-group", "probed"])
+        .args(["--exec", "true", "--health-listen", &health]);
+    let _worker = Proc::spawn(cmd, dir.path().join("worker.log")).unwrap();
+
+    // No tracker yet: alive, not ready.
+    eventually(T, "/healthz answers 200", || async {
+        (status(&health, "/healthz").await == Some(200)).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(status(&health, "/readyz").await, Some(503));
+
+    let mut tracker = TrackerProc::start_on(dir.path(), port, &[]).await.unwrap();
+    eventually(T, "/readyz once connected", || async {
+        (status(&health, "/readyz").await == Some(200)).then_some(())
+    })
+    .await
+    .unwrap();
+
+    tracker.proc.kill9();
+    eventually(T, "/readyz 503 after the tracker died", || async {
+        (status(&health, "/readyz").await == Some(503)).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(status(&health, "/healthz").await, Some(200), "still alive");
+}

@@ -171,10 +171,10 @@ async fn apply(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
 /// stays while the cancel fails, for at most the cancel timeout; `lts.io/skip-cancel: "true"`
 /// lets go at once. Letting go without a cancel is a Warning Event.
 async fn cleanup(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
-    if let Some((reason, note)) = let_go(&job, Timestamp::now(), ctx.cancel_timeout, "skipped") {
-        if reason == "CancelSkipped" {
-            return warn_and_let_go(&job, &ctx, reason, note).await;
-        }
+    if let Some((reason @ "CancelSkipped", note)) =
+        let_go(&job, Timestamp::now(), ctx.cancel_timeout, "skipped")
+    {
+        return warn_and_let_go(&job, &ctx, reason, note).await;
     }
     match cancel(job.clone(), ctx.clone()).await {
         Ok(action) => Ok(action),

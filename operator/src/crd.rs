@@ -206,6 +206,24 @@ pub struct NodeGroupSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub clients: Vec<ClientSpec>,
+    /// A pod template (`metadata`, `spec`) merged over the pods the operator builds:
+    /// scheduling (`nodeSelector`, `tolerations`, `affinity`, `topologySpreadConstraints`,
+    /// `priorityClassName`), `serviceAccountName`, `imagePullSecrets`, volumes and mounts,
+    /// labels and annotations, probes, security context. A JSON merge patch, with containers
+    /// and volumes merged by name; the images, the operator's commands and volume names stay
+    /// the operator's (see the README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub pod_template: Option<serde_json::Value>,
+}
+
+/// An object the API server keeps as given (`x-kubernetes-preserve-unknown-fields`); the
+/// operator checks it.
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// An application allowed to call an LTS cluster.
@@ -281,6 +299,7 @@ impl NodeGroupSpec {
             storage: None,
             network_policy: None,
             clients: vec![],
+            pod_template: None,
         }
     }
 }

@@ -377,6 +377,11 @@ pub fn build(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> Desired {
         }),
         spec: Some(pod),
     };
+    // `validate` checked that the user's template merges.
+    let template = match &ng.spec.pod_template {
+        Some(user) => super::template::merge(&template, user).unwrap_or(template),
+        None => template,
+    };
     let workload = if embedded_store(ng) {
         Workload::StatefulSet(StatefulSet {
             metadata: meta(ng),
@@ -1069,6 +1074,49 @@ mod tests {
         let d = build(&side, &v, &BuildConfig::default());
         assert!(mounts(container(&d, "app")).is_empty());
         assert_eq!(env_value(container(&d, "app"), "LTS_TLS_CERT"), None);
+    }
+
+    #[test]
+    fn the_pod_template_shapes_the_built_pods() {
+        let jt = ng("tracker", NodeRole::JobTracker);
+        let mut tt = ng("mailers", NodeRole::TaskTracker);
+        tt.spec.image = Some("example/mailer:1".into());
+        tt.spec.pod_template = Some(serde_json::json!({
+            "metadata": {"annotations": {"prometheus.io/scrape": "true"}},
+            "spec": {
+                "nodeSelector": {"pool": "batch"},
+                "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000},
+                "containers": [{"name": "worker", "ports": [{"name": "http", "containerPort": 8080}]}]
+            }
+        }));
+        let v = validate(&tt, &[jt, tt.clone()]).unwrap();
+        let d = build(&tt, &v, &BuildConfig::default());
+        let template = d.workload.template();
+        assert_eq!(
+            template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()["prometheus.io/scrape"],
+            "true"
+        );
+        let pod = d.workload.pod();
+        assert_eq!(pod.node_selector.as_ref().unwrap()["pool"], "batch");
+        assert_eq!(
+            pod.security_context.as_ref().unwrap().run_as_user,
+            Some(1000)
+        );
+        let c = container(&d, "worker");
+        assert_eq!(c.image.as_deref(), Some("example/mailer:1"));
+        assert_eq!(env_value(c, "LTS_NODE_GROUP").as_deref(), Some("mailers"));
+        assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8080);
+        // The selector still matches the pods.
+        let labels = template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        for (k, v) in selector_labels(&tt) {
+            assert_eq!(labels.get(&k), Some(&v));
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! controller from reconciling other NodeGroups.
 
 pub mod build;
+pub mod template;
 pub mod validate;
 
 use std::sync::Arc;

@@ -128,6 +128,9 @@ pub fn validate(ng: &NodeGroup, siblings: &[NodeGroup]) -> Result<Validated, Inv
     {
         problems.push("spec.zookeeper: must not be empty".into());
     }
+    if let Some(t) = &spec.pod_template {
+        problems.extend(super::template::check(t));
+    }
     let job_trackers: Vec<&NodeGroup> = siblings
         .iter()
         .filter(|s| s.spec.role == NodeRole::JobTracker && s.spec.cluster == spec.cluster)
@@ -479,6 +482,20 @@ mod tests {
         let jt = nodegroup("tracker", NodeRole::JobTracker);
         let (msg, _) = problems(&tt, &[jt]);
         assert!(msg.contains("spec.storage: applies to JobTracker"), "{msg}");
+    }
+
+    #[test]
+    fn a_pod_template_that_takes_what_the_operator_keeps_is_invalid() {
+        let mut jt = nodegroup("tracker", NodeRole::JobTracker);
+        jt.spec.pod_template = Some(serde_json::json!({
+            "spec": {"containers": [{"name": "tracker", "image": "mine"}]}
+        }));
+        let (msg, reason) = problems(&jt, std::slice::from_ref(&jt));
+        assert_eq!(reason, "InvalidSpec");
+        assert!(
+            msg.contains("spec.podTemplate.spec.containers[0].image"),
+            "{msg}"
+        );
     }
 
     #[test]

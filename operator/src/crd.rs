@@ -438,6 +438,7 @@ pub struct ScheduleSpec {
         type_ = "string",
         json_path = ".status.lastResult"
     ),
+    printcolumn(name = "Duration", type_ = "string", json_path = ".status.duration"),
     printcolumn(name = "Next Fire", type_ = "date", json_path = ".status.nextFireTime"),
     printcolumn(
         name = "Age",
@@ -563,6 +564,12 @@ pub struct JobStatus {
     /// When it is due next (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_fire_time: Option<String>,
+    /// When the job finished (RFC 3339); real-time and one-time jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// From accepted to finished, e.g. `1m12s`; real-time and one-time jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
     /// Fingerprint of the job as last submitted; a change resubmits it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_hash: Option<String>,

@@ -341,6 +341,18 @@ pub fn mirror(status: &mut crate::crd::JobStatus, job: &lts_core::Job) {
         .filter(|m| !m.is_empty())
         .map(|m| crate::nodegroup::truncate(m, MAX_MESSAGE));
     status.last_fire_time = job.scheduled_fire_ms.and_then(rfc3339);
+    match job.finished_at_ms.filter(|_| job.state.is_final()) {
+        Some(done) => {
+            status.completion_time = rfc3339(done);
+            status.duration = Some(lts_core::duration::format_ms(
+                u64::try_from(done - job.created_at_ms).unwrap_or(0) / 1000 * 1000,
+            ));
+        }
+        None => {
+            status.completion_time = None;
+            status.duration = None;
+        }
+    }
 }
 
 /// Whether `job` runs one fire of a recurring job (an instance job): the tracker names the

@@ -150,6 +150,10 @@ async fn apply(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
         ctx.watches.mark_read(&key);
     }
     let status = status::status(&job, &obs, &ending, Timestamp::now());
+    let before = job.status.clone().unwrap_or_default();
+    if let Some((warning, reason, note)) = status::lifecycle_event(&before, &status) {
+        publish(&ctx, &*job, warning, reason, note).await?;
+    }
     let outcome = match ending {
         Ending::Settled => Outcome::Settled(plan::next_look(
             &status,
@@ -187,19 +191,36 @@ async fn cleanup(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
 
 async fn warn_and_let_go(job: &Job, ctx: &Context, reason: &str, note: String) -> Result<Action> {
     tracing::warn!(job = %reconcile::key(job), reason, message = %note, "letting a deleted Job go without cancelling its job");
+    publish(ctx, job, true, reason, note).await?;
+    Ok(Action::await_change())
+}
+
+/// An Event about `job` (the Recorder folds repeats of the same one into a series).
+async fn publish(
+    ctx: &Context,
+    job: &Job,
+    warning: bool,
+    reason: &str,
+    note: String,
+) -> Result<()> {
+    use kube::runtime::events::{Event, EventType};
     ctx.recorder
         .publish(
-            &kube::runtime::events::Event {
-                type_: kube::runtime::events::EventType::Warning,
+            &Event {
+                type_: if warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
                 reason: reason.into(),
                 note: Some(crate::nodegroup::truncate(&note, 1000)),
-                action: "Cancel".into(),
+                action: "Reconcile".into(),
                 secondary: None,
             },
             &job.object_ref(&()),
         )
         .await?;
-    Ok(Action::await_change())
+    Ok(())
 }
 
 /// Cancels the deleted Job's unfinished job on its cluster's trackers.

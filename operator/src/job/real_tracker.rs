@@ -80,15 +80,16 @@ async fn submits_idempotently_mirrors_runs_and_replaces_on_a_real_tracker() {
     let client = tracker.client();
     let mail = job("mail").finalized();
 
-    // Create: submitted over gRPC, status mirrors the tracker.
+    // Create: submitted over gRPC (a Submitted Event), status mirrors the tracker.
     let (res, calls) = reconcile_once(
         &client,
         &mail,
-        vec![Step::status(status_path("mail"), &mail)],
+        vec![Step::event(), Step::status(status_path("mail"), &mail)],
     )
     .await;
     res.unwrap();
-    let status: JobStatus = status_of(&calls[0]);
+    assert_eq!(calls[0].body["reason"], "Submitted");
+    let status: JobStatus = status_of(&calls[1]);
     let job_id = status.job_id.clone().expect("job id");
     assert_eq!(status.phase, Some(JobPhase::Queued));
     let stored = client.get(JobKey::Id(job_id.clone())).await.unwrap();
@@ -100,11 +101,11 @@ async fn submits_idempotently_mirrors_runs_and_replaces_on_a_real_tracker() {
     let (res, calls) = reconcile_once(
         &client,
         &mail,
-        vec![Step::status(status_path("mail"), &mail)],
+        vec![Step::event(), Step::status(status_path("mail"), &mail)],
     )
     .await;
     res.unwrap();
-    let adopted: JobStatus = status_of(&calls[0]);
+    let adopted: JobStatus = status_of(&calls[1]);
     assert_eq!(adopted.job_id.as_deref(), Some(job_id.as_str()));
     assert_eq!(
         conditions::find(&adopted.conditions, "Submitted")
@@ -148,11 +149,12 @@ async fn submits_idempotently_mirrors_runs_and_replaces_on_a_real_tracker() {
     let (res, calls) = reconcile_once(
         &client,
         &current,
-        vec![Step::status(status_path("mail"), &current)],
+        vec![Step::event(), Step::status(status_path("mail"), &current)],
     )
     .await;
     assert_eq!(res.unwrap(), Action::await_change());
-    let finished: JobStatus = status_of(&calls[0]);
+    assert_eq!(calls[0].body["reason"], "Succeeded");
+    let finished: JobStatus = status_of(&calls[1]);
     assert_eq!(finished.phase, Some(JobPhase::Succeeded));
     assert_eq!(finished.last_result.as_deref(), Some("SUCCESS"));
     assert_eq!(finished.attempts, Some(1));
@@ -175,11 +177,14 @@ async fn suspend_then_delete_cancels_on_a_real_tracker() {
     let (res, calls) = reconcile_once(
         &client,
         &nightly,
-        vec![Step::status(status_path("nightly"), &nightly)],
+        vec![
+            Step::event(),
+            Step::status(status_path("nightly"), &nightly),
+        ],
     )
     .await;
     res.unwrap();
-    let status: JobStatus = status_of(&calls[0]);
+    let status: JobStatus = status_of(&calls[1]);
     assert_eq!(status.phase, Some(JobPhase::Queued));
     assert!(status.next_fire_time.is_some());
 
@@ -188,11 +193,15 @@ async fn suspend_then_delete_cancels_on_a_real_tracker() {
     let (res, calls) = reconcile_once(
         &client,
         &suspended,
-        vec![Step::status(status_path("nightly"), &suspended)],
+        vec![
+            Step::event(),
+            Step::status(status_path("nightly"), &suspended),
+        ],
     )
     .await;
     res.unwrap();
-    let status: JobStatus = status_of(&calls[0]);
+    assert_eq!(calls[0].body["reason"], "Suspended");
+    let status: JobStatus = status_of(&calls[1]);
     assert_eq!(status.phase, Some(JobPhase::Suspended));
     let job_id = status.job_id.clone().unwrap();
     assert_eq!(

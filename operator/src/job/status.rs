@@ -133,6 +133,76 @@ pub fn status(job: &Job, obs: &Observed, ending: &Ending, now: Timestamp) -> Job
     status
 }
 
+/// The Event telling the story of a change from `before` to `after`: Submitted, Started,
+/// Retrying, Succeeded, Failed (a Warning, with the message), Suspended, Resumed, Cancelled.
+/// `None` when nothing happened worth telling. Pure.
+pub fn lifecycle_event(
+    before: &JobStatus,
+    after: &JobStatus,
+) -> Option<(bool, &'static str, String)> {
+    let job = after.job_id.as_deref().unwrap_or("?");
+    let attempts = after.attempts.unwrap_or(0);
+    let message = after
+        .last_message
+        .as_deref()
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    let result = after.last_result.as_deref().unwrap_or("");
+    let same_run =
+        before.attempts == after.attempts && before.last_fire_time == after.last_fire_time;
+    let phase = after.phase?;
+    if before.phase == Some(phase) && same_run {
+        return None;
+    }
+    let retryable = matches!(result, "LATER" | "EXCEPTION" | "TIMEOUT");
+    let event = match (before.phase, phase) {
+        (None | Some(JobPhase::Pending), JobPhase::Queued) if before.job_id.is_none() => (
+            false,
+            "Submitted",
+            format!(
+                "job {job} accepted by cluster {}",
+                after.cluster.as_deref().unwrap_or("?")
+            ),
+        ),
+        (_, JobPhase::Running) => (
+            false,
+            "Started",
+            format!("job {job}: run {attempts} started"),
+        ),
+        (b, JobPhase::Queued) if retryable && (b == Some(JobPhase::Running) || !same_run) => (
+            false,
+            "Retrying",
+            format!("job {job}: run {attempts} ended {result}{message}; it runs again"),
+        ),
+        (Some(JobPhase::Suspended), JobPhase::Queued) => {
+            (false, "Resumed", format!("job {job} resumed"))
+        }
+        (Some(JobPhase::Succeeded), JobPhase::Succeeded) => return None,
+        (_, JobPhase::Succeeded) => (
+            false,
+            "Succeeded",
+            format!(
+                "job {job} succeeded after {attempts} run(s){}",
+                after
+                    .duration
+                    .as_deref()
+                    .map(|d| format!(" in {d}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        (Some(JobPhase::Failed), JobPhase::Failed) => return None,
+        (_, JobPhase::Failed) => (
+            true,
+            "Failed",
+            format!("job {job} failed after {attempts} run(s), last {result}{message}"),
+        ),
+        (_, JobPhase::Suspended) => (false, "Suspended", format!("job {job} suspended")),
+        (_, JobPhase::Cancelled) => (false, "Cancelled", format!("job {job} cancelled")),
+        _ => return None,
+    };
+    Some(event)
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -172,6 +242,58 @@ mod tests {
     fn cond<'a>(s: &'a JobStatus, type_: &str) -> (&'a str, &'a str) {
         let c = conditions::find(&s.conditions, type_).unwrap_or_else(|| panic!("{type_}"));
         (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn each_step_of_a_jobs_life_tells_its_event_once() {
+        let st = |phase: Option<JobPhase>, attempts: i64, result: Option<&str>| JobStatus {
+            phase,
+            job_id: Some("J1".into()),
+            cluster: Some("prod".into()),
+            attempts: Some(attempts),
+            last_result: result.map(str::to_string),
+            last_message: result.map(|_| "disk full".to_string()),
+            ..JobStatus::default()
+        };
+        let pending = JobStatus {
+            phase: Some(JobPhase::Pending),
+            ..JobStatus::default()
+        };
+        let queued = st(Some(JobPhase::Queued), 0, None);
+        let running = st(Some(JobPhase::Running), 1, None);
+        let retry = st(Some(JobPhase::Queued), 1, Some("LATER"));
+        let running2 = st(Some(JobPhase::Running), 2, Some("LATER"));
+        let mut done = st(Some(JobPhase::Succeeded), 2, Some("SUCCESS"));
+        done.duration = Some("12s".into());
+        let failed = st(Some(JobPhase::Failed), 3, Some("FAILED"));
+        let reason = |b: &JobStatus, a: &JobStatus| lifecycle_event(b, a).map(|e| (e.0, e.1));
+        assert_eq!(reason(&pending, &queued), Some((false, "Submitted")));
+        assert_eq!(reason(&queued, &running), Some((false, "Started")));
+        assert_eq!(reason(&running, &retry), Some((false, "Retrying")));
+        assert_eq!(reason(&retry, &running2), Some((false, "Started")));
+        assert_eq!(reason(&running2, &done), Some((false, "Succeeded")));
+        assert!(
+            lifecycle_event(&running2, &done)
+                .unwrap()
+                .2
+                .contains("in 12s")
+        );
+        assert_eq!(reason(&running2, &failed), Some((true, "Failed")));
+        assert!(
+            lifecycle_event(&running2, &failed)
+                .unwrap()
+                .2
+                .contains("disk full")
+        );
+        // Nothing new: nothing told.
+        for s in [&queued, &running, &retry, &done, &failed] {
+            assert_eq!(reason(s, s), None);
+        }
+        let suspended = st(Some(JobPhase::Suspended), 0, None);
+        assert_eq!(reason(&queued, &suspended), Some((false, "Suspended")));
+        assert_eq!(reason(&suspended, &queued), Some((false, "Resumed")));
+        let cancelled = st(Some(JobPhase::Cancelled), 0, None);
+        assert_eq!(reason(&queued, &cancelled), Some((false, "Cancelled")));
     }
 
     /// A round that submitted, then the reconcile caused by its own status write.

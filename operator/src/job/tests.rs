@@ -35,13 +35,33 @@ async fn run(job: Job, ctx: Arc<Context>) -> Result<Action> {
         .expect("reconcile made a request the test did not expect")
 }
 
-/// Reconciles `job` once with the given API answers; returns the status it wrote.
+/// Reconciles `job` once: a `Submitted` Event when it has no status yet, then its status;
+/// returns the status.
 async fn reconcile_to_status(job: Job, tracker: Arc<FakeTracker>) -> (Result<Action>, JobStatus) {
+    let events: &[&str] = if job.status.is_none() {
+        &["Submitted"]
+    } else {
+        &[]
+    };
+    reconcile_expecting(job, tracker, events).await
+}
+
+/// Reconciles `job` once: the lifecycle Events `events`, then its status; returns the status.
+async fn reconcile_expecting(
+    job: Job,
+    tracker: Arc<FakeTracker>,
+    events: &[&str],
+) -> (Result<Action>, JobStatus) {
     let (ctx, api) = context(&cluster(), tracker);
-    let verifier = api.run(vec![Step::status(JOB_STATUS, &job)]);
+    let mut steps: Vec<Step> = events.iter().map(|_| Step::event()).collect();
+    steps.push(Step::status(JOB_STATUS, &job));
+    let verifier = api.run(steps);
     let res = run(job, ctx).await;
     let calls = finish(verifier).await;
-    (res, status_of(&calls[0]))
+    for (call, reason) in calls.iter().zip(events) {
+        assert_eq!(call.body["reason"].as_str(), Some(*reason), "{}", call.body);
+    }
+    (res, status_of(&calls[events.len()]))
 }
 
 #[tokio::test]
@@ -128,14 +148,20 @@ async fn a_reconcile_caused_by_its_own_status_write_asks_the_tracker_nothing() {
     let (ctx, api) = context(&cluster(), tracker.clone());
     let new = job("mail").finalized();
     // A new Job: submitted, read once, one status write.
-    let (action, calls, api) =
-        round(new.clone(), &ctx, api, vec![Step::status(JOB_STATUS, &new)]).await;
+    let (action, calls, api) = round(
+        new.clone(),
+        &ctx,
+        api,
+        vec![Step::event(), Step::status(JOB_STATUS, &new)],
+    )
+    .await;
     assert_eq!(action, Action::requeue(FALLBACK_REFRESH));
     assert_eq!(tracker.ops(), ["submit", "get"]);
+    assert_eq!(calls[0].body["reason"], "Submitted");
 
     // That write comes back through the Job watch: same generation, nothing due. No tracker
     // call, no write (the verifier expects no request), and the refresh timer still runs.
-    let written = new.clone().with_status(status_of(&calls[0]));
+    let written = new.clone().with_status(status_of(&calls[1]));
     let (action, _, api) = round(written.clone(), &ctx, api, vec![]).await;
     assert_eq!(tracker.ops(), ["submit", "get"], "no tracker call");
     assert_ne!(action, Action::await_change());
@@ -151,10 +177,11 @@ async fn a_reconcile_caused_by_its_own_status_write_asks_the_tracker_nothing() {
         written.clone(),
         &ctx,
         api,
-        vec![Step::status(JOB_STATUS, &written)],
+        vec![Step::event(), Step::status(JOB_STATUS, &written)],
     )
     .await;
-    let mirrored: JobStatus = status_of(&calls[0]);
+    assert_eq!(calls[0].body["reason"], "Started");
+    let mirrored: JobStatus = status_of(&calls[1]);
     assert_eq!(mirrored.phase, Some(JobPhase::Running));
     let written = written.with_status(mirrored);
     let (_, _, api) = round(written.clone(), &ctx, api, vec![]).await;
@@ -169,11 +196,12 @@ async fn a_reconcile_caused_by_its_own_status_write_asks_the_tracker_nothing() {
         edited.clone(),
         &ctx,
         api,
-        vec![Step::status(JOB_STATUS, &edited)],
+        vec![Step::event(), Step::status(JOB_STATUS, &edited)],
     )
     .await;
     assert_eq!(tracker.ops(), ["submit", "get", "get", "suspend"]);
-    let suspended: JobStatus = status_of(&calls[0]);
+    assert_eq!(calls[0].body["reason"], "Suspended");
+    let suspended: JobStatus = status_of(&calls[1]);
     assert_eq!(suspended.phase, Some(JobPhase::Suspended));
     let edited = edited.with_status(suspended);
     let (_, _, api) = round(edited.clone(), &ctx, api, vec![]).await;
@@ -274,10 +302,10 @@ async fn a_fire_of_a_recurring_job_reaches_the_status_without_a_call() {
         cron.clone(),
         &ctx,
         api,
-        vec![Step::status(JOB_STATUS, &cron)],
+        vec![Step::event(), Step::status(JOB_STATUS, &cron)],
     )
     .await;
-    let written = cron.with_status(status_of(&calls[0]));
+    let written = cron.with_status(status_of(&calls[1]));
     let before = tracker.ops().len();
 
     // The watch delivers one fire (an instance job) of it.
@@ -297,10 +325,11 @@ async fn a_fire_of_a_recurring_job_reaches_the_status_without_a_call() {
         written.clone(),
         &ctx,
         api,
-        vec![Step::status(JOB_STATUS, &written)],
+        vec![Step::event(), Step::status(JOB_STATUS, &written)],
     )
     .await;
-    let st: JobStatus = status_of(&calls[0]);
+    assert_eq!(calls[0].body["reason"], "Started");
+    let st: JobStatus = status_of(&calls[1]);
     assert_eq!(st.phase, Some(JobPhase::Running));
     assert_eq!(st.attempts, Some(1));
     assert_eq!(
@@ -398,7 +427,7 @@ async fn suspend_and_resume_follow_the_spec() {
     let mut suspended = cron.clone().with_status(status.clone());
     suspended.spec.suspend = true;
     suspended.metadata.generation = Some(2);
-    let (_, status) = reconcile_to_status(suspended.clone(), tracker.clone()).await;
+    let (_, status) = reconcile_expecting(suspended.clone(), tracker.clone(), &["Suspended"]).await;
     assert_eq!(status.phase, Some(JobPhase::Suspended));
     assert_eq!(status.observed_generation, Some(2));
     assert!(tracker.ops().contains(&"suspend".to_string()));
@@ -412,7 +441,7 @@ async fn suspend_and_resume_follow_the_spec() {
     let mut resumed = suspended.with_status(status);
     resumed.spec.suspend = false;
     resumed.metadata.generation = Some(3);
-    let (_, status) = reconcile_to_status(resumed, tracker.clone()).await;
+    let (_, status) = reconcile_expecting(resumed, tracker.clone(), &["Resumed"]).await;
     assert_eq!(status.phase, Some(JobPhase::Queued));
     assert!(tracker.ops().contains(&"resume".to_string()));
 }
@@ -428,7 +457,7 @@ async fn a_running_job_is_asked_to_suspend_once_per_round() {
     let mut suspended = job("mail").finalized().with_status(status);
     suspended.spec.suspend = true;
     suspended.metadata.generation = Some(2);
-    let (res, status) = reconcile_to_status(suspended, tracker.clone()).await;
+    let (res, status) = reconcile_expecting(suspended, tracker.clone(), &["Started"]).await;
     res.unwrap();
     // The tracker suspends it once the running attempt ends: the answer stands for this round.
     assert_eq!(tracker.ops(), ["submit", "get", "get", "suspend"]);
@@ -711,10 +740,12 @@ async fn a_watched_change_is_mirrored_without_asking_the_tracker() {
     let (ctx, api) = context(&cluster(), tracker.clone());
     ctx.watches.route(running);
     let obj = job("mail").finalized().with_status(status);
-    let verifier = api.run(vec![Step::status(JOB_STATUS, &obj)]);
+    let verifier = api.run(vec![Step::event(), Step::status(JOB_STATUS, &obj)]);
     run(obj, ctx).await.unwrap();
     let calls = finish(verifier).await;
-    let mirrored: JobStatus = status_of(&calls[0]);
+    assert_eq!(calls[0].body["reason"], "Started");
+    assert_eq!(calls[0].body["note"], "job J1: run 1 started");
+    let mirrored: JobStatus = status_of(&calls[1]);
     assert_eq!(mirrored.phase, Some(JobPhase::Running));
     assert_eq!(mirrored.attempts, Some(1));
     assert_eq!(tracker.ops().len(), calls_before, "no tracker call");

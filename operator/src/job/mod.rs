@@ -152,7 +152,7 @@ async fn apply(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
     let status = status::status(&job, &obs, &ending, Timestamp::now());
     let before = job.status.clone().unwrap_or_default();
     if let Some((warning, reason, note)) = status::lifecycle_event(&before, &status) {
-        publish(&ctx, &*job, warning, reason, note).await?;
+        publish(&ctx, &job, warning, reason, note).await?;
     }
     let outcome = match ending {
         Ending::Settled => Outcome::Settled(plan::next_look(

@@ -366,6 +366,10 @@ impl JobStore for ChangeFeed {
         self.inner.next_due(node_group).await
     }
 
+    async fn due_count(&self, node_group: &str, now: i64) -> StoreResult<u64> {
+        self.inner.due_count(node_group, now).await
+    }
+
     async fn pending_feedback(
         &self,
         submit_node_group: &str,

@@ -81,7 +81,7 @@ pub async fn list_by_submit_group_and_schedule_kind(store: Arc<dyn JobStore>) {
     );
 }
 
-/// Cancel, list with filters and pages, stats, retention.
+/// Cancel, list with filters and pages, stats, due counts, retention.
 pub async fn cancel_list_stats_retention(store: Arc<dyn JobStore>) {
     let ids: Vec<String> = store
         .submit(
@@ -150,6 +150,15 @@ pub async fn cancel_list_stats_retention(store: Arc<dyn JobStore>) {
     assert_eq!((s.queued, s.cancelled), (19, 1));
     let s = store.stats(None).await.unwrap();
     assert_eq!(s.queued, 24);
+    // Due now: the queued jobs whose time has come, per node group (what autoscaling reads).
+    assert_eq!(store.due_count("g", NOW).await.unwrap(), 19);
+    assert_eq!(store.due_count("h", NOW + 10).await.unwrap(), 5);
+    assert_eq!(
+        store.due_count("g", NOW - 1).await.unwrap(),
+        0,
+        "not yet due"
+    );
+    assert_eq!(store.due_count("nobody", NOW).await.unwrap(), 0);
     let removed = store.enforce_retention(NOW + 100).await.unwrap();
     assert!(removed > 0);
     assert!(

@@ -499,7 +499,17 @@ impl JobService for JobApi {
             .stats(group.as_deref())
             .await
             .map_err(store_status)?;
+        let due = match &group {
+            Some(g) => self
+                .0
+                .store
+                .due_count(g, lts_core::now_ms())
+                .await
+                .map_err(store_status)?,
+            None => 0,
+        };
         Ok(Response::new(proto::StatsResponse {
+            due,
             queued: s.queued,
             running: s.running,
             suspended: s.suspended,

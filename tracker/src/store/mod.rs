@@ -305,6 +305,10 @@ pub trait JobStore: Send + Sync + 'static {
     /// The earliest trigger time of a queued job of the node group.
     async fn next_due(&self, node_group: &str) -> StoreResult<Option<i64>>;
 
+    /// How many queued jobs of the node group are due at `now` (ms): the work waiting for a
+    /// free TaskTracker, what an autoscaler scales on.
+    async fn due_count(&self, node_group: &str, now: i64) -> StoreResult<u64>;
+
     /// Feedback for a submit node group with a store id after `after`, oldest first.
     async fn pending_feedback(
         &self,

@@ -435,6 +435,10 @@ impl JobStore for MongoStore {
         self.next_due_time(node_group).await
     }
 
+    async fn due_count(&self, node_group: &str, now: i64) -> StoreResult<u64> {
+        self.due_jobs_count(node_group, now).await
+    }
+
     async fn pending_feedback(
         &self,
         submit_node_group: &str,

@@ -159,6 +159,18 @@ impl MongoStore {
         Ok(d.and_then(|d| codec::int(&d, "trigger_time")))
     }
 
+    /// How many queued jobs of the node group are due at `now` (the claim index serves it).
+    pub(super) async fn due_jobs_count(&self, node_group: &str, now: i64) -> StoreResult<u64> {
+        Ok(self
+            .jobs
+            .count_documents(doc! {
+                "task_tracker_node_group": node_group,
+                "state": JobState::Queued.code(),
+                "trigger_time": { "$lte": now },
+            })
+            .await?)
+    }
+
     /// Pending feedback of a submit node group, by job after the job of `after`.
     pub(super) async fn feedback_after(
         &self,

@@ -5,7 +5,8 @@ use lts_core::{FeedbackItem, Job, JobKey, JobState, LogEntry, LogLevel};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::schema::{
-    FIND_BY_ID, FIND_BY_TASK, Found, JOB_COLS, NEXT_DUE, decode_finished, found_all, stored_job,
+    DUE_COUNT, FIND_BY_ID, FIND_BY_TASK, Found, JOB_COLS, NEXT_DUE, decode_finished, found_all,
+    stored_job,
 };
 use crate::store::{ListFilter, Page, Stats, StoreError, StoreResult, parse_log_type};
 
@@ -184,6 +185,13 @@ pub(super) fn next_due(conn: &Connection, group: &str) -> StoreResult<Option<i64
     Ok(conn
         .prepare_cached(NEXT_DUE.text())?
         .query_row([group], |r| r.get::<_, Option<i64>>(0))?)
+}
+
+/// How many queued jobs of the node group are due at `now`.
+pub(super) fn due_count(conn: &Connection, group: &str, now: i64) -> StoreResult<u64> {
+    Ok(conn
+        .prepare_cached(DUE_COUNT.text())?
+        .query_row(params![group, now], |r| r.get::<_, i64>(0))? as u64)
 }
 
 /// Feedback for a submit node group after the id `after`, oldest first.

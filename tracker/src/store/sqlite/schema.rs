@@ -171,6 +171,9 @@ sql! {
     /// The earliest trigger time of a queued job of node group `?1`.
     NEXT_DUE = "SELECT MIN(trigger_time) FROM jobs INDEXED BY jobs_due \
         WHERE node_group = ?1 AND state = {QUEUED}";
+    /// How many queued jobs of node group `?1` are due at `?2`.
+    DUE_COUNT = "SELECT COUNT(*) FROM jobs INDEXED BY jobs_due \
+        WHERE node_group = ?1 AND state = {QUEUED} AND trigger_time <= ?2";
 }
 
 /// Brings the database to [`SCHEMA_VERSION`], or says why it cannot.
@@ -328,7 +331,13 @@ mod tests {
                 .text()
                 .contains(&format!("state = {}", JobState::Queued.code()))
         );
-        for sql in [&DUE_JOBS, &EXPIRED_LEASES, &OWNER_LEASES, &NEXT_DUE] {
+        for sql in [
+            &DUE_JOBS,
+            &EXPIRED_LEASES,
+            &OWNER_LEASES,
+            &NEXT_DUE,
+            &DUE_COUNT,
+        ] {
             assert!(!sql.text().contains('{'), "{}", sql.text());
         }
         assert!(DUE_JOBS.text().contains(JOB_COLS));

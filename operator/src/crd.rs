@@ -139,6 +139,8 @@ fn default_replicas() -> i32 {
     .message("worker applies to TaskTracker NodeGroups only"))]
 #[x_kube(validation = Rule::new("self.role == 'JobTracker' || !has(self.clients)")
     .message("clients applies to JobTracker NodeGroups only"))]
+#[x_kube(validation = Rule::new("self.role == 'TaskTracker' || !has(self.autoscaling)")
+    .message("autoscaling applies to TaskTracker NodeGroups only"))]
 #[x_kube(validation = Rule::new(
     "self.role == 'TaskTracker' || self.replicas <= 1 || (has(self.mongoUriSecretRef) && has(self.zookeeper))"
 ).message("a JobTracker NodeGroup with more than one replica needs mongoUriSecretRef and zookeeper"))]
@@ -215,6 +217,64 @@ pub struct NodeGroupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
     pub pod_template: Option<serde_json::Value>,
+    /// TaskTracker: scale the group with its queue instead of `replicas` (the operator asks
+    /// the trackers for the group's due and running jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// How a TaskTracker NodeGroup scales with its queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+    .message("minReplicas must not exceed maxReplicas"))]
+pub struct AutoscalingSpec {
+    /// Fewest pods; 0 scales to zero when nothing is due or running.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+    /// Most pods.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Jobs (due now plus running) one pod should carry: pods = ceil(jobs / this).
+    #[serde(default = "default_target_backlog")]
+    #[schemars(range(min = 1))]
+    pub target_backlog_per_replica: i32,
+    /// How long the queue must want fewer pods before the group shrinks (growing is at once).
+    #[serde(default = "default_scale_down_delay")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_down_delay_seconds: i64,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_target_backlog() -> i32 {
+    10
+}
+
+fn default_scale_down_delay() -> i64 {
+    300
+}
+
+/// What the autoscaler last saw and decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// Pods the group runs now.
+    pub desired_replicas: i32,
+    /// Queued jobs of the group due now, at the last look.
+    pub due: i64,
+    /// Running jobs of the group, at the last look.
+    pub running: i64,
+    /// When the group last changed size (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// Since when the queue has wanted fewer pods (RFC 3339); the group shrinks once this is
+    /// `scaleDownDelaySeconds` old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_since: Option<String>,
 }
 
 /// An object the API server keeps as given (`x-kubernetes-preserve-unknown-fields`); the
@@ -300,6 +360,7 @@ impl NodeGroupSpec {
             network_policy: None,
             clients: vec![],
             pod_template: None,
+            autoscaling: None,
         }
     }
 }
@@ -334,6 +395,9 @@ pub struct NodeGroupStatus {
     /// The cluster's current master JobTracker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master: Option<String>,
+    /// TaskTracker with `autoscaling`: what the autoscaler saw and decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
     /// `Ready` and `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

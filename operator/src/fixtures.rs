@@ -137,6 +137,8 @@ pub struct FakeTracker {
     pub attempts_finish_first: AtomicBool,
     /// What `nodes()` answers.
     pub nodes: Mutex<Option<ListNodesResponse>>,
+    /// What `stats()` answers.
+    pub stats: Mutex<lts_core::proto::StatsResponse>,
 }
 
 impl FakeTracker {
@@ -275,6 +277,11 @@ impl TrackerApi for FakeTracker {
     async fn nodes(&self) -> Result<ListNodesResponse, ClientError> {
         self.record("nodes".into())?;
         Ok(self.nodes.lock().unwrap().clone().unwrap_or_default())
+    }
+
+    async fn stats(&self, node_group: &str) -> Result<lts_core::proto::StatsResponse, ClientError> {
+        self.record(format!("stats {node_group}"))?;
+        Ok(*self.stats.lock().unwrap())
     }
 
     async fn list(

@@ -198,6 +198,38 @@ pub async fn patch_status<K: Reconciled>(
     Ok(true)
 }
 
+/// Publishes an Event about `obj` (a Warning, or Normal); the Recorder folds repeats of the
+/// same one into a series.
+pub async fn publish<K>(
+    ctx: &Context,
+    obj: &K,
+    warning: bool,
+    reason: &str,
+    action: &str,
+    note: &str,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()>,
+{
+    ctx.recorder
+        .publish(
+            &Event {
+                type_: if warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: reason.into(),
+                note: Some(crate::nodegroup::truncate(note, 1000)),
+                action: action.into(),
+                secondary: None,
+            },
+            &obj.object_ref(&()),
+        )
+        .await?;
+    Ok(())
+}
+
 /// Ends a reconcile of `obj`: the Warning Event of a new problem, the one status patch, then
 /// the action to requeue with, or the error for [`retry`].
 pub async fn conclude<K: Reconciled>(

@@ -50,6 +50,8 @@ pub trait TrackerApi: Send + Sync + 'static {
     async fn resume(&self, key: JobKey) -> Result<Job, ClientError>;
     /// The cluster's nodes as the answering tracker sees them.
     async fn nodes(&self) -> Result<ListNodesResponse, ClientError>;
+    /// Job counts of one TaskTracker node group (`due`: queued and due now).
+    async fn stats(&self, node_group: &str) -> Result<lts_core::proto::StatsResponse, ClientError>;
     /// One page of jobs; the second value continues the listing.
     async fn list(&self, query: ListQuery) -> Result<(Vec<Job>, Option<String>), ClientError>;
     /// A watch of job changes, or `None` when the trackers cannot stream them.
@@ -92,6 +94,10 @@ impl TrackerApi for JobClient {
 
     async fn nodes(&self) -> Result<ListNodesResponse, ClientError> {
         JobClient::nodes(self).await
+    }
+
+    async fn stats(&self, node_group: &str) -> Result<lts_core::proto::StatsResponse, ClientError> {
+        JobClient::stats(self, Some(node_group)).await
     }
 
     async fn list(&self, query: ListQuery) -> Result<(Vec<Job>, Option<String>), ClientError> {

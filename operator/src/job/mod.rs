@@ -28,13 +28,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 
 pub use watches::Watches;
 
@@ -203,24 +203,7 @@ async fn publish(
     reason: &str,
     note: String,
 ) -> Result<()> {
-    use kube::runtime::events::{Event, EventType};
-    ctx.recorder
-        .publish(
-            &Event {
-                type_: if warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: reason.into(),
-                note: Some(crate::nodegroup::truncate(&note, 1000)),
-                action: "Reconcile".into(),
-                secondary: None,
-            },
-            &job.object_ref(&()),
-        )
-        .await?;
-    Ok(())
+    reconcile::publish(ctx, job, warning, reason, "Reconcile", &note).await
 }
 
 /// Cancels the deleted Job's unfinished job on its cluster's trackers.

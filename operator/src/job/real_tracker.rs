@@ -416,6 +416,13 @@ impl crate::tracker::TrackerApi for Counting {
         self.record("nodes");
         TrackerApi::nodes(&self.0).await
     }
+    async fn stats(
+        &self,
+        node_group: &str,
+    ) -> Result<lts_core::proto::StatsResponse, lts_worker_sdk::ClientError> {
+        self.record("stats");
+        TrackerApi::stats(&self.0, node_group).await
+    }
     async fn list(
         &self,
         query: ListQuery,

@@ -7,6 +7,7 @@
 //! and is looked at again only after a while or when the object changes; it never stops the
 //! controller from reconciling other NodeGroups.
 
+pub mod autoscale;
 pub mod build;
 pub mod template;
 pub mod validate;
@@ -103,7 +104,42 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
         }
         _ => cfg.secure = false,
     }
-    let desired = build(ng, &validated, &cfg);
+    // Autoscaled TaskTrackers: the pods their queue calls for, instead of spec.replicas.
+    let (scaled, autoscaling) = match (&ng.spec.autoscaling, ng.spec.role, &validated.job_tracker) {
+        (Some(spec), NodeRole::TaskTracker, Some(tracker)) => {
+            let load = match ctx.tracker(ns, tracker).await {
+                Ok((_, t)) => match t.stats(&ng.name_any()).await {
+                    Ok(s) => Some(autoscale::Load {
+                        due: s.due,
+                        running: s.running,
+                    }),
+                    Err(e) => {
+                        tracing::info!(node_group = %ng.name_any(), error = %e, "no job counts to scale on");
+                        None
+                    }
+                },
+                Err(_) => None,
+            };
+            let previous = ng.status.as_ref().and_then(|s| s.autoscaling.as_ref());
+            let next = autoscale::decide(spec, previous, load, Timestamp::now());
+            let before = previous
+                .map(|p| p.desired_replicas)
+                .unwrap_or(ng.spec.replicas);
+            if next.desired_replicas != before {
+                let note = format!(
+                    "scaled from {before} to {} pods: {} jobs due, {} running, {} per pod",
+                    next.desired_replicas, next.due, next.running, spec.target_backlog_per_replica
+                );
+                tracing::info!(node_group = %ng.name_any(), namespace = %ns, %note, "autoscaled");
+                reconcile::publish(ctx, ng, false, "Scaled", "Scale", &note).await?;
+            }
+            let mut scaled = ng.clone();
+            scaled.spec.replicas = next.desired_replicas;
+            (scaled, Some(next))
+        }
+        _ => (ng.clone(), None),
+    };
+    let desired = build(&scaled, &validated, &cfg);
     let ready = apply(&ctx.client, ns, &desired).await?;
     let nodes = match (&validated.job_tracker, ng.spec.role, ready) {
         // No tracker pod is up yet: nothing to ask.
@@ -113,10 +149,16 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
             Err(e) => Err(e.to_string()),
         }),
     };
-    let status = observed_status(ng, ready, nodes.as_ref(), Timestamp::now());
+    let mut status = observed_status(&scaled, ready, nodes.as_ref(), Timestamp::now());
     let settled = conditions::find(&status.conditions, "Ready").is_some_and(|c| c.status == "True")
         && conditions::find(&status.conditions, "Degraded").is_some_and(|c| c.status == "False");
-    let then = Action::requeue(if settled { REFRESH } else { REFRESH_UNSETTLED });
+    // An autoscaled group looks at its queue as often as an unsettled one.
+    let then = Action::requeue(if settled && autoscaling.is_none() {
+        REFRESH
+    } else {
+        REFRESH_UNSETTLED
+    });
+    status.autoscaling = autoscaling;
     reconcile::conclude(ctx, ng, status, Outcome::Settled(then)).await
 }
 
@@ -270,6 +312,7 @@ pub fn observed_status(
         ready_replicas: ready,
         members,
         master,
+        autoscaling: previous.autoscaling,
         conditions: reconcile::conditions(ng, &[ready_cond, degraded], now),
     }
 }

@@ -244,6 +244,78 @@ async fn task_tracker_members_come_from_its_clusters_trackers() {
 }
 
 #[tokio::test]
+async fn an_autoscaled_group_runs_the_pods_its_queue_calls_for_and_says_so() {
+    let jt = nodegroup("tracker", NodeRole::JobTracker);
+    let mut tt = nodegroup("batch", NodeRole::TaskTracker);
+    tt.spec.image = Some("example/batch:1".into());
+    tt.spec.autoscaling = Some(crate::crd::AutoscalingSpec {
+        min_replicas: 0,
+        max_replicas: 5,
+        target_backlog_per_replica: 10,
+        scale_down_delay_seconds: 300,
+    });
+    tt = tt.with_status(NodeGroupStatus {
+        autoscaling: Some(crate::crd::AutoscalingStatus {
+            desired_replicas: 0,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let tracker = Arc::new(FakeTracker::default());
+    *tracker.stats.lock().unwrap() = lts_core::proto::StatsResponse {
+        due: 35,
+        running: 0,
+        queued: 40,
+        ..Default::default()
+    };
+    let groups = [jt, tt.clone()];
+    let (ctx, api) = context(&groups, tracker.clone());
+    let mut scaled = tt.clone();
+    scaled.spec.replicas = 4;
+    let ready = applied_with_ready(&scaled, &groups, 0);
+    let verifier = api.run(vec![
+        Step::event(),
+        Step::json(Method::PATCH, format!("{NS}/deployments/batch"), ready),
+        // Four pods: at most one down at a time.
+        Step::echo(
+            Method::PATCH,
+            "/apis/policy/v1/namespaces/lts/poddisruptionbudgets/batch",
+        ),
+        Step::echo(
+            Method::PATCH,
+            "/apis/networking.k8s.io/v1/namespaces/lts/networkpolicies/batch",
+        ),
+        Step::status(
+            "/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/batch/status",
+            &nodegroup("batch", NodeRole::TaskTracker),
+        ),
+    ]);
+    let action = run(tt, ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(REFRESH_UNSETTLED));
+    let calls = finish(verifier).await;
+    assert_eq!(calls[0].body["reason"], "Scaled");
+    assert_eq!(
+        calls[0].body["note"],
+        "scaled from 0 to 4 pods: 35 jobs due, 0 running, 10 per pod"
+    );
+    assert_eq!(
+        calls[1].body["spec"]["replicas"], 4,
+        "the queue, not spec.replicas"
+    );
+    let status: NodeGroupStatus = status_of(&calls[4]);
+    let a = status.autoscaling.unwrap();
+    assert_eq!((a.desired_replicas, a.due, a.running), (4, 35, 0));
+    assert!(a.last_scale_time.is_some());
+    let r = conditions::find(&status.conditions, "Ready").unwrap();
+    assert_eq!(r.message, "0/4 pods ready");
+    assert!(
+        tracker.ops().contains(&"stats".to_string()),
+        "{:?}",
+        tracker.ops()
+    );
+}
+
+#[tokio::test]
 async fn an_invalid_spec_is_a_condition_and_one_event_and_builds_nothing() {
     let mut tt = nodegroup("mailers", NodeRole::TaskTracker);
     tt.spec.worker = Some(crate::crd::WorkerSpec {

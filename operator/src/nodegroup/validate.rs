@@ -177,6 +177,9 @@ pub fn validate(ng: &NodeGroup, siblings: &[NodeGroup]) -> Result<Validated, Inv
                 ));
             }
             check_clients(&spec.clients, &mut problems);
+            if spec.autoscaling.is_some() {
+                problems.push("spec.autoscaling: applies to TaskTracker NodeGroups only".into());
+            }
             if spec.storage.is_some() && spec.mongo_uri_secret_ref.is_some() {
                 problems.push(
                     "spec.storage: applies to the embedded store only (leave it out with spec.mongoUriSecretRef)"
@@ -242,6 +245,22 @@ pub fn validate(ng: &NodeGroup, siblings: &[NodeGroup]) -> Result<Validated, Inv
             }
             if spec.storage.is_some() {
                 problems.push("spec.storage: applies to JobTracker NodeGroups only".into());
+            }
+            if let Some(a) = &spec.autoscaling {
+                if a.min_replicas < 0 {
+                    problems.push("spec.autoscaling.minReplicas: must not be negative".into());
+                }
+                if a.max_replicas < 1 || a.max_replicas < a.min_replicas {
+                    problems.push(
+                        "spec.autoscaling.maxReplicas: must be at least 1 and at least minReplicas"
+                            .into(),
+                    );
+                }
+                if a.target_backlog_per_replica < 1 {
+                    problems.push(
+                        "spec.autoscaling.targetBacklogPerReplica: must be at least 1".into(),
+                    );
+                }
             }
             let tracker = match job_trackers.as_slice() {
                 [one] => Some(*one),

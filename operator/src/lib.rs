@@ -72,6 +72,8 @@ pub struct Context {
     pub pki: Arc<pki::Pki>,
     /// How long a deleted Job tries to cancel its job before it lets go.
     pub cancel_timeout: Duration,
+    /// NodeGroup reconciles asked for by a sibling's change.
+    pub siblings: nodegroup::SiblingTriggers,
 }
 
 impl Context {
@@ -105,6 +107,7 @@ impl Context {
             watch_namespace: None,
             pki: Arc::new(pki::Pki::disabled()),
             cancel_timeout: job::DEFAULT_CANCEL_TIMEOUT,
+            siblings: nodegroup::SiblingTriggers::default(),
         }
     }
 

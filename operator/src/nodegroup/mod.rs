@@ -25,6 +25,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use lts_core::proto::{ListNodesResponse, NodeRole as ProtoRole};
 
@@ -42,6 +43,69 @@ pub const REFRESH: Duration = Duration::from_secs(60);
 pub const REFRESH_UNSETTLED: Duration = Duration::from_secs(15);
 /// An invalid spec is looked at again after this long (its siblings may have changed).
 pub const INVALID_RECHECK: Duration = Duration::from_secs(300);
+
+/// At most this many NodeGroup reconciles wait to be triggered by a sibling's change; more
+/// are dropped (the timed reconcile catches up).
+pub const SIBLING_TRIGGERS: usize = 1024;
+
+/// Reconciles of NodeGroups asked for by another NodeGroup's reconcile: a JobTracker whose
+/// spec changed (new ZooKeeper, new name on the certificate…) has its TaskTracker groups
+/// reconciled at once instead of at their next timed look.
+pub struct SiblingTriggers {
+    tx: tokio::sync::mpsc::Sender<ObjectRef<DeserializeGuard<NodeGroup>>>,
+    rx: std::sync::Mutex<
+        Option<tokio::sync::mpsc::Receiver<ObjectRef<DeserializeGuard<NodeGroup>>>>,
+    >,
+}
+
+impl Default for SiblingTriggers {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(SIBLING_TRIGGERS);
+        SiblingTriggers {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+        }
+    }
+}
+
+impl SiblingTriggers {
+    /// Asks for a reconcile of `name` in `namespace`; dropped when the queue is full.
+    pub fn trigger(&self, namespace: &str, name: &str) {
+        let r = ObjectRef::new(name).within(namespace);
+        if self.tx.try_send(r).is_err() {
+            tracing::debug!(node_group = %name, "sibling trigger dropped; the timed reconcile follows");
+        }
+    }
+
+    /// The stream of triggers, for the controller (once).
+    pub fn take(
+        &self,
+    ) -> Option<impl futures::Stream<Item = ObjectRef<DeserializeGuard<NodeGroup>>> + Send + 'static>
+    {
+        let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        Some(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}
+
+/// The TaskTracker NodeGroups of `job_tracker`'s cluster among `siblings`, to reconcile when
+/// the JobTracker's spec changed (its generation is not yet observed). Pure.
+pub fn followers(job_tracker: &NodeGroup, siblings: &[NodeGroup]) -> Vec<String> {
+    let changed = job_tracker
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        != job_tracker.metadata.generation;
+    if job_tracker.spec.role != NodeRole::JobTracker || !changed {
+        return Vec::new();
+    }
+    siblings
+        .iter()
+        .filter(|g| {
+            g.spec.role == NodeRole::TaskTracker && g.spec.cluster == job_tracker.spec.cluster
+        })
+        .map(|g| g.name_any())
+        .collect()
+}
 
 /// Reconciles one NodeGroup.
 pub async fn reconcile(ng: Arc<NodeGroup>, ctx: Arc<Context>) -> Result<Action> {
@@ -141,6 +205,9 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
     };
     let desired = build(&scaled, &validated, &cfg);
     let ready = apply(&ctx.client, ns, &desired).await?;
+    for follower in followers(ng, &siblings) {
+        ctx.siblings.trigger(ns, &follower);
+    }
     let nodes = match (&validated.job_tracker, ng.spec.role, ready) {
         // No tracker pod is up yet: nothing to ask.
         (_, NodeRole::JobTracker, 0) | (None, _, _) => None,
@@ -364,7 +431,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let wc = watcher::Config::default().labels("app.kubernetes.io/managed-by=lts-operator");
-    Controller::for_stream(nodegroups, ctx.nodegroups.clone())
+    let controller = Controller::for_stream(nodegroups, ctx.nodegroups.clone());
+    let controller = match ctx.siblings.take() {
+        Some(triggers) => controller.reconcile_on(triggers),
+        None => controller,
+    };
+    controller
         .owns(ctx.api::<Deployment>(), wc.clone())
         .owns(ctx.api::<StatefulSet>(), wc.clone())
         .owns(ctx.api::<Service>(), wc)

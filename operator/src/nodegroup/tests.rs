@@ -315,6 +315,49 @@ async fn an_autoscaled_group_runs_the_pods_its_queue_calls_for_and_says_so() {
     );
 }
 
+#[test]
+fn a_changed_job_tracker_calls_its_task_trackers_at_once() {
+    let mut jt = nodegroup("tracker", NodeRole::JobTracker);
+    jt.metadata.generation = Some(2);
+    let mailers = nodegroup("mailers", NodeRole::TaskTracker);
+    let mut elsewhere = nodegroup("other", NodeRole::TaskTracker);
+    elsewhere.spec.cluster = "staging".into();
+    let all = [jt.clone(), mailers.clone(), elsewhere];
+    // Generation 2 not yet observed: its cluster's TaskTrackers follow.
+    assert_eq!(followers(&jt, &all), ["mailers"]);
+    let seen = jt.clone().with_status(NodeGroupStatus {
+        observed_generation: Some(2),
+        ..Default::default()
+    });
+    assert!(followers(&seen, &all).is_empty(), "nothing changed");
+    assert!(
+        followers(&mailers, &all).is_empty(),
+        "only a JobTracker leads"
+    );
+}
+
+#[tokio::test]
+async fn sibling_triggers_reach_the_controller_and_drop_when_full() {
+    use futures::StreamExt;
+    let t = SiblingTriggers::default();
+    t.trigger("lts", "mailers");
+    let mut stream = Box::pin(t.take().expect("the stream, once"));
+    assert!(t.take().is_none());
+    let r = stream.next().await.unwrap();
+    assert_eq!(
+        (r.name.as_str(), r.namespace.as_deref()),
+        ("mailers", Some("lts"))
+    );
+    for i in 0..SIBLING_TRIGGERS + 10 {
+        t.trigger("lts", &format!("g{i}"));
+    }
+    let mut n = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), stream.next()).await {
+        n += 1;
+    }
+    assert_eq!(n, SIBLING_TRIGGERS, "bounded: the rest were dropped");
+}
+
 #[tokio::test]
 async fn an_invalid_spec_is_a_condition_and_one_event_and_builds_nothing() {
     let mut tt = nodegroup("mailers", NodeRole::TaskTracker);

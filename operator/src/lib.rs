@@ -1,8 +1,12 @@
 //! `lts-operator`: the Kubernetes operator of LTS.
 //!
 //! * [`crd`]: the `NodeGroup` and `Job` custom resources (`lts.io/v1alpha1`).
-//! * [`nodegroup`]: NodeGroup → Deployment (+ Service, PodDisruptionBudget), status from the
-//!   Deployment and the trackers. Pipeline: dereference → validate → build → apply → status.
+//! * [`nodegroup`]: NodeGroup → Deployment, or a StatefulSet for a JobTracker on the embedded
+//!   store (+ Service, PodDisruptionBudget, NetworkPolicy), merged with the user's pod
+//!   template; TaskTrackers sized by their queue when autoscaled; status from the workload and
+//!   the trackers. Pipeline: dereference → validate → build → apply → status.
+//! * [`pki`]: each cluster's CA, NodeGroup and client certificates, and its auth file (or
+//!   cert-manager `Certificate`s).
 //! * [`job`]: Job → submitted to the cluster's trackers over gRPC, status mirrored from them,
 //!   cancelled on delete (finalizer). Pipeline: observe → plan → apply → status.
 //! * [`reconcile`]: what both controllers share: the guarded reconcile, the status patch,

@@ -1,7 +1,8 @@
 //! The health endpoints a kubelet probes, on real processes: the `lts-worker` sidecar's
 //! `/readyz` follows its connection to a tracker (not ready before the tracker is up, ready
 //! once connected, not ready again when the tracker is killed) while `/healthz` stays up
-//! throughout, so a tracker outage takes workers out of rotation without restarting them.
+//! throughout, so a tracker outage takes workers out of rotation without restarting them; and
+//! the tracker exports each node group's backlog for autoscalers.
 
 use std::time::Duration;
 
@@ -47,4 +48,35 @@ async fn the_sidecars_readiness_follows_its_tracker_and_liveness_does_not() {
     .await
     .unwrap();
     assert_eq!(status(&health, "/healthz").await, Some(200), "still alive");
+}
+
+/// The per-group backlog gauges an autoscaler (KEDA, an HPA on an external metric) reads:
+/// jobs submitted for a group with no TaskTracker show as due on the tracker's `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tracker_exports_each_groups_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let tracker = TrackerProc::start(dir.path(), &["--metrics-listen", &metrics])
+        .await
+        .unwrap();
+    let client = tracker.client();
+    let jobs: Vec<lts_core::JobSpec> = (0..3)
+        .map(|i| lts_core::JobSpec::new(format!("b-{i}"), "batch"))
+        .collect();
+    client.submit_batch(jobs).await.unwrap();
+    let body = eventually(T, "lts_jobs_due for batch", || async {
+        let body = http_get(&metrics, "/metrics").await.ok()?;
+        body.contains("lts_jobs_due{node_group=\"batch\"} 3")
+            .then_some(body)
+    })
+    .await
+    .unwrap();
+    assert!(
+        body.contains("lts_jobs_queued{node_group=\"batch\"} 3"),
+        "{body}"
+    );
+    assert!(
+        body.contains("lts_jobs_running{node_group=\"batch\"} 0"),
+        "{body}"
+    );
 }

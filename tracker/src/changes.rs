@@ -370,6 +370,14 @@ impl JobStore for ChangeFeed {
         self.inner.due_count(node_group, now).await
     }
 
+    async fn backlog(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::store::GroupBacklog>> {
+        self.inner.backlog(now, limit).await
+    }
+
     async fn pending_feedback(
         &self,
         submit_node_group: &str,

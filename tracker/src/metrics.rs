@@ -5,7 +5,9 @@
 //! `lts_jobs_completed_total{outcome}`, `lts_stale_results_total`,
 //! `lts_jobs_requeued_total{reason}`, `lts_jobs_cancelled_total`,
 //! `lts_task_trackers_connected{node_group}`, `lts_feedback_sent_total`,
-//! `lts_feedback_acked_total`, `lts_store_commit_group_size` (histogram).
+//! `lts_feedback_acked_total`, `lts_store_commit_group_size` (histogram), and per TaskTracker
+//! node group with unfinished work `lts_jobs_queued{node_group}`, `lts_jobs_due{node_group}`
+//! (queued and due now: what an autoscaler scales on) and `lts_jobs_running{node_group}`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -87,4 +89,51 @@ pub async fn serve(
         }
     });
     Ok(())
+}
+
+/// The node groups whose backlog is exported, at most (bounds the metrics' label count).
+pub const MAX_BACKLOG_GROUPS: usize = 1_000;
+/// How often the backlog gauges are read from the store.
+pub const BACKLOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps `lts_jobs_queued`, `lts_jobs_due` and `lts_jobs_running` per node group current
+/// (every tracker reads the shared store: take the `max` across trackers). A group whose work
+/// is all done drops to 0.
+pub fn spawn_backlog(store: Arc<dyn JobStore>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut known: std::collections::BTreeSet<String> = Default::default();
+        let mut tick = tokio::time::interval(BACKLOG_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let groups = match store.backlog(lts_core::now_ms(), MAX_BACKLOG_GROUPS).await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::debug!(error = %e, "backlog metrics: store unavailable");
+                    continue;
+                }
+            };
+            let now: std::collections::BTreeSet<String> =
+                groups.iter().map(|g| g.node_group.clone()).collect();
+            for gone in known.difference(&now) {
+                for name in ["lts_jobs_queued", "lts_jobs_due", "lts_jobs_running"] {
+                    metrics::gauge!(name, "node_group" => gone.clone()).set(0.0);
+                }
+            }
+            for g in &groups {
+                let group = g.node_group.clone();
+                metrics::gauge!("lts_jobs_queued", "node_group" => group.clone())
+                    .set(g.queued as f64);
+                metrics::gauge!("lts_jobs_due", "node_group" => group.clone()).set(g.due as f64);
+                metrics::gauge!("lts_jobs_running", "node_group" => group).set(g.running as f64);
+            }
+            known.extend(now);
+            if known.len() > 4 * MAX_BACKLOG_GROUPS {
+                known = groups.into_iter().map(|g| g.node_group).collect();
+            }
+        }
+    });
 }

@@ -517,6 +517,7 @@ impl Tracker {
 
         if let Some(addr) = config.metrics_listen {
             crate::metrics::serve(addr, core.store.clone(), shutdown.clone()).await?;
+            crate::metrics::spawn_backlog(core.store.clone(), shutdown.clone());
         }
         spawn_master_loops(core.clone(), config.retention_hours);
 

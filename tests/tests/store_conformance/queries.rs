@@ -159,6 +159,15 @@ pub async fn cancel_list_stats_retention(store: Arc<dyn JobStore>) {
         "not yet due"
     );
     assert_eq!(store.due_count("nobody", NOW).await.unwrap(), 0);
+    let backlog = store.backlog(NOW, 100).await.unwrap();
+    let counts: Vec<(&str, u64, u64, u64)> = backlog
+        .iter()
+        .map(|b| (b.node_group.as_str(), b.queued, b.due, b.running))
+        .collect();
+    assert_eq!(counts, [("g", 19, 19, 0), ("h", 5, 5, 0)]);
+    let early = store.backlog(NOW - 1, 100).await.unwrap();
+    assert_eq!(early[0].due, 0, "not yet due");
+    assert_eq!(store.backlog(NOW, 1).await.unwrap().len(), 1, "bounded");
     let removed = store.enforce_retention(NOW + 100).await.unwrap();
     assert!(removed > 0);
     assert!(

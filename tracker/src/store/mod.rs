@@ -225,6 +225,19 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// The unfinished work of one TaskTracker node group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupBacklog {
+    /// The node group.
+    pub node_group: String,
+    /// Queued jobs (due or not).
+    pub queued: u64,
+    /// Queued jobs due now.
+    pub due: u64,
+    /// Running jobs.
+    pub running: u64,
+}
+
 /// Job counts per state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -308,6 +321,10 @@ pub trait JobStore: Send + Sync + 'static {
     /// How many queued jobs of the node group are due at `now` (ms): the work waiting for a
     /// free TaskTracker, what an autoscaler scales on.
     async fn due_count(&self, node_group: &str, now: i64) -> StoreResult<u64>;
+
+    /// Queued, due and running jobs of each node group with unfinished work, by group name,
+    /// at most `limit` groups (the metrics export them).
+    async fn backlog(&self, now: i64, limit: usize) -> StoreResult<Vec<GroupBacklog>>;
 
     /// Feedback for a submit node group with a store id after `after`, oldest first.
     async fn pending_feedback(

@@ -439,6 +439,14 @@ impl JobStore for MongoStore {
         self.due_jobs_count(node_group, now).await
     }
 
+    async fn backlog(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::store::GroupBacklog>> {
+        self.group_backlog(now, limit).await
+    }
+
     async fn pending_feedback(
         &self,
         submit_node_group: &str,

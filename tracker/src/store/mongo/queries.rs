@@ -171,6 +171,45 @@ impl MongoStore {
             .await?)
     }
 
+    /// Queued, due and running jobs per node group with any, by group name.
+    pub(super) async fn group_backlog(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::store::GroupBacklog>> {
+        let queued = JobState::Queued.code();
+        let running = JobState::Running.code();
+        let is = |state: i64| doc! { "$cond": [{ "$eq": ["$state", state] }, 1, 0] };
+        let groups: Vec<Document> = self
+            .jobs
+            .aggregate(vec![
+                doc! { "$match": { "state": { "$in": [queued, running] } } },
+                doc! { "$group": {
+                    "_id": "$task_tracker_node_group",
+                    "queued": { "$sum": is(queued) },
+                    "due": { "$sum": { "$cond": [
+                        { "$and": [{ "$eq": ["$state", queued] }, { "$lte": ["$trigger_time", now] }] },
+                        1, 0,
+                    ] } },
+                    "running": { "$sum": is(running) },
+                } },
+                doc! { "$sort": { "_id": 1 } },
+                doc! { "$limit": limit as i64 },
+            ])
+            .await?
+            .try_collect()
+            .await?;
+        Ok(groups
+            .iter()
+            .map(|g| crate::store::GroupBacklog {
+                node_group: g.get_str("_id").unwrap_or_default().to_string(),
+                queued: codec::int(g, "queued").unwrap_or(0) as u64,
+                due: codec::int(g, "due").unwrap_or(0) as u64,
+                running: codec::int(g, "running").unwrap_or(0) as u64,
+            })
+            .collect())
+    }
+
     /// Pending feedback of a submit node group, by job after the job of `after`.
     pub(super) async fn feedback_after(
         &self,

@@ -355,6 +355,15 @@ impl JobStore for SqliteStore {
             .await
     }
 
+    async fn backlog(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::store::GroupBacklog>> {
+        self.read(move |conn| queries::backlog(conn, now, limit))
+            .await
+    }
+
     async fn pending_feedback(
         &self,
         submit_node_group: &str,

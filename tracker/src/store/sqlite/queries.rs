@@ -5,8 +5,8 @@ use lts_core::{FeedbackItem, Job, JobKey, JobState, LogEntry, LogLevel};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::schema::{
-    DUE_COUNT, FIND_BY_ID, FIND_BY_TASK, Found, JOB_COLS, NEXT_DUE, decode_finished, found_all,
-    stored_job,
+    BACKLOG, DUE_COUNT, FIND_BY_ID, FIND_BY_TASK, Found, JOB_COLS, NEXT_DUE, decode_finished,
+    found_all, stored_job,
 };
 use crate::store::{ListFilter, Page, Stats, StoreError, StoreResult, parse_log_type};
 
@@ -192,6 +192,26 @@ pub(super) fn due_count(conn: &Connection, group: &str, now: i64) -> StoreResult
     Ok(conn
         .prepare_cached(DUE_COUNT.text())?
         .query_row(params![group, now], |r| r.get::<_, i64>(0))? as u64)
+}
+
+/// Queued, due and running jobs per node group with unfinished work, at most `limit` groups.
+pub(super) fn backlog(
+    conn: &Connection,
+    now: i64,
+    limit: usize,
+) -> StoreResult<Vec<crate::store::GroupBacklog>> {
+    let mut stmt = conn.prepare_cached(BACKLOG.text())?;
+    let rows = stmt
+        .query_map(params![now, limit as i64], |r| {
+            Ok(crate::store::GroupBacklog {
+                node_group: r.get(0)?,
+                queued: r.get::<_, i64>(1)? as u64,
+                due: r.get::<_, i64>(2)? as u64,
+                running: r.get::<_, i64>(3)? as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
 }
 
 /// Feedback for a submit node group after the id `after`, oldest first.

@@ -171,6 +171,10 @@ sql! {
     /// The earliest trigger time of a queued job of node group `?1`.
     NEXT_DUE = "SELECT MIN(trigger_time) FROM jobs INDEXED BY jobs_due \
         WHERE node_group = ?1 AND state = {QUEUED}";
+    /// Queued, due (at `?1`) and running jobs per node group with any, by group (`?2` groups).
+    BACKLOG = "SELECT node_group, \
+        SUM(state = {QUEUED}), SUM(state = {QUEUED} AND trigger_time <= ?1), SUM(state = {RUNNING}) \
+        FROM jobs WHERE state IN ({QUEUED}, {RUNNING}) GROUP BY node_group ORDER BY node_group LIMIT ?2";
     /// How many queued jobs of node group `?1` are due at `?2`.
     DUE_COUNT = "SELECT COUNT(*) FROM jobs INDEXED BY jobs_due \
         WHERE node_group = ?1 AND state = {QUEUED} AND trigger_time <= ?2";
@@ -337,6 +341,7 @@ mod tests {
             &OWNER_LEASES,
             &NEXT_DUE,
             &DUE_COUNT,
+            &BACKLOG,
         ] {
             assert!(!sql.text().contains('{'), "{}", sql.text());
         }

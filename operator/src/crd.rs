@@ -244,6 +244,11 @@ pub struct AutoscalingSpec {
     #[serde(default = "default_scale_down_delay")]
     #[schemars(range(min = 0, max = 86400))]
     pub scale_down_delay_seconds: i64,
+    /// `true`: an HPA or a KEDA `ScaledObject` sizes the group's Deployment (on the trackers'
+    /// `lts_jobs_due` and `lts_jobs_running` gauges); the operator leaves its `replicas` alone
+    /// and only reports.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
 }
 
 fn default_min_replicas() -> i32 {

@@ -331,6 +331,34 @@ fn pki_modes_shape_the_operator_and_its_rights() {
 }
 
 #[test]
+fn keda_scales_the_task_trackers_on_the_backlog_gauges() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(
+        &file,
+        "cluster:\n  enabled: true\n  taskTracker:\n    keda:\n      enabled: true\n      prometheusAddress: http://prom.monitoring.svc\n      maxReplicas: 12\n",
+    )
+    .unwrap();
+    let r = Rendered::of(Some(&file));
+    let so = r.one("ScaledObject");
+    assert_eq!(so["spec"]["scaleTargetRef"]["name"], "workers");
+    assert_eq!(so["spec"]["maxReplicaCount"], 12);
+    let trigger = &so["spec"]["triggers"][0]["metadata"];
+    assert_eq!(
+        trigger["query"],
+        "max(lts_jobs_due{node_group=\"workers\"}) + max(lts_jobs_running{node_group=\"workers\"})"
+    );
+    assert_eq!(trigger["threshold"], "10");
+    let workers = r
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "NodeGroup" && o["spec"]["role"] == "TaskTracker")
+        .unwrap();
+    assert_eq!(workers["spec"]["autoscaling"]["external"], true);
+    validate_custom(&r.custom());
+}
+
+#[test]
 fn every_rbac_rule_has_a_comment() {
     let path = chart_dir().join("templates/rbac.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -424,6 +452,10 @@ fn value_combinations_the_schema_cannot_express_fail_with_a_message() {
         (
             "pki:\n  mode: cert-manager\n",
             "pki.mode=cert-manager needs pki.certManager.issuer",
+        ),
+        (
+            "cluster:\n  enabled: true\n  taskTracker:\n    keda:\n      enabled: true\n",
+            "needs cluster.taskTracker.keda.prometheusAddress",
         ),
     ];
     let dir = TempDir::new().unwrap();

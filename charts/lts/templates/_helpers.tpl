@@ -71,6 +71,12 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- if .Values.cluster.enabled }}
 {{- $c := .Values.cluster }}
+{{- if and $c.taskTracker.keda.enabled (not $c.taskTracker.keda.prometheusAddress) }}
+{{- fail "cluster.taskTracker.keda.enabled needs cluster.taskTracker.keda.prometheusAddress (the Prometheus that scrapes the trackers)" }}
+{{- end }}
+{{- if and $c.taskTracker.keda.enabled $c.taskTracker.autoscaling }}
+{{- fail "cluster.taskTracker: set autoscaling or keda.enabled, not both (both would size the same Deployment)" }}
+{{- end }}
 {{- if and (gt (int $c.jobTracker.replicas) 1) (or (not $c.zookeeper) (not $c.mongodb.uriSecret.name)) }}
 {{- fail "cluster.jobTracker.replicas > 1 needs cluster.zookeeper (master election) and cluster.mongodb.uriSecret.name (a shared store); see the chart's README" }}
 {{- end }}

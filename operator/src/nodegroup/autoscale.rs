@@ -99,6 +99,7 @@ mod tests {
             max_replicas: max,
             target_backlog_per_replica: target,
             scale_down_delay_seconds: delay,
+            external: false,
         }
     }
 

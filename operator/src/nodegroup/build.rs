@@ -407,7 +407,8 @@ pub fn build(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> Desired {
         Workload::Deployment(Deployment {
             metadata: meta(ng),
             spec: Some(DeploymentSpec {
-                replicas: Some(ng.spec.replicas),
+                // Sized by an HPA or KEDA: the field is theirs (server-side apply leaves it).
+                replicas: (!externally_scaled(ng)).then_some(ng.spec.replicas),
                 selector,
                 strategy,
                 template,
@@ -417,7 +418,7 @@ pub fn build(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> Desired {
         })
     };
     let service = (ng.spec.role == NodeRole::JobTracker).then(|| service(ng));
-    let pdb = (ng.spec.replicas > 1).then(|| PodDisruptionBudget {
+    let pdb = (ng.spec.replicas > 1 || externally_scaled(ng)).then(|| PodDisruptionBudget {
         metadata: meta(ng),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
@@ -435,6 +436,12 @@ pub fn build(ng: &NodeGroup, v: &Validated, cfg: &BuildConfig) -> Desired {
         pdb,
         network_policy: network_policy(ng),
     }
+}
+
+/// A TaskTracker group an HPA or KEDA sizes (`autoscaling.external`).
+pub fn externally_scaled(ng: &NodeGroup) -> bool {
+    ng.spec.role == NodeRole::TaskTracker
+        && ng.spec.autoscaling.as_ref().is_some_and(|a| a.external)
 }
 
 /// A JobTracker without MongoDB keeps its jobs in SQLite on a volume of its own.

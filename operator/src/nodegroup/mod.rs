@@ -170,7 +170,7 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
     }
     // Autoscaled TaskTrackers: the pods their queue calls for, instead of spec.replicas.
     let (scaled, autoscaling) = match (&ng.spec.autoscaling, ng.spec.role, &validated.job_tracker) {
-        (Some(spec), NodeRole::TaskTracker, Some(tracker)) => {
+        (Some(spec), NodeRole::TaskTracker, Some(tracker)) if !spec.external => {
             let load = match ctx.tracker(ns, tracker).await {
                 Ok((_, t)) => match t.stats(&ng.name_any()).await {
                     Ok(s) => Some(autoscale::Load {
@@ -204,7 +204,13 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
         _ => (ng.clone(), None),
     };
     let desired = build(&scaled, &validated, &cfg);
-    let ready = apply(&ctx.client, ns, &desired).await?;
+    let applied = apply(&ctx.client, ns, &desired).await?;
+    let ready = applied.ready;
+    let mut scaled = scaled;
+    if build::externally_scaled(ng) {
+        // The Ready condition compares with what the HPA/KEDA asked for.
+        scaled.spec.replicas = applied.replicas.unwrap_or(scaled.spec.replicas);
+    }
     for follower in followers(ng, &siblings) {
         ctx.siblings.trigger(ns, &follower);
     }
@@ -232,7 +238,7 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
 /// Writes the built objects with server-side apply; deletes what is no longer wanted (a
 /// PodDisruptionBudget or NetworkPolicy turned off, the Deployment of a JobTracker now on a
 /// StatefulSet or the other way round). Returns the ready pods as the API server reports them.
-pub async fn apply(client: &kube::Client, ns: &str, desired: &Desired) -> Result<i32> {
+pub async fn apply(client: &kube::Client, ns: &str, desired: &Desired) -> Result<Applied> {
     let name = desired.workload.metadata().name.clone().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
@@ -244,14 +250,16 @@ pub async fn apply(client: &kube::Client, ns: &str, desired: &Desired) -> Result
                 apply_or_delete::<StatefulSet>(&statefulsets, &name, None).await?;
             }
             let d = apply_or_delete(&deployments, &name, Some(d)).await?;
-            d.and_then(|d| d.status?.ready_replicas)
+            let wanted = d.as_ref().and_then(|d| d.spec.as_ref()?.replicas);
+            (d.and_then(|d| d.status?.ready_replicas), wanted)
         }
         Workload::StatefulSet(s) => {
             // Whatever ran this JobTracker before (an older operator's Deployment on an
             // emptyDir) goes first, so two trackers never serve one cluster.
             apply_or_delete::<Deployment>(&deployments, &name, None).await?;
             let s = apply_or_delete(&statefulsets, &name, Some(s)).await?;
-            s.and_then(|s| s.status?.ready_replicas)
+            let wanted = s.as_ref().and_then(|s| s.spec.as_ref()?.replicas);
+            (s.and_then(|s| s.status?.ready_replicas), wanted)
         }
     };
     if let Some(svc) = &desired.service {
@@ -267,7 +275,19 @@ pub async fn apply(client: &kube::Client, ns: &str, desired: &Desired) -> Result
     apply_or_delete(&pdbs, &name, desired.pdb.as_ref()).await?;
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
     apply_or_delete(&policies, &name, desired.network_policy.as_ref()).await?;
-    Ok(ready.unwrap_or(0))
+    Ok(Applied {
+        ready: ready.0.unwrap_or(0),
+        replicas: ready.1,
+    })
+}
+
+/// What the API server answered for a NodeGroup's pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Ready pods.
+    pub ready: i32,
+    /// Pods the workload wants (whoever set it: the operator, or an HPA/KEDA).
+    pub replicas: Option<i32>,
 }
 
 /// Applies `object` (server-side) and returns it as stored, or deletes the one named `name`

@@ -253,6 +253,7 @@ async fn an_autoscaled_group_runs_the_pods_its_queue_calls_for_and_says_so() {
         max_replicas: 5,
         target_backlog_per_replica: 10,
         scale_down_delay_seconds: 300,
+        external: false,
     });
     tt = tt.with_status(NodeGroupStatus {
         autoscaling: Some(crate::crd::AutoscalingStatus {
@@ -312,6 +313,59 @@ async fn an_autoscaled_group_runs_the_pods_its_queue_calls_for_and_says_so() {
         tracker.ops().contains(&"stats".to_string()),
         "{:?}",
         tracker.ops()
+    );
+}
+
+#[tokio::test]
+async fn an_externally_scaled_group_leaves_replicas_to_its_hpa() {
+    let jt = nodegroup("tracker", NodeRole::JobTracker);
+    let mut tt = nodegroup("batch", NodeRole::TaskTracker);
+    tt.spec.image = Some("example/batch:1".into());
+    tt.spec.autoscaling = Some(crate::crd::AutoscalingSpec {
+        min_replicas: 0,
+        max_replicas: 20,
+        target_backlog_per_replica: 10,
+        scale_down_delay_seconds: 300,
+        external: true,
+    });
+    let tracker = Arc::new(FakeTracker::default());
+    let groups = [jt, tt.clone()];
+    let (ctx, api) = context(&groups, tracker.clone());
+    // The API server answers with the replicas the HPA set (7), 7 ready.
+    let mut answer = applied_with_ready(&tt, &groups, 7);
+    answer["spec"]["replicas"] = serde_json::json!(7);
+    let verifier = api.run(vec![
+        Step::json(Method::PATCH, format!("{NS}/deployments/batch"), answer),
+        Step::echo(
+            Method::PATCH,
+            "/apis/policy/v1/namespaces/lts/poddisruptionbudgets/batch",
+        ),
+        Step::echo(
+            Method::PATCH,
+            "/apis/networking.k8s.io/v1/namespaces/lts/networkpolicies/batch",
+        ),
+        Step::status(
+            "/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/batch/status",
+            &nodegroup("batch", NodeRole::TaskTracker),
+        ),
+    ]);
+    run(tt, ctx).await.unwrap();
+    let calls = finish(verifier).await;
+    assert!(
+        calls[0].body["spec"].get("replicas").is_none(),
+        "the operator does not own replicas: {}",
+        calls[0].body["spec"]
+    );
+    let status: NodeGroupStatus = status_of(&calls[3]);
+    assert!(status.autoscaling.is_none());
+    let r = conditions::find(&status.conditions, "Ready").unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.message.as_str()),
+        ("True", "7/7 pods ready")
+    );
+    assert!(
+        !tracker.ops().contains(&"stats".to_string()),
+        "no decision of its own"
     );
 }
 

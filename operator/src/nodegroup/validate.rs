@@ -250,7 +250,7 @@ pub fn validate(ng: &NodeGroup, siblings: &[NodeGroup]) -> Result<Validated, Inv
                 if a.min_replicas < 0 {
                     problems.push("spec.autoscaling.minReplicas: must not be negative".into());
                 }
-                if a.max_replicas < 1 || a.max_replicas < a.min_replicas {
+                if !a.external && (a.max_replicas < 1 || a.max_replicas < a.min_replicas) {
                     problems.push(
                         "spec.autoscaling.maxReplicas: must be at least 1 and at least minReplicas"
                             .into(),

@@ -80,3 +80,36 @@ async fn the_tracker_exports_each_groups_backlog() {
         "{body}"
     );
 }
+
+/// A tracker told to stop drains first: at once not ready (so the Service and the clients move
+/// away) while it still answers calls, and gone after `--drain-seconds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_tracker_drains_before_it_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut tracker = TrackerProc::start(
+        dir.path(),
+        &["--metrics-listen", &metrics, "--drain-seconds", "3"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&metrics, "/readyz").await, Some(200));
+    let client = tracker.client();
+    tracker.proc.signal("TERM");
+    eventually(T, "/readyz 503 while draining", || async {
+        (status(&metrics, "/readyz").await == Some(503)).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(!tracker.proc.has_exited(), "still serving while draining");
+    client
+        .nodes()
+        .await
+        .expect("calls on their way are still answered");
+    eventually(T, "the tracker to exit after draining", || {
+        let gone = tracker.proc.has_exited();
+        async move { gone.then_some(()) }
+    })
+    .await
+    .unwrap();
+}

@@ -24,19 +24,21 @@ use crate::store::JobStore;
 /// * `/metrics`: Prometheus metrics;
 /// * `/healthz`: 200 while the process runs (a liveness probe: never depends on the store, so
 ///   a store outage does not restart every tracker);
-/// * `/readyz`: 200 while the job store answers and the tracker is not shutting down; 503
-///   with the reason otherwise (a readiness probe: the Service stops sending clients here).
+/// * `/readyz`: 200 while the job store answers and the tracker is not draining or shutting
+///   down; 503 with the reason otherwise (a readiness probe: the Service stops sending
+///   clients here).
 ///
 /// Binds before returning, so a taken port fails the tracker's start.
 pub async fn serve(
     addr: SocketAddr,
     store: Arc<dyn JobStore>,
+    draining: CancellationToken,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
-    let stopping = shutdown.clone();
+    let stopping = draining;
     let router = Router::new()
         .route(
             "/metrics",
@@ -56,10 +58,7 @@ pub async fn serve(
                 let stopping = stopping.clone();
                 async move {
                     if stopping.is_cancelled() {
-                        return (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "shutting down\n".to_string(),
-                        );
+                        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string());
                     }
                     match tokio::time::timeout(std::time::Duration::from_secs(3), store.health())
                         .await

@@ -157,6 +157,11 @@ pub struct TrackerConfig {
     /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9464).
     #[arg(long, env = "LTS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Seconds between SIGTERM and the end of serving: the tracker leaves ZooKeeper and says
+    /// it is not ready (`/readyz`, gRPC health) at once, so load balancers and clients move
+    /// away, and keeps answering calls already on their way until then.
+    #[arg(long, env = "LTS_DRAIN_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub drain_seconds: u64,
     /// The largest gRPC message sent or accepted, in bytes (encoded). TaskTrackers learn it
     /// when they connect and keep their results under it.
     #[arg(long, env = "LTS_MAX_MESSAGE_BYTES", default_value_t = limits::DEFAULT_MAX_MESSAGE_BYTES)]
@@ -236,6 +241,7 @@ impl TrackerConfig {
             retention_hours: 168,
             sqlite_sync: SyncFlag::Full,
             metrics_listen: None,
+            drain_seconds: 0,
             max_message_bytes: limits::DEFAULT_MAX_MESSAGE_BYTES,
             max_result_message_bytes: ReportLimits::default().message_bytes,
             max_log_lines: ReportLimits::default().log_lines,
@@ -364,6 +370,10 @@ pub struct Tracker {
     tls: bool,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     shutdown: CancellationToken,
+    /// Cancelled when draining starts (before `shutdown`).
+    draining: CancellationToken,
+    drain_for: Duration,
+    health: tonic_health::server::HealthReporter,
     zk: Option<ZkRegistry>,
 }
 
@@ -511,12 +521,14 @@ impl Tracker {
             auth: auth.clone(),
         });
         auth.spawn_reloader(shutdown.clone());
+        let draining = CancellationToken::new();
         if let Some(tls) = &tls {
             tls.spawn_reloader(shutdown.clone());
         }
 
         if let Some(addr) = config.metrics_listen {
-            crate::metrics::serve(addr, core.store.clone(), shutdown.clone()).await?;
+            crate::metrics::serve(addr, core.store.clone(), draining.clone(), shutdown.clone())
+                .await?;
             crate::metrics::spawn_backlog(core.store.clone(), shutdown.clone());
         }
         spawn_master_loops(core.clone(), config.retention_hours);
@@ -582,6 +594,9 @@ impl Tracker {
             tls: tls.is_some(),
             server,
             shutdown,
+            draining,
+            drain_for: Duration::from_secs(config.drain_seconds),
+            health: health_reporter,
             zk,
         })
     }
@@ -617,11 +632,31 @@ impl Tracker {
         self.core.registry.is_master()
     }
 
-    /// Stops serving: streams end, background loops stop.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    /// Starts draining: leaves ZooKeeper (clients and TaskTrackers pick another tracker) and
+    /// reports not ready (`/readyz` 503, gRPC health `NOT_SERVING`: the Service stops sending
+    /// new connections here), while still serving what arrives.
+    pub async fn drain(&self) {
+        if self.draining.is_cancelled() {
+            return;
+        }
+        self.draining.cancel();
+        tracing::info!(drain_seconds = self.drain_for.as_secs(), "draining");
+        self.health
+            .set_not_serving::<JobServiceServer<JobApi>>()
+            .await;
+        self.health
+            .set_not_serving::<WorkerServiceServer<WorkerApi>>()
+            .await;
         if let Some(zk) = &self.zk {
             zk.close().await;
         }
+    }
+
+    /// Stops serving: drains first (for `--drain-seconds`), then streams end and background
+    /// loops stop.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.drain().await;
+        tokio::time::sleep(self.drain_for).await;
         self.shutdown.cancel();
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
             Ok(joined) => joined??,

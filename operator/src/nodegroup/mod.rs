@@ -168,11 +168,21 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
         }
         _ => cfg.secure = false,
     }
+    // One client of the cluster's trackers for this round, made when first needed.
+    let mut trackers: Option<Result<Arc<dyn crate::tracker::TrackerApi>, String>> = None;
+    let mut trackers_of = async |tracker: &str| {
+        trackers
+            .get_or_insert(match ctx.tracker(ns, tracker).await {
+                Ok((_, t)) => Ok(t),
+                Err(e) => Err(e.to_string()),
+            })
+            .clone()
+    };
     // Autoscaled TaskTrackers: the pods their queue calls for, instead of spec.replicas.
     let (scaled, autoscaling) = match (&ng.spec.autoscaling, ng.spec.role, &validated.job_tracker) {
         (Some(spec), NodeRole::TaskTracker, Some(tracker)) if !spec.external => {
-            let load = match ctx.tracker(ns, tracker).await {
-                Ok((_, t)) => match t.stats(&ng.name_any()).await {
+            let load = match trackers_of(tracker).await {
+                Ok(t) => match t.stats(&ng.name_any()).await {
                     Ok(s) => Some(autoscale::Load {
                         due: s.due,
                         running: s.running,
@@ -217,9 +227,9 @@ async fn reconcile_inner(ng: &NodeGroup, ns: &str, ctx: &Context) -> Result<Acti
     let nodes = match (&validated.job_tracker, ng.spec.role, ready) {
         // No tracker pod is up yet: nothing to ask.
         (_, NodeRole::JobTracker, 0) | (None, _, _) => None,
-        (Some(tracker), _, _) => Some(match ctx.tracker(ns, tracker).await {
-            Ok((_, t)) => t.nodes().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        (Some(tracker), _, _) => Some(match trackers_of(tracker).await {
+            Ok(t) => t.nodes().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
         }),
     };
     let mut status = observed_status(&scaled, ready, nodes.as_ref(), Timestamp::now());

@@ -41,6 +41,27 @@ fn applied_with_ready(ng: &NodeGroup, siblings: &[NodeGroup], ready: i32) -> Val
     }
 }
 
+/// What follows a TaskTracker group's Deployment apply: its PodDisruptionBudget (applied with
+/// more than one pod, else deleted), its NetworkPolicy, its status.
+fn task_tracker_rest(name: &str, pdb: bool) -> Vec<Step> {
+    let pdb_path = format!("/apis/policy/v1/namespaces/lts/poddisruptionbudgets/{name}");
+    vec![
+        if pdb {
+            Step::echo(Method::PATCH, pdb_path)
+        } else {
+            Step::error(Method::DELETE, pdb_path, 404, "NotFound")
+        },
+        Step::echo(
+            Method::PATCH,
+            format!("/apis/networking.k8s.io/v1/namespaces/lts/networkpolicies/{name}"),
+        ),
+        Step::status(
+            format!("/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/{name}/status"),
+            &nodegroup(name, NodeRole::TaskTracker),
+        ),
+    ]
+}
+
 async fn run(ng: NodeGroup, ctx: Arc<Context>) -> Result<Action> {
     tokio::time::timeout(Duration::from_secs(5), reconcile(Arc::new(ng), ctx))
         .await
@@ -213,23 +234,13 @@ async fn task_tracker_members_come_from_its_clusters_trackers() {
     let groups = [jt, tt.clone()];
     let (ctx, api) = context(&groups, tracker.clone());
     let ready = applied_with_ready(&tt, &groups, 1);
-    let verifier = api.run(vec![
-        Step::json(Method::PATCH, format!("{NS}/deployments/mailers"), ready),
-        Step::error(
-            Method::DELETE,
-            "/apis/policy/v1/namespaces/lts/poddisruptionbudgets/mailers",
-            404,
-            "NotFound",
-        ),
-        Step::echo(
-            Method::PATCH,
-            "/apis/networking.k8s.io/v1/namespaces/lts/networkpolicies/mailers",
-        ),
-        Step::status(
-            "/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/mailers/status",
-            &nodegroup("mailers", NodeRole::TaskTracker),
-        ),
-    ]);
+    let mut steps = vec![Step::json(
+        Method::PATCH,
+        format!("{NS}/deployments/mailers"),
+        ready,
+    )];
+    steps.extend(task_tracker_rest("mailers", false));
+    let verifier = api.run(steps);
     run(tt, ctx).await.unwrap();
     let calls = finish(verifier).await;
     // A TaskTracker accepts nothing inbound but metrics scrapes.
@@ -274,23 +285,13 @@ async fn an_autoscaled_group_runs_the_pods_its_queue_calls_for_and_says_so() {
     let mut scaled = tt.clone();
     scaled.spec.replicas = 4;
     let ready = applied_with_ready(&scaled, &groups, 0);
-    let verifier = api.run(vec![
+    let mut steps = vec![
         Step::event(),
         Step::json(Method::PATCH, format!("{NS}/deployments/batch"), ready),
-        // Four pods: at most one down at a time.
-        Step::echo(
-            Method::PATCH,
-            "/apis/policy/v1/namespaces/lts/poddisruptionbudgets/batch",
-        ),
-        Step::echo(
-            Method::PATCH,
-            "/apis/networking.k8s.io/v1/namespaces/lts/networkpolicies/batch",
-        ),
-        Step::status(
-            "/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/batch/status",
-            &nodegroup("batch", NodeRole::TaskTracker),
-        ),
-    ]);
+    ];
+    // Four pods: at most one down at a time.
+    steps.extend(task_tracker_rest("batch", true));
+    let verifier = api.run(steps);
     let action = run(tt, ctx).await.unwrap();
     assert_eq!(action, Action::requeue(REFRESH_UNSETTLED));
     let calls = finish(verifier).await;
@@ -334,21 +335,13 @@ async fn an_externally_scaled_group_leaves_replicas_to_its_hpa() {
     // The API server answers with the replicas the HPA set (7), 7 ready.
     let mut answer = applied_with_ready(&tt, &groups, 7);
     answer["spec"]["replicas"] = serde_json::json!(7);
-    let verifier = api.run(vec![
-        Step::json(Method::PATCH, format!("{NS}/deployments/batch"), answer),
-        Step::echo(
-            Method::PATCH,
-            "/apis/policy/v1/namespaces/lts/poddisruptionbudgets/batch",
-        ),
-        Step::echo(
-            Method::PATCH,
-            "/apis/networking.k8s.io/v1/namespaces/lts/networkpolicies/batch",
-        ),
-        Step::status(
-            "/apis/lts.io/v1alpha1/namespaces/lts/nodegroups/batch/status",
-            &nodegroup("batch", NodeRole::TaskTracker),
-        ),
-    ]);
+    let mut steps = vec![Step::json(
+        Method::PATCH,
+        format!("{NS}/deployments/batch"),
+        answer,
+    )];
+    steps.extend(task_tracker_rest("batch", true));
+    let verifier = api.run(steps);
     run(tt, ctx).await.unwrap();
     let calls = finish(verifier).await;
     assert!(

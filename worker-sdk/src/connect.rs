@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lts_registry::{Registry, Role};
+use lts_registry::{Health, Registry, Role};
 use rand::seq::SliceRandom;
 use tonic::transport::Endpoint;
 
@@ -44,14 +44,52 @@ impl Trackers {
     }
 
     /// The tracker addresses, waiting up to `timeout` for the registry to know one.
+    ///
+    /// A registry still connecting (its first listing comes only once its session is up)
+    /// gets the whole `timeout` again from the moment it connects, up to
+    /// [`Trackers::CONNECTING_WAIT`] in all, so that a client made and used at once does not
+    /// fail just because ZooKeeper answered slowly.
     pub async fn wait_addresses(&self, timeout: Duration) -> Vec<String> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let start = tokio::time::Instant::now();
+        let hard = start + timeout.max(Self::CONNECTING_WAIT);
+        let mut deadline = start + timeout;
         loop {
             let a = self.addresses();
-            if !a.is_empty() || tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if !a.is_empty() {
+                return a;
+            }
+            if !self.connected() {
+                deadline = (now + timeout).min(hard);
+            }
+            if now >= deadline {
                 return a;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The longest [`Trackers::wait_addresses`] waits for a registry that is still connecting.
+    pub const CONNECTING_WAIT: Duration = Duration::from_secs(15);
+
+    /// Whether the source of addresses is up (always, for a static list).
+    fn connected(&self) -> bool {
+        match self {
+            Trackers::Static(_) => true,
+            Trackers::Registry(r) => r.health() == Health::Connected,
+        }
+    }
+
+    /// Why no address is known, for an error message.
+    fn why_none(&self) -> String {
+        match self {
+            Trackers::Static(_) => "no JobTracker address is configured".into(),
+            Trackers::Registry(r) => match r.health() {
+                Health::Connected => "no JobTracker is registered in the cluster".into(),
+                Health::Disconnected(why) => {
+                    format!("no JobTracker is known: the registry is not connected ({why})")
+                }
+            },
         }
     }
 }
@@ -73,9 +111,7 @@ pub async fn connect_avoiding(
 ) -> Result<(String, AuthChannel), ClientError> {
     let addrs = trackers.wait_addresses(Duration::from_secs(3)).await;
     if addrs.is_empty() {
-        return Err(ClientError::Unavailable(
-            "no JobTracker is registered in the cluster".into(),
-        ));
+        return Err(ClientError::Unavailable(trackers.why_none()));
     }
     let (avoided, preferred): (Vec<String>, Vec<String>) =
         addrs.into_iter().partition(|a| avoid.contains(a));

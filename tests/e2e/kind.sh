@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test on a real Kubernetes cluster (kind, k3d, …): installs the chart with a small
 # default cluster (one JobTracker on the embedded store, one TaskTracker whose lts-worker
-# sidecar runs a shell command), applies a Job, waits for phase Succeeded, deletes the Job
+# sidecar runs a shell command), applies a Job, waits for phase Succeeded, replaces the
+# JobTracker's pod (same PersistentVolumeClaim, the job still known), deletes the Job
 # (its finalizer cancels it on the trackers) and uninstalls everything.
 #
 #   LTS_E2E_KUBECONFIG=~/.kube/config tests/e2e/kind.sh
@@ -91,6 +92,25 @@ YAML
 log "waiting for phase Succeeded"
 k wait ltsjob/e2e-hello --for=jsonpath='{.status.phase}'=Succeeded --timeout="$TIMEOUT"
 k get ltsjob e2e-hello
+
+log "replacing the JobTracker pod: its successor mounts the same volume and keeps the queue"
+PVC_UID="$(k get pvc data-job-tracker-0 -o jsonpath='{.metadata.uid}')"
+k delete pod job-tracker-0 --wait=true --timeout="$TIMEOUT"
+for _ in $(seq 90); do k get pod job-tracker-0 >/dev/null 2>&1 && break; sleep 2; done
+k wait pod/job-tracker-0 --for=condition=Ready --timeout="$TIMEOUT"
+if [ "$(k get pvc data-job-tracker-0 -o jsonpath='{.metadata.uid}')" != "$PVC_UID" ]; then
+    log "the replaced JobTracker pod got a new volume"
+    exit 1
+fi
+# The operator asks the new tracker for the job: still Succeeded, not submitted again.
+sleep 20
+k wait ltsjob/e2e-hello --for=jsonpath='{.status.phase}'=Succeeded --timeout="$TIMEOUT"
+SUBMITS="$(k get events --field-selector involvedObject.name=e2e-hello,reason=Submitted \
+    -o jsonpath='{range .items[*]}{.count}{"\n"}{end}' | awk '{ n += ($1 == "" ? 1 : $1) } END { print n + 0 }')"
+if [ "$SUBMITS" -gt 1 ]; then
+    log "the Job was submitted again after the tracker pod was replaced"
+    exit 1
+fi
 
 log "deleting the Job (its finalizer cancels it on the trackers)"
 k delete ltsjob e2e-hello --wait=true --timeout="$TIMEOUT"

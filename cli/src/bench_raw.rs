@@ -126,14 +126,15 @@ async fn mongo_run(
                 let expiry = lts_core::now_ms() + 30_000;
                 let claimed = q
                     .update_many(
-                        doc! { "_id": { "$in": ids }, "s": 0 },
+                        doc! { "_id": { "$in": &ids }, "s": 0 },
                         doc! { "$set": { "s": 1, "o": &token, "e": expiry } },
                     )
                     .await?
                     .modified_count;
-                // Complete: every job of the round, guarded by its token.
+                // Complete: every job of the round, found by id (an index, as the store's
+                // completions are) and guarded by its token.
                 q.update_many(
-                    doc! { "o": &token, "s": 1 },
+                    doc! { "_id": { "$in": &ids }, "o": &token, "s": 1 },
                     doc! { "$set": { "s": 2 }, "$unset": { "o": "", "e": "" } },
                 )
                 .await?;

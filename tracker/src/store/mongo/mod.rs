@@ -32,6 +32,7 @@
 //! that gathers the lines of every operation for [`LOG_LINGER`] and sends them in one
 //! `insert`; operations do not wait for it, and reading a job's log first flushes it.
 
+mod batch;
 mod claim;
 mod codec;
 mod events;
@@ -49,7 +50,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use lts_core::schedule::RetryPolicy;
-use lts_core::{FeedbackItem, Job, JobSpec, LogEntry};
+use lts_core::{FeedbackItem, Job, JobSpec, JobState, LogEntry};
 use mongodb::bson::{Document, doc};
 use mongodb::event::EventHandler;
 use mongodb::event::command::CommandEvent;
@@ -102,6 +103,10 @@ pub fn durable_write_concern() -> WriteConcern {
 }
 
 const DUPLICATE_KEY: i32 = 11000;
+/// The server's answer to dropping an index that is not there.
+const INDEX_NOT_FOUND: i32 = 27;
+/// Indexes of `jobs` that earlier versions made and this one replaced.
+const OLD_JOB_INDEXES: &[&str] = &["claim", "due"];
 /// Commands that are not store work (connection handshakes, health checks).
 const NOT_STORE_WORK: &[&str] = &[
     "hello",
@@ -129,6 +134,10 @@ pub struct MongoStore {
     /// Per node group: the turn of this tracker's claims.
     claim_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     log_tx: mpsc::Sender<log::LogWrite>,
+    /// Guarded updates of single jobs, grouped into one command per batch.
+    updates: batch::UpdateBatcher,
+    /// Inserts of new jobs, grouped into one command per batch.
+    inserts: batch::InsertBatcher,
 }
 
 impl std::fmt::Debug for MongoStore {
@@ -207,6 +216,8 @@ impl MongoStore {
         let db = client.database(&database);
         let (log_tx, log_rx) = mpsc::channel(4096);
         tokio::spawn(log::log_writer(db.collection("job_log"), log_rx));
+        let updates = batch::UpdateBatcher::start(db.clone(), db.collection("jobs"));
+        let inserts = batch::InsertBatcher::start(db.collection("jobs"));
         let store = MongoStore {
             jobs: db.collection("jobs"),
             log: db.collection("job_log"),
@@ -216,6 +227,8 @@ impl MongoStore {
             leases: Mutex::new(HashMap::new()),
             claim_turns: Mutex::new(HashMap::new()),
             log_tx,
+            updates,
+            inserts,
         };
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
@@ -259,6 +272,13 @@ impl MongoStore {
                 .build();
             IndexModel::builder().keys(keys).options(options).build()
         };
+        let queued = |keys: Document, name: &str| {
+            let options = IndexOptions::builder()
+                .name(name.to_string())
+                .partial_filter_expression(doc! { "state": JobState::Queued.code() })
+                .build();
+            IndexModel::builder().keys(keys).options(options).build()
+        };
         let jobs_indexes = vec![
             index(
                 doc! { "task_tracker_node_group": 1, "task_id": 1, "done": 1 },
@@ -266,17 +286,16 @@ impl MongoStore {
                 false,
                 true,
             ),
-            index(
-                doc! { "task_tracker_node_group": 1, "state": 1, "priority": -1, "trigger_time": 1, "_id": 1 },
-                "claim",
-                false,
-                false,
+            // The claim's and the dispatcher's indexes hold queued jobs only: a job leaves them
+            // when it is leased and never comes back once it finished, so the finished jobs
+            // (most of the collection) and the running ones cost these indexes nothing.
+            queued(
+                doc! { "task_tracker_node_group": 1, "priority": -1, "trigger_time": 1, "_id": 1 },
+                "claim_queued",
             ),
-            index(
-                doc! { "task_tracker_node_group": 1, "state": 1, "trigger_time": 1 },
-                "due",
-                false,
-                false,
+            queued(
+                doc! { "task_tracker_node_group": 1, "trigger_time": 1 },
+                "due_queued",
             ),
             index(doc! { "lease_expiry": 1 }, "lease", true, false),
             index(doc! { "lease_owner": 1 }, "owner", true, false),
@@ -294,6 +313,18 @@ impl MongoStore {
             index(doc! { "fb_group": 1, "_id": 1 }, "feedback", true, false),
         ];
         self.jobs.create_indexes(jobs_indexes).await?;
+        // Their predecessors held every job; once the partial ones exist they are dead weight
+        // on every write. (An older tracker still running works without them, only slower.)
+        for old in OLD_JOB_INDEXES {
+            match self.jobs.drop_index(*old).await {
+                Ok(()) => {
+                    tracing::info!(index = old, "mongodb: dropped an index of an older version")
+                }
+                Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == INDEX_NOT_FOUND) =>
+                    {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         self.log
             .create_index(index(
                 doc! { "job_id": 1, "time": 1, "_id": 1 },

@@ -8,17 +8,14 @@ use futures::TryStreamExt;
 use lts_core::transition::{self, CancelCause, Cascade, Event, FollowUp, Refusal, Transition};
 use lts_core::transition::{StoredJob, Write};
 use mongodb::bson::{Document, doc};
-use mongodb::error::ErrorKind;
 
+use super::MongoStore;
+use super::batch;
 use super::codec::{self, Read};
-use super::{DUPLICATE_KEY, MongoStore};
 use crate::store::{StoreError, StoreResult};
 
 /// How many times an event is applied to a job that keeps changing under it.
 pub(super) const ATTEMPTS: usize = 5;
-
-/// Most statements in one `update` command.
-const BATCH: usize = 1000;
 
 /// Where the first read of a job comes from.
 pub(super) enum First {
@@ -138,7 +135,8 @@ impl MongoStore {
         Ok(true)
     }
 
-    /// The guarded update of `t` over the job as `read`: whether it matched.
+    /// The guarded update of `t` over the job as `read`: whether it matched. Sent with the
+    /// concurrent updates of other operations in one command ([`batch::UpdateBatcher`]).
     pub(super) async fn update_one_guarded(
         &self,
         read: &Read,
@@ -147,7 +145,9 @@ impl MongoStore {
         match codec::update(read, &t.job, &t.write, t.feedback.as_ref())? {
             None => Ok(true),
             Some((guard, update)) => {
-                Ok(self.jobs.update_one(guard, update).await?.matched_count == 1)
+                self.updates
+                    .update(&read.stored.job.job_id, guard, update)
+                    .await
             }
         }
     }
@@ -158,57 +158,14 @@ impl MongoStore {
         &self,
         statements: Vec<(Document, Document)>,
     ) -> StoreResult<u64> {
-        let mut matched = 0;
-        for chunk in statements.chunks(BATCH) {
-            let updates: Vec<Document> =
-                chunk.iter().map(|(q, u)| doc! { "q": q, "u": u }).collect();
-            let mut command = doc! {
-                "update": self.jobs.name(),
-                "updates": updates,
-                "ordered": false,
-            };
-            if let Some(wc) = self.jobs.write_concern() {
-                let wc = mongodb::bson::to_document(wc)
-                    .map_err(|e| StoreError::Backend(format!("mongodb: write concern: {e}")))?;
-                command.insert("writeConcern", wc);
-            }
-            let reply = self.db.run_command(command).await?;
-            for key in ["writeErrors", "writeConcernError"] {
-                if let Some(e) = reply.get(key) {
-                    return Err(StoreError::Backend(format!("mongodb: update: {e}")));
-                }
-            }
-            matched += codec::int(&reply, "n").unwrap_or(0) as u64;
-        }
-        Ok(matched)
+        batch::update_command(&self.db, &self.jobs, &statements).await
     }
 
-    /// Inserts new jobs; returns the positions that hit the dedup index (an unfinished job
-    /// has their node group and task id).
+    /// Inserts new jobs, with the concurrent inserts of other operations in one command
+    /// ([`batch::InsertBatcher`]); returns the positions that hit the dedup index (an
+    /// unfinished job has their node group and task id) or another unique key.
     pub(super) async fn insert_new(&self, docs: Vec<Document>) -> StoreResult<Vec<usize>> {
-        if docs.is_empty() {
-            return Ok(Vec::new());
-        }
-        match self.jobs.insert_many(docs).ordered(false).await {
-            Ok(_) => Ok(Vec::new()),
-            Err(e) => match e.kind.as_ref() {
-                ErrorKind::InsertMany(failure)
-                    if failure.write_concern_error.is_none()
-                        && failure
-                            .write_errors
-                            .as_ref()
-                            .is_some_and(|w| w.iter().all(|w| w.code == DUPLICATE_KEY)) =>
-                {
-                    Ok(failure
-                        .write_errors
-                        .iter()
-                        .flatten()
-                        .map(|w| w.index)
-                        .collect())
-                }
-                _ => Err(e.into()),
-            },
-        }
+        self.inserts.insert(docs).await
     }
 
     /// Inserts the jobs that transitions create, with their log lines; returns whether each

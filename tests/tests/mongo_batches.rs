@@ -1,0 +1,155 @@
+//! Group commit in the MongoDB store, on a real `mongod`: the concurrent writes of many
+//! operations go out as one command, and each operation still gets its own answer — a result
+//! whose job another tracker changed meanwhile is refused alone, a submit whose task id is
+//! taken is a duplicate alone, and nothing is written twice or lost.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use lts_core::{JobSpec, JobState, Outcome};
+use lts_tests::MongoServer;
+use lts_tracker::store::mongo::{MongoOptions, MongoStore};
+use lts_tracker::store::{
+    CancelOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, SubmitOutcome,
+};
+
+const NOW: i64 = 1_800_000_000_000;
+
+async fn store(server: &MongoServer, db: &str) -> Arc<MongoStore> {
+    Arc::new(
+        MongoStore::connect(&server.url(db), "batches", MongoOptions::default())
+            .await
+            .unwrap(),
+    )
+}
+
+fn accepted(o: &SubmitOutcome) -> String {
+    match o {
+        SubmitOutcome::Accepted { job_id } => job_id.clone(),
+        other => panic!("expected Accepted, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_results_share_commands_and_a_stale_one_is_refused_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = MongoServer::start(dir.path()).await.unwrap();
+    // Two trackers on one database: `a` leases and records results, `b` cancels meanwhile.
+    let a = store(&server, "results").await;
+    let b = store(&server, "results").await;
+    let specs = (0..200)
+        .map(|i| JobSpec::new(format!("r-{i}"), "g"))
+        .collect();
+    let ids: Vec<String> = a
+        .submit(specs, NOW)
+        .await
+        .unwrap()
+        .iter()
+        .map(accepted)
+        .collect();
+    let leases = a
+        .claim(ClaimRequest {
+            node_group: "g".into(),
+            owner: "w1".into(),
+            max: 200,
+            lease_ms: 60_000,
+            now_ms: NOW,
+        })
+        .await
+        .unwrap();
+    assert_eq!(leases.len(), 200);
+    let cancelled: Vec<String> = ids.iter().step_by(4).cloned().collect();
+    for id in &cancelled {
+        let c = b.cancel(JobKey::Id(id.clone()), NOW + 1).await.unwrap();
+        assert!(matches!(c, CancelOutcome::Cancelled(_)), "{c:?}");
+    }
+    // Every result at once: `a` still holds every lease as it wrote it, so each result is
+    // one guarded statement of a shared command; a quarter of the guards no longer match.
+    let results = join_all(leases.iter().map(|l| {
+        a.complete(Completion {
+            job_id: l.job.job_id.clone(),
+            token: l.token.clone(),
+            outcome: Outcome::Success,
+            message: "done".into(),
+            logs: vec![],
+            node: "w1".into(),
+            now_ms: NOW + 2,
+        })
+    }))
+    .await;
+    for (lease, result) in leases.iter().zip(results) {
+        let id = &lease.job.job_id;
+        let result = result.unwrap();
+        let job = a.get(JobKey::Id(id.clone())).await.unwrap().unwrap();
+        if cancelled.contains(id) {
+            assert!(
+                matches!(result, CompleteOutcome::Stale { .. }),
+                "{id}: {result:?}"
+            );
+            assert_eq!(job.state, JobState::Cancelled, "{id}");
+        } else {
+            assert!(
+                matches!(result, CompleteOutcome::Accepted { .. }),
+                "{id}: {result:?}"
+            );
+            assert_eq!(job.state, JobState::Succeeded, "{id}");
+            assert_eq!(job.attempt, 1, "{id}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_submits_share_inserts_and_duplicates_stay_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = MongoServer::start(dir.path()).await.unwrap();
+    let a = store(&server, "submits").await;
+    let b = store(&server, "submits").await;
+    let taken: Vec<String> = a
+        .submit(
+            (0..20)
+                .map(|i| JobSpec::new(format!("s-{i}"), "g"))
+                .collect(),
+            NOW,
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(accepted)
+        .collect();
+    // 300 clients submit one job each through two trackers at once: 280 new task ids and the
+    // 20 taken ones, interleaved.
+    let answers = join_all((0..300).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move {
+            let task = if i % 15 == 0 {
+                format!("s-{}", i / 15)
+            } else {
+                format!("new-{i}")
+            };
+            let out = store
+                .submit(vec![JobSpec::new(task.clone(), "g")], NOW + 1)
+                .await
+                .unwrap();
+            (task, out.into_iter().next().unwrap())
+        }
+    }))
+    .await;
+    let mut new = 0;
+    for (task, answer) in &answers {
+        match answer {
+            SubmitOutcome::Duplicate { job_id } => {
+                let i: usize = task.strip_prefix("s-").unwrap().parse().unwrap();
+                assert_eq!(job_id, &taken[i], "{task}");
+            }
+            SubmitOutcome::Accepted { job_id } => {
+                assert!(task.starts_with("new-"), "{task} accepted twice");
+                let job = a.get(JobKey::Id(job_id.clone())).await.unwrap().unwrap();
+                assert_eq!(job.spec.task_id, *task);
+                new += 1;
+            }
+            other => panic!("{task}: {other:?}"),
+        }
+    }
+    assert_eq!(new, 280);
+    assert_eq!(a.stats(Some("g")).await.unwrap().queued, 300);
+}

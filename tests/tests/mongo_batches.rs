@@ -1,7 +1,8 @@
 //! Group commit in the MongoDB store, on a real `mongod`: the concurrent writes of many
 //! operations go out as one command, and each operation still gets its own answer — a result
 //! whose job another tracker changed meanwhile is refused alone, a submit whose task id is
-//! taken is a duplicate alone, and nothing is written twice or lost.
+//! taken is a duplicate alone, and nothing is written twice or lost. And the hand-over: a
+//! job due now, submitted while a TaskTracker has a free thread, is stored already leased.
 
 use std::sync::Arc;
 
@@ -152,4 +153,77 @@ async fn concurrent_single_submits_share_inserts_and_duplicates_stay_apart() {
     }
     assert_eq!(new, 280);
     assert_eq!(a.stats(Some("g")).await.unwrap().queued, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_job_is_stored_already_leased_and_anything_else_is_an_ordinary_submit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = MongoServer::start(dir.path()).await.unwrap();
+    let a = store(&server, "handover").await;
+    let claim = |now: i64| ClaimRequest {
+        node_group: "g".into(),
+        owner: "w1".into(),
+        max: 1,
+        lease_ms: 60_000,
+        now_ms: now,
+    };
+    // Due now: one insert of the job as leased to w1, with both log lines.
+    let (out, lease) = a
+        .submit_leased(JobSpec::new("now", "g"), claim(NOW))
+        .await
+        .unwrap();
+    let id = accepted(&out);
+    let lease = lease.expect("leased at once");
+    assert_eq!(lease.job.job_id, id);
+    let job = a.get(JobKey::Id(id.clone())).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.attempt, 1);
+    assert_eq!(job.lease_owner.as_deref(), Some("w1"));
+    let log = a.log(&id, 10).await.unwrap();
+    assert_eq!(log.len(), 2, "{log:?}");
+    // Its result is recorded like any claimed job's.
+    let done = a
+        .complete(Completion {
+            job_id: id.clone(),
+            token: lease.token.clone(),
+            outcome: Outcome::Success,
+            message: String::new(),
+            logs: vec![],
+            node: "w1".into(),
+            now_ms: NOW + 1,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(done, CompleteOutcome::Accepted { .. }), "{done:?}");
+
+    // A taken task id: the duplicate answer, nothing leased.
+    let first = accepted(
+        &a.submit(vec![JobSpec::new("busy", "g")], NOW)
+            .await
+            .unwrap()[0],
+    );
+    let (out, lease) = a
+        .submit_leased(JobSpec::new("busy", "g"), claim(NOW))
+        .await
+        .unwrap();
+    assert_eq!(out, SubmitOutcome::Duplicate { job_id: first });
+    assert!(lease.is_none());
+
+    // Not due yet, or recurring: stored queued, nothing leased.
+    let mut later = JobSpec::new("later", "g");
+    later.schedule = lts_core::Schedule::TriggerAt {
+        trigger_time_ms: NOW + 3_600_000,
+    };
+    let mut cron = JobSpec::new("cron", "g");
+    cron.schedule = lts_core::Schedule::Cron {
+        expression: "0 * * * * *".into(),
+        time_zone: None,
+    };
+    for spec in [later, cron] {
+        let task = spec.task_id.clone();
+        let (out, lease) = a.submit_leased(spec, claim(NOW)).await.unwrap();
+        assert!(lease.is_none(), "{task}");
+        let job = a.get(JobKey::Id(accepted(&out))).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Queued, "{task}");
+    }
 }

@@ -256,6 +256,28 @@ impl JobStore for ChangeFeed {
         Ok(out)
     }
 
+    async fn submit_leased(
+        &self,
+        spec: JobSpec,
+        claim: ClaimRequest,
+    ) -> StoreResult<(SubmitOutcome, Option<Lease>)> {
+        let (g, s) = (
+            spec.task_tracker_node_group.clone(),
+            spec.submit_node_group.clone(),
+        );
+        let (out, lease) = self.inner.submit_leased(spec, claim).await?;
+        if let SubmitOutcome::Accepted { job_id } | SubmitOutcome::Replaced { job_id } = &out {
+            self.announce(|| {
+                vec![ChangeHint {
+                    job_id: job_id.clone(),
+                    node_group: Some(g),
+                    submit_node_group: Some(s),
+                }]
+            });
+        }
+        Ok((out, lease))
+    }
+
     async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Lease>> {
         let leases = self.inner.claim(req).await?;
         self.announce(|| leases.iter().map(|l| ChangeHint::of_job(&l.job)).collect());

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::conn::WorkerConn;
-use crate::store::{ClaimRequest, HeldLease, JobStore, LeaseRef};
+use crate::store::{ClaimRequest, HeldLease, JobStore, Lease, LeaseRef};
 
 /// Largest claim for one TaskTracker in one round.
 const MAX_CLAIM: u32 = 512;
@@ -89,6 +89,40 @@ struct Slot {
     conn: Arc<WorkerConn>,
 }
 
+/// A free thread of one TaskTracker, reserved for a job handed over at submit
+/// ([`Dispatcher::reserve_idle`]).
+/// Dropped unused (the submit's call was cancelled, say), it gives the thread back.
+pub struct Reserved {
+    group: Arc<Group>,
+    planned: Option<Planned>,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Some(p) = self.planned.take() {
+            Dispatcher::refund(&self.group, p.conn_id, p.n);
+            self.group.signal_work();
+        }
+    }
+}
+
+impl Reserved {
+    /// The claim that leases the job to the reserved TaskTracker.
+    pub fn claim(&self, lease_ms: i64, now_ms: i64) -> ClaimRequest {
+        ClaimRequest {
+            node_group: self.group.name.clone(),
+            owner: self
+                .planned
+                .as_ref()
+                .map(|p| p.identity.clone())
+                .unwrap_or_default(),
+            max: 1,
+            lease_ms,
+            now_ms,
+        }
+    }
+}
+
 /// Credits reserved on one TaskTracker stream for one claim round.
 struct Planned {
     conn_id: u64,
@@ -106,6 +140,10 @@ pub struct Group {
     wake: Notify,
     /// Set when there may be due work; cleared when a claim comes back short.
     maybe_work: AtomicBool,
+    /// Whether the last claim round came back short: the group's queue had no more due work
+    /// then, so a job submitted now may go straight to a free thread (see
+    /// [`Dispatcher::reserve_idle`]) without passing anything queued before it.
+    drained: AtomicBool,
     /// Bumped on every work signal, so a signal during a claim is never lost.
     work_epoch: AtomicU64,
     /// When the pending wake-up timer fires (`i64::MAX`: none).
@@ -263,6 +301,7 @@ impl Dispatcher {
                     slots: Mutex::new(Vec::new()),
                     wake: Notify::new(),
                     maybe_work: AtomicBool::new(true),
+                    drained: AtomicBool::new(false),
                     work_epoch: AtomicU64::new(0),
                     timer_at: AtomicI64::new(i64::MAX),
                     closed: CancellationToken::new(),
@@ -399,6 +438,95 @@ impl Dispatcher {
         }
     }
 
+    /// Sends the leases claimed for one reservation down its TaskTracker's stream, gives
+    /// back the credits they did not use, and releases what the stream could not take.
+    async fn deliver(&self, group: &Group, p: Planned, leases: Vec<Lease>) {
+        let count = leases.len() as u32;
+        Self::refund(group, p.conn_id, p.n.saturating_sub(count));
+        let sent_at = now_ms();
+        let mut undelivered = Vec::new();
+        for lease in leases {
+            let msg = TrackerMessage {
+                msg: Some(tracker_message::Msg::Assign(proto::Assignment {
+                    job: Some(convert::job_to_proto(&lease.job)),
+                    lease_token: lease.token.clone(),
+                    lease_deadline_ms: lease.expiry_ms,
+                    sent_at_ms: sent_at,
+                })),
+            };
+            // Held before it is sent, so that its result can never arrive before the stream
+            // knows it holds it.
+            p.conn.hold(HeldLease {
+                job_id: lease.job.job_id.clone(),
+                token: lease.token.clone(),
+                expiry_ms: lease.expiry_ms,
+            });
+            if p.tx.send(Ok(msg)).is_err() {
+                p.conn.forget(&lease.job.job_id);
+                undelivered.push(LeaseRef {
+                    job_id: lease.job.job_id,
+                    token: lease.token,
+                });
+            }
+        }
+        metrics::counter!("lts_jobs_dispatched_total", "node_group" => group.name.clone())
+            .increment(u64::from(count) - undelivered.len() as u64);
+        if !undelivered.is_empty() {
+            tracing::debug!(node_group = %group.name, n = undelivered.len(), "stream closed; releasing");
+            if let Err(e) = self.store.release(undelivered, now_ms()).await {
+                tracing::warn!(error = %e, "release of undelivered jobs failed; their leases will expire");
+            }
+            group.signal_work();
+        }
+    }
+
+    /// Reserves one free thread of the node group for a job about to be submitted, when the
+    /// group has no queue to serve first (its last claim round came back short): the submit then stores the job already leased to that TaskTracker
+    /// ([`JobStore::submit_leased`]) and [`Dispatcher::hand_over`] sends it, one durable write
+    /// instead of an insert and a claim. `None` while the group may have a queue (its last
+    /// round took every thread it could) or no free thread. Jobs submitted at about the same
+    /// moment through the ordinary path may start a few milliseconds after a job handed over.
+    pub fn reserve_idle(&self, node_group: &str) -> Option<Reserved> {
+        let group = self.existing(node_group)?;
+        if !group.drained.load(Ordering::SeqCst) || group.closed.is_cancelled() {
+            return None;
+        }
+        let planned = {
+            let mut slots = group.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let best = slots
+                .iter_mut()
+                .filter(|s| s.credits > 0 && s.conn.is_alive())
+                .max_by(|a, b| {
+                    (u64::from(a.credits) * u64::from(b.threads))
+                        .cmp(&(u64::from(b.credits) * u64::from(a.threads)))
+                })?;
+            best.credits -= 1;
+            Planned {
+                conn_id: best.conn_id,
+                identity: best.identity.clone(),
+                n: 1,
+                tx: best.tx.clone(),
+                conn: best.conn.clone(),
+            }
+        };
+        Some(Reserved {
+            group,
+            planned: Some(planned),
+        })
+    }
+
+    /// Sends the job a reservation's submit leased, or gives the thread back when the submit
+    /// did not lease one (a duplicate, a job not due yet) and looks for work again.
+    pub async fn hand_over(&self, reserved: Reserved, lease: Option<Lease>) {
+        let mut reserved = reserved;
+        // Without a lease, dropping `reserved` gives the thread back.
+        let Some(lease) = lease else { return };
+        let Some(planned) = reserved.planned.take() else {
+            return;
+        };
+        self.deliver(&reserved.group, planned, vec![lease]).await;
+    }
+
     async fn run_group(self: Arc<Self>, group: Arc<Group>) {
         let mut backoff_ms = 0u64;
         loop {
@@ -453,53 +581,11 @@ impl Dispatcher {
             let mut got = 0u32;
             let mut failed = false;
             for (p, result) in plan.into_iter().zip(results) {
-                let Planned {
-                    conn_id,
-                    n,
-                    tx,
-                    conn,
-                    ..
-                } = p;
+                let (conn_id, n) = (p.conn_id, p.n);
                 match result {
                     Ok(leases) => {
-                        let count = leases.len() as u32;
-                        got += count;
-                        Self::refund(&group, conn_id, n - count);
-                        let sent_at = now_ms();
-                        let mut undelivered = Vec::new();
-                        for lease in leases {
-                            let msg = TrackerMessage {
-                                msg: Some(tracker_message::Msg::Assign(proto::Assignment {
-                                    job: Some(convert::job_to_proto(&lease.job)),
-                                    lease_token: lease.token.clone(),
-                                    lease_deadline_ms: lease.expiry_ms,
-                                    sent_at_ms: sent_at,
-                                })),
-                            };
-                            // Held before it is sent, so that its result can never arrive
-                            // before the stream knows it holds it.
-                            conn.hold(HeldLease {
-                                job_id: lease.job.job_id.clone(),
-                                token: lease.token.clone(),
-                                expiry_ms: lease.expiry_ms,
-                            });
-                            if tx.send(Ok(msg)).is_err() {
-                                conn.forget(&lease.job.job_id);
-                                undelivered.push(LeaseRef {
-                                    job_id: lease.job.job_id,
-                                    token: lease.token,
-                                });
-                            }
-                        }
-                        metrics::counter!("lts_jobs_dispatched_total", "node_group" => group.name.clone())
-                            .increment(u64::from(count) - undelivered.len() as u64);
-                        if !undelivered.is_empty() {
-                            tracing::debug!(node_group = %group.name, n = undelivered.len(), "stream closed; releasing");
-                            if let Err(e) = self.store.release(undelivered, now_ms()).await {
-                                tracing::warn!(error = %e, "release of undelivered jobs failed; their leases will expire");
-                            }
-                            group.signal_work();
-                        }
+                        got += leases.len() as u32;
+                        self.deliver(&group, p, leases).await;
                     }
                     Err(e) => {
                         failed = true;
@@ -513,6 +599,7 @@ impl Dispatcher {
                 continue;
             }
             backoff_ms = 0;
+            group.drained.store(got < requested, Ordering::SeqCst);
             if got < requested {
                 // The queue has no more due work right now. Sleep until the earliest future
                 // trigger time, or until signalled.
@@ -590,5 +677,65 @@ mod tests {
         d.disconnect("g", b);
         assert_eq!(groups(&d), 0);
         assert!(group.closed.is_cancelled(), "its task ends");
+    }
+
+    #[tokio::test]
+    async fn a_submit_goes_straight_to_a_free_thread_only_once_the_queue_is_drained() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dispatcher(dir.path());
+        let (tx, stream) = WorkerTx::channel(16);
+        let mut stream = Box::pin(stream);
+        let conn = Arc::new(WorkerConn::new(None));
+        let id = d.connect("g", "w1", 2, tx, conn.clone());
+        let group = d.existing("g").unwrap();
+        // No thread is free yet: nothing to reserve.
+        assert!(d.reserve_idle("g").is_none());
+        d.add_credits("g", id, 2);
+        // The group's task claims on the empty store and comes back short: drained.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !group.drained.load(Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "never drained");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(d.reserve_idle("nobody").is_none(), "no such group");
+
+        // A reservation dropped unused (a cancelled call) gives its thread back.
+        let r = d.reserve_idle("g").unwrap();
+        assert_eq!(group.free_threads(), 1);
+        assert_eq!(r.claim(15_000, 1).owner, "w1");
+        drop(r);
+        assert_eq!(group.free_threads(), 2);
+        // So does one whose submit leased nothing (a duplicate, a job not due yet).
+        let r = d.reserve_idle("g").unwrap();
+        d.hand_over(r, None).await;
+        assert_eq!(group.free_threads(), 2);
+
+        // A leased job is held by the stream and sent down it; its thread stays taken.
+        let r = d.reserve_idle("g").unwrap();
+        let job = lts_core::Job::new("j1", lts_core::JobSpec::new("t1", "g"));
+        let lease = Lease {
+            job,
+            token: "tok".into(),
+            expiry_ms: now_ms() + 15_000,
+        };
+        d.hand_over(r, Some(lease)).await;
+        assert_eq!(group.free_threads(), 1);
+        let sent = stream.next().await.unwrap().unwrap();
+        match sent.msg {
+            Some(tracker_message::Msg::Assign(a)) => {
+                assert_eq!(a.job.unwrap().job_id, "j1");
+                assert_eq!(a.lease_token, "tok");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            conn.held().iter().any(|l| l.job_id == "j1"),
+            "held before it was sent"
+        );
+
+        // A round that takes every thread it asked for may have left a queue behind.
+        group.drained.store(false, Ordering::SeqCst);
+        assert!(d.reserve_idle("g").is_none());
     }
 }

@@ -114,12 +114,7 @@ impl JobService for JobApi {
                 .map(|(_, s)| s.task_tracker_node_group.clone())
                 .collect();
             let (idx, specs): (Vec<usize>, Vec<JobSpec>) = valid.into_iter().unzip();
-            let outcomes = self
-                .0
-                .store
-                .submit(specs, now_ms())
-                .await
-                .map_err(store_status)?;
+            let (outcomes, handed_over) = self.store_specs(specs).await?;
             for (i, outcome) in idx.into_iter().zip(outcomes) {
                 let (status, job_id, label) = match outcome {
                     SubmitOutcome::Accepted { job_id } => {
@@ -164,8 +159,10 @@ impl JobService for JobApi {
                     violations: Vec::new(),
                 });
             }
-            for g in groups {
-                self.0.dispatcher.signal_work(&g);
+            if !handed_over {
+                for g in groups {
+                    self.0.dispatcher.signal_work(&g);
+                }
             }
         }
         Ok(Response::new(proto::SubmitResponse {
@@ -522,6 +519,41 @@ impl JobService for JobApi {
 }
 
 impl JobApi {
+    /// Stores validated specs. A lone spec whose node group has a free TaskTracker thread and
+    /// no queue is stored already leased to that TaskTracker and sent to it at once (one
+    /// durable write and no claim round: see [`crate::dispatch::Dispatcher::reserve_idle`]);
+    /// the `bool` says so, and that the dispatcher need not look for work.
+    async fn store_specs(
+        &self,
+        mut specs: Vec<JobSpec>,
+    ) -> Result<(Vec<SubmitOutcome>, bool), Status> {
+        let core = &self.0;
+        let reserved = match specs.as_slice() {
+            [one] => core.dispatcher.reserve_idle(&one.task_tracker_node_group),
+            _ => None,
+        };
+        let Some((reserved, spec)) = reserved.and_then(|r| Some((r, specs.pop()?))) else {
+            let outcomes = core
+                .store
+                .submit(specs, now_ms())
+                .await
+                .map_err(store_status)?;
+            return Ok((outcomes, false));
+        };
+        let claim = reserved.claim(core.dispatcher.lease_ms(), now_ms());
+        match core.store.submit_leased(spec, claim).await {
+            Ok((outcome, lease)) => {
+                let leased = lease.is_some();
+                core.dispatcher.hand_over(reserved, lease).await;
+                Ok((vec![outcome], leased))
+            }
+            Err(e) => {
+                core.dispatcher.hand_over(reserved, None).await;
+                Err(store_status(e))
+            }
+        }
+    }
+
     /// `Ok` when `who` may act on the job `key` names: an admin, or a submitter of the node
     /// group that submitted it. An unknown job passes (the call answers `NOT_FOUND`).
     async fn own_job(&self, who: &Principal, key: &JobKey, action: &str) -> Result<(), Status> {

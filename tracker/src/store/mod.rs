@@ -263,6 +263,24 @@ pub trait JobStore: Send + Sync + 'static {
     /// Stores validated jobs; one answer per job, in order.
     async fn submit(&self, jobs: Vec<JobSpec>, now_ms: i64) -> StoreResult<Vec<SubmitOutcome>>;
 
+    /// Stores one validated job and, when it is due now and not recurring, leases it to
+    /// `claim.owner` in the same write: the hand-over of a submit to a TaskTracker that has a
+    /// free thread while its node group has no queue (one durable write instead of an insert
+    /// and a claim). Otherwise (not due, recurring, a duplicate, or a store that always
+    /// stores first) it is an ordinary [`JobStore::submit`] and no lease comes back.
+    async fn submit_leased(
+        &self,
+        spec: JobSpec,
+        claim: ClaimRequest,
+    ) -> StoreResult<(SubmitOutcome, Option<Lease>)> {
+        let out = self.submit(vec![spec], claim.now_ms).await?;
+        let first = out
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Backend("submit: no answer for the job".into()))?;
+        Ok((first, None))
+    }
+
     /// Leases up to `max` due jobs of a node group to one owner, best first.
     async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Lease>>;
 

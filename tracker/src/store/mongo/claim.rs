@@ -106,7 +106,7 @@ impl MongoStore {
     }
 
     /// A leased job, kept for its result.
-    fn handed_out(
+    pub(super) fn handed_out(
         &self,
         stored: transition::StoredJob,
         rev: i64,

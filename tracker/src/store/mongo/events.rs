@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use futures::{StreamExt, TryStreamExt, stream};
-use lts_core::transition::{self, CancelCause, Event, LeaseLoss, Refusal, RunReport, StoredJob};
+use lts_core::transition::{
+    self, CancelCause, Claim, Event, Handout, LeaseLoss, Refusal, RunReport, StoredJob,
+};
 use lts_core::{JobSpec, JobState};
 use mongodb::bson::{Document, doc};
 
@@ -13,8 +15,8 @@ use super::MongoStore;
 use super::codec::{self, Read};
 use super::write::{ATTEMPTS, Applied, First};
 use crate::store::{
-    CancelOutcome, ChangeOutcome, CompleteOutcome, Completion, HeldLease, JobKey, LeaseRef,
-    Requeued, StoreError, StoreResult, SubmitOutcome, TriggerOutcome,
+    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, HeldLease, JobKey,
+    Lease, LeaseRef, Requeued, StoreError, StoreResult, SubmitOutcome, TriggerOutcome,
 };
 
 /// Jobs written at once by the paths that write one job at a time (hand-backs, lost leases).
@@ -96,6 +98,50 @@ impl MongoStore {
         out.into_iter()
             .map(|o| o.ok_or_else(|| StoreError::Backend("submit: no answer for a job".into())))
             .collect()
+    }
+
+    /// Stores a spec already leased to `req.owner` when the claim applies to it at once (due
+    /// now, not recurring): one insert of the job as claimed, with the submit's and the
+    /// claim's log lines. Anything else is an ordinary submit.
+    pub(super) async fn submit_and_lease(
+        &self,
+        spec: JobSpec,
+        req: ClaimRequest,
+    ) -> StoreResult<(SubmitOutcome, Option<Lease>)> {
+        let now = req.now_ms;
+        let accepted = transition::accept(spec.clone(), new_id(), now);
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let expiry = now + req.lease_ms;
+        let claim = Claim {
+            owner: req.owner,
+            token: token.clone(),
+            expiry_ms: expiry,
+            instance_id: new_id(),
+        };
+        let leased = match transition::apply(&accepted.job, Event::Claim(claim), now, &self.retry) {
+            Ok(t) if matches!(t.handout, Handout::Job) && t.follow_up.is_none() => t,
+            _ => {
+                let out = self.submit_specs(vec![spec], now).await?;
+                let first = out
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| StoreError::Backend("submit: no answer for the job".into()))?;
+                return Ok((first, None));
+            }
+        };
+        if !self
+            .insert_new(vec![codec::new_doc(&leased.job)?])
+            .await?
+            .is_empty()
+        {
+            // Its task id (or its idempotency key) is taken.
+            return Ok((self.submit_over(&spec, now).await?, None));
+        }
+        let lines = accepted.logs.iter().chain(&leased.logs).map(codec::log_doc);
+        self.append_log(lines.collect()).await;
+        let job_id = leased.job.job.job_id.clone();
+        let lease = self.handed_out(leased.job, 0, &token, expiry);
+        Ok((SubmitOutcome::Accepted { job_id }, Some(lease)))
     }
 
     /// Submits a spec whose task id an unfinished job had a moment ago.

@@ -402,6 +402,14 @@ impl JobStore for MongoStore {
         self.submit_specs(jobs, now).await
     }
 
+    async fn submit_leased(
+        &self,
+        spec: JobSpec,
+        claim: ClaimRequest,
+    ) -> StoreResult<(SubmitOutcome, Option<Lease>)> {
+        self.submit_and_lease(spec, claim).await
+    }
+
     async fn claim(&self, req: ClaimRequest) -> StoreResult<Vec<Lease>> {
         self.claim_due(req).await
     }

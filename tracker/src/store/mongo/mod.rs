@@ -27,8 +27,11 @@
 //! ([`MongoStore::round_trips`], metric `lts_store_round_trips_total`). Per job the path costs:
 //! submit — one `insert` per batch; claim — one `find` and one `update` command per batch of
 //! leases (each statement guarded by its job's state and revision, so two trackers never lease
-//! the same job); completion — one guarded `update`, without a read when this tracker handed
-//! the lease out (it keeps the job it leased). Log lines are written by one background writer
+//! the same job); completion — one guarded `update` statement, without a read when this
+//! tracker handed the lease out (it keeps the job it leased). The single-job inserts and
+//! updates of concurrent operations share commands (group commit, in `batch`), and a job
+//! handed over at submit ([`JobStore::submit_leased`]) is inserted already leased, with no
+//! claim at all. Log lines are written by one background writer
 //! that gathers the lines of every operation for [`LOG_LINGER`] and sends them in one
 //! `insert`; operations do not wait for it, and reading a job's log first flushes it.
 

@@ -32,6 +32,11 @@ pub struct BenchArgs {
     /// TaskTrackers.
     #[arg(long, short = 'w', default_value_t = 2)]
     pub workers: u32,
+    /// JobTrackers sharing the store (MongoDB only); TaskTracker `i` connects to tracker
+    /// `i mod N`, and clients to the first. Compare `--trackers 3 --workers 3` with
+    /// `--trackers 1 --workers 3` to see whether trackers get in each other's way.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub trackers: u32,
     /// Threads per TaskTracker. Default 32; when only the cron phase runs, enough to start
     /// every fire of a second at once (`--cron` ÷ `--workers`), so that the lateness measures
     /// the scheduler rather than a queue for free threads.
@@ -282,12 +287,26 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
         config = config.open();
         lts_worker_sdk::Credentials::default()
     };
-    let tracker = Tracker::start(config).await?;
-    let endpoint = tracker.endpoint();
-    let client = JobClient::connect_with(std::slice::from_ref(&endpoint), creds).await?;
+    if args.trackers > 1 && !matches!(store, StoreUrl::Mongo(_)) {
+        return Err(CliError::Usage(
+            "--trackers: several trackers share a MongoDB store only (--store mongodb://…)".into(),
+        ));
+    }
+    let mut trackers = Vec::with_capacity(args.trackers as usize);
+    for i in 0..args.trackers {
+        let mut config = config.clone();
+        if i > 0 {
+            config.identity = Some(format!("bench-tracker-{i}"));
+        }
+        trackers.push(Tracker::start(config).await?);
+    }
+    let endpoints: Vec<String> = trackers.iter().map(|t| t.endpoint()).collect();
+    let endpoint = endpoints.as_slice();
+    let client = JobClient::connect_with(&endpoints[..1], creds).await?;
     let mut report = Report {
         config: serde_json::json!({
             "workers": args.workers,
+            "trackers": args.trackers,
             "threads": args.threads(),
             "prefetch": args.prefetch(),
             "rate": args.rate,
@@ -304,8 +323,8 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
         ..Default::default()
     };
 
-    let store_handle = tracker.store();
-    let trips = move || store_handle.round_trips();
+    let stores: Vec<_> = trackers.iter().map(|t| t.store()).collect();
+    let trips = move || stores.iter().map(|s| s.round_trips()).sum::<Option<u64>>();
     let per_job = |before: Option<u64>, after: Option<u64>, jobs: u64| match (before, after) {
         (Some(b), Some(a)) if jobs > 0 => Some(a.saturating_sub(b) as f64 / jobs as f64),
         _ => None,
@@ -327,7 +346,7 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
         }
     }
     if args.phases.contains(&Phase::Drain) {
-        let (r, [before, loaded, drained]) = drain(&client, &endpoint, &args, &trips).await?;
+        let (r, [before, loaded, drained]) = drain(&client, endpoint, &args, &trips).await?;
         report.drain_jobs_per_s = Some(r);
         if let Some(t) = per_job(before, loaded, args.drain_jobs) {
             report.store_round_trips.insert("preload_batched", t);
@@ -346,12 +365,14 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
         report.store_round_trips_per_job = Some(submit + run);
     }
     if args.phases.contains(&Phase::Latency) {
-        report.dispatch_latency_ms = Some(latency(&client, &endpoint, &args).await?);
+        report.dispatch_latency_ms = Some(latency(&client, endpoint, &args).await?);
     }
     if args.phases.contains(&Phase::Cron) {
-        report.cron = Some(cron(&client, &endpoint, &args).await?);
+        report.cron = Some(cron(&client, endpoint, &args).await?);
     }
-    tracker.shutdown().await?;
+    for tracker in trackers {
+        tracker.shutdown().await?;
+    }
     if let StoreUrl::Mongo(url) = &store {
         lts_tracker::store::mongo::drop_bench_database(url, &bench_cluster())
             .await
@@ -550,7 +571,7 @@ fn secure(
 }
 
 fn start_workers(
-    endpoint: &str,
+    endpoints: &[String],
     creds: &lts_worker_sdk::Credentials,
     group: &str,
     args: &BenchArgs,
@@ -566,7 +587,7 @@ fn start_workers(
         let tt = TaskTracker::builder()
             .cluster(bench_cluster())
             .node_group(group)
-            .tracker(endpoint)
+            .tracker(&endpoints[w as usize % endpoints.len()])
             .credentials(creds.clone())
             .threads(args.threads())
             .prefetch(args.prefetch())
@@ -582,7 +603,7 @@ fn start_workers(
 /// preload, after it, and after the drain.
 async fn drain(
     client: &JobClient,
-    endpoint: &str,
+    endpoint: &[String],
     args: &BenchArgs,
     trips: &dyn Fn() -> Option<u64>,
 ) -> CliResult<(f64, [Option<u64>; 3])> {
@@ -647,7 +668,7 @@ fn micros_now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn latency(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliResult<Latency> {
+async fn latency(client: &JobClient, endpoint: &[String], args: &BenchArgs) -> CliResult<Latency> {
     let group = "bench-latency";
     let hist = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
@@ -715,7 +736,7 @@ async fn latency(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliRes
 
 /// N cron definitions firing every second; counts every run by (definition, scheduled fire)
 /// inside a window of `--seconds` that starts after all are submitted.
-async fn cron(client: &JobClient, endpoint: &str, args: &BenchArgs) -> CliResult<CronReport> {
+async fn cron(client: &JobClient, endpoint: &[String], args: &BenchArgs) -> CliResult<CronReport> {
     use std::collections::HashMap;
     let group = "bench-cron";
     /// (task id, scheduled fire ms) → the lateness of each run of it, in µs.

@@ -227,3 +227,60 @@ async fn a_due_job_is_stored_already_leased_and_anything_else_is_an_ordinary_sub
         assert_eq!(job.state, JobState::Queued, "{task}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trackers_racing_for_one_queue_lease_every_job_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = MongoServer::start(dir.path()).await.unwrap();
+    let trackers = [
+        store(&server, "race").await,
+        store(&server, "race").await,
+        store(&server, "race").await,
+    ];
+    let n = 600;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
+        let specs = chunk
+            .iter()
+            .map(|i| JobSpec::new(format!("race-{i}"), "g"))
+            .collect();
+        trackers[0].submit(specs, NOW).await.unwrap();
+    }
+    // Every tracker claims 16 at a time, all at once, until the queue is empty. The ones that
+    // lose races spread their next claims out; none may lease a job another one holds.
+    let claims = trackers.iter().enumerate().map(|(t, s)| {
+        let s = s.clone();
+        async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = s
+                    .claim(ClaimRequest {
+                        node_group: "g".into(),
+                        owner: format!("w{t}"),
+                        max: 16,
+                        lease_ms: 60_000,
+                        now_ms: NOW + 1,
+                    })
+                    .await
+                    .unwrap();
+                if got.is_empty() {
+                    // Another tracker may still hold candidates it lost: look once more.
+                    let again = s.stats(Some("g")).await.unwrap();
+                    if again.queued == 0 {
+                        return mine;
+                    }
+                    continue;
+                }
+                mine.extend(got.into_iter().map(|l| l.job.job_id));
+            }
+        }
+    });
+    let leased: Vec<Vec<String>> = join_all(claims).await;
+    let mut all: Vec<&String> = leased.iter().flatten().collect();
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), total, "a job was leased twice");
+    assert_eq!(total, n, "every job leased");
+    let stats = trackers[0].stats(Some("g")).await.unwrap();
+    assert_eq!((stats.queued, stats.running), (0, n as u64));
+}

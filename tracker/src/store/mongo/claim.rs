@@ -5,7 +5,8 @@
 //! go to the server as one `update` command, each statement guarded by its job's state and
 //! revision as read, so that a job another tracker took (or a user changed) meanwhile is left
 //! alone. The instances of fires are inserted before their definitions move on. Claims of one
-//! node group from one tracker take turns.
+//! node group from one tracker take turns; a tracker that lost jobs to another one spreads
+//! its next claims over a wider window of the best jobs for a while.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,6 +20,15 @@ use mongodb::bson::{Document, doc};
 use super::MongoStore;
 use super::codec::{self, Read};
 use crate::store::{ClaimRequest, Lease, StoreResult};
+
+/// How much wider than asked a contended claim looks for candidates.
+const SPREAD: usize = 4;
+/// The widest window of candidates a claim reads.
+const MAX_WINDOW: usize = 2_048;
+/// How long after losing jobs to another tracker a node group's claims stay spread out.
+const CONTENDED_FOR_MS: i64 = 2_000;
+/// Node groups whose lost races are remembered at once (the stale ones go first).
+const MAX_GROUPS: usize = 10_000;
 
 /// A candidate and what the claim does to it.
 struct Claimed {
@@ -45,14 +55,34 @@ impl MongoStore {
             "state": JobState::Queued.code(),
             "trigger_time": { "$lte": now },
         };
-        let found: Vec<Document> = self
+        // Trackers that share the queue all see the same best jobs: after this tracker lost
+        // some of a claim to another one, it takes its next claims at random from a wider
+        // window of the best, so that the trackers stop racing for the same documents.
+        let contended = self.contended(&req.node_group, now);
+        let window = if contended {
+            req.max.saturating_mul(SPREAD).min(MAX_WINDOW).max(req.max)
+        } else {
+            req.max
+        };
+        let mut found: Vec<Document> = self
             .jobs
             .find(due)
             .sort(doc! { "priority": -1, "trigger_time": 1, "_id": 1 })
-            .limit(req.max as i64)
+            .limit(window as i64)
             .await?
             .try_collect()
             .await?;
+        if found.len() > req.max {
+            let mut keep =
+                rand::seq::index::sample(&mut rand::rng(), found.len(), req.max).into_vec();
+            keep.sort_unstable();
+            let mut i = 0;
+            found.retain(|_| {
+                let kept = keep.binary_search(&i).is_ok();
+                i += 1;
+                kept
+            });
+        }
         // Leases of the jobs themselves, and the rest: fires, skipped fires, ended schedules.
         let (mut leases, mut others) = (Vec::new(), Vec::new());
         for d in &found {
@@ -75,6 +105,9 @@ impl MongoStore {
         }
         let (won, fired) =
             tokio::try_join!(self.lease_batch(&leases, &token), self.fire_batch(&others))?;
+        if won.len() < leases.len() {
+            self.lost_race(&req.node_group, now);
+        }
         let mut out = Vec::with_capacity(won.len() + fired.len());
         for c in leases
             .into_iter()
@@ -97,6 +130,22 @@ impl MongoStore {
                 .then(a.job.job_id.cmp(&b.job.job_id))
         });
         Ok(out)
+    }
+
+    /// Whether a claim of this node group lost jobs to another tracker lately.
+    fn contended(&self, node_group: &str, now: i64) -> bool {
+        let lost = self.lost_races.lock().unwrap_or_else(|e| e.into_inner());
+        lost.get(node_group)
+            .is_some_and(|&at| now.saturating_sub(at) < CONTENDED_FOR_MS)
+    }
+
+    /// Remembers that a claim of this node group lost jobs to another tracker.
+    fn lost_race(&self, node_group: &str, now: i64) {
+        let mut lost = self.lost_races.lock().unwrap_or_else(|e| e.into_inner());
+        if lost.len() >= MAX_GROUPS && !lost.contains_key(node_group) {
+            lost.retain(|_, at| now.saturating_sub(*at) < CONTENDED_FOR_MS);
+        }
+        lost.insert(node_group.to_string(), now);
     }
 
     /// The turn of claims for one node group.

@@ -136,6 +136,8 @@ pub struct MongoStore {
     leases: Mutex<HashMap<String, Read>>,
     /// Per node group: the turn of this tracker's claims.
     claim_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per node group: when a claim last lost jobs to another tracker.
+    lost_races: Mutex<HashMap<String, i64>>,
     log_tx: mpsc::Sender<log::LogWrite>,
     /// Guarded updates of single jobs, grouped into one command per batch.
     updates: batch::UpdateBatcher,
@@ -229,6 +231,7 @@ impl MongoStore {
             retry: options.retry,
             leases: Mutex::new(HashMap::new()),
             claim_turns: Mutex::new(HashMap::new()),
+            lost_races: Mutex::new(HashMap::new()),
             log_tx,
             updates,
             inserts,

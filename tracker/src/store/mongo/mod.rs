@@ -109,7 +109,7 @@ const DUPLICATE_KEY: i32 = 11000;
 /// The server's answer to dropping an index that is not there.
 const INDEX_NOT_FOUND: i32 = 27;
 /// Indexes of `jobs` that earlier versions made and this one replaced.
-const OLD_JOB_INDEXES: &[&str] = &["claim", "due"];
+const OLD_JOB_INDEXES: &[&str] = &["claim", "due", "instance_of", "feedback"];
 /// Commands that are not store work (connection handshakes, health checks).
 const NOT_STORE_WORK: &[&str] = &[
     "hello",
@@ -285,6 +285,13 @@ impl MongoStore {
                 .build();
             IndexModel::builder().keys(keys).options(options).build()
         };
+        let having = |keys: Document, name: &str, field: &str| {
+            let options = IndexOptions::builder()
+                .name(name.to_string())
+                .partial_filter_expression(doc! { field: { "$exists": true } })
+                .build();
+            IndexModel::builder().keys(keys).options(options).build()
+        };
         let jobs_indexes = vec![
             index(
                 doc! { "task_tracker_node_group": 1, "task_id": 1, "done": 1 },
@@ -306,21 +313,19 @@ impl MongoStore {
             index(doc! { "lease_expiry": 1 }, "lease", true, false),
             index(doc! { "lease_owner": 1 }, "owner", true, false),
             index(doc! { "finished_at": 1 }, "finished", true, false),
-            index(
-                doc! { "instance_of": 1, "done": 1 },
-                "instance_of",
-                true,
-                false,
-            ),
+            // Partial, not sparse: a sparse compound index still holds every document that
+            // has any of its fields, and `done` and `_id` are in every job.
+            having(doc! { "instance_of": 1, "done": 1 }, "instance_of_only", "instance_of"),
             // One instance per fire of a recurring job, finished ones included (see
             // `claim::fire_batch`).
             index(doc! { "fire_key": 1 }, "fire", true, true),
             index(doc! { "submit_key": 1 }, "submit_key", true, true),
-            index(doc! { "fb_group": 1, "_id": 1 }, "feedback", true, false),
+            having(doc! { "fb_group": 1, "_id": 1 }, "feedback_only", "fb_group"),
         ];
         self.jobs.create_indexes(jobs_indexes).await?;
-        // Their predecessors held every job; once the partial ones exist they are dead weight
-        // on every write. (An older tracker still running works without them, only slower.)
+        // Their predecessors held every job (the sparse compound ones too: every job has a
+        // `done` and an `_id`); once the partial ones exist they are dead weight on every
+        // write. (An older tracker still running works without them, only slower.)
         for old in OLD_JOB_INDEXES {
             match self.jobs.drop_index(*old).await {
                 Ok(()) => {

@@ -284,3 +284,56 @@ async fn trackers_racing_for_one_queue_lease_every_job_once() {
     let stats = trackers[0].stats(Some("g")).await.unwrap();
     assert_eq!((stats.queued, stats.running), (0, n as u64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_of_an_older_version_give_way_to_the_partial_ones() {
+    use mongodb::IndexModel;
+    use mongodb::bson::{Document, doc};
+    use mongodb::options::IndexOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let server = MongoServer::start(dir.path()).await.unwrap();
+    let client = mongodb::Client::with_uri_str(server.url("older"))
+        .await
+        .unwrap();
+    let jobs = client.database("older").collection::<Document>("jobs");
+    let named = |keys: Document, name: &str| {
+        IndexModel::builder()
+            .keys(keys)
+            .options(IndexOptions::builder().name(name.to_string()).build())
+            .build()
+    };
+    jobs.create_indexes([
+        named(
+            doc! { "task_tracker_node_group": 1, "state": 1, "priority": -1, "trigger_time": 1, "_id": 1 },
+            "claim",
+        ),
+        named(doc! { "task_tracker_node_group": 1, "state": 1, "trigger_time": 1 }, "due"),
+        named(doc! { "instance_of": 1, "done": 1 }, "instance_of"),
+        named(doc! { "fb_group": 1, "_id": 1 }, "feedback"),
+    ])
+    .await
+    .unwrap();
+    let s = store(&server, "older").await;
+    let names = jobs.list_index_names().await.unwrap();
+    for old in ["claim", "due", "instance_of", "feedback"] {
+        assert!(
+            !names.contains(&old.to_string()),
+            "{old} is still there: {names:?}"
+        );
+    }
+    for new in [
+        "claim_queued",
+        "due_queued",
+        "instance_of_only",
+        "feedback_only",
+    ] {
+        assert!(
+            names.contains(&new.to_string()),
+            "{new} is missing: {names:?}"
+        );
+    }
+    // A second start finds nothing to change.
+    drop(s);
+    let _again = store(&server, "older").await;
+    assert_eq!(jobs.list_index_names().await.unwrap().len(), names.len());
+}

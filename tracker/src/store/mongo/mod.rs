@@ -315,12 +315,20 @@ impl MongoStore {
             index(doc! { "finished_at": 1 }, "finished", true, false),
             // Partial, not sparse: a sparse compound index still holds every document that
             // has any of its fields, and `done` and `_id` are in every job.
-            having(doc! { "instance_of": 1, "done": 1 }, "instance_of_only", "instance_of"),
+            having(
+                doc! { "instance_of": 1, "done": 1 },
+                "instance_of_only",
+                "instance_of",
+            ),
             // One instance per fire of a recurring job, finished ones included (see
             // `claim::fire_batch`).
             index(doc! { "fire_key": 1 }, "fire", true, true),
             index(doc! { "submit_key": 1 }, "submit_key", true, true),
-            having(doc! { "fb_group": 1, "_id": 1 }, "feedback_only", "fb_group"),
+            having(
+                doc! { "fb_group": 1, "_id": 1 },
+                "feedback_only",
+                "fb_group",
+            ),
         ];
         self.jobs.create_indexes(jobs_indexes).await?;
         // Their predecessors held every job (the sparse compound ones too: every job has a

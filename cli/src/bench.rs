@@ -302,7 +302,6 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
     }
     let endpoints: Vec<String> = trackers.iter().map(|t| t.endpoint()).collect();
     let endpoint = endpoints.as_slice();
-    let client = JobClient::connect_with(&endpoints[..1], creds).await?;
     let mut report = Report {
         config: serde_json::json!({
             "workers": args.workers,
@@ -322,62 +321,79 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
         }),
         ..Default::default()
     };
+    // The phases; whatever they come to (an error, Ctrl-C), the trackers stop and the bench's
+    // database goes.
+    let phases = async {
+        let client = JobClient::connect_with(&endpoints[..1], creds).await?;
 
-    let stores: Vec<_> = trackers.iter().map(|t| t.store()).collect();
-    let trips = move || stores.iter().map(|s| s.round_trips()).sum::<Option<u64>>();
-    let per_job = |before: Option<u64>, after: Option<u64>, jobs: u64| match (before, after) {
-        (Some(b), Some(a)) if jobs > 0 => Some(a.saturating_sub(b) as f64 / jobs as f64),
-        _ => None,
+        let stores: Vec<_> = trackers.iter().map(|t| t.store()).collect();
+        let trips = move || stores.iter().map(|s| s.round_trips()).sum::<Option<u64>>();
+        let per_job = |before: Option<u64>, after: Option<u64>, jobs: u64| match (before, after) {
+            (Some(b), Some(a)) if jobs > 0 => Some(a.saturating_sub(b) as f64 / jobs as f64),
+            _ => None,
+        };
+        if args.phases.contains(&Phase::Submit) {
+            let before = trips();
+            let r = submit_batched(&client, "bench-submit", args.submit_jobs).await?;
+            report.submit_batched_jobs_per_s = Some(r);
+            if let Some(t) = per_job(before, trips(), args.submit_jobs) {
+                report.store_round_trips.insert("submit_batched", t);
+            }
+        }
+        if args.phases.contains(&Phase::Single) {
+            let before = trips();
+            let r = submit_single(&client, args.single_jobs, args.submitters).await?;
+            report.submit_single_jobs_per_s = Some(r);
+            if let Some(t) = per_job(before, trips(), args.single_jobs) {
+                report.store_round_trips.insert("submit_single", t);
+            }
+        }
+        if args.phases.contains(&Phase::Drain) {
+            let (r, [before, loaded, drained]) = drain(&client, endpoint, &args, &trips).await?;
+            report.drain_jobs_per_s = Some(r);
+            if let Some(t) = per_job(before, loaded, args.drain_jobs) {
+                report.store_round_trips.insert("preload_batched", t);
+            }
+            if let Some(t) = per_job(loaded, drained, args.drain_jobs) {
+                report.store_round_trips.insert("claim_and_complete", t);
+            }
+        }
+        if let Some(run) = report.store_round_trips.get("claim_and_complete") {
+            let submit = report
+                .store_round_trips
+                .get("submit_single")
+                .or(report.store_round_trips.get("preload_batched"))
+                .copied()
+                .unwrap_or(0.0);
+            report.store_round_trips_per_job = Some(submit + run);
+        }
+        if args.phases.contains(&Phase::Latency) {
+            report.dispatch_latency_ms = Some(latency(&client, endpoint, &args).await?);
+        }
+        if args.phases.contains(&Phase::Cron) {
+            report.cron = Some(cron(&client, endpoint, &args).await?);
+        }
+        CliResult::Ok(())
     };
-    if args.phases.contains(&Phase::Submit) {
-        let before = trips();
-        let r = submit_batched(&client, "bench-submit", args.submit_jobs).await?;
-        report.submit_batched_jobs_per_s = Some(r);
-        if let Some(t) = per_job(before, trips(), args.submit_jobs) {
-            report.store_round_trips.insert("submit_batched", t);
+    let phases = tokio::select! {
+        done = phases => done,
+        _ = lts_core::runtime::shutdown_signal() => {
+            Err(CliError::Failed("interrupted; the bench's trackers and database are cleaned up".into()))
         }
-    }
-    if args.phases.contains(&Phase::Single) {
-        let before = trips();
-        let r = submit_single(&client, args.single_jobs, args.submitters).await?;
-        report.submit_single_jobs_per_s = Some(r);
-        if let Some(t) = per_job(before, trips(), args.single_jobs) {
-            report.store_round_trips.insert("submit_single", t);
-        }
-    }
-    if args.phases.contains(&Phase::Drain) {
-        let (r, [before, loaded, drained]) = drain(&client, endpoint, &args, &trips).await?;
-        report.drain_jobs_per_s = Some(r);
-        if let Some(t) = per_job(before, loaded, args.drain_jobs) {
-            report.store_round_trips.insert("preload_batched", t);
-        }
-        if let Some(t) = per_job(loaded, drained, args.drain_jobs) {
-            report.store_round_trips.insert("claim_and_complete", t);
-        }
-    }
-    if let Some(run) = report.store_round_trips.get("claim_and_complete") {
-        let submit = report
-            .store_round_trips
-            .get("submit_single")
-            .or(report.store_round_trips.get("preload_batched"))
-            .copied()
-            .unwrap_or(0.0);
-        report.store_round_trips_per_job = Some(submit + run);
-    }
-    if args.phases.contains(&Phase::Latency) {
-        report.dispatch_latency_ms = Some(latency(&client, endpoint, &args).await?);
-    }
-    if args.phases.contains(&Phase::Cron) {
-        report.cron = Some(cron(&client, endpoint, &args).await?);
-    }
+    };
+    let mut stopped = Ok(());
     for tracker in trackers {
-        tracker.shutdown().await?;
+        if let Err(e) = tracker.shutdown().await {
+            stopped = Err(e);
+        }
     }
     if let StoreUrl::Mongo(url) = &store {
         lts_tracker::store::mongo::drop_bench_database(url, &bench_cluster())
             .await
             .map_err(|e| CliError::Failed(format!("dropping the bench database: {e}")))?;
     }
+    phases?;
+    stopped?;
     if args.phases.contains(&Phase::Raw) {
         let pb = bar(args.drain_jobs, "raw: insert, then claim + complete");
         let mut raw = match &store {

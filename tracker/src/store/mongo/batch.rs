@@ -295,7 +295,10 @@ async fn write_inserts(coll: &Collection<Document>, batch: Vec<Insert>) {
             }
         }
         // Not only duplicates (a server or write-concern failure): each operation on its own,
-        // so that one operation's bad document fails that operation alone.
+        // so that one operation's bad document fails that operation alone. A document the
+        // failed batch did store meets its own `_id` now and comes back as taken: its submit
+        // is then answered with the job it stored (by its idempotency key or its task id),
+        // an instance with "that fire has its job" — stored once either way.
         Err(_) => {
             for i in batch {
                 let _ = i.reply.send(insert_command(coll, &i.docs).await);

@@ -173,6 +173,14 @@ fn leaf(ca: &Ca, name: &str, sans: &[&str]) -> Leaf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_images_build_and_run_a_job_non_root_on_a_read_only_root() {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0);
+    assert_eq!(
+        uid, 0,
+        "the image tests run podman with a storage of their own and give the images' user          its files: run scripts/test.sh as root"
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut cleanup = Cleanup::default();
     let run_id = std::process::id();

@@ -254,35 +254,40 @@ async fn the_images_build_and_run_a_job_non_root_on_a_read_only_root() {
     let addr = format!("127.0.0.1:{port}");
     let metrics = format!("127.0.0.1:{metrics_port}");
     let tracker = format!("lts-test-{run_id}-tracker");
-    run_detached(
-        &tracker,
-        &tracker_image,
-        &[
-            format!("{}:/etc/lts/tls:ro", tracker_secret.display()),
-            format!("{}:/var/lib/lts", data.display()),
-        ],
-        &[
-            "--listen",
-            &addr,
-            "--metrics-listen",
-            &metrics,
-            "--store",
-            "sqlite:/var/lib/lts/lts.db",
-            "--identity",
-            "tracker-in-podman",
-            "--tls-cert",
-            "/etc/lts/tls/tls.crt",
-            "--tls-key",
-            "/etc/lts/tls/tls.key",
-            "--tls-ca",
-            "/etc/lts/tls/ca.crt",
-            "--tls-client-auth",
-            "required",
-            "--auth-file",
-            "/etc/lts/tls/auth.yaml",
-        ],
-        &mut cleanup,
-    );
+    // A tracker container as the operator runs one: its certificate, key, CA and auth file
+    // from a read-only Secret, client certificates required, the store on the volume.
+    let start_tracker = |name: &str, cleanup: &mut Cleanup| {
+        run_detached(
+            name,
+            &tracker_image,
+            &[
+                format!("{}:/etc/lts/tls:ro", tracker_secret.display()),
+                format!("{}:/var/lib/lts", data.display()),
+            ],
+            &[
+                "--listen",
+                &addr,
+                "--metrics-listen",
+                &metrics,
+                "--store",
+                "sqlite:/var/lib/lts/lts.db",
+                "--identity",
+                "tracker-in-podman",
+                "--tls-cert",
+                "/etc/lts/tls/tls.crt",
+                "--tls-key",
+                "/etc/lts/tls/tls.key",
+                "--tls-ca",
+                "/etc/lts/tls/ca.crt",
+                "--tls-client-auth",
+                "required",
+                "--auth-file",
+                "/etc/lts/tls/auth.yaml",
+            ],
+            cleanup,
+        )
+    };
+    start_tracker(&tracker, &mut cleanup);
     let admin = Credentials::default()
         .tls_ca_pem(ca.cert_pem())
         .tls_identity_pem(admin_cert.cert_pem.clone(), admin_cert.key_pem.clone());
@@ -373,33 +378,7 @@ async fn the_images_build_and_run_a_job_non_root_on_a_read_only_root() {
     assert_eq!(exit.trim(), "0", "{}", logs(&tracker));
     assert!(logs(&tracker).contains("drain"), "{}", logs(&tracker));
     let tracker2 = format!("{tracker}-2");
-    run_detached(
-        &tracker2,
-        &tracker_image,
-        &[
-            format!("{}:/etc/lts/tls:ro", tracker_secret.display()),
-            format!("{}:/var/lib/lts", data.display()),
-        ],
-        &[
-            "--listen",
-            &addr,
-            "--store",
-            "sqlite:/var/lib/lts/lts.db",
-            "--identity",
-            "tracker-in-podman",
-            "--tls-cert",
-            "/etc/lts/tls/tls.crt",
-            "--tls-key",
-            "/etc/lts/tls/tls.key",
-            "--tls-ca",
-            "/etc/lts/tls/ca.crt",
-            "--tls-client-auth",
-            "required",
-            "--auth-file",
-            "/etc/lts/tls/auth.yaml",
-        ],
-        &mut cleanup,
-    );
+    start_tracker(&tracker2, &mut cleanup);
     let again = eventually(T, "the new tracker container to answer", || async {
         client.get(JobKey::Id(job_id.clone())).await.ok()
     })

@@ -257,6 +257,13 @@ pub struct Stats {
     pub pending_feedback: u64,
 }
 
+/// The answer to a submit of one job.
+pub(crate) fn only_answer(out: Vec<SubmitOutcome>) -> StoreResult<SubmitOutcome> {
+    out.into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Backend("submit: no answer for the job".into()))
+}
+
 /// Durable storage of jobs, their log and feedback. See the module docs for the semantics.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
@@ -274,11 +281,7 @@ pub trait JobStore: Send + Sync + 'static {
         claim: ClaimRequest,
     ) -> StoreResult<(SubmitOutcome, Option<Lease>)> {
         let out = self.submit(vec![spec], claim.now_ms).await?;
-        let first = out
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::Backend("submit: no answer for the job".into()))?;
-        Ok((first, None))
+        Ok((only_answer(out)?, None))
     }
 
     /// Leases up to `max` due jobs of a node group to one owner, best first.

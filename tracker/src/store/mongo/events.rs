@@ -16,7 +16,7 @@ use super::codec::{self, Read};
 use super::write::{ATTEMPTS, Applied, First};
 use crate::store::{
     CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, HeldLease, JobKey,
-    Lease, LeaseRef, Requeued, StoreError, StoreResult, SubmitOutcome, TriggerOutcome,
+    Lease, LeaseRef, Requeued, StoreError, StoreResult, SubmitOutcome, TriggerOutcome, only_answer,
 };
 
 /// Jobs written at once by the paths that write one job at a time (hand-backs, lost leases).
@@ -122,11 +122,7 @@ impl MongoStore {
             Ok(t) if matches!(t.handout, Handout::Job) && t.follow_up.is_none() => t,
             _ => {
                 let out = self.submit_specs(vec![spec], now).await?;
-                let first = out
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| StoreError::Backend("submit: no answer for the job".into()))?;
-                return Ok((first, None));
+                return Ok((only_answer(out)?, None));
             }
         };
         if !self

@@ -479,6 +479,7 @@ mod tests {
             running: Vec::new(),
             heartbeat_ms: 500,
             prefetch: 4,
+            waits_for_start: true,
         };
         let lease = || proto::LeaseRef {
             job_id: "j".into(),

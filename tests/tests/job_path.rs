@@ -245,6 +245,7 @@ fn raw_hello(group: &str, identity: &str, threads: u32, heartbeat_ms: u32) -> pr
         running: vec![],
         heartbeat_ms,
         prefetch: 0,
+        waits_for_start: false,
     }
 }
 
@@ -268,6 +269,77 @@ async fn raw_worker_take_one(
             return (tx, inbound, a);
         }
     }
+}
+
+/// A job due later is claimed ahead of its trigger time for a TaskTracker that holds it until
+/// then (the SDK's), and starts on time, never before; a TaskTracker that does not wait (an
+/// older one: no `waits_for_start` in its Hello) is sent a job only once it is due.
+#[tokio::test]
+async fn a_job_claimed_ahead_starts_at_its_trigger_time_and_never_before() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two seconds ahead: long enough to see the job held before it starts.
+    let tracker = TrackerProc::start(dir.path(), &["--claim-ahead-ms", "2000"])
+        .await
+        .unwrap();
+    let client = tracker.client();
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let seen = starts.clone();
+    let (stop, h) = worker(&tracker, "ahead", 2, move |ctx: JobContext| {
+        let seen = seen.clone();
+        async move {
+            seen.lock()
+                .unwrap()
+                .push((ctx.job.job_id.clone(), now_ms()));
+            RunResult::success("on time")
+        }
+    });
+    let due = now_ms() + 3_000;
+    let later = JobSpec::new("later", "ahead").schedule(Schedule::TriggerAt {
+        trigger_time_ms: due,
+    });
+    let id = accepted(&client.submit(later).await.unwrap());
+    // Half a second before its trigger time it is leased, and not started.
+    tokio::time::sleep(Duration::from_millis((due - 500 - now_ms()).max(0) as u64)).await;
+    let held = client.get(JobKey::Id(id.clone())).await.unwrap();
+    assert_eq!(held.state, JobState::Running, "claimed ahead: {held:?}");
+    assert!(starts.lock().unwrap().is_empty(), "started early");
+    let done = wait_final(&client, &id, T).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    let started = starts.lock().unwrap().clone();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert!(
+        started[0].1 >= due,
+        "started {} ms early",
+        due - started[0].1
+    );
+    stop.cancel();
+    h.await.unwrap();
+
+    // A TaskTracker that does not wait gets the job when it is due, to start at once.
+    let (_tx, mut inbound) =
+        open_raw_stream(&tracker.addr, raw_hello("older", "older-worker", 1, 0), 1).await;
+    let due = now_ms() + 1_500;
+    let later = JobSpec::new("later", "older").schedule(Schedule::TriggerAt {
+        trigger_time_ms: due,
+    });
+    let id = accepted(&client.submit(later).await.unwrap());
+    let a = loop {
+        let m = tokio::time::timeout(T, inbound.next())
+            .await
+            .expect("an assignment")
+            .expect("stream open")
+            .unwrap();
+        if let Some(proto::tracker_message::Msg::Assign(a)) = m.msg {
+            break a;
+        }
+    };
+    assert!(
+        now_ms() >= due,
+        "sent {} ms before it was due",
+        due - now_ms()
+    );
+    assert_eq!(a.job.unwrap().job_id, id);
+    assert_eq!(a.start_in_ms, 0);
 }
 
 #[tokio::test]

@@ -55,6 +55,7 @@ async fn concurrent_results_share_commands_and_a_stale_one_is_refused_alone() {
             max: 200,
             lease_ms: 60_000,
             now_ms: NOW,
+            ahead_ms: 0,
         })
         .await
         .unwrap();
@@ -166,6 +167,7 @@ async fn a_due_job_is_stored_already_leased_and_anything_else_is_an_ordinary_sub
         max: 1,
         lease_ms: 60_000,
         now_ms: now,
+        ahead_ms: 0,
     };
     // Due now: one insert of the job as leased to w1, with both log lines.
     let (out, lease) = a
@@ -259,6 +261,7 @@ async fn trackers_racing_for_one_queue_lease_every_job_once() {
                         max: 16,
                         lease_ms: 60_000,
                         now_ms: NOW + 1,
+                        ahead_ms: 0,
                     })
                     .await
                     .unwrap();

@@ -22,6 +22,7 @@ pub const SILENT_AFTER_PINGS: u32 = 4;
 pub struct WorkerConn {
     heartbeat: Option<Heartbeat>,
     held: Mutex<HashMap<String, HeldLease>>,
+    waits_for_start: bool,
 }
 
 impl WorkerConn {
@@ -31,7 +32,20 @@ impl WorkerConn {
         WorkerConn {
             heartbeat,
             held: Mutex::new(HashMap::new()),
+            waits_for_start: false,
         }
+    }
+
+    /// The same stream, of a TaskTracker that holds a job sent ahead of its trigger time until
+    /// then (its Hello's `waits_for_start`).
+    pub fn waiting_for_start(mut self, waits: bool) -> WorkerConn {
+        self.waits_for_start = waits;
+        self
+    }
+
+    /// Whether jobs may be claimed for this TaskTracker ahead of their trigger time.
+    pub fn waits_for_start(&self) -> bool {
+        self.waits_for_start
     }
 
     /// The heartbeat, if the TaskTracker takes part.

@@ -119,6 +119,7 @@ impl Reserved {
             max: 1,
             lease_ms,
             now_ms,
+            ahead_ms: 0,
         }
     }
 }
@@ -191,6 +192,9 @@ pub struct Dispatcher {
     groups: Mutex<HashMap<String, Arc<Group>>>,
     lease_ms: i64,
     idle_poll: Duration,
+    /// How long before their trigger time jobs are claimed for a TaskTracker that holds them
+    /// until then.
+    claim_ahead_ms: i64,
     next_conn: AtomicU64,
     shutdown: CancellationToken,
 }
@@ -207,10 +211,14 @@ impl Dispatcher {
     /// A dispatcher leasing jobs for `lease_ms` at a time. With idle TaskTrackers it also
     /// looks for work every `idle_poll`, which catches jobs submitted through *other*
     /// trackers of the cluster (this tracker is woken directly only by its own submits).
+    /// It claims jobs up to `claim_ahead_ms` before their trigger time for the TaskTrackers
+    /// that hold a job until then ([`WorkerConn::waits_for_start`]); the others get only due
+    /// jobs.
     pub fn new(
         store: Arc<dyn JobStore>,
         lease_ms: i64,
         idle_poll: Duration,
+        claim_ahead_ms: i64,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Dispatcher {
@@ -218,6 +226,7 @@ impl Dispatcher {
             groups: Mutex::new(HashMap::new()),
             lease_ms,
             idle_poll,
+            claim_ahead_ms: claim_ahead_ms.max(0),
             next_conn: AtomicU64::new(1),
             shutdown,
         })
@@ -249,9 +258,14 @@ impl Dispatcher {
         }
     }
 
-    /// Work in `node_group` comes due at `at_ms` (a retry or next fire). Keeps one timer per
-    /// group, for the earliest time asked for.
+    /// Work in `node_group` comes due at `at_ms` (a retry or next fire): the group looks for
+    /// it in time to claim it ahead.
     pub fn signal_work_at(self: &Arc<Self>, node_group: &str, at_ms: i64) {
+        self.wake_at(node_group, at_ms.saturating_sub(self.claim_ahead_ms));
+    }
+
+    /// Wakes the group at `at_ms`. Keeps one timer per group, for the earliest time asked for.
+    fn wake_at(self: &Arc<Self>, node_group: &str, at_ms: i64) {
         let delay = at_ms - now_ms();
         if delay <= 0 {
             self.signal_work(node_group);
@@ -446,12 +460,15 @@ impl Dispatcher {
         let sent_at = now_ms();
         let mut undelivered = Vec::new();
         for lease in leases {
+            // A job claimed ahead of its trigger time (only for a TaskTracker that waits).
+            let start_in_ms = lease.job.trigger_time_ms.saturating_sub(sent_at).max(0);
             let msg = TrackerMessage {
                 msg: Some(tracker_message::Msg::Assign(proto::Assignment {
                     job: Some(convert::job_to_proto(&lease.job)),
                     lease_token: lease.token.clone(),
                     lease_deadline_ms: lease.expiry_ms,
                     sent_at_ms: sent_at,
+                    start_in_ms,
                 })),
             };
             // Held before it is sent, so that its result can never arrive before the stream
@@ -575,6 +592,11 @@ impl Dispatcher {
                     max: p.n as usize,
                     lease_ms: self.lease_ms,
                     now_ms: now,
+                    ahead_ms: if p.conn.waits_for_start() {
+                        self.claim_ahead_ms
+                    } else {
+                        0
+                    },
                 })
             });
             let results = futures::future::join_all(claims).await;
@@ -612,7 +634,15 @@ impl Dispatcher {
                     group.maybe_work.store(true, Ordering::SeqCst);
                 }
                 match self.store.next_due(&group.name).await {
-                    Ok(Some(at)) => self.signal_work_at(&group.name, at.max(now_ms() + 1)),
+                    Ok(Some(at)) => {
+                        // Wake in time to claim it ahead, unless it is within reach already
+                        // and was not taken (no TaskTracker that waits for a start had a
+                        // free thread): then at its trigger time.
+                        let now = now_ms();
+                        let ahead = at.saturating_sub(self.claim_ahead_ms);
+                        let wake = if ahead > now { ahead } else { at };
+                        self.wake_at(&group.name, wake.max(now + 1))
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(node_group = %group.name, error = %e, "next_due failed");
@@ -636,6 +666,7 @@ mod tests {
             Arc::new(store),
             15_000,
             Duration::from_millis(500),
+            200,
             CancellationToken::new(),
         )
     }

@@ -133,6 +133,13 @@ pub struct TrackerConfig {
     /// fires wake its dispatcher at once.
     #[arg(long, env = "LTS_IDLE_POLL_MS", default_value_t = 500)]
     pub idle_poll_ms: u64,
+    /// Claim a job this many milliseconds ahead of its trigger time (a cron fire, a delayed job, a
+    /// retry) for a TaskTracker that holds it until then, so that it starts on time however
+    /// long the claim takes when many jobs fall due at once. 0: claim only due jobs. At most
+    /// 10000.
+    #[arg(long, env = "LTS_CLAIM_AHEAD_MS", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub claim_ahead_ms: u64,
     /// How often each TaskTracker's stream is pinged, in milliseconds. A TaskTracker that
     /// leaves four pings unanswered gets no new jobs until it answers again; TaskTrackers ping
     /// back and move to another tracker when this one goes silent.
@@ -236,6 +243,7 @@ impl TrackerConfig {
             orphan_grace_ms: 2_000,
             heartbeat_ms: 500,
             idle_poll_ms: 500,
+            claim_ahead_ms: 200,
             retry_min_delay_ms: 1_000,
             retry_max_delay_ms: 300_000,
             retention_hours: 168,
@@ -488,6 +496,7 @@ impl Tracker {
             store.clone(),
             config.lease_ms,
             Duration::from_millis(config.idle_poll_ms),
+            config.claim_ahead_ms as i64,
             shutdown.clone(),
         );
         let feedback = FeedbackHub::new(store.clone(), shutdown.clone());

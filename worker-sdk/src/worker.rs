@@ -597,6 +597,7 @@ impl TaskTracker {
                     .collect(),
                 heartbeat_ms: self.heartbeat.as_millis() as u32,
                 prefetch: self.prefetch,
+                waits_for_start: true,
             }),
         );
         // A frozen tracker accepts the connection (its kernel does) but never answers.
@@ -857,13 +858,22 @@ impl TaskTracker {
         let runner = self.runner.clone();
         let outbox = self.outbox.clone();
         let limits = self.report_limits;
-        // The timeout counts from the claim, as the tracker's deadline does (this TaskTracker's
-        // own clock, so no skew between the two).
+        // A job claimed ahead of its trigger time starts then (counted on this TaskTracker's
+        // own clock from the moment it arrived, so no skew between the two clocks), and its
+        // timeout counts from then, as the tracker's deadline does.
+        let start_in = Duration::from_millis(a.start_in_ms.clamp(0, MAX_START_IN_MS) as u64);
+        let start_at = tokio::time::Instant::now() + start_in;
         let timeout = job.spec.timeout_ms.map(Duration::from_millis);
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = timeout.map(|t| start_at + t);
         let done = done_tx.clone();
         let slots = self.slots.clone();
         tokio::spawn(async move {
+            if !start_in.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(start_at) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            }
             // A free thread, in the order jobs came; a job lost or taken out of line by a
             // shutdown meanwhile never starts.
             let _thread = tokio::select! {
@@ -950,6 +960,10 @@ impl TaskTracker {
 }
 
 type WorkerOut = mpsc::UnboundedSender<proto::WorkerMessage>;
+
+/// The longest a job sent ahead of its trigger time is held before it starts (a tracker
+/// claims at most 10 s ahead; anything longer is a tracker's error, and the job starts then).
+const MAX_START_IN_MS: i64 = 60_000;
 
 /// How long a run past its job's timeout gets, once cancelled, to stop before it is abandoned
 /// and reported `TIMEOUT` (well within the tracker's own grace past the deadline).

@@ -124,11 +124,16 @@ pub struct Claim {
     pub owner: String,
     /// The lease token.
     pub token: String,
-    /// When the lease runs out unless renewed.
+    /// When the lease runs out unless renewed, for a job due now; a job claimed ahead of its
+    /// trigger time keeps its lease that much longer.
     pub expiry_ms: i64,
     /// The id of the instance, if the claim fires one (a recurring job whose instances
     /// overlap): the caller's fresh id.
     pub instance_id: String,
+    /// The latest trigger time the claim takes: `now`, or a little later for a TaskTracker
+    /// that holds a job until its trigger time (a claim ahead of the fire, so that the run
+    /// starts on time however long the claim itself takes). Earlier than `now` counts as now.
+    pub due_by_ms: i64,
 }
 
 /// A run's result as its TaskTracker reports it.

@@ -138,8 +138,11 @@ impl LogEntry {
     }
 }
 
-/// The job leased by `claim`: running, one more attempt.
+/// The job leased by `claim`: running, one more attempt. A job claimed ahead of its trigger
+/// time starts then: its deadline and its lease count from its start.
 fn lease(s: &mut StoredJob, claim: &Claim, now_ms: i64) {
+    let ahead = s.job.trigger_time_ms.saturating_sub(now_ms).max(0);
+    let starts = now_ms.saturating_add(ahead);
     s.job.state = JobState::Running;
     s.job.attempt += 1;
     s.job.lease_owner = Some(claim.owner.clone());
@@ -147,8 +150,8 @@ fn lease(s: &mut StoredJob, claim: &Claim, now_ms: i64) {
         .job
         .spec
         .timeout_ms
-        .map(|t| now_ms.saturating_add(i64::try_from(t).unwrap_or(i64::MAX)));
-    s.job.lease_expiry_ms = Some(capped_expiry(&s.job, claim.expiry_ms));
+        .map(|t| starts.saturating_add(i64::try_from(t).unwrap_or(i64::MAX)));
+    s.job.lease_expiry_ms = Some(capped_expiry(&s.job, claim.expiry_ms.saturating_add(ahead)));
     s.job.updated_at_ms = now_ms;
     s.lease_token = Some(claim.token.clone());
 }
@@ -215,7 +218,7 @@ fn claim_job(stored: &StoredJob, claim: &Claim, now_ms: i64) -> Result<Transitio
     if job.state != JobState::Queued {
         return Err(Refusal::NotQueued(job.state));
     }
-    if job.trigger_time_ms > now_ms {
+    if job.trigger_time_ms > claim.due_by_ms.max(now_ms) {
         return Err(Refusal::NotDue(job.trigger_time_ms));
     }
     let fire = job.scheduled_fire_ms.unwrap_or(job.trigger_time_ms);

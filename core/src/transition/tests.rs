@@ -38,6 +38,7 @@ fn claim(token: &str) -> Event {
         token,
         expiry_ms: NOW + 50,
         instance_id,
+        due_by_ms: NOW,
     })
 }
 
@@ -373,6 +374,48 @@ fn overlapping_fires_run_as_leased_instances() {
 }
 
 #[test]
+fn a_claim_ahead_of_the_trigger_time_leases_from_the_start() {
+    let ahead = |due_by_ms: i64| {
+        Event::Claim(Claim {
+            owner: "w1".into(),
+            token: "t1".into(),
+            expiry_ms: NOW + 50,
+            instance_id: "i1".into(),
+            due_by_ms,
+        })
+    };
+    // A job due 200 ms after the claim, with a 1 s timeout.
+    let spec = JobSpec::new("later", "g")
+        .timeout(std::time::Duration::from_secs(1))
+        .schedule(Schedule::TriggerAt {
+            trigger_time_ms: NOW + 200,
+        });
+    let queued = accept(spec, "l".into(), NOW).job;
+    // Not due by the claim's horizon: refused, nothing written.
+    assert_eq!(
+        apply(&queued, ahead(NOW + 199), NOW, &exact()).map(|t| t.write),
+        Err(Refusal::NotDue(NOW + 200))
+    );
+    // A horizon in the past is the same as now.
+    assert!(apply(&queued, ahead(NOW - 5_000), NOW, &exact()).is_err());
+    // Due by the horizon: leased now, its lease and deadline counted from its start.
+    let j = run(&queued, ahead(NOW + 200), NOW).job.job;
+    assert_eq!(j.state, Running);
+    assert_eq!(j.deadline_ms, Some(NOW + 200 + 1_000));
+    assert_eq!(j.lease_expiry_ms, Some(NOW + 50 + 200));
+    // The instance of a fire claimed ahead is the fire's, on time, leased from the fire.
+    let def = accept(repeat(false, 2), "d".into(), NOW).job;
+    let mut early = def.clone();
+    early.job.trigger_time_ms = NOW + 1_000;
+    early.job.scheduled_fire_ms = Some(NOW + 1_000);
+    let t = run(&early, ahead(NOW + 1_000), NOW + 700);
+    let i = &t.follow_up.as_ref().expect("instance").job.job;
+    assert_eq!(i.spec.task_id, format!("tick~{}", NOW + 1_000));
+    assert_eq!(i.lease_expiry_ms, Some(NOW + 50 + 300));
+    assert_eq!(t.job.job.trigger_time_ms, NOW + 2_000);
+}
+
+#[test]
 fn only_the_first_attempt_of_a_sequential_fire_can_be_late() {
     let late = NOW + 60_500;
     let job = job_in(Queued);
@@ -588,6 +631,7 @@ fn a_run_past_its_timeout_ends_timeout_and_is_retried_while_retries_remain() {
             token,
             expiry_ms,
             instance_id,
+            due_by_ms: NOW,
         })
     };
     // The lease runs to the deadline's grace at most, however long the claim asked for.
@@ -764,6 +808,8 @@ impl World {
                     token,
                     expiry_ms,
                     instance_id,
+                    // Now, or ahead of the trigger time as for a TaskTracker that holds it.
+                    due_by_ms: self.now + (pick % 3) as i64 * 500,
                 })
             }
             Op::Renew(stale) => Event::Renew {

@@ -23,6 +23,7 @@ fn claim(group: &str, owner: &str, max: usize, now: i64) -> ClaimRequest {
         max,
         lease_ms: 10_000,
         now_ms: now,
+        ahead_ms: 0,
     }
 }
 

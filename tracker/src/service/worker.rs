@@ -79,10 +79,13 @@ impl WorkerService for WorkerApi {
         // Pings go both ways when the TaskTracker takes part: it learns fast that this tracker
         // froze, and this tracker stops handing jobs to (and renewing leases through) a stream
         // whose TaskTracker stopped answering.
-        let conn =
-            Arc::new(WorkerConn::new((hello.heartbeat_ms > 0).then(|| {
-                Heartbeat::new(core.heartbeat * crate::conn::SILENT_AFTER_PINGS)
-            })));
+        let conn = Arc::new(
+            WorkerConn::new(
+                (hello.heartbeat_ms > 0)
+                    .then(|| Heartbeat::new(core.heartbeat * crate::conn::SILENT_AFTER_PINGS)),
+            )
+            .waiting_for_start(hello.waits_for_start),
+        );
         // Leases the TaskTracker still holds from an earlier connection: renewing them through
         // this stream moves them here (the old stream's leases no longer match).
         let lost = if hello.running.is_empty() {

@@ -108,6 +108,17 @@ pub struct ClaimRequest {
     pub lease_ms: i64,
     /// The current time.
     pub now_ms: i64,
+    /// Also lease jobs due up to this long after `now_ms`, for a TaskTracker that holds a job
+    /// until its trigger time (0: only jobs due now). The claim is then done before the fire,
+    /// not after it, so that the run starts on time however long the claim takes.
+    pub ahead_ms: i64,
+}
+
+impl ClaimRequest {
+    /// The latest trigger time the claim takes.
+    pub fn due_by_ms(&self) -> i64 {
+        self.now_ms.saturating_add(self.ahead_ms.max(0))
+    }
 }
 
 /// A run's result as reported by a TaskTracker.

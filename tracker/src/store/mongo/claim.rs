@@ -53,7 +53,7 @@ impl MongoStore {
         let due = doc! {
             "task_tracker_node_group": &req.node_group,
             "state": JobState::Queued.code(),
-            "trigger_time": { "$lte": now },
+            "trigger_time": { "$lte": req.due_by_ms() },
         };
         // Trackers that share the queue all see the same best jobs: after this tracker lost
         // some of a claim to another one, it takes its next claims at random from a wider
@@ -92,6 +92,7 @@ impl MongoStore {
                 token: token.clone(),
                 expiry_ms: expiry,
                 instance_id: uuid::Uuid::now_v7().simple().to_string(),
+                due_by_ms: req.due_by_ms(),
             };
             // A refusal: it is no longer queued and due as read.
             let Ok(t) = transition::apply(&read.stored, Event::Claim(claim), now, &self.retry)

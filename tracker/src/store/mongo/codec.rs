@@ -429,6 +429,7 @@ mod tests {
             token: "tok".into(),
             expiry_ms: NOW + 50,
             instance_id: "i1".into(),
+            due_by_ms: NOW,
         });
         let report = |outcome| {
             Event::Complete(RunReport {
@@ -472,6 +473,7 @@ mod tests {
             token: "tok".into(),
             expiry_ms: NOW + 50,
             instance_id: "i1".into(),
+            due_by_ms: NOW,
         });
         let t = apply(&read.stored, claim, NOW, &RetryPolicy::default()).unwrap();
         let (_, u) = update(&read, &t.job, &t.write, None).unwrap().unwrap();

@@ -28,7 +28,7 @@ pub(super) fn claim(
 ) -> StoreResult<Vec<Lease>> {
     let due = found_all(
         &mut conn.prepare_cached(DUE_JOBS.text())?,
-        params![req.node_group, req.now_ms, req.max as i64],
+        params![req.node_group, req.due_by_ms(), req.max as i64],
     )?;
     let mut leases = Vec::with_capacity(due.len());
     for found in &due {
@@ -37,6 +37,7 @@ pub(super) fn claim(
             token: token.to_string(),
             expiry_ms,
             instance_id: new_job_id(),
+            due_by_ms: req.due_by_ms(),
         });
         // The statement found it queued and due: a refusal cannot happen, and writes nothing.
         let Ok(written) = change(conn, found, event, req.now_ms, retry, None)? else {

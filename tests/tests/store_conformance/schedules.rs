@@ -540,3 +540,46 @@ pub async fn instances_name_their_recurring_job(store: Arc<dyn JobStore>) {
     let t = store.trigger(JobKey::Id("nope".into()), NOW).await.unwrap();
     assert_eq!(t, TriggerOutcome::NotFound);
 }
+
+/// A claim ahead of the trigger time (for a TaskTracker that holds the job until then) takes
+/// what is due by its horizon and nothing later: a delayed job leased from its start, and the
+/// instance of a fire that is due soon, on time.
+pub async fn claims_ahead_of_the_trigger_time(store: Arc<dyn JobStore>) {
+    let later = JobSpec::new("later", "g").schedule(Schedule::TriggerAt {
+        trigger_time_ms: NOW + 150,
+    });
+    let far = JobSpec::new("far", "g").schedule(Schedule::TriggerAt {
+        trigger_time_ms: NOW + 5_000,
+    });
+    let tick = JobSpec::new("tick", "g").schedule(Schedule::Repeat {
+        interval_ms: 1000,
+        count: 2,
+        first_fire_ms: Some(NOW + 100),
+    });
+    store.submit(vec![later, far, tick], NOW).await.unwrap();
+    // Nothing is due now.
+    assert!(store.claim(claim("g", "w1", 10, NOW)).await.unwrap().is_empty());
+    let ahead = ClaimRequest {
+        ahead_ms: 200,
+        ..claim("g", "w1", 10, NOW)
+    };
+    let got = store.claim(ahead).await.unwrap();
+    let mut names: Vec<&str> = got.iter().map(|l| l.job.spec.task_id.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["later", format!("tick~{}", NOW + 100).as_str()]);
+    for l in &got {
+        assert_eq!(l.job.state, JobState::Running);
+        // The lease counts from the job's start.
+        let starts = l.job.trigger_time_ms;
+        assert_eq!(l.job.lease_expiry_ms, Some(starts + 10_000), "{:?}", l.job);
+    }
+    let tick = got.iter().find(|l| l.job.spec.task_id.starts_with("tick")).unwrap();
+    assert_eq!(tick.job.scheduled_fire_ms, Some(NOW + 100));
+    // The schedule moved on; the far job waits.
+    assert_eq!(store.next_due("g").await.unwrap(), Some(NOW + 1_100));
+    let ahead = ClaimRequest {
+        ahead_ms: 200,
+        ..claim("g", "w2", 10, NOW + 50)
+    };
+    assert!(store.claim(ahead).await.unwrap().is_empty());
+}

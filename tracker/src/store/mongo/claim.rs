@@ -14,6 +14,7 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use futures::future::try_join_all;
 use lts_core::JobState;
+use lts_core::schedule::fires_overlapping_instances;
 use lts_core::transition::{self, Claim, Event, Handout, Transition};
 use mongodb::bson::{Document, doc};
 
@@ -91,7 +92,11 @@ impl MongoStore {
                 owner: req.owner.clone(),
                 token: token.clone(),
                 expiry_ms: expiry,
-                instance_id: uuid::Uuid::now_v7().simple().to_string(),
+                instance_id: if fires_overlapping_instances(&read.stored.job.spec) {
+                    uuid::Uuid::now_v7().simple().to_string()
+                } else {
+                    String::new()
+                },
                 due_by_ms: req.due_by_ms(),
             };
             // A refusal: it is no longer queued and due as read.

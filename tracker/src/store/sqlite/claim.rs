@@ -2,7 +2,7 @@
 //! the `jobs_claim` index, best first; each is claimed by its own transition and written by
 //! its row id, all in the writer's one transaction.
 
-use lts_core::schedule::RetryPolicy;
+use lts_core::schedule::{RetryPolicy, fires_overlapping_instances};
 use lts_core::transition::{Claim, Event, Handout};
 use rusqlite::{Connection, params};
 
@@ -36,7 +36,13 @@ pub(super) fn claim(
             owner: req.owner.clone(),
             token: token.to_string(),
             expiry_ms,
-            instance_id: new_job_id(),
+            // Only a fire of overlapping instances creates a job (a fresh id costs a read of
+            // the system's randomness).
+            instance_id: if fires_overlapping_instances(&found.stored.job.spec) {
+                new_job_id()
+            } else {
+                String::new()
+            },
             due_by_ms: req.due_by_ms(),
         });
         // The statement found it queued and due: a refusal cannot happen, and writes nothing.

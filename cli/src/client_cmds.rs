@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lts_core::{
-    Job, JobKey, JobSpec, JobState, MisfirePolicy, Schedule, ScheduleKind, now_ms, validate,
+    ConcurrencyPolicy, Job, JobKey, JobSpec, JobState, MisfirePolicy, Schedule, ScheduleKind,
+    now_ms, validate,
 };
 use lts_worker_sdk::{ListQuery, SubmitAnswer};
 use serde::Serialize;
@@ -74,6 +75,11 @@ pub struct SubmitArgs {
     /// After missed fires: one catch-up run, or skip to the next time.
     #[arg(long, value_enum, default_value_t = Misfire::FireOnce)]
     misfire: Misfire,
+    /// For cron/repeat whose runs may overlap: what a fire does while an earlier run is
+    /// unfinished (allow: run alongside; forbid: skip the fire; replace: cancel the earlier
+    /// runs).
+    #[arg(long, value_enum, default_value_t = Concurrency::Allow)]
+    concurrency: Concurrency,
     /// Wait for the final outcome and print it.
     #[arg(long)]
     wait: bool,
@@ -89,6 +95,17 @@ pub enum Misfire {
     FireOnce,
     /// Wait for the next scheduled time.
     Skip,
+}
+
+/// `--concurrency` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Concurrency {
+    /// Run alongside earlier runs.
+    Allow,
+    /// Skip the fire while an earlier run is unfinished.
+    Forbid,
+    /// Cancel the earlier unfinished runs, then run.
+    Replace,
 }
 
 /// Parses `KEY=VALUE`.
@@ -167,6 +184,11 @@ pub fn spec_from_args(a: &SubmitArgs, now: i64) -> CliResult<JobSpec> {
         misfire_policy: match a.misfire {
             Misfire::FireOnce => MisfirePolicy::FireOnce,
             Misfire::Skip => MisfirePolicy::Skip,
+        },
+        concurrency_policy: match a.concurrency {
+            Concurrency::Allow => ConcurrencyPolicy::Allow,
+            Concurrency::Forbid => ConcurrencyPolicy::Forbid,
+            Concurrency::Replace => ConcurrencyPolicy::Replace,
         },
         max_lease_losses: a.max_lease_losses,
         // Set by the client for each submit (its retries dedup).
@@ -586,6 +608,10 @@ async fn get(a: GetArgs) -> CliResult {
         ("rely_on_prev_cycle", s.rely_on_prev_cycle.to_string()),
         ("replace_on_exist", s.replace_on_exist.to_string()),
         ("misfire_policy", format!("{:?}", s.misfire_policy)),
+        (
+            "concurrency_policy",
+            s.concurrency_policy.as_str().to_string(),
+        ),
         ("params", params),
         (
             "lease owner",

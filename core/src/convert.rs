@@ -1,8 +1,8 @@
 //! Conversions between the model ([`crate::model`]) and the wire types ([`crate::proto`]).
 
 use crate::model::{
-    BizLine, FeedbackItem, Job, JobKey, JobSpec, JobState, LogEntry, LogLevel, LogType,
-    MisfirePolicy, Outcome, Schedule,
+    BizLine, ConcurrencyPolicy, FeedbackItem, Job, JobKey, JobSpec, JobState, LogEntry, LogLevel,
+    LogType, MisfirePolicy, Outcome, Schedule,
 };
 use crate::proto;
 use crate::validate::{FieldViolation, Violations};
@@ -39,6 +39,20 @@ pub fn spec_from_proto(p: proto::JobSpec) -> Result<JobSpec, Violations> {
             MisfirePolicy::FireOnce
         }
     };
+    let concurrency_policy = match proto::ConcurrencyPolicy::try_from(p.concurrency_policy) {
+        Ok(proto::ConcurrencyPolicy::Unspecified | proto::ConcurrencyPolicy::Allow) => {
+            ConcurrencyPolicy::Allow
+        }
+        Ok(proto::ConcurrencyPolicy::Forbid) => ConcurrencyPolicy::Forbid,
+        Ok(proto::ConcurrencyPolicy::Replace) => ConcurrencyPolicy::Replace,
+        Err(_) => {
+            errs.push(FieldViolation::new(
+                "concurrency_policy",
+                format!("unknown value {}", p.concurrency_policy),
+            ));
+            ConcurrencyPolicy::Allow
+        }
+    };
     if !errs.is_empty() {
         return Err(Violations(errs));
     }
@@ -54,6 +68,7 @@ pub fn spec_from_proto(p: proto::JobSpec) -> Result<JobSpec, Violations> {
         rely_on_prev_cycle: p.rely_on_prev_cycle,
         replace_on_exist: p.replace_on_exist,
         misfire_policy,
+        concurrency_policy,
         max_lease_losses: p.max_lease_losses,
         timeout_ms: p.timeout_ms,
         idempotency_key: (!p.idempotency_key.is_empty()).then_some(p.idempotency_key),
@@ -98,6 +113,11 @@ pub fn spec_to_proto(s: &JobSpec) -> proto::JobSpec {
         misfire_policy: match s.misfire_policy {
             MisfirePolicy::FireOnce => proto::MisfirePolicy::FireOnce,
             MisfirePolicy::Skip => proto::MisfirePolicy::Skip,
+        } as i32,
+        concurrency_policy: match s.concurrency_policy {
+            ConcurrencyPolicy::Allow => proto::ConcurrencyPolicy::Allow,
+            ConcurrencyPolicy::Forbid => proto::ConcurrencyPolicy::Forbid,
+            ConcurrencyPolicy::Replace => proto::ConcurrencyPolicy::Replace,
         } as i32,
         max_lease_losses: s.max_lease_losses,
         timeout_ms: s.timeout_ms,

@@ -25,8 +25,8 @@ pub mod proto {
 
 pub use duration::{parse_duration, parse_duration_ms};
 pub use model::{
-    BizLine, FeedbackItem, Job, JobKey, JobSpec, JobState, LogEntry, LogLevel, LogType,
-    MisfirePolicy, Outcome, Schedule, ScheduleKind,
+    BizLine, ConcurrencyPolicy, FeedbackItem, Job, JobKey, JobSpec, JobState, LogEntry, LogLevel,
+    LogType, MisfirePolicy, Outcome, Schedule, ScheduleKind,
 };
 pub use validate::{FieldViolation, Violations, validate};
 

@@ -132,6 +132,32 @@ pub enum MisfirePolicy {
     Skip,
 }
 
+/// What a fire of a recurring job does while an earlier run of it (an instance, retries
+/// included) is unfinished — Kubernetes CronJob's `concurrencyPolicy`. Applies to the jobs
+/// whose runs may overlap: cron and repeat with `rely_on_prev_cycle = false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcurrencyPolicy {
+    /// The fire runs alongside the earlier runs.
+    #[default]
+    Allow,
+    /// The fire is skipped (and the skip logged) while an earlier run is unfinished.
+    Forbid,
+    /// The earlier unfinished runs are cancelled, and the fire runs.
+    Replace,
+}
+
+impl ConcurrencyPolicy {
+    /// Its name as the CLI and the job listings write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConcurrencyPolicy::Allow => "allow",
+            ConcurrencyPolicy::Forbid => "forbid",
+            ConcurrencyPolicy::Replace => "replace",
+        }
+    }
+}
+
 /// A job as a JobClient submits it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct JobSpec {
@@ -157,6 +183,10 @@ pub struct JobSpec {
     pub replace_on_exist: bool,
     /// Catch-up behaviour for missed fires of cron/repeat jobs.
     pub misfire_policy: MisfirePolicy,
+    /// What a fire does while an earlier run is unfinished (cron/repeat jobs whose runs may
+    /// overlap); stored jobs from before the field read as [`ConcurrencyPolicy::Allow`].
+    #[serde(default, skip_serializing_if = "is_allow")]
+    pub concurrency_policy: ConcurrencyPolicy,
     /// How many runs may be lost — their TaskTracker died, froze past its lease or left the
     /// cluster without a result — before the job fails: a job that kills its worker must not
     /// walk through every worker of its group. `None`: [`DEFAULT_MAX_LEASE_LOSSES`]. Counted
@@ -179,6 +209,10 @@ pub struct JobSpec {
 
 /// How many lost runs a job survives unless its spec says otherwise.
 pub const DEFAULT_MAX_LEASE_LOSSES: u32 = 3;
+
+fn is_allow(p: &ConcurrencyPolicy) -> bool {
+    *p == ConcurrencyPolicy::Allow
+}
 
 impl JobSpec {
     /// A real-time job with the given task id and node group, other fields at defaults.
@@ -222,6 +256,12 @@ impl JobSpec {
     /// Sets `timeout_ms` (builder style).
     pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
         self.timeout_ms = Some(timeout.as_millis().try_into().unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Sets `concurrency_policy` (builder style).
+    pub fn concurrency_policy(mut self, policy: ConcurrencyPolicy) -> Self {
+        self.concurrency_policy = policy;
         self
     }
 

@@ -281,6 +281,25 @@ pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
         }
     }
 
+    if spec.concurrency_policy != crate::model::ConcurrencyPolicy::Allow
+        && !crate::schedule::fires_overlapping_instances(spec)
+    {
+        out.push(FieldViolation::new(
+            "concurrency_policy",
+            format!(
+                "{} only applies to cron and repeat jobs whose runs may overlap \
+                 (rely_on_prev_cycle false); this job's schedule is {}{}",
+                spec.concurrency_policy.as_str(),
+                spec.schedule.kind(),
+                if spec.rely_on_prev_cycle {
+                    " with rely_on_prev_cycle, whose runs never overlap"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+
     if spec.rely_on_prev_cycle && !spec.schedule.is_recurring() {
         out.push(FieldViolation::new(
             "rely_on_prev_cycle",
@@ -453,6 +472,27 @@ mod tests {
             trigger_time_ms: i64::MAX,
         });
         assert_eq!(fields(&bad_time), ["trigger_time"]);
+    }
+
+    #[test]
+    fn a_concurrency_policy_needs_runs_that_may_overlap() {
+        use crate::model::ConcurrencyPolicy::{Allow, Forbid, Replace};
+        let now = JobSpec::new("t", "g").concurrency_policy(Forbid);
+        assert_eq!(fields(&now), ["concurrency_policy"]);
+        let every = Schedule::Repeat {
+            interval_ms: 1000,
+            count: -1,
+            first_fire_ms: None,
+        };
+        let mut sequential = JobSpec::new("t", "g").schedule(every.clone());
+        sequential.rely_on_prev_cycle = true;
+        let refused = validate(&sequential.clone().concurrency_policy(Replace)).unwrap_err();
+        assert!(refused.0[0].reason.contains("never overlap"), "{refused:?}");
+        assert!(validate(&sequential.concurrency_policy(Allow)).is_ok());
+        for policy in [Allow, Forbid, Replace] {
+            let overlapping = JobSpec::new("t", "g").schedule(every.clone());
+            assert!(validate(&overlapping.concurrency_policy(policy)).is_ok());
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! repeat schedule math, the protocol → model conversion (from arbitrary bytes), and the
 //! duration parser. None may panic, and every rejection names a field.
 
-use lts_core::model::MisfirePolicy;
+use lts_core::model::{ConcurrencyPolicy, MisfirePolicy};
 use lts_core::proto;
 use lts_core::{JobSpec, Schedule, convert, schedule, validate};
 use proptest::prelude::*;
@@ -27,6 +27,7 @@ const FIELDS: &[&str] = &[
     "repeat.first_fire",
     "schedule",
     "misfire_policy",
+    "concurrency_policy",
     "need_feedback",
     "rely_on_prev_cycle",
 ];
@@ -109,6 +110,7 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
         (
             proptest::option::of(any::<u32>()),
             proptest::option::of(any::<u64>()),
+            0..3u8,
         ),
     )
         .prop_map(
@@ -117,7 +119,7 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
                 params,
                 (fb, retries, rely, replace, skip),
                 schedule,
-                (losses, timeout),
+                (losses, timeout, concurrency),
             )| {
                 JobSpec {
                     task_id,
@@ -134,6 +136,11 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
                         MisfirePolicy::Skip
                     } else {
                         MisfirePolicy::FireOnce
+                    },
+                    concurrency_policy: match concurrency {
+                        0 => ConcurrencyPolicy::Allow,
+                        1 => ConcurrencyPolicy::Forbid,
+                        _ => ConcurrencyPolicy::Replace,
                     },
                     max_lease_losses: losses,
                     timeout_ms: timeout,

@@ -419,6 +419,19 @@ pub enum MisfirePolicy {
     Skip,
 }
 
+/// What a fire of a recurring job does while an earlier run of it is unfinished (as Kubernetes
+/// CronJob's `concurrencyPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+pub enum ConcurrencyPolicy {
+    /// Runs alongside the earlier runs.
+    #[default]
+    Allow,
+    /// Skips the fire (and logs it) while an earlier run is unfinished.
+    Forbid,
+    /// Cancels the earlier unfinished runs, then runs.
+    Replace,
+}
+
 /// A cron schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -575,6 +588,11 @@ pub struct JobSpec {
     /// Fires missed while down or suspended: `FireOnce` (default) or `Skip`.
     #[serde(default)]
     pub misfire_policy: MisfirePolicy,
+    /// Cron/repeat whose runs may overlap (`relyOnPrevCycle` false): a fire while an earlier
+    /// run is unfinished — `Allow` (default) runs alongside, `Forbid` skips the fire,
+    /// `Replace` cancels the earlier runs.
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
     /// No runs or fires while true.
     #[serde(default)]
     pub suspend: bool,

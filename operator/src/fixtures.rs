@@ -23,7 +23,8 @@ use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle};
 
 use crate::crd::{
-    Job, JobSpec, JobStatus, MisfirePolicy, NodeGroup, NodeGroupSpec, NodeGroupStatus, NodeRole,
+    ConcurrencyPolicy, Job, JobSpec, JobStatus, MisfirePolicy, NodeGroup, NodeGroupSpec,
+    NodeGroupStatus, NodeRole,
 };
 use crate::job::Watches;
 use crate::nodegroup::BuildConfig;
@@ -58,6 +59,7 @@ pub fn job(name: &str) -> Job {
             rely_on_prev_cycle: false,
             replace_on_exist: false,
             misfire_policy: MisfirePolicy::FireOnce,
+            concurrency_policy: ConcurrencyPolicy::Allow,
             suspend: false,
         },
     );

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use kube::core::cel::{validate_cel, validate_cel_update};
 use lts_operator::crd::{
-    CronSchedule, HttpTarget, Job, JobSpec, MisfirePolicy, NodeGroup, NodeGroupSpec, NodeRole,
-    RepeatSchedule, ScheduleSpec, SecretKeyRef, WorkerMode, WorkerSpec,
+    ConcurrencyPolicy, CronSchedule, HttpTarget, Job, JobSpec, MisfirePolicy, NodeGroup,
+    NodeGroupSpec, NodeRole, RepeatSchedule, ScheduleSpec, SecretKeyRef, WorkerMode, WorkerSpec,
 };
 
 fn job() -> Job {
@@ -27,6 +27,7 @@ fn job() -> Job {
             rely_on_prev_cycle: false,
             replace_on_exist: false,
             misfire_policy: MisfirePolicy::FireOnce,
+            concurrency_policy: ConcurrencyPolicy::Allow,
             suspend: false,
         },
     )

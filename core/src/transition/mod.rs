@@ -42,7 +42,8 @@ use thiserror::Error;
 
 use crate::format_ms;
 use crate::model::{
-    BizLine, FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, LogType, Outcome,
+    BizLine, ConcurrencyPolicy, FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, LogType,
+    Outcome,
 };
 use crate::schedule::{self, Disposition, LateFire, RetryPolicy};
 
@@ -134,6 +135,19 @@ pub struct Claim {
     /// that holds a job until its trigger time (a claim ahead of the fire, so that the run
     /// starts on time however long the claim itself takes). Earlier than `now` counts as now.
     pub due_by_ms: i64,
+    /// Whether an earlier run (an unfinished instance) of this recurring job exists: the
+    /// store's answer, asked only for a job whose [`ConcurrencyPolicy`] is not `Allow`
+    /// ([`Claim::needs_instances`]); `false` otherwise.
+    pub unfinished_instance: bool,
+}
+
+impl Claim {
+    /// Whether a claim of `spec` needs [`Claim::unfinished_instance`]: a recurring job whose
+    /// runs may overlap, with a concurrency policy that is not `Allow`.
+    pub fn needs_instances(spec: &crate::JobSpec) -> bool {
+        spec.concurrency_policy != ConcurrencyPolicy::Allow
+            && crate::schedule::fires_overlapping_instances(spec)
+    }
 }
 
 /// A run's result as its TaskTracker reports it.
@@ -176,6 +190,10 @@ pub enum CancelCause {
     /// It is a queued instance of the cancelled recurring job with this id (see
     /// [`Cascade::CancelQueuedInstances`]); a running instance finishes its attempt.
     WithSchedule(String),
+    /// It is an unfinished instance of a recurring job with concurrency policy `Replace`, and
+    /// the fire at this time replaces it; a running one is cancelled too (its TaskTracker
+    /// learns at its next renewal that the lease is gone and stops the run).
+    Replaced(i64),
 }
 
 /// What an event does to a job.
@@ -338,6 +356,17 @@ pub enum Cascade {
     CancelQueuedInstances {
         /// The cancelled job's id.
         definition: String,
+    },
+    /// Cancel every unfinished instance of `definition` but the fire's new one, `keep`, running
+    /// ones included, by [`CancelCause::Replaced`]: a fire of a job with concurrency policy
+    /// `Replace`.
+    ReplaceInstances {
+        /// The recurring job's id.
+        definition: String,
+        /// The instance of the fire, which stays.
+        keep: String,
+        /// The fire.
+        fire_ms: i64,
     },
 }
 

@@ -253,7 +253,29 @@ fn claim_job(stored: &StoredJob, claim: &Claim, now_ms: i64) -> Result<Transitio
 fn fire_instance(stored: &StoredJob, claim: &Claim, fire: i64, fired: u64, now: i64) -> Transition {
     let def = &stored.job;
     let step = schedule::overlap_step(&def.spec, fire, fired, now);
+    let policy = def.spec.concurrency_policy;
+    if step.run && claim.unfinished_instance && policy == ConcurrencyPolicy::Forbid {
+        // Skipped as a fire: the schedule moves on (or ends), and the job's log says why.
+        let mut t = advance(stored, fire, step.next_ms, false, now);
+        let then = match step.next_ms {
+            Some(next) => format!("next fire {}", format_ms(next)),
+            None => "the last of its schedule".into(),
+        };
+        let note = format!(
+            "skipped fire {}: an earlier run is unfinished (concurrency policy forbid); {then}",
+            format_ms(step.instance_fire_ms)
+        );
+        t.logs = vec![log(def, now, LogType::Update, note)];
+        return t;
+    }
     let mut t = advance(stored, fire, step.next_ms, step.run, now);
+    if step.run && claim.unfinished_instance && policy == ConcurrencyPolicy::Replace {
+        t.cascade = Some(Cascade::ReplaceInstances {
+            definition: def.job_id.clone(),
+            keep: claim.instance_id.clone(),
+            fire_ms: step.instance_fire_ms,
+        });
+    }
     if step.run {
         let spec = schedule::instance_spec(&def.spec, step.instance_fire_ms);
         let mut instance = Job::new(claim.instance_id.clone(), spec);
@@ -614,6 +636,13 @@ fn cancel(stored: &StoredJob, cause: CancelCause, now_ms: i64) -> Result<Transit
         CancelCause::WithSchedule(definition) => {
             (format!("cancelled with its schedule {definition}"), None)
         }
+        CancelCause::Replaced(fire_ms) => (
+            format!(
+                "cancelled: replaced by the fire {} (concurrency policy replace)",
+                format_ms(fire_ms)
+            ),
+            None,
+        ),
         CancelCause::User => {
             let recurring = job.spec.schedule.is_recurring();
             let cascade = recurring.then(|| Cascade::CancelQueuedInstances {

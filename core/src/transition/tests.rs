@@ -39,6 +39,7 @@ fn claim(token: &str) -> Event {
         expiry_ms: NOW + 50,
         instance_id,
         due_by_ms: NOW,
+        unfinished_instance: false,
     })
 }
 
@@ -382,6 +383,7 @@ fn a_claim_ahead_of_the_trigger_time_leases_from_the_start() {
             expiry_ms: NOW + 50,
             instance_id: "i1".into(),
             due_by_ms,
+            unfinished_instance: false,
         })
     };
     // A job due 200 ms after the claim, with a 1 s timeout.
@@ -413,6 +415,83 @@ fn a_claim_ahead_of_the_trigger_time_leases_from_the_start() {
     assert_eq!(i.spec.task_id, format!("tick~{}", NOW + 1_000));
     assert_eq!(i.lease_expiry_ms, Some(NOW + 50 + 300));
     assert_eq!(t.job.job.trigger_time_ms, NOW + 2_000);
+}
+
+#[test]
+fn a_fire_while_an_earlier_run_is_unfinished_follows_the_concurrency_policy() {
+    let fire = |unfinished_instance| {
+        Event::Claim(Claim {
+            owner: "w1".into(),
+            token: "t2".into(),
+            expiry_ms: NOW + 50,
+            instance_id: "i2".into(),
+            due_by_ms: NOW + 1_000,
+            unfinished_instance,
+        })
+    };
+    let def = |policy| {
+        let mut d = accept(repeat(false, 3).concurrency_policy(policy), "d".into(), NOW).job;
+        d.job.trigger_time_ms = NOW + 1_000;
+        d.job.scheduled_fire_ms = Some(NOW + 1_000);
+        d
+    };
+    // Allow, or no earlier run: the fire runs, nothing else happens.
+    for (policy, unfinished) in [
+        (ConcurrencyPolicy::Allow, true),
+        (ConcurrencyPolicy::Forbid, false),
+        (ConcurrencyPolicy::Replace, false),
+    ] {
+        let t = run(&def(policy), fire(unfinished), NOW + 1_000);
+        assert_eq!(
+            (t.handout, t.cascade),
+            (Handout::FollowUp, None),
+            "{policy:?}"
+        );
+    }
+    // Forbid: no instance; the schedule moves on and the log says why.
+    let t = run(&def(ConcurrencyPolicy::Forbid), fire(true), NOW + 1_000);
+    assert_eq!((t.handout, t.follow_up.is_none()), (Handout::Nothing, true));
+    assert_eq!(t.job.job.trigger_time_ms, NOW + 2_000);
+    assert_eq!(t.next_fire, NextFire::At(NOW + 2_000));
+    assert!(
+        t.logs[0].message.starts_with(&format!(
+            "skipped fire {}: an earlier run is unfinished (concurrency policy forbid)",
+            format_ms(NOW + 1_000)
+        )),
+        "{:?}",
+        t.logs
+    );
+    // Replace: the fire runs and cancels the earlier runs but its own.
+    let t = run(&def(ConcurrencyPolicy::Replace), fire(true), NOW + 1_000);
+    assert_eq!(t.handout, Handout::FollowUp);
+    assert_eq!(
+        t.cascade,
+        Some(Cascade::ReplaceInstances {
+            definition: "d".into(),
+            keep: "i2".into(),
+            fire_ms: NOW + 1_000,
+        })
+    );
+    // A running instance is cancelled by a replace, unlike by a cancel of its schedule.
+    let running = run(
+        &accept(JobSpec::new("x", "g"), "x".into(), NOW).job,
+        claim("t1"),
+        NOW,
+    )
+    .job;
+    let by_schedule = CancelCause::WithSchedule("d".into());
+    assert_eq!(
+        apply(&running, Event::Cancel(by_schedule), NOW, &exact()).map(|t| t.write),
+        Err(Refusal::InstanceRunning)
+    );
+    let t = run(
+        &running,
+        Event::Cancel(CancelCause::Replaced(NOW + 1_000)),
+        NOW,
+    );
+    assert_eq!(t.job.job.state, Cancelled);
+    assert_eq!(t.job.lease_token, None);
+    assert!(t.logs[0].message.contains("concurrency policy replace"));
 }
 
 #[test]
@@ -632,6 +711,7 @@ fn a_run_past_its_timeout_ends_timeout_and_is_retried_while_retries_remain() {
             expiry_ms,
             instance_id,
             due_by_ms: NOW,
+            unfinished_instance: false,
         })
     };
     // The lease runs to the deadline's grace at most, however long the claim asked for.
@@ -724,8 +804,8 @@ fn spec() -> impl Strategy<Value = JobSpec> {
     let flags = (any::<bool>(), any::<bool>(), any::<bool>());
     let losses = prop_oneof![Just(None), (0u32..3).prop_map(Some)];
     let timeout = prop_oneof![Just(None), Just(Some(1_000u64))];
-    (0u8..3, 0u32..3, count, flags, (losses, timeout)).prop_map(
-        |(kind, retries, count, (rely, skip, fb), (losses, timeout))| {
+    (0u8..3, 0u32..3, count, flags, (losses, timeout, 0usize..3)).prop_map(
+        |(kind, retries, count, (rely, skip, fb), (losses, timeout, concurrency))| {
             let schedule = match kind {
                 0 => Schedule::Now,
                 1 => Schedule::TriggerAt {
@@ -745,6 +825,13 @@ fn spec() -> impl Strategy<Value = JobSpec> {
             spec.need_feedback = fb;
             spec.max_lease_losses = losses;
             spec.timeout_ms = timeout;
+            if schedule::fires_overlapping_instances(&spec) {
+                spec.concurrency_policy = [
+                    ConcurrencyPolicy::Allow,
+                    ConcurrencyPolicy::Forbid,
+                    ConcurrencyPolicy::Replace,
+                ][concurrency];
+            }
             spec
         },
     )
@@ -810,6 +897,10 @@ impl World {
                     instance_id,
                     // Now, or ahead of the trigger time as for a TaskTracker that holds it.
                     due_by_ms: self.now + (pick % 3) as i64 * 500,
+                    unfinished_instance: self.jobs.iter().any(|j| {
+                        !j.job.state.is_final()
+                            && j.job.instance_of.as_deref() == Some(job.job.job_id.as_str())
+                    }),
                 })
             }
             Op::Renew(stale) => Event::Renew {
@@ -861,6 +952,22 @@ impl World {
             && self.unfinished(&f.job.job.spec).is_none()
         {
             self.jobs.push(f.job);
+        }
+        if let Some(Cascade::ReplaceInstances {
+            definition,
+            keep,
+            fire_ms,
+        }) = &t.cascade
+        {
+            for k in 0..self.jobs.len() {
+                let j = &self.jobs[k].job;
+                let earlier = !j.state.is_final() && j.job_id != *keep;
+                if earlier && j.instance_of.as_deref() == Some(definition.as_str()) {
+                    let cancel = Event::Cancel(CancelCause::Replaced(*fire_ms));
+                    let t = apply(&self.jobs[k], cancel, self.now, &policy);
+                    self.jobs[k] = t.map_err(|r| TestCaseError::fail(r.to_string()))?.job;
+                }
+            }
         }
         if let Some(Cascade::CancelQueuedInstances { definition }) = t.cascade {
             for k in 0..self.jobs.len() {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use kube::ResourceExt;
 use lts_core::{JobState, Schedule};
 
-use crate::crd::{Job, JobPhase, MisfirePolicy, NodeGroup, NodeRole};
+use crate::crd::{ConcurrencyPolicy, Job, JobPhase, MisfirePolicy, NodeGroup, NodeRole};
 
 /// Param carrying the resource's uid: the key that makes submits idempotent.
 pub const PARAM_UID: &str = "lts.io/uid";
@@ -240,6 +240,11 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
         misfire_policy: match spec.misfire_policy {
             MisfirePolicy::FireOnce => lts_core::MisfirePolicy::FireOnce,
             MisfirePolicy::Skip => lts_core::MisfirePolicy::Skip,
+        },
+        concurrency_policy: match spec.concurrency_policy {
+            ConcurrencyPolicy::Allow => lts_core::ConcurrencyPolicy::Allow,
+            ConcurrencyPolicy::Forbid => lts_core::ConcurrencyPolicy::Forbid,
+            ConcurrencyPolicy::Replace => lts_core::ConcurrencyPolicy::Replace,
         },
         max_lease_losses: spec.max_lease_losses.map(|n| n.max(0) as u32),
         timeout_ms: spec

@@ -82,7 +82,8 @@ macro_rules! for_each_case {
             suspended_while_running_waits_after_its_attempt,
             cancel_cascades_to_queued_instances_only,
             instances_name_their_recurring_job,
-            claims_ahead_of_the_trigger_time
+            claims_ahead_of_the_trigger_time,
+            concurrency_policies
         );
     };
 }

@@ -558,7 +558,13 @@ pub async fn claims_ahead_of_the_trigger_time(store: Arc<dyn JobStore>) {
     });
     store.submit(vec![later, far, tick], NOW).await.unwrap();
     // Nothing is due now.
-    assert!(store.claim(claim("g", "w1", 10, NOW)).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim(claim("g", "w1", 10, NOW))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let ahead = ClaimRequest {
         ahead_ms: 200,
         ..claim("g", "w1", 10, NOW)
@@ -573,7 +579,10 @@ pub async fn claims_ahead_of_the_trigger_time(store: Arc<dyn JobStore>) {
         let starts = l.job.trigger_time_ms;
         assert_eq!(l.job.lease_expiry_ms, Some(starts + 10_000), "{:?}", l.job);
     }
-    let tick = got.iter().find(|l| l.job.spec.task_id.starts_with("tick")).unwrap();
+    let tick = got
+        .iter()
+        .find(|l| l.job.spec.task_id.starts_with("tick"))
+        .unwrap();
     assert_eq!(tick.job.scheduled_fire_ms, Some(NOW + 100));
     // The schedule moved on; the far job waits.
     assert_eq!(store.next_due("g").await.unwrap(), Some(NOW + 1_100));
@@ -582,4 +591,90 @@ pub async fn claims_ahead_of_the_trigger_time(store: Arc<dyn JobStore>) {
         ..claim("g", "w2", 10, NOW + 50)
     };
     assert!(store.claim(ahead).await.unwrap().is_empty());
+}
+
+/// A fire while an earlier run of its job is unfinished follows the job's concurrency policy:
+/// `Forbid` skips it (the schedule moves on), `Replace` cancels the earlier run (whose result
+/// is then refused) and runs; once the earlier run ended, the next fire runs.
+pub async fn concurrency_policies(store: Arc<dyn JobStore>) {
+    use lts_core::ConcurrencyPolicy::{Forbid, Replace};
+    let every = |task: &str, policy| {
+        JobSpec::new(task, "g")
+            .schedule(Schedule::Repeat {
+                interval_ms: 1000,
+                count: -1,
+                first_fire_ms: Some(NOW),
+            })
+            .concurrency_policy(policy)
+    };
+    let out = store
+        .submit(vec![every("f", Forbid), every("r", Replace)], NOW)
+        .await
+        .unwrap();
+    let forbid = JobKey::Id(id(&out[0]));
+    let first = store.claim(claim("g", "w1", 10, NOW)).await.unwrap();
+    let run_of = |leases: &[lts_tracker::store::Lease], task: &str| {
+        leases
+            .iter()
+            .find(|l| l.job.spec.task_id.starts_with(&format!("{task}~")))
+            .cloned()
+    };
+    let (f1, r1) = (run_of(&first, "f").unwrap(), run_of(&first, "r").unwrap());
+    // The next fires come while both first runs still run.
+    let second = store
+        .claim(claim("g", "w1", 10, NOW + 1_000))
+        .await
+        .unwrap();
+    assert!(run_of(&second, "f").is_none(), "forbidden: {second:?}");
+    let r2 = run_of(&second, "r").expect("a replacing run");
+    assert_eq!(r2.job.spec.task_id, format!("r~{}", NOW + 1_000));
+    let f = store.get(forbid.clone()).await.unwrap().unwrap();
+    assert_eq!(
+        (f.state, f.trigger_time_ms),
+        (JobState::Queued, NOW + 2_000)
+    );
+    // The replaced run is cancelled; its result is refused.
+    let replaced = store
+        .get(JobKey::Id(r1.job.job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replaced.state, JobState::Cancelled);
+    let late = store
+        .complete(done(
+            &r1.job.job_id,
+            &r1.token,
+            Outcome::Success,
+            NOW + 1_100,
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(late, CompleteOutcome::Stale { .. }), "{late:?}");
+    // The forbidding job's run ends: its next fire runs.
+    let ended = store
+        .complete(done(
+            &f1.job.job_id,
+            &f1.token,
+            Outcome::Success,
+            NOW + 1_500,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(ended, CompleteOutcome::Accepted { .. }),
+        "{ended:?}"
+    );
+    let third = store
+        .claim(claim("g", "w1", 10, NOW + 2_000))
+        .await
+        .unwrap();
+    assert!(run_of(&third, "f").is_some(), "{third:?}");
+    // ... and the second replacing run is replaced in turn.
+    assert!(run_of(&third, "r").is_some(), "{third:?}");
+    let replaced = store
+        .get(JobKey::Id(r2.job.job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replaced.state, JobState::Cancelled);
 }

@@ -15,7 +15,7 @@ use futures::TryStreamExt;
 use futures::future::try_join_all;
 use lts_core::JobState;
 use lts_core::schedule::fires_overlapping_instances;
-use lts_core::transition::{self, Claim, Event, Handout, Transition};
+use lts_core::transition::{self, Cascade, Claim, Event, Handout, Transition};
 use mongodb::bson::{Document, doc};
 
 use super::MongoStore;
@@ -98,6 +98,10 @@ impl MongoStore {
                     String::new()
                 },
                 due_by_ms: req.due_by_ms(),
+                unfinished_instance: Claim::needs_instances(&read.stored.job.spec)
+                    && self
+                        .has_unfinished_instance(&read.stored.job.job_id)
+                        .await?,
             };
             // A refusal: it is no longer queued and due as read.
             let Ok(t) = transition::apply(&read.stored, Event::Claim(claim), now, &self.retry)
@@ -136,6 +140,16 @@ impl MongoStore {
                 .then(a.job.job_id.cmp(&b.job.job_id))
         });
         Ok(out)
+    }
+
+    /// Whether the recurring job `definition` has an unfinished instance.
+    async fn has_unfinished_instance(&self, definition: &str) -> StoreResult<bool> {
+        let found = self
+            .jobs
+            .find_one(doc! { "instance_of": definition, "done": "" })
+            .projection(doc! { "_id": 1 })
+            .await?;
+        Ok(found.is_some())
     }
 
     /// Whether a claim of this node group lost jobs to another tracker lately.
@@ -232,6 +246,21 @@ impl MongoStore {
             StoreResult::Ok(())
         });
         try_join_all(moved).await?;
+        // A fire that replaces earlier runs cancels them once its own instance is stored (not
+        // when another tracker fired it first: that one cancels them).
+        let stored: HashSet<&str> = follow_ups
+            .iter()
+            .zip(&inserted)
+            .filter(|(_, inserted)| **inserted)
+            .map(|(f, _)| f.job.job.job_id.as_str())
+            .collect();
+        for c in others {
+            if let Some(cascade @ Cascade::ReplaceInstances { keep, .. }) = &c.t.cascade
+                && stored.contains(keep.as_str())
+            {
+                self.cascade(cascade, c.t.job.job.updated_at_ms).await?;
+            }
+        }
         Ok(follow_ups
             .into_iter()
             .zip(inserted)

@@ -430,6 +430,7 @@ mod tests {
             expiry_ms: NOW + 50,
             instance_id: "i1".into(),
             due_by_ms: NOW,
+            unfinished_instance: false,
         });
         let report = |outcome| {
             Event::Complete(RunReport {
@@ -474,6 +475,7 @@ mod tests {
             expiry_ms: NOW + 50,
             instance_id: "i1".into(),
             due_by_ms: NOW,
+            unfinished_instance: false,
         });
         let t = apply(&read.stored, claim, NOW, &RetryPolicy::default()).unwrap();
         let (_, u) = update(&read, &t.job, &t.write, None).unwrap().unwrap();

@@ -192,8 +192,19 @@ impl MongoStore {
     }
 
     /// Applies a transition's work on other jobs.
-    async fn cascade(&self, cascade: &Cascade, now: i64) -> StoreResult<()> {
-        let Cascade::CancelQueuedInstances { definition } = cascade;
+    pub(super) async fn cascade(&self, cascade: &Cascade, now: i64) -> StoreResult<()> {
+        let (definition, keep, cause) = match cascade {
+            Cascade::CancelQueuedInstances { definition } => (
+                definition,
+                None,
+                CancelCause::WithSchedule(definition.clone()),
+            ),
+            Cascade::ReplaceInstances {
+                definition,
+                keep,
+                fire_ms,
+            } => (definition, Some(keep), CancelCause::Replaced(*fire_ms)),
+        };
         let found: Vec<Document> = self
             .jobs
             .find(doc! { "instance_of": definition, "done": "" })
@@ -202,10 +213,13 @@ impl MongoStore {
             .await?;
         for d in found {
             let read = codec::read(&d)?;
+            if Some(&read.stored.job.job_id) == keep {
+                continue;
+            }
             let filter = doc! { "_id": &read.stored.job.job_id };
-            let cause = || Event::Cancel(CancelCause::WithSchedule(definition.clone()));
-            // A running instance finishes its attempt (refused); the rest are cancelled.
-            self.apply_job(&filter, First::Fresh(read), |_| cause(), now)
+            let event = || Event::Cancel(cause.clone());
+            // A running instance cancelled with its schedule finishes its attempt (refused).
+            self.apply_job(&filter, First::Fresh(read), |_| event(), now)
                 .await?;
         }
         Ok(())

@@ -44,6 +44,8 @@ pub(super) fn claim(
                 String::new()
             },
             due_by_ms: req.due_by_ms(),
+            unfinished_instance: Claim::needs_instances(&found.stored.job.spec)
+                && has_unfinished_instance(conn, &found.stored.job.job_id)?,
         });
         // The statement found it queued and due: a refusal cannot happen, and writes nothing.
         let Ok(written) = change(conn, found, event, req.now_ms, retry, None)? else {
@@ -62,4 +64,14 @@ pub(super) fn claim(
         });
     }
     Ok(leases)
+}
+
+/// Whether the recurring job `definition` has an unfinished instance (every row of `jobs` is
+/// unfinished).
+fn has_unfinished_instance(conn: &Connection, definition: &str) -> StoreResult<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_instance_of WHERE instance_of = ?1)",
+        )?
+        .query_row(params![definition], |r| r.get(0))?)
 }

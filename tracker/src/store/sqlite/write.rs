@@ -84,7 +84,10 @@ pub(super) fn write(
         log_lines(conn, &f.logs)?;
         follow_up_inserted = true;
     }
-    if let Some(cascade) = &t.cascade {
+    // A fire replaces earlier runs only once its own instance is stored.
+    if let Some(cascade) = &t.cascade
+        && (follow_up_inserted || !matches!(cascade, Cascade::ReplaceInstances { .. }))
+    {
         run_cascade(conn, cascade, now, retry)?;
     }
     Ok(Written {
@@ -102,16 +105,30 @@ fn run_cascade(
     now: i64,
     retry: &RetryPolicy,
 ) -> StoreResult<()> {
-    let Cascade::CancelQueuedInstances { definition } = cascade;
+    let (definition, keep, cause) = match cascade {
+        Cascade::CancelQueuedInstances { definition } => (
+            definition,
+            None,
+            CancelCause::WithSchedule(definition.clone()),
+        ),
+        Cascade::ReplaceInstances {
+            definition,
+            keep,
+            fire_ms,
+        } => (definition, Some(keep), CancelCause::Replaced(*fire_ms)),
+    };
     let instances = found_all(
         &mut conn.prepare_cached(&format!(
             "SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_instance_of WHERE instance_of = ?1"
         ))?,
         params![definition],
     )?;
-    for found in &instances {
-        let cancel = Event::Cancel(CancelCause::WithSchedule(definition.clone()));
-        // A refusal (a running instance) writes nothing.
+    for found in instances
+        .iter()
+        .filter(|f| Some(&f.stored.job.job_id) != keep)
+    {
+        let cancel = Event::Cancel(cause.clone());
+        // A refusal (a running instance cancelled with its schedule) writes nothing.
         let _ = change(conn, found, cancel, now, retry, None)?;
     }
     Ok(())

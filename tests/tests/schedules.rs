@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lts_core::{JobKey, JobSpec, JobState, Schedule};
+use lts_core::{ConcurrencyPolicy, JobKey, JobSpec, JobState, Schedule};
 use lts_tests::{TrackerProc, eventually};
 use lts_worker_sdk::{JobContext, RunResult, SubmitAnswer, TaskTracker};
 use tokio_util::sync::CancellationToken;
@@ -85,6 +85,19 @@ async fn a_suspended_job_never_fires_until_resumed() {
     let j = eventually(T, "the job to wait suspended", || async {
         let j = client.get(JobKey::Id(id.clone())).await.ok()?;
         (j.state == JobState::Suspended).then_some(j)
+    })
+    .await
+    .unwrap();
+    // A fire already handed out before the suspend (claimed ahead of its time, shown
+    // RUNNING) still runs, as a run already started would; nothing after it.
+    eventually(T, "the fires handed out to end", || async {
+        let q = lts_worker_sdk::ListQuery {
+            node_group: Some("sched".into()),
+            state: Some(JobState::Running),
+            ..Default::default()
+        };
+        let (running, _) = client.list(q).await.ok()?;
+        running.is_empty().then_some(())
     })
     .await
     .unwrap();
@@ -411,10 +424,159 @@ async fn a_cron_that_never_fires_is_refused_with_its_field_named() {
         err.contains("cron.expression") && err.contains("never fires"),
         "{err}"
     );
+    // A concurrency policy on a job whose runs never overlap is refused the same way.
+    let (code, out, err) = lts(
+        &tracker,
+        &[
+            "submit",
+            "--task-id",
+            "once",
+            "--node-group",
+            "sched",
+            "--concurrency",
+            "forbid",
+        ],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("concurrency_policy") && err.contains("may overlap"),
+        "{err}"
+    );
     let (jobs, _) = tracker
         .client()
         .list(lts_worker_sdk::ListQuery::default())
         .await
         .unwrap();
     assert!(jobs.is_empty(), "nothing stored: {jobs:?}");
+}
+
+/// Concurrency policy `Forbid`: a fire while the previous run is unfinished is skipped, and the
+/// job's log says so; runs never overlap, and the schedule still ends on time.
+#[tokio::test]
+async fn a_forbidding_job_skips_fires_while_its_run_is_unfinished() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let client = tracker.client();
+    let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let runs: Runs = Arc::default();
+    let (r, m, seen) = (running.clone(), most.clone(), runs.clone());
+    let stop = CancellationToken::new();
+    let tt = TaskTracker::builder()
+        .node_group("forbid")
+        .tracker(tracker.addr.clone())
+        .threads(8)
+        .runner(move |ctx: JobContext| {
+            let (r, m, seen) = (r.clone(), m.clone(), seen.clone());
+            async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                seen.lock().unwrap().push(ctx.task_id().to_string());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                RunResult::success("")
+            }
+        })
+        .build()
+        .unwrap();
+    let h = tokio::spawn(tt.run_until_cancelled(stop.clone()));
+    // Eight fires 300 ms apart; each run takes a second.
+    let spec = JobSpec::new("tick", "forbid")
+        .schedule(Schedule::Repeat {
+            interval_ms: 300,
+            count: 8,
+            first_fire_ms: None,
+        })
+        .concurrency_policy(ConcurrencyPolicy::Forbid);
+    let id = accepted(&client.submit(spec).await.unwrap());
+    let j = eventually(T, "the schedule to end", || async {
+        let j = client.get(JobKey::Id(id.clone())).await.ok()?;
+        (j.state.is_final() && running.load(Ordering::SeqCst) == 0).then_some(j)
+    })
+    .await
+    .unwrap();
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    stop.cancel();
+    h.await.unwrap();
+    assert_eq!(most.load(Ordering::SeqCst), 1, "runs overlapped");
+    let runs = runs.lock().unwrap().clone();
+    assert!((2..8).contains(&runs.len()), "fires run: {runs:?}");
+    let log = client.log(&id, 100).await.unwrap();
+    let skipped = log
+        .iter()
+        .filter(|l| l.message.contains("concurrency policy forbid"))
+        .count();
+    assert_eq!(
+        skipped + runs.len(),
+        8,
+        "every fire run or skipped: {log:#?}"
+    );
+}
+
+/// Concurrency policy `Replace`: each fire cancels the run before it (its TaskTracker learns at
+/// its next renewal and stops it); the last fire's run ends on its own.
+#[tokio::test]
+async fn a_replacing_job_cancels_its_earlier_run_at_each_fire() {
+    let dir = tempfile::tempdir().unwrap();
+    // Renewals every second, so a replaced run learns soon that it is gone.
+    let tracker = TrackerProc::start(dir.path(), &["--lease-ms", "3000"])
+        .await
+        .unwrap();
+    let client = tracker.client();
+    let runs: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let seen = runs.clone();
+    let stop = CancellationToken::new();
+    let tt = TaskTracker::builder()
+        .node_group("replace")
+        .tracker(tracker.addr.clone())
+        .threads(8)
+        .runner(move |ctx: JobContext| {
+            let seen = seen.clone();
+            async move {
+                let id = ctx.job.job_id.clone();
+                let stopped = tokio::select! {
+                    _ = ctx.cancel.cancelled() => true,
+                    _ = tokio::time::sleep(Duration::from_secs(3)) => false,
+                };
+                seen.lock().unwrap().push((id, stopped));
+                RunResult::success("")
+            }
+        })
+        .build()
+        .unwrap();
+    let h = tokio::spawn(tt.run_until_cancelled(stop.clone()));
+    let spec = JobSpec::new("tick", "replace")
+        .schedule(Schedule::Repeat {
+            interval_ms: 500,
+            count: 4,
+            first_fire_ms: None,
+        })
+        .concurrency_policy(ConcurrencyPolicy::Replace);
+    let id = accepted(&client.submit(spec).await.unwrap());
+    let runs = eventually(T, "four runs to end", || async {
+        let runs = runs.lock().unwrap().clone();
+        (runs.len() == 4).then_some(runs)
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    h.await.unwrap();
+    let mut states = Vec::new();
+    for (job_id, _) in &runs {
+        let j = client.get(JobKey::Id(job_id.clone())).await.unwrap();
+        states.push((j.scheduled_fire_ms, j.state));
+    }
+    states.sort_by_key(|(fire, _)| *fire);
+    let last = states.pop().unwrap();
+    assert_eq!(last.1, JobState::Succeeded, "{states:?} {last:?}");
+    assert!(
+        states.iter().all(|(_, s)| *s == JobState::Cancelled),
+        "{states:?}"
+    );
+    assert!(
+        runs.iter().filter(|(_, stopped)| *stopped).count() >= 3,
+        "the replaced runs were stopped: {runs:?}"
+    );
+    let def = client.get(JobKey::Id(id)).await.unwrap();
+    assert_eq!(def.state, JobState::Succeeded);
 }

@@ -342,6 +342,47 @@ async fn a_job_claimed_ahead_starts_at_its_trigger_time_and_never_before() {
     assert_eq!(a.start_in_ms, 0);
 }
 
+/// A user's cancel of a running job reaches its TaskTracker at once, not at its next lease
+/// renewal: the run is cancelled well within the renewal period (20 s here), and the job stays
+/// `CANCELLED`.
+#[tokio::test]
+async fn a_cancelled_running_job_is_stopped_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A minute's lease: TaskTrackers renew every 20 s.
+    let tracker = TrackerProc::start(dir.path(), &["--lease-ms", "60000"])
+        .await
+        .unwrap();
+    let client = tracker.client();
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let (stopped_tx, mut stopped) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, h) = worker(&tracker, "cancel", 1, move |ctx: JobContext| {
+        let (started_tx, stopped_tx) = (started_tx.clone(), stopped_tx.clone());
+        async move {
+            let _ = started_tx.send(());
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => { let _ = stopped_tx.send(()); }
+                _ = tokio::time::sleep(Duration::from_secs(120)) => {}
+            }
+            RunResult::success("ran to the end")
+        }
+    });
+    let id = accepted(&client.submit(JobSpec::new("long", "cancel")).await.unwrap());
+    tokio::time::timeout(T, started.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let cancelled = client.cancel(JobKey::Id(id.clone())).await.unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    tokio::time::timeout(Duration::from_secs(10), stopped.recv())
+        .await
+        .expect("the run was stopped before the next renewal")
+        .unwrap();
+    let j = client.get(JobKey::Id(id)).await.unwrap();
+    assert_eq!(j.state, JobState::Cancelled, "{j:?}");
+    stop.cancel();
+    h.await.unwrap();
+}
+
 #[tokio::test]
 async fn an_expired_lease_requeues_the_job_and_the_stale_result_is_refused() {
     let dir = tempfile::tempdir().unwrap();

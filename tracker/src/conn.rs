@@ -91,6 +91,11 @@ impl WorkerConn {
         self.leases().remove(job_id);
     }
 
+    /// Forgets the job's lease if this stream held it; whether it did.
+    pub fn take(&self, job_id: &str) -> bool {
+        self.leases().remove(job_id).is_some()
+    }
+
     /// The leases held now.
     pub fn held(&self) -> Vec<HeldLease> {
         self.leases().values().cloned().collect()

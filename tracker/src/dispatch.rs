@@ -295,6 +295,28 @@ impl Dispatcher {
         });
     }
 
+    /// The job's lease is gone (a user cancelled the job): the TaskTracker that holds it
+    /// through a stream of this tracker is told at once, as a renewal would tell it later, and
+    /// stops the run (or drops it before it starts). A stream of another tracker learns at its
+    /// next renewal.
+    pub fn lease_gone(&self, node_group: &str, job_id: &str) {
+        let Some(g) = self.existing(node_group) else {
+            return;
+        };
+        let slots = g.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for s in slots.iter().filter(|s| s.conn.take(job_id)) {
+            let gone = proto::RenewAck {
+                lease_deadline_ms: 0,
+                lost_job_ids: vec![job_id.to_string()],
+            };
+            let msg = TrackerMessage {
+                msg: Some(tracker_message::Msg::RenewAck(gone)),
+            };
+            // A stream that cannot take it learns at its next renewal.
+            let _ = s.tx.send(Ok(msg));
+        }
+    }
+
     /// Adds a TaskTracker stream; returns its connection id.
     pub fn connect(
         self: &Arc<Self>,

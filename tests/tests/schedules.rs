@@ -513,13 +513,14 @@ async fn a_forbidding_job_skips_fires_while_its_run_is_unfinished() {
     );
 }
 
-/// Concurrency policy `Replace`: each fire cancels the run before it (its TaskTracker learns at
-/// its next renewal and stops it); the last fire's run ends on its own.
+/// Concurrency policy `Replace`: each fire cancels the run before it, and its TaskTracker is
+/// told at once (well before its next renewal, 20 s here) and stops it; the last fire's run
+/// ends on its own.
 #[tokio::test]
 async fn a_replacing_job_cancels_its_earlier_run_at_each_fire() {
     let dir = tempfile::tempdir().unwrap();
-    // Renewals every second, so a replaced run learns soon that it is gone.
-    let tracker = TrackerProc::start(dir.path(), &["--lease-ms", "3000"])
+    // A minute's lease: renewals every 20 s, long after a run's own 3 s end.
+    let tracker = TrackerProc::start(dir.path(), &["--lease-ms", "60000"])
         .await
         .unwrap();
     let client = tracker.client();

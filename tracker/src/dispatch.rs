@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lts_core::proto::{self, TrackerMessage, tracker_message};
-use lts_core::{convert, now_ms};
+use lts_core::{ConcurrencyPolicy, convert, now_ms};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -153,7 +153,14 @@ pub struct Group {
     /// (a group exists only while a TaskTracker of it is connected, so node-group names sent
     /// by clients or workers cannot pile up tasks).
     closed: CancellationToken,
+    /// The newest run sent of each recurring job with concurrency policy `Replace`: when the
+    /// next fire's run is sent, the store has cancelled this one, and its TaskTracker is told
+    /// at once ([`Dispatcher::lease_gone`]). At most [`MAX_REPLACING`] jobs are remembered.
+    replacing: Mutex<HashMap<String, String>>,
 }
+
+/// Recurring jobs with concurrency policy `Replace` whose newest run a group remembers.
+const MAX_REPLACING: usize = 10_000;
 
 impl Group {
     fn signal_work(&self) {
@@ -317,6 +324,23 @@ impl Dispatcher {
         }
     }
 
+    /// Runs of `Replace` jobs just sent: the run each one replaced (cancelled in the store by
+    /// the claim) is stopped at once.
+    fn replaced(&self, group: &Group, sent: &[(String, String)]) {
+        for (definition, job_id) in sent {
+            let previous = {
+                let mut runs = group.replacing.lock().unwrap_or_else(|e| e.into_inner());
+                if runs.len() >= MAX_REPLACING && !runs.contains_key(definition) {
+                    runs.clear();
+                }
+                runs.insert(definition.clone(), job_id.clone())
+            };
+            if let Some(previous) = previous.filter(|p| p != job_id) {
+                self.lease_gone(&group.name, &previous);
+            }
+        }
+    }
+
     /// Adds a TaskTracker stream; returns its connection id.
     pub fn connect(
         self: &Arc<Self>,
@@ -341,6 +365,7 @@ impl Dispatcher {
                     work_epoch: AtomicU64::new(0),
                     timer_at: AtomicI64::new(i64::MAX),
                     closed: CancellationToken::new(),
+                    replacing: Mutex::new(HashMap::new()),
                 });
                 let me = self.clone();
                 let group = g.clone();
@@ -481,6 +506,11 @@ impl Dispatcher {
         Self::refund(group, p.conn_id, p.n.saturating_sub(count));
         let sent_at = now_ms();
         let mut undelivered = Vec::new();
+        let replacing: Vec<(String, String)> = leases
+            .iter()
+            .filter(|l| l.job.spec.concurrency_policy == ConcurrencyPolicy::Replace)
+            .filter_map(|l| Some((l.job.instance_of.clone()?, l.job.job_id.clone())))
+            .collect();
         for lease in leases {
             // A job claimed ahead of its trigger time (only for a TaskTracker that waits).
             let start_in_ms = lease.job.trigger_time_ms.saturating_sub(sent_at).max(0);
@@ -508,6 +538,7 @@ impl Dispatcher {
                 });
             }
         }
+        self.replaced(group, &replacing);
         metrics::counter!("lts_jobs_dispatched_total", "node_group" => group.name.clone())
             .increment(u64::from(count) - undelivered.len() as u64);
         if !undelivered.is_empty() {

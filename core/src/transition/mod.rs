@@ -370,6 +370,30 @@ pub enum Cascade {
     },
 }
 
+impl Cascade {
+    /// The recurring job whose unfinished instances the cascade cancels.
+    pub fn definition(&self) -> &str {
+        match self {
+            Cascade::CancelQueuedInstances { definition }
+            | Cascade::ReplaceInstances { definition, .. } => definition,
+        }
+    }
+
+    /// The event the cascade applies to the unfinished instance `job_id`, or `None` for the
+    /// instance it keeps (a replacing fire's own).
+    pub fn event_for(&self, job_id: &str) -> Option<Event> {
+        match self {
+            Cascade::CancelQueuedInstances { definition } => {
+                Some(Event::Cancel(CancelCause::WithSchedule(definition.clone())))
+            }
+            Cascade::ReplaceInstances { keep, .. } if keep == job_id => None,
+            Cascade::ReplaceInstances { fire_ms, .. } => {
+                Some(Event::Cancel(CancelCause::Replaced(*fire_ms)))
+            }
+        }
+    }
+}
+
 /// Why an event does not apply to a job. A store maps each to its answer: a duplicate, a stale
 /// result, an unchanged or an already finished job.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

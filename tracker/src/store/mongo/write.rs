@@ -5,7 +5,7 @@
 //! of times.
 
 use futures::TryStreamExt;
-use lts_core::transition::{self, CancelCause, Cascade, Event, FollowUp, Refusal, Transition};
+use lts_core::transition::{self, Cascade, Event, FollowUp, Refusal, Transition};
 use lts_core::transition::{StoredJob, Write};
 use mongodb::bson::{Document, doc};
 
@@ -193,33 +193,20 @@ impl MongoStore {
 
     /// Applies a transition's work on other jobs.
     pub(super) async fn cascade(&self, cascade: &Cascade, now: i64) -> StoreResult<()> {
-        let (definition, keep, cause) = match cascade {
-            Cascade::CancelQueuedInstances { definition } => (
-                definition,
-                None,
-                CancelCause::WithSchedule(definition.clone()),
-            ),
-            Cascade::ReplaceInstances {
-                definition,
-                keep,
-                fire_ms,
-            } => (definition, Some(keep), CancelCause::Replaced(*fire_ms)),
-        };
         let found: Vec<Document> = self
             .jobs
-            .find(doc! { "instance_of": definition, "done": "" })
+            .find(doc! { "instance_of": cascade.definition(), "done": "" })
             .await?
             .try_collect()
             .await?;
         for d in found {
             let read = codec::read(&d)?;
-            if Some(&read.stored.job.job_id) == keep {
+            let Some(event) = cascade.event_for(&read.stored.job.job_id) else {
                 continue;
-            }
+            };
             let filter = doc! { "_id": &read.stored.job.job_id };
-            let event = || Event::Cancel(cause.clone());
             // A running instance cancelled with its schedule finishes its attempt (refused).
-            self.apply_job(&filter, First::Fresh(read), |_| event(), now)
+            self.apply_job(&filter, First::Fresh(read), |_| event.clone(), now)
                 .await?;
         }
         Ok(())

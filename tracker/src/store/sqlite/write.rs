@@ -10,9 +10,7 @@
 use std::fmt::Write as _;
 
 use lts_core::schedule::RetryPolicy;
-use lts_core::transition::{
-    self, CancelCause, Cascade, Event, Field, Refusal, StoredJob, Transition, Write,
-};
+use lts_core::transition::{self, Cascade, Event, Field, Refusal, StoredJob, Transition, Write};
 use lts_core::{FeedbackItem, Job, JobState, LogEntry};
 use rusqlite::types::Value;
 use rusqlite::{Connection, params, params_from_iter};
@@ -105,31 +103,17 @@ fn run_cascade(
     now: i64,
     retry: &RetryPolicy,
 ) -> StoreResult<()> {
-    let (definition, keep, cause) = match cascade {
-        Cascade::CancelQueuedInstances { definition } => (
-            definition,
-            None,
-            CancelCause::WithSchedule(definition.clone()),
-        ),
-        Cascade::ReplaceInstances {
-            definition,
-            keep,
-            fire_ms,
-        } => (definition, Some(keep), CancelCause::Replaced(*fire_ms)),
-    };
     let instances = found_all(
         &mut conn.prepare_cached(&format!(
             "SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_instance_of WHERE instance_of = ?1"
         ))?,
-        params![definition],
+        params![cascade.definition()],
     )?;
-    for found in instances
-        .iter()
-        .filter(|f| Some(&f.stored.job.job_id) != keep)
-    {
-        let cancel = Event::Cancel(cause.clone());
+    for found in &instances {
         // A refusal (a running instance cancelled with its schedule) writes nothing.
-        let _ = change(conn, found, cancel, now, retry, None)?;
+        if let Some(event) = cascade.event_for(&found.stored.job.job_id) {
+            let _ = change(conn, found, event, now, retry, None)?;
+        }
     }
     Ok(())
 }

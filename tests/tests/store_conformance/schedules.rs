@@ -578,6 +578,8 @@ pub async fn claims_ahead_of_the_trigger_time(store: Arc<dyn JobStore>) {
         // The lease counts from the job's start.
         let starts = l.job.trigger_time_ms;
         assert_eq!(l.job.lease_expiry_ms, Some(starts + 10_000), "{:?}", l.job);
+        // And the lease handed out is that lease, so the stream holding it knows its version.
+        assert_eq!(l.expiry_ms, starts + 10_000, "{:?}", l.job);
     }
     let tick = got
         .iter()
@@ -591,6 +593,21 @@ pub async fn claims_ahead_of_the_trigger_time(store: Arc<dyn JobStore>) {
         ..claim("g", "w2", 10, NOW + 50)
     };
     assert!(store.claim(ahead).await.unwrap().is_empty());
+    // A stream that ends while it holds a job claimed ahead gives it back like any other.
+    let later = got.iter().find(|l| l.job.spec.task_id == "later").unwrap();
+    let held = HeldLease {
+        job_id: later.job.job_id.clone(),
+        token: later.token.clone(),
+        expiry_ms: later.expiry_ms,
+    };
+    let requeued = store.requeue_held(vec![held], NOW + 300).await.unwrap();
+    assert_eq!(requeued.len(), 1, "{requeued:?}");
+    let back = store
+        .get(JobKey::Id(later.job.job_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.state, JobState::Queued, "{back:?}");
 }
 
 /// A fire while an earlier run of its job is unfinished follows the job's concurrency policy:

@@ -73,6 +73,18 @@ pub struct Lease {
     pub expiry_ms: i64,
 }
 
+impl Lease {
+    /// The lease of a job as its claim stored it: the expiry is the job's own, which for a job
+    /// claimed ahead of its trigger time counts from its start, not from `claimed_expiry_ms`.
+    pub fn of(job: Job, token: &str, claimed_expiry_ms: i64) -> Self {
+        Self {
+            expiry_ms: job.lease_expiry_ms.unwrap_or(claimed_expiry_ms),
+            job,
+            token: token.to_string(),
+        }
+    }
+}
+
 /// A job and the token of its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseRef {

@@ -184,11 +184,7 @@ impl MongoStore {
     ) -> Lease {
         let job = stored.job.clone();
         self.cache_lease(Read { stored, rev });
-        Lease {
-            job,
-            token: token.to_string(),
-            expiry_ms: expiry,
-        }
+        Lease::of(job, token, expiry)
     }
 
     /// Writes the leases of a claim in one command; returns the ids of the jobs it won.

@@ -57,11 +57,7 @@ pub(super) fn claim(
             (Handout::FollowUp, Some(instance)) if written.follow_up_inserted => instance.job.job,
             _ => continue,
         };
-        leases.push(Lease {
-            job,
-            token: token.to_string(),
-            expiry_ms,
-        });
+        leases.push(Lease::of(job, token, expiry_ms));
     }
     Ok(leases)
 }

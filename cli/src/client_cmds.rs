@@ -80,6 +80,10 @@ pub struct SubmitArgs {
     /// runs).
     #[arg(long, value_enum, default_value_t = Concurrency::Allow)]
     concurrency: Concurrency,
+    /// With `--concurrency allow`: at most this many runs at once (1..=10000); a fire while
+    /// that many are unfinished is skipped.
+    #[arg(long)]
+    max_concurrent: Option<u32>,
     /// Wait for the final outcome and print it.
     #[arg(long)]
     wait: bool,
@@ -190,6 +194,7 @@ pub fn spec_from_args(a: &SubmitArgs, now: i64) -> CliResult<JobSpec> {
             Concurrency::Forbid => ConcurrencyPolicy::Forbid,
             Concurrency::Replace => ConcurrencyPolicy::Replace,
         },
+        max_concurrent: a.max_concurrent,
         max_lease_losses: a.max_lease_losses,
         // Set by the client for each submit (its retries dedup).
         idempotency_key: None,
@@ -611,6 +616,11 @@ async fn get(a: GetArgs) -> CliResult {
         (
             "concurrency_policy",
             s.concurrency_policy.as_str().to_string(),
+        ),
+        (
+            "max_concurrent",
+            s.max_concurrent
+                .map_or_else(|| "-".into(), |n| n.to_string()),
         ),
         ("params", params),
         (

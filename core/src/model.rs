@@ -187,6 +187,11 @@ pub struct JobSpec {
     /// overlap); stored jobs from before the field read as [`ConcurrencyPolicy::Allow`].
     #[serde(default, skip_serializing_if = "is_allow")]
     pub concurrency_policy: ConcurrencyPolicy,
+    /// With concurrency policy `Allow`: at most this many runs (unfinished instances) of the
+    /// recurring job at once, 1..=[`MAX_CONCURRENT`]; a fire while that many are unfinished is
+    /// skipped and logged, like a `Forbid` fire. `None`: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
     /// How many runs may be lost — their TaskTracker died, froze past its lease or left the
     /// cluster without a result — before the job fails: a job that kills its worker must not
     /// walk through every worker of its group. `None`: [`DEFAULT_MAX_LEASE_LOSSES`]. Counted
@@ -206,6 +211,9 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
 }
+
+/// The largest `max_concurrent` a job may ask for.
+pub const MAX_CONCURRENT: u32 = 10_000;
 
 /// How many lost runs a job survives unless its spec says otherwise.
 pub const DEFAULT_MAX_LEASE_LOSSES: u32 = 3;
@@ -256,6 +264,12 @@ impl JobSpec {
     /// Sets `timeout_ms` (builder style).
     pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
         self.timeout_ms = Some(timeout.as_millis().try_into().unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Sets `max_concurrent` (builder style).
+    pub fn max_concurrent(mut self, max_concurrent: u32) -> Self {
+        self.max_concurrent = Some(max_concurrent);
         self
     }
 

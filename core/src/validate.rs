@@ -300,6 +300,39 @@ pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
         ));
     }
 
+    if let Some(n) = spec.max_concurrent {
+        let most = crate::model::MAX_CONCURRENT;
+        if n == 0 || n > most {
+            out.push(FieldViolation::new(
+                "max_concurrent",
+                format!("must be 1..={most} (got {n})"),
+            ));
+        } else if !crate::schedule::fires_overlapping_instances(spec) {
+            out.push(FieldViolation::new(
+                "max_concurrent",
+                format!(
+                    "only applies to cron and repeat jobs whose runs may overlap \
+                     (rely_on_prev_cycle false); this job's schedule is {}{}",
+                    spec.schedule.kind(),
+                    if spec.rely_on_prev_cycle {
+                        " with rely_on_prev_cycle, whose runs never overlap"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        } else if spec.concurrency_policy != crate::model::ConcurrencyPolicy::Allow {
+            out.push(FieldViolation::new(
+                "max_concurrent",
+                format!(
+                    "only applies with concurrency policy allow: {} already keeps one run \
+                     at a time",
+                    spec.concurrency_policy.as_str()
+                ),
+            ));
+        }
+    }
+
     if spec.rely_on_prev_cycle && !spec.schedule.is_recurring() {
         out.push(FieldViolation::new(
             "rely_on_prev_cycle",
@@ -492,6 +525,39 @@ mod tests {
         for policy in [Allow, Forbid, Replace] {
             let overlapping = JobSpec::new("t", "g").schedule(every.clone());
             assert!(validate(&overlapping.concurrency_policy(policy)).is_ok());
+        }
+    }
+
+    #[test]
+    fn max_concurrent_caps_the_runs_of_an_overlapping_job_that_allows_them() {
+        use crate::model::ConcurrencyPolicy::{Forbid, Replace};
+        let every = || {
+            JobSpec::new("t", "g").schedule(Schedule::Repeat {
+                interval_ms: 1000,
+                count: -1,
+                first_fire_ms: None,
+            })
+        };
+        assert!(validate(&every().max_concurrent(1)).is_ok());
+        assert!(validate(&every().max_concurrent(crate::model::MAX_CONCURRENT)).is_ok());
+        for n in [0, crate::model::MAX_CONCURRENT + 1] {
+            let refused = validate(&every().max_concurrent(n)).unwrap_err();
+            assert_eq!(refused.0[0].field, "max_concurrent");
+            assert!(refused.0[0].reason.contains("must be 1..="), "{refused:?}");
+        }
+        assert_eq!(
+            fields(&JobSpec::new("t", "g").max_concurrent(2)),
+            ["max_concurrent"]
+        );
+        let mut sequential = every().max_concurrent(2);
+        sequential.rely_on_prev_cycle = true;
+        let refused = validate(&sequential).unwrap_err();
+        assert!(refused.0[0].reason.contains("never overlap"), "{refused:?}");
+        for policy in [Forbid, Replace] {
+            let refused =
+                validate(&every().concurrency_policy(policy).max_concurrent(2)).unwrap_err();
+            assert_eq!(refused.0[0].field, "max_concurrent");
+            assert!(refused.0[0].reason.contains(policy.as_str()), "{refused:?}");
         }
     }
 

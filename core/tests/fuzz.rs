@@ -28,6 +28,7 @@ const FIELDS: &[&str] = &[
     "schedule",
     "misfire_policy",
     "concurrency_policy",
+    "max_concurrent",
     "need_feedback",
     "rely_on_prev_cycle",
 ];
@@ -111,6 +112,7 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
             proptest::option::of(any::<u32>()),
             proptest::option::of(any::<u64>()),
             0..3u8,
+            proptest::option::of(0..3u32),
         ),
     )
         .prop_map(
@@ -119,7 +121,7 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
                 params,
                 (fb, retries, rely, replace, skip),
                 schedule,
-                (losses, timeout, concurrency),
+                (losses, timeout, concurrency, max_concurrent),
             )| {
                 JobSpec {
                     task_id,
@@ -142,6 +144,7 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
                         1 => ConcurrencyPolicy::Forbid,
                         _ => ConcurrencyPolicy::Replace,
                     },
+                    max_concurrent,
                     max_lease_losses: losses,
                     timeout_ms: timeout,
                     idempotency_key: None,

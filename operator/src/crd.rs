@@ -593,6 +593,11 @@ pub struct JobSpec {
     /// `Replace` cancels the earlier runs.
     #[serde(default)]
     pub concurrency_policy: ConcurrencyPolicy,
+    /// With `concurrencyPolicy: Allow`: at most this many runs at once; a fire while that
+    /// many are unfinished is skipped (and logged). Omitted: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_concurrent: Option<i64>,
     /// No runs or fires while true.
     #[serde(default)]
     pub suspend: bool,

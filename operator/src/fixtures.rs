@@ -60,6 +60,7 @@ pub fn job(name: &str) -> Job {
             replace_on_exist: false,
             misfire_policy: MisfirePolicy::FireOnce,
             concurrency_policy: ConcurrencyPolicy::Allow,
+            max_concurrent: None,
             suspend: false,
         },
     );

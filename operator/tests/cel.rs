@@ -28,6 +28,7 @@ fn job() -> Job {
             replace_on_exist: false,
             misfire_policy: MisfirePolicy::FireOnce,
             concurrency_policy: ConcurrencyPolicy::Allow,
+            max_concurrent: None,
             suspend: false,
         },
     )

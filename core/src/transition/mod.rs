@@ -135,18 +135,23 @@ pub struct Claim {
     /// that holds a job until its trigger time (a claim ahead of the fire, so that the run
     /// starts on time however long the claim itself takes). Earlier than `now` counts as now.
     pub due_by_ms: i64,
-    /// Whether an earlier run (an unfinished instance) of this recurring job exists: the
-    /// store's answer, asked only for a job whose [`ConcurrencyPolicy`] is not `Allow`
-    /// ([`Claim::needs_instances`]); `false` otherwise.
-    pub unfinished_instance: bool,
+    /// How many earlier runs (unfinished instances) of this recurring job exist, counted up
+    /// to [`Claim::instances_to_count`] (the store's answer; `0` when that is `0`).
+    pub unfinished_instances: u32,
 }
 
 impl Claim {
-    /// Whether a claim of `spec` needs [`Claim::unfinished_instance`]: a recurring job whose
-    /// runs may overlap, with a concurrency policy that is not `Allow`.
-    pub fn needs_instances(spec: &crate::JobSpec) -> bool {
-        spec.concurrency_policy != ConcurrencyPolicy::Allow
-            && crate::schedule::fires_overlapping_instances(spec)
+    /// How far a claim of `spec` must count [`Claim::unfinished_instances`]: for a recurring
+    /// job whose runs may overlap, `1` under concurrency policy `Forbid` or `Replace`, its
+    /// `max_concurrent` under `Allow`; `0` (nothing to count) otherwise.
+    pub fn instances_to_count(spec: &crate::JobSpec) -> u32 {
+        if !crate::schedule::fires_overlapping_instances(spec) {
+            return 0;
+        }
+        match spec.concurrency_policy {
+            ConcurrencyPolicy::Allow => spec.max_concurrent.unwrap_or(0),
+            ConcurrencyPolicy::Forbid | ConcurrencyPolicy::Replace => 1,
+        }
     }
 }
 

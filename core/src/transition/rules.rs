@@ -254,22 +254,34 @@ fn fire_instance(stored: &StoredJob, claim: &Claim, fire: i64, fired: u64, now: 
     let def = &stored.job;
     let step = schedule::overlap_step(&def.spec, fire, fired, now);
     let policy = def.spec.concurrency_policy;
-    if step.run && claim.unfinished_instance && policy == ConcurrencyPolicy::Forbid {
-        // Skipped as a fire: the schedule moves on (or ends), and the job's log says why.
+    let unfinished = claim.unfinished_instances;
+    // Why the fire is skipped, if it is: the schedule moves on (or ends), and the log says so.
+    let skipped = match (policy, def.spec.max_concurrent) {
+        _ if !step.run || unfinished == 0 => None,
+        (ConcurrencyPolicy::Forbid, _) => {
+            Some("an earlier run is unfinished (concurrency policy forbid)".to_string())
+        }
+        (ConcurrencyPolicy::Allow, Some(most)) if unfinished >= most => Some(format!(
+            "{unfinished} earlier run{} unfinished, as many as max_concurrent ({most}) allows",
+            if unfinished == 1 { " is" } else { "s are" }
+        )),
+        _ => None,
+    };
+    if let Some(why) = skipped {
         let mut t = advance(stored, fire, step.next_ms, false, now);
         let then = match step.next_ms {
             Some(next) => format!("next fire {}", format_ms(next)),
             None => "the last of its schedule".into(),
         };
         let note = format!(
-            "skipped fire {}: an earlier run is unfinished (concurrency policy forbid); {then}",
+            "skipped fire {}: {why}; {then}",
             format_ms(step.instance_fire_ms)
         );
         t.logs = vec![log(def, now, LogType::Update, note)];
         return t;
     }
     let mut t = advance(stored, fire, step.next_ms, step.run, now);
-    if step.run && claim.unfinished_instance && policy == ConcurrencyPolicy::Replace {
+    if step.run && unfinished > 0 && policy == ConcurrencyPolicy::Replace {
         t.cascade = Some(Cascade::ReplaceInstances {
             definition: def.job_id.clone(),
             keep: claim.instance_id.clone(),

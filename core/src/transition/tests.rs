@@ -39,7 +39,7 @@ fn claim(token: &str) -> Event {
         expiry_ms: NOW + 50,
         instance_id,
         due_by_ms: NOW,
-        unfinished_instance: false,
+        unfinished_instances: 0,
     })
 }
 
@@ -383,7 +383,7 @@ fn a_claim_ahead_of_the_trigger_time_leases_from_the_start() {
             expiry_ms: NOW + 50,
             instance_id: "i1".into(),
             due_by_ms,
-            unfinished_instance: false,
+            unfinished_instances: 0,
         })
     };
     // A job due 200 ms after the claim, with a 1 s timeout.
@@ -419,14 +419,14 @@ fn a_claim_ahead_of_the_trigger_time_leases_from_the_start() {
 
 #[test]
 fn a_fire_while_an_earlier_run_is_unfinished_follows_the_concurrency_policy() {
-    let fire = |unfinished_instance| {
+    let fire = |unfinished: bool| {
         Event::Claim(Claim {
             owner: "w1".into(),
             token: "t2".into(),
             expiry_ms: NOW + 50,
             instance_id: "i2".into(),
             due_by_ms: NOW + 1_000,
-            unfinished_instance,
+            unfinished_instances: u32::from(unfinished),
         })
     };
     let def = |policy| {
@@ -492,6 +492,43 @@ fn a_fire_while_an_earlier_run_is_unfinished_follows_the_concurrency_policy() {
     assert_eq!(t.job.job.state, Cancelled);
     assert_eq!(t.job.lease_token, None);
     assert!(t.logs[0].message.contains("concurrency policy replace"));
+}
+
+#[test]
+fn a_fire_while_max_concurrent_runs_are_unfinished_is_skipped() {
+    let fire = |unfinished_instances| {
+        Event::Claim(Claim {
+            owner: "w1".into(),
+            token: "t3".into(),
+            expiry_ms: NOW + 50,
+            instance_id: "i3".into(),
+            due_by_ms: NOW + 1_000,
+            unfinished_instances,
+        })
+    };
+    let mut def = accept(repeat(false, 3).max_concurrent(2), "d".into(), NOW).job;
+    def.job.trigger_time_ms = NOW + 1_000;
+    def.job.scheduled_fire_ms = Some(NOW + 1_000);
+    assert_eq!(Claim::instances_to_count(&def.job.spec), 2);
+    for running in [0, 1] {
+        let t = run(&def, fire(running), NOW + 1_000);
+        assert_eq!((t.handout, t.cascade), (Handout::FollowUp, None));
+    }
+    let t = run(&def, fire(2), NOW + 1_000);
+    assert_eq!((t.handout, t.follow_up.is_none()), (Handout::Nothing, true));
+    assert_eq!(t.next_fire, NextFire::At(NOW + 2_000));
+    assert_eq!(
+        t.logs[0].message,
+        format!(
+            "skipped fire {}: 2 earlier runs are unfinished, as many as max_concurrent (2) \
+             allows; next fire {}",
+            format_ms(NOW + 1_000),
+            format_ms(NOW + 2_000)
+        )
+    );
+    // Nothing to count for a job without a cap, or whose runs never overlap.
+    assert_eq!(Claim::instances_to_count(&repeat(false, 3)), 0);
+    assert_eq!(Claim::instances_to_count(&repeat(true, 3)), 0);
 }
 
 #[test]
@@ -711,7 +748,7 @@ fn a_run_past_its_timeout_ends_timeout_and_is_retried_while_retries_remain() {
             expiry_ms,
             instance_id,
             due_by_ms: NOW,
-            unfinished_instance: false,
+            unfinished_instances: 0,
         })
     };
     // The lease runs to the deadline's grace at most, however long the claim asked for.
@@ -804,7 +841,7 @@ fn spec() -> impl Strategy<Value = JobSpec> {
     let flags = (any::<bool>(), any::<bool>(), any::<bool>());
     let losses = prop_oneof![Just(None), (0u32..3).prop_map(Some)];
     let timeout = prop_oneof![Just(None), Just(Some(1_000u64))];
-    (0u8..3, 0u32..3, count, flags, (losses, timeout, 0usize..3)).prop_map(
+    (0u8..3, 0u32..3, count, flags, (losses, timeout, 0usize..4)).prop_map(
         |(kind, retries, count, (rely, skip, fb), (losses, timeout, concurrency))| {
             let schedule = match kind {
                 0 => Schedule::Now,
@@ -830,7 +867,12 @@ fn spec() -> impl Strategy<Value = JobSpec> {
                     ConcurrencyPolicy::Allow,
                     ConcurrencyPolicy::Forbid,
                     ConcurrencyPolicy::Replace,
+                    ConcurrencyPolicy::Allow,
                 ][concurrency];
+                // The last draw: allow, with a cap of two runs.
+                if concurrency == 3 {
+                    spec.max_concurrent = Some(2);
+                }
             }
             spec
         },
@@ -897,10 +939,16 @@ impl World {
                     instance_id,
                     // Now, or ahead of the trigger time as for a TaskTracker that holds it.
                     due_by_ms: self.now + (pick % 3) as i64 * 500,
-                    unfinished_instance: self.jobs.iter().any(|j| {
-                        !j.job.state.is_final()
-                            && j.job.instance_of.as_deref() == Some(job.job.job_id.as_str())
-                    }),
+                    unfinished_instances: self
+                        .jobs
+                        .iter()
+                        .filter(|j| {
+                            !j.job.state.is_final()
+                                && j.job.instance_of.as_deref() == Some(job.job.job_id.as_str())
+                        })
+                        .count()
+                        .min(Claim::instances_to_count(&job.job.spec) as usize)
+                        as u32,
                 })
             }
             Op::Renew(stale) => Event::Renew {

@@ -223,6 +223,8 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
     if spec.max_lease_losses.is_some_and(|n| n < 0) {
         problems.push("spec.maxLeaseLosses: must not be negative".into());
     }
+    // Out of range (past the schema, say on an older CRD): 0, which the validation below names.
+    let max_concurrent = spec.max_concurrent.map(|n| u32::try_from(n).unwrap_or(0));
     let out = lts_core::JobSpec {
         task_id: task_id(job).unwrap_or_default(),
         task_tracker_node_group: spec.task_tracker_node_group.clone(),
@@ -246,6 +248,7 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
             ConcurrencyPolicy::Forbid => lts_core::ConcurrencyPolicy::Forbid,
             ConcurrencyPolicy::Replace => lts_core::ConcurrencyPolicy::Replace,
         },
+        max_concurrent,
         max_lease_losses: spec.max_lease_losses.map(|n| n.max(0) as u32),
         timeout_ms: spec
             .timeout_seconds

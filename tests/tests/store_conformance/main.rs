@@ -83,7 +83,8 @@ macro_rules! for_each_case {
             cancel_cascades_to_queued_instances_only,
             instances_name_their_recurring_job,
             claims_ahead_of_the_trigger_time,
-            concurrency_policies
+            concurrency_policies,
+            max_concurrent_caps_overlapping_runs
         );
     };
 }

@@ -695,3 +695,61 @@ pub async fn concurrency_policies(store: Arc<dyn JobStore>) {
         .unwrap();
     assert_eq!(replaced.state, JobState::Cancelled);
 }
+
+/// With `max_concurrent: 2`, fires run alongside each other until two runs are unfinished;
+/// the next fire is skipped (the schedule moves on, the log says why) until one of them ends.
+pub async fn max_concurrent_caps_overlapping_runs(store: Arc<dyn JobStore>) {
+    let spec = JobSpec::new("m", "g")
+        .schedule(Schedule::Repeat {
+            interval_ms: 1000,
+            count: -1,
+            first_fire_ms: Some(NOW),
+        })
+        .max_concurrent(2);
+    let def = JobKey::Id(id(&store.submit(vec![spec], NOW).await.unwrap()[0]));
+    let mut runs = Vec::new();
+    for fire in 0..2 {
+        let at = NOW + fire * 1_000;
+        let mut got = store.claim(claim("g", "w1", 10, at)).await.unwrap();
+        assert_eq!(got.len(), 1, "fire {fire}: {got:?}");
+        runs.push(got.remove(0));
+    }
+    // Two runs unfinished: the third fire is skipped, and the schedule goes on.
+    let third = store
+        .claim(claim("g", "w1", 10, NOW + 2_000))
+        .await
+        .unwrap();
+    assert!(third.is_empty(), "{third:?}");
+    let d = store.get(def.clone()).await.unwrap().unwrap();
+    assert_eq!(
+        (d.state, d.trigger_time_ms),
+        (JobState::Queued, NOW + 3_000)
+    );
+    let log = store.log(&d.job_id, 50).await.unwrap();
+    assert!(
+        log.iter().any(|l| l
+            .message
+            .contains("2 earlier runs are unfinished, as many as max_concurrent (2) allows")),
+        "{log:?}"
+    );
+    // One run ends: the next fire runs again.
+    let ended = store
+        .complete(done(
+            &runs[0].job.job_id,
+            &runs[0].token,
+            Outcome::Success,
+            NOW + 2_500,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(ended, CompleteOutcome::Accepted { .. }),
+        "{ended:?}"
+    );
+    let fourth = store
+        .claim(claim("g", "w1", 10, NOW + 3_000))
+        .await
+        .unwrap();
+    assert_eq!(fourth.len(), 1, "{fourth:?}");
+    assert_eq!(fourth[0].job.spec.task_id, format!("m~{}", NOW + 3_000));
+}

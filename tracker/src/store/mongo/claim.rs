@@ -98,10 +98,12 @@ impl MongoStore {
                     String::new()
                 },
                 due_by_ms: req.due_by_ms(),
-                unfinished_instance: Claim::needs_instances(&read.stored.job.spec)
-                    && self
-                        .has_unfinished_instance(&read.stored.job.job_id)
-                        .await?,
+                unfinished_instances: self
+                    .unfinished_instances(
+                        &read.stored.job.job_id,
+                        Claim::instances_to_count(&read.stored.job.spec),
+                    )
+                    .await?,
             };
             // A refusal: it is no longer queued and due as read.
             let Ok(t) = transition::apply(&read.stored, Event::Claim(claim), now, &self.retry)
@@ -142,14 +144,18 @@ impl MongoStore {
         Ok(out)
     }
 
-    /// Whether the recurring job `definition` has an unfinished instance.
-    async fn has_unfinished_instance(&self, definition: &str) -> StoreResult<bool> {
-        let found = self
+    /// How many unfinished instances the recurring job `definition` has, counted up to
+    /// `most`.
+    async fn unfinished_instances(&self, definition: &str, most: u32) -> StoreResult<u32> {
+        if most == 0 {
+            return Ok(0);
+        }
+        let n = self
             .jobs
-            .find_one(doc! { "instance_of": definition, "done": "" })
-            .projection(doc! { "_id": 1 })
+            .count_documents(doc! { "instance_of": definition, "done": "" })
+            .limit(u64::from(most))
             .await?;
-        Ok(found.is_some())
+        Ok(u32::try_from(n).unwrap_or(most).min(most))
     }
 
     /// Whether a claim of this node group lost jobs to another tracker lately.

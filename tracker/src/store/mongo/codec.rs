@@ -430,7 +430,7 @@ mod tests {
             expiry_ms: NOW + 50,
             instance_id: "i1".into(),
             due_by_ms: NOW,
-            unfinished_instance: false,
+            unfinished_instances: 0,
         });
         let report = |outcome| {
             Event::Complete(RunReport {
@@ -475,7 +475,7 @@ mod tests {
             expiry_ms: NOW + 50,
             instance_id: "i1".into(),
             due_by_ms: NOW,
-            unfinished_instance: false,
+            unfinished_instances: 0,
         });
         let t = apply(&read.stored, claim, NOW, &RetryPolicy::default()).unwrap();
         let (_, u) = update(&read, &t.job, &t.write, None).unwrap().unwrap();

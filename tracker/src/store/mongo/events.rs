@@ -118,7 +118,7 @@ impl MongoStore {
             expiry_ms: expiry,
             instance_id: new_id(),
             due_by_ms: now,
-            unfinished_instance: false,
+            unfinished_instances: 0,
         };
         let leased = match transition::apply(&accepted.job, Event::Claim(claim), now, &self.retry) {
             Ok(t) if matches!(t.handout, Handout::Job) && t.follow_up.is_none() => t,

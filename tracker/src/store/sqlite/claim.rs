@@ -44,8 +44,11 @@ pub(super) fn claim(
                 String::new()
             },
             due_by_ms: req.due_by_ms(),
-            unfinished_instance: Claim::needs_instances(&found.stored.job.spec)
-                && has_unfinished_instance(conn, &found.stored.job.job_id)?,
+            unfinished_instances: unfinished_instances(
+                conn,
+                &found.stored.job.job_id,
+                Claim::instances_to_count(&found.stored.job.spec),
+            )?,
         });
         // The statement found it queued and due: a refusal cannot happen, and writes nothing.
         let Ok(written) = change(conn, found, event, req.now_ms, retry, None)? else {
@@ -62,12 +65,16 @@ pub(super) fn claim(
     Ok(leases)
 }
 
-/// Whether the recurring job `definition` has an unfinished instance (every row of `jobs` is
-/// unfinished).
-fn has_unfinished_instance(conn: &Connection, definition: &str) -> StoreResult<bool> {
+/// How many unfinished instances the recurring job `definition` has (every row of `jobs` is
+/// unfinished), counted up to `most`.
+fn unfinished_instances(conn: &Connection, definition: &str, most: u32) -> StoreResult<u32> {
+    if most == 0 {
+        return Ok(0);
+    }
     Ok(conn
         .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_instance_of WHERE instance_of = ?1)",
+            "SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_instance_of
+             WHERE instance_of = ?1 LIMIT ?2)",
         )?
-        .query_row(params![definition], |r| r.get(0))?)
+        .query_row(params![definition, i64::from(most)], |r| r.get(0))?)
 }

@@ -442,6 +442,20 @@ async fn a_cron_that_never_fires_is_refused_with_its_field_named() {
         err.contains("concurrency_policy") && err.contains("may overlap"),
         "{err}"
     );
+    // So is a cap of concurrent runs, and one out of range.
+    for (extra, why) in [
+        (&["--max-concurrent", "2"][..], "may overlap"),
+        (
+            &["--repeat-interval", "1s", "--max-concurrent", "0"][..],
+            "must be 1..=10000",
+        ),
+    ] {
+        let mut args = vec!["submit", "--task-id", "capped", "--node-group", "sched"];
+        args.extend_from_slice(extra);
+        let (code, out, err) = lts(&tracker, &args);
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(err.contains("max_concurrent") && err.contains(why), "{err}");
+    }
     let (jobs, _) = tracker
         .client()
         .list(lts_worker_sdk::ListQuery::default())
@@ -454,6 +468,23 @@ async fn a_cron_that_never_fires_is_refused_with_its_field_named() {
 /// job's log says so; runs never overlap, and the schedule still ends on time.
 #[tokio::test]
 async fn a_forbidding_job_skips_fires_while_its_run_is_unfinished() {
+    let spec = JobSpec::new("tick", "forbid").concurrency_policy(ConcurrencyPolicy::Forbid);
+    capped_overlap(spec, 8, 1, "concurrency policy forbid").await;
+}
+
+/// `max_concurrent: 2`: runs overlap, but never more than two at once; a fire while two are
+/// unfinished is skipped and logged.
+#[tokio::test]
+async fn a_job_with_max_concurrent_never_runs_more_at_once() {
+    let spec = JobSpec::new("tick", "capped").max_concurrent(2);
+    capped_overlap(spec, 10, 2, "as many as max_concurrent (2) allows").await;
+}
+
+/// Runs `spec` with a repeat schedule of `fires` fires 300 ms apart, each run taking a second,
+/// on one TaskTracker with threads to spare; checks that at most (and, with fires this close,
+/// exactly) `cap` runs overlapped, and that every fire either ran or was logged skipped with
+/// `skip_note`.
+async fn capped_overlap(spec: JobSpec, fires: i64, cap: usize, skip_note: &str) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let dir = tempfile::tempdir().unwrap();
     let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
@@ -463,7 +494,7 @@ async fn a_forbidding_job_skips_fires_while_its_run_is_unfinished() {
     let (r, m, seen) = (running.clone(), most.clone(), runs.clone());
     let stop = CancellationToken::new();
     let tt = TaskTracker::builder()
-        .node_group("forbid")
+        .node_group(spec.task_tracker_node_group.clone())
         .tracker(tracker.addr.clone())
         .threads(8)
         .runner(move |ctx: JobContext| {
@@ -480,14 +511,11 @@ async fn a_forbidding_job_skips_fires_while_its_run_is_unfinished() {
         .build()
         .unwrap();
     let h = tokio::spawn(tt.run_until_cancelled(stop.clone()));
-    // Eight fires 300 ms apart; each run takes a second.
-    let spec = JobSpec::new("tick", "forbid")
-        .schedule(Schedule::Repeat {
-            interval_ms: 300,
-            count: 8,
-            first_fire_ms: None,
-        })
-        .concurrency_policy(ConcurrencyPolicy::Forbid);
+    let spec = spec.schedule(Schedule::Repeat {
+        interval_ms: 300,
+        count: fires,
+        first_fire_ms: None,
+    });
     let id = accepted(&client.submit(spec).await.unwrap());
     let j = eventually(T, "the schedule to end", || async {
         let j = client.get(JobKey::Id(id.clone())).await.ok()?;
@@ -498,17 +526,18 @@ async fn a_forbidding_job_skips_fires_while_its_run_is_unfinished() {
     assert_eq!(j.state, JobState::Succeeded, "{j:?}");
     stop.cancel();
     h.await.unwrap();
-    assert_eq!(most.load(Ordering::SeqCst), 1, "runs overlapped");
+    assert_eq!(most.load(Ordering::SeqCst), cap, "runs at once");
     let runs = runs.lock().unwrap().clone();
-    assert!((2..8).contains(&runs.len()), "fires run: {runs:?}");
+    let fires = fires as usize;
+    assert!(
+        (cap + 1..fires).contains(&runs.len()),
+        "fires run: {runs:?}"
+    );
     let log = client.log(&id, 100).await.unwrap();
-    let skipped = log
-        .iter()
-        .filter(|l| l.message.contains("concurrency policy forbid"))
-        .count();
+    let skipped = log.iter().filter(|l| l.message.contains(skip_note)).count();
     assert_eq!(
         skipped + runs.len(),
-        8,
+        fires,
         "every fire run or skipped: {log:#?}"
     );
 }

@@ -56,6 +56,7 @@ async fn concurrent_results_share_commands_and_a_stale_one_is_refused_alone() {
             lease_ms: 60_000,
             now_ms: NOW,
             ahead_ms: 0,
+            max_running: None,
         })
         .await
         .unwrap();
@@ -168,6 +169,7 @@ async fn a_due_job_is_stored_already_leased_and_anything_else_is_an_ordinary_sub
         lease_ms: 60_000,
         now_ms: now,
         ahead_ms: 0,
+        max_running: None,
     };
     // Due now: one insert of the job as leased to w1, with both log lines.
     let (out, lease) = a
@@ -262,6 +264,7 @@ async fn trackers_racing_for_one_queue_lease_every_job_once() {
                         lease_ms: 60_000,
                         now_ms: NOW + 1,
                         ahead_ms: 0,
+                        max_running: None,
                     })
                     .await
                     .unwrap();
@@ -286,6 +289,85 @@ async fn trackers_racing_for_one_queue_lease_every_job_once() {
     assert_eq!(total, n, "every job leased");
     let stats = trackers[0].stats(Some("g")).await.unwrap();
     assert_eq!((stats.queued, stats.running), (0, n as u64));
+}
+
+/// Three trackers on one database claim a capped node group all at once, and each run ends a
+/// moment after its claim: the group's running jobs never pass its cap (a tracker whose claim
+/// raced past it hands back its own surplus before sending any), and every job runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_trackers_never_run_a_capped_group_past_its_cap() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let server = MongoServer::start(dir.path()).await.unwrap();
+    let trackers = [
+        store(&server, "cap").await,
+        store(&server, "cap").await,
+        store(&server, "cap").await,
+    ];
+    let (n, cap) = (120, 5u32);
+    let specs = (0..n)
+        .map(|i| JobSpec::new(format!("cap-{i}"), "g"))
+        .collect();
+    trackers[0].submit(specs, NOW).await.unwrap();
+    let (held, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let runs = trackers.iter().enumerate().map(|(t, s)| {
+        let (s, held, most) = (s.clone(), held.clone(), most.clone());
+        async move {
+            let mut ran = 0;
+            loop {
+                let got = s
+                    .claim(ClaimRequest {
+                        node_group: "g".into(),
+                        owner: format!("w{t}"),
+                        max: 4,
+                        lease_ms: 60_000,
+                        now_ms: NOW + 1,
+                        ahead_ms: 0,
+                        max_running: Some(cap),
+                    })
+                    .await
+                    .unwrap();
+                if got.is_empty() {
+                    let stats = s.stats(Some("g")).await.unwrap();
+                    if stats.queued == 0 && stats.running == 0 {
+                        return ran;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    continue;
+                }
+                // What this tracker now holds, on top of what the others hold.
+                let now = held.fetch_add(got.len(), Ordering::SeqCst) + got.len();
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                for l in &got {
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    let done = s
+                        .complete(Completion {
+                            job_id: l.job.job_id.clone(),
+                            token: l.token.clone(),
+                            outcome: Outcome::Success,
+                            message: String::new(),
+                            logs: vec![],
+                            node: format!("w{t}"),
+                            now_ms: NOW + 2,
+                        })
+                        .await
+                        .unwrap();
+                    assert!(matches!(done, CompleteOutcome::Accepted { .. }), "{done:?}");
+                }
+                ran += got.len();
+            }
+        }
+    });
+    let ran: usize = join_all(runs).await.into_iter().sum();
+    assert_eq!(ran, n, "every job ran once");
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        most <= cap as usize,
+        "{most} jobs held at once, past the cap of {cap}"
+    );
+    let stats = trackers[0].stats(Some("g")).await.unwrap();
+    assert_eq!((stats.queued, stats.running), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

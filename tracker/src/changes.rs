@@ -288,6 +288,10 @@ impl JobStore for ChangeFeed {
         self.inner.renew(leases, expiry_ms).await
     }
 
+    async fn running_count(&self, node_group: &str, most: u32) -> StoreResult<u32> {
+        self.inner.running_count(node_group, most).await
+    }
+
     async fn complete(&self, completion: Completion) -> StoreResult<CompleteOutcome> {
         let job_id = completion.job_id.clone();
         let out = self.inner.complete(completion).await?;

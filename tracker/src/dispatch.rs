@@ -120,6 +120,8 @@ impl Reserved {
             lease_ms,
             now_ms,
             ahead_ms: 0,
+            // Never reserved in a capped group (see `Dispatcher::reserve_idle`).
+            max_running: None,
         }
     }
 }
@@ -202,6 +204,8 @@ pub struct Dispatcher {
     /// How long before their trigger time jobs are claimed for a TaskTracker that holds them
     /// until then.
     claim_ahead_ms: i64,
+    /// Caps on the running jobs of node groups, across every tracker of the cluster.
+    max_running: HashMap<String, u32>,
     next_conn: AtomicU64,
     shutdown: CancellationToken,
 }
@@ -220,12 +224,14 @@ impl Dispatcher {
     /// trackers of the cluster (this tracker is woken directly only by its own submits).
     /// It claims jobs up to `claim_ahead_ms` before their trigger time for the TaskTrackers
     /// that hold a job until then ([`WorkerConn::waits_for_start`]); the others get only due
-    /// jobs.
+    /// jobs. A node group named in `max_running` never runs more jobs at once than its cap,
+    /// counted in the store across every tracker.
     pub fn new(
         store: Arc<dyn JobStore>,
         lease_ms: i64,
         idle_poll: Duration,
         claim_ahead_ms: i64,
+        max_running: HashMap<String, u32>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Dispatcher {
@@ -234,6 +240,7 @@ impl Dispatcher {
             lease_ms,
             idle_poll,
             claim_ahead_ms: claim_ahead_ms.max(0),
+            max_running,
             next_conn: AtomicU64::new(1),
             shutdown,
         })
@@ -242,6 +249,19 @@ impl Dispatcher {
     /// The lease duration handed to TaskTrackers.
     pub fn lease_ms(&self) -> i64 {
         self.lease_ms
+    }
+
+    /// The node group's cap on running jobs, if it has one.
+    fn cap(&self, node_group: &str) -> Option<u32> {
+        self.max_running.get(node_group).copied()
+    }
+
+    /// A run of the node group ended (a result was recorded, a user cancelled it): under a cap
+    /// on its running jobs, the group may claim again.
+    pub fn run_ended(self: &Arc<Self>, node_group: &str) {
+        if self.cap(node_group).is_some() {
+            self.signal_work(node_group);
+        }
     }
 
     /// The group `name` while a TaskTracker of it is connected.
@@ -558,7 +578,11 @@ impl Dispatcher {
     /// moment through the ordinary path may start a few milliseconds after a job handed over.
     pub fn reserve_idle(&self, node_group: &str) -> Option<Reserved> {
         let group = self.existing(node_group)?;
-        if !group.drained.load(Ordering::SeqCst) || group.closed.is_cancelled() {
+        // A capped group's jobs go through its claims, which count its running jobs.
+        if !group.drained.load(Ordering::SeqCst)
+            || group.closed.is_cancelled()
+            || self.cap(node_group).is_some()
+        {
             return None;
         }
         let planned = {
@@ -595,6 +619,20 @@ impl Dispatcher {
             return;
         };
         self.deliver(&reserved.group, planned, vec![lease]).await;
+    }
+
+    /// Whether the group has a cap on its running jobs and runs that many now.
+    async fn at_cap(&self, group: &Group) -> bool {
+        let Some(cap) = self.cap(&group.name) else {
+            return false;
+        };
+        match self.store.running_count(&group.name, cap).await {
+            Ok(running) => running >= cap,
+            Err(e) => {
+                tracing::warn!(node_group = %group.name, error = %e, "counting running jobs failed");
+                true
+            }
+        }
     }
 
     async fn run_group(self: Arc<Self>, group: Arc<Group>) {
@@ -650,6 +688,7 @@ impl Dispatcher {
                     } else {
                         0
                     },
+                    max_running: self.cap(&group.name),
                 })
             });
             let results = futures::future::join_all(claims).await;
@@ -675,6 +714,18 @@ impl Dispatcher {
             }
             backoff_ms = 0;
             group.drained.store(got < requested, Ordering::SeqCst);
+            if got < requested && self.at_cap(&group).await {
+                // Due work may wait, but the group runs as many jobs as its cap allows: look
+                // again when a run ends here (`run_ended`), or after a while for runs that end
+                // through other trackers.
+                tokio::select! {
+                    _ = group.wake.notified() => {}
+                    _ = tokio::time::sleep(self.idle_poll) => {}
+                    _ = self.shutdown.cancelled() => return,
+                    _ = group.closed.cancelled() => return,
+                }
+                continue;
+            }
             if got < requested {
                 // The queue has no more due work right now. Sleep until the earliest future
                 // trigger time, or until signalled.
@@ -720,6 +771,7 @@ mod tests {
             15_000,
             Duration::from_millis(500),
             200,
+            HashMap::new(),
             CancellationToken::new(),
         )
     }

@@ -140,6 +140,12 @@ pub struct TrackerConfig {
     #[arg(long, env = "LTS_CLAIM_AHEAD_MS", default_value_t = 200,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub claim_ahead_ms: u64,
+    /// Cap on a node group's running jobs across every tracker of the cluster, as
+    /// `GROUP=N` (1..=1000000); repeat the flag, or separate with commas, for more groups. Give
+    /// every tracker the same caps. Groups not named have none.
+    #[arg(long = "max-running", env = "LTS_MAX_RUNNING", value_delimiter = ',',
+          value_parser = parse_group_cap)]
+    pub max_running: Vec<(String, u32)>,
     /// How often each TaskTracker's stream is pinged, in milliseconds. A TaskTracker that
     /// leaves four pings unanswered gets no new jobs until it answers again; TaskTrackers ping
     /// back and move to another tracker when this one goes silent.
@@ -225,6 +231,28 @@ pub struct TrackerConfig {
     pub no_auth: bool,
 }
 
+/// The largest cap `--max-running` takes.
+const MAX_GROUP_CAP: u32 = 1_000_000;
+
+/// One `--max-running` value: `GROUP=N`.
+fn parse_group_cap(s: &str) -> Result<(String, u32), String> {
+    let (group, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected GROUP=N"))?;
+    let group = group.trim();
+    if group.is_empty() {
+        return Err(format!("{s:?}: the node group is empty"));
+    }
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?}: the cap is not a whole number ({e})"))?;
+    if n == 0 || n > MAX_GROUP_CAP {
+        return Err(format!("{s:?}: the cap must be 1..={MAX_GROUP_CAP}"));
+    }
+    Ok((group.to_string(), n))
+}
+
 impl TrackerConfig {
     /// Defaults, as the flags have them, with the store at `store` and listening on `listen`.
     pub fn new(store: StoreUrl, listen: SocketAddr) -> TrackerConfig {
@@ -244,6 +272,7 @@ impl TrackerConfig {
             heartbeat_ms: 500,
             idle_poll_ms: 500,
             claim_ahead_ms: 200,
+            max_running: Vec::new(),
             retry_min_delay_ms: 1_000,
             retry_max_delay_ms: 300_000,
             retention_hours: 168,
@@ -497,6 +526,7 @@ impl Tracker {
             config.lease_ms,
             Duration::from_millis(config.idle_poll_ms),
             config.claim_ahead_ms as i64,
+            config.max_running.iter().cloned().collect(),
             shutdown.clone(),
         );
         let feedback = FeedbackHub::new(store.clone(), shutdown.clone());

@@ -24,6 +24,7 @@ fn claim(group: &str, owner: &str, max: usize, now: i64) -> ClaimRequest {
         lease_ms: 10_000,
         now_ms: now,
         ahead_ms: 0,
+        max_running: None,
     }
 }
 
@@ -84,7 +85,8 @@ macro_rules! for_each_case {
             instances_name_their_recurring_job,
             claims_ahead_of_the_trigger_time,
             concurrency_policies,
-            max_concurrent_caps_overlapping_runs
+            max_concurrent_caps_overlapping_runs,
+            a_group_cap_limits_its_running_jobs
         );
     };
 }

@@ -707,3 +707,71 @@ pub async fn stale_token_after_reassignment(store: Arc<dyn JobStore>) {
         ]
     );
 }
+
+/// A node group's cap on running jobs: a claim leases no more than the cap leaves room for,
+/// counting the running jobs of every owner (and no other group's), and room comes back as
+/// runs end.
+pub async fn a_group_cap_limits_its_running_jobs(store: Arc<dyn JobStore>) {
+    let specs = (0..5)
+        .map(|i| JobSpec::new(format!("c{i}"), "capped"))
+        .chain((0..3).map(|i| JobSpec::new(format!("o{i}"), "other")))
+        .collect();
+    store.submit(specs, NOW).await.unwrap();
+    let capped = |owner: &str, max: usize, now: i64| ClaimRequest {
+        max_running: Some(3),
+        ..claim("capped", owner, max, now)
+    };
+    // Another group's running jobs do not count.
+    assert_eq!(
+        store
+            .claim(claim("other", "w9", 10, NOW))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let first = store.claim(capped("w1", 2, NOW)).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let second = store.claim(capped("w2", 10, NOW)).await.unwrap();
+    assert_eq!(second.len(), 1, "room for one more: {second:?}");
+    assert!(store.claim(capped("w3", 10, NOW)).await.unwrap().is_empty());
+    assert_eq!(store.running_count("capped", 10).await.unwrap(), 3);
+    assert_eq!(
+        store.running_count("capped", 2).await.unwrap(),
+        2,
+        "counted up to 2"
+    );
+    assert_eq!(store.running_count("other", 10).await.unwrap(), 3);
+    // A run ends: room for one.
+    let ended = store
+        .complete(done(
+            &first[0].job.job_id,
+            &first[0].token,
+            Outcome::Success,
+            NOW + 10,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(ended, CompleteOutcome::Accepted { .. }),
+        "{ended:?}"
+    );
+    let third = store.claim(capped("w3", 10, NOW + 20)).await.unwrap();
+    assert_eq!(third.len(), 1, "{third:?}");
+    assert!(
+        store
+            .claim(capped("w3", 10, NOW + 30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Without the cap the rest would go at once.
+    assert_eq!(
+        store
+            .claim(claim("capped", "w4", 10, NOW + 40))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -334,9 +334,9 @@ impl JobService for JobApi {
         {
             CancelOutcome::Cancelled(job) => {
                 metrics::counter!("lts_jobs_cancelled_total").increment(1);
-                self.0
-                    .dispatcher
-                    .lease_gone(&job.spec.task_tracker_node_group, &job.job_id);
+                let group = &job.spec.task_tracker_node_group;
+                self.0.dispatcher.lease_gone(group, &job.job_id);
+                self.0.dispatcher.run_ended(group);
                 tracing::info!(job_id = %job.job_id, task_id = %job.spec.task_id, "job cancelled");
                 Ok(Response::new(proto::CancelJobResponse {
                     job: Some(convert::job_to_proto(&job)),

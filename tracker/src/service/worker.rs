@@ -346,6 +346,7 @@ async fn complete(
         }) => {
             metrics::counter!("lts_jobs_completed_total", "outcome" => outcome.as_str())
                 .increment(1);
+            core.dispatcher.run_ended(&node_group);
             match disposition {
                 lts_core::schedule::Disposition::Retry { at_ms }
                 | lts_core::schedule::Disposition::NextFire { at_ms, .. } => {

@@ -124,6 +124,9 @@ pub struct ClaimRequest {
     /// until its trigger time (0: only jobs due now). The claim is then done before the fire,
     /// not after it, so that the run starts on time however long the claim takes.
     pub ahead_ms: i64,
+    /// The node group's cap on running jobs, across every tracker of the cluster: the claim
+    /// leases no more than the cap leaves room for. `None`: no cap.
+    pub max_running: Option<u32>,
 }
 
 impl ClaimRequest {
@@ -365,6 +368,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// How many queued jobs of the node group are due at `now` (ms): the work waiting for a
     /// free TaskTracker, what an autoscaler scales on.
     async fn due_count(&self, node_group: &str, now: i64) -> StoreResult<u64>;
+
+    /// How many jobs of the node group are running (leased) now, counted up to `most`.
+    async fn running_count(&self, node_group: &str, most: u32) -> StoreResult<u32>;
 
     /// Queued, due and running jobs of each node group with unfinished work, by group name,
     /// at most `limit` groups (the metrics export them).

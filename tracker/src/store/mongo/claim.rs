@@ -20,7 +20,7 @@ use mongodb::bson::{Document, doc};
 
 use super::MongoStore;
 use super::codec::{self, Read};
-use crate::store::{ClaimRequest, Lease, StoreResult};
+use crate::store::{ClaimRequest, Lease, LeaseRef, StoreResult};
 
 /// How much wider than asked a contended claim looks for candidates.
 const SPREAD: usize = 4;
@@ -48,6 +48,14 @@ impl MongoStore {
         // the same best jobs and all but one losing them.
         let turn = self.claim_turn(&req.node_group);
         let _turn = turn.lock().await;
+        let mut req = req;
+        if let Some(cap) = req.max_running {
+            let running = self.running_jobs(&req.node_group, cap).await?;
+            req.max = req.max.min(cap.saturating_sub(running) as usize);
+            if req.max == 0 {
+                return Ok(Vec::new());
+            }
+        }
         let now = req.now_ms;
         let token = uuid::Uuid::new_v4().simple().to_string();
         let expiry = now + req.lease_ms;
@@ -141,7 +149,66 @@ impl MongoStore {
                 .then(a.job.trigger_time_ms.cmp(&b.job.trigger_time_ms))
                 .then(a.job.job_id.cmp(&b.job.job_id))
         });
+        if let Some(cap) = req.max_running
+            && !out.is_empty()
+        {
+            self.keep_under_cap(&req.node_group, cap, &mut out, now)
+                .await?;
+        }
         Ok(out)
+    }
+
+    /// Another tracker may have claimed jobs of the capped group since this claim counted
+    /// them: counted again now that this claim's leases are written, the group's running jobs
+    /// must not pass the cap, or this claim hands back as many of its own (the last ones)
+    /// before any is sent. Two trackers racing may both hand back, and the group runs under
+    /// its cap for a moment; it never runs over it.
+    async fn keep_under_cap(
+        &self,
+        node_group: &str,
+        cap: u32,
+        out: &mut Vec<Lease>,
+        now: i64,
+    ) -> StoreResult<()> {
+        let most = cap.saturating_add(out.len() as u32);
+        let over = self
+            .running_jobs(node_group, most)
+            .await?
+            .saturating_sub(cap) as usize;
+        if over == 0 {
+            return Ok(());
+        }
+        let back: Vec<LeaseRef> = out
+            .split_off(out.len().saturating_sub(over))
+            .into_iter()
+            .map(|l| LeaseRef {
+                job_id: l.job.job_id,
+                token: l.token,
+            })
+            .collect();
+        tracing::debug!(
+            node_group,
+            n = back.len(),
+            "over the group's cap; handing back"
+        );
+        self.release_leases(back, now).await?;
+        Ok(())
+    }
+
+    /// How many jobs of the node group run now, counted up to `most`: through the index of
+    /// leases, which holds the running jobs of every group and nothing else.
+    pub(super) async fn running_jobs(&self, node_group: &str, most: u32) -> StoreResult<u32> {
+        let n = self
+            .jobs
+            .count_documents(doc! {
+                "lease_expiry": { "$exists": true },
+                "task_tracker_node_group": node_group,
+                "state": JobState::Running.code(),
+            })
+            .hint(mongodb::options::Hint::Name("lease".into()))
+            .limit(u64::from(most))
+            .await?;
+        Ok(u32::try_from(n).unwrap_or(most).min(most))
     }
 
     /// How many unfinished instances the recurring job `definition` has, counted up to

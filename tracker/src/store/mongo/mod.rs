@@ -497,6 +497,10 @@ impl JobStore for MongoStore {
         self.due_jobs_count(node_group, now).await
     }
 
+    async fn running_count(&self, node_group: &str, most: u32) -> StoreResult<u32> {
+        self.running_jobs(node_group, most).await
+    }
+
     async fn backlog(
         &self,
         now: i64,

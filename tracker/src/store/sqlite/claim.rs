@@ -6,7 +6,7 @@ use lts_core::schedule::{RetryPolicy, fires_overlapping_instances};
 use lts_core::transition::{Claim, Event, Handout};
 use rusqlite::{Connection, params};
 
-use super::schema::{DUE_JOBS, found_all};
+use super::schema::{DUE_JOBS, found_all, states};
 use super::write::change;
 use crate::store::{ClaimRequest, Lease, StoreResult};
 
@@ -26,9 +26,21 @@ pub(super) fn claim(
     expiry_ms: i64,
     retry: &RetryPolicy,
 ) -> StoreResult<Vec<Lease>> {
+    // Under a cap on the group's running jobs, no more than it leaves room for: inside the
+    // writer's transaction the count is exact (one tracker owns an SQLite store).
+    let max = match req.max_running {
+        Some(cap) => {
+            let running = running_count(conn, &req.node_group, cap)?;
+            req.max.min(cap.saturating_sub(running) as usize)
+        }
+        None => req.max,
+    };
+    if max == 0 {
+        return Ok(Vec::new());
+    }
     let due = found_all(
         &mut conn.prepare_cached(DUE_JOBS.text())?,
-        params![req.node_group, req.due_by_ms(), req.max as i64],
+        params![req.node_group, req.due_by_ms(), max as i64],
     )?;
     let mut leases = Vec::with_capacity(due.len());
     for found in &due {
@@ -77,4 +89,15 @@ fn unfinished_instances(conn: &Connection, definition: &str, most: u32) -> Store
              WHERE instance_of = ?1 LIMIT ?2)",
         )?
         .query_row(params![definition, i64::from(most)], |r| r.get(0))?)
+}
+
+/// How many jobs of the node group run now, counted up to `most`: through the index of running
+/// jobs (all groups), which holds no more rows than there are busy TaskTracker threads.
+pub(super) fn running_count(conn: &Connection, node_group: &str, most: u32) -> StoreResult<u32> {
+    Ok(conn
+        .prepare_cached(&states(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_lease
+             WHERE state = {RUNNING} AND node_group = ?1 LIMIT ?2)",
+        ))?
+        .query_row(params![node_group, i64::from(most)], |r| r.get(0))?)
 }

@@ -349,6 +349,12 @@ impl JobStore for SqliteStore {
         self.read(move |conn| queries::next_due(conn, &group)).await
     }
 
+    async fn running_count(&self, node_group: &str, most: u32) -> StoreResult<u32> {
+        let group = node_group.to_string();
+        self.read(move |conn| claim::running_count(conn, &group, most))
+            .await
+    }
+
     async fn due_count(&self, node_group: &str, now: i64) -> StoreResult<u64> {
         let group = node_group.to_string();
         self.read(move |conn| queries::due_count(conn, &group, now))

@@ -70,6 +70,7 @@ pub fn spec_from_proto(p: proto::JobSpec) -> Result<JobSpec, Violations> {
         misfire_policy,
         concurrency_policy,
         max_concurrent: p.max_concurrent,
+        shards: p.shards,
         max_lease_losses: p.max_lease_losses,
         timeout_ms: p.timeout_ms,
         idempotency_key: (!p.idempotency_key.is_empty()).then_some(p.idempotency_key),
@@ -121,6 +122,7 @@ pub fn spec_to_proto(s: &JobSpec) -> proto::JobSpec {
             ConcurrencyPolicy::Replace => proto::ConcurrencyPolicy::Replace,
         } as i32,
         max_concurrent: s.max_concurrent,
+        shards: s.shards,
         max_lease_losses: s.max_lease_losses,
         timeout_ms: s.timeout_ms,
         idempotency_key: s.idempotency_key.clone().unwrap_or_default(),
@@ -195,6 +197,17 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
         instance_of: j.instance_of.clone().unwrap_or_default(),
         lease_losses: j.lease_losses,
         deadline_ms: j.deadline_ms.unwrap_or(0),
+        shard: j.shard.as_ref().map(|s| proto::ShardOf {
+            job_id: s.of.clone(),
+            index: s.index,
+            count: s.count,
+        }),
+        shard_progress: j.shard_progress.map(|p| proto::ShardProgress {
+            succeeded: p.succeeded,
+            failed: p.failed,
+            running: p.running,
+            pending: p.pending,
+        }),
     }
 }
 
@@ -223,6 +236,17 @@ pub fn job_from_proto(p: proto::Job) -> Job {
         instance_of: (!p.instance_of.is_empty()).then_some(p.instance_of),
         lease_losses: p.lease_losses,
         deadline_ms: opt(p.deadline_ms),
+        shard: p.shard.map(|s| crate::Shard {
+            of: s.job_id,
+            index: s.index,
+            count: s.count,
+        }),
+        shard_progress: p.shard_progress.map(|p| crate::ShardProgress {
+            succeeded: p.succeeded,
+            failed: p.failed,
+            running: p.running,
+            pending: p.pending,
+        }),
     }
 }
 

@@ -26,7 +26,7 @@ pub mod proto {
 pub use duration::{parse_duration, parse_duration_ms};
 pub use model::{
     BizLine, ConcurrencyPolicy, FeedbackItem, Job, JobKey, JobSpec, JobState, LogEntry, LogLevel,
-    LogType, MisfirePolicy, Outcome, Schedule, ScheduleKind,
+    LogType, MisfirePolicy, Outcome, Schedule, ScheduleKind, Shard, ShardProgress,
 };
 pub use validate::{FieldViolation, Violations, validate};
 

@@ -192,6 +192,11 @@ pub struct JobSpec {
     /// skipped and logged, like a `Forbid` fire. `None`: no cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Run as this many shard runs (1..=[`MAX_SHARDS`]), each its own job with its index and
+    /// the count ([`Job::shard`]), spread over the node group's TaskTrackers and retried on its
+    /// own; the job succeeds when every shard succeeded. `None`: one run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
     /// How many runs may be lost — their TaskTracker died, froze past its lease or left the
     /// cluster without a result — before the job fails: a job that kills its worker must not
     /// walk through every worker of its group. `None`: [`DEFAULT_MAX_LEASE_LOSSES`]. Counted
@@ -211,6 +216,9 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
 }
+
+/// The most shards a job may ask for.
+pub const MAX_SHARDS: u32 = 10_000;
 
 /// The largest `max_concurrent` a job may ask for.
 pub const MAX_CONCURRENT: u32 = 10_000;
@@ -508,6 +516,45 @@ pub struct Job {
     /// the spec's `timeout_ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<i64>,
+    /// For one shard run of a sharded job: which shard of which job. Set when the tracker
+    /// creates the shard and never changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+    /// For a sharded job, as a read (`get`) reports it: its shard runs of the current run by
+    /// state. Not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_progress: Option<ShardProgress>,
+}
+
+/// Which shard run of which sharded job a job is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// The `job_id` of the sharded job.
+    pub of: String,
+    /// This shard's index, `0..count`.
+    pub index: u32,
+    /// How many shards the job runs as.
+    pub count: u32,
+}
+
+/// The shard runs of a sharded job's current run, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardProgress {
+    /// Ended `SUCCESS`.
+    pub succeeded: u32,
+    /// Ended otherwise (failed past their retries, cancelled).
+    pub failed: u32,
+    /// Running now.
+    pub running: u32,
+    /// Waiting for their time, a retry, or a free TaskTracker.
+    pub pending: u32,
+}
+
+impl ShardProgress {
+    /// Shards not yet ended.
+    pub fn unfinished(&self) -> u32 {
+        self.running + self.pending
+    }
 }
 
 /// LTS job-log types.
@@ -725,7 +772,15 @@ impl Job {
             instance_of: None,
             lease_losses: 0,
             deadline_ms: None,
+            shard: None,
+            shard_progress: None,
         }
+    }
+
+    /// Whether this job is sharded and its shards run now: it holds no lease itself, and it
+    /// ends when the last of its shards ended.
+    pub fn waits_for_shards(&self) -> bool {
+        self.state == JobState::Running && self.spec.shards.is_some() && self.shard.is_none()
     }
 }
 

@@ -300,6 +300,15 @@ pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
         ));
     }
 
+    if let Some(n) = spec.shards
+        && (n == 0 || n > crate::model::MAX_SHARDS)
+    {
+        out.push(FieldViolation::new(
+            "shards",
+            format!("must be 1..={} (got {n})", crate::model::MAX_SHARDS),
+        ));
+    }
+
     if let Some(n) = spec.max_concurrent {
         let most = crate::model::MAX_CONCURRENT;
         if n == 0 || n > most {
@@ -558,6 +567,24 @@ mod tests {
                 validate(&every().concurrency_policy(policy).max_concurrent(2)).unwrap_err();
             assert_eq!(refused.0[0].field, "max_concurrent");
             assert!(refused.0[0].reason.contains(policy.as_str()), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn shards_are_bounded() {
+        let mut spec = JobSpec::new("t", "g");
+        for ok in [1, crate::model::MAX_SHARDS] {
+            spec.shards = Some(ok);
+            assert!(validate(&spec).is_ok());
+        }
+        for bad in [0, crate::model::MAX_SHARDS + 1] {
+            spec.shards = Some(bad);
+            let refused = validate(&spec).unwrap_err();
+            assert_eq!(refused.0[0].field, "shards");
+            assert!(
+                refused.0[0].reason.contains("must be 1..=10000"),
+                "{refused:?}"
+            );
         }
     }
 

@@ -29,6 +29,7 @@ const FIELDS: &[&str] = &[
     "misfire_policy",
     "concurrency_policy",
     "max_concurrent",
+    "shards",
     "need_feedback",
     "rely_on_prev_cycle",
 ];
@@ -145,6 +146,7 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
                         _ => ConcurrencyPolicy::Replace,
                     },
                     max_concurrent,
+                    shards: max_concurrent.map(|n| n * 5_000),
                     max_lease_losses: losses,
                     timeout_ms: timeout,
                     idempotency_key: None,

@@ -43,7 +43,7 @@ use thiserror::Error;
 use crate::format_ms;
 use crate::model::{
     BizLine, ConcurrencyPolicy, FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, LogType,
-    Outcome,
+    Outcome, Shard, ShardProgress,
 };
 use crate::schedule::{self, Disposition, LateFire, RetryPolicy};
 
@@ -116,6 +116,9 @@ pub enum Event {
     Trigger(String),
     /// The job is cancelled.
     Cancel(CancelCause),
+    /// Every shard run of this sharded job ended, as counted here (the store's tally of its
+    /// shards, none unfinished): the job's run ends — `SUCCESS` if every shard succeeded.
+    ShardsEnded(ShardProgress),
 }
 
 /// A claim of one job by a dispatcher, for one TaskTracker.
@@ -199,6 +202,9 @@ pub enum CancelCause {
     /// the fire at this time replaces it; a running one is cancelled too (its TaskTracker
     /// learns at its next renewal that the lease is gone and stops the run).
     Replaced(i64),
+    /// It is a shard run of the sharded job with this id, which was cancelled; a running
+    /// shard is cancelled too.
+    WithParent(String),
 }
 
 /// What an event does to a job.
@@ -222,6 +228,10 @@ pub struct Transition {
     pub handout: Handout,
     /// Work on other jobs that goes with this transition.
     pub cascade: Option<Cascade>,
+    /// The shard runs a claim of a sharded job creates, queued, with their log lines in
+    /// [`Transition::logs`]. Each has an id made of its job's, fire, attempt and index, so
+    /// that a claim written again after a crash creates none twice.
+    pub fan_out: Vec<StoredJob>,
 }
 
 /// How a transition is written.
@@ -373,14 +383,39 @@ pub enum Cascade {
         /// The fire.
         fire_ms: i64,
     },
+    /// Cancel every unfinished shard run of the cancelled sharded job `parent`, running ones
+    /// included, by [`CancelCause::WithParent`].
+    CancelShards {
+        /// The sharded job's id.
+        parent: String,
+    },
+    /// A shard run of `parent` ended: if none of its shards is unfinished any more, the store
+    /// applies [`Event::ShardsEnded`] with its tally to `parent`.
+    ShardEnded {
+        /// The sharded job's id.
+        parent: String,
+    },
+}
+
+/// The jobs a [`Cascade`] works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Related<'a> {
+    /// The unfinished instances of this recurring job ([`Job::instance_of`]).
+    InstancesOf(&'a str),
+    /// The unfinished shard runs of this sharded job ([`crate::Shard::of`]).
+    ShardsOf(&'a str),
+    /// This sharded job, once all of its shard runs ended.
+    Parent(&'a str),
 }
 
 impl Cascade {
-    /// The recurring job whose unfinished instances the cascade cancels.
-    pub fn definition(&self) -> &str {
+    /// The jobs the cascade works on.
+    pub fn related(&self) -> Related<'_> {
         match self {
             Cascade::CancelQueuedInstances { definition }
-            | Cascade::ReplaceInstances { definition, .. } => definition,
+            | Cascade::ReplaceInstances { definition, .. } => Related::InstancesOf(definition),
+            Cascade::CancelShards { parent } => Related::ShardsOf(parent),
+            Cascade::ShardEnded { parent } => Related::Parent(parent),
         }
     }
 
@@ -395,6 +430,11 @@ impl Cascade {
             Cascade::ReplaceInstances { fire_ms, .. } => {
                 Some(Event::Cancel(CancelCause::Replaced(*fire_ms)))
             }
+            Cascade::CancelShards { parent } => {
+                Some(Event::Cancel(CancelCause::WithParent(parent.clone())))
+            }
+            // The event needs the shards' tally: see [`Event::ShardsEnded`].
+            Cascade::ShardEnded { .. } => None,
         }
     }
 }
@@ -442,6 +482,15 @@ pub enum Refusal {
     /// A cancel with its schedule of a running instance: it finishes its attempt.
     #[error("the instance is running: it finishes its attempt")]
     InstanceRunning,
+    /// A lease event for a sharded job whose shards run: it holds no lease itself.
+    #[error("the job's shards run; it holds no lease itself")]
+    WaitsForShards,
+    /// The end of a sharded job's shards, for a job that does not wait for shards.
+    #[error("the job does not wait for shards")]
+    NoShardsRunning,
+    /// The end of a sharded job's shards while this many are unfinished.
+    #[error("{0} of the job's shards are unfinished")]
+    ShardsUnfinished(u32),
 }
 
 /// How long past a run's deadline its lease may last: the time its TaskTracker has to cancel

@@ -69,6 +69,7 @@ pub fn apply(
             Ok(t)
         }
         Event::Cancel(cause) => cancel(stored, cause, now_ms),
+        Event::ShardsEnded(progress) => shards_ended(stored, progress, now_ms, retry),
     }
 }
 
@@ -84,6 +85,7 @@ fn keep(job: StoredJob) -> Transition {
         follow_up: None,
         handout: Handout::Nothing,
         cascade: None,
+        fan_out: Vec::new(),
     }
 }
 
@@ -96,7 +98,16 @@ fn changed(before: &StoredJob, after: StoredJob, logs: Vec<LogEntry>) -> Transit
     } else {
         Write::Update { from, fields }
     };
-    keep(after).written(write, logs)
+    // A shard run that ended may be its job's last.
+    let cascade = match &after.job.shard {
+        Some(shard) if after.job.state.is_final() => Some(Cascade::ShardEnded {
+            parent: shard.of.clone(),
+        }),
+        _ => None,
+    };
+    let mut t = keep(after).written(write, logs);
+    t.cascade = cascade;
+    t
 }
 
 impl Transition {
@@ -200,6 +211,10 @@ fn replace(stored: &StoredJob, spec: JobSpec, now_ms: i64) -> Result<Transition,
         after.job.scheduled_fire_ms = spec.schedule.is_recurring().then_some(trigger);
     }
     after.job.spec = spec;
+    // A job whose shards run waits for them as it was submitted.
+    if job.waits_for_shards() {
+        after.job.spec.shards = job.spec.shards;
+    }
     after.job.updated_at_ms = now_ms;
     let note = if job.state == JobState::Running {
         "replaced by a new submit; applies after the running attempt"
@@ -242,10 +257,107 @@ fn claim_job(stored: &StoredJob, claim: &Claim, now_ms: i64) -> Result<Transitio
             LateFire::Skip { next_ms } => return Ok(advance(stored, fire, next_ms, false, now_ms)),
         }
     }
+    if let Some(n) = job.spec.shards {
+        return Ok(fan_out(stored, after, logs, n, now_ms));
+    }
     logs.push(sent(&after.job, claim, now_ms));
     let mut t = changed(stored, after, logs);
     t.handout = Handout::Job;
     Ok(t)
+}
+
+/// A claimed sharded job runs as `n` shard runs: it is running without a lease of its own (an
+/// attempt counted), and its shards are queued, due when it was, each its own job.
+fn fan_out(
+    stored: &StoredJob,
+    mut after: StoredJob,
+    mut logs: Vec<LogEntry>,
+    n: u32,
+    now_ms: i64,
+) -> Transition {
+    after.job.lease_owner = None;
+    after.job.lease_expiry_ms = None;
+    after.job.deadline_ms = None;
+    after.lease_token = None;
+    let parent = &after.job;
+    logs.push(log(
+        parent,
+        now_ms,
+        LogType::Sent,
+        format!("runs as {n} shards"),
+    ));
+    let mut shards = Vec::with_capacity(n as usize);
+    for index in 0..n {
+        let mut spec = parent.spec.clone();
+        spec.task_id = format!("{}#{index}", parent.spec.task_id);
+        spec.schedule = crate::Schedule::Now;
+        spec.shards = None;
+        spec.rely_on_prev_cycle = false;
+        spec.replace_on_exist = false;
+        spec.concurrency_policy = ConcurrencyPolicy::Allow;
+        spec.max_concurrent = None;
+        spec.idempotency_key = None;
+        // The job's feedback is the job's, not each shard's.
+        spec.need_feedback = false;
+        let id = format!(
+            "{}-{}-{}-{index}",
+            parent.job_id, parent.fire_count, parent.attempt
+        );
+        let mut shard = Job::new(id, spec);
+        shard.trigger_time_ms = parent.trigger_time_ms;
+        shard.created_at_ms = now_ms;
+        shard.updated_at_ms = now_ms;
+        shard.fire_count = 1;
+        shard.shard = Some(Shard {
+            of: parent.job_id.clone(),
+            index,
+            count: n,
+        });
+        let note = format!("shard {index} of {n} of {}", parent.job_id);
+        logs.push(log(&shard, now_ms, LogType::Receive, note));
+        shards.push(StoredJob::new(shard));
+    }
+    let mut t = changed(stored, after, logs);
+    t.fan_out = shards;
+    t
+}
+
+/// Every shard run of a sharded job ended: so did the job's run.
+fn shards_ended(
+    stored: &StoredJob,
+    progress: ShardProgress,
+    now_ms: i64,
+    retry: &RetryPolicy,
+) -> Result<Transition, Refusal> {
+    let job = &stored.job;
+    if !job.waits_for_shards() {
+        return Err(Refusal::NoShardsRunning);
+    }
+    if progress.unfinished() > 0 {
+        return Err(Refusal::ShardsUnfinished(progress.unfinished()));
+    }
+    let n = progress.succeeded + progress.failed;
+    let (outcome, message) = match progress.failed {
+        0 => (Outcome::Success, format!("all {n} shards succeeded")),
+        failed => (Outcome::Failed, format!("{failed} of {n} shards failed")),
+    };
+    let level = match outcome {
+        Outcome::Success => LogLevel::Info,
+        _ => LogLevel::Warn,
+    };
+    let line = log(
+        job,
+        now_ms,
+        LogType::Finished,
+        format!("{outcome}: {message}"),
+    )
+    .with_level(level);
+    let end = RunEnd {
+        outcome,
+        message,
+        may_retry: false,
+    };
+    Ok(end_run(stored, end, vec![line], now_ms, retry))
 }
 
 /// A claimed recurring job whose instances overlap is not run itself: the instance of its due
@@ -299,6 +411,15 @@ fn fire_instance(stored: &StoredJob, claim: &Claim, fire: i64, fired: u64, now: 
         let note = format!("fire {} of {}", format_ms(fire), def.job_id);
         let receive = log(&instance, now, LogType::Receive, note);
         let mut instance = StoredJob::new(instance);
+        if instance.job.spec.shards.is_some() {
+            // A sharded instance is queued, due now: its own claim fans it out.
+            instance.job.updated_at_ms = now;
+            t.follow_up = Some(FollowUp {
+                job: instance,
+                logs: vec![receive],
+            });
+            return t;
+        }
         lease(&mut instance, claim, now);
         let logs = vec![receive, sent(&instance.job, claim, now)];
         (t.follow_up, t.handout) = (
@@ -505,6 +626,9 @@ fn lease_lost(
     if job.state != JobState::Running {
         return Err(Refusal::NotRunning(job.state));
     }
+    if job.waits_for_shards() {
+        return Err(Refusal::WaitsForShards);
+    }
     let expiry = job.lease_expiry_ms.unwrap_or_default();
     let cause = match loss {
         LeaseLoss::Expired if expiry >= now_ms => return Err(Refusal::LeaseNotExpired(expiry)),
@@ -655,6 +779,13 @@ fn cancel(stored: &StoredJob, cause: CancelCause, now_ms: i64) -> Result<Transit
             ),
             None,
         ),
+        CancelCause::WithParent(parent) => (format!("cancelled with its job {parent}"), None),
+        CancelCause::User if job.waits_for_shards() => (
+            "cancelled by a user".to_string(),
+            Some(Cascade::CancelShards {
+                parent: job.job_id.clone(),
+            }),
+        ),
         CancelCause::User => {
             let recurring = job.spec.schedule.is_recurring();
             let cascade = recurring.then(|| Cascade::CancelQueuedInstances {
@@ -667,6 +798,8 @@ fn cancel(stored: &StoredJob, cause: CancelCause, now_ms: i64) -> Result<Transit
     after.job.state = JobState::Cancelled;
     after.job.finished_at_ms = Some(now_ms);
     let mut t = changed(stored, after, vec![log(job, now_ms, LogType::Del, note)]);
-    t.cascade = cascade;
+    if cascade.is_some() {
+        t.cascade = cascade;
+    }
     Ok(t)
 }

@@ -94,7 +94,7 @@ fn consistent(s: &StoredJob) -> Result<(), String> {
         j.lease_expiry_ms.is_some(),
     ];
     let ran_out = j.last_message.as_deref() == Some("schedule complete");
-    let broken = if leased != [j.state == Running; 3] {
+    let broken = if leased != [j.state == Running && !j.waits_for_shards(); 3] {
         "a lease that does not match its state"
     } else if (j.state == Suspended) != (s.suspend_requested && unfinished && j.state != Running) {
         "a suspend request that does not match its state"
@@ -143,6 +143,11 @@ fn events() -> Vec<Event> {
         Event::Trigger("i1".into()),
         Event::Cancel(CancelCause::User),
         Event::Cancel(CancelCause::WithSchedule("d".into())),
+        Event::Cancel(CancelCause::WithParent("p".into())),
+        Event::ShardsEnded(ShardProgress {
+            succeeded: 2,
+            ..ShardProgress::default()
+        }),
     ]
 }
 
@@ -154,6 +159,7 @@ fn expect(state: JobState, event: &Event) -> Result<(JobState, &'static [LogType
     match (state, event) {
         (Succeeded | Failed | Cancelled, E::Submit { .. }) => Ok((Queued, &[L::Receive])),
         (Succeeded | Failed | Cancelled, _) => Err(Refusal::Finished("j1".into(), state)),
+        (_, E::ShardsEnded(_)) => Err(Refusal::NoShardsRunning),
         (_, E::Submit { spec, .. }) if spec.replace_on_exist => Ok((state, &[L::Update])),
         (_, E::Submit { .. }) => Err(Refusal::Duplicate("j1".into())),
         (Queued, E::Claim(_)) => Ok((Running, &[L::Sent])),
@@ -1150,4 +1156,154 @@ proptest! {
             world.step(pick, op)?;
         }
     }
+}
+
+fn sharded(n: u32) -> JobSpec {
+    let mut spec = JobSpec::new("split", "g").max_retries(1).feedback_to("c");
+    spec.shards = Some(n);
+    spec
+}
+
+fn progress(succeeded: u32, failed: u32) -> Event {
+    Event::ShardsEnded(ShardProgress {
+        succeeded,
+        failed,
+        ..ShardProgress::default()
+    })
+}
+
+#[test]
+fn a_sharded_job_runs_as_its_shards_and_ends_with_the_last() {
+    let queued = accept(sharded(3), "p".into(), NOW).job;
+    let t = run(&queued, claim("t1"), NOW + 1);
+    // The job runs without a lease of its own; its shards are queued, due when it was.
+    assert_eq!(t.handout, Handout::Nothing);
+    let parent = t.job.clone();
+    assert!(parent.job.waits_for_shards());
+    assert_eq!((parent.job.attempt, &parent.lease_token), (1, &None));
+    consistent(&parent).unwrap();
+    assert_eq!(t.fan_out.len(), 3);
+    for (i, s) in t.fan_out.iter().enumerate() {
+        let j = &s.job;
+        assert_eq!(j.job_id, format!("p-1-1-{i}"));
+        assert_eq!(j.spec.task_id, format!("split#{i}"));
+        assert_eq!((j.spec.shards, j.spec.need_feedback), (None, false));
+        assert_eq!(
+            j.shard,
+            Some(Shard {
+                of: "p".into(),
+                index: i as u32,
+                count: 3
+            })
+        );
+        assert_eq!((j.state, j.trigger_time_ms), (Queued, NOW));
+        consistent(s).unwrap();
+    }
+    assert_eq!(
+        types(&t.logs),
+        [
+            LogType::Sent,
+            LogType::Receive,
+            LogType::Receive,
+            LogType::Receive
+        ]
+    );
+    // Lease events do not apply to it.
+    for event in [
+        Event::LeaseLost(LeaseLoss::Expired),
+        Event::LeaseLost(LeaseLoss::OwnerGone("w1".into())),
+    ] {
+        assert_eq!(
+            apply(&parent, event, LATER, &exact()).map(|t| t.write),
+            Err(Refusal::WaitsForShards)
+        );
+    }
+    assert_eq!(
+        apply(&parent, done("t1", Outcome::Success), LATER, &exact()).map(|t| t.write),
+        Err(Refusal::StaleLease)
+    );
+    // A shard that ends tells the store to look at its job.
+    let shard = run(&t.fan_out[0], claim("s0"), NOW + 2).job;
+    let ended = run(&shard, done("s0", Outcome::Success), NOW + 3);
+    assert_eq!(ended.job.job.state, Succeeded);
+    assert_eq!(
+        ended.cascade,
+        Some(Cascade::ShardEnded { parent: "p".into() })
+    );
+    assert_eq!(ended.feedback, None, "a shard has no feedback of its own");
+    // Not while shards are unfinished; then the job ends with them.
+    let unfinished = Event::ShardsEnded(ShardProgress {
+        succeeded: 2,
+        running: 1,
+        ..ShardProgress::default()
+    });
+    assert_eq!(
+        apply(&parent, unfinished, LATER, &exact()).map(|t| t.write),
+        Err(Refusal::ShardsUnfinished(1))
+    );
+    let t = run(&parent, progress(3, 0), LATER);
+    assert_eq!(t.job.job.state, Succeeded);
+    assert_eq!(
+        t.job.job.last_message.as_deref(),
+        Some("all 3 shards succeeded")
+    );
+    assert!(t.feedback.is_some(), "the job's feedback");
+    consistent(&t.job).unwrap();
+    let t = run(&parent, progress(2, 1), LATER);
+    assert_eq!(t.job.job.state, Failed, "no retry of the whole job");
+    assert_eq!(
+        t.job.job.last_message.as_deref(),
+        Some("1 of 3 shards failed")
+    );
+}
+
+#[test]
+fn a_cancelled_sharded_job_cancels_its_shards_running_ones_too() {
+    let parent = run(&accept(sharded(2), "p".into(), NOW).job, claim("t1"), NOW).job;
+    let t = run(&parent, Event::Cancel(CancelCause::User), NOW + 1);
+    assert_eq!(t.job.job.state, Cancelled);
+    assert_eq!(
+        t.cascade,
+        Some(Cascade::CancelShards { parent: "p".into() })
+    );
+    let cascade = t.cascade.unwrap();
+    assert_eq!(cascade.related(), Related::ShardsOf("p"));
+    let shard = accept(JobSpec::new("split#0", "g"), "p-1-1-0".into(), NOW).job;
+    let running = run(&shard, claim("s0"), NOW).job;
+    let event = cascade.event_for("p-1-1-0").unwrap();
+    let t = run(&running, event, NOW + 2);
+    assert_eq!(t.job.job.state, Cancelled);
+    assert!(t.logs[0].message.contains("cancelled with its job p"));
+}
+
+#[test]
+fn a_sharded_recurring_job_shards_each_fire() {
+    // Sequential: each fire's shards, then the next fire.
+    let mut spec = repeat(true, 2);
+    spec.shards = Some(2);
+    let def = accept(spec.clone(), "d".into(), NOW).job;
+    let t = run(&def, claim("t1"), NOW);
+    assert_eq!(t.fan_out[0].job.job_id, "d-1-1-0");
+    let t = run(&t.job, progress(2, 0), NOW + 10);
+    assert_eq!(t.job.job.state, Queued);
+    assert_eq!(t.next_fire, NextFire::At(NOW + 1_000));
+    let t = run(&t.job, claim("t2"), NOW + 1_000);
+    assert_eq!(
+        t.fan_out[1].job.job_id, "d-2-1-1",
+        "the second fire's own shards"
+    );
+    // Overlapping: the fire's instance is queued, and sharded at its own claim.
+    let mut spec = repeat(false, 2);
+    spec.shards = Some(2);
+    let def = accept(spec, "o".into(), NOW).job;
+    let t = run(&def, claim("t3"), NOW);
+    assert_eq!(t.handout, Handout::Nothing);
+    let instance = t.follow_up.expect("an instance").job;
+    assert_eq!(
+        (instance.job.state, instance.job.spec.shards),
+        (Queued, Some(2))
+    );
+    assert!(t.fan_out.is_empty());
+    let t = run(&instance, claim("t4"), NOW + 1);
+    assert_eq!(t.fan_out.len(), 2);
 }

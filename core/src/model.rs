@@ -537,6 +537,41 @@ pub struct Shard {
     pub count: u32,
 }
 
+impl Shard {
+    /// The prefix of the ids of every shard of one run of the sharded job `parent` (its fire
+    /// and attempt): a shard's id is the prefix and its index, so the shards of a run are the
+    /// ids in [`Shard::ids_from`]`..`[`Shard::ids_to`], and a claim written again after a
+    /// crash creates none twice.
+    pub fn run_of(parent: &Job) -> String {
+        format!(
+            "{}-{}-{}-",
+            parent.job_id, parent.fire_count, parent.attempt
+        )
+    }
+
+    /// The id of shard `index` of the run `run` ([`Shard::run_of`]).
+    pub fn id(run: &str, index: u32) -> String {
+        format!("{run}{index}")
+    }
+
+    /// The run a shard's id belongs to.
+    pub fn run_of_id(shard_id: &str) -> &str {
+        shard_id.rfind('-').map_or(shard_id, |i| &shard_id[..=i])
+    }
+
+    /// The least id of a shard of `run`.
+    pub fn ids_from(run: &str) -> String {
+        run.to_string()
+    }
+
+    /// The least id past every shard of `run` (its last character, `-`, made `.`).
+    pub fn ids_to(run: &str) -> String {
+        let mut to = run.strip_suffix('-').unwrap_or(run).to_string();
+        to.push('.');
+        to
+    }
+}
+
 /// The shard runs of a sharded job's current run, by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardProgress {

@@ -388,12 +388,16 @@ pub enum Cascade {
     CancelShards {
         /// The sharded job's id.
         parent: String,
+        /// Its run whose shards these are ([`Shard::run_of`]).
+        run: String,
     },
-    /// A shard run of `parent` ended: if none of its shards is unfinished any more, the store
-    /// applies [`Event::ShardsEnded`] with its tally to `parent`.
+    /// A shard run of `parent` ended: if none of the shards of its `run` is unfinished any
+    /// more, the store applies [`Event::ShardsEnded`] with their tally to `parent`.
     ShardEnded {
         /// The sharded job's id.
         parent: String,
+        /// The run the shard belongs to ([`Shard::run_of`]).
+        run: String,
     },
 }
 
@@ -402,10 +406,16 @@ pub enum Cascade {
 pub enum Related<'a> {
     /// The unfinished instances of this recurring job ([`Job::instance_of`]).
     InstancesOf(&'a str),
-    /// The unfinished shard runs of this sharded job ([`crate::Shard::of`]).
+    /// The unfinished shards of this run of a sharded job ([`Shard::run_of`]): the ids
+    /// from [`Shard::ids_from`] to [`Shard::ids_to`].
     ShardsOf(&'a str),
-    /// This sharded job, once all of its shard runs ended.
-    Parent(&'a str),
+    /// This sharded job (`parent`), once all shards of its run (`run`) ended.
+    Parent {
+        /// The sharded job's id.
+        parent: &'a str,
+        /// The run.
+        run: &'a str,
+    },
 }
 
 impl Cascade {
@@ -414,8 +424,8 @@ impl Cascade {
         match self {
             Cascade::CancelQueuedInstances { definition }
             | Cascade::ReplaceInstances { definition, .. } => Related::InstancesOf(definition),
-            Cascade::CancelShards { parent } => Related::ShardsOf(parent),
-            Cascade::ShardEnded { parent } => Related::Parent(parent),
+            Cascade::CancelShards { run, .. } => Related::ShardsOf(run),
+            Cascade::ShardEnded { parent, run } => Related::Parent { parent, run },
         }
     }
 
@@ -430,7 +440,7 @@ impl Cascade {
             Cascade::ReplaceInstances { fire_ms, .. } => {
                 Some(Event::Cancel(CancelCause::Replaced(*fire_ms)))
             }
-            Cascade::CancelShards { parent } => {
+            Cascade::CancelShards { parent, .. } => {
                 Some(Event::Cancel(CancelCause::WithParent(parent.clone())))
             }
             // The event needs the shards' tally: see [`Event::ShardsEnded`].

@@ -102,9 +102,11 @@ fn changed(before: &StoredJob, after: StoredJob, logs: Vec<LogEntry>) -> Transit
     let cascade = match &after.job.shard {
         Some(shard) if after.job.state.is_final() => Some(Cascade::ShardEnded {
             parent: shard.of.clone(),
+            run: Shard::run_of_id(&after.job.job_id).to_string(),
         }),
         _ => None,
     };
+
     let mut t = keep(after).written(write, logs);
     t.cascade = cascade;
     t
@@ -280,6 +282,7 @@ fn fan_out(
     after.job.deadline_ms = None;
     after.lease_token = None;
     let parent = &after.job;
+    let run = Shard::run_of(parent);
     logs.push(log(
         parent,
         now_ms,
@@ -299,11 +302,7 @@ fn fan_out(
         spec.idempotency_key = None;
         // The job's feedback is the job's, not each shard's.
         spec.need_feedback = false;
-        let id = format!(
-            "{}-{}-{}-{index}",
-            parent.job_id, parent.fire_count, parent.attempt
-        );
-        let mut shard = Job::new(id, spec);
+        let mut shard = Job::new(Shard::id(&run, index), spec);
         shard.trigger_time_ms = parent.trigger_time_ms;
         shard.created_at_ms = now_ms;
         shard.updated_at_ms = now_ms;
@@ -784,6 +783,7 @@ fn cancel(stored: &StoredJob, cause: CancelCause, now_ms: i64) -> Result<Transit
             "cancelled by a user".to_string(),
             Some(Cascade::CancelShards {
                 parent: job.job_id.clone(),
+                run: Shard::run_of(job),
             }),
         ),
         CancelCause::User => {

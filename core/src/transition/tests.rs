@@ -1228,7 +1228,10 @@ fn a_sharded_job_runs_as_its_shards_and_ends_with_the_last() {
     assert_eq!(ended.job.job.state, Succeeded);
     assert_eq!(
         ended.cascade,
-        Some(Cascade::ShardEnded { parent: "p".into() })
+        Some(Cascade::ShardEnded {
+            parent: "p".into(),
+            run: "p-1-1-".into()
+        })
     );
     assert_eq!(ended.feedback, None, "a shard has no feedback of its own");
     // Not while shards are unfinished; then the job ends with them.
@@ -1264,10 +1267,24 @@ fn a_cancelled_sharded_job_cancels_its_shards_running_ones_too() {
     assert_eq!(t.job.job.state, Cancelled);
     assert_eq!(
         t.cascade,
-        Some(Cascade::CancelShards { parent: "p".into() })
+        Some(Cascade::CancelShards {
+            parent: "p".into(),
+            run: "p-1-1-".into()
+        })
     );
     let cascade = t.cascade.unwrap();
-    assert_eq!(cascade.related(), Related::ShardsOf("p"));
+    assert_eq!(cascade.related(), Related::ShardsOf("p-1-1-"));
+    assert_eq!(
+        (Shard::ids_from("p-1-1-"), Shard::ids_to("p-1-1-")),
+        ("p-1-1-".to_string(), "p-1-1.".to_string())
+    );
+    assert!("p-1-1-0".to_string() < Shard::ids_to("p-1-1-"));
+    assert!("p-1-1-9999".to_string() < Shard::ids_to("p-1-1-"));
+    assert!(
+        "p-1-10-0".to_string() >= Shard::ids_to("p-1-1-"),
+        "another attempt's shards"
+    );
+    assert_eq!(Shard::run_of_id("p-1-1-17"), "p-1-1-");
     let shard = accept(JobSpec::new("split#0", "g"), "p-1-1-0".into(), NOW).job;
     let running = run(&shard, claim("s0"), NOW).job;
     let event = cascade.event_for("p-1-1-0").unwrap();

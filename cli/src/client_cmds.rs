@@ -84,6 +84,10 @@ pub struct SubmitArgs {
     /// that many are unfinished is skipped.
     #[arg(long)]
     max_concurrent: Option<u32>,
+    /// Run as this many shard runs (1..=10000), each with its index and the count, spread over
+    /// the group's TaskTrackers; the job succeeds when every shard succeeded.
+    #[arg(long)]
+    shards: Option<u32>,
     /// Wait for the final outcome and print it.
     #[arg(long)]
     wait: bool,
@@ -195,6 +199,7 @@ pub fn spec_from_args(a: &SubmitArgs, now: i64) -> CliResult<JobSpec> {
             Concurrency::Replace => ConcurrencyPolicy::Replace,
         },
         max_concurrent: a.max_concurrent,
+        shards: a.shards,
         max_lease_losses: a.max_lease_losses,
         // Set by the client for each submit (its retries dedup).
         idempotency_key: None,
@@ -622,6 +627,7 @@ async fn get(a: GetArgs) -> CliResult {
             s.max_concurrent
                 .map_or_else(|| "-".into(), |n| n.to_string()),
         ),
+        ("shards", shards(&job)),
         ("params", params),
         (
             "lease owner",
@@ -941,5 +947,24 @@ mod tests {
             task_id: Some("t".into()),
         };
         assert_eq!(both.key().unwrap_err().exit_code(), 2);
+    }
+}
+
+/// A job's shards, as `lts jobs get` shows them: a sharded job's count and progress, a shard
+/// run's place among its job's shards.
+fn shards(job: &lts_core::Job) -> String {
+    if let Some(shard) = &job.shard {
+        return format!(
+            "shard {} of {} of job {}",
+            shard.index, shard.count, shard.of
+        );
+    }
+    match (job.spec.shards, job.shard_progress) {
+        (Some(n), Some(p)) => format!(
+            "{n}: {} succeeded, {} failed, {} running, {} pending",
+            p.succeeded, p.failed, p.running, p.pending
+        ),
+        (Some(n), None) => format!("{n} (none run yet)"),
+        (None, _) => "-".into(),
     }
 }

@@ -598,6 +598,12 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_concurrent: Option<i64>,
+    /// Run as this many shard runs, each with its index and the count
+    /// (`LTS_SHARD_INDEX`, `LTS_SHARD_COUNT` in the sidecar), spread over the TaskTrackers
+    /// and retried on its own; the Job succeeds when every shard succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub shards: Option<i64>,
     /// No runs or fires while true.
     #[serde(default)]
     pub suspend: bool,
@@ -620,6 +626,19 @@ pub enum JobPhase {
     Suspended,
     /// Cancelled on the tracker.
     Cancelled,
+}
+
+/// A sharded [`Job`]'s shard runs by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ShardCounts {
+    /// Ended with `SUCCESS`.
+    pub succeeded: i64,
+    /// Ended otherwise: failed past their retries, or cancelled.
+    pub failed: i64,
+    /// Running now.
+    pub running: i64,
+    /// Waiting for a retry or a free TaskTracker.
+    pub pending: i64,
 }
 
 /// Observed state of a [`Job`].
@@ -665,6 +684,9 @@ pub struct JobStatus {
     /// Fingerprint of the job as last submitted; a change resubmits it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_hash: Option<String>,
+    /// A sharded Job: its shard runs by state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardCounts>,
     /// `Submitted` and `Synced`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -61,6 +61,7 @@ pub fn job(name: &str) -> Job {
             misfire_policy: MisfirePolicy::FireOnce,
             concurrency_policy: ConcurrencyPolicy::Allow,
             max_concurrent: None,
+            shards: None,
             suspend: false,
         },
     );

@@ -29,6 +29,7 @@ fn job() -> Job {
             misfire_policy: MisfirePolicy::FireOnce,
             concurrency_policy: ConcurrencyPolicy::Allow,
             max_concurrent: None,
+            shards: None,
             suspend: false,
         },
     )

@@ -159,6 +159,18 @@ impl JobContext {
         &self.job.spec.task_id
     }
 
+    /// For a shard run of a sharded job: this shard's index, `0..shard_count()`; `0` for a
+    /// job that is not sharded.
+    pub fn shard_index(&self) -> u32 {
+        self.job.shard.as_ref().map_or(0, |s| s.index)
+    }
+
+    /// For a shard run of a sharded job: how many shards the job runs as; `1` for a job that
+    /// is not sharded.
+    pub fn shard_count(&self) -> u32 {
+        self.job.shard.as_ref().map_or(1, |s| s.count)
+    }
+
     /// The business logger.
     pub fn log(&self) -> &BizLogger {
         &self.logger

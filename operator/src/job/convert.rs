@@ -249,6 +249,8 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
             ConcurrencyPolicy::Replace => lts_core::ConcurrencyPolicy::Replace,
         },
         max_concurrent,
+        // Out of range: 0, which the validation below names.
+        shards: spec.shards.map(|n| u32::try_from(n).unwrap_or(0)),
         max_lease_losses: spec.max_lease_losses.map(|n| n.max(0) as u32),
         timeout_ms: spec
             .timeout_seconds
@@ -334,6 +336,14 @@ pub fn mirror(status: &mut crate::crd::JobStatus, job: &lts_core::Job) {
     status.phase = Some(phase(job.state));
     status.job_id = Some(job.job_id.clone());
     status.task_id = Some(job.spec.task_id.clone());
+    if let Some(p) = job.shard_progress {
+        status.shards = Some(crate::crd::ShardCounts {
+            succeeded: i64::from(p.succeeded),
+            failed: i64::from(p.failed),
+            running: i64::from(p.running),
+            pending: i64::from(p.pending),
+        });
+    }
     status.next_fire_time = match job.state {
         JobState::Queued => rfc3339(job.trigger_time_ms),
         _ => None,

@@ -86,7 +86,8 @@ macro_rules! for_each_case {
             claims_ahead_of_the_trigger_time,
             concurrency_policies,
             max_concurrent_caps_overlapping_runs,
-            a_group_cap_limits_its_running_jobs
+            a_group_cap_limits_its_running_jobs,
+            sharded_jobs_run_as_their_shards
         );
     };
 }

@@ -775,3 +775,120 @@ pub async fn a_group_cap_limits_its_running_jobs(store: Arc<dyn JobStore>) {
         1
     );
 }
+
+/// A sharded job: its claim creates its shards (nothing is handed out for the job itself), the
+/// shards are claimed and retried like any job, the job shows their progress and ends with
+/// the last of them — FAILED if one failed; a cancel of a sharded job cancels its shards.
+pub async fn sharded_jobs_run_as_their_shards(store: Arc<dyn JobStore>) {
+    let mut spec = JobSpec::new("split", "g").max_retries(1);
+    spec.shards = Some(3);
+    let job = JobKey::Id(id(&store.submit(vec![spec], NOW).await.unwrap()[0]));
+    assert!(
+        store
+            .claim(claim("g", "w1", 10, NOW))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let parent = store.get(job.clone()).await.unwrap().unwrap();
+    assert_eq!(
+        (parent.state, parent.lease_owner.clone()),
+        (JobState::Running, None)
+    );
+    let progress = parent.shard_progress.unwrap();
+    assert_eq!((progress.pending, progress.unfinished()), (3, 3));
+    // A claim written again (a tracker that crashed half-way) makes no second set.
+    let mut shards = store.claim(claim("g", "w1", 10, NOW + 1)).await.unwrap();
+    assert_eq!(shards.len(), 3, "{shards:?}");
+    shards.sort_by_key(|l| l.job.shard.as_ref().unwrap().index);
+    for (i, l) in shards.iter().enumerate() {
+        let shard = l.job.shard.as_ref().unwrap();
+        assert_eq!(
+            (shard.of.as_str(), shard.index, shard.count),
+            (parent.job_id.as_str(), i as u32, 3)
+        );
+        assert_eq!(l.job.spec.task_id, format!("split#{i}"));
+    }
+    let finish = |i: usize, outcome: Outcome, at: i64| {
+        let store = store.clone();
+        let l = shards[i].clone();
+        async move {
+            let r = store
+                .complete(done(&l.job.job_id, &l.token, outcome, at))
+                .await
+                .unwrap();
+            assert!(matches!(r, CompleteOutcome::Accepted { .. }), "{r:?}");
+        }
+    };
+    finish(0, Outcome::Success, NOW + 10).await;
+    // Shard 1 asks for a retry: retried on its own; the job waits.
+    finish(1, Outcome::Later, NOW + 20).await;
+    let p = store.get(job.clone()).await.unwrap().unwrap();
+    assert_eq!(p.state, JobState::Running);
+    let progress = p.shard_progress.unwrap();
+    assert_eq!(
+        (progress.succeeded, progress.running, progress.pending),
+        (1, 1, 1)
+    );
+    finish(2, Outcome::Failed, NOW + 30).await;
+    let retried = store
+        .claim(claim("g", "w2", 10, NOW + 60_000))
+        .await
+        .unwrap();
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    assert_eq!(retried[0].job.attempt, 2);
+    let r = store
+        .complete(done(
+            &retried[0].job.job_id,
+            &retried[0].token,
+            Outcome::Success,
+            NOW + 60_010,
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(r, CompleteOutcome::Accepted { .. }), "{r:?}");
+    // The last shard ended: so did the job, FAILED since one shard failed.
+    let p = store.get(job.clone()).await.unwrap().unwrap();
+    assert_eq!(p.state, JobState::Failed, "{p:?}");
+    assert_eq!(p.last_message.as_deref(), Some("1 of 3 shards failed"));
+    let progress = p.shard_progress.unwrap();
+    assert_eq!((progress.succeeded, progress.failed), (2, 1));
+
+    // A cancelled sharded job cancels its shards, running ones too; their results are refused.
+    let mut spec = JobSpec::new("gone", "g");
+    spec.shards = Some(2);
+    let gone = JobKey::Id(id(&store.submit(vec![spec], NOW).await.unwrap()[0]));
+    assert!(
+        store
+            .claim(claim("g", "w1", 10, NOW + 100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let running = store.claim(claim("g", "w1", 1, NOW + 100)).await.unwrap();
+    assert_eq!(running.len(), 1);
+    assert!(matches!(
+        store.cancel(gone.clone(), NOW + 200).await.unwrap(),
+        CancelOutcome::Cancelled(_)
+    ));
+    let p = store.get(gone).await.unwrap().unwrap();
+    assert_eq!(p.state, JobState::Cancelled);
+    assert_eq!(p.shard_progress.unwrap().unfinished(), 0, "{p:?}");
+    let late = store
+        .complete(done(
+            &running[0].job.job_id,
+            &running[0].token,
+            Outcome::Success,
+            NOW + 300,
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(late, CompleteOutcome::Stale { .. }), "{late:?}");
+    assert!(
+        store
+            .claim(claim("g", "w1", 10, NOW + 400))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -155,7 +155,9 @@ impl JobRunner for ExecRunner {
             .env("LTS_JOB_ID", &ctx.job.job_id)
             .env("LTS_TASK_ID", &ctx.job.spec.task_id)
             .env("LTS_ATTEMPT", ctx.attempt.to_string())
-            .env("LTS_NODE_GROUP", &ctx.job.spec.task_tracker_node_group);
+            .env("LTS_NODE_GROUP", &ctx.job.spec.task_tracker_node_group)
+            .env("LTS_SHARD_INDEX", ctx.shard_index().to_string())
+            .env("LTS_SHARD_COUNT", ctx.shard_count().to_string());
         for (k, v) in &ctx.job.spec.params {
             cmd.env(param_env_name(k), v);
         }

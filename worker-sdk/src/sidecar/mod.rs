@@ -7,7 +7,8 @@
 //! * stdin: the job as JSON ([`JobPayload`]), then end of file;
 //! * environment: every parameter as `LTS_PARAM_<NAME>` (the key upper-cased, every character
 //!   other than `A-Z`, `0-9` and `_` replaced by `_`), plus `LTS_JOB_ID`, `LTS_TASK_ID`,
-//!   `LTS_ATTEMPT` and `LTS_NODE_GROUP`;
+//!   `LTS_ATTEMPT`, `LTS_NODE_GROUP`, and `LTS_SHARD_INDEX` and `LTS_SHARD_COUNT` (`0` and `1`
+//!   for a job that is not sharded);
 //! * exit code: `0` → `SUCCESS`, `75` (`EX_TEMPFAIL`) → `LATER` (retried while the job has
 //!   retries left), anything else → `FAILED`; killed by a signal → `EXCEPTION`;
 //! * every stdout line becomes an INFO business-log line, every stderr line a WARN line
@@ -68,6 +69,10 @@ pub struct JobPayload {
     /// For cron/repeat jobs: the fire time this run belongs to (Unix epoch ms).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduled_fire_ms: Option<i64>,
+    /// For a shard run of a sharded job: this shard's index (`0..shard_count`).
+    pub shard_index: u32,
+    /// How many shards the job runs as (1 for a job that is not sharded).
+    pub shard_count: u32,
 }
 
 impl JobPayload {
@@ -81,6 +86,8 @@ impl JobPayload {
             params: ctx.job.spec.params.clone(),
             priority: ctx.job.spec.priority,
             scheduled_fire_ms: ctx.job.scheduled_fire_ms,
+            shard_index: ctx.shard_index(),
+            shard_count: ctx.shard_count(),
         }
     }
 }

@@ -303,9 +303,20 @@ impl MongoStore {
         }
         let follow_ups: Vec<_> = others
             .iter()
-            .filter_map(|c| c.t.follow_up.clone())
+            .filter_map(|c| c.t.follow_up.clone().map(|f| (f, c.t.handout)))
             .collect();
+        let (follow_ups, handouts): (Vec<_>, Vec<_>) = follow_ups.into_iter().unzip();
         let inserted = self.insert_follow_ups(&follow_ups).await?;
+        // The shards of a sharded job go in before it moves on, like the instance of a fire;
+        // their ids are the run's, so a claim written again inserts none twice.
+        let shards = others
+            .iter()
+            .flat_map(|c| &c.t.fan_out)
+            .map(codec::new_doc)
+            .collect::<StoreResult<Vec<_>>>()?;
+        if !shards.is_empty() {
+            self.insert_new(shards).await?;
+        }
         fail::fail_point!("mongo-fire-between-instance-and-definition");
         let moved = others.iter().map(|c| async move {
             if self.update_one_guarded(&c.read, &c.t).await? {
@@ -330,11 +341,13 @@ impl MongoStore {
                 self.cascade(cascade, c.t.job.job.updated_at_ms).await?;
             }
         }
+        // Handed out: the inserted instances that are leased (not a sharded one, queued).
         Ok(follow_ups
             .into_iter()
             .zip(inserted)
-            .filter(|(_, inserted)| *inserted)
-            .map(|(f, _)| f.job)
+            .zip(handouts)
+            .filter(|((_, inserted), handout)| *inserted && *handout == Handout::FollowUp)
+            .map(|((f, _), _)| f.job)
             .collect())
     }
 }

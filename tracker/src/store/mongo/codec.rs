@@ -8,7 +8,7 @@
 //! without a value is absent, never `null`.
 
 use lts_core::transition::{Field, StoredJob, Write};
-use lts_core::{FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, Outcome};
+use lts_core::{FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, Outcome, Shard};
 use mongodb::bson::{Bson, DateTime, Document, doc};
 
 use crate::store::{StoreError, StoreResult, parse_log_type};
@@ -67,6 +67,12 @@ pub(super) fn job(doc: &Document) -> StoreResult<Job> {
         instance_of: text(doc, "instance_of").map(str::to_string),
         lease_losses: int(doc, "lease_losses").unwrap_or(0) as u32,
         deadline_ms: int(doc, "deadline"),
+        shard: text(doc, "shard_of").map(|of| Shard {
+            of: of.to_string(),
+            index: int(doc, "shard_index").unwrap_or(0) as u32,
+            count: int(doc, "shard_count").unwrap_or(0) as u32,
+        }),
+        shard_progress: None,
     })
 }
 
@@ -123,6 +129,11 @@ pub(super) fn new_doc(s: &StoredJob) -> StoreResult<Document> {
     if let Some(key) = &job.spec.idempotency_key {
         // The `submit_key` index answers a repeated submit with this job.
         d.insert("submit_key", key);
+    }
+    if let Some(shard) = &job.shard {
+        d.insert("shard_of", &shard.of);
+        d.insert("shard_index", i64::from(shard.index));
+        d.insert("shard_count", i64::from(shard.count));
     }
     d.extend(spec_fields(&job.spec)?);
     let (set, _) = fields(s, ALL_FIELDS)?;

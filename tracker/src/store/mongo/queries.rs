@@ -44,7 +44,15 @@ impl MongoStore {
                 None => self.find_finished(&key).await?,
             },
         };
-        found.as_ref().map(codec::job).transpose()
+        let Some(mut job) = found.as_ref().map(codec::job).transpose()? else {
+            return Ok(None);
+        };
+        // A sharded job that ran: the shards of its current run by state.
+        if job.spec.shards.is_some() && job.shard.is_none() && job.attempt > 0 {
+            let run = lts_core::Shard::run_of(&job);
+            job.shard_progress = Some(self.shard_progress(&run).await?);
+        }
+        Ok(Some(job))
     }
 
     /// One page of the jobs matching a filter, in job-id order.

@@ -6,7 +6,8 @@
 
 use futures::TryStreamExt;
 use lts_core::transition::{self, Cascade, Event, FollowUp, Refusal, Transition};
-use lts_core::transition::{StoredJob, Write};
+use lts_core::transition::{Related, StoredJob, Write};
+use lts_core::{JobState, Shard, ShardProgress};
 use mongodb::bson::{Document, doc};
 
 use super::MongoStore;
@@ -191,14 +192,18 @@ impl MongoStore {
         Ok(inserted)
     }
 
-    /// Applies a transition's work on other jobs.
+    /// Applies a transition's work on other jobs: each instance or shard by its own transition,
+    /// or the sharded job whose shards all ended.
     pub(super) async fn cascade(&self, cascade: &Cascade, now: i64) -> StoreResult<()> {
-        let found: Vec<Document> = self
-            .jobs
-            .find(doc! { "instance_of": cascade.definition(), "done": "" })
-            .await?
-            .try_collect()
-            .await?;
+        let filter = match cascade.related() {
+            Related::InstancesOf(definition) => doc! { "instance_of": definition, "done": "" },
+            Related::ShardsOf(run) => doc! {
+                "_id": { "$gte": Shard::ids_from(run), "$lt": Shard::ids_to(run) },
+                "done": "",
+            },
+            Related::Parent { parent, run } => return self.end_shards(parent, run, now).await,
+        };
+        let found: Vec<Document> = self.jobs.find(filter).await?.try_collect().await?;
         for d in found {
             let read = codec::read(&d)?;
             let Some(event) = cascade.event_for(&read.stored.job.job_id) else {
@@ -210,5 +215,44 @@ impl MongoStore {
                 .await?;
         }
         Ok(())
+    }
+
+    /// A shard of `run` ended: once none of the run's shards is unfinished, its sharded job
+    /// `parent` ends with their tally. (Two shards ending at once may both find none left:
+    /// the job's guarded write lets one of them end it.)
+    async fn end_shards(&self, parent: &str, run: &str, now: i64) -> StoreResult<()> {
+        let progress = self.shard_progress(run).await?;
+        if progress.unfinished() > 0 {
+            return Ok(());
+        }
+        let filter = doc! { "_id": parent };
+        let event = |_: &StoredJob| Event::ShardsEnded(progress);
+        // Refused: it ended already (another shard's end, a cancel). Its end has no cascade.
+        self.apply_job(&filter, First::Fetch, event, now).await?;
+        Ok(())
+    }
+
+    /// The shards of one run of a sharded job by state, found by their ids' range.
+    pub(super) async fn shard_progress(&self, run: &str) -> StoreResult<ShardProgress> {
+        let pipeline = vec![
+            doc! { "$match": {
+                "_id": { "$gte": Shard::ids_from(run), "$lt": Shard::ids_to(run) },
+            } },
+            doc! { "$group": { "_id": "$state", "n": { "$sum": 1 } } },
+        ];
+        let groups: Vec<Document> = self.jobs.aggregate(pipeline).await?.try_collect().await?;
+        let mut p = ShardProgress::default();
+        for g in groups {
+            let n = codec::int(&g, "n")
+                .unwrap_or(0)
+                .clamp(0, i64::from(u32::MAX)) as u32;
+            match codec::int(&g, "_id").and_then(JobState::from_code) {
+                Some(JobState::Running) => p.running += n,
+                Some(JobState::Queued | JobState::Suspended) => p.pending += n,
+                Some(JobState::Succeeded) => p.succeeded += n,
+                Some(JobState::Failed | JobState::Cancelled) | None => p.failed += n,
+            }
+        }
+        Ok(p)
     }
 }

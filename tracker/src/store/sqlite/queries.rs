@@ -55,10 +55,19 @@ pub(super) fn get_finished(conn: &Connection, key: &JobKey) -> StoreResult<Optio
 
 /// One job, unfinished or finished.
 pub(super) fn get(conn: &Connection, key: &JobKey) -> StoreResult<Option<Job>> {
-    match find_by_key(conn, key)? {
-        Some(found) => Ok(Some(found.stored.job)),
-        None => get_finished(conn, key),
+    let mut job = match find_by_key(conn, key)? {
+        Some(found) => found.stored.job,
+        None => match get_finished(conn, key)? {
+            Some(job) => job,
+            None => return Ok(None),
+        },
+    };
+    // A sharded job that ran: the shards of its current run by state.
+    if job.spec.shards.is_some() && job.shard.is_none() && job.attempt > 0 {
+        let run = lts_core::Shard::run_of(&job);
+        job.shard_progress = Some(super::write::shard_progress(conn, &run)?);
     }
+    Ok(Some(job))
 }
 
 /// One page of jobs matching a filter, from both tables, in job-id order.

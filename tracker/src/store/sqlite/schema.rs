@@ -9,13 +9,13 @@
 use std::sync::LazyLock;
 
 use lts_core::transition::StoredJob;
-use lts_core::{Job, JobSpec, JobState, Outcome};
+use lts_core::{Job, JobSpec, JobState, Outcome, Shard};
 use rusqlite::{Connection, Row};
 
 use crate::store::{StoreError, StoreResult};
 
 /// Version of the schema, kept in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -44,7 +44,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- Runs of the current fire lost without a result (bounded by the spec's max_lease_losses).
     lease_losses   INTEGER NOT NULL DEFAULT 0,
     -- While running with a timeout: when the run must have ended.
-    deadline       INTEGER
+    deadline       INTEGER,
+    -- For a shard run of a sharded job: the job's id, the shard's index and the shard count.
+    shard_of       TEXT,
+    shard_index    INTEGER,
+    shard_count    INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
 -- Partial indexes: each holds only the rows it serves, so a state change is one index delete
@@ -151,7 +155,7 @@ macro_rules! sql {
 pub(super) const JOB_COLS: &str = "seq, job_id, node_group, task_id, state, priority, \
      trigger_time, attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner, \
      lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested, instance_of, \
-     lease_losses, deadline";
+     lease_losses, deadline, shard_of, shard_index, shard_count";
 
 sql! {
     /// The whole schema.
@@ -224,6 +228,18 @@ pub(super) fn migrate(conn: &Connection, path: &std::path::Path) -> StoreResult<
             }
         }
     }
+    // v6: shard runs name their sharded job (none so far).
+    if (3..6).contains(&version) {
+        for (column, ty) in [
+            ("shard_of", "TEXT"),
+            ("shard_index", "INTEGER"),
+            ("shard_count", "INTEGER"),
+        ] {
+            if !has_column(conn, "jobs", column)? {
+                conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} {ty};"))?;
+            }
+        }
+    }
     conn.execute_batch(SCHEMA_SQL.text())?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
@@ -277,6 +293,15 @@ pub(super) fn stored_job(r: &Row<'_>) -> StoreResult<Found> {
         instance_of: r.get(19)?,
         lease_losses: r.get::<_, i64>(20)? as u32,
         deadline_ms: r.get(21)?,
+        shard: match r.get::<_, Option<String>>(22)? {
+            Some(of) => Some(Shard {
+                of,
+                index: r.get::<_, i64>(23)? as u32,
+                count: r.get::<_, i64>(24)? as u32,
+            }),
+            None => None,
+        },
+        shard_progress: None,
     };
     Ok(Found {
         seq: r.get(0)?,

@@ -10,8 +10,10 @@
 use std::fmt::Write as _;
 
 use lts_core::schedule::RetryPolicy;
-use lts_core::transition::{self, Cascade, Event, Field, Refusal, StoredJob, Transition, Write};
-use lts_core::{FeedbackItem, Job, JobState, LogEntry};
+use lts_core::transition::{
+    self, Cascade, Event, Field, Refusal, Related, StoredJob, Transition, Write,
+};
+use lts_core::{FeedbackItem, Job, JobState, LogEntry, Shard, ShardProgress};
 use rusqlite::types::Value;
 use rusqlite::{Connection, params, params_from_iter};
 
@@ -82,6 +84,14 @@ pub(super) fn write(
         log_lines(conn, &f.logs)?;
         follow_up_inserted = true;
     }
+    for shard in &t.fan_out {
+        if !insert(conn, shard, None)? {
+            return Err(StoreError::Backend(format!(
+                "shard {}: an unfinished job has its task id {:?}",
+                shard.job.job_id, shard.job.spec.task_id
+            )));
+        }
+    }
     // A fire replaces earlier runs only once its own instance is stored.
     if let Some(cascade) = &t.cascade
         && (follow_up_inserted || !matches!(cascade, Cascade::ReplaceInstances { .. }))
@@ -95,21 +105,41 @@ pub(super) fn write(
     })
 }
 
-/// Cancels the queued instances of a cancelled recurring job, each by its own transition (which
-/// refuses a running one: it finishes its attempt).
+/// Works on the jobs a cascade names: each instance or shard by its own transition (a refusal,
+/// say of a running instance cancelled with its schedule, writes nothing), or the sharded job
+/// whose shards all ended.
 fn run_cascade(
     conn: &Connection,
     cascade: &Cascade,
     now: i64,
     retry: &RetryPolicy,
 ) -> StoreResult<()> {
-    let instances = found_all(
-        &mut conn.prepare_cached(&format!(
-            "SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_instance_of WHERE instance_of = ?1"
-        ))?,
-        params![cascade.definition()],
-    )?;
-    for found in &instances {
+    let related = match cascade.related() {
+        Related::InstancesOf(definition) => found_all(
+            &mut conn.prepare_cached(&format!(
+                "SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_instance_of WHERE instance_of = ?1"
+            ))?,
+            params![definition],
+        )?,
+        Related::ShardsOf(run) => found_all(
+            &mut conn.prepare_cached(&format!(
+                "SELECT {JOB_COLS} FROM jobs WHERE job_id >= ?1 AND job_id < ?2"
+            ))?,
+            params![Shard::ids_from(run), Shard::ids_to(run)],
+        )?,
+        Related::Parent { parent, run } => {
+            let progress = shard_progress(conn, run)?;
+            if progress.unfinished() > 0 {
+                return Ok(());
+            }
+            if let Some(found) = super::queries::find_by_id(conn, parent)? {
+                // Refused (the job was cancelled meanwhile, say): nothing to write.
+                let _ = change(conn, &found, Event::ShardsEnded(progress), now, retry, None)?;
+            }
+            return Ok(());
+        }
+    };
+    for found in &related {
         // A refusal (a running instance cancelled with its schedule) writes nothing.
         if let Some(event) = cascade.event_for(&found.stored.job.job_id) {
             let _ = change(conn, found, event, now, retry, None)?;
@@ -139,9 +169,9 @@ pub(super) fn insert(
             "INSERT INTO jobs (job_id, node_group, task_id, state, priority, trigger_time,
                  attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner,
                  lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested,
-                 instance_of, lease_losses, deadline)
+                 instance_of, lease_losses, deadline, shard_of, shard_index, shard_count)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, ?20, ?21)
+                 ?18, ?19, ?20, ?21, ?22, ?23, ?24)
              ON CONFLICT (node_group, task_id) DO NOTHING",
         )?
         .execute(params![
@@ -166,6 +196,9 @@ pub(super) fn insert(
             job.instance_of,
             i64::from(job.lease_losses),
             job.deadline_ms,
+            job.shard.as_ref().map(|s| &s.of),
+            job.shard.as_ref().map(|s| i64::from(s.index)),
+            job.shard.as_ref().map(|s| i64::from(s.count)),
         ])?;
     Ok(n == 1)
 }
@@ -338,4 +371,28 @@ fn feedback(conn: &Connection, item: &FeedbackItem) -> StoreResult<String> {
         item.finished_at_ms
     ])?;
     Ok(group.clone())
+}
+
+/// The shards of one run of a sharded job ([`Shard::run_of`]) by state: the unfinished ones in
+/// `jobs`, the ended ones in `finished_jobs`, each found by its id's range.
+pub(super) fn shard_progress(conn: &Connection, run: &str) -> StoreResult<ShardProgress> {
+    let (from, to) = (Shard::ids_from(run), Shard::ids_to(run));
+    let mut p = ShardProgress::default();
+    for table in ["jobs", "finished_jobs"] {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT state, count(*) FROM {table} WHERE job_id >= ?1 AND job_id < ?2 GROUP BY state"
+        ))?;
+        let mut rows = stmt.query(params![from, to])?;
+        while let Some(r) = rows.next()? {
+            let (code, n): (i64, i64) = (r.get(0)?, r.get(1)?);
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            match JobState::from_code(code) {
+                Some(JobState::Running) => p.running += n,
+                Some(JobState::Queued | JobState::Suspended) => p.pending += n,
+                Some(JobState::Succeeded) => p.succeeded += n,
+                Some(JobState::Failed | JobState::Cancelled) | None => p.failed += n,
+            }
+        }
+    }
+    Ok(p)
 }

@@ -142,3 +142,84 @@ async fn a_tracker_killed_between_a_fires_two_writes_neither_loses_nor_doubles_i
     stop.cancel();
     worker.await.unwrap();
 }
+
+/// A tracker killed between a sharded job's two writes at its end — its last shard's result
+/// written, the job not yet ended — leaves the job to the next master's sweep, which ends it
+/// with its shards' tally; no shard runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracker_killed_between_a_last_shard_and_its_job_leaves_the_job_to_the_sweep() {
+    const SHARD_POINT: &str = "mongo-between-a-shard-and-its-job";
+    let dir = tempfile::tempdir().unwrap();
+    let mongo = MongoServer::start(&dir.path().join("mongo")).await.unwrap();
+    let store = mongo.url("shards");
+    let jobs = mongodb::Client::with_uri_str(&store)
+        .await
+        .unwrap()
+        .database("shards")
+        .collection::<Document>("jobs");
+    let port = free_port();
+    let args = ["--store", store.as_str()];
+    let armed = format!("{SHARD_POINT}=sleep(600000)");
+    let mut first = TrackerProc::start_with_env(dir.path(), port, &args, &[("FAILPOINTS", &armed)])
+        .await
+        .unwrap();
+    let runs = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
+    let r = runs.clone();
+    let stop = CancellationToken::new();
+    let worker = TaskTracker::builder()
+        .node_group("sharded")
+        .tracker(first.addr.clone())
+        .threads(2)
+        .runner(move |ctx: JobContext| {
+            let r = r.clone();
+            async move {
+                *r.lock()
+                    .unwrap()
+                    .entry(ctx.task_id().to_string())
+                    .or_default() += 1;
+                RunResult::success("")
+            }
+        })
+        .build()
+        .unwrap();
+    let worker = tokio::spawn(worker.run_until_cancelled(stop.clone()));
+    let mut spec = JobSpec::new("split", "sharded");
+    spec.shards = Some(1);
+    let id = match first.client().submit(spec).await.unwrap() {
+        SubmitAnswer::Accepted { job_id } => job_id,
+        other => panic!("{other:?}"),
+    };
+    // The shard's result is written, its job not ended: kill the tracker now.
+    eventually(T, "the shard's end to be written", || async {
+        let shard = jobs
+            .find_one(doc! { "shard_of": &id, "done": { "$ne": "" } })
+            .await
+            .unwrap()?;
+        let job = jobs.find_one(doc! { "_id": &id }).await.unwrap()?;
+        (job.get_i64("state").ok()? == JobState::Running.code()).then_some(shard)
+    })
+    .await
+    .unwrap();
+    first.proc.kill9();
+
+    let second = TrackerProc::start_on(dir.path(), port, &args)
+        .await
+        .unwrap();
+    let client = second.client();
+    let job = eventually(T, "the sweep to end the sharded job", || async {
+        let j = client.get(lts_core::JobKey::Id(id.clone())).await.ok()?;
+        j.state.is_final().then_some(j)
+    })
+    .await
+    .unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(job.last_message.as_deref(), Some("its one shard succeeded"));
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(
+        runs.values().sum::<u32>(),
+        1,
+        "the shard ran once: {runs:?}"
+    );
+    stop.cancel();
+    worker.await.unwrap();
+}

@@ -337,6 +337,7 @@ fn shards_ended(
     }
     let n = progress.succeeded + progress.failed;
     let (outcome, message) = match progress.failed {
+        0 if n == 1 => (Outcome::Success, "its one shard succeeded".to_string()),
         0 => (Outcome::Success, format!("all {n} shards succeeded")),
         failed => (Outcome::Failed, format!("{failed} of {n} shards failed")),
     };

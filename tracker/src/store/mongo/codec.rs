@@ -174,6 +174,10 @@ pub(super) fn fields(s: &StoredJob, fields: &[Field]) -> StoreResult<(Document, 
         match field {
             Field::State => {
                 set.insert("state", job.state.code());
+                // Marks a sharded job whose shards run, for the sweep that ends one whose
+                // last shard's tracker died before ending it.
+                let waits = job.waits_for_shards().then_some(Bson::Boolean(true));
+                put(&mut set, &mut unset, "shards_wait", waits);
             }
             Field::Spec => set.extend(spec_fields(&job.spec)?),
             Field::Attempt => {

@@ -46,7 +46,7 @@ mod write;
 
 use lts_core::redact::{redact_url, scrub};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -143,6 +143,8 @@ pub struct MongoStore {
     updates: batch::UpdateBatcher,
     /// Inserts of new jobs, grouped into one command per batch.
     inserts: batch::InsertBatcher,
+    /// When the sweep last looked for sharded jobs whose shards all ended (ms).
+    shard_sweep_at: AtomicI64,
 }
 
 impl std::fmt::Debug for MongoStore {
@@ -232,6 +234,7 @@ impl MongoStore {
             leases: Mutex::new(HashMap::new()),
             claim_turns: Mutex::new(HashMap::new()),
             lost_races: Mutex::new(HashMap::new()),
+            shard_sweep_at: AtomicI64::new(0),
             log_tx,
             updates,
             inserts,
@@ -329,6 +332,8 @@ impl MongoStore {
                 "feedback_only",
                 "fb_group",
             ),
+            // The sharded jobs whose shards run (see `write::end_stranded_shards`).
+            having(doc! { "shards_wait": 1 }, "shards_wait_only", "shards_wait"),
         ];
         self.jobs.create_indexes(jobs_indexes).await?;
         // Their predecessors held every job (the sparse compound ones too: every job has a
@@ -446,7 +451,9 @@ impl JobStore for MongoStore {
     }
 
     async fn requeue_expired(&self, now: i64) -> StoreResult<Vec<Requeued>> {
-        self.requeue_lost(events::Lost::Expired, now).await
+        let requeued = self.requeue_lost(events::Lost::Expired, now).await?;
+        self.end_stranded_shards(now).await?;
+        Ok(requeued)
     }
 
     async fn requeue_owner(&self, owner: &str, now: i64) -> StoreResult<Vec<Requeued>> {

@@ -201,7 +201,10 @@ impl MongoStore {
                 "_id": { "$gte": Shard::ids_from(run), "$lt": Shard::ids_to(run) },
                 "done": "",
             },
-            Related::Parent { parent, run } => return self.end_shards(parent, run, now).await,
+            Related::Parent { parent, run } => {
+                fail::fail_point!("mongo-between-a-shard-and-its-job");
+                return self.end_shards(parent, run, now).await;
+            }
         };
         let found: Vec<Document> = self.jobs.find(filter).await?.try_collect().await?;
         for d in found {
@@ -255,4 +258,41 @@ impl MongoStore {
         }
         Ok(p)
     }
+
+    /// Ends the sharded jobs whose shards all ended but which did not end with their last one
+    /// (its tracker died between the two writes): the master's sweep, at most every
+    /// [`SHARD_SWEEP_MS`], over jobs that waited at least that long since their last change.
+    pub(super) async fn end_stranded_shards(&self, now: i64) -> StoreResult<()> {
+        let last = self
+            .shard_sweep_at
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) < SHARD_SWEEP_MS {
+            return Ok(());
+        }
+        self.shard_sweep_at
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        let waiting: Vec<Document> = self
+            .jobs
+            .find(doc! {
+                "shards_wait": true,
+                "updated_at": { "$lt": now.saturating_sub(SHARD_SWEEP_MS) },
+            })
+            .limit(SHARD_SWEEP_MAX)
+            .await?
+            .try_collect()
+            .await?;
+        for d in waiting {
+            let job = codec::job(&d)?;
+            if job.waits_for_shards() {
+                let run = Shard::run_of(&job);
+                self.end_shards(&job.job_id, &run, now).await?;
+            }
+        }
+        Ok(())
+    }
 }
+
+/// How often the sweep looks for sharded jobs to end, and how long such a job must have waited.
+const SHARD_SWEEP_MS: i64 = 5_000;
+/// The most sharded jobs one sweep looks at.
+const SHARD_SWEEP_MAX: i64 = 1_000;

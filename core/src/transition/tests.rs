@@ -1278,10 +1278,10 @@ fn a_cancelled_sharded_job_cancels_its_shards_running_ones_too() {
         (Shard::ids_from("p-1-1-"), Shard::ids_to("p-1-1-")),
         ("p-1-1-".to_string(), "p-1-1.".to_string())
     );
-    assert!("p-1-1-0".to_string() < Shard::ids_to("p-1-1-"));
-    assert!("p-1-1-9999".to_string() < Shard::ids_to("p-1-1-"));
+    assert!("p-1-1-0" < Shard::ids_to("p-1-1-").as_str());
+    assert!("p-1-1-9999" < Shard::ids_to("p-1-1-").as_str());
     assert!(
-        "p-1-10-0".to_string() >= Shard::ids_to("p-1-1-"),
+        "p-1-10-0" >= Shard::ids_to("p-1-1-").as_str(),
         "another attempt's shards"
     );
     assert_eq!(Shard::run_of_id("p-1-1-17"), "p-1-1-");

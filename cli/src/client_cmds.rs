@@ -838,6 +838,25 @@ pub async fn nodes(a: NodesArgs) -> CliResult {
     Ok(())
 }
 
+/// A job's shards, as `lts jobs get` shows them: a sharded job's count and progress, a shard
+/// run's place among its job's shards.
+fn shards(job: &lts_core::Job) -> String {
+    if let Some(shard) = &job.shard {
+        return format!(
+            "shard {} of {} of job {}",
+            shard.index, shard.count, shard.of
+        );
+    }
+    match (job.spec.shards, job.shard_progress) {
+        (Some(n), Some(p)) => format!(
+            "{n}: {} succeeded, {} failed, {} running, {} pending",
+            p.succeeded, p.failed, p.running, p.pending
+        ),
+        (Some(n), None) => format!("{n} (none run yet)"),
+        (None, _) => "-".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -947,24 +966,5 @@ mod tests {
             task_id: Some("t".into()),
         };
         assert_eq!(both.key().unwrap_err().exit_code(), 2);
-    }
-}
-
-/// A job's shards, as `lts jobs get` shows them: a sharded job's count and progress, a shard
-/// run's place among its job's shards.
-fn shards(job: &lts_core::Job) -> String {
-    if let Some(shard) = &job.shard {
-        return format!(
-            "shard {} of {} of job {}",
-            shard.index, shard.count, shard.of
-        );
-    }
-    match (job.spec.shards, job.shard_progress) {
-        (Some(n), Some(p)) => format!(
-            "{n}: {} succeeded, {} failed, {} running, {} pending",
-            p.succeeded, p.failed, p.running, p.pending
-        ),
-        (Some(n), None) => format!("{n} (none run yet)"),
-        (None, _) => "-".into(),
     }
 }

@@ -88,6 +88,9 @@ pub struct SubmitArgs {
     /// the group's TaskTrackers; the job succeeds when every shard succeeded.
     #[arg(long)]
     shards: Option<u32>,
+    /// Run once on every TaskTracker of the node group connected when it fires.
+    #[arg(long, conflicts_with = "shards")]
+    broadcast: bool,
     /// Wait for the final outcome and print it.
     #[arg(long)]
     wait: bool,
@@ -200,6 +203,7 @@ pub fn spec_from_args(a: &SubmitArgs, now: i64) -> CliResult<JobSpec> {
         },
         max_concurrent: a.max_concurrent,
         shards: a.shards,
+        broadcast: a.broadcast,
         max_lease_losses: a.max_lease_losses,
         // Set by the client for each submit (its retries dedup).
         idempotency_key: None,
@@ -842,10 +846,24 @@ pub async fn nodes(a: NodesArgs) -> CliResult {
 /// run's place among its job's shards.
 fn shards(job: &lts_core::Job) -> String {
     if let Some(shard) = &job.shard {
+        let on = shard
+            .on
+            .as_ref()
+            .map(|on| format!(", for TaskTracker {on}"))
+            .unwrap_or_default();
         return format!(
-            "shard {} of {} of job {}",
+            "shard {} of {} of job {}{on}",
             shard.index, shard.count, shard.of
         );
+    }
+    if job.spec.broadcast {
+        return match job.shard_progress {
+            Some(p) => format!(
+                "broadcast: {} succeeded, {} failed, {} running, {} pending",
+                p.succeeded, p.failed, p.running, p.pending
+            ),
+            None => "broadcast (none run yet)".into(),
+        };
     }
     match (job.spec.shards, job.shard_progress) {
         (Some(n), Some(p)) => format!(

@@ -71,6 +71,7 @@ pub fn spec_from_proto(p: proto::JobSpec) -> Result<JobSpec, Violations> {
         concurrency_policy,
         max_concurrent: p.max_concurrent,
         shards: p.shards,
+        broadcast: p.broadcast,
         max_lease_losses: p.max_lease_losses,
         timeout_ms: p.timeout_ms,
         idempotency_key: (!p.idempotency_key.is_empty()).then_some(p.idempotency_key),
@@ -123,6 +124,7 @@ pub fn spec_to_proto(s: &JobSpec) -> proto::JobSpec {
         } as i32,
         max_concurrent: s.max_concurrent,
         shards: s.shards,
+        broadcast: s.broadcast,
         max_lease_losses: s.max_lease_losses,
         timeout_ms: s.timeout_ms,
         idempotency_key: s.idempotency_key.clone().unwrap_or_default(),
@@ -201,6 +203,7 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
             job_id: s.of.clone(),
             index: s.index,
             count: s.count,
+            task_tracker: s.on.clone().unwrap_or_default(),
         }),
         shard_progress: j.shard_progress.map(|p| proto::ShardProgress {
             succeeded: p.succeeded,
@@ -240,6 +243,7 @@ pub fn job_from_proto(p: proto::Job) -> Job {
             of: s.job_id,
             index: s.index,
             count: s.count,
+            on: (!s.task_tracker.is_empty()).then_some(s.task_tracker),
         }),
         shard_progress: p.shard_progress.map(|p| crate::ShardProgress {
             succeeded: p.succeeded,

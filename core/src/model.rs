@@ -197,6 +197,12 @@ pub struct JobSpec {
     /// own; the job succeeds when every shard succeeded. `None`: one run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<u32>,
+    /// Run once on every TaskTracker of the node group connected when it fires (a cache
+    /// flush, say): one shard run per TaskTracker, each for that TaskTracker only, with the
+    /// accounting of [`JobSpec::shards`]. A shard whose TaskTracker left before it ran is
+    /// cancelled (and the job fails).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub broadcast: bool,
     /// How many runs may be lost — their TaskTracker died, froze past its lease or left the
     /// cluster without a result — before the job fails: a job that kills its worker must not
     /// walk through every worker of its group. `None`: [`DEFAULT_MAX_LEASE_LOSSES`]. Counted
@@ -256,6 +262,11 @@ impl JobSpec {
     pub fn schedule(mut self, schedule: Schedule) -> Self {
         self.schedule = schedule;
         self
+    }
+
+    /// Whether a claim runs the job as shard runs ([`JobSpec::shards`], [`JobSpec::broadcast`]).
+    pub fn fans_out(&self) -> bool {
+        self.shards.is_some() || self.broadcast
     }
 
     /// How many lost runs this job survives (its `max_lease_losses`, or the default).
@@ -535,6 +546,9 @@ pub struct Shard {
     pub index: u32,
     /// How many shards the job runs as.
     pub count: u32,
+    /// For a shard of a broadcast job: the TaskTracker (identity) it runs on, and no other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<String>,
 }
 
 impl Shard {
@@ -815,7 +829,7 @@ impl Job {
     /// Whether this job is sharded and its shards run now: it holds no lease itself, and it
     /// ends when the last of its shards ended.
     pub fn waits_for_shards(&self) -> bool {
-        self.state == JobState::Running && self.spec.shards.is_some() && self.shard.is_none()
+        self.state == JobState::Running && self.spec.fans_out() && self.shard.is_none()
     }
 }
 

@@ -309,6 +309,13 @@ pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
         ));
     }
 
+    if spec.broadcast && spec.shards.is_some() {
+        out.push(FieldViolation::new(
+            "broadcast",
+            "runs one shard per connected TaskTracker: leave shards unset",
+        ));
+    }
+
     if let Some(n) = spec.max_concurrent {
         let most = crate::model::MAX_CONCURRENT;
         if n == 0 || n > most {
@@ -586,6 +593,15 @@ mod tests {
                 "{refused:?}"
             );
         }
+    }
+
+    #[test]
+    fn broadcast_sets_its_own_shards() {
+        let mut spec = JobSpec::new("t", "g");
+        spec.broadcast = true;
+        assert!(validate(&spec).is_ok());
+        spec.shards = Some(2);
+        assert_eq!(fields(&spec), ["broadcast"]);
     }
 
     #[test]

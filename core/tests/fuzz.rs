@@ -30,6 +30,7 @@ const FIELDS: &[&str] = &[
     "concurrency_policy",
     "max_concurrent",
     "shards",
+    "broadcast",
     "need_feedback",
     "rely_on_prev_cycle",
 ];
@@ -147,6 +148,7 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
                     },
                     max_concurrent,
                     shards: max_concurrent.map(|n| n * 5_000),
+                    broadcast: replace && skip,
                     max_lease_losses: losses,
                     timeout_ms: timeout,
                     idempotency_key: None,

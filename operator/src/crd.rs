@@ -604,6 +604,10 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub shards: Option<i64>,
+    /// Run once on every TaskTracker of the group connected when it fires (a cache flush,
+    /// say), with the accounting of `shards`; not with `shards`.
+    #[serde(default)]
+    pub broadcast: bool,
     /// No runs or fires while true.
     #[serde(default)]
     pub suspend: bool,

@@ -62,6 +62,7 @@ pub fn job(name: &str) -> Job {
             concurrency_policy: ConcurrencyPolicy::Allow,
             max_concurrent: None,
             shards: None,
+            broadcast: false,
             suspend: false,
         },
     );

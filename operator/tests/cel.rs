@@ -30,6 +30,7 @@ fn job() -> Job {
             concurrency_policy: ConcurrencyPolicy::Allow,
             max_concurrent: None,
             shards: None,
+            broadcast: false,
             suspend: false,
         },
     )

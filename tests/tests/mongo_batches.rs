@@ -57,6 +57,7 @@ async fn concurrent_results_share_commands_and_a_stale_one_is_refused_alone() {
             now_ms: NOW,
             ahead_ms: 0,
             max_running: None,
+            targets: Vec::new(),
         })
         .await
         .unwrap();
@@ -170,6 +171,7 @@ async fn a_due_job_is_stored_already_leased_and_anything_else_is_an_ordinary_sub
         now_ms: now,
         ahead_ms: 0,
         max_running: None,
+        targets: Vec::new(),
     };
     // Due now: one insert of the job as leased to w1, with both log lines.
     let (out, lease) = a
@@ -265,6 +267,7 @@ async fn trackers_racing_for_one_queue_lease_every_job_once() {
                         now_ms: NOW + 1,
                         ahead_ms: 0,
                         max_running: None,
+                        targets: Vec::new(),
                     })
                     .await
                     .unwrap();
@@ -324,6 +327,7 @@ async fn racing_trackers_never_run_a_capped_group_past_its_cap() {
                         now_ms: NOW + 1,
                         ahead_ms: 0,
                         max_running: Some(cap),
+                        targets: Vec::new(),
                     })
                     .await
                     .unwrap();

@@ -292,6 +292,14 @@ impl JobStore for ChangeFeed {
         self.inner.running_count(node_group, most).await
     }
 
+    async fn broadcast_targets(&self, before_ms: i64) -> StoreResult<Vec<String>> {
+        self.inner.broadcast_targets(before_ms).await
+    }
+
+    async fn target_gone(&self, identity: &str, now_ms: i64) -> StoreResult<usize> {
+        self.inner.target_gone(identity, now_ms).await
+    }
+
     async fn complete(&self, completion: Completion) -> StoreResult<CompleteOutcome> {
         let job_id = completion.job_id.clone();
         let out = self.inner.complete(completion).await?;

@@ -122,6 +122,8 @@ impl Reserved {
             ahead_ms: 0,
             // Never reserved in a capped group (see `Dispatcher::reserve_idle`).
             max_running: None,
+            // A broadcast job is never leased at its submit: its claim fans it out.
+            targets: Vec::new(),
         }
     }
 }
@@ -206,6 +208,9 @@ pub struct Dispatcher {
     claim_ahead_ms: i64,
     /// Caps on the running jobs of node groups, across every tracker of the cluster.
     max_running: HashMap<String, u32>,
+    /// The cluster's TaskTrackers as the registry knows them (those connected to other
+    /// trackers too), for broadcast jobs.
+    peers: std::sync::OnceLock<tokio::sync::watch::Receiver<Vec<lts_registry::NodeInfo>>>,
     next_conn: AtomicU64,
     shutdown: CancellationToken,
 }
@@ -241,6 +246,7 @@ impl Dispatcher {
             idle_poll,
             claim_ahead_ms: claim_ahead_ms.max(0),
             max_running,
+            peers: std::sync::OnceLock::new(),
             next_conn: AtomicU64::new(1),
             shutdown,
         })
@@ -249,6 +255,36 @@ impl Dispatcher {
     /// The lease duration handed to TaskTrackers.
     pub fn lease_ms(&self) -> i64 {
         self.lease_ms
+    }
+
+    /// Follows the cluster's TaskTrackers (the registry's members), whose identities a
+    /// broadcast job's claim runs a shard on. Without it, the ones connected here.
+    pub fn watch_peers(&self, members: tokio::sync::watch::Receiver<Vec<lts_registry::NodeInfo>>) {
+        let _ = self.peers.set(members);
+    }
+
+    /// The TaskTrackers of the node group connected now: here, or (as the registry knows
+    /// them) to another tracker.
+    pub fn targets(&self, group: &Group) -> Vec<String> {
+        let mut out: Vec<String> = group
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| s.identity.clone())
+            .collect();
+        if let Some(peers) = self.peers.get() {
+            out.extend(
+                peers
+                    .borrow()
+                    .iter()
+                    .filter(|n| n.node_group == group.name)
+                    .map(|n| n.identity.clone()),
+            );
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The node group's cap on running jobs, if it has one.
@@ -676,6 +712,7 @@ impl Dispatcher {
             }
             let now = now_ms();
             let requested: u32 = plan.iter().map(|p| p.n).sum();
+            let targets = self.targets(&group);
             let claims = plan.iter().map(|p| {
                 self.store.claim(ClaimRequest {
                     node_group: group.name.clone(),
@@ -689,6 +726,7 @@ impl Dispatcher {
                         0
                     },
                     max_running: self.cap(&group.name),
+                    targets: targets.clone(),
                 })
             });
             let results = futures::future::join_all(claims).await;

@@ -570,6 +570,8 @@ impl Tracker {
                 .await?;
             crate::metrics::spawn_backlog(core.store.clone(), shutdown.clone());
         }
+        core.dispatcher
+            .watch_peers(core.registry.members(Role::TaskTracker));
         spawn_master_loops(core.clone(), config.retention_hours);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -736,6 +738,7 @@ fn spawn_master_loops(core: Arc<TrackerCore>, retention_hours: u64) {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "lease sweep failed"),
             }
+            end_broadcasts_to_gone_task_trackers(&c).await;
         }
     });
     tokio::spawn(async move {
@@ -759,6 +762,47 @@ fn spawn_master_loops(core: Arc<TrackerCore>, retention_hours: u64) {
             }
         }
     });
+}
+
+/// How long a broadcast shard may wait for a TaskTracker that is not in the cluster (a claim
+/// that listed one just leaving, one that left since) before it is cancelled.
+const BROADCAST_GRACE_MS: i64 = 10_000;
+
+/// Master only: cancels the broadcast shards for TaskTrackers that left the cluster — none
+/// connected here, none registered — so that their jobs end instead of waiting for them.
+async fn end_broadcasts_to_gone_task_trackers(core: &TrackerCore) {
+    let now = now_ms();
+    let targets = match core.store.broadcast_targets(now - BROADCAST_GRACE_MS).await {
+        Ok(targets) => targets,
+        Err(e) => {
+            tracing::warn!(error = %e, "looking for broadcast shards failed");
+            return;
+        }
+    };
+    if targets.is_empty() {
+        return;
+    }
+    let registered: std::collections::HashSet<String> = core
+        .registry
+        .members(Role::TaskTracker)
+        .borrow()
+        .iter()
+        .map(|n| n.identity.clone())
+        .collect();
+    for identity in targets {
+        if registered.contains(&identity) || core.dispatcher.is_connected(&identity) {
+            continue;
+        }
+        match core.store.target_gone(&identity, now).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(identity = %identity, n, "TaskTracker gone: its broadcast shards are cancelled")
+            }
+            Err(e) => {
+                tracing::warn!(identity = %identity, error = %e, "cancelling broadcast shards failed")
+            }
+        }
+    }
 }
 
 /// Master only: when a TaskTracker's registration vanishes (its process died or lost its

@@ -141,6 +141,9 @@ pub struct Claim {
     /// How many earlier runs (unfinished instances) of this recurring job exist, counted up
     /// to [`Claim::instances_to_count`] (the store's answer; `0` when that is `0`).
     pub unfinished_instances: u32,
+    /// The TaskTrackers (identities) of the node group connected now: a broadcast job runs one
+    /// shard on each (and on `owner`, listed or not). Empty for other jobs.
+    pub targets: Vec<String>,
 }
 
 impl Claim {
@@ -205,6 +208,9 @@ pub enum CancelCause {
     /// It is a shard run of the sharded job with this id, which was cancelled; a running
     /// shard is cancelled too.
     WithParent(String),
+    /// It is a broadcast job's shard for this TaskTracker, which left the cluster before it
+    /// ran (or while it ran).
+    TargetGone(String),
 }
 
 /// What an event does to a job.

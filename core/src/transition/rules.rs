@@ -216,6 +216,7 @@ fn replace(stored: &StoredJob, spec: JobSpec, now_ms: i64) -> Result<Transition,
     // A job whose shards run waits for them as it was submitted.
     if job.waits_for_shards() {
         after.job.spec.shards = job.spec.shards;
+        after.job.spec.broadcast = job.spec.broadcast;
     }
     after.job.updated_at_ms = now_ms;
     let note = if job.state == JobState::Running {
@@ -259,8 +260,20 @@ fn claim_job(stored: &StoredJob, claim: &Claim, now_ms: i64) -> Result<Transitio
             LateFire::Skip { next_ms } => return Ok(advance(stored, fire, next_ms, false, now_ms)),
         }
     }
-    if let Some(n) = job.spec.shards {
-        return Ok(fan_out(stored, after, logs, n, now_ms));
+    if job.spec.fans_out() {
+        let targets = match job.spec.shards {
+            Some(n) => vec![None; n as usize],
+            // Broadcast: one shard for each connected TaskTracker, the claim's own included.
+            None => {
+                let mut on: Vec<String> = claim.targets.clone();
+                on.push(claim.owner.clone());
+                on.sort();
+                on.dedup();
+                on.truncate(crate::model::MAX_SHARDS as usize);
+                on.into_iter().map(Some).collect()
+            }
+        };
+        return Ok(fan_out(stored, after, logs, &targets, now_ms));
     }
     logs.push(sent(&after.job, claim, now_ms));
     let mut t = changed(stored, after, logs);
@@ -268,15 +281,17 @@ fn claim_job(stored: &StoredJob, claim: &Claim, now_ms: i64) -> Result<Transitio
     Ok(t)
 }
 
-/// A claimed sharded job runs as `n` shard runs: it is running without a lease of its own (an
-/// attempt counted), and its shards are queued, due when it was, each its own job.
+/// A claimed sharded job runs as shard runs, one for each of `targets` (a broadcast's
+/// TaskTracker, or `None`: any): it is running without a lease of its own (an attempt
+/// counted), and its shards are queued, due when it was, each its own job.
 fn fan_out(
     stored: &StoredJob,
     mut after: StoredJob,
     mut logs: Vec<LogEntry>,
-    n: u32,
+    targets: &[Option<String>],
     now_ms: i64,
 ) -> Transition {
+    let n = targets.len() as u32;
     after.job.lease_owner = None;
     after.job.lease_expiry_ms = None;
     after.job.deadline_ms = None;
@@ -287,14 +302,18 @@ fn fan_out(
         parent,
         now_ms,
         LogType::Sent,
-        format!("runs as {n} shards"),
+        match parent.spec.broadcast {
+            true => format!("runs on {n} TaskTrackers (broadcast)"),
+            false => format!("runs as {n} shards"),
+        },
     ));
     let mut shards = Vec::with_capacity(n as usize);
-    for index in 0..n {
+    for (index, on) in (0..n).zip(targets) {
         let mut spec = parent.spec.clone();
         spec.task_id = format!("{}#{index}", parent.spec.task_id);
         spec.schedule = crate::Schedule::Now;
         spec.shards = None;
+        spec.broadcast = false;
         spec.rely_on_prev_cycle = false;
         spec.replace_on_exist = false;
         spec.concurrency_policy = ConcurrencyPolicy::Allow;
@@ -311,8 +330,12 @@ fn fan_out(
             of: parent.job_id.clone(),
             index,
             count: n,
+            on: on.clone(),
         });
-        let note = format!("shard {index} of {n} of {}", parent.job_id);
+        let note = match on {
+            Some(on) => format!("shard {index} of {n} of {}, for {on}", parent.job_id),
+            None => format!("shard {index} of {n} of {}", parent.job_id),
+        };
         logs.push(log(&shard, now_ms, LogType::Receive, note));
         shards.push(StoredJob::new(shard));
     }
@@ -411,7 +434,7 @@ fn fire_instance(stored: &StoredJob, claim: &Claim, fire: i64, fired: u64, now: 
         let note = format!("fire {} of {}", format_ms(fire), def.job_id);
         let receive = log(&instance, now, LogType::Receive, note);
         let mut instance = StoredJob::new(instance);
-        if instance.job.spec.shards.is_some() {
+        if instance.job.spec.fans_out() {
             // A sharded instance is queued, due now: its own claim fans it out.
             instance.job.updated_at_ms = now;
             t.follow_up = Some(FollowUp {
@@ -780,6 +803,10 @@ fn cancel(stored: &StoredJob, cause: CancelCause, now_ms: i64) -> Result<Transit
             None,
         ),
         CancelCause::WithParent(parent) => (format!("cancelled with its job {parent}"), None),
+        CancelCause::TargetGone(identity) => (
+            format!("cancelled: its TaskTracker {identity} left the cluster before it ran"),
+            None,
+        ),
         CancelCause::User if job.waits_for_shards() => (
             "cancelled by a user".to_string(),
             Some(Cascade::CancelShards {

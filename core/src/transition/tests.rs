@@ -40,6 +40,7 @@ fn claim(token: &str) -> Event {
         instance_id,
         due_by_ms: NOW,
         unfinished_instances: 0,
+        targets: Vec::new(),
     })
 }
 
@@ -390,6 +391,7 @@ fn a_claim_ahead_of_the_trigger_time_leases_from_the_start() {
             instance_id: "i1".into(),
             due_by_ms,
             unfinished_instances: 0,
+            targets: Vec::new(),
         })
     };
     // A job due 200 ms after the claim, with a 1 s timeout.
@@ -433,6 +435,7 @@ fn a_fire_while_an_earlier_run_is_unfinished_follows_the_concurrency_policy() {
             instance_id: "i2".into(),
             due_by_ms: NOW + 1_000,
             unfinished_instances: u32::from(unfinished),
+            targets: Vec::new(),
         })
     };
     let def = |policy| {
@@ -510,6 +513,7 @@ fn a_fire_while_max_concurrent_runs_are_unfinished_is_skipped() {
             instance_id: "i3".into(),
             due_by_ms: NOW + 1_000,
             unfinished_instances,
+            targets: Vec::new(),
         })
     };
     let mut def = accept(repeat(false, 3).max_concurrent(2), "d".into(), NOW).job;
@@ -755,6 +759,7 @@ fn a_run_past_its_timeout_ends_timeout_and_is_retried_while_retries_remain() {
             instance_id,
             due_by_ms: NOW,
             unfinished_instances: 0,
+            targets: Vec::new(),
         })
     };
     // The lease runs to the deadline's grace at most, however long the claim asked for.
@@ -955,6 +960,7 @@ impl World {
                         .count()
                         .min(Claim::instances_to_count(&job.job.spec) as usize)
                         as u32,
+                    targets: Vec::new(),
                 })
             }
             Op::Renew(stale) => Event::Renew {
@@ -1193,7 +1199,8 @@ fn a_sharded_job_runs_as_its_shards_and_ends_with_the_last() {
             Some(Shard {
                 of: "p".into(),
                 index: i as u32,
-                count: 3
+                count: 3,
+                on: None,
             })
         );
         assert_eq!((j.state, j.trigger_time_ms), (Queued, NOW));
@@ -1323,4 +1330,49 @@ fn a_sharded_recurring_job_shards_each_fire() {
     assert!(t.fan_out.is_empty());
     let t = run(&instance, claim("t4"), NOW + 1);
     assert_eq!(t.fan_out.len(), 2);
+}
+
+#[test]
+fn a_broadcast_job_runs_one_shard_on_each_connected_task_tracker() {
+    let mut spec = JobSpec::new("flush", "g");
+    spec.broadcast = true;
+    let queued = accept(spec, "b".into(), NOW).job;
+    let claim = Event::Claim(Claim {
+        owner: "w2".into(),
+        token: "t1".into(),
+        expiry_ms: NOW + 50,
+        instance_id: String::new(),
+        due_by_ms: NOW,
+        unfinished_instances: 0,
+        targets: vec!["w3".into(), "w1".into(), "w3".into()],
+    });
+    let t = run(&queued, claim, NOW);
+    assert_eq!(t.handout, Handout::Nothing);
+    assert!(t.job.job.waits_for_shards());
+    let on: Vec<(u32, Option<&str>)> = t
+        .fan_out
+        .iter()
+        .map(|s| {
+            let shard = s.job.shard.as_ref().unwrap();
+            (shard.index, shard.on.as_deref())
+        })
+        .collect();
+    // Each TaskTracker once, the claim's own included.
+    assert_eq!(on, [(0, Some("w1")), (1, Some("w2")), (2, Some("w3"))]);
+    assert!(t.fan_out.iter().all(|s| !s.job.spec.broadcast));
+    assert!(
+        t.logs[0]
+            .message
+            .contains("runs on 3 TaskTrackers (broadcast)")
+    );
+    // A shard whose TaskTracker left is cancelled.
+    let gone = Event::Cancel(CancelCause::TargetGone("w3".into()));
+    let t = run(&t.fan_out[2], gone, NOW + 1);
+    assert_eq!(t.job.job.state, Cancelled);
+    assert!(
+        t.logs[0]
+            .message
+            .contains("w3 left the cluster before it ran")
+    );
+    assert!(matches!(t.cascade, Some(Cascade::ShardEnded { .. })));
 }

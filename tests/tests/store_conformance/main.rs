@@ -25,6 +25,7 @@ fn claim(group: &str, owner: &str, max: usize, now: i64) -> ClaimRequest {
         now_ms: now,
         ahead_ms: 0,
         max_running: None,
+        targets: Vec::new(),
     }
 }
 
@@ -87,7 +88,8 @@ macro_rules! for_each_case {
             concurrency_policies,
             max_concurrent_caps_overlapping_runs,
             a_group_cap_limits_its_running_jobs,
-            sharded_jobs_run_as_their_shards
+            sharded_jobs_run_as_their_shards,
+            broadcast_jobs_run_once_on_each_task_tracker
         );
     };
 }

@@ -892,3 +892,54 @@ pub async fn sharded_jobs_run_as_their_shards(store: Arc<dyn JobStore>) {
             .is_empty()
     );
 }
+
+/// A broadcast job: its claim makes one shard for each TaskTracker listed (the claim's own
+/// included), each claimed by its TaskTracker only; a shard whose TaskTracker left is
+/// cancelled, and the job ends with the last shard (FAILED: one did not run).
+pub async fn broadcast_jobs_run_once_on_each_task_tracker(store: Arc<dyn JobStore>) {
+    let mut spec = JobSpec::new("flush", "g");
+    spec.broadcast = true;
+    let job = JobKey::Id(id(&store.submit(vec![spec], NOW).await.unwrap()[0]));
+    let fan = ClaimRequest {
+        targets: vec!["w2".into(), "w3".into()],
+        ..claim("g", "w1", 10, NOW)
+    };
+    assert!(store.claim(fan).await.unwrap().is_empty());
+    let p = store.get(job.clone()).await.unwrap().unwrap();
+    assert_eq!(p.shard_progress.unwrap().pending, 3, "{p:?}");
+    // Each TaskTracker gets its own shard, and no other.
+    let mut leases = Vec::new();
+    for w in ["w1", "w2"] {
+        let mut got = store.claim(claim("g", w, 10, NOW + 1)).await.unwrap();
+        assert_eq!(got.len(), 1, "{w}: {got:?}");
+        assert_eq!(got[0].job.shard.as_ref().unwrap().on.as_deref(), Some(w));
+        leases.push(got.remove(0));
+    }
+    assert!(
+        store
+            .claim(claim("g", "w9", 10, NOW + 1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for l in &leases {
+        let r = store
+            .complete(done(&l.job.job_id, &l.token, Outcome::Success, NOW + 2))
+            .await
+            .unwrap();
+        assert!(matches!(r, CompleteOutcome::Accepted { .. }), "{r:?}");
+    }
+    // w3 never came: the sweep finds its shard, and cancels it.
+    assert_eq!(
+        store.broadcast_targets(NOW).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(store.broadcast_targets(NOW + 10).await.unwrap(), ["w3"]);
+    assert_eq!(store.target_gone("w3", NOW + 20).await.unwrap(), 1);
+    let p = store.get(job).await.unwrap().unwrap();
+    assert_eq!(p.state, JobState::Failed, "{p:?}");
+    assert_eq!(p.last_message.as_deref(), Some("1 of 3 shards failed"));
+    let progress = p.shard_progress.unwrap();
+    assert_eq!((progress.succeeded, progress.failed), (2, 1));
+    assert!(store.broadcast_targets(NOW + 10).await.unwrap().is_empty());
+}

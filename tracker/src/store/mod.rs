@@ -127,6 +127,9 @@ pub struct ClaimRequest {
     /// The node group's cap on running jobs, across every tracker of the cluster: the claim
     /// leases no more than the cap leaves room for. `None`: no cap.
     pub max_running: Option<u32>,
+    /// The TaskTrackers (identities) of the node group connected now, for a broadcast job's
+    /// claim (one shard for each).
+    pub targets: Vec<String>,
 }
 
 impl ClaimRequest {
@@ -371,6 +374,14 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// How many jobs of the node group are running (leased) now, counted up to `most`.
     async fn running_count(&self, node_group: &str, most: u32) -> StoreResult<u32>;
+
+    /// The TaskTrackers that the unfinished broadcast shards created before `before_ms` are
+    /// for (at most 1,000).
+    async fn broadcast_targets(&self, before_ms: i64) -> StoreResult<Vec<String>>;
+
+    /// Cancels the unfinished broadcast shards for the TaskTracker `identity`, which left the
+    /// cluster; how many.
+    async fn target_gone(&self, identity: &str, now_ms: i64) -> StoreResult<usize>;
 
     /// Queued, due and running jobs of each node group with unfinished work, by group name,
     /// at most `limit` groups (the metrics export them).

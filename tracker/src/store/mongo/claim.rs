@@ -63,6 +63,8 @@ impl MongoStore {
             "task_tracker_node_group": &req.node_group,
             "state": JobState::Queued.code(),
             "trigger_time": { "$lte": req.due_by_ms() },
+            // Not the broadcast shards for other TaskTrackers.
+            "shard_on": { "$in": [null, &req.owner] },
         };
         // Trackers that share the queue all see the same best jobs: after this tracker lost
         // some of a claim to another one, it takes its next claims at random from a wider
@@ -106,6 +108,11 @@ impl MongoStore {
                     String::new()
                 },
                 due_by_ms: req.due_by_ms(),
+                targets: if read.stored.job.spec.broadcast {
+                    req.targets.clone()
+                } else {
+                    Vec::new()
+                },
                 unfinished_instances: self
                     .unfinished_instances(
                         &read.stored.job.job_id,

@@ -71,6 +71,7 @@ pub(super) fn job(doc: &Document) -> StoreResult<Job> {
             of: of.to_string(),
             index: int(doc, "shard_index").unwrap_or(0) as u32,
             count: int(doc, "shard_count").unwrap_or(0) as u32,
+            on: text(doc, "shard_on").map(str::to_string),
         }),
         shard_progress: None,
     })
@@ -134,6 +135,9 @@ pub(super) fn new_doc(s: &StoredJob) -> StoreResult<Document> {
         d.insert("shard_of", &shard.of);
         d.insert("shard_index", i64::from(shard.index));
         d.insert("shard_count", i64::from(shard.count));
+        if let Some(on) = &shard.on {
+            d.insert("shard_on", on);
+        }
     }
     d.extend(spec_fields(&job.spec)?);
     let (set, _) = fields(s, ALL_FIELDS)?;
@@ -446,6 +450,7 @@ mod tests {
             instance_id: "i1".into(),
             due_by_ms: NOW,
             unfinished_instances: 0,
+            targets: Vec::new(),
         });
         let report = |outcome| {
             Event::Complete(RunReport {
@@ -491,6 +496,7 @@ mod tests {
             instance_id: "i1".into(),
             due_by_ms: NOW,
             unfinished_instances: 0,
+            targets: Vec::new(),
         });
         let t = apply(&read.stored, claim, NOW, &RetryPolicy::default()).unwrap();
         let (_, u) = update(&read, &t.job, &t.write, None).unwrap().unwrap();

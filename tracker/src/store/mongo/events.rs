@@ -119,6 +119,7 @@ impl MongoStore {
             instance_id: new_id(),
             due_by_ms: now,
             unfinished_instances: 0,
+            targets: Vec::new(),
         };
         let leased = match transition::apply(&accepted.job, Event::Claim(claim), now, &self.retry) {
             Ok(t) if matches!(t.handout, Handout::Job) && t.follow_up.is_none() => t,

@@ -334,6 +334,11 @@ impl MongoStore {
             ),
             // The sharded jobs whose shards run (see `write::end_stranded_shards`).
             having(doc! { "shards_wait": 1 }, "shards_wait_only", "shards_wait"),
+            having(
+                doc! { "shard_on": 1, "done": 1 },
+                "shard_on_only",
+                "shard_on",
+            ),
         ];
         self.jobs.create_indexes(jobs_indexes).await?;
         // Their predecessors held every job (the sparse compound ones too: every job has a
@@ -506,6 +511,29 @@ impl JobStore for MongoStore {
 
     async fn running_count(&self, node_group: &str, most: u32) -> StoreResult<u32> {
         self.running_jobs(node_group, most).await
+    }
+
+    async fn broadcast_targets(&self, before_ms: i64) -> StoreResult<Vec<String>> {
+        let found = self
+            .jobs
+            .distinct(
+                "shard_on",
+                doc! {
+                    "shard_on": { "$exists": true },
+                    "done": "",
+                    "created_at": { "$lt": before_ms },
+                },
+            )
+            .await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|b| b.as_str().map(str::to_string))
+            .take(1_000)
+            .collect())
+    }
+
+    async fn target_gone(&self, identity: &str, now: i64) -> StoreResult<usize> {
+        self.cancel_for_gone_target(identity, now).await
     }
 
     async fn backlog(

@@ -290,6 +290,35 @@ impl MongoStore {
         }
         Ok(())
     }
+
+    /// Cancels the unfinished broadcast shards for the TaskTracker `identity`, which left the
+    /// cluster, each by its own transition (with its cascade: its job ends with its last
+    /// shard); how many.
+    pub(super) async fn cancel_for_gone_target(
+        &self,
+        identity: &str,
+        now: i64,
+    ) -> StoreResult<usize> {
+        let found: Vec<Document> = self
+            .jobs
+            .find(doc! { "shard_on": identity, "done": "" })
+            .await?
+            .try_collect()
+            .await?;
+        let mut n = 0;
+        for d in found {
+            let read = codec::read(&d)?;
+            let filter = doc! { "_id": &read.stored.job.job_id };
+            let gone = Event::Cancel(transition::CancelCause::TargetGone(identity.to_string()));
+            if let Applied::Done { .. } = self
+                .apply_to(&filter, First::Fresh(read), |_| gone.clone(), now)
+                .await?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// How often the sweep looks for sharded jobs to end, and how long such a job must have waited.

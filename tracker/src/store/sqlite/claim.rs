@@ -40,7 +40,7 @@ pub(super) fn claim(
     }
     let due = found_all(
         &mut conn.prepare_cached(DUE_JOBS.text())?,
-        params![req.node_group, req.due_by_ms(), max as i64],
+        params![req.node_group, req.due_by_ms(), max as i64, req.owner],
     )?;
     let mut leases = Vec::with_capacity(due.len());
     for found in &due {
@@ -56,6 +56,11 @@ pub(super) fn claim(
                 String::new()
             },
             due_by_ms: req.due_by_ms(),
+            targets: if found.stored.job.spec.broadcast {
+                req.targets.clone()
+            } else {
+                Vec::new()
+            },
             unfinished_instances: unfinished_instances(
                 conn,
                 &found.stored.job.job_id,

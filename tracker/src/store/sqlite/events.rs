@@ -321,3 +321,28 @@ pub(super) fn cancel(
         Err(other) => Err(unexpected(other)),
     }
 }
+
+/// Cancels the unfinished broadcast shards for the TaskTracker `identity`, which left the
+/// cluster, each by its own transition (its job ends with its last shard); how many.
+pub(super) fn target_gone(
+    conn: &Connection,
+    identity: &str,
+    now: i64,
+    retry: &RetryPolicy,
+) -> StoreResult<usize> {
+    let shards = found_all(
+        &mut conn.prepare_cached(&format!(
+            "SELECT {} FROM jobs INDEXED BY jobs_shard_on WHERE shard_on = ?1",
+            super::schema::JOB_COLS
+        ))?,
+        params![identity],
+    )?;
+    let mut n = 0;
+    for found in &shards {
+        let gone = Event::Cancel(CancelCause::TargetGone(identity.to_string()));
+        if change(conn, found, gone, now, retry, None)?.is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}

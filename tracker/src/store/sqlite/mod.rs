@@ -349,6 +349,26 @@ impl JobStore for SqliteStore {
         self.read(move |conn| queries::next_due(conn, &group)).await
     }
 
+    async fn broadcast_targets(&self, before_ms: i64) -> StoreResult<Vec<String>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT shard_on FROM jobs INDEXED BY jobs_shard_on
+                 WHERE shard_on IS NOT NULL AND created_at < ?1 LIMIT 1000",
+            )?;
+            let rows = stmt.query_map([before_ms], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn target_gone(&self, identity: &str, now: i64) -> StoreResult<usize> {
+        let identity = identity.to_string();
+        self.write("target_gone", move |conn, retry| {
+            events::target_gone(conn, &identity, now, retry)
+        })
+        .await
+    }
+
     async fn running_count(&self, node_group: &str, most: u32) -> StoreResult<u32> {
         let group = node_group.to_string();
         self.read(move |conn| claim::running_count(conn, &group, most))

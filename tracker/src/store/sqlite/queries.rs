@@ -63,7 +63,7 @@ pub(super) fn get(conn: &Connection, key: &JobKey) -> StoreResult<Option<Job>> {
         },
     };
     // A sharded job that ran: the shards of its current run by state.
-    if job.spec.shards.is_some() && job.shard.is_none() && job.attempt > 0 {
+    if job.spec.fans_out() && job.shard.is_none() && job.attempt > 0 {
         let run = lts_core::Shard::run_of(&job);
         job.shard_progress = Some(super::write::shard_progress(conn, &run)?);
     }

@@ -48,7 +48,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- For a shard run of a sharded job: the job's id, the shard's index and the shard count.
     shard_of       TEXT,
     shard_index    INTEGER,
-    shard_count    INTEGER
+    shard_count    INTEGER,
+    -- For a broadcast job's shard: the TaskTracker it runs on, and no other.
+    shard_on       TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
 -- Partial indexes: each holds only the rows it serves, so a state change is one index delete
@@ -57,6 +59,7 @@ CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(node_group, priority DESC, trigger
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(node_group, trigger_time) WHERE state = {QUEUED};
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(lease_expiry) WHERE state = {RUNNING};
 CREATE INDEX IF NOT EXISTS jobs_instance_of ON jobs(instance_of) WHERE instance_of IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_shard_on ON jobs(shard_on) WHERE shard_on IS NOT NULL;
 
 -- Finished jobs, in finishing order (the rowid), for the retention period. Retention deletes
 -- from the front, so no time index is needed.
@@ -155,14 +158,16 @@ macro_rules! sql {
 pub(super) const JOB_COLS: &str = "seq, job_id, node_group, task_id, state, priority, \
      trigger_time, attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner, \
      lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested, instance_of, \
-     lease_losses, deadline, shard_of, shard_index, shard_count";
+     lease_losses, deadline, shard_of, shard_index, shard_count, shard_on";
 
 sql! {
     /// The whole schema.
     SCHEMA_SQL = SCHEMA;
-    /// The due queued jobs of a node group, best first (`?1` group, `?2` now, `?3` limit).
+    /// The due queued jobs of a node group, best first (`?1` group, `?2` now, `?3` limit), but
+    /// the broadcast shards for TaskTrackers other than `?4`.
     DUE_JOBS = &format!("SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_claim \
         WHERE node_group = ?1 AND state = {{QUEUED}} AND trigger_time <= ?2 \
+        AND (shard_on IS NULL OR shard_on = ?4) \
         ORDER BY priority DESC, trigger_time ASC, seq ASC LIMIT ?3");
     /// The running jobs whose lease expired before `?1`.
     EXPIRED_LEASES = &format!("SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_lease WHERE state = {{RUNNING}} AND lease_expiry < ?1");
@@ -234,6 +239,7 @@ pub(super) fn migrate(conn: &Connection, path: &std::path::Path) -> StoreResult<
             ("shard_of", "TEXT"),
             ("shard_index", "INTEGER"),
             ("shard_count", "INTEGER"),
+            ("shard_on", "TEXT"),
         ] {
             if !has_column(conn, "jobs", column)? {
                 conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} {ty};"))?;
@@ -298,6 +304,7 @@ pub(super) fn stored_job(r: &Row<'_>) -> StoreResult<Found> {
                 of,
                 index: r.get::<_, i64>(23)? as u32,
                 count: r.get::<_, i64>(24)? as u32,
+                on: r.get(25)?,
             }),
             None => None,
         },

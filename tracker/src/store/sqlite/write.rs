@@ -169,9 +169,9 @@ pub(super) fn insert(
             "INSERT INTO jobs (job_id, node_group, task_id, state, priority, trigger_time,
                  attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner,
                  lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested,
-                 instance_of, lease_losses, deadline, shard_of, shard_index, shard_count)
+                 instance_of, lease_losses, deadline, shard_of, shard_index, shard_count, shard_on)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, ?20, ?21, ?22, ?23, ?24)
+                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
              ON CONFLICT (node_group, task_id) DO NOTHING",
         )?
         .execute(params![
@@ -199,6 +199,7 @@ pub(super) fn insert(
             job.shard.as_ref().map(|s| &s.of),
             job.shard.as_ref().map(|s| i64::from(s.index)),
             job.shard.as_ref().map(|s| i64::from(s.count)),
+            job.shard.as_ref().and_then(|s| s.on.as_ref()),
         ])?;
     Ok(n == 1)
 }

@@ -469,7 +469,18 @@ async fn a_cron_that_never_fires_is_refused_with_its_field_named() {
 #[tokio::test]
 async fn a_forbidding_job_skips_fires_while_its_run_is_unfinished() {
     let spec = JobSpec::new("tick", "forbid").concurrency_policy(ConcurrencyPolicy::Forbid);
-    capped_overlap(spec, 8, 1, "concurrency policy forbid").await;
+    capped_overlap(spec, 8, 1, "concurrency policy forbid", false).await;
+}
+
+/// Forbid and `max_concurrent` hold across a tracker killed (`kill -9`) and restarted while
+/// runs are under way: the runs the TaskTracker still holds count when the fires resume, so
+/// the cap is never passed, and no fire runs twice.
+#[tokio::test]
+async fn forbid_and_max_concurrent_hold_across_a_tracker_crash() {
+    let spec = JobSpec::new("tick", "forbid-crash").concurrency_policy(ConcurrencyPolicy::Forbid);
+    capped_overlap(spec, 14, 1, "concurrency policy forbid", true).await;
+    let spec = JobSpec::new("tick", "capped-crash").max_concurrent(2);
+    capped_overlap(spec, 14, 2, "max_concurrent (2) allows", true).await;
 }
 
 /// `max_concurrent: 2`: runs overlap, but never more than two at once; a fire while two are
@@ -477,14 +488,15 @@ async fn a_forbidding_job_skips_fires_while_its_run_is_unfinished() {
 #[tokio::test]
 async fn a_job_with_max_concurrent_never_runs_more_at_once() {
     let spec = JobSpec::new("tick", "capped").max_concurrent(2);
-    capped_overlap(spec, 10, 2, "as many as max_concurrent (2) allows").await;
+    capped_overlap(spec, 10, 2, "as many as max_concurrent (2) allows", false).await;
 }
 
 /// Runs `spec` with a repeat schedule of `fires` fires 300 ms apart, each run taking a second,
 /// on one TaskTracker with threads to spare; checks that at most (and, with fires this close,
-/// exactly) `cap` runs overlapped, and that every fire either ran or was logged skipped with
-/// `skip_note`.
-async fn capped_overlap(spec: JobSpec, fires: i64, cap: usize, skip_note: &str) {
+/// exactly) `cap` runs overlapped, that no fire ran twice, and that every fire either ran or
+/// was logged skipped with `skip_note` — or, with `crash` (the tracker killed and restarted
+/// once a run is under way), that the schedule still ends.
+async fn capped_overlap(spec: JobSpec, fires: i64, cap: usize, skip_note: &str, crash: bool) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let dir = tempfile::tempdir().unwrap();
     let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
@@ -517,6 +529,19 @@ async fn capped_overlap(spec: JobSpec, fires: i64, cap: usize, skip_note: &str) 
         first_fire_ms: None,
     });
     let id = accepted(&client.submit(spec).await.unwrap());
+    let mut tracker = tracker;
+    if crash {
+        eventually(T, "a run under way", || async {
+            (running.load(Ordering::SeqCst) > 0).then_some(())
+        })
+        .await
+        .unwrap();
+        tracker = tracker
+            .restart_after_kill9_after(Duration::from_millis(800))
+            .await
+            .unwrap();
+    }
+    let client = tracker.client();
     let j = eventually(T, "the schedule to end", || async {
         let j = client.get(JobKey::Id(id.clone())).await.ok()?;
         (j.state.is_final() && running.load(Ordering::SeqCst) == 0).then_some(j)
@@ -526,8 +551,17 @@ async fn capped_overlap(spec: JobSpec, fires: i64, cap: usize, skip_note: &str) 
     assert_eq!(j.state, JobState::Succeeded, "{j:?}");
     stop.cancel();
     h.await.unwrap();
-    assert_eq!(most.load(Ordering::SeqCst), cap, "runs at once");
+    let most = most.load(Ordering::SeqCst);
     let runs = runs.lock().unwrap().clone();
+    let mut once = runs.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), runs.len(), "a fire ran twice: {runs:?}");
+    if crash {
+        assert!((1..=cap).contains(&most), "{most} runs at once, cap {cap}");
+        return;
+    }
+    assert_eq!(most, cap, "runs at once");
     let fires = fires as usize;
     assert!(
         (cap + 1..fires).contains(&runs.len()),

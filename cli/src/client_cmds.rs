@@ -34,6 +34,9 @@ pub struct SubmitArgs {
     /// A parameter `KEY=VALUE` (repeatable).
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
+    /// Run only on TaskTrackers with this label, `KEY=VALUE` (repeatable: all of them).
+    #[arg(long = "affinity", value_name = "KEY=VALUE")]
+    affinity: Vec<String>,
     /// Send the final result to the submit node group.
     #[arg(long)]
     feedback: bool,
@@ -156,6 +159,12 @@ pub fn spec_from_args(a: &SubmitArgs, now: i64) -> CliResult<JobSpec> {
         let (k, v) = parse_param(p)?;
         params.insert(k, v);
     }
+    let mut affinity = BTreeMap::new();
+    for p in &a.affinity {
+        let (k, v) = parse_param(p)
+            .map_err(|_| CliError::Usage(format!("--affinity: expected KEY=VALUE, got {p:?}")))?;
+        affinity.insert(k, v);
+    }
     let schedule = if let Some(t) = &a.trigger_time {
         Schedule::TriggerAt {
             trigger_time_ms: parse_instant(t, now)
@@ -204,6 +213,7 @@ pub fn spec_from_args(a: &SubmitArgs, now: i64) -> CliResult<JobSpec> {
         max_concurrent: a.max_concurrent,
         shards: a.shards,
         broadcast: a.broadcast,
+        affinity,
         max_lease_losses: a.max_lease_losses,
         // Set by the client for each submit (its retries dedup).
         idempotency_key: None,
@@ -632,6 +642,7 @@ async fn get(a: GetArgs) -> CliResult {
                 .map_or_else(|| "-".into(), |n| n.to_string()),
         ),
         ("shards", shards(&job)),
+        ("affinity", s.affinity_key().unwrap_or_else(|| "-".into())),
         ("params", params),
         (
             "lease owner",

@@ -203,6 +203,10 @@ pub struct JobSpec {
     /// cancelled (and the job fails).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub broadcast: bool,
+    /// Run only on TaskTrackers that have every one of these labels (`--label key=value` on
+    /// the worker): a job no connected TaskTracker matches waits in its queue. Empty: any.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub affinity: BTreeMap<String, String>,
     /// How many runs may be lost — their TaskTracker died, froze past its lease or left the
     /// cluster without a result — before the job fails: a job that kills its worker must not
     /// walk through every worker of its group. `None`: [`DEFAULT_MAX_LEASE_LOSSES`]. Counted
@@ -221,6 +225,44 @@ pub struct JobSpec {
     /// retry after a lost answer never stores (or runs) a job twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+}
+
+/// Labels as one canonical text: `key=value` pairs in key order, joined by `,`.
+pub fn labels_key(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Whether a TaskTracker with `labels` may run a job whose affinity is the canonical `key`
+/// ([`JobSpec::affinity_key`]): it has every pair.
+pub fn labels_satisfy(labels: &BTreeMap<String, String>, key: &str) -> bool {
+    key.split(',').all(|pair| match pair.split_once('=') {
+        Some((k, v)) => labels.get(k).is_some_and(|have| have == v),
+        None => false,
+    })
+}
+
+/// The most labels a job's affinity or a TaskTracker may have.
+pub const MAX_LABELS: usize = 16;
+
+/// The longest label key or value.
+pub const MAX_LABEL_LEN: usize = 63;
+
+/// Why a label key or value is not allowed, if it is not: 1..=[`MAX_LABEL_LEN`] characters of
+/// `A-Z a-z 0-9 . _ - /` (no `=` or `,`, which the canonical text uses).
+pub fn label_problem(text: &str) -> Option<String> {
+    if text.is_empty() || text.len() > MAX_LABEL_LEN {
+        return Some(format!(
+            "must be 1..={MAX_LABEL_LEN} characters (got {})",
+            text.len()
+        ));
+    }
+    text.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')))
+        .map(|c| format!("{c:?} is not allowed (letters, digits, '.', '_', '-', '/')"))
 }
 
 /// The most shards a job may ask for.
@@ -262,6 +304,12 @@ impl JobSpec {
     pub fn schedule(mut self, schedule: Schedule) -> Self {
         self.schedule = schedule;
         self
+    }
+
+    /// The job's affinity as one canonical text, `key=value` pairs in key order joined by
+    /// `,` (how the stores keep and match it); `None` without affinity.
+    pub fn affinity_key(&self) -> Option<String> {
+        (!self.affinity.is_empty()).then(|| labels_key(&self.affinity))
     }
 
     /// Whether a claim runs the job as shard runs ([`JobSpec::shards`], [`JobSpec::broadcast`]).

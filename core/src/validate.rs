@@ -309,6 +309,37 @@ pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
         ));
     }
 
+    if spec.affinity.len() > crate::model::MAX_LABELS {
+        out.push(FieldViolation::new(
+            "affinity",
+            format!(
+                "at most {} labels (got {})",
+                crate::model::MAX_LABELS,
+                spec.affinity.len()
+            ),
+        ));
+    }
+    for (k, v) in &spec.affinity {
+        if let Some(why) = crate::model::label_problem(k) {
+            out.push(FieldViolation::new(
+                format!("affinity[{k}]"),
+                format!("key {why}"),
+            ));
+        }
+        if let Some(why) = crate::model::label_problem(v) {
+            out.push(FieldViolation::new(
+                format!("affinity[{k}]"),
+                format!("value {why}"),
+            ));
+        }
+    }
+    if spec.broadcast && !spec.affinity.is_empty() {
+        out.push(FieldViolation::new(
+            "broadcast",
+            "runs on every TaskTracker of the group: leave affinity empty",
+        ));
+    }
+
     if spec.broadcast && spec.shards.is_some() {
         out.push(FieldViolation::new(
             "broadcast",
@@ -400,6 +431,24 @@ pub fn validate_hello(hello: &proto::Hello, cluster: &str) -> Result<(), Violati
                 hello.running.len()
             ),
         ));
+    }
+    if hello.labels.len() > crate::model::MAX_LABELS {
+        v.push(FieldViolation::new(
+            "hello.labels",
+            format!(
+                "at most {} labels (got {})",
+                crate::model::MAX_LABELS,
+                hello.labels.len()
+            ),
+        ));
+    }
+    for (k, value) in &hello.labels {
+        let why = crate::model::label_problem(k)
+            .map(|w| format!("key {w}"))
+            .or_else(|| crate::model::label_problem(value).map(|w| format!("value {w}")));
+        if let Some(why) = why {
+            v.push(FieldViolation::new(format!("hello.labels[{k}]"), why));
+        }
     }
     if !hello.cluster.is_empty() && hello.cluster != cluster {
         v.push(FieldViolation::new(
@@ -596,6 +645,34 @@ mod tests {
     }
 
     #[test]
+    fn affinity_labels_are_bounded_and_plain() {
+        let mut spec = JobSpec::new("t", "g");
+        spec.affinity.insert("zone".into(), "eu-west-1a".into());
+        spec.affinity.insert("gpu".into(), "a100".into());
+        assert!(validate(&spec).is_ok());
+        assert_eq!(
+            spec.affinity_key().as_deref(),
+            Some("gpu=a100,zone=eu-west-1a")
+        );
+        spec.affinity.insert("bad,key".into(), "x".into());
+        spec.affinity.insert("k".into(), "a=b".into());
+        let refused = validate(&spec).unwrap_err();
+        let named: Vec<&str> = refused.0.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(named, ["affinity[bad,key]", "affinity[k]"], "{refused:?}");
+        let mut many = JobSpec::new("t", "g");
+        for i in 0..17 {
+            many.affinity.insert(format!("k{i}"), "v".into());
+        }
+        assert_eq!(fields(&many), ["affinity"]);
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("gpu".to_string(), "a100".to_string());
+        assert!(!crate::model::labels_satisfy(&labels, "gpu=a100,zone=eu"));
+        labels.insert("zone".to_string(), "eu".to_string());
+        labels.insert("extra".to_string(), "x".to_string());
+        assert!(crate::model::labels_satisfy(&labels, "gpu=a100,zone=eu"));
+    }
+
+    #[test]
     fn broadcast_sets_its_own_shards() {
         let mut spec = JobSpec::new("t", "g");
         spec.broadcast = true;
@@ -629,13 +706,14 @@ mod tests {
             heartbeat_ms: 500,
             prefetch: 4,
             waits_for_start: true,
+            labels: [("zone".to_string(), "eu-1".to_string())].into(),
         };
         let lease = || proto::LeaseRef {
             job_id: "j".into(),
             lease_token: "t".into(),
         };
         type Change = fn(&mut proto::Hello);
-        let cases: [(&str, Change, &[&str]); 11] = [
+        let cases: [(&str, Change, &[&str]); 12] = [
             ("a complete hello", |_| {}, &[]),
             ("no cluster: the tracker's", |h| h.cluster.clear(), &[]),
             (
@@ -664,6 +742,13 @@ mod tests {
                 "another cluster",
                 |h| h.cluster = "test".into(),
                 &["hello.cluster"],
+            ),
+            (
+                "a label with a comma",
+                |h| {
+                    h.labels.insert("a,b".into(), "c".into());
+                },
+                &["hello.labels[a,b]"],
             ),
             (
                 "too many running jobs",

@@ -31,6 +31,7 @@ const FIELDS: &[&str] = &[
     "max_concurrent",
     "shards",
     "broadcast",
+    "affinity",
     "need_feedback",
     "rely_on_prev_cycle",
 ];
@@ -125,6 +126,11 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
                 schedule,
                 (losses, timeout, concurrency, max_concurrent),
             )| {
+                let affinity = if replace {
+                    params.clone()
+                } else {
+                    Default::default()
+                };
                 JobSpec {
                     task_id,
                     task_tracker_node_group: group,
@@ -149,6 +155,7 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
                     max_concurrent,
                     shards: max_concurrent.map(|n| n * 5_000),
                     broadcast: replace && skip,
+                    affinity,
                     max_lease_losses: losses,
                     timeout_ms: timeout,
                     idempotency_key: None,

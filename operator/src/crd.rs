@@ -169,6 +169,10 @@ pub struct NodeGroupSpec {
     /// Image pull policy of every container (`Always`, `IfNotPresent`, `Never`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
+    /// TaskTracker: labels its pods announce; Jobs whose `affinity` they satisfy (and Jobs
+    /// without affinity) run on them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// TaskTracker: jobs run at once per pod (default 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4096))]
@@ -355,6 +359,7 @@ impl NodeGroupSpec {
             replicas: 1,
             image: None,
             image_pull_policy: None,
+            labels: BTreeMap::new(),
             threads: None,
             worker: None,
             resources: None,
@@ -608,6 +613,10 @@ pub struct JobSpec {
     /// say), with the accounting of `shards`; not with `shards`.
     #[serde(default)]
     pub broadcast: bool,
+    /// Run only on TaskTrackers with every one of these labels (a TaskTracker NodeGroup's
+    /// `labels`); a Job no TaskTracker matches waits queued.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub affinity: BTreeMap<String, String>,
     /// No runs or fires while true.
     #[serde(default)]
     pub suspend: bool,

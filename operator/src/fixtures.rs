@@ -63,6 +63,7 @@ pub fn job(name: &str) -> Job {
             max_concurrent: None,
             shards: None,
             broadcast: false,
+            affinity: Default::default(),
             suspend: false,
         },
     );

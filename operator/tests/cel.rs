@@ -31,6 +31,7 @@ fn job() -> Job {
             max_concurrent: None,
             shards: None,
             broadcast: false,
+            affinity: Default::default(),
             suspend: false,
         },
     )

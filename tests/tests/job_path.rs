@@ -246,6 +246,7 @@ fn raw_hello(group: &str, identity: &str, threads: u32, heartbeat_ms: u32) -> pr
         heartbeat_ms,
         prefetch: 0,
         waits_for_start: false,
+        labels: Default::default(),
     }
 }
 

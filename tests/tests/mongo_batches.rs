@@ -58,6 +58,7 @@ async fn concurrent_results_share_commands_and_a_stale_one_is_refused_alone() {
             ahead_ms: 0,
             max_running: None,
             targets: Vec::new(),
+            labels: Default::default(),
         })
         .await
         .unwrap();
@@ -172,6 +173,7 @@ async fn a_due_job_is_stored_already_leased_and_anything_else_is_an_ordinary_sub
         ahead_ms: 0,
         max_running: None,
         targets: Vec::new(),
+        labels: Default::default(),
     };
     // Due now: one insert of the job as leased to w1, with both log lines.
     let (out, lease) = a
@@ -268,6 +270,7 @@ async fn trackers_racing_for_one_queue_lease_every_job_once() {
                         ahead_ms: 0,
                         max_running: None,
                         targets: Vec::new(),
+                        labels: Default::default(),
                     })
                     .await
                     .unwrap();
@@ -328,6 +331,7 @@ async fn racing_trackers_never_run_a_capped_group_past_its_cap() {
                         ahead_ms: 0,
                         max_running: Some(cap),
                         targets: Vec::new(),
+                        labels: Default::default(),
                     })
                     .await
                     .unwrap();

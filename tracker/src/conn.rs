@@ -23,6 +23,7 @@ pub struct WorkerConn {
     heartbeat: Option<Heartbeat>,
     held: Mutex<HashMap<String, HeldLease>>,
     waits_for_start: bool,
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 impl WorkerConn {
@@ -33,7 +34,20 @@ impl WorkerConn {
             heartbeat,
             held: Mutex::new(HashMap::new()),
             waits_for_start: false,
+            labels: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// The same stream, of a TaskTracker with these labels (its Hello's): it is sent the jobs
+    /// whose affinity they satisfy.
+    pub fn labelled(mut self, labels: std::collections::BTreeMap<String, String>) -> WorkerConn {
+        self.labels = labels;
+        self
+    }
+
+    /// The TaskTracker's labels.
+    pub fn labels(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.labels
     }
 
     /// The same stream, of a TaskTracker that holds a job sent ahead of its trigger time until

@@ -124,6 +124,8 @@ impl Reserved {
             max_running: None,
             // A broadcast job is never leased at its submit: its claim fans it out.
             targets: Vec::new(),
+            // Nor is a job with affinity (see `JobService::store_specs`).
+            labels: Default::default(),
         }
     }
 }
@@ -727,6 +729,7 @@ impl Dispatcher {
                     },
                     max_running: self.cap(&group.name),
                     targets: targets.clone(),
+                    labels: p.conn.labels().clone(),
                 })
             });
             let results = futures::future::join_all(claims).await;

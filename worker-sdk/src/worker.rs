@@ -47,6 +47,7 @@ pub struct TaskTrackerBuilder {
     threads: u32,
     prefetch: u32,
     identity: Option<String>,
+    labels: std::collections::BTreeMap<String, String>,
     grace: Duration,
     heartbeat: Duration,
     silence: Duration,
@@ -128,6 +129,13 @@ impl TaskTrackerBuilder {
         self
     }
 
+    /// A label of this TaskTracker: it is sent the jobs whose affinity its labels satisfy (and
+    /// the jobs without affinity). At most [`lts_core::model::MAX_LABELS`].
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
     /// How long running jobs may take to finish on shutdown (default 30 s).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
@@ -197,6 +205,20 @@ impl TaskTrackerBuilder {
                 "must be at least 1",
             ));
         }
+        if self.labels.len() > lts_core::model::MAX_LABELS {
+            v.push(lts_core::FieldViolation::new(
+                "labels",
+                format!("at most {} labels", lts_core::model::MAX_LABELS),
+            ));
+        }
+        for (k, value) in &self.labels {
+            let why = lts_core::model::label_problem(k)
+                .map(|w| format!("key {w}"))
+                .or_else(|| lts_core::model::label_problem(value).map(|w| format!("value {w}")));
+            if let Some(why) = why {
+                v.push(lts_core::FieldViolation::new(format!("labels[{k}]"), why));
+            }
+        }
         if self.prefetch > lts_core::validate::MAX_PREFETCH {
             v.push(lts_core::FieldViolation::new(
                 "prefetch",
@@ -252,6 +274,7 @@ impl TaskTrackerBuilder {
             creds: self.creds,
             threads: self.threads,
             prefetch: self.prefetch,
+            labels: self.labels,
             slots: Arc::new(Semaphore::new(self.threads as usize)),
             grace: self.grace,
             heartbeat: self.heartbeat,
@@ -294,6 +317,7 @@ pub struct TaskTracker {
     creds: Credentials,
     threads: u32,
     prefetch: u32,
+    labels: std::collections::BTreeMap<String, String>,
     /// One permit per thread: a job runs while it holds one.
     slots: Arc<Semaphore>,
     grace: Duration,
@@ -372,6 +396,7 @@ impl TaskTracker {
             threads: 8,
             prefetch: 0,
             identity: None,
+            labels: Default::default(),
             grace: Duration::from_secs(30),
             heartbeat: Duration::from_millis(500),
             silence: Duration::from_secs(2),
@@ -598,6 +623,7 @@ impl TaskTracker {
                 heartbeat_ms: self.heartbeat.as_millis() as u32,
                 prefetch: self.prefetch,
                 waits_for_start: true,
+                labels: self.labels.clone().into_iter().collect(),
             }),
         );
         // A frozen tracker accepts the connection (its kernel does) but never answers.

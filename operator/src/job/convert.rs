@@ -252,6 +252,7 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
         // Out of range: 0, which the validation below names.
         shards: spec.shards.map(|n| u32::try_from(n).unwrap_or(0)),
         broadcast: spec.broadcast,
+        affinity: spec.affinity.clone(),
         max_lease_losses: spec.max_lease_losses.map(|n| n.max(0) as u32),
         timeout_ms: spec
             .timeout_seconds

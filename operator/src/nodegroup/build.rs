@@ -616,6 +616,12 @@ fn worker_env(ng: &NodeGroup, v: &Validated, secure: bool) -> Vec<EnvVar> {
             ng.spec.threads.unwrap_or(DEFAULT_THREADS).to_string(),
         ),
     ];
+    if !ng.spec.labels.is_empty() {
+        out.push(env(
+            "LTS_LABELS",
+            lts_core::model::labels_key(&ng.spec.labels),
+        ));
+    }
     match &v.discovery {
         Some(TrackerDiscovery::Registry(url)) => out.push(env("LTS_REGISTRY", url.clone())),
         Some(TrackerDiscovery::Service(addr)) => out.push(env("LTS_TRACKER", addr.clone())),

@@ -104,6 +104,11 @@ fn sdk_task_tracker_gets_lts_env_and_finds_trackers_through_the_service() {
     tt.spec.image = Some("example/mailer:1".into());
     tt.spec.threads = Some(16);
     tt.spec.env = vec![env("SMTP_HOST", "smtp")];
+    tt.spec.labels = [
+        ("zone".to_string(), "eu".to_string()),
+        ("gpu".to_string(), "a100".to_string()),
+    ]
+    .into();
     let v = validate(&tt, &[jt, tt.clone()]).unwrap();
     let d = build(&tt, &v, &BuildConfig::default());
     assert!(d.service.is_none());
@@ -116,6 +121,11 @@ fn sdk_task_tracker_gets_lts_env_and_finds_trackers_through_the_service() {
     assert_eq!(env_value(c, "LTS_NODE_GROUP").as_deref(), Some("mailers"));
     assert_eq!(env_value(c, "LTS_CLUSTER").as_deref(), Some("prod"));
     assert_eq!(env_value(c, "SMTP_HOST").as_deref(), Some("smtp"));
+    // Its labels, for the jobs' affinity.
+    assert_eq!(
+        env_value(c, "LTS_LABELS").as_deref(),
+        Some("gpu=a100,zone=eu")
+    );
     assert_eq!(c.image.as_deref(), Some("example/mailer:1"));
 }
 

@@ -26,6 +26,7 @@ fn claim(group: &str, owner: &str, max: usize, now: i64) -> ClaimRequest {
         ahead_ms: 0,
         max_running: None,
         targets: Vec::new(),
+        labels: Default::default(),
     }
 }
 
@@ -89,7 +90,8 @@ macro_rules! for_each_case {
             max_concurrent_caps_overlapping_runs,
             a_group_cap_limits_its_running_jobs,
             sharded_jobs_run_as_their_shards,
-            broadcast_jobs_run_once_on_each_task_tracker
+            broadcast_jobs_run_once_on_each_task_tracker,
+            affinity_matches_jobs_to_labelled_task_trackers
         );
     };
 }

@@ -943,3 +943,61 @@ pub async fn broadcast_jobs_run_once_on_each_task_tracker(store: Arc<dyn JobStor
     assert_eq!((progress.succeeded, progress.failed), (2, 1));
     assert!(store.broadcast_targets(NOW + 10).await.unwrap().is_empty());
 }
+
+/// Affinity: a claim takes the jobs whose affinity its TaskTracker's labels satisfy (and the
+/// jobs without), never another's; a job that no TaskTracker matches waits, and a replace
+/// that drops its affinity lets anyone take it.
+pub async fn affinity_matches_jobs_to_labelled_task_trackers(store: Arc<dyn JobStore>) {
+    let with = |task: &str, labels: &[(&str, &str)]| {
+        let mut spec = JobSpec::new(task, "g");
+        for (k, v) in labels {
+            spec.affinity.insert(k.to_string(), v.to_string());
+        }
+        spec
+    };
+    store
+        .submit(
+            vec![
+                with("any", &[]),
+                with("a100", &[("gpu", "a100")]),
+                with("a100-eu", &[("gpu", "a100"), ("zone", "eu")]),
+                with("h100", &[("gpu", "h100")]),
+            ],
+            NOW,
+        )
+        .await
+        .unwrap();
+    let labelled = |owner: &str, labels: &[(&str, &str)]| ClaimRequest {
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..claim("g", owner, 10, NOW)
+    };
+    let tasks = |leases: Vec<lts_tracker::store::Lease>| {
+        let mut t: Vec<String> = leases.into_iter().map(|l| l.job.spec.task_id).collect();
+        t.sort();
+        t
+    };
+    let w1 = store
+        .claim(labelled("w1", &[("gpu", "a100")]))
+        .await
+        .unwrap();
+    assert_eq!(tasks(w1), ["a100", "any"]);
+    let w2 = labelled("w2", &[("gpu", "a100"), ("zone", "eu"), ("x", "y")]);
+    assert_eq!(tasks(store.claim(w2).await.unwrap()), ["a100-eu"]);
+    assert!(store.claim(labelled("w3", &[])).await.unwrap().is_empty());
+    // Nobody has gpu=h100: it waits. Replaced without affinity, anyone takes it.
+    let mut plain = with("h100", &[]);
+    plain.replace_on_exist = true;
+    let out = store.submit(vec![plain], NOW + 1).await.unwrap();
+    assert!(matches!(out[0], SubmitOutcome::Replaced { .. }), "{out:?}");
+    let w3 = store
+        .claim(ClaimRequest {
+            now_ms: NOW + 2,
+            ..labelled("w3", &[])
+        })
+        .await
+        .unwrap();
+    assert_eq!(tasks(w3), ["h100"]);
+}

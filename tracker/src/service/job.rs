@@ -532,7 +532,10 @@ impl JobApi {
     ) -> Result<(Vec<SubmitOutcome>, bool), Status> {
         let core = &self.0;
         let reserved = match specs.as_slice() {
-            [one] => core.dispatcher.reserve_idle(&one.task_tracker_node_group),
+            // A job with affinity goes through a claim, which matches it to a TaskTracker.
+            [one] if one.affinity.is_empty() => {
+                core.dispatcher.reserve_idle(&one.task_tracker_node_group)
+            }
             _ => None,
         };
         let Some((reserved, spec)) = reserved.and_then(|r| Some((r, specs.pop()?))) else {

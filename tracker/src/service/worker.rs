@@ -84,7 +84,8 @@ impl WorkerService for WorkerApi {
                 (hello.heartbeat_ms > 0)
                     .then(|| Heartbeat::new(core.heartbeat * crate::conn::SILENT_AFTER_PINGS)),
             )
-            .waiting_for_start(hello.waits_for_start),
+            .waiting_for_start(hello.waits_for_start)
+            .labelled(hello.labels.clone().into_iter().collect()),
         );
         // Leases the TaskTracker still holds from an earlier connection: renewing them through
         // this stream moves them here (the old stream's leases no longer match).

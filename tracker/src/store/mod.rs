@@ -130,6 +130,9 @@ pub struct ClaimRequest {
     /// The TaskTrackers (identities) of the node group connected now, for a broadcast job's
     /// claim (one shard for each).
     pub targets: Vec<String>,
+    /// The labels of the TaskTracker that will hold the leases: only the jobs whose affinity
+    /// they satisfy are claimed.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl ClaimRequest {

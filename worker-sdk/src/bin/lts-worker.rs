@@ -50,6 +50,10 @@ struct Cli {
     /// Identity (default: host name and a random suffix).
     #[arg(long, env = "LTS_IDENTITY")]
     identity: Option<String>,
+    /// A label, `key=value`, for the jobs' affinity: repeat the flag, or separate with commas.
+    /// This TaskTracker is sent the jobs whose affinity its labels satisfy (and those without).
+    #[arg(long = "label", env = "LTS_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     /// Seconds running jobs may take to finish on SIGTERM before they are handed back.
     #[arg(long, env = "LTS_SHUTDOWN_GRACE", default_value_t = 30)]
     shutdown_grace: u64,
@@ -131,6 +135,9 @@ async fn main() -> ExitCode {
             log_line_bytes: cli.max_log_line_bytes,
         })
         .runner_arc(runner);
+    for (k, v) in cli.labels {
+        builder = builder.label(k, v);
+    }
     if let Some(id) = cli.identity {
         builder = builder.identity(id);
     }
@@ -203,4 +210,12 @@ async fn serve_health(listener: tokio::net::TcpListener, connection: lts_worker_
     if let Err(e) = axum::serve(listener, router).await {
         tracing::warn!(error = %e, "health listener stopped");
     }
+}
+
+/// One `--label` value: `key=value`.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected key=value"))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
 }

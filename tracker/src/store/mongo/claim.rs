@@ -16,7 +16,7 @@ use futures::future::try_join_all;
 use lts_core::JobState;
 use lts_core::schedule::fires_overlapping_instances;
 use lts_core::transition::{self, Cascade, Claim, Event, Handout, Transition};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 
 use super::MongoStore;
 use super::codec::{self, Read};
@@ -63,8 +63,10 @@ impl MongoStore {
             "task_tracker_node_group": &req.node_group,
             "state": JobState::Queued.code(),
             "trigger_time": { "$lte": req.due_by_ms() },
-            // Not the broadcast shards for other TaskTrackers.
+            // Not the broadcast shards for other TaskTrackers, nor the jobs whose affinity the
+            // TaskTracker's labels do not satisfy.
             "shard_on": { "$in": [null, &req.owner] },
+            "affinity": { "$in": self.allowed_affinities(&req).await? },
         };
         // Trackers that share the queue all see the same best jobs: after this tracker lost
         // some of a claim to another one, it takes its next claims at random from a wider
@@ -230,6 +232,28 @@ impl MongoStore {
             .limit(u64::from(most))
             .await?;
         Ok(u32::try_from(n).unwrap_or(most).min(most))
+    }
+
+    /// The affinities of the group's queued jobs that the claiming TaskTracker's labels
+    /// satisfy, and `null` (no affinity): the few distinct ones, through their own index.
+    async fn allowed_affinities(&self, req: &ClaimRequest) -> StoreResult<Vec<Bson>> {
+        let found = self
+            .jobs
+            .distinct(
+                "affinity",
+                doc! {
+                    "task_tracker_node_group": &req.node_group,
+                    "state": JobState::Queued.code(),
+                    "affinity": { "$gt": "" },
+                },
+            )
+            .await?;
+        let mut allowed = vec![Bson::Null];
+        allowed.extend(found.into_iter().filter(|key| {
+            key.as_str()
+                .is_some_and(|k| lts_core::model::labels_satisfy(&req.labels, k))
+        }));
+        Ok(allowed)
     }
 
     /// Whether a claim of this node group lost jobs to another tracker lately.

@@ -131,6 +131,9 @@ pub(super) fn new_doc(s: &StoredJob) -> StoreResult<Document> {
         // The `submit_key` index answers a repeated submit with this job.
         d.insert("submit_key", key);
     }
+    if let Some(key) = job.spec.affinity_key() {
+        d.insert("affinity", key);
+    }
     if let Some(shard) = &job.shard {
         d.insert("shard_of", &shard.of);
         d.insert("shard_index", i64::from(shard.index));
@@ -183,7 +186,11 @@ pub(super) fn fields(s: &StoredJob, fields: &[Field]) -> StoreResult<(Document, 
                 let waits = job.waits_for_shards().then_some(Bson::Boolean(true));
                 put(&mut set, &mut unset, "shards_wait", waits);
             }
-            Field::Spec => set.extend(spec_fields(&job.spec)?),
+            Field::Spec => {
+                set.extend(spec_fields(&job.spec)?);
+                let affinity = job.spec.affinity_key().map(Bson::String);
+                put(&mut set, &mut unset, "affinity", affinity);
+            }
             Field::Attempt => {
                 set.insert("attempt", i64::from(job.attempt));
                 set.insert("lease_losses", i64::from(job.lease_losses));

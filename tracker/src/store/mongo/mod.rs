@@ -339,6 +339,19 @@ impl MongoStore {
                 "shard_on_only",
                 "shard_on",
             ),
+            // The distinct affinities of a group's queue, for its claims.
+            IndexModel::builder()
+                .keys(doc! { "task_tracker_node_group": 1, "affinity": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .name("affinity_queued".to_string())
+                        .partial_filter_expression(doc! {
+                            "state": JobState::Queued.code(),
+                            "affinity": { "$gt": "" },
+                        })
+                        .build(),
+                )
+                .build(),
         ];
         self.jobs.create_indexes(jobs_indexes).await?;
         // Their predecessors held every job (the sparse compound ones too: every job has a

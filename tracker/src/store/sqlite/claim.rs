@@ -40,7 +40,13 @@ pub(super) fn claim(
     }
     let due = found_all(
         &mut conn.prepare_cached(DUE_JOBS.text())?,
-        params![req.node_group, req.due_by_ms(), max as i64, req.owner],
+        params![
+            req.node_group,
+            req.due_by_ms(),
+            max as i64,
+            req.owner,
+            allowed_affinities(conn, req)?
+        ],
     )?;
     let mut leases = Vec::with_capacity(due.len());
     for found in &due {
@@ -105,4 +111,22 @@ pub(super) fn running_count(conn: &Connection, node_group: &str, most: u32) -> S
              WHERE state = {RUNNING} AND node_group = ?1 LIMIT ?2)",
         ))?
         .query_row(params![node_group, i64::from(most)], |r| r.get(0))?)
+}
+
+/// The affinities of the group's queued jobs that the claiming TaskTracker's labels satisfy,
+/// as a JSON array (the few distinct ones, through their own index).
+fn allowed_affinities(conn: &Connection, req: &ClaimRequest) -> StoreResult<String> {
+    let mut stmt = conn.prepare_cached(&states(
+        "SELECT DISTINCT affinity FROM jobs INDEXED BY jobs_affinity
+         WHERE node_group = ?1 AND affinity IS NOT NULL AND state = {QUEUED}",
+    ))?;
+    let found = stmt.query_map(params![req.node_group], |r| r.get::<_, String>(0))?;
+    let mut allowed = Vec::new();
+    for key in found {
+        let key = key?;
+        if lts_core::model::labels_satisfy(&req.labels, &key) {
+            allowed.push(key);
+        }
+    }
+    Ok(serde_json::to_string(&allowed).unwrap_or_else(|_| "[]".into()))
 }

@@ -50,7 +50,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     shard_index    INTEGER,
     shard_count    INTEGER,
     -- For a broadcast job's shard: the TaskTracker it runs on, and no other.
-    shard_on       TEXT
+    shard_on       TEXT,
+    -- The spec's affinity, canonical (`key=value,...` in key order): only TaskTrackers with
+    -- these labels claim it.
+    affinity       TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
 -- Partial indexes: each holds only the rows it serves, so a state change is one index delete
@@ -60,6 +63,8 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs(node_group, trigger_time) WHERE stat
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(lease_expiry) WHERE state = {RUNNING};
 CREATE INDEX IF NOT EXISTS jobs_instance_of ON jobs(instance_of) WHERE instance_of IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_shard_on ON jobs(shard_on) WHERE shard_on IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_affinity ON jobs(node_group, affinity)
+    WHERE affinity IS NOT NULL AND state = {QUEUED};
 
 -- Finished jobs, in finishing order (the rowid), for the retention period. Retention deletes
 -- from the front, so no time index is needed.
@@ -164,10 +169,12 @@ sql! {
     /// The whole schema.
     SCHEMA_SQL = SCHEMA;
     /// The due queued jobs of a node group, best first (`?1` group, `?2` now, `?3` limit), but
-    /// the broadcast shards for TaskTrackers other than `?4`.
+    /// the broadcast shards for TaskTrackers other than `?4` and the jobs whose affinity is
+    /// not in the JSON array `?5`.
     DUE_JOBS = &format!("SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_claim \
         WHERE node_group = ?1 AND state = {{QUEUED}} AND trigger_time <= ?2 \
         AND (shard_on IS NULL OR shard_on = ?4) \
+        AND (affinity IS NULL OR affinity IN (SELECT value FROM json_each(?5))) \
         ORDER BY priority DESC, trigger_time ASC, seq ASC LIMIT ?3");
     /// The running jobs whose lease expired before `?1`.
     EXPIRED_LEASES = &format!("SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_lease WHERE state = {{RUNNING}} AND lease_expiry < ?1");
@@ -240,6 +247,7 @@ pub(super) fn migrate(conn: &Connection, path: &std::path::Path) -> StoreResult<
             ("shard_index", "INTEGER"),
             ("shard_count", "INTEGER"),
             ("shard_on", "TEXT"),
+            ("affinity", "TEXT"),
         ] {
             if !has_column(conn, "jobs", column)? {
                 conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} {ty};"))?;

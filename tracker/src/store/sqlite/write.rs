@@ -169,9 +169,10 @@ pub(super) fn insert(
             "INSERT INTO jobs (job_id, node_group, task_id, state, priority, trigger_time,
                  attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner,
                  lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested,
-                 instance_of, lease_losses, deadline, shard_of, shard_index, shard_count, shard_on)
+                 instance_of, lease_losses, deadline, shard_of, shard_index, shard_count, shard_on,
+                 affinity)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
+                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)
              ON CONFLICT (node_group, task_id) DO NOTHING",
         )?
         .execute(params![
@@ -200,6 +201,7 @@ pub(super) fn insert(
             job.shard.as_ref().map(|s| i64::from(s.index)),
             job.shard.as_ref().map(|s| i64::from(s.count)),
             job.shard.as_ref().and_then(|s| s.on.as_ref()),
+            job.spec.affinity_key(),
         ])?;
     Ok(n == 1)
 }
@@ -208,7 +210,7 @@ pub(super) fn insert(
 fn columns(field: Field) -> &'static [&'static str] {
     match field {
         Field::State => &["state"],
-        Field::Spec => &["spec", "priority"],
+        Field::Spec => &["spec", "priority", "affinity"],
         Field::Attempt => &["attempt", "lease_losses"],
         Field::TriggerTime => &["trigger_time"],
         Field::ScheduledFire => &["scheduled_fire"],
@@ -232,7 +234,11 @@ fn values(field: Field, s: &StoredJob, spec_json: Option<&str>) -> StoreResult<V
                 Some(text) => text.to_string(),
                 None => encode(&job.spec)?,
             };
-            vec![text.into(), job.spec.priority.into()]
+            vec![
+                text.into(),
+                job.spec.priority.into(),
+                job.spec.affinity_key().into(),
+            ]
         }
         Field::Attempt => vec![
             i64::from(job.attempt).into(),

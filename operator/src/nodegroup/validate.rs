@@ -131,6 +131,24 @@ pub fn validate(ng: &NodeGroup, siblings: &[NodeGroup]) -> Result<Validated, Inv
     if let Some(t) = &spec.pod_template {
         problems.extend(super::template::check(t));
     }
+    if spec.labels.len() > lts_core::model::MAX_LABELS {
+        problems.push(format!(
+            "spec.labels: at most {} labels (got {})",
+            lts_core::model::MAX_LABELS,
+            spec.labels.len()
+        ));
+    }
+    for (k, v) in &spec.labels {
+        let why = lts_core::model::label_problem(k)
+            .map(|w| format!("key {w}"))
+            .or_else(|| lts_core::model::label_problem(v).map(|w| format!("value {w}")));
+        if let Some(why) = why {
+            problems.push(format!("spec.labels[{k}]: {why}"));
+        }
+    }
+    if spec.role == NodeRole::JobTracker && !spec.labels.is_empty() {
+        problems.push("spec.labels: apply to TaskTracker NodeGroups only".into());
+    }
     let job_trackers: Vec<&NodeGroup> = siblings
         .iter()
         .filter(|s| s.spec.role == NodeRole::JobTracker && s.spec.cluster == spec.cluster)
@@ -336,6 +354,28 @@ mod tests {
             key: "uri".into(),
         });
         assert_eq!(validate(&jt, &[]).unwrap().registry, "zookeeper://zk:2181");
+    }
+
+    #[test]
+    fn labels_are_plain_and_for_task_trackers() {
+        let jt = nodegroup("tracker", NodeRole::JobTracker);
+        let mut tt = nodegroup("gpus", NodeRole::TaskTracker);
+        tt.spec.image = Some("example/gpu:1".into());
+        tt.spec.labels = [("gpu".to_string(), "a100".to_string())].into();
+        assert!(validate(&tt, &[jt.clone(), tt.clone()]).is_ok());
+        tt.spec.labels.insert("zone".into(), "eu,west".into());
+        let (msg, _) = problems(&tt, &[jt.clone(), tt.clone()]);
+        assert!(
+            msg.contains("spec.labels[zone]: value ',' is not allowed"),
+            "{msg}"
+        );
+        let mut labelled_jt = jt.clone();
+        labelled_jt.spec.labels = [("a".to_string(), "b".to_string())].into();
+        let (msg, _) = problems(&labelled_jt, &[]);
+        assert!(
+            msg.contains("spec.labels: apply to TaskTracker NodeGroups only"),
+            "{msg}"
+        );
     }
 
     #[test]

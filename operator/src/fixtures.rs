@@ -569,6 +569,9 @@ impl FakeApi {
                         send.send_response(json_response(&object));
                     }
                     (Method::POST, [.., "events"]) => send.send_response(json_response(&body)),
+                    // The recorder patches an event it published a moment ago (the same
+                    // reason again) into a series instead of posting another.
+                    (Method::PATCH, [.., "events", _]) => send.send_response(json_response(&body)),
                     (method, _) => panic!("the fake API server does not serve {method} {path}"),
                 }
                 // Answer the watches that have news (each answer ends its watch request).

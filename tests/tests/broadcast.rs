@@ -64,9 +64,12 @@ async fn ended(client: &JobClient, id: &str) -> lts_core::Job {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_runs_on_every_task_tracker_and_ends_when_one_dies() {
     let dir = tempfile::tempdir().unwrap();
-    let tracker = TrackerProc::start(dir.path(), &["--orphan-grace-ms", "300"])
-        .await
-        .unwrap();
+    let tracker = TrackerProc::start(
+        dir.path(),
+        &["--orphan-grace-ms", "300", "--broadcast-grace-ms", "2000"],
+    )
+    .await
+    .unwrap();
     let client = tracker.client();
     let runs = dir.path().join("runs.txt");
     let mut workers: Vec<Proc> = ["w0", "w1", "w2"]

@@ -155,6 +155,12 @@ pub struct TrackerConfig {
     /// queued again, in milliseconds.
     #[arg(long, env = "LTS_ORPHAN_GRACE_MS", default_value_t = 2_000)]
     pub orphan_grace_ms: u64,
+    /// A broadcast job's shard at least this old (milliseconds) whose TaskTracker is neither
+    /// connected nor registered is cancelled by the master, and the job ends without it.
+    /// 1000..=3600000.
+    #[arg(long, env = "LTS_BROADCAST_GRACE_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
+    pub broadcast_grace_ms: u64,
     /// Delay before the first retry of a LATER/EXCEPTION outcome, in milliseconds.
     #[arg(long, env = "LTS_RETRY_MIN_DELAY_MS", default_value_t = 1_000)]
     pub retry_min_delay_ms: u64,
@@ -269,6 +275,7 @@ impl TrackerConfig {
             identity: None,
             lease_ms: 15_000,
             orphan_grace_ms: 2_000,
+            broadcast_grace_ms: 10_000,
             heartbeat_ms: 500,
             idle_poll_ms: 500,
             claim_ahead_ms: 200,
@@ -539,6 +546,7 @@ impl Tracker {
             registry,
             feedback,
             orphan_grace: Duration::from_millis(config.orphan_grace_ms),
+            broadcast_grace: Duration::from_millis(config.broadcast_grace_ms),
             register_peers: zk.is_none(),
             shutdown: shutdown.clone(),
             heartbeat: Duration::from_millis(config.heartbeat_ms),
@@ -764,15 +772,17 @@ fn spawn_master_loops(core: Arc<TrackerCore>, retention_hours: u64) {
     });
 }
 
-/// How long a broadcast shard may wait for a TaskTracker that is not in the cluster (a claim
-/// that listed one just leaving, one that left since) before it is cancelled.
-const BROADCAST_GRACE_MS: i64 = 10_000;
-
 /// Master only: cancels the broadcast shards for TaskTrackers that left the cluster — none
-/// connected here, none registered — so that their jobs end instead of waiting for them.
+/// connected here, none registered — so that their jobs end instead of waiting for them. Only
+/// shards at least `broadcast_grace` old (a claim may have listed a TaskTracker just leaving).
 async fn end_broadcasts_to_gone_task_trackers(core: &TrackerCore) {
     let now = now_ms();
-    let targets = match core.store.broadcast_targets(now - BROADCAST_GRACE_MS).await {
+    let grace = i64::try_from(core.broadcast_grace.as_millis()).unwrap_or(i64::MAX);
+    let targets = match core
+        .store
+        .broadcast_targets(now.saturating_sub(grace))
+        .await
+    {
         Ok(targets) => targets,
         Err(e) => {
             tracing::warn!(error = %e, "looking for broadcast shards failed");

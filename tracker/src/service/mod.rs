@@ -46,6 +46,9 @@ pub struct TrackerCore {
     pub feedback: Arc<FeedbackHub>,
     /// How long a disconnected TaskTracker may take to come back before its jobs are re-queued.
     pub orphan_grace: Duration,
+    /// How long a broadcast shard may wait for a TaskTracker that is not in the cluster before
+    /// it is cancelled.
+    pub broadcast_grace: Duration,
     /// Register connected TaskTrackers and JobClients in the registry on their behalf (the
     /// local registry); with ZooKeeper they register themselves.
     pub register_peers: bool,

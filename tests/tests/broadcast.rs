@@ -47,18 +47,10 @@ async fn submit(client: &JobClient, task: &str) -> String {
 }
 
 async fn ended(client: &JobClient, id: &str) -> lts_core::Job {
-    let started = Instant::now();
-    loop {
-        let job = client.get(JobKey::Id(id.to_string())).await.unwrap();
-        if job.state.is_final() {
-            return job;
-        }
-        assert!(
-            started.elapsed() < T,
-            "the broadcast job never ended: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    client
+        .wait(JobKey::Id(id.to_string()), Some(T))
+        .await
+        .expect("the job to end")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,16 +135,8 @@ fn starts(path: &Path) -> Vec<Start> {
 }
 
 async fn wait_for_end(client: &JobClient, id: &str) -> lts_core::Job {
-    let started = Instant::now();
-    loop {
-        let job = client.get(JobKey::Id(id.to_string())).await.unwrap();
-        if job.state.is_final() {
-            return job;
-        }
-        assert!(
-            started.elapsed() < T,
-            "the sharded job never ended: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    client
+        .wait(JobKey::Id(id.to_string()), Some(T))
+        .await
+        .expect("the job to end")
 }

@@ -673,6 +673,16 @@ impl Dispatcher {
         }
     }
 
+    /// Waits for a work signal or the idle poll; `false` when the dispatcher or the group ends.
+    async fn rest(&self, group: &Group) -> bool {
+        tokio::select! {
+            _ = group.wake.notified() => true,
+            _ = tokio::time::sleep(self.idle_poll) => true,
+            _ = self.shutdown.cancelled() => false,
+            _ = group.closed.cancelled() => false,
+        }
+    }
+
     async fn run_group(self: Arc<Self>, group: Arc<Group>) {
         let mut backoff_ms = 0u64;
         loop {
@@ -704,11 +714,8 @@ impl Dispatcher {
             if plan.is_empty() {
                 // Work may be waiting, but no TaskTracker has a free thread (or the ones with
                 // free threads are silent: look again after a while).
-                tokio::select! {
-                    _ = group.wake.notified() => {}
-                    _ = tokio::time::sleep(self.idle_poll) => {}
-                    _ = self.shutdown.cancelled() => return,
-                    _ = group.closed.cancelled() => return,
+                if !self.rest(&group).await {
+                    return;
                 }
                 continue;
             }
@@ -759,11 +766,8 @@ impl Dispatcher {
                 // Due work may wait, but the group runs as many jobs as its cap allows: look
                 // again when a run ends here (`run_ended`), or after a while for runs that end
                 // through other trackers.
-                tokio::select! {
-                    _ = group.wake.notified() => {}
-                    _ = tokio::time::sleep(self.idle_poll) => {}
-                    _ = self.shutdown.cancelled() => return,
-                    _ = group.closed.cancelled() => return,
+                if !self.rest(&group).await {
+                    return;
                 }
                 continue;
             }

@@ -309,30 +309,7 @@ pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
         ));
     }
 
-    if spec.affinity.len() > crate::model::MAX_LABELS {
-        out.push(FieldViolation::new(
-            "affinity",
-            format!(
-                "at most {} labels (got {})",
-                crate::model::MAX_LABELS,
-                spec.affinity.len()
-            ),
-        ));
-    }
-    for (k, v) in &spec.affinity {
-        if let Some(why) = crate::model::label_problem(k) {
-            out.push(FieldViolation::new(
-                format!("affinity[{k}]"),
-                format!("key {why}"),
-            ));
-        }
-        if let Some(why) = crate::model::label_problem(v) {
-            out.push(FieldViolation::new(
-                format!("affinity[{k}]"),
-                format!("value {why}"),
-            ));
-        }
-    }
+    check_labels("affinity", &spec.affinity, &mut out);
     if spec.broadcast && !spec.affinity.is_empty() {
         out.push(FieldViolation::new(
             "broadcast",
@@ -397,6 +374,31 @@ pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
     }
 }
 
+/// Checks a set of labels (a job's affinity, a TaskTracker's labels) named `field`: at most
+/// [`crate::model::MAX_LABELS`], each key and value plain ([`crate::model::label_problem`]).
+pub fn check_labels<'a>(
+    field: &str,
+    labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+    out: &mut Vec<FieldViolation>,
+) {
+    let mut n = 0;
+    for (k, value) in labels {
+        n += 1;
+        let why = crate::model::label_problem(k)
+            .map(|w| format!("key {w}"))
+            .or_else(|| crate::model::label_problem(value).map(|w| format!("value {w}")));
+        if let Some(why) = why {
+            out.push(FieldViolation::new(format!("{field}[{k}]"), why));
+        }
+    }
+    if n > crate::model::MAX_LABELS {
+        out.push(FieldViolation::new(
+            field,
+            format!("at most {} labels (got {n})", crate::model::MAX_LABELS),
+        ));
+    }
+}
+
 /// Validates the `Hello` that opens a TaskTracker's `Work` stream at a tracker serving
 /// `cluster`; returns every problem at once. Its node group and identity are required, it runs
 /// at least one thread, re-announces at most [`MAX_HELLO_RUNNING`] running jobs, and names no
@@ -432,24 +434,7 @@ pub fn validate_hello(hello: &proto::Hello, cluster: &str) -> Result<(), Violati
             ),
         ));
     }
-    if hello.labels.len() > crate::model::MAX_LABELS {
-        v.push(FieldViolation::new(
-            "hello.labels",
-            format!(
-                "at most {} labels (got {})",
-                crate::model::MAX_LABELS,
-                hello.labels.len()
-            ),
-        ));
-    }
-    for (k, value) in &hello.labels {
-        let why = crate::model::label_problem(k)
-            .map(|w| format!("key {w}"))
-            .or_else(|| crate::model::label_problem(value).map(|w| format!("value {w}")));
-        if let Some(why) = why {
-            v.push(FieldViolation::new(format!("hello.labels[{k}]"), why));
-        }
-    }
+    check_labels("hello.labels", &hello.labels, &mut v);
     if !hello.cluster.is_empty() && hello.cluster != cluster {
         v.push(FieldViolation::new(
             "hello.cluster",

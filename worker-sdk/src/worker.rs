@@ -205,20 +205,7 @@ impl TaskTrackerBuilder {
                 "must be at least 1",
             ));
         }
-        if self.labels.len() > lts_core::model::MAX_LABELS {
-            v.push(lts_core::FieldViolation::new(
-                "labels",
-                format!("at most {} labels", lts_core::model::MAX_LABELS),
-            ));
-        }
-        for (k, value) in &self.labels {
-            let why = lts_core::model::label_problem(k)
-                .map(|w| format!("key {w}"))
-                .or_else(|| lts_core::model::label_problem(value).map(|w| format!("value {w}")));
-            if let Some(why) = why {
-                v.push(lts_core::FieldViolation::new(format!("labels[{k}]"), why));
-            }
-        }
+        lts_core::validate::check_labels("labels", &self.labels, &mut v);
         if self.prefetch > lts_core::validate::MAX_PREFETCH {
             v.push(lts_core::FieldViolation::new(
                 "prefetch",

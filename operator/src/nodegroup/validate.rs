@@ -131,21 +131,13 @@ pub fn validate(ng: &NodeGroup, siblings: &[NodeGroup]) -> Result<Validated, Inv
     if let Some(t) = &spec.pod_template {
         problems.extend(super::template::check(t));
     }
-    if spec.labels.len() > lts_core::model::MAX_LABELS {
-        problems.push(format!(
-            "spec.labels: at most {} labels (got {})",
-            lts_core::model::MAX_LABELS,
-            spec.labels.len()
-        ));
-    }
-    for (k, v) in &spec.labels {
-        let why = lts_core::model::label_problem(k)
-            .map(|w| format!("key {w}"))
-            .or_else(|| lts_core::model::label_problem(v).map(|w| format!("value {w}")));
-        if let Some(why) = why {
-            problems.push(format!("spec.labels[{k}]: {why}"));
-        }
-    }
+    let mut labels = Vec::new();
+    lts_core::validate::check_labels("spec.labels", &spec.labels, &mut labels);
+    problems.extend(
+        labels
+            .into_iter()
+            .map(|f| format!("{}: {}", f.field, f.reason)),
+    );
     if spec.role == NodeRole::JobTracker && !spec.labels.is_empty() {
         problems.push("spec.labels: apply to TaskTracker NodeGroups only".into());
     }

@@ -6,6 +6,7 @@ use crate::model::{
 };
 use crate::proto;
 use crate::validate::{FieldViolation, Violations};
+use crate::workflow::{Edge, EdgeOn, Need, NodeOf, Workflow, WorkflowNode};
 
 /// Wire → model. Structural problems (unknown enum values) are reported as violations;
 /// semantic checks are [`crate::validate::validate`]'s job.
@@ -53,6 +54,7 @@ pub fn spec_from_proto(p: proto::JobSpec) -> Result<JobSpec, Violations> {
             ConcurrencyPolicy::Allow
         }
     };
+    let workflow = p.workflow.map(|w| workflow_from_proto(w, &mut errs));
     if !errs.is_empty() {
         return Err(Violations(errs));
     }
@@ -76,7 +78,90 @@ pub fn spec_from_proto(p: proto::JobSpec) -> Result<JobSpec, Violations> {
         max_lease_losses: p.max_lease_losses,
         timeout_ms: p.timeout_ms,
         idempotency_key: (!p.idempotency_key.is_empty()).then_some(p.idempotency_key),
+        workflow,
     })
+}
+
+/// Wire workflow → model workflow; structural problems of its nodes' specs and edges go to
+/// `errs`, named by their place (`workflow.nodes[1].spec.misfire_policy`).
+fn workflow_from_proto(w: proto::Workflow, errs: &mut Vec<FieldViolation>) -> Workflow {
+    let nodes = w
+        .nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| WorkflowNode {
+            name: n.name,
+            spec: match spec_from_proto(n.spec.unwrap_or_default()) {
+                Ok(spec) => spec,
+                Err(v) => {
+                    errs.extend(v.0.into_iter().map(|f| {
+                        FieldViolation::new(
+                            format!("workflow.nodes[{i}].spec.{}", f.field),
+                            f.reason,
+                        )
+                    }));
+                    JobSpec::default()
+                }
+            },
+        })
+        .collect();
+    let edges = w
+        .edges
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| Edge {
+            on: edge_on_from_proto(e.on).unwrap_or_else(|| {
+                errs.push(FieldViolation::new(
+                    format!("workflow.edges[{i}].on"),
+                    format!("unknown value {}", e.on),
+                ));
+                EdgeOn::Success
+            }),
+            from: e.from,
+            to: e.to,
+        })
+        .collect();
+    Workflow { nodes, edges }
+}
+
+/// Wire edge condition → model (unspecified is `Success`; `None` for an unknown value).
+fn edge_on_from_proto(v: i32) -> Option<EdgeOn> {
+    match proto::EdgeCondition::try_from(v).ok()? {
+        proto::EdgeCondition::Unspecified | proto::EdgeCondition::Success => Some(EdgeOn::Success),
+        proto::EdgeCondition::Failure => Some(EdgeOn::Failure),
+        proto::EdgeCondition::Always => Some(EdgeOn::Always),
+    }
+}
+
+fn edge_on_to_proto(on: EdgeOn) -> proto::EdgeCondition {
+    match on {
+        EdgeOn::Success => proto::EdgeCondition::Success,
+        EdgeOn::Failure => proto::EdgeCondition::Failure,
+        EdgeOn::Always => proto::EdgeCondition::Always,
+    }
+}
+
+/// Model workflow → wire workflow.
+fn workflow_to_proto(w: &Workflow) -> proto::Workflow {
+    proto::Workflow {
+        nodes: w
+            .nodes
+            .iter()
+            .map(|n| proto::WorkflowNode {
+                name: n.name.clone(),
+                spec: Some(spec_to_proto(&n.spec)),
+            })
+            .collect(),
+        edges: w
+            .edges
+            .iter()
+            .map(|e| proto::WorkflowEdge {
+                from: e.from.clone(),
+                to: e.to.clone(),
+                on: edge_on_to_proto(e.on) as i32,
+            })
+            .collect(),
+    }
 }
 
 /// Model → wire.
@@ -130,6 +215,7 @@ pub fn spec_to_proto(s: &JobSpec) -> proto::JobSpec {
         max_lease_losses: s.max_lease_losses,
         timeout_ms: s.timeout_ms,
         idempotency_key: s.idempotency_key.clone().unwrap_or_default(),
+        workflow: s.workflow.as_ref().map(workflow_to_proto),
     }
 }
 
@@ -142,6 +228,8 @@ pub fn state_to_proto(s: JobState) -> proto::JobState {
         JobState::Succeeded => proto::JobState::Succeeded,
         JobState::Failed => proto::JobState::Failed,
         JobState::Cancelled => proto::JobState::Cancelled,
+        JobState::Waiting => proto::JobState::Waiting,
+        JobState::Skipped => proto::JobState::Skipped,
     }
 }
 
@@ -155,6 +243,8 @@ pub fn state_from_proto(v: i32) -> Option<JobState> {
         proto::JobState::Succeeded => Some(JobState::Succeeded),
         proto::JobState::Failed => Some(JobState::Failed),
         proto::JobState::Cancelled => Some(JobState::Cancelled),
+        proto::JobState::Waiting => Some(JobState::Waiting),
+        proto::JobState::Skipped => Some(JobState::Skipped),
     }
 }
 
@@ -212,6 +302,22 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
             failed: p.failed,
             running: p.running,
             pending: p.pending,
+            skipped: p.skipped,
+            handled: p.handled,
+        }),
+        node: j.node.as_ref().map(|n| proto::WorkflowNodeOf {
+            name: n.name.clone(),
+            needs: n
+                .needs
+                .iter()
+                .map(|need| proto::WorkflowNeed {
+                    index: need.index,
+                    name: need.name.clone(),
+                    on: edge_on_to_proto(need.on) as i32,
+                })
+                .collect(),
+            next: n.next.clone(),
+            handles_failure: n.handles_failure,
         }),
     }
 }
@@ -252,6 +358,22 @@ pub fn job_from_proto(p: proto::Job) -> Job {
             failed: p.failed,
             running: p.running,
             pending: p.pending,
+            skipped: p.skipped,
+            handled: p.handled,
+        }),
+        node: p.node.map(|n| NodeOf {
+            name: n.name,
+            needs: n
+                .needs
+                .into_iter()
+                .map(|need| Need {
+                    index: need.index,
+                    name: need.name,
+                    on: edge_on_from_proto(need.on).unwrap_or_default(),
+                })
+                .collect(),
+            next: n.next,
+            handles_failure: n.handles_failure,
         }),
     }
 }

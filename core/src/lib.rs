@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod schedule;
 pub mod transition;
 pub mod validate;
+pub mod workflow;
 
 /// The generated `lts.v1` protocol types, clients and servers.
 #[allow(missing_docs, clippy::all)]

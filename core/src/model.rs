@@ -225,6 +225,11 @@ pub struct JobSpec {
     /// retry after a lost answer never stores (or runs) a job twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Run as this workflow: each claim (each fire of a cron or repeat workflow) runs every
+    /// node as a job of its own, in the order its edges say, and the job ends with its last
+    /// node (see [`crate::workflow`]). `None`: a plain job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<crate::workflow::Workflow>,
 }
 
 /// Labels as one canonical text: `key=value` pairs in key order, joined by `,`.
@@ -312,9 +317,10 @@ impl JobSpec {
         (!self.affinity.is_empty()).then(|| labels_key(&self.affinity))
     }
 
-    /// Whether a claim runs the job as shard runs ([`JobSpec::shards`], [`JobSpec::broadcast`]).
+    /// Whether a claim runs the job as shard runs ([`JobSpec::shards`], [`JobSpec::broadcast`])
+    /// or as its workflow's nodes ([`JobSpec::workflow`]).
     pub fn fans_out(&self) -> bool {
-        self.shards.is_some() || self.broadcast
+        self.shards.is_some() || self.broadcast || self.workflow.is_some()
     }
 
     /// How many lost runs this job survives (its `max_lease_losses`, or the default).
@@ -382,24 +388,31 @@ pub enum JobState {
     Failed,
     /// Cancelled by a user.
     Cancelled,
+    /// A workflow node waiting for its predecessors to end.
+    Waiting,
+    /// A workflow node that did not run: an edge into it asked for an end its predecessor did
+    /// not have.
+    Skipped,
 }
 
 impl JobState {
     /// All states, in display order.
-    pub const ALL: [JobState; 6] = [
+    pub const ALL: [JobState; 8] = [
+        JobState::Waiting,
         JobState::Queued,
         JobState::Running,
         JobState::Suspended,
         JobState::Succeeded,
         JobState::Failed,
         JobState::Cancelled,
+        JobState::Skipped,
     ];
 
     /// Whether the job is finished (no further runs).
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Skipped
         )
     }
 
@@ -412,6 +425,8 @@ impl JobState {
             JobState::Succeeded => 4,
             JobState::Failed => 5,
             JobState::Cancelled => 6,
+            JobState::Waiting => 7,
+            JobState::Skipped => 8,
         }
     }
 
@@ -429,6 +444,8 @@ impl JobState {
             JobState::Succeeded => "SUCCEEDED",
             JobState::Failed => "FAILED",
             JobState::Cancelled => "CANCELLED",
+            JobState::Waiting => "WAITING",
+            JobState::Skipped => "SKIPPED",
         }
     }
 }
@@ -446,7 +463,7 @@ impl std::str::FromStr for JobState {
             .into_iter()
             .find(|st| st.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
-                format!("unknown state {s:?}; expected one of queued, running, suspended, succeeded, failed, cancelled")
+                format!("unknown state {s:?}; expected one of waiting, queued, running, suspended, succeeded, failed, cancelled, skipped")
             })
     }
 }
@@ -583,6 +600,10 @@ pub struct Job {
     /// state. Not stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard_progress: Option<ShardProgress>,
+    /// For a node of a workflow (whose run and index are in [`Job::shard`]): its name and its
+    /// place in the graph. Set when the tracker creates the node's job and never changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<crate::workflow::NodeOf>,
 }
 
 /// Which shard run of which sharded job a job is.
@@ -643,8 +664,17 @@ pub struct ShardProgress {
     pub failed: u32,
     /// Running now.
     pub running: u32,
-    /// Waiting for their time, a retry, or a free TaskTracker.
+    /// Waiting for their time, a retry, a free TaskTracker — or, a workflow's nodes, for
+    /// their predecessors.
     pub pending: u32,
+    /// Workflow nodes skipped (an edge into them asked for an end their predecessor did not
+    /// have); not counted in the others.
+    #[serde(default)]
+    pub skipped: u32,
+    /// Of `failed`: workflow nodes whose failure a `failure` or `always` edge out of them
+    /// handles, which do not fail the workflow.
+    #[serde(default)]
+    pub handled: u32,
 }
 
 impl ShardProgress {
@@ -871,6 +901,7 @@ impl Job {
             deadline_ms: None,
             shard: None,
             shard_progress: None,
+            node: None,
         }
     }
 

@@ -357,6 +357,10 @@ pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
         }
     }
 
+    if let Some(wf) = &spec.workflow {
+        crate::workflow::check(spec, wf, now_ms, &mut out);
+    }
+
     if spec.rely_on_prev_cycle && !spec.schedule.is_recurring() {
         out.push(FieldViolation::new(
             "rely_on_prev_cycle",

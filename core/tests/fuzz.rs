@@ -158,6 +158,7 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
                     affinity,
                     max_lease_losses: losses,
                     timeout_ms: timeout,
+                    workflow: None,
                     idempotency_key: None,
                 }
             },

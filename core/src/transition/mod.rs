@@ -46,6 +46,7 @@ use crate::model::{
     Outcome, Shard, ShardProgress,
 };
 use crate::schedule::{self, Disposition, LateFire, RetryPolicy};
+use crate::workflow::Verdict;
 
 /// A job as a store keeps it: the model's [`Job`] and the two fields only the store sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +120,9 @@ pub enum Event {
     /// Every shard run of this sharded job ended, as counted here (the store's tally of its
     /// shards, none unfinished): the job's run ends — `SUCCESS` if every shard succeeded.
     ShardsEnded(ShardProgress),
+    /// Every predecessor of this waiting workflow node ended, and [`crate::workflow::readiness`]
+    /// judged what that means for it.
+    PredecessorsEnded(Verdict),
 }
 
 /// A claim of one job by a dispatcher, for one TaskTracker.
@@ -398,12 +402,17 @@ pub enum Cascade {
         run: String,
     },
     /// A shard run of `parent` ended: if none of the shards of its `run` is unfinished any
-    /// more, the store applies [`Event::ShardsEnded`] with their tally to `parent`.
+    /// more, the store applies [`Event::ShardsEnded`] with their tally to `parent`. A workflow
+    /// node's end first gives each of its waiting `successors` (shards of the same run) the
+    /// [`Event::PredecessorsEnded`] that [`crate::workflow::readiness`] judges, once all their
+    /// predecessors ended.
     ShardEnded {
-        /// The sharded job's id.
+        /// The sharded job's (the workflow's) id.
         parent: String,
         /// The run the shard belongs to ([`Shard::run_of`]).
         run: String,
+        /// For a workflow node: its successors' indexes ([`crate::workflow::NodeOf::next`]).
+        successors: Vec<u32>,
     },
 }
 
@@ -415,12 +424,16 @@ pub enum Related<'a> {
     /// The unfinished shards of this run of a sharded job ([`Shard::run_of`]): the ids
     /// from [`Shard::ids_from`] to [`Shard::ids_to`].
     ShardsOf(&'a str),
-    /// This sharded job (`parent`), once all shards of its run (`run`) ended.
+    /// This sharded job (`parent`), once all shards of its run (`run`) ended; first, for a
+    /// workflow node, its waiting `successors` (by index in the run), once their
+    /// predecessors ended.
     Parent {
         /// The sharded job's id.
         parent: &'a str,
         /// The run.
         run: &'a str,
+        /// The ended node's successors.
+        successors: &'a [u32],
     },
 }
 
@@ -431,7 +444,15 @@ impl Cascade {
             Cascade::CancelQueuedInstances { definition }
             | Cascade::ReplaceInstances { definition, .. } => Related::InstancesOf(definition),
             Cascade::CancelShards { run, .. } => Related::ShardsOf(run),
-            Cascade::ShardEnded { parent, run } => Related::Parent { parent, run },
+            Cascade::ShardEnded {
+                parent,
+                run,
+                successors,
+            } => Related::Parent {
+                parent,
+                run,
+                successors,
+            },
         }
     }
 
@@ -507,6 +528,12 @@ pub enum Refusal {
     /// The end of a sharded job's shards while this many are unfinished.
     #[error("{0} of the job's shards are unfinished")]
     ShardsUnfinished(u32),
+    /// The end of a node's predecessors, for a job in this state, not a waiting node.
+    #[error("the job is {0}, not a workflow node waiting for its predecessors")]
+    NotWaiting(JobState),
+    /// A suspend of a workflow node that waits for its predecessors.
+    #[error("the node waits for its predecessors: suspend or cancel its workflow instead")]
+    WaitsForPredecessors,
 }
 
 /// How long past a run's deadline its lease may last: the time its TaskTracker has to cancel

@@ -70,6 +70,7 @@ pub fn apply(
         }
         Event::Cancel(cause) => cancel(stored, cause, now_ms),
         Event::ShardsEnded(progress) => shards_ended(stored, progress, now_ms, retry),
+        Event::PredecessorsEnded(verdict) => predecessors_ended(stored, verdict, now_ms),
     }
 }
 
@@ -98,11 +99,18 @@ fn changed(before: &StoredJob, after: StoredJob, logs: Vec<LogEntry>) -> Transit
     } else {
         Write::Update { from, fields }
     };
-    // A shard run that ended may be its job's last.
+    // A shard run (a workflow node) that ended may be its job's last, and may let its
+    // successors run.
     let cascade = match &after.job.shard {
         Some(shard) if after.job.state.is_final() => Some(Cascade::ShardEnded {
             parent: shard.of.clone(),
             run: Shard::run_of_id(&after.job.job_id).to_string(),
+            successors: after
+                .job
+                .node
+                .as_ref()
+                .map(|n| n.next.clone())
+                .unwrap_or_default(),
         }),
         _ => None,
     };
@@ -217,6 +225,7 @@ fn replace(stored: &StoredJob, spec: JobSpec, now_ms: i64) -> Result<Transition,
     if job.waits_for_shards() {
         after.job.spec.shards = job.spec.shards;
         after.job.spec.broadcast = job.spec.broadcast;
+        after.job.spec.workflow = job.spec.workflow.clone();
     }
     after.job.updated_at_ms = now_ms;
     let note = if job.state == JobState::Running {
@@ -259,6 +268,9 @@ fn claim_job(stored: &StoredJob, claim: &Claim, now_ms: i64) -> Result<Transitio
             }
             LateFire::Skip { next_ms } => return Ok(advance(stored, fire, next_ms, false, now_ms)),
         }
+    }
+    if let Some(wf) = &job.spec.workflow {
+        return Ok(run_workflow(stored, after, logs, wf, now_ms));
     }
     if job.spec.fans_out() {
         let targets = match job.spec.shards {
@@ -344,6 +356,108 @@ fn fan_out(
     t
 }
 
+/// A claimed workflow runs as its nodes, each a job of its own with the ids and accounting of
+/// a shard: it is running without a lease of its own (an attempt counted); its nodes without
+/// predecessors are queued, due when it was, and the others wait for theirs.
+fn run_workflow(
+    stored: &StoredJob,
+    mut after: StoredJob,
+    mut logs: Vec<LogEntry>,
+    wf: &crate::workflow::Workflow,
+    now_ms: i64,
+) -> Transition {
+    let n = wf.nodes.len() as u32;
+    after.job.lease_owner = None;
+    after.job.lease_expiry_ms = None;
+    after.job.deadline_ms = None;
+    after.lease_token = None;
+    let parent = &after.job;
+    let run = Shard::run_of(parent);
+    let plan = wf.plan();
+    let roots = plan.iter().filter(|p| p.needs.is_empty()).count();
+    logs.push(log(
+        parent,
+        now_ms,
+        LogType::Sent,
+        format!("runs as a workflow of {n} nodes, {roots} of them at once"),
+    ));
+    let mut nodes = Vec::with_capacity(plan.len());
+    for (index, of) in (0..n).zip(plan) {
+        let mut node = Job::new(
+            Shard::id(&run, index),
+            wf.node_spec(index as usize, &parent.spec),
+        );
+        node.trigger_time_ms = parent.trigger_time_ms;
+        node.created_at_ms = now_ms;
+        node.updated_at_ms = now_ms;
+        node.fire_count = 1;
+        node.shard = Some(Shard {
+            of: parent.job_id.clone(),
+            index,
+            count: n,
+            on: None,
+        });
+        let note = match of.needs.len() {
+            0 => format!("node {} of workflow {}", of.name, parent.job_id),
+            k => {
+                node.state = JobState::Waiting;
+                let names: Vec<&str> = of.needs.iter().map(|p| p.name.as_str()).take(5).collect();
+                let more = if k > 5 {
+                    format!(" and {} more", k - 5)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "node {} of workflow {}; waits for {}{more}",
+                    of.name,
+                    parent.job_id,
+                    names.join(", ")
+                )
+            }
+        };
+        node.node = Some(of);
+        logs.push(log(&node, now_ms, LogType::Receive, note));
+        nodes.push(StoredJob::new(node));
+    }
+    let mut t = changed(stored, after, logs);
+    t.fan_out = nodes;
+    t
+}
+
+/// Every predecessor of a waiting workflow node ended: it is queued, due now (with their
+/// outputs in its parameters), or skipped.
+fn predecessors_ended(
+    stored: &StoredJob,
+    verdict: Verdict,
+    now_ms: i64,
+) -> Result<Transition, Refusal> {
+    let job = &stored.job;
+    if job.state != JobState::Waiting {
+        return Err(Refusal::NotWaiting(job.state));
+    }
+    let mut after = stored.clone();
+    after.job.updated_at_ms = now_ms;
+    let line = match verdict {
+        Verdict::Run { outputs } => {
+            after.job.state = JobState::Queued;
+            after.job.trigger_time_ms = now_ms;
+            let note = match outputs.len() {
+                0 => "its predecessors ended: queued".to_string(),
+                k => format!("its predecessors ended: queued with {k} of their outputs"),
+            };
+            after.job.spec.params.extend(outputs);
+            log(job, now_ms, LogType::Update, note)
+        }
+        Verdict::Skip(why) => {
+            after.job.state = JobState::Skipped;
+            after.job.finished_at_ms = Some(now_ms);
+            after.job.last_message = Some(why.clone());
+            log(job, now_ms, LogType::Del, why)
+        }
+    };
+    Ok(changed(stored, after, vec![line]))
+}
+
 /// Every shard run of a sharded job ended: so did the job's run.
 fn shards_ended(
     stored: &StoredJob,
@@ -359,10 +473,14 @@ fn shards_ended(
         return Err(Refusal::ShardsUnfinished(progress.unfinished()));
     }
     let n = progress.succeeded + progress.failed;
-    let (outcome, message) = match progress.failed {
-        0 if n == 1 => (Outcome::Success, "its one shard succeeded".to_string()),
-        0 => (Outcome::Success, format!("all {n} shards succeeded")),
-        failed => (Outcome::Failed, format!("{failed} of {n} shards failed")),
+    let (outcome, message) = if job.spec.workflow.is_some() {
+        workflow_end(&progress)
+    } else {
+        match progress.failed {
+            0 if n == 1 => (Outcome::Success, "its one shard succeeded".to_string()),
+            0 => (Outcome::Success, format!("all {n} shards succeeded")),
+            failed => (Outcome::Failed, format!("{failed} of {n} shards failed")),
+        }
     };
     let level = match outcome {
         Outcome::Success => LogLevel::Info,
@@ -381,6 +499,33 @@ fn shards_ended(
         may_retry: false,
     };
     Ok(end_run(stored, end, vec![line], now_ms, retry))
+}
+
+/// How a workflow whose nodes all ended ends: `SUCCESS` unless a node failed (or was
+/// cancelled) with no `failure` or `always` edge out of it.
+fn workflow_end(p: &ShardProgress) -> (Outcome, String) {
+    let n = p.succeeded + p.failed + p.skipped;
+    let mut parts = vec![format!("{} succeeded", p.succeeded)];
+    if p.failed > 0 {
+        parts.push(match p.handled {
+            0 => format!("{} failed", p.failed),
+            h => format!("{} failed ({h} handled by an edge)", p.failed),
+        });
+    }
+    if p.skipped > 0 {
+        parts.push(format!("{} skipped", p.skipped));
+    }
+    let tally = format!("{n} nodes ended: {}", parts.join(", "));
+    match p.failed.saturating_sub(p.handled) {
+        0 => (Outcome::Success, tally),
+        k => (
+            Outcome::Failed,
+            format!(
+                "{tally}; {k} failure{} no edge handles",
+                if k == 1 { "" } else { "s" }
+            ),
+        ),
+    }
 }
 
 /// A claimed recurring job whose instances overlap is not run itself: the instance of its due
@@ -740,6 +885,9 @@ fn lease_lost(
 
 fn suspend(stored: &StoredJob, now_ms: i64) -> Result<Transition, Refusal> {
     let job = &stored.job;
+    if job.state == JobState::Waiting {
+        return Err(Refusal::WaitsForPredecessors);
+    }
     if stored.suspend_requested || job.state == JobState::Suspended {
         return Err(Refusal::AlreadySuspended);
     }
@@ -788,6 +936,7 @@ fn resume(stored: &StoredJob, now_ms: i64) -> Result<Transition, Refusal> {
 
 fn cancel(stored: &StoredJob, cause: CancelCause, now_ms: i64) -> Result<Transition, Refusal> {
     let job = &stored.job;
+    let cause_kind = cause.clone();
     let (note, cascade) = match cause {
         CancelCause::WithSchedule(_) if job.state == JobState::Running => {
             return Err(Refusal::InstanceRunning);
@@ -828,6 +977,12 @@ fn cancel(stored: &StoredJob, cause: CancelCause, now_ms: i64) -> Result<Transit
     let mut t = changed(stored, after, vec![log(job, now_ms, LogType::Del, note)]);
     if cascade.is_some() {
         t.cascade = cascade;
+    }
+    // A node cancelled with its workflow lets no successor run: they are cancelled too.
+    if let (CancelCause::WithParent(_), Some(Cascade::ShardEnded { successors, .. })) =
+        (&cause_kind, &mut t.cascade)
+    {
+        successors.clear();
     }
     Ok(t)
 }

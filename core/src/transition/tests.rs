@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use super::rules::retry_jitter_ms;
 use super::*;
 use crate::model::{MisfirePolicy, Schedule};
-use JobState::{Cancelled, Failed, Queued, Running, Succeeded, Suspended};
+use JobState::{Cancelled, Failed, Queued, Running, Skipped, Succeeded, Suspended, Waiting};
 
 const NOW: i64 = 1_800_000_000_000;
 const LATER: i64 = NOW + 100;
@@ -81,7 +81,8 @@ fn job_in(state: JobState) -> StoredJob {
             s.lease_token = Some("tok".into());
         }
         Suspended => s.suspend_requested = true,
-        Succeeded | Failed | Cancelled => s.job.finished_at_ms = Some(NOW),
+        Waiting => {}
+        Succeeded | Failed | Cancelled | Skipped => s.job.finished_at_ms = Some(NOW),
     }
     s
 }
@@ -149,6 +150,10 @@ fn events() -> Vec<Event> {
             succeeded: 2,
             ..ShardProgress::default()
         }),
+        Event::PredecessorsEnded(Verdict::Run {
+            outputs: Default::default(),
+        }),
+        Event::PredecessorsEnded(Verdict::Skip("skipped".into())),
     ]
 }
 
@@ -158,9 +163,12 @@ fn expect(state: JobState, event: &Event) -> Result<(JobState, &'static [LogType
     use Event as E;
     use LogType as L;
     match (state, event) {
-        (Succeeded | Failed | Cancelled, E::Submit { .. }) => Ok((Queued, &[L::Receive])),
-        (Succeeded | Failed | Cancelled, _) => Err(Refusal::Finished("j1".into(), state)),
+        (Succeeded | Failed | Cancelled | Skipped, E::Submit { .. }) => Ok((Queued, &[L::Receive])),
+        (Succeeded | Failed | Cancelled | Skipped, _) => Err(Refusal::Finished("j1".into(), state)),
         (_, E::ShardsEnded(_)) => Err(Refusal::NoShardsRunning),
+        (Waiting, E::PredecessorsEnded(Verdict::Run { .. })) => Ok((Queued, &[L::Update])),
+        (Waiting, E::PredecessorsEnded(Verdict::Skip(_))) => Ok((Skipped, &[L::Del])),
+        (_, E::PredecessorsEnded(_)) => Err(Refusal::NotWaiting(state)),
         (_, E::Submit { spec, .. }) if spec.replace_on_exist => Ok((state, &[L::Update])),
         (_, E::Submit { .. }) => Err(Refusal::Duplicate("j1".into())),
         (Queued, E::Claim(_)) => Ok((Running, &[L::Sent])),
@@ -174,6 +182,7 @@ fn expect(state: JobState, event: &Event) -> Result<(JobState, &'static [LogType
         }
         (Queued, E::Suspend) => Ok((Suspended, &[L::Suspend])),
         (Running, E::Suspend) => Ok((Running, &[L::Suspend])),
+        (Waiting, E::Suspend) => Err(Refusal::WaitsForPredecessors),
         (_, E::Suspend) => Err(Refusal::AlreadySuspended),
         (Suspended, E::Resume) => Ok((Queued, &[L::Resume])),
         (_, E::Resume) => Err(Refusal::NotSuspended),
@@ -1074,7 +1083,9 @@ impl World {
                     (Event::LeaseLost(LeaseLoss::Expired), expired)
                 }
                 Suspended => (Event::Resume, self.now),
-                Succeeded | Failed | Cancelled => continue,
+                // The property tests draw no workflows.
+                Waiting => unreachable!("{} waits, but no workflow was drawn", j.job_id),
+                Succeeded | Failed | Cancelled | Skipped => continue,
             };
             prop_assert_eq!(self.unfinished(&j.spec), Some(n), "two {}", &j.spec.task_id);
             let on = apply(s, event, at, &exact());
@@ -1237,7 +1248,8 @@ fn a_sharded_job_runs_as_its_shards_and_ends_with_the_last() {
         ended.cascade,
         Some(Cascade::ShardEnded {
             parent: "p".into(),
-            run: "p-1-1-".into()
+            run: "p-1-1-".into(),
+            successors: Vec::new(),
         })
     );
     assert_eq!(ended.feedback, None, "a shard has no feedback of its own");
@@ -1375,4 +1387,193 @@ fn a_broadcast_job_runs_one_shard_on_each_connected_task_tracker() {
             .contains("w3 left the cluster before it ran")
     );
     assert!(matches!(t.cascade, Some(Cascade::ShardEnded { .. })));
+}
+
+/// The diamond `a -> b`, `a -> c (on failure)`, `b -> d (always)`, `c -> d (always)`.
+fn diamond() -> JobSpec {
+    use crate::workflow::{Edge, EdgeOn, Workflow, WorkflowNode};
+    let node = |name: &str| WorkflowNode {
+        name: name.into(),
+        spec: JobSpec::new("", ""),
+    };
+    let edge = |from: &str, to: &str, on| Edge {
+        from: from.into(),
+        to: to.into(),
+        on,
+    };
+    let mut spec = JobSpec::new("etl", "g").feedback_to("clients");
+    spec.workflow = Some(Workflow {
+        nodes: ["a", "b", "c", "d"].map(node).to_vec(),
+        edges: vec![
+            edge("a", "b", EdgeOn::Success),
+            edge("a", "c", EdgeOn::Failure),
+            edge("b", "d", EdgeOn::Always),
+            edge("c", "d", EdgeOn::Always),
+        ],
+    });
+    spec
+}
+
+/// A node's end as the store sees it: the node ended, and its waiting successors judged
+/// against their predecessors (here: the nodes in `all`).
+fn judge(successor: &StoredJob, all: &[StoredJob]) -> Option<Verdict> {
+    let preds: Vec<Job> = all.iter().map(|s| s.job.clone()).collect();
+    crate::workflow::readiness(&successor.job, &preds)
+}
+
+#[test]
+fn a_workflow_runs_its_nodes_in_edge_order_and_takes_the_failure_edge() {
+    assert_eq!(crate::validate::validate_at(&diamond(), NOW), Ok(()));
+    let queued = accept(diamond(), "w".into(), NOW).job;
+    let t = run(&queued, claim("t1"), NOW + 1);
+    assert_eq!(t.handout, Handout::Nothing);
+    assert!(t.job.job.waits_for_shards());
+    let mut nodes = t.fan_out.clone();
+    let states: Vec<JobState> = nodes.iter().map(|n| n.job.state).collect();
+    assert_eq!(states, [Queued, Waiting, Waiting, Waiting]);
+    let a = &nodes[0].job;
+    assert_eq!(
+        (a.job_id.as_str(), a.spec.task_id.as_str()),
+        ("w-1-1-0", "etl/a")
+    );
+    assert_eq!(a.spec.task_tracker_node_group, "g");
+    assert!(!a.spec.need_feedback && a.spec.workflow.is_none());
+    let of = a.node.as_ref().unwrap();
+    assert_eq!((of.next.clone(), of.handles_failure), (vec![1, 2], true));
+    for n in &nodes {
+        consistent(n).unwrap();
+    }
+    // A waiting node is not claimed, suspended or run.
+    assert_eq!(
+        apply(&nodes[1], claim("x"), NOW + 2, &exact()).map(|t| t.write),
+        Err(Refusal::NotQueued(Waiting))
+    );
+    assert_eq!(
+        apply(&nodes[1], Event::Suspend, NOW + 2, &exact()).map(|t| t.write),
+        Err(Refusal::WaitsForPredecessors)
+    );
+    // a fails: its end names its successors.
+    let running = run(&nodes[0], claim("a"), NOW + 2).job;
+    let mut failed = report("a", Outcome::Failed);
+    failed.message = "bad input".into();
+    let ended = run(&running, Event::Complete(failed), NOW + 3);
+    assert_eq!(
+        ended.cascade,
+        Some(Cascade::ShardEnded {
+            parent: "w".into(),
+            run: "w-1-1-".into(),
+            successors: vec![1, 2],
+        })
+    );
+    nodes[0] = ended.job;
+    // b (after a succeeds) is skipped; c (after a fails) runs.
+    let Some(Verdict::Skip(why)) = judge(&nodes[1], &nodes) else {
+        panic!("b is not skipped")
+    };
+    assert!(
+        why.contains("after a succeeds") && why.contains("FAILED"),
+        "{why}"
+    );
+    let skipped = run(
+        &nodes[1],
+        Event::PredecessorsEnded(Verdict::Skip(why)),
+        NOW + 4,
+    );
+    assert_eq!(skipped.job.job.state, Skipped);
+    consistent(&skipped.job).unwrap();
+    assert!(matches!(
+        skipped.cascade,
+        Some(Cascade::ShardEnded { ref successors, .. }) if successors == &[3]
+    ));
+    nodes[1] = skipped.job;
+    // d waits for c still.
+    assert_eq!(judge(&nodes[3], &nodes), None);
+    let verdict = judge(&nodes[2], &nodes).unwrap();
+    assert_eq!(
+        verdict,
+        Verdict::Run {
+            outputs: Default::default()
+        },
+        "a failed: it hands on no output"
+    );
+    let c = run(&nodes[2], Event::PredecessorsEnded(verdict), NOW + 5);
+    assert_eq!(
+        (c.job.job.state, c.job.job.trigger_time_ms),
+        (Queued, NOW + 5)
+    );
+    let c = run(&c.job, claim("c"), NOW + 6).job;
+    let mut fixed = report("c", Outcome::Success);
+    fixed.message = "fixed".into();
+    nodes[2] = run(&c, Event::Complete(fixed), NOW + 7).job;
+    // d runs (always), with c's output.
+    let Some(Verdict::Run { outputs }) = judge(&nodes[3], &nodes) else {
+        panic!("d does not run")
+    };
+    assert_eq!(outputs.get("output.c").map(String::as_str), Some("fixed"));
+    assert_eq!(outputs.len(), 1, "b was skipped: no output");
+    let d = run(
+        &nodes[3],
+        Event::PredecessorsEnded(Verdict::Run { outputs }),
+        NOW + 8,
+    );
+    assert_eq!(d.job.job.spec.params["output.c"], "fixed");
+    // The workflow succeeds: a's failure is handled by the edge to c.
+    let tally = ShardProgress {
+        succeeded: 2,
+        failed: 1,
+        skipped: 1,
+        handled: 1,
+        ..ShardProgress::default()
+    };
+    let end = run(&t.job, Event::ShardsEnded(tally), NOW + 9);
+    assert_eq!(end.job.job.state, Succeeded);
+    let message = end.job.job.last_message.clone().unwrap();
+    assert_eq!(
+        message,
+        "4 nodes ended: 2 succeeded, 1 failed (1 handled by an edge), 1 skipped"
+    );
+    assert!(end.feedback.is_some(), "the workflow's feedback");
+    // An unhandled failure fails it.
+    let tally = ShardProgress {
+        handled: 0,
+        ..tally
+    };
+    let end = run(&t.job, Event::ShardsEnded(tally), NOW + 9);
+    assert_eq!(end.job.job.state, Failed);
+    assert!(
+        end.job
+            .job
+            .last_message
+            .as_deref()
+            .unwrap_or_default()
+            .ends_with("1 failure no edge handles"),
+        "{:?}",
+        end.job.job.last_message
+    );
+}
+
+#[test]
+fn a_cancelled_workflow_cancels_its_waiting_nodes_without_judging_their_successors() {
+    let queued = accept(diamond(), "w".into(), NOW).job;
+    let t = run(&queued, claim("t1"), NOW + 1);
+    let cancelled = run(&t.job, Event::Cancel(CancelCause::User), NOW + 2);
+    assert_eq!(
+        cancelled.cascade,
+        Some(Cascade::CancelShards {
+            parent: "w".into(),
+            run: "w-1-1-".into()
+        })
+    );
+    for node in &t.fan_out {
+        let t = run(
+            node,
+            Event::Cancel(CancelCause::WithParent("w".into())),
+            NOW + 3,
+        );
+        assert_eq!(t.job.job.state, Cancelled);
+        assert!(matches!(
+            t.cascade,
+            Some(Cascade::ShardEnded { ref successors, .. }) if successors.is_empty()
+        ));
+    }
 }

@@ -217,6 +217,7 @@ pub fn spec_from_args(a: &SubmitArgs, now: i64) -> CliResult<JobSpec> {
         max_lease_losses: a.max_lease_losses,
         // Set by the client for each submit (its retries dedup).
         idempotency_key: None,
+        workflow: None,
         timeout_ms: a
             .timeout
             .as_deref()

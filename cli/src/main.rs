@@ -11,6 +11,7 @@ mod config;
 mod dev;
 mod error;
 mod output;
+mod workflow_cmds;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,11 @@ enum Command {
     Jobs {
         #[command(subcommand)]
         command: client_cmds::JobsCommand,
+    },
+    /// Submit and inspect workflows (graphs of jobs).
+    Workflow {
+        #[command(subcommand)]
+        command: workflow_cmds::WorkflowCommand,
     },
     /// List the nodes of the cluster (trackers, TaskTrackers, JobClients) and the master.
     Nodes(client_cmds::NodesArgs),
@@ -70,6 +76,7 @@ fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Submit(args) => client_cmds::submit(args).await,
             Command::Jobs { command } => client_cmds::jobs(command).await,
+            Command::Workflow { command } => workflow_cmds::run(command).await,
             Command::Nodes(args) => client_cmds::nodes(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Auth { command } => auth_cmds::run(command),

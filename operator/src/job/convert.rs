@@ -260,6 +260,7 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
         // A resource is its own key: its task id (from its uid) dedups, and a changed spec
         // must replace the job, not be answered with it.
         idempotency_key: None,
+        workflow: None,
     };
     if let Err(v) = lts_core::validate(&out) {
         problems.extend(
@@ -313,6 +314,9 @@ pub fn phase(state: JobState) -> JobPhase {
         JobState::Succeeded => JobPhase::Succeeded,
         JobState::Failed => JobPhase::Failed,
         JobState::Cancelled => JobPhase::Cancelled,
+        // A Job resource is never a workflow's node; were it one, these are the nearest.
+        JobState::Waiting => JobPhase::Queued,
+        JobState::Skipped => JobPhase::Cancelled,
     }
 }
 
@@ -637,6 +641,7 @@ mod tests {
                 failed: 0,
                 running: 2,
                 pending: 1,
+                ..Default::default()
             }),
             ..tracker_job("S1", spec)
         };

@@ -54,11 +54,13 @@ mod queries;
 mod queue;
 mod schedules;
 mod suspend;
+mod workflows;
 
 use queries::*;
 use queue::*;
 use schedules::*;
 use suspend::*;
+use workflows::*;
 
 macro_rules! for_each_case {
     ($m:ident) => {
@@ -91,7 +93,10 @@ macro_rules! for_each_case {
             a_group_cap_limits_its_running_jobs,
             sharded_jobs_run_as_their_shards,
             broadcast_jobs_run_once_on_each_task_tracker,
-            affinity_matches_jobs_to_labelled_task_trackers
+            affinity_matches_jobs_to_labelled_task_trackers,
+            a_workflow_runs_its_nodes_after_their_predecessors,
+            a_failure_skips_a_long_chain_at_once,
+            a_cancelled_workflow_cancels_its_waiting_nodes
         );
     };
 }

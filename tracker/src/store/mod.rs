@@ -273,7 +273,7 @@ pub struct GroupBacklog {
 /// Job counts per state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Waiting.
+    /// Waiting (for their time, a TaskTracker, or — workflow nodes — their predecessors).
     pub queued: u64,
     /// Leased.
     pub running: u64,
@@ -283,7 +283,7 @@ pub struct Stats {
     pub succeeded: u64,
     /// Finished with failure (within retention).
     pub failed: u64,
-    /// Cancelled (within retention).
+    /// Cancelled, or skipped workflow nodes (within retention).
     pub cancelled: u64,
     /// Feedback not yet acknowledged.
     pub pending_feedback: u64,

@@ -74,6 +74,12 @@ pub(super) fn job(doc: &Document) -> StoreResult<Job> {
             on: text(doc, "shard_on").map(str::to_string),
         }),
         shard_progress: None,
+        node: match text(doc, "node") {
+            Some(json) => {
+                Some(serde_json::from_str(json).map_err(|e| corrupt(doc, &format!("node: {e}")))?)
+            }
+            None => None,
+        },
     })
 }
 
@@ -140,6 +146,14 @@ pub(super) fn new_doc(s: &StoredJob) -> StoreResult<Document> {
         d.insert("shard_count", i64::from(shard.count));
         if let Some(on) = &shard.on {
             d.insert("shard_on", on);
+        }
+    }
+    if let Some(node) = &job.node {
+        let json = serde_json::to_string(node).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        d.insert("node", json);
+        if node.handles_failure {
+            // Counted by `write::shard_progress`: its failure does not fail the workflow.
+            d.insert("node_handles", true);
         }
     }
     d.extend(spec_fields(&job.spec)?);

@@ -332,6 +332,13 @@ impl MongoStore {
                 "feedback_only",
                 "fb_group",
             ),
+            // The unfinished shards (workflow nodes) of a job: whether any is left, at each
+            // shard's end, without a scan of the run.
+            having(
+                doc! { "shard_of": 1, "done": 1, "_id": 1 },
+                "shards_unfinished",
+                "shard_of",
+            ),
             // The sharded jobs whose shards run (see `write::end_stranded_shards`).
             having(doc! { "shards_wait": 1 }, "shards_wait_only", "shards_wait"),
             having(

@@ -131,12 +131,13 @@ impl MongoStore {
         for g in groups {
             let n = codec::int(&g, "n").unwrap_or(0) as u64;
             match codec::int(&g, "_id").and_then(JobState::from_code) {
-                Some(JobState::Queued) => stats.queued += n,
+                // A workflow node waiting for its predecessors is queued behind them.
+                Some(JobState::Queued | JobState::Waiting) => stats.queued += n,
                 Some(JobState::Running) => stats.running += n,
                 Some(JobState::Suspended) => stats.suspended += n,
                 Some(JobState::Succeeded) => stats.succeeded += n,
                 Some(JobState::Failed) => stats.failed += n,
-                Some(JobState::Cancelled) => stats.cancelled += n,
+                Some(JobState::Cancelled | JobState::Skipped) => stats.cancelled += n,
                 None => {}
             }
         }

@@ -4,10 +4,12 @@
 //! changed the job meanwhile: it is read again and the event applied again, a bounded number
 //! of times.
 
+use std::collections::VecDeque;
+
 use futures::TryStreamExt;
 use lts_core::transition::{self, Cascade, Event, FollowUp, Refusal, Transition};
 use lts_core::transition::{Related, StoredJob, Write};
-use lts_core::{JobState, Shard, ShardProgress};
+use lts_core::{JobState, Shard, ShardProgress, workflow};
 use mongodb::bson::{Document, doc};
 
 use super::MongoStore;
@@ -193,16 +195,39 @@ impl MongoStore {
     }
 
     /// Applies a transition's work on other jobs: each instance or shard by its own transition,
-    /// or the sharded job whose shards all ended.
+    /// a workflow node's waiting successors, or the sharded job whose shards all ended — and
+    /// the work of those changes in turn, one after another (a node's skip may skip a chain of
+    /// 10,000 nodes: a work list, not recursion).
     pub(super) async fn cascade(&self, cascade: &Cascade, now: i64) -> StoreResult<()> {
+        let mut work = VecDeque::from([cascade.clone()]);
+        while let Some(cascade) = work.pop_front() {
+            self.cascade_one(&cascade, now, &mut work).await?;
+        }
+        Ok(())
+    }
+
+    /// One cascade's work; the cascades of the changes it makes go to `work`.
+    async fn cascade_one(
+        &self,
+        cascade: &Cascade,
+        now: i64,
+        work: &mut VecDeque<Cascade>,
+    ) -> StoreResult<()> {
         let filter = match cascade.related() {
             Related::InstancesOf(definition) => doc! { "instance_of": definition, "done": "" },
             Related::ShardsOf(run) => doc! {
                 "_id": { "$gte": Shard::ids_from(run), "$lt": Shard::ids_to(run) },
                 "done": "",
             },
-            Related::Parent { parent, run } => {
+            Related::Parent {
+                parent,
+                run,
+                successors,
+            } => {
                 fail::fail_point!("mongo-between-a-shard-and-its-job");
+                for &index in successors {
+                    self.judge_successor(run, index, None, now, work).await?;
+                }
                 return self.end_shards(parent, run, now).await;
             }
         };
@@ -214,8 +239,55 @@ impl MongoStore {
             };
             let filter = doc! { "_id": &read.stored.job.job_id };
             // A running instance cancelled with its schedule finishes its attempt (refused).
-            self.apply_job(&filter, First::Fresh(read), |_| event.clone(), now)
-                .await?;
+            if let Applied::Done { t, .. } = self
+                .apply_job(&filter, First::Fresh(read), |_| event.clone(), now)
+                .await?
+            {
+                work.extend(t.cascade);
+            }
+        }
+        Ok(())
+    }
+
+    /// The workflow node `index` of `run`, if it waits: queued or skipped once every
+    /// predecessor ended ([`workflow::readiness`]). `preds`: its predecessors as read already.
+    async fn judge_successor(
+        &self,
+        run: &str,
+        index: u32,
+        preds: Option<Vec<lts_core::Job>>,
+        now: i64,
+        work: &mut VecDeque<Cascade>,
+    ) -> StoreResult<()> {
+        let filter = doc! { "_id": Shard::id(run, index), "state": JobState::Waiting.code() };
+        let Some(d) = self.jobs.find_one(filter.clone()).await? else {
+            return Ok(());
+        };
+        let read = codec::read(&d)?;
+        let preds = match preds {
+            Some(preds) => preds,
+            None => {
+                let needs = read.stored.job.node.as_ref().map_or(&[][..], |n| &n.needs);
+                let ids: Vec<String> = needs.iter().map(|n| Shard::id(run, n.index)).collect();
+                let found: Vec<Document> = self
+                    .jobs
+                    .find(doc! { "_id": { "$in": ids } })
+                    .await?
+                    .try_collect()
+                    .await?;
+                found.iter().map(codec::job).collect::<StoreResult<_>>()?
+            }
+        };
+        let Some(verdict) = workflow::readiness(&read.stored.job, &preds) else {
+            return Ok(());
+        };
+        let event = |_: &StoredJob| Event::PredecessorsEnded(verdict.clone());
+        // Refused: another predecessor's end judged it first.
+        if let Applied::Done { t, .. } = self
+            .apply_job(&filter, First::Fresh(read), event, now)
+            .await?
+        {
+            work.extend(t.cascade);
         }
         Ok(())
     }
@@ -224,6 +296,20 @@ impl MongoStore {
     /// `parent` ends with their tally. (Two shards ending at once may both find none left:
     /// the job's guarded write lets one of them end it.)
     async fn end_shards(&self, parent: &str, run: &str, now: i64) -> StoreResult<()> {
+        // One probe of the `shards_unfinished` index first: the tally reads the whole run.
+        let unfinished = doc! {
+            "shard_of": parent,
+            "done": "",
+            "_id": { "$gte": Shard::ids_from(run), "$lt": Shard::ids_to(run) },
+        };
+        let probe = self
+            .jobs
+            .find_one(unfinished)
+            .projection(doc! { "_id": 1 })
+            .await?;
+        if probe.is_some() {
+            return Ok(());
+        }
         let progress = self.shard_progress(run).await?;
         if progress.unfinished() > 0 {
             return Ok(());
@@ -241,7 +327,10 @@ impl MongoStore {
             doc! { "$match": {
                 "_id": { "$gte": Shard::ids_from(run), "$lt": Shard::ids_to(run) },
             } },
-            doc! { "$group": { "_id": "$state", "n": { "$sum": 1 } } },
+            doc! { "$group": {
+                "_id": { "state": "$state", "handles": "$node_handles" },
+                "n": { "$sum": 1 },
+            } },
         ];
         let groups: Vec<Document> = self.jobs.aggregate(pipeline).await?.try_collect().await?;
         let mut p = ShardProgress::default();
@@ -249,14 +338,71 @@ impl MongoStore {
             let n = codec::int(&g, "n")
                 .unwrap_or(0)
                 .clamp(0, i64::from(u32::MAX)) as u32;
-            match codec::int(&g, "_id").and_then(JobState::from_code) {
+            let key = g.get_document("_id").ok();
+            let state = key.and_then(|k| codec::int(k, "state"));
+            let handles = key.is_some_and(|k| k.get_bool("handles").unwrap_or(false));
+            match state.and_then(JobState::from_code) {
                 Some(JobState::Running) => p.running += n,
-                Some(JobState::Queued | JobState::Suspended) => p.pending += n,
+                Some(JobState::Queued | JobState::Suspended | JobState::Waiting) => p.pending += n,
                 Some(JobState::Succeeded) => p.succeeded += n,
-                Some(JobState::Failed | JobState::Cancelled) | None => p.failed += n,
+                Some(JobState::Skipped) => p.skipped += n,
+                Some(JobState::Failed | JobState::Cancelled) | None => {
+                    p.failed += n;
+                    if handles {
+                        p.handled += n;
+                    }
+                }
             }
         }
         Ok(p)
+    }
+
+    /// The waiting nodes of the workflow `parent`'s `run` whose predecessors all ended, judged
+    /// (their last predecessor's tracker died between its end and the judging): two reads, the
+    /// waiting nodes and their predecessors' states, then a judging of each one found ready.
+    async fn judge_stranded_nodes(&self, parent: &str, run: &str, now: i64) -> StoreResult<()> {
+        let waiting: Vec<Document> = self
+            .jobs
+            .find(doc! {
+                "shard_of": parent,
+                "done": "",
+                "_id": { "$gte": Shard::ids_from(run), "$lt": Shard::ids_to(run) },
+                "state": JobState::Waiting.code(),
+            })
+            .limit(SHARD_SWEEP_MAX)
+            .await?
+            .try_collect()
+            .await?;
+        let waiting: Vec<lts_core::Job> =
+            waiting.iter().map(codec::job).collect::<StoreResult<_>>()?;
+        let mut ids: Vec<String> = waiting
+            .iter()
+            .flat_map(|j| j.node.iter().flat_map(|n| &n.needs))
+            .map(|need| Shard::id(run, need.index))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let preds: Vec<Document> = self
+            .jobs
+            .find(doc! { "_id": { "$in": ids } })
+            .await?
+            .try_collect()
+            .await?;
+        let preds: Vec<lts_core::Job> = preds.iter().map(codec::job).collect::<StoreResult<_>>()?;
+        let mut work = VecDeque::new();
+        for node in &waiting {
+            if workflow::readiness(node, &preds).is_some()
+                && let Some(shard) = &node.shard
+            {
+                tracing::warn!(node = %node.job_id, "mongodb: judging a workflow node its last predecessor's end did not reach");
+                self.judge_successor(run, shard.index, Some(preds.clone()), now, &mut work)
+                    .await?;
+            }
+        }
+        while let Some(cascade) = work.pop_front() {
+            self.cascade_one(&cascade, now, &mut work).await?;
+        }
+        Ok(())
     }
 
     /// Ends the sharded jobs whose shards all ended but which did not end with their last one
@@ -285,6 +431,9 @@ impl MongoStore {
             let job = codec::job(&d)?;
             if job.waits_for_shards() {
                 let run = Shard::run_of(&job);
+                if job.spec.workflow.is_some() {
+                    self.judge_stranded_nodes(&job.job_id, &run, now).await?;
+                }
                 self.end_shards(&job.job_id, &run, now).await?;
             }
         }

@@ -164,12 +164,13 @@ pub(super) fn stats(conn: &Connection, group: Option<&str>) -> StoreResult<Stats
     let mut add = |state: i64, n: i64| {
         let n = n as u64;
         match JobState::from_code(state) {
-            Some(JobState::Queued) => stats.queued += n,
+            // A workflow node waiting for its predecessors is queued behind them.
+            Some(JobState::Queued | JobState::Waiting) => stats.queued += n,
             Some(JobState::Running) => stats.running += n,
             Some(JobState::Suspended) => stats.suspended += n,
             Some(JobState::Succeeded) => stats.succeeded += n,
             Some(JobState::Failed) => stats.failed += n,
-            Some(JobState::Cancelled) => stats.cancelled += n,
+            Some(JobState::Cancelled | JobState::Skipped) => stats.cancelled += n,
             None => {}
         }
     };

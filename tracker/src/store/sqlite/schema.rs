@@ -15,7 +15,7 @@ use rusqlite::{Connection, Row};
 use crate::store::{StoreError, StoreResult};
 
 /// Version of the schema, kept in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 6;
+pub(super) const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -53,7 +53,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     shard_on       TEXT,
     -- The spec's affinity, canonical (`key=value,...` in key order): only TaskTrackers with
     -- these labels claim it.
-    affinity       TEXT
+    affinity       TEXT,
+    -- For a workflow node (a shard of its workflow's run): its name and place in the graph
+    -- (JSON).
+    node           TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
 -- Partial indexes: each holds only the rows it serves, so a state change is one index delete
@@ -163,7 +166,7 @@ macro_rules! sql {
 pub(super) const JOB_COLS: &str = "seq, job_id, node_group, task_id, state, priority, \
      trigger_time, attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner, \
      lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested, instance_of, \
-     lease_losses, deadline, shard_of, shard_index, shard_count, shard_on";
+     lease_losses, deadline, shard_of, shard_index, shard_count, shard_on, node";
 
 sql! {
     /// The whole schema.
@@ -254,6 +257,10 @@ pub(super) fn migrate(conn: &Connection, path: &std::path::Path) -> StoreResult<
             }
         }
     }
+    // v7: workflow nodes keep their place in the graph (none so far).
+    if (3..7).contains(&version) && !has_column(conn, "jobs", "node")? {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN node TEXT;")?;
+    }
     conn.execute_batch(SCHEMA_SQL.text())?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
@@ -289,6 +296,10 @@ pub(super) fn stored_job(r: &Row<'_>) -> StoreResult<Found> {
     let code: i64 = r.get(4)?;
     let state = JobState::from_code(code).ok_or_else(|| corrupt(&job_id, code))?;
     let last_outcome: Option<i64> = r.get(15)?;
+    let node = match r.get::<_, Option<String>>(26)? {
+        Some(text) => Some(serde_json::from_str(&text).map_err(|e| corrupt(&job_id, e))?),
+        None => None,
+    };
     let job = Job {
         job_id,
         spec,
@@ -317,6 +328,7 @@ pub(super) fn stored_job(r: &Row<'_>) -> StoreResult<Found> {
             None => None,
         },
         shard_progress: None,
+        node,
     };
     Ok(Found {
         seq: r.get(0)?,

@@ -7,13 +7,14 @@
 //! state and lease token it was read with; inside the writer's transaction nothing can change
 //! them, so a write that matches no row is a bug, reported as an error.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 
 use lts_core::schedule::RetryPolicy;
 use lts_core::transition::{
     self, Cascade, Event, Field, Refusal, Related, StoredJob, Transition, Write,
 };
-use lts_core::{FeedbackItem, Job, JobState, LogEntry, Shard, ShardProgress};
+use lts_core::{FeedbackItem, Job, JobState, LogEntry, Shard, ShardProgress, workflow};
 use rusqlite::types::Value;
 use rusqlite::{Connection, params, params_from_iter};
 
@@ -48,7 +49,9 @@ pub(super) fn change(
     }
 }
 
-/// Writes `t`, the transition of the job `found` (none for a new job).
+/// Writes `t`, the transition of the job `found` (none for a new job), then its cascade —
+/// and the cascades of the changes that cascade makes, one after another (a workflow node's
+/// skip may skip a chain of 10,000 nodes: a work list, not recursion).
 pub(super) fn write(
     conn: &Connection,
     found: Option<&Found>,
@@ -57,6 +60,40 @@ pub(super) fn write(
     now: i64,
     retry: &RetryPolicy,
 ) -> StoreResult<Written> {
+    let (written, cascade) = write_one(conn, found, t, spec_json)?;
+    let mut work: VecDeque<Cascade> = cascade.into_iter().collect();
+    while let Some(cascade) = work.pop_front() {
+        run_cascade(conn, &cascade, now, retry, &mut work)?;
+    }
+    Ok(written)
+}
+
+/// Applies `event` to the job as read, as [`change`] does, but leaves the transition's cascade
+/// to `work` instead of running it.
+fn change_one(
+    conn: &Connection,
+    found: &Found,
+    event: Event,
+    now: i64,
+    retry: &RetryPolicy,
+    work: &mut VecDeque<Cascade>,
+) -> StoreResult<()> {
+    if let Ok(t) = transition::apply(&found.stored, event, now, retry) {
+        let (_, cascade) = write_one(conn, Some(found), t, None)?;
+        work.extend(cascade);
+    }
+    // A refusal (a running instance cancelled with its schedule, a node judged twice) writes
+    // nothing.
+    Ok(())
+}
+
+/// Writes `t` alone, and hands back the cascade to run after it (if any).
+fn write_one(
+    conn: &Connection,
+    found: Option<&Found>,
+    t: Transition,
+    spec_json: Option<&str>,
+) -> StoreResult<(Written, Option<Cascade>)> {
     match (&t.write, found) {
         (Write::Insert, _) => {
             if !insert(conn, &t.job, spec_json)? {
@@ -93,26 +130,28 @@ pub(super) fn write(
         }
     }
     // A fire replaces earlier runs only once its own instance is stored.
-    if let Some(cascade) = &t.cascade
-        && (follow_up_inserted || !matches!(cascade, Cascade::ReplaceInstances { .. }))
-    {
-        run_cascade(conn, cascade, now, retry)?;
-    }
-    Ok(Written {
+    let cascade = t
+        .cascade
+        .clone()
+        .filter(|c| follow_up_inserted || !matches!(c, Cascade::ReplaceInstances { .. }));
+    let written = Written {
         transition: t,
         follow_up_inserted,
         feedback_group,
-    })
+    };
+    Ok((written, cascade))
 }
 
 /// Works on the jobs a cascade names: each instance or shard by its own transition (a refusal,
-/// say of a running instance cancelled with its schedule, writes nothing), or the sharded job
-/// whose shards all ended.
+/// say of a running instance cancelled with its schedule, writes nothing), or a workflow
+/// node's waiting successors and the sharded job whose shards all ended. The cascades of those
+/// changes go to `work`.
 fn run_cascade(
     conn: &Connection,
     cascade: &Cascade,
     now: i64,
     retry: &RetryPolicy,
+    work: &mut VecDeque<Cascade>,
 ) -> StoreResult<()> {
     let related = match cascade.related() {
         Related::InstancesOf(definition) => found_all(
@@ -127,25 +166,82 @@ fn run_cascade(
             ))?,
             params![Shard::ids_from(run), Shard::ids_to(run)],
         )?,
-        Related::Parent { parent, run } => {
-            let progress = shard_progress(conn, run)?;
-            if progress.unfinished() > 0 {
+        Related::Parent {
+            parent,
+            run,
+            successors,
+        } => {
+            for &index in successors {
+                judge_successor(conn, run, index, now, retry, work)?;
+            }
+            if any_unfinished(conn, run)? {
                 return Ok(());
             }
+            let progress = shard_progress(conn, run)?;
             if let Some(found) = super::queries::find_by_id(conn, parent)? {
                 // Refused (the job was cancelled meanwhile, say): nothing to write.
-                let _ = change(conn, &found, Event::ShardsEnded(progress), now, retry, None)?;
+                change_one(conn, &found, Event::ShardsEnded(progress), now, retry, work)?;
             }
             return Ok(());
         }
     };
     for found in &related {
-        // A refusal (a running instance cancelled with its schedule) writes nothing.
         if let Some(event) = cascade.event_for(&found.stored.job.job_id) {
-            let _ = change(conn, found, event, now, retry, None)?;
+            change_one(conn, found, event, now, retry, work)?;
         }
     }
     Ok(())
+}
+
+/// The workflow node `index` of `run`, if it waits: queued or skipped once every predecessor
+/// ended ([`workflow::readiness`]).
+fn judge_successor(
+    conn: &Connection,
+    run: &str,
+    index: u32,
+    now: i64,
+    retry: &RetryPolicy,
+    work: &mut VecDeque<Cascade>,
+) -> StoreResult<()> {
+    let Some(found) = super::queries::find_by_id(conn, &Shard::id(run, index))? else {
+        return Ok(());
+    };
+    let node = &found.stored.job;
+    let Some(of) = node
+        .node
+        .as_ref()
+        .filter(|_| node.state == JobState::Waiting)
+    else {
+        return Ok(());
+    };
+    let mut preds = Vec::with_capacity(of.needs.len());
+    for need in &of.needs {
+        let key = lts_core::JobKey::Id(Shard::id(run, need.index));
+        match super::queries::find_by_key(conn, &key)? {
+            // One still runs: its own end judges this node again.
+            Some(_) => return Ok(()),
+            None => preds.extend(super::queries::get_finished(conn, &key)?),
+        }
+    }
+    if let Some(verdict) = workflow::readiness(node, &preds) {
+        change_one(
+            conn,
+            &found,
+            Event::PredecessorsEnded(verdict),
+            now,
+            retry,
+            work,
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether a shard (node) of `run` is unfinished: one probe of the `jobs` id index, which holds
+/// only unfinished jobs.
+fn any_unfinished(conn: &Connection, run: &str) -> StoreResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM jobs WHERE job_id >= ?1 AND job_id < ?2 LIMIT 1")?
+        .exists(params![Shard::ids_from(run), Shard::ids_to(run)])?)
 }
 
 /// Inserts a job as new, unless an unfinished job has its node group and task id: then nothing
@@ -170,9 +266,9 @@ pub(super) fn insert(
                  attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner,
                  lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested,
                  instance_of, lease_losses, deadline, shard_of, shard_index, shard_count, shard_on,
-                 affinity)
+                 affinity, node)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)
+                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)
              ON CONFLICT (node_group, task_id) DO NOTHING",
         )?
         .execute(params![
@@ -202,6 +298,7 @@ pub(super) fn insert(
             job.shard.as_ref().map(|s| i64::from(s.count)),
             job.shard.as_ref().and_then(|s| s.on.as_ref()),
             job.spec.affinity_key(),
+            job.node.as_ref().map(encode).transpose()?,
         ])?;
     Ok(n == 1)
 }
@@ -395,11 +492,30 @@ pub(super) fn shard_progress(conn: &Connection, run: &str) -> StoreResult<ShardP
             let n = u32::try_from(n).unwrap_or(u32::MAX);
             match JobState::from_code(code) {
                 Some(JobState::Running) => p.running += n,
-                Some(JobState::Queued | JobState::Suspended) => p.pending += n,
+                Some(JobState::Queued | JobState::Suspended | JobState::Waiting) => p.pending += n,
                 Some(JobState::Succeeded) => p.succeeded += n,
+                Some(JobState::Skipped) => p.skipped += n,
                 Some(JobState::Failed | JobState::Cancelled) | None => p.failed += n,
             }
         }
+    }
+    if p.failed > 0 {
+        // Workflow nodes whose failure an edge out of them handles.
+        let handled: i64 = conn
+            .prepare_cached(
+                "SELECT count(*) FROM finished_jobs WHERE job_id >= ?1 AND job_id < ?2
+                 AND state IN (?3, ?4) AND json_extract(job, '$.node.handles_failure') = 1",
+            )?
+            .query_row(
+                params![
+                    from,
+                    to,
+                    JobState::Failed.code(),
+                    JobState::Cancelled.code()
+                ],
+                |r| r.get(0),
+            )?;
+        p.handled = u32::try_from(handled).unwrap_or(u32::MAX);
     }
     Ok(p)
 }

@@ -343,6 +343,7 @@ async fn complete(
             node_group,
             disposition,
             feedback_group,
+            woken,
             ..
         }) => {
             metrics::counter!("lts_jobs_completed_total", "outcome" => outcome.as_str())
@@ -357,6 +358,10 @@ async fn complete(
             }
             if let Some(g) = feedback_group {
                 core.feedback.signal(&g);
+            }
+            // A workflow node's end queued its successors.
+            for g in woken {
+                core.dispatcher.signal_work(&g);
             }
             result_ack(&job_id, true, "")
         }

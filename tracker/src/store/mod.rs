@@ -174,6 +174,9 @@ pub enum CompleteOutcome {
         feedback_group: Option<String>,
         /// The job's submitting JobClient node group (for watchers).
         submit_node_group: String,
+        /// The node groups where the completion queued other jobs (a workflow node's
+        /// successors), to wake their dispatchers.
+        woken: Vec<String>,
     },
     /// Refused: the lease is no longer this token's (reassigned, cancelled or finished).
     Stale {

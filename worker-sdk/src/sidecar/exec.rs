@@ -15,6 +15,10 @@ use crate::runner::{BizLogger, JobContext, JobRunner, RunResult};
 
 /// The exit code that means "try again later" (`EX_TEMPFAIL` of sysexits.h).
 pub const EXIT_LATER: i32 = 75;
+/// What starts a standard-output line that gives the run's output: the text after it is the
+/// message of a successful run (the last such line wins), which a workflow hands to the
+/// node's successors as the parameter `output.<node>` (`LTS_PARAM_OUTPUT_<NODE>`).
+pub const OUTPUT_PREFIX: &str = "lts:output ";
 /// How long a cancelled or timed-out job's processes get between SIGTERM and SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(2);
 
@@ -83,10 +87,15 @@ pub fn outcome_for_exit(code: i32, last_err: Option<&str>) -> RunResult {
 struct Lines {
     logger: BizLogger,
     last_err: std::sync::Mutex<Option<String>>,
+    output: std::sync::Mutex<Option<String>>,
 }
 
 impl Lines {
     fn push(&self, line: String, is_err: bool) {
+        if !is_err && let Some(output) = line.strip_prefix(OUTPUT_PREFIX) {
+            *self.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(output.to_string());
+            return;
+        }
         if is_err {
             *self.last_err.lock().unwrap_or_else(|e| e.into_inner()) = Some(line.clone());
             self.logger.warn(line);
@@ -177,6 +186,7 @@ impl JobRunner for ExecRunner {
         let lines = Arc::new(Lines {
             logger: ctx.logger.clone(),
             last_err: std::sync::Mutex::new(None),
+            output: std::sync::Mutex::new(None),
         });
         let out = child
             .stdout
@@ -212,10 +222,16 @@ impl JobRunner for ExecRunner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let output = lines
+            .output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         match status {
-            Ok(s) => match s.code() {
-                Some(code) => outcome_for_exit(code, last_err.as_deref()),
-                None => {
+            Ok(s) => match (s.code(), output) {
+                (Some(0), Some(output)) => RunResult::success(output),
+                (Some(code), _) => outcome_for_exit(code, last_err.as_deref()),
+                (None, _) => {
                     use std::os::unix::process::ExitStatusExt;
                     RunResult::exception(format!(
                         "killed by signal {}",
@@ -258,6 +274,29 @@ mod tests {
             let r = runner(cmd).run(ctx("t", &[])).await;
             assert_eq!(r.outcome, outcome, "{cmd}: {r:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_output_line_is_the_message_of_a_successful_run() {
+        let c = ctx("out", &[("output.extract", "rows=10")]);
+        let logger = c.logger.clone();
+        let script = "echo working; echo \"lts:output first\"; \
+                      echo \"lts:output got $LTS_PARAM_OUTPUT_EXTRACT\"";
+        let r = runner(script).run(c).await;
+        assert_eq!(
+            (r.outcome, r.message.as_str()),
+            (Outcome::Success, "got rows=10")
+        );
+        let lines: Vec<String> = logger.take().into_iter().map(|l| l.message).collect();
+        assert_eq!(lines, ["working"], "output lines are not logged");
+        // A failed run's message is its exit, whatever it output.
+        let r = runner("echo \"lts:output x\"; exit 3")
+            .run(ctx("out", &[]))
+            .await;
+        assert_eq!(
+            (r.outcome, r.message.as_str()),
+            (Outcome::Failed, "exit code 3")
+        );
     }
 
     #[tokio::test]

@@ -224,7 +224,7 @@ impl MongoStore {
         let event = |_: &StoredJob| Event::Complete(report.clone());
         let applied = self.apply_to(&filter, first, event, c.now_ms).await?;
         let reason = match applied {
-            Applied::Done { t, .. } => {
+            Applied::Done { t, woken, .. } => {
                 let spec = &t.job.job.spec;
                 let disposition = t.disposition.clone().ok_or_else(|| {
                     StoreError::Backend("complete: a result without a disposition".into())
@@ -234,6 +234,7 @@ impl MongoStore {
                     disposition,
                     feedback_group: t.feedback.as_ref().map(|_| spec.submit_node_group.clone()),
                     submit_node_group: spec.submit_node_group.clone(),
+                    woken,
                 });
             }
             Applied::Missing

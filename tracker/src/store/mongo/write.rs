@@ -39,6 +39,8 @@ pub(super) enum Applied {
         before: Read,
         /// The transition written.
         t: Box<Transition>,
+        /// The node groups where its cascade queued jobs (workflow nodes).
+        woken: Vec<String>,
     },
     /// The event does not apply to the job as read.
     Refused {
@@ -62,11 +64,11 @@ impl MongoStore {
         event: impl Fn(&StoredJob) -> Event,
         now: i64,
     ) -> StoreResult<Applied> {
-        let applied = self.apply_job(filter, first, event, now).await?;
-        if let Applied::Done { t, .. } = &applied
+        let mut applied = self.apply_job(filter, first, event, now).await?;
+        if let Applied::Done { t, woken, .. } = &mut applied
             && let Some(cascade) = &t.cascade
         {
-            self.cascade(cascade, now).await?;
+            *woken = self.cascade(cascade, now).await?;
         }
         Ok(applied)
     }
@@ -103,6 +105,7 @@ impl MongoStore {
                 return Ok(Applied::Done {
                     before: read,
                     t: Box::new(t),
+                    woken: Vec::new(),
                 });
             }
         }
@@ -198,21 +201,18 @@ impl MongoStore {
     /// a workflow node's waiting successors, or the sharded job whose shards all ended — and
     /// the work of those changes in turn, one after another (a node's skip may skip a chain of
     /// 10,000 nodes: a work list, not recursion).
-    pub(super) async fn cascade(&self, cascade: &Cascade, now: i64) -> StoreResult<()> {
-        let mut work = VecDeque::from([cascade.clone()]);
-        while let Some(cascade) = work.pop_front() {
+    /// Answers the node groups where it queued jobs (workflow nodes whose predecessors ended).
+    pub(super) async fn cascade(&self, cascade: &Cascade, now: i64) -> StoreResult<Vec<String>> {
+        let mut work = Work::default();
+        work.todo.push_back(cascade.clone());
+        while let Some(cascade) = work.todo.pop_front() {
             self.cascade_one(&cascade, now, &mut work).await?;
         }
-        Ok(())
+        Ok(work.woken)
     }
 
     /// One cascade's work; the cascades of the changes it makes go to `work`.
-    async fn cascade_one(
-        &self,
-        cascade: &Cascade,
-        now: i64,
-        work: &mut VecDeque<Cascade>,
-    ) -> StoreResult<()> {
+    async fn cascade_one(&self, cascade: &Cascade, now: i64, work: &mut Work) -> StoreResult<()> {
         let filter = match cascade.related() {
             Related::InstancesOf(definition) => doc! { "instance_of": definition, "done": "" },
             Related::ShardsOf(run) => doc! {
@@ -243,7 +243,7 @@ impl MongoStore {
                 .apply_job(&filter, First::Fresh(read), |_| event.clone(), now)
                 .await?
             {
-                work.extend(t.cascade);
+                work.todo.extend(t.cascade);
             }
         }
         Ok(())
@@ -257,7 +257,7 @@ impl MongoStore {
         index: u32,
         preds: Option<Vec<lts_core::Job>>,
         now: i64,
-        work: &mut VecDeque<Cascade>,
+        work: &mut Work,
     ) -> StoreResult<()> {
         let filter = doc! { "_id": Shard::id(run, index), "state": JobState::Waiting.code() };
         let Some(d) = self.jobs.find_one(filter.clone()).await? else {
@@ -287,7 +287,11 @@ impl MongoStore {
             .apply_job(&filter, First::Fresh(read), event, now)
             .await?
         {
-            work.extend(t.cascade);
+            if t.job.job.state == JobState::Queued {
+                work.woken
+                    .push(t.job.job.spec.task_tracker_node_group.clone());
+            }
+            work.todo.extend(t.cascade);
         }
         Ok(())
     }
@@ -389,7 +393,7 @@ impl MongoStore {
             .try_collect()
             .await?;
         let preds: Vec<lts_core::Job> = preds.iter().map(codec::job).collect::<StoreResult<_>>()?;
-        let mut work = VecDeque::new();
+        let mut work = Work::default();
         for node in &waiting {
             if workflow::readiness(node, &preds).is_some()
                 && let Some(shard) = &node.shard
@@ -399,7 +403,7 @@ impl MongoStore {
                     .await?;
             }
         }
-        while let Some(cascade) = work.pop_front() {
+        while let Some(cascade) = work.todo.pop_front() {
             self.cascade_one(&cascade, now, &mut work).await?;
         }
         Ok(())
@@ -468,6 +472,13 @@ impl MongoStore {
         }
         Ok(n)
     }
+}
+
+/// The cascades left to run, and the node groups where those run so far queued jobs.
+#[derive(Default)]
+struct Work {
+    todo: VecDeque<Cascade>,
+    woken: Vec<String>,
 }
 
 /// How often the sweep looks for sharded jobs to end, and how long such a job must have waited.

@@ -148,6 +148,7 @@ pub(super) fn complete(
                 disposition,
                 feedback_group: w.feedback_group,
                 submit_node_group: spec.submit_node_group.clone(),
+                woken: w.woken,
             })
         }
         Err(Refusal::StaleLease | Refusal::NotRunning(_)) => Ok(CompleteOutcome::Stale {

@@ -30,6 +30,16 @@ pub(super) struct Written {
     pub follow_up_inserted: bool,
     /// The submit node group its feedback was recorded for.
     pub feedback_group: Option<String>,
+    /// The node groups where its cascade queued jobs (workflow nodes whose predecessors
+    /// ended).
+    pub woken: Vec<String>,
+}
+
+/// The cascades left to run, and the node groups where those run so far queued jobs.
+#[derive(Default)]
+struct Work {
+    todo: VecDeque<Cascade>,
+    woken: Vec<String>,
 }
 
 /// Applies `event` at `now` to the job as read and writes the transition, with its cascade;
@@ -60,11 +70,13 @@ pub(super) fn write(
     now: i64,
     retry: &RetryPolicy,
 ) -> StoreResult<Written> {
-    let (written, cascade) = write_one(conn, found, t, spec_json)?;
-    let mut work: VecDeque<Cascade> = cascade.into_iter().collect();
-    while let Some(cascade) = work.pop_front() {
+    let (mut written, cascade) = write_one(conn, found, t, spec_json)?;
+    let mut work = Work::default();
+    work.todo.extend(cascade);
+    while let Some(cascade) = work.todo.pop_front() {
         run_cascade(conn, &cascade, now, retry, &mut work)?;
     }
+    written.woken = work.woken;
     Ok(written)
 }
 
@@ -76,11 +88,15 @@ fn change_one(
     event: Event,
     now: i64,
     retry: &RetryPolicy,
-    work: &mut VecDeque<Cascade>,
+    work: &mut Work,
 ) -> StoreResult<()> {
     if let Ok(t) = transition::apply(&found.stored, event, now, retry) {
-        let (_, cascade) = write_one(conn, Some(found), t, None)?;
-        work.extend(cascade);
+        let (written, cascade) = write_one(conn, Some(found), t, None)?;
+        let job = &written.transition.job.job;
+        if found.stored.job.state == JobState::Waiting && job.state == JobState::Queued {
+            work.woken.push(job.spec.task_tracker_node_group.clone());
+        }
+        work.todo.extend(cascade);
     }
     // A refusal (a running instance cancelled with its schedule, a node judged twice) writes
     // nothing.
@@ -138,6 +154,7 @@ fn write_one(
         transition: t,
         follow_up_inserted,
         feedback_group,
+        woken: Vec::new(),
     };
     Ok((written, cascade))
 }
@@ -151,7 +168,7 @@ fn run_cascade(
     cascade: &Cascade,
     now: i64,
     retry: &RetryPolicy,
-    work: &mut VecDeque<Cascade>,
+    work: &mut Work,
 ) -> StoreResult<()> {
     let related = match cascade.related() {
         Related::InstancesOf(definition) => found_all(
@@ -201,7 +218,7 @@ fn judge_successor(
     index: u32,
     now: i64,
     retry: &RetryPolicy,
-    work: &mut VecDeque<Cascade>,
+    work: &mut Work,
 ) -> StoreResult<()> {
     let Some(found) = super::queries::find_by_id(conn, &Shard::id(run, index))? else {
         return Ok(());

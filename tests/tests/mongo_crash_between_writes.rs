@@ -4,7 +4,8 @@
 //!
 //! The kill lands exactly between the writes: the first tracker runs with the fail point
 //! `mongo-fire-between-instance-and-definition` armed to sleep, the test watches the database
-//! until the instance is there and the recurring job is not moved, and kills it then.
+//! until the instance is there and the recurring job is not moved, and kills it then. The same
+//! for a sharded job's last shard and the job, and for a workflow node and its successor.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -220,6 +221,94 @@ async fn a_tracker_killed_between_a_last_shard_and_its_job_leaves_the_job_to_the
         1,
         "the shard ran once: {runs:?}"
     );
+    stop.cancel();
+    worker.await.unwrap();
+}
+
+/// A tracker killed between a workflow node's end and the judging of its successor — `a`'s
+/// result written, `b` still waiting for it — leaves `b` to the next master's sweep, which
+/// queues it: `b` runs once, after `a`, and the workflow succeeds; no node runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracker_killed_between_a_node_and_its_successor_leaves_it_to_the_sweep() {
+    use lts_core::workflow::{Edge, EdgeOn, Workflow, WorkflowNode};
+    const NODE_POINT: &str = "mongo-between-a-shard-and-its-job";
+    let dir = tempfile::tempdir().unwrap();
+    let mongo = MongoServer::start(&dir.path().join("mongo")).await.unwrap();
+    let store = mongo.url("nodes");
+    let jobs = mongodb::Client::with_uri_str(&store)
+        .await
+        .unwrap()
+        .database("nodes")
+        .collection::<Document>("jobs");
+    let port = free_port();
+    let args = ["--store", store.as_str()];
+    let armed = format!("{NODE_POINT}=sleep(600000)");
+    let mut first = TrackerProc::start_with_env(dir.path(), port, &args, &[("FAILPOINTS", &armed)])
+        .await
+        .unwrap();
+    let runs = Arc::new(Mutex::new(Vec::<String>::new()));
+    let r = runs.clone();
+    let stop = CancellationToken::new();
+    let worker = TaskTracker::builder()
+        .node_group("flow")
+        .tracker(first.addr.clone())
+        .threads(2)
+        .runner(move |ctx: JobContext| {
+            let r = r.clone();
+            async move {
+                r.lock().unwrap().push(ctx.task_id().to_string());
+                RunResult::success("done")
+            }
+        })
+        .build()
+        .unwrap();
+    let worker = tokio::spawn(worker.run_until_cancelled(stop.clone()));
+    let node = |name: &str| WorkflowNode {
+        name: name.into(),
+        spec: JobSpec::default(),
+    };
+    let mut spec = JobSpec::new("wf", "flow");
+    spec.workflow = Some(Workflow {
+        nodes: vec![node("a"), node("b")],
+        edges: vec![Edge {
+            from: "a".into(),
+            to: "b".into(),
+            on: EdgeOn::Success,
+        }],
+    });
+    let id = match first.client().submit(spec).await.unwrap() {
+        SubmitAnswer::Accepted { job_id } => job_id,
+        other => panic!("{other:?}"),
+    };
+    // a's end is written, b still waits: kill the tracker now.
+    eventually(T, "a's end to be written", || async {
+        let a = jobs
+            .find_one(doc! { "shard_of": &id, "shard_index": 0i64, "done": { "$ne": "" } })
+            .await
+            .unwrap()?;
+        let b = jobs
+            .find_one(doc! { "shard_of": &id, "shard_index": 1i64 })
+            .await
+            .unwrap()?;
+        (b.get_i64("state").ok()? == JobState::Waiting.code()).then_some(a)
+    })
+    .await
+    .unwrap();
+    first.proc.kill9();
+
+    let second = TrackerProc::start_on(dir.path(), port, &args)
+        .await
+        .unwrap();
+    let client = second.client();
+    let job = eventually(T, "the sweep to move the workflow on", || async {
+        let j = client.get(lts_core::JobKey::Id(id.clone())).await.ok()?;
+        j.state.is_final().then_some(j)
+    })
+    .await
+    .unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs, ["wf/a", "wf/b"], "each node ran once, in order");
     stop.cancel();
     worker.await.unwrap();
 }

@@ -6,7 +6,11 @@
 //! 2. **submit, single** — 64 concurrent clients submit one job per request;
 //! 3. **drain** — a preloaded backlog is run to completion (claim, push, run, result, commit);
 //! 4. **dispatch latency** — jobs submitted one by one at a fixed offered rate; the time from
-//!    the submit call to the runner starting, as an HDR histogram.
+//!    the submit call to the runner starting, as an HDR histogram;
+//! 5. **workflow** (`--phases workflow`, or `--workflow`) — a workflow whose root fans out to
+//!    `--workflow-fan-out` children (their throughput, from the submit to the workflow's end),
+//!    and a chain of `--workflow-chain` nodes (the time per edge: a node's end to the next
+//!    node's end).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -68,6 +72,15 @@ pub struct BenchArgs {
     /// first four, or only `cron` when `--cron` is given.
     #[arg(long, value_delimiter = ',')]
     pub phases: Vec<Phase>,
+    /// Run the workflow phase alone (as `--phases workflow`).
+    #[arg(long)]
+    pub workflow: bool,
+    /// Workflow phase: children of the fan-out workflow's root.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=19_999))]
+    pub workflow_fan_out: u32,
+    /// Workflow phase: nodes of the chain.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(2..=20_000))]
+    pub workflow_chain: u32,
     /// Cron phase: this many cron definitions, each firing every second.
     #[arg(long, default_value_t = 0)]
     pub cron: u32,
@@ -104,7 +117,7 @@ pub struct BenchArgs {
         conflicts_with_all = [
             "workers", "threads", "prefetch", "rate", "latency_seconds", "submit_jobs", "single_jobs",
             "submitters", "drain_jobs", "phases", "cron", "seconds", "sync", "data_dir", "store",
-            "json", "secure",
+            "json", "secure", "workflow", "workflow_fan_out", "workflow_chain",
         ]
     )]
     pub against: Option<PathBuf>,
@@ -126,6 +139,8 @@ pub enum Phase {
     /// The backend's raw limit without the scheduler (insert, claim, complete of
     /// `--drain-jobs` jobs), and the store's figures as fractions of it.
     Raw,
+    /// Workflows: a fan-out and a chain.
+    Workflow,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -156,6 +171,18 @@ struct CronReport {
 }
 
 #[derive(Debug, Default, Serialize)]
+struct WorkflowReport {
+    /// Children of the fan-out's root.
+    fan_out: u32,
+    /// The fan-out's children run per second, from the submit to the workflow's end.
+    fan_out_nodes_per_s: f64,
+    /// Nodes of the chain.
+    chain: u32,
+    /// The chain's time from submit to end, per edge.
+    chain_edge_ms: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
 struct Report {
     submit_batched_jobs_per_s: Option<f64>,
     submit_single_jobs_per_s: Option<f64>,
@@ -163,6 +190,8 @@ struct Report {
     dispatch_latency_ms: Option<Latency>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cron: Option<CronReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workflow: Option<WorkflowReport>,
     /// Store round trips per job over its whole life: one submit (the single-submit path when
     /// measured, else batched), its claim and its completion with every log line.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -222,6 +251,9 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
         let heading = format!("{} (saved) against {} (now)", old.display(), new.display());
         bench_compare::print(saved, &now, &heading);
         return Ok(());
+    }
+    if args.workflow && args.phases.is_empty() {
+        args.phases = vec![Phase::Workflow];
     }
     if args.phases.is_empty() {
         args.phases = if args.cron > 0 {
@@ -373,6 +405,9 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
         if args.phases.contains(&Phase::Cron) {
             report.cron = Some(cron(&client, endpoint, &args).await?);
         }
+        if args.phases.contains(&Phase::Workflow) {
+            report.workflow = Some(workflows(&client, endpoint, &args).await?);
+        }
         CliResult::Ok(())
     };
     let phases = tokio::select! {
@@ -451,6 +486,16 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
                 "expected {} · observed {} · missed {} · doubled {} · catch-up {} · lateness p50 {:.1} ms · p99 {:.1} ms · max {:.1} ms",
                 c.expected, c.observed, c.missed, c.doubled, c.catch_up, c.lateness_ms.p50, c.lateness_ms.p99, c.lateness_ms.max
             ),
+        ]);
+    }
+    if let Some(w) = &report.workflow {
+        t.add_row(vec![
+            format!("workflow fan-out: 1 → {} nodes", w.fan_out),
+            format!("{:.0} nodes/s", w.fan_out_nodes_per_s),
+        ]);
+        t.add_row(vec![
+            format!("workflow chain: {} nodes", w.chain),
+            format!("{:.2} ms per edge", w.chain_edge_ms),
         ]);
     }
     if let Some(r) = &report.raw {
@@ -613,6 +658,117 @@ fn start_workers(
         handles.push(tokio::spawn(tt.run_until_cancelled(stop.clone())));
     }
     Ok(handles)
+}
+
+/// The workflow phase: a fan-out of `--workflow-fan-out` children from one root, then a chain
+/// of `--workflow-chain` nodes, each run to its end by no-op runners.
+async fn workflows(
+    client: &JobClient,
+    endpoint: &[String],
+    args: &BenchArgs,
+) -> CliResult<WorkflowReport> {
+    use lts_core::workflow::{Edge, EdgeOn, Workflow, WorkflowNode};
+    let group = "bench-workflow";
+    let stop = CancellationToken::new();
+    let workers = start_workers(
+        endpoint,
+        client.credentials(),
+        group,
+        args,
+        |_ctx: JobContext| Box::pin(async { RunResult::success("") }) as _,
+        &stop,
+    )?;
+    let node = |name: String| WorkflowNode {
+        name,
+        spec: JobSpec::default(),
+    };
+    let edge = |from: &str, to: &str| Edge {
+        from: from.to_string(),
+        to: to.to_string(),
+        on: EdgeOn::Success,
+    };
+    let fan = args.workflow_fan_out;
+    let mut nodes = vec![node("root".into())];
+    nodes.extend((0..fan).map(|i| node(format!("c{i}"))));
+    let edges = (0..fan).map(|i| edge("root", &format!("c{i}"))).collect();
+    let fan_took = run_workflow(
+        client,
+        group,
+        "workflow-fan-out",
+        Workflow { nodes, edges },
+        u64::from(fan) + 1,
+    )
+    .await;
+    let chain = args.workflow_chain;
+    let names: Vec<String> = (0..chain).map(|i| format!("n{i}")).collect();
+    let edges = names.windows(2).map(|w| edge(&w[0], &w[1])).collect();
+    let nodes = names.into_iter().map(node).collect();
+    let chain_took = match &fan_took {
+        Ok(_) => {
+            run_workflow(
+                client,
+                group,
+                "workflow-chain",
+                Workflow { nodes, edges },
+                u64::from(chain),
+            )
+            .await
+        }
+        Err(_) => Ok(Duration::ZERO),
+    };
+    stop.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
+    let (fan_took, chain_took) = (fan_took?, chain_took?);
+    Ok(WorkflowReport {
+        fan_out: fan,
+        fan_out_nodes_per_s: f64::from(fan) / fan_took.as_secs_f64(),
+        chain,
+        chain_edge_ms: chain_took.as_secs_f64() * 1e3 / f64::from(chain - 1),
+    })
+}
+
+/// Submits one workflow of `n` nodes to `group` and waits for its end; how long it took.
+async fn run_workflow(
+    client: &JobClient,
+    group: &str,
+    name: &str,
+    wf: lts_core::workflow::Workflow,
+    n: u64,
+) -> CliResult<Duration> {
+    let mut spec = JobSpec::new(name, group);
+    spec.workflow = Some(wf);
+    let pb = bar(n, name);
+    let start = Instant::now();
+    let id = match client.submit(spec).await? {
+        lts_worker_sdk::SubmitAnswer::Rejected(v) => {
+            return Err(CliError::Failed(format!("{name}: {v}")));
+        }
+        a => a.job_id().unwrap_or_default().to_string(),
+    };
+    let key = lts_core::JobKey::Id(id);
+    // A workflow's read tallies its nodes: often enough for the bar and the end, rarely
+    // enough not to weigh on the run.
+    let ended = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let wf = client.get(key.clone()).await?;
+        let p = wf.shard_progress.unwrap_or_default();
+        pb.set_position(u64::from(p.succeeded + p.failed + p.skipped));
+        if wf.state.is_final() {
+            break wf;
+        }
+    };
+    let took = start.elapsed();
+    pb.finish();
+    if ended.state != lts_core::JobState::Succeeded {
+        return Err(CliError::Failed(format!(
+            "{name} ended {}: {}",
+            ended.state,
+            ended.last_message.unwrap_or_default()
+        )));
+    }
+    Ok(took)
 }
 
 /// Drains a preloaded backlog; returns jobs/s and the store's round-trip counter before the

@@ -21,7 +21,7 @@ use crate::model::{Job, JobSpec, JobState};
 use crate::validate::FieldViolation;
 
 /// The most nodes a workflow may have.
-pub const MAX_NODES: usize = 10_000;
+pub const MAX_NODES: usize = 20_000;
 
 /// The most edges a workflow may have.
 pub const MAX_EDGES: usize = 100_000;
@@ -442,11 +442,11 @@ pub enum Verdict {
 /// What the waiting node `node` does now, given its predecessors as stored (`preds`, any
 /// order; the node's [`NodeOf::needs`] name them by shard index): `None` while one of them is
 /// unfinished or not found.
-pub fn readiness(node: &Job, preds: &[Job]) -> Option<Verdict> {
+pub fn readiness(node: &Job, preds: &[&Job]) -> Option<Verdict> {
     let of = node.node.as_ref()?;
     let by_index: HashMap<u32, &Job> = preds
         .iter()
-        .filter_map(|p| p.shard.as_ref().map(|s| (s.index, p)))
+        .filter_map(|p| p.shard.as_ref().map(|s| (s.index, *p)))
         .collect();
     let mut outputs = BTreeMap::new();
     let mut skip = None;
@@ -588,7 +588,7 @@ mod tests {
         let got = problems(&s);
         assert!(
             got.iter()
-                .any(|p| p.starts_with("workflow.nodes: must have 1..=10000")),
+                .any(|p| p.starts_with("workflow.nodes: must have 1..=20000")),
             "{got:?}"
         );
         assert!(

@@ -1417,7 +1417,7 @@ fn diamond() -> JobSpec {
 /// A node's end as the store sees it: the node ended, and its waiting successors judged
 /// against their predecessors (here: the nodes in `all`).
 fn judge(successor: &StoredJob, all: &[StoredJob]) -> Option<Verdict> {
-    let preds: Vec<Job> = all.iter().map(|s| s.job.clone()).collect();
+    let preds: Vec<&Job> = all.iter().map(|s| &s.job).collect();
     crate::workflow::readiness(&successor.job, &preds)
 }
 

@@ -4,9 +4,10 @@
 //! changed the job meanwhile: it is read again and the event applied again, a bounded number
 //! of times.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use lts_core::transition::{self, Cascade, Event, FollowUp, Refusal, Transition};
 use lts_core::transition::{Related, StoredJob, Write};
 use lts_core::{JobState, Shard, ShardProgress, workflow};
@@ -225,9 +226,7 @@ impl MongoStore {
                 successors,
             } => {
                 fail::fail_point!("mongo-between-a-shard-and-its-job");
-                for &index in successors {
-                    self.judge_successor(run, index, None, now, work).await?;
-                }
+                self.judge_successors(run, successors, now, work).await?;
                 return self.end_shards(parent, run, now).await;
             }
         };
@@ -249,49 +248,96 @@ impl MongoStore {
         Ok(())
     }
 
-    /// The workflow node `index` of `run`, if it waits: queued or skipped once every
-    /// predecessor ended ([`workflow::readiness`]). `preds`: its predecessors as read already.
-    async fn judge_successor(
+    /// The workflow nodes `indexes` of `run` that wait: each queued or skipped once every
+    /// predecessor ended ([`workflow::readiness`]). Two reads (the nodes, then the predecessors
+    /// this cascade has not read yet), then the nodes' writes side by side — a root's end that
+    /// lets 10,000 successors run is not 10,000 round trips one after another.
+    async fn judge_successors(
         &self,
         run: &str,
-        index: u32,
-        preds: Option<Vec<lts_core::Job>>,
+        indexes: &[u32],
         now: i64,
         work: &mut Work,
     ) -> StoreResult<()> {
-        let filter = doc! { "_id": Shard::id(run, index), "state": JobState::Waiting.code() };
-        let Some(d) = self.jobs.find_one(filter.clone()).await? else {
-            return Ok(());
-        };
-        let read = codec::read(&d)?;
-        let preds = match preds {
-            Some(preds) => preds,
-            None => {
-                let needs = read.stored.job.node.as_ref().map_or(&[][..], |n| &n.needs);
-                let ids: Vec<String> = needs.iter().map(|n| Shard::id(run, n.index)).collect();
-                let found: Vec<Document> = self
+        const CHUNK: usize = 1_000;
+        const WRITES: usize = 1_000;
+        let started = std::time::Instant::now();
+        let _log = scopeguard_log(run, indexes.len(), started);
+        for chunk in indexes.chunks(CHUNK) {
+            let ids: Vec<String> = chunk.iter().map(|&i| Shard::id(run, i)).collect();
+            let found: Vec<Document> = self
+                .jobs
+                .find(doc! { "_id": { "$in": ids }, "state": JobState::Waiting.code() })
+                .await?
+                .try_collect()
+                .await?;
+            let waiting: Vec<Read> = found.iter().map(codec::read).collect::<StoreResult<_>>()?;
+            let mut to_read: Vec<String> = waiting
+                .iter()
+                .flat_map(|r| r.stored.job.node.iter().flat_map(|n| &n.needs))
+                .map(|need| Shard::id(run, need.index))
+                .filter(|id| !work.ended.contains_key(id))
+                .collect();
+            to_read.sort();
+            to_read.dedup();
+            let mut running = std::collections::HashSet::new();
+            for ids in to_read.chunks(CHUNK) {
+                let preds: Vec<Document> = self
                     .jobs
                     .find(doc! { "_id": { "$in": ids } })
                     .await?
                     .try_collect()
                     .await?;
-                found.iter().map(codec::job).collect::<StoreResult<_>>()?
+                for d in &preds {
+                    let job = codec::job(d)?;
+                    if !job.state.is_final() {
+                        // Its own end judges its successors.
+                        running.insert(job.job_id);
+                        continue;
+                    }
+                    if work.ended.len() >= ENDED_CACHE {
+                        work.ended.clear();
+                    }
+                    work.ended.insert(job.job_id.clone(), Arc::new(job));
+                }
             }
-        };
-        let Some(verdict) = workflow::readiness(&read.stored.job, &preds) else {
-            return Ok(());
-        };
-        let event = |_: &StoredJob| Event::PredecessorsEnded(verdict.clone());
-        // Refused: another predecessor's end judged it first.
-        if let Applied::Done { t, .. } = self
-            .apply_job(&filter, First::Fresh(read), event, now)
-            .await?
-        {
-            if t.job.job.state == JobState::Queued {
-                work.woken
-                    .push(t.job.job.spec.task_tracker_node_group.clone());
+            let judged: Vec<(Read, workflow::Verdict)> = waiting
+                .into_iter()
+                .filter_map(|read| {
+                    let needs = read.stored.job.node.as_ref()?.needs.clone();
+                    let preds: Vec<Arc<lts_core::Job>> = needs
+                        .iter()
+                        .map(|n| Shard::id(run, n.index))
+                        .filter(|id| !running.contains(id))
+                        .filter_map(|id| work.ended.get(&id).cloned())
+                        .collect();
+                    let refs: Vec<&lts_core::Job> = preds.iter().map(|p| p.as_ref()).collect();
+                    let verdict = workflow::readiness(&read.stored.job, &refs)?;
+                    Some((read, verdict))
+                })
+                .collect();
+            let writes = futures::stream::iter(judged)
+                .map(|(read, verdict)| async move {
+                    let filter = doc! {
+                        "_id": &read.stored.job.job_id,
+                        "state": JobState::Waiting.code(),
+                    };
+                    let event = |_: &StoredJob| Event::PredecessorsEnded(verdict.clone());
+                    self.apply_job(&filter, First::Fresh(read), event, now)
+                        .await
+                })
+                .buffer_unordered(WRITES);
+            let applied: Vec<Applied> = writes.try_collect().await?;
+            for a in applied {
+                // Refused: another predecessor's end judged it first.
+                if let Applied::Done { t, .. } = a {
+                    if t.job.job.state == JobState::Queued {
+                        work.woken
+                            .push(t.job.job.spec.task_tracker_node_group.clone());
+                    }
+                    work.todo.extend(t.cascade);
+                }
             }
-            work.todo.extend(t.cascade);
         }
         Ok(())
     }
@@ -362,10 +408,12 @@ impl MongoStore {
     }
 
     /// The waiting nodes of the workflow `parent`'s `run` whose predecessors all ended, judged
-    /// (their last predecessor's tracker died between its end and the judging): two reads, the
-    /// waiting nodes and their predecessors' states, then a judging of each one found ready.
+    /// (their last predecessor's tracker died between its end and the judging). Reads every
+    /// waiting node's predecessors (ids only) and their states (states only), then
+    /// [`MongoStore::judge_successors`] of the nodes found ready.
     async fn judge_stranded_nodes(&self, parent: &str, run: &str, now: i64) -> StoreResult<()> {
-        let waiting: Vec<Document> = self
+        const CHUNK: usize = 1_000;
+        let mut cursor = self
             .jobs
             .find(doc! {
                 "shard_of": parent,
@@ -373,36 +421,61 @@ impl MongoStore {
                 "_id": { "$gte": Shard::ids_from(run), "$lt": Shard::ids_to(run) },
                 "state": JobState::Waiting.code(),
             })
-            .limit(SHARD_SWEEP_MAX)
-            .await?
-            .try_collect()
+            .projection(doc! { "shard_index": 1, "node": 1 })
             .await?;
-        let waiting: Vec<lts_core::Job> =
-            waiting.iter().map(codec::job).collect::<StoreResult<_>>()?;
-        let mut ids: Vec<String> = waiting
-            .iter()
-            .flat_map(|j| j.node.iter().flat_map(|n| &n.needs))
-            .map(|need| Shard::id(run, need.index))
-            .collect();
-        ids.sort();
-        ids.dedup();
-        let preds: Vec<Document> = self
-            .jobs
-            .find(doc! { "_id": { "$in": ids } })
-            .await?
-            .try_collect()
-            .await?;
-        let preds: Vec<lts_core::Job> = preds.iter().map(codec::job).collect::<StoreResult<_>>()?;
-        let mut work = Work::default();
-        for node in &waiting {
-            if workflow::readiness(node, &preds).is_some()
-                && let Some(shard) = &node.shard
-            {
-                tracing::warn!(node = %node.job_id, "mongodb: judging a workflow node its last predecessor's end did not reach");
-                self.judge_successor(run, shard.index, Some(preds.clone()), now, &mut work)
-                    .await?;
+        let mut waiting: Vec<(u32, Vec<String>)> = Vec::new();
+        while let Some(d) = cursor.try_next().await? {
+            let Some(index) = codec::int(&d, "shard_index") else {
+                continue;
+            };
+            let needs: Vec<String> = codec::text(&d, "node")
+                .and_then(|json| serde_json::from_str::<workflow::NodeOf>(json).ok())
+                .map(|n| n.needs.iter().map(|p| Shard::id(run, p.index)).collect())
+                .unwrap_or_default();
+            waiting.push((index as u32, needs));
+            if waiting.len() >= workflow::MAX_NODES {
+                break;
             }
         }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<&String> = waiting.iter().flat_map(|(_, needs)| needs).collect();
+        ids.sort();
+        ids.dedup();
+        let mut ended = std::collections::HashSet::new();
+        for chunk in ids.chunks(CHUNK) {
+            let states: Vec<Document> = self
+                .jobs
+                .find(doc! { "_id": { "$in": chunk } })
+                .projection(doc! { "state": 1 })
+                .await?
+                .try_collect()
+                .await?;
+            for d in states {
+                let state = codec::int(&d, "state").and_then(JobState::from_code);
+                if state.is_some_and(JobState::is_final)
+                    && let Some(id) = codec::text(&d, "_id")
+                {
+                    ended.insert(id.to_string());
+                }
+            }
+        }
+        let ready: Vec<u32> = waiting
+            .iter()
+            .filter(|(_, needs)| needs.iter().all(|id| ended.contains(id)))
+            .map(|(index, _)| *index)
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            workflow = %parent,
+            nodes = ready.len(),
+            "mongodb: judging workflow nodes their last predecessor's end did not reach"
+        );
+        let mut work = Work::default();
+        self.judge_successors(run, &ready, now, &mut work).await?;
         while let Some(cascade) = work.todo.pop_front() {
             self.cascade_one(&cascade, now, &mut work).await?;
         }
@@ -474,12 +547,31 @@ impl MongoStore {
     }
 }
 
+/// Logs (at debug) how long judging `n` nodes of `run` took, when dropped.
+fn scopeguard_log(run: &str, n: usize, started: std::time::Instant) -> impl Drop {
+    struct Logged(String, usize, std::time::Instant);
+    impl Drop for Logged {
+        fn drop(&mut self) {
+            if self.1 > 0 {
+                tracing::debug!(run = %self.0, nodes = self.1, ms = self.2.elapsed().as_millis() as u64, "mongodb: judged workflow nodes");
+            }
+        }
+    }
+    Logged(run.to_string(), n, started)
+}
+
 /// The cascades left to run, and the node groups where those run so far queued jobs.
 #[derive(Default)]
 struct Work {
     todo: VecDeque<Cascade>,
     woken: Vec<String>,
+    /// Finished workflow nodes read by this cascade, by id (they do not change): a root that
+    /// fans out to 10,000 successors is read once, not once for each.
+    ended: HashMap<String, Arc<lts_core::Job>>,
 }
+
+/// The most finished nodes a cascade keeps read ([`Work::ended`]).
+const ENDED_CACHE: usize = 10_000;
 
 /// How often the sweep looks for sharded jobs to end, and how long such a job must have waited.
 const SHARD_SWEEP_MS: i64 = 5_000;

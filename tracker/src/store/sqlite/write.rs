@@ -7,8 +7,9 @@
 //! state and lease token it was read with; inside the writer's transaction nothing can change
 //! them, so a write that matches no row is a bug, reported as an error.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use lts_core::schedule::RetryPolicy;
 use lts_core::transition::{
@@ -40,7 +41,13 @@ pub(super) struct Written {
 struct Work {
     todo: VecDeque<Cascade>,
     woken: Vec<String>,
+    /// Finished workflow nodes read by this write, by id (they do not change): a root that
+    /// fans out to 10,000 successors is read once, not once for each.
+    ended: HashMap<String, Arc<Job>>,
 }
+
+/// The most finished nodes a write keeps read ([`Work::ended`]).
+const ENDED_CACHE: usize = 10_000;
 
 /// Applies `event` at `now` to the job as read and writes the transition, with its cascade;
 /// a refusal writes nothing. `spec_json` is the transition's spec as JSON, when the caller has
@@ -231,15 +238,28 @@ fn judge_successor(
     else {
         return Ok(());
     };
-    let mut preds = Vec::with_capacity(of.needs.len());
+    let mut preds: Vec<Arc<Job>> = Vec::with_capacity(of.needs.len());
     for need in &of.needs {
-        let key = lts_core::JobKey::Id(Shard::id(run, need.index));
-        match super::queries::find_by_key(conn, &key)? {
+        let id = Shard::id(run, need.index);
+        if let Some(job) = work.ended.get(&id) {
+            preds.push(job.clone());
+            continue;
+        }
+        let key = lts_core::JobKey::Id(id.clone());
+        if super::queries::find_by_key(conn, &key)?.is_some() {
             // One still runs: its own end judges this node again.
-            Some(_) => return Ok(()),
-            None => preds.extend(super::queries::get_finished(conn, &key)?),
+            return Ok(());
+        }
+        if let Some(job) = super::queries::get_finished(conn, &key)? {
+            let job = Arc::new(job);
+            if work.ended.len() >= ENDED_CACHE {
+                work.ended.clear();
+            }
+            work.ended.insert(id, job.clone());
+            preds.push(job);
         }
     }
+    let preds: Vec<&Job> = preds.iter().map(|p| p.as_ref()).collect();
     if let Some(verdict) = workflow::readiness(node, &preds) {
         change_one(
             conn,

@@ -944,12 +944,16 @@ fn cancel(stored: &StoredJob, cause: CancelCause, now_ms: i64) -> Result<Transit
         CancelCause::WithSchedule(definition) => {
             (format!("cancelled with its schedule {definition}"), None)
         }
+        // A replaced run whose shards (workflow nodes) run takes them with it.
         CancelCause::Replaced(fire_ms) => (
             format!(
                 "cancelled: replaced by the fire {} (concurrency policy replace)",
                 format_ms(fire_ms)
             ),
-            None,
+            job.waits_for_shards().then(|| Cascade::CancelShards {
+                parent: job.job_id.clone(),
+                run: Shard::run_of(job),
+            }),
         ),
         CancelCause::WithParent(parent) => (format!("cancelled with its job {parent}"), None),
         CancelCause::TargetGone(identity) => (

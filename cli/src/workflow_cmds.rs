@@ -176,6 +176,8 @@ impl WorkflowFile {
         };
         let mut nodes = Vec::with_capacity(self.nodes.len());
         let mut edges = Vec::new();
+        // Where each edge was written, to name it in a problem.
+        let mut origins = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let timeout_ms = match n.timeout.as_deref().map(lts_core::parse_duration_ms) {
                 Some(Ok(ms)) => Some(ms.max(0) as u64),
@@ -196,11 +198,14 @@ impl WorkflowFile {
                 name: n.name.clone(),
                 spec,
             });
-            edges.extend(n.after.iter().map(|from| Edge {
-                from: from.clone(),
-                to: n.name.clone(),
-                on: EdgeOn::Success,
-            }));
+            for (k, from) in n.after.iter().enumerate() {
+                edges.push(Edge {
+                    from: from.clone(),
+                    to: n.name.clone(),
+                    on: EdgeOn::Success,
+                });
+                origins.push(format!("nodes[{i}].after[{k}]"));
+            }
         }
         for (i, e) in self.edges.iter().enumerate() {
             let on = match e.on.as_deref().map(str::parse::<EdgeOn>) {
@@ -216,6 +221,7 @@ impl WorkflowFile {
                 to: e.to.clone(),
                 on,
             });
+            origins.push(format!("edges[{i}]"));
         }
         let mut spec = JobSpec::new(self.name.clone(), self.node_group.clone());
         spec.submit_node_group = self.submit_node_group.clone();
@@ -226,12 +232,43 @@ impl WorkflowFile {
         spec.replace_on_exist = self.replace_on_exist;
         spec.workflow = Some(Workflow { nodes, edges });
         if let Err(v) = lts_core::validate(&spec) {
-            problems.extend(v.0.iter().map(|f| f.to_string()));
+            problems.extend(v.0.iter().map(|f| {
+                let field = lts_core::workflow::edge_origin(&f.field, &origins)
+                    .or_else(|| f.field.strip_prefix("workflow.").map(file_field))
+                    .unwrap_or_else(|| f.field.clone());
+                format!("{field}: {}", f.reason)
+            }));
         }
         match problems.is_empty() {
             true => Ok(spec),
             false => Err(CliError::Usage(problems.join("; "))),
         }
+    }
+}
+
+/// A node's field as the file writes it: `nodes[1].spec.max_retries` → `nodes[1].maxRetries`.
+fn file_field(field: &str) -> String {
+    match field.split_once(".spec.") {
+        Some((node, rest)) => {
+            let mut camel = String::new();
+            let mut upper = false;
+            for c in rest.chars() {
+                match c {
+                    '_' => upper = true,
+                    c if upper => {
+                        camel.extend(c.to_uppercase());
+                        upper = false;
+                    }
+                    c => camel.push(c),
+                }
+            }
+            let camel = match camel.as_str() {
+                "taskTrackerNodeGroup" => "nodeGroup".to_string(),
+                _ => camel,
+            };
+            format!("{node}.{camel}")
+        }
+        None => field.to_string(),
     }
 }
 
@@ -488,7 +525,10 @@ edges:
             err.contains("edges[0].on: unknown edge condition \"sometimes\""),
             "{err}"
         );
-        assert!(err.contains("no node is named \"nope\""), "{err}");
+        assert!(
+            err.contains("nodes[2].after[0].from: no node is named \"nope\""),
+            "{err}"
+        );
         assert!(err.contains("form a cycle"), "{err}");
         let unknown = "name: x\nnodeGroup: g\nnodes: []\ncolour: red\n";
         let err = serde_yaml::from_str::<WorkflowFile>(unknown)

@@ -207,6 +207,21 @@ impl Workflow {
     }
 }
 
+/// The place a problem with edge `i` of a workflow names, when the edges were written in
+/// several places (a node's `after` list and an `edges` list, say): `origins[i]` is where
+/// edge `i` came from. A field `workflow.edges[i]…` becomes `origins[i]`, with the rest of the
+/// path (`.from`, `.to`) kept only for an origin that is an edge of its own (not a name in an
+/// `after` list); any other field is `None`.
+pub fn edge_origin(field: &str, origins: &[String]) -> Option<String> {
+    let rest = field.strip_prefix("workflow.edges[")?;
+    let (index, rest) = rest.split_once(']')?;
+    let origin = origins.get(index.parse::<usize>().ok()?)?;
+    Some(match origin.contains(".after[") {
+        true => origin.clone(),
+        false => format!("{origin}{rest}"),
+    })
+}
+
 /// Why a node name is not allowed, if it is not.
 pub fn name_problem(name: &str) -> Option<String> {
     if name.is_empty() || name.len() > MAX_NODE_NAME_LEN {
@@ -635,6 +650,22 @@ mod tests {
                 MAX_NEEDS + 1
             )]
         );
+    }
+
+    #[test]
+    fn an_edge_problem_names_where_the_edge_was_written() {
+        let origins = ["nodes[1].after[0]".to_string(), "edges[0]".to_string()];
+        assert_eq!(
+            edge_origin("workflow.edges[0].from", &origins).as_deref(),
+            Some("nodes[1].after[0]")
+        );
+        assert_eq!(
+            edge_origin("workflow.edges[1].to", &origins).as_deref(),
+            Some("edges[0].to")
+        );
+        assert_eq!(edge_origin("workflow.edges", &origins), None);
+        assert_eq!(edge_origin("workflow.edges[7].to", &origins), None);
+        assert_eq!(edge_origin("workflow.nodes[0].name", &origins), None);
     }
 
     #[test]

@@ -617,9 +617,95 @@ pub struct JobSpec {
     /// `labels`); a Job no TaskTracker matches waits queued.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub affinity: BTreeMap<String, String>,
+    /// Run as a workflow: its nodes, each a job of its own, after their predecessors (each
+    /// fire, for a scheduled Job); the Job ends with its last node. Not with `shards`,
+    /// `broadcast` or `affinity` (set those on the nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<WorkflowSpec>,
     /// No runs or fires while true.
     #[serde(default)]
     pub suspend: bool,
+}
+
+/// A workflow: nodes and the edges between them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowSpec {
+    /// The nodes (names unique).
+    #[schemars(length(min = 1, max = 20000))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub nodes: Vec<WorkflowNodeSpec>,
+    /// Edges besides the nodes' `after`: `from -> to`, taken `when` `from` ended so (`Success`
+    /// by default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100000))]
+    pub edges: Vec<WorkflowEdgeSpec>,
+}
+
+/// One node of a workflow: the job it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowNodeSpec {
+    /// Its name: lower-case letters, digits and `-`, starting and ending with a letter or digit.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Runs after these nodes succeeded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Its TaskTracker node group (default: the Job's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub task_tracker_node_group: Option<String>,
+    /// Parameters handed to its runner (besides `output.<node>` of its predecessors).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    /// Higher runs first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Retries after `LATER` / `EXCEPTION` / `TIMEOUT`.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_retries: i32,
+    /// Runs that may be lost before the node fails. Omitted: 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_lease_losses: Option<i32>,
+    /// Seconds one run may take. Omitted: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2592000))]
+    pub timeout_seconds: Option<i64>,
+    /// Labels its TaskTracker must have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub affinity: BTreeMap<String, String>,
+}
+
+/// An edge of a workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowEdgeSpec {
+    /// The predecessor.
+    pub from: String,
+    /// The successor.
+    pub to: String,
+    /// Which ends of `from` let `to` run. (Named `when`, not `on`: YAML 1.1, as kubectl reads
+    /// it, takes an unquoted `on` key for `true`.)
+    #[serde(default)]
+    pub when: EdgeCondition,
+}
+
+/// Which ends of a predecessor let its successor run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+pub enum EdgeCondition {
+    /// It succeeded.
+    #[default]
+    Success,
+    /// It failed.
+    Failure,
+    /// It ended in any way.
+    Always,
 }
 
 /// Where a [`Job`] is in its life.
@@ -650,8 +736,11 @@ pub struct ShardCounts {
     pub failed: i64,
     /// Running now.
     pub running: i64,
-    /// Waiting for a retry or a free TaskTracker.
+    /// Waiting for a retry or a free TaskTracker (workflow nodes: or their predecessors).
     pub pending: i64,
+    /// Workflow nodes skipped (an edge into them was not taken).
+    #[serde(default)]
+    pub skipped: i64,
 }
 
 /// Observed state of a [`Job`].

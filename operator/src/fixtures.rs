@@ -64,6 +64,7 @@ pub fn job(name: &str) -> Job {
             shards: None,
             broadcast: false,
             affinity: Default::default(),
+            workflow: None,
             suspend: false,
         },
     );

@@ -1582,7 +1582,11 @@ fn a_cancelled_workflow_cancels_its_waiting_nodes_without_judging_their_successo
 fn a_replaced_workflow_run_cancels_its_nodes() {
     let queued = accept(diamond(), "w".into(), NOW).job;
     let running = run(&queued, claim("t1"), NOW + 1).job;
-    let t = run(&running, Event::Cancel(CancelCause::Replaced(NOW + 5)), NOW + 5);
+    let t = run(
+        &running,
+        Event::Cancel(CancelCause::Replaced(NOW + 5)),
+        NOW + 5,
+    );
     assert_eq!(t.job.job.state, Cancelled);
     assert_eq!(
         t.cascade,
@@ -1592,6 +1596,10 @@ fn a_replaced_workflow_run_cancels_its_nodes() {
         })
     );
     // A queued one has no nodes yet: nothing to cascade.
-    let t = run(&queued, Event::Cancel(CancelCause::Replaced(NOW + 5)), NOW + 5);
+    let t = run(
+        &queued,
+        Event::Cancel(CancelCause::Replaced(NOW + 5)),
+        NOW + 5,
+    );
     assert_eq!(t.cascade, None);
 }

@@ -130,6 +130,14 @@ fn camel(snake: &str) -> String {
 /// The resource path of a field the tracker's validation names (`repeat.interval_ms` →
 /// `spec.schedule.repeat.intervalMs`).
 pub fn spec_field(field: &str) -> String {
+    // A workflow node's own fields sit on the node: `workflow.nodes[1].spec.timeout` →
+    // `spec.workflow.nodes[1].timeoutSeconds`.
+    if let Some((node, rest)) = field.split_once(".spec.")
+        && node.starts_with("workflow.nodes[")
+    {
+        let inner = spec_field(rest);
+        return format!("spec.{node}.{}", inner.trim_start_matches("spec."));
+    }
     let camel_path: Vec<String> = field.split('.').map(camel).collect();
     let path = camel_path.join(".");
     match camel_path.first().map(String::as_str) {
@@ -260,19 +268,90 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
         // A resource is its own key: its task id (from its uid) dedups, and a changed spec
         // must replace the job, not be answered with it.
         idempotency_key: None,
-        workflow: None,
+        workflow: spec
+            .workflow
+            .as_ref()
+            .map(|w| to_lts_workflow(w, &mut problems)),
     };
     if let Err(v) = lts_core::validate(&out) {
-        problems.extend(
-            v.0.iter()
-                .map(|f| format!("{}: {}", spec_field(&f.field), f.reason)),
-        );
+        let origins = spec.workflow.as_ref().map(edge_origins).unwrap_or_default();
+        problems.extend(v.0.iter().map(|f| {
+            let field = lts_core::workflow::edge_origin(&f.field, &origins)
+                .map(|origin| format!("spec.workflow.{origin}"))
+                .unwrap_or_else(|| spec_field(&f.field));
+            format!("{field}: {}", f.reason)
+        }));
     }
     if problems.is_empty() {
         Ok(out)
     } else {
         Err(problems)
     }
+}
+
+/// Where each edge of [`to_lts_workflow`]'s workflow was written: `nodes[i].after[k]`, then
+/// `edges[k]`.
+fn edge_origins(w: &crate::crd::WorkflowSpec) -> Vec<String> {
+    let mut origins: Vec<String> = w
+        .nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| (0..n.after.len()).map(move |k| format!("nodes[{i}].after[{k}]")))
+        .collect();
+    origins.extend((0..w.edges.len()).map(|k| format!("edges[{k}]")));
+    origins
+}
+
+/// The workflow of a Job's spec as the tracker takes it; a node's `after` become `Success`
+/// edges, and bad values (a negative retry count, say) are named in `problems`.
+fn to_lts_workflow(
+    w: &crate::crd::WorkflowSpec,
+    problems: &mut Vec<String>,
+) -> lts_core::workflow::Workflow {
+    use crate::crd::EdgeCondition;
+    use lts_core::workflow::{Edge, EdgeOn, Workflow, WorkflowNode};
+    let mut edges = Vec::new();
+    let nodes = w
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            if n.max_retries < 0 {
+                problems.push(format!(
+                    "spec.workflow.nodes[{i}].maxRetries: must not be negative"
+                ));
+            }
+            let mut spec =
+                lts_core::JobSpec::new("", n.task_tracker_node_group.clone().unwrap_or_default());
+            spec.params = n.params.clone();
+            spec.priority = n.priority;
+            spec.max_retries = n.max_retries.max(0) as u32;
+            spec.max_lease_losses = n.max_lease_losses.map(|m| m.max(0) as u32);
+            spec.timeout_ms = n
+                .timeout_seconds
+                .map(|s| u64::try_from(s).unwrap_or(0).saturating_mul(1_000));
+            spec.affinity = n.affinity.clone();
+            edges.extend(n.after.iter().map(|from| Edge {
+                from: from.clone(),
+                to: n.name.clone(),
+                on: EdgeOn::Success,
+            }));
+            WorkflowNode {
+                name: n.name.clone(),
+                spec,
+            }
+        })
+        .collect();
+    edges.extend(w.edges.iter().map(|e| Edge {
+        from: e.from.clone(),
+        to: e.to.clone(),
+        on: match e.when {
+            EdgeCondition::Success => EdgeOn::Success,
+            EdgeCondition::Failure => EdgeOn::Failure,
+            EdgeCondition::Always => EdgeOn::Always,
+        },
+    }));
+    Workflow { nodes, edges }
 }
 
 /// A stable fingerprint of what is submitted (FNV-1a over its JSON), so a changed spec is
@@ -348,6 +427,7 @@ pub fn mirror(status: &mut crate::crd::JobStatus, job: &lts_core::Job) {
             failed: i64::from(p.failed),
             running: i64::from(p.running),
             pending: i64::from(p.pending),
+            skipped: i64::from(p.skipped),
         });
     }
     status.next_fire_time = match job.state {
@@ -480,6 +560,72 @@ mod tests {
                 first_fire_ms: None
             }
         );
+    }
+
+    #[test]
+    fn a_workflow_maps_to_the_job_model_and_its_problems_name_the_resource_field() {
+        use crate::crd::{EdgeCondition, WorkflowEdgeSpec, WorkflowNodeSpec, WorkflowSpec};
+        use lts_core::workflow::EdgeOn;
+        let node = |name: &str, after: &[&str]| WorkflowNodeSpec {
+            name: name.into(),
+            after: after.iter().map(|a| a.to_string()).collect(),
+            task_tracker_node_group: None,
+            params: BTreeMap::new(),
+            priority: 0,
+            max_retries: 1,
+            max_lease_losses: None,
+            timeout_seconds: Some(60),
+            affinity: BTreeMap::new(),
+        };
+        let mut j = job("etl");
+        j.spec.params.clear();
+        j.spec.workflow = Some(WorkflowSpec {
+            nodes: vec![
+                node("extract", &[]),
+                node("load", &["extract"]),
+                node("alert", &[]),
+            ],
+            edges: vec![WorkflowEdgeSpec {
+                from: "load".into(),
+                to: "alert".into(),
+                when: EdgeCondition::Failure,
+            }],
+        });
+        let spec = to_lts_spec(&j).unwrap();
+        let wf = spec.workflow.unwrap();
+        assert_eq!(wf.nodes[1].spec.timeout_ms, Some(60_000));
+        let edges: Vec<(&str, &str, EdgeOn)> = wf
+            .edges
+            .iter()
+            .map(|e| (e.from.as_str(), e.to.as_str(), e.on))
+            .collect();
+        assert_eq!(
+            edges,
+            [
+                ("extract", "load", EdgeOn::Success),
+                ("load", "alert", EdgeOn::Failure)
+            ]
+        );
+        // Problems: an unknown name in an `after`, a cycle through `edges`, a node's field.
+        let w = j.spec.workflow.as_mut().unwrap();
+        w.nodes[0].after = vec!["nope".into()];
+        w.edges.push(WorkflowEdgeSpec {
+            from: "alert".into(),
+            to: "load".into(),
+            when: EdgeCondition::Always,
+        });
+        w.nodes[2].timeout_seconds = Some(0);
+        let problems = to_lts_spec(&j).unwrap_err();
+        for want in [
+            "spec.workflow.nodes[0].after[0]: no node is named \"nope\"",
+            "spec.workflow.edges: form a cycle: ",
+            "spec.workflow.nodes[2].timeoutSeconds: ",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(want)),
+                "{want}: {problems:?}"
+            );
+        }
     }
 
     #[test]
@@ -654,6 +800,7 @@ mod tests {
                 failed: 0,
                 running: 2,
                 pending: 1,
+                skipped: 0,
             })
         );
         // Out of the schema's range (an older CRD that let it through): named, not sent.

@@ -32,6 +32,7 @@ fn job() -> Job {
             shards: None,
             broadcast: false,
             affinity: Default::default(),
+            workflow: None,
             suspend: false,
         },
     )

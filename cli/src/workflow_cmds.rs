@@ -526,7 +526,7 @@ edges:
             "{err}"
         );
         assert!(
-            err.contains("nodes[2].after[0].from: no node is named \"nope\""),
+            err.contains("nodes[2].after[0]: no node is named \"nope\""),
             "{err}"
         );
         assert!(err.contains("form a cycle"), "{err}");

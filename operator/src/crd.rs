@@ -725,6 +725,27 @@ pub enum JobPhase {
     Suspended,
     /// Cancelled on the tracker.
     Cancelled,
+    /// A workflow node waiting for its predecessors.
+    Waiting,
+    /// A workflow node that did not run: an edge into it was not taken.
+    Skipped,
+}
+
+/// One node of a workflow [`Job`], as its status shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The node's name.
+    pub name: String,
+    /// Where it is.
+    pub phase: JobPhase,
+    /// Runs started.
+    pub attempts: i64,
+    /// The message of its last run (or why it was skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Its tracker job id.
+    pub job_id: String,
 }
 
 /// A sharded [`Job`]'s shard runs by state.
@@ -786,9 +807,14 @@ pub struct JobStatus {
     /// Fingerprint of the job as last submitted; a change resubmits it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_hash: Option<String>,
-    /// A sharded Job: its shard runs by state.
+    /// A sharded Job: its shard runs by state (a workflow: its nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<ShardCounts>,
+    /// A workflow: each node of its latest run, as the trackers last told (at most the first
+    /// 500 nodes; `shards` counts them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub nodes: Vec<NodeStatus>,
     /// `Submitted` and `Synced`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -176,7 +176,7 @@ async fn diamond(dir: &Path, store: &[&str]) {
     let (code, _, stderr) = lts(&["workflow", "submit", "-f", file.to_str().unwrap()]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains("nodes[2].after[0].from: no node is named \"nope\""),
+        stderr.contains("nodes[2].after[0]: no node is named \"nope\""),
         "{stderr}"
     );
     drop(workers);

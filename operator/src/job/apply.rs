@@ -28,7 +28,9 @@ pub fn news(job: &Job, obs: &mut Observed, watches: &Watches) {
     {
         obs.tracker = Tracker::Current(current);
     }
-    obs.instance = watches.take_instance(&job.namespace().unwrap_or_default(), &job.name_any());
+    let (ns, name) = (job.namespace().unwrap_or_default(), job.name_any());
+    obs.instance = watches.take_instance(&ns, &name);
+    obs.nodes = watches.take_nodes(&ns, &name);
 }
 
 /// Makes the `Get` the round needs before deciding, if [`plan::fetch`] asks for one.

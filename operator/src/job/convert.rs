@@ -233,6 +233,15 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
     }
     // Out of range (past the schema, say on an older CRD): 0, which the validation below names.
     let max_concurrent = spec.max_concurrent.map(|n| u32::try_from(n).unwrap_or(0));
+    let resource: BTreeMap<String, String> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("lts.io/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let workflow = spec
+        .workflow
+        .as_ref()
+        .map(|w| to_lts_workflow(w, &resource, &mut problems));
     let out = lts_core::JobSpec {
         task_id: task_id(job).unwrap_or_default(),
         task_tracker_node_group: spec.task_tracker_node_group.clone(),
@@ -268,10 +277,7 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
         // A resource is its own key: its task id (from its uid) dedups, and a changed spec
         // must replace the job, not be answered with it.
         idempotency_key: None,
-        workflow: spec
-            .workflow
-            .as_ref()
-            .map(|w| to_lts_workflow(w, &mut problems)),
+        workflow,
     };
     if let Err(v) = lts_core::validate(&out) {
         let origins = spec.workflow.as_ref().map(edge_origins).unwrap_or_default();
@@ -306,6 +312,7 @@ fn edge_origins(w: &crate::crd::WorkflowSpec) -> Vec<String> {
 /// edges, and bad values (a negative retry count, say) are named in `problems`.
 fn to_lts_workflow(
     w: &crate::crd::WorkflowSpec,
+    resource_params: &BTreeMap<String, String>,
     problems: &mut Vec<String>,
 ) -> lts_core::workflow::Workflow {
     use crate::crd::EdgeCondition;
@@ -316,6 +323,11 @@ fn to_lts_workflow(
         .iter()
         .enumerate()
         .map(|(i, n)| {
+            for k in n.params.keys().filter(|k| k.starts_with("lts.io/")) {
+                problems.push(format!(
+                    "spec.workflow.nodes[{i}].params[{k}]: the prefix lts.io/ is reserved"
+                ));
+            }
             if n.max_retries < 0 {
                 problems.push(format!(
                     "spec.workflow.nodes[{i}].maxRetries: must not be negative"
@@ -324,6 +336,10 @@ fn to_lts_workflow(
             let mut spec =
                 lts_core::JobSpec::new("", n.task_tracker_node_group.clone().unwrap_or_default());
             spec.params = n.params.clone();
+            // The node's job names the resource too, so that the watch brings its changes
+            // to the resource's status ([`mirror_nodes`]).
+            spec.params
+                .extend(resource_params.iter().map(|(k, v)| (k.clone(), v.clone())));
             spec.priority = n.priority;
             spec.max_retries = n.max_retries.max(0) as u32;
             spec.max_lease_losses = n.max_lease_losses.map(|m| m.max(0) as u32);
@@ -393,9 +409,8 @@ pub fn phase(state: JobState) -> JobPhase {
         JobState::Succeeded => JobPhase::Succeeded,
         JobState::Failed => JobPhase::Failed,
         JobState::Cancelled => JobPhase::Cancelled,
-        // A Job resource is never a workflow's node; were it one, these are the nearest.
-        JobState::Waiting => JobPhase::Queued,
-        JobState::Skipped => JobPhase::Cancelled,
+        JobState::Waiting => JobPhase::Waiting,
+        JobState::Skipped => JobPhase::Skipped,
     }
 }
 
@@ -403,7 +418,7 @@ pub fn phase(state: JobState) -> JobPhase {
 pub fn is_final(phase: Option<JobPhase>) -> bool {
     matches!(
         phase,
-        Some(JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled)
+        Some(JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled | JobPhase::Skipped)
     )
 }
 
@@ -455,6 +470,51 @@ pub fn mirror(status: &mut crate::crd::JobStatus, job: &lts_core::Job) {
         None => {
             status.completion_time = None;
             status.duration = None;
+        }
+    }
+}
+
+/// The most workflow nodes a Job's status lists.
+pub const MAX_STATUS_NODES: u32 = 500;
+
+/// Whether `job` is a node of a workflow.
+pub fn is_node(job: &lts_core::Job) -> bool {
+    job.node.is_some()
+}
+
+/// Mirrors what the watch told of a workflow's nodes into `status.nodes`: each node by name,
+/// those of a newer run replacing the older run's; at most [`MAX_STATUS_NODES`] (by index).
+pub fn mirror_nodes(status: &mut crate::crd::JobStatus, nodes: &[lts_core::Job]) {
+    let run_of = |id: &str| lts_core::Shard::run_of_id(id).to_string();
+    for node in nodes {
+        let (Some(of), Some(shard)) = (&node.node, &node.shard) else {
+            continue;
+        };
+        if shard.index >= MAX_STATUS_NODES {
+            continue;
+        }
+        let run = run_of(&node.job_id);
+        if status
+            .nodes
+            .first()
+            .is_some_and(|n| run_of(&n.job_id) != run)
+        {
+            status.nodes.clear();
+        }
+        let entry = crate::crd::NodeStatus {
+            name: of.name.clone(),
+            phase: phase(node.state),
+            attempts: i64::from(node.attempt),
+            message: node
+                .last_message
+                .as_deref()
+                .filter(|m| !m.is_empty())
+                .map(|m| crate::nodegroup::truncate(m, MAX_MESSAGE)),
+            job_id: node.job_id.clone(),
+        };
+        match status.nodes.iter_mut().find(|n| n.name == entry.name) {
+            Some(known) => *known = entry,
+            None => status.nodes.push(entry),
         }
     }
 }
@@ -626,6 +686,60 @@ mod tests {
                 "{want}: {problems:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_workflows_nodes_reach_its_status_by_name_the_newest_run_only() {
+        use lts_core::workflow::NodeOf;
+        let node = |run: &str, index: u32, name: &str, state: JobState| {
+            let mut n = tracker_job(&format!("{run}{index}"), to_lts_spec(&job("etl")).unwrap());
+            n.state = state;
+            n.attempt = 1;
+            n.shard = Some(lts_core::Shard {
+                of: "W".into(),
+                index,
+                count: 600,
+                on: None,
+            });
+            n.node = Some(NodeOf {
+                name: name.into(),
+                needs: Vec::new(),
+                next: Vec::new(),
+                handles_failure: false,
+            });
+            n
+        };
+        let mut st = crate::crd::JobStatus::default();
+        mirror_nodes(
+            &mut st,
+            &[
+                node("W-1-1-", 0, "extract", JobState::Succeeded),
+                node("W-1-1-", 1, "load", JobState::Waiting),
+                node("W-1-1-", 550, "far", JobState::Queued),
+            ],
+        );
+        let phases: Vec<(&str, JobPhase)> = st
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.phase))
+            .collect();
+        assert_eq!(
+            phases,
+            [
+                ("extract", JobPhase::Succeeded),
+                ("load", JobPhase::Waiting)
+            ],
+            "a node past the first {MAX_STATUS_NODES} is counted, not listed"
+        );
+        mirror_nodes(&mut st, &[node("W-1-1-", 1, "load", JobState::Skipped)]);
+        assert_eq!(st.nodes[1].phase, JobPhase::Skipped);
+        // The next run's first node replaces the last run's list.
+        mirror_nodes(&mut st, &[node("W-2-1-", 0, "extract", JobState::Running)]);
+        assert_eq!(st.nodes.len(), 1);
+        assert_eq!(
+            (st.nodes[0].phase, st.nodes[0].job_id.as_str()),
+            (JobPhase::Running, "W-2-1-0")
+        );
     }
 
     #[test]

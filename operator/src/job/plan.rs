@@ -97,6 +97,8 @@ pub struct Observed {
     pub requested: bool,
     /// The newest fire of a recurring job the watch delivered since the last round.
     pub instance: Option<lts_core::Job>,
+    /// A workflow's nodes the watch delivered since the last round (their newest states).
+    pub nodes: Vec<lts_core::Job>,
 }
 
 impl Observed {
@@ -118,6 +120,7 @@ impl Observed {
             refused: None,
             requested: false,
             instance: None,
+            nodes: Vec::new(),
         }
     }
 

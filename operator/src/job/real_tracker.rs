@@ -531,3 +531,73 @@ fn mailer_worker(tracker: &TrackerProc, threads: u32, exec: &str, log: std::path
         .args(["--exec", exec]);
     Proc::spawn(cmd, log).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflows_nodes_reach_its_status() {
+    use crate::crd::{WorkflowNodeSpec, WorkflowSpec};
+    let (dir, tracker, watches, mut trigger) = watched_tracker().await;
+    let client = tracker.client();
+    let node = |name: &str, after: &[&str]| WorkflowNodeSpec {
+        name: name.into(),
+        after: after.iter().map(|a| a.to_string()).collect(),
+        task_tracker_node_group: None,
+        params: Default::default(),
+        priority: 0,
+        max_retries: 0,
+        max_lease_losses: None,
+        timeout_seconds: None,
+        affinity: Default::default(),
+    };
+    let mut resource = job("etl");
+    resource.spec.workflow = Some(WorkflowSpec {
+        nodes: vec![node("extract", &[]), node("load", &["extract"])],
+        edges: Vec::new(),
+    });
+    let spec = convert::to_lts_spec(&resource).unwrap();
+    let id = client
+        .submit(spec)
+        .await
+        .unwrap()
+        .job_id()
+        .unwrap()
+        .to_string();
+    let _worker = mailer_worker(
+        &tracker,
+        2,
+        "echo 'lts:output rows=3'",
+        dir.path().join("worker.log"),
+    );
+
+    let mut status = crate::crd::JobStatus::default();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !(status.nodes.len() == 2
+            && status.nodes.iter().all(|n| n.phase == JobPhase::Succeeded))
+        {
+            futures::StreamExt::next(&mut trigger).await.unwrap();
+            let nodes = watches.take_nodes("lts", "etl");
+            assert!(
+                nodes.iter().all(|n| convert::owned_by(n, "0b6f3c1e-uid")),
+                "{nodes:?}"
+            );
+            convert::mirror_nodes(&mut status, &nodes);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("status {status:?}"));
+    let names: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert!(
+        names.contains(&"extract") && names.contains(&"load"),
+        "{names:?}"
+    );
+    let load = status.nodes.iter().find(|n| n.name == "load").unwrap();
+    assert_eq!(load.message.as_deref(), Some("rows=3"));
+    // The workflow itself ends with its last node, its counts mirrored like a sharded Job's.
+    let done = wait_final(&client, &id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    convert::mirror(&mut status, &done);
+    let counts = status.shards.unwrap();
+    assert_eq!((counts.succeeded, counts.skipped), (2, 0));
+    watches.stop();
+}

@@ -127,6 +127,14 @@ pub fn status(job: &Job, obs: &Observed, ending: &Ending, now: Timestamp) -> Job
     {
         convert::mirror_instance(&mut status, instance);
     }
+    let uid = job.uid().unwrap_or_default();
+    let nodes: Vec<lts_core::Job> = obs
+        .nodes
+        .iter()
+        .filter(|n| convert::owned_by(n, &uid))
+        .cloned()
+        .collect();
+    convert::mirror_nodes(&mut status, &nodes);
     if !wanted.is_empty() {
         status.conditions = crate::reconcile::conditions(job, &wanted, now);
     }

@@ -43,6 +43,7 @@ pub struct Watches {
     live: Mutex<HashMap<String, Arc<AtomicBool>>>,
     observed: Mutex<HashMap<String, lts_core::Job>>,
     instances: Mutex<HashMap<(String, String), lts_core::Job>>,
+    nodes: Mutex<HashMap<(String, String), HashMap<String, lts_core::Job>>>,
     read: Mutex<HashMap<String, Instant>>,
     jobs: OnceLock<Store<DeserializeGuard<Job>>>,
     stop: CancellationToken,
@@ -63,6 +64,7 @@ impl Default for Watches {
             live: Mutex::default(),
             observed: Mutex::default(),
             instances: Mutex::default(),
+            nodes: Mutex::default(),
             read: Mutex::default(),
             jobs: OnceLock::new(),
             stop: CancellationToken::new(),
@@ -104,6 +106,17 @@ impl Watches {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// The workflow nodes of the resource `namespace/name` a watch delivered since the last
+    /// call (the newest state of each).
+    pub fn take_nodes(&self, namespace: &str, name: &str) -> Vec<lts_core::Job> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(namespace.to_string(), name.to_string()))
+            .map(|m| m.into_values().collect())
+            .unwrap_or_default()
     }
 
     /// The newest state of `job_id` a watch delivered since the last call, if any.
@@ -245,7 +258,21 @@ impl Watches {
         let Some((ns, name)) = convert::resource_of(&job) else {
             return;
         };
-        if convert::is_instance(&job) {
+        if convert::is_node(&job) {
+            // A workflow's node: kept per resource and node job, bounded like the others.
+            let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            let total: usize = nodes.values().map(HashMap::len).sum();
+            if total >= MAX_OBSERVED {
+                nodes.clear();
+            }
+            let of = nodes.entry((ns.clone(), name.clone())).or_default();
+            let newer = of
+                .get(&job.job_id)
+                .is_none_or(|known| job.updated_at_ms >= known.updated_at_ms);
+            if newer {
+                of.insert(job.job_id.clone(), job);
+            }
+        } else if convert::is_instance(&job) {
             // Maybe one fire of a recurring Job: kept per resource, newest fire first.
             let mut instances = self.instances.lock().unwrap_or_else(|e| e.into_inner());
             if instances.len() >= MAX_OBSERVED {

@@ -401,6 +401,22 @@ pub enum Cascade {
         /// Its run whose shards these are ([`Shard::run_of`]).
         run: String,
     },
+    /// Suspend every unfinished shard (workflow node) of the suspended job `parent`'s `run`: a
+    /// queued one is suspended, a running one after its attempt, a waiting one when its
+    /// predecessors ended.
+    SuspendShards {
+        /// The sharded job's (the workflow's) id.
+        parent: String,
+        /// Its run.
+        run: String,
+    },
+    /// Resume every suspended shard (workflow node) of the resumed job `parent`'s `run`.
+    ResumeShards {
+        /// The sharded job's (the workflow's) id.
+        parent: String,
+        /// Its run.
+        run: String,
+    },
     /// A shard run of `parent` ended: if none of the shards of its `run` is unfinished any
     /// more, the store applies [`Event::ShardsEnded`] with their tally to `parent`. A workflow
     /// node's end first gives each of its waiting `successors` (shards of the same run) the
@@ -443,7 +459,9 @@ impl Cascade {
         match self {
             Cascade::CancelQueuedInstances { definition }
             | Cascade::ReplaceInstances { definition, .. } => Related::InstancesOf(definition),
-            Cascade::CancelShards { run, .. } => Related::ShardsOf(run),
+            Cascade::CancelShards { run, .. }
+            | Cascade::SuspendShards { run, .. }
+            | Cascade::ResumeShards { run, .. } => Related::ShardsOf(run),
             Cascade::ShardEnded {
                 parent,
                 run,
@@ -470,6 +488,8 @@ impl Cascade {
             Cascade::CancelShards { parent, .. } => {
                 Some(Event::Cancel(CancelCause::WithParent(parent.clone())))
             }
+            Cascade::SuspendShards { .. } => Some(Event::Suspend),
+            Cascade::ResumeShards { .. } => Some(Event::Resume),
             // The event needs the shards' tally: see [`Event::ShardsEnded`].
             Cascade::ShardEnded { .. } => None,
         }
@@ -531,9 +551,6 @@ pub enum Refusal {
     /// The end of a node's predecessors, for a job in this state, not a waiting node.
     #[error("the job is {0}, not a workflow node waiting for its predecessors")]
     NotWaiting(JobState),
-    /// A suspend of a workflow node that waits for its predecessors.
-    #[error("the node waits for its predecessors: suspend or cancel its workflow instead")]
-    WaitsForPredecessors,
 }
 
 /// How long past a run's deadline its lease may last: the time its TaskTracker has to cancel

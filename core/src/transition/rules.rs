@@ -439,11 +439,16 @@ fn predecessors_ended(
     after.job.updated_at_ms = now_ms;
     let line = match verdict {
         Verdict::Run { outputs } => {
-            after.job.state = JobState::Queued;
+            // A node suspended while it waited (with its workflow, say) stays suspended.
+            let (state, what) = match stored.suspend_requested {
+                true => (JobState::Suspended, "suspended (a user suspended it)"),
+                false => (JobState::Queued, "queued"),
+            };
+            after.job.state = state;
             after.job.trigger_time_ms = now_ms;
             let note = match outputs.len() {
-                0 => "its predecessors ended: queued".to_string(),
-                k => format!("its predecessors ended: queued with {k} of their outputs"),
+                0 => format!("its predecessors ended: {what}"),
+                k => format!("its predecessors ended: {what}, with {k} of their outputs"),
             };
             after.job.spec.params.extend(outputs);
             log(job, now_ms, LogType::Update, note)
@@ -885,26 +890,34 @@ fn lease_lost(
 
 fn suspend(stored: &StoredJob, now_ms: i64) -> Result<Transition, Refusal> {
     let job = &stored.job;
-    if job.state == JobState::Waiting {
-        return Err(Refusal::WaitsForPredecessors);
-    }
     if stored.suspend_requested || job.state == JobState::Suspended {
         return Err(Refusal::AlreadySuspended);
     }
     let mut after = stored.clone();
     after.suspend_requested = true;
     after.job.updated_at_ms = now_ms;
-    let note = if job.state == JobState::Running {
-        "suspended by a user; the running attempt finishes first"
-    } else {
-        after.job.state = JobState::Suspended;
-        "suspended by a user"
+    let note = match job.state {
+        // Its shards (nodes) are suspended with it; the ones that run finish their attempt.
+        JobState::Running if job.waits_for_shards() => "suspended by a user, with its shards",
+        JobState::Running => "suspended by a user; the running attempt finishes first",
+        JobState::Waiting => "suspended by a user; stays suspended once its predecessors end",
+        _ => {
+            after.job.state = JobState::Suspended;
+            "suspended by a user"
+        }
     };
-    Ok(changed(
+    let mut t = changed(
         stored,
         after,
         vec![log(job, now_ms, LogType::Suspend, note)],
-    ))
+    );
+    if job.waits_for_shards() {
+        t.cascade = Some(Cascade::SuspendShards {
+            parent: job.job_id.clone(),
+            run: Shard::run_of(job),
+        });
+    }
+    Ok(t)
 }
 
 fn resume(stored: &StoredJob, now_ms: i64) -> Result<Transition, Refusal> {
@@ -925,12 +938,23 @@ fn resume(stored: &StoredJob, now_ms: i64) -> Result<Transition, Refusal> {
         }
         format!("resumed by a user; runs at {}", format_ms(at_ms))
     } else if stored.suspend_requested {
-        "resumed by a user before its running attempt ended".to_string()
+        match job.state {
+            JobState::Running if job.waits_for_shards() => "resumed by a user, with its shards",
+            JobState::Waiting => "resumed by a user; runs once its predecessors end",
+            _ => "resumed by a user before its running attempt ended",
+        }
+        .to_string()
     } else {
         return Err(Refusal::NotSuspended);
     };
     let mut t = changed(stored, after, vec![log(job, now_ms, LogType::Resume, note)]);
     t.next_fire = next_fire;
+    if job.waits_for_shards() {
+        t.cascade = Some(Cascade::ResumeShards {
+            parent: job.job_id.clone(),
+            run: Shard::run_of(job),
+        });
+    }
     Ok(t)
 }
 

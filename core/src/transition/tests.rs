@@ -98,7 +98,9 @@ fn consistent(s: &StoredJob) -> Result<(), String> {
     let ran_out = j.last_message.as_deref() == Some("schedule complete");
     let broken = if leased != [j.state == Running && !j.waits_for_shards(); 3] {
         "a lease that does not match its state"
-    } else if (j.state == Suspended) != (s.suspend_requested && unfinished && j.state != Running) {
+    } else if (j.state == Suspended)
+        != (s.suspend_requested && unfinished && !matches!(j.state, Running | Waiting))
+    {
         "a suspend request that does not match its state"
     } else if unfinished == j.finished_at_ms.is_some() {
         "a finish time that does not match its state"
@@ -182,7 +184,7 @@ fn expect(state: JobState, event: &Event) -> Result<(JobState, &'static [LogType
         }
         (Queued, E::Suspend) => Ok((Suspended, &[L::Suspend])),
         (Running, E::Suspend) => Ok((Running, &[L::Suspend])),
-        (Waiting, E::Suspend) => Err(Refusal::WaitsForPredecessors),
+        (Waiting, E::Suspend) => Ok((Waiting, &[L::Suspend])),
         (_, E::Suspend) => Err(Refusal::AlreadySuspended),
         (Suspended, E::Resume) => Ok((Queued, &[L::Resume])),
         (_, E::Resume) => Err(Refusal::NotSuspended),
@@ -1443,15 +1445,12 @@ fn a_workflow_runs_its_nodes_in_edge_order_and_takes_the_failure_edge() {
     for n in &nodes {
         consistent(n).unwrap();
     }
-    // A waiting node is not claimed, suspended or run.
+    // A waiting node is not claimed or run.
     assert_eq!(
         apply(&nodes[1], claim("x"), NOW + 2, &exact()).map(|t| t.write),
         Err(Refusal::NotQueued(Waiting))
     );
-    assert_eq!(
-        apply(&nodes[1], Event::Suspend, NOW + 2, &exact()).map(|t| t.write),
-        Err(Refusal::WaitsForPredecessors)
-    );
+
     // a fails: its end names its successors.
     let running = run(&nodes[0], claim("a"), NOW + 2).job;
     let mut failed = report("a", Outcome::Failed);
@@ -1602,4 +1601,45 @@ fn a_replaced_workflow_run_cancels_its_nodes() {
         NOW + 5,
     );
     assert_eq!(t.cascade, None);
+}
+
+#[test]
+fn a_suspended_workflow_suspends_its_nodes_and_a_waiting_one_stays_suspended() {
+    let queued = accept(diamond(), "w".into(), NOW).job;
+    let t = run(&queued, claim("t1"), NOW + 1);
+    let (parent, nodes) = (t.job, t.fan_out);
+    let suspended = run(&parent, Event::Suspend, NOW + 2);
+    let cascade = Some(Cascade::SuspendShards {
+        parent: "w".into(),
+        run: "w-1-1-".into(),
+    });
+    assert_eq!(suspended.cascade, cascade);
+    assert_eq!(
+        suspended.job.job.state, Running,
+        "it waits for its nodes still"
+    );
+    // The cascade's event for each node: a queued one is suspended; a waiting one is marked.
+    let a = run(&nodes[0], Event::Suspend, NOW + 3).job;
+    assert_eq!(a.job.state, Suspended);
+    let b = run(&nodes[1], Event::Suspend, NOW + 3).job;
+    assert_eq!((b.job.state, b.suspend_requested), (Waiting, true));
+    consistent(&b).unwrap();
+    // Its predecessors end: it is suspended, not queued.
+    let ready = Verdict::Run {
+        outputs: Default::default(),
+    };
+    let b = run(&b, Event::PredecessorsEnded(ready), NOW + 4).job;
+    assert_eq!(b.job.state, Suspended);
+    consistent(&b).unwrap();
+    // Resuming the workflow resumes its nodes.
+    let resumed = run(&suspended.job, Event::Resume, NOW + 5);
+    assert_eq!(
+        resumed.cascade,
+        Some(Cascade::ResumeShards {
+            parent: "w".into(),
+            run: "w-1-1-".into()
+        })
+    );
+    assert_eq!(run(&b, Event::Resume, NOW + 6).job.job.state, Queued);
+    assert_eq!(run(&a, Event::Resume, NOW + 6).job.job.state, Queued);
 }

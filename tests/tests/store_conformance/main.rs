@@ -96,7 +96,8 @@ macro_rules! for_each_case {
             affinity_matches_jobs_to_labelled_task_trackers,
             a_workflow_runs_its_nodes_after_their_predecessors,
             a_failure_skips_a_long_chain_at_once,
-            a_cancelled_workflow_cancels_its_waiting_nodes
+            a_cancelled_workflow_cancels_its_waiting_nodes,
+            a_suspended_workflow_holds_its_nodes_until_resumed
         );
     };
 }

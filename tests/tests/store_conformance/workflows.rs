@@ -96,7 +96,7 @@ pub async fn a_workflow_runs_its_nodes_after_their_predecessors(store: Arc<dyn J
         assert_eq!(n.state, state, "{name}");
         assert_eq!(n.spec.task_id, format!("etl/{name}"));
     }
-    // Only a is due; waiting nodes are neither claimed nor suspended.
+    // Only a is due; waiting nodes are not claimed.
     assert_eq!(run_due(&store, NOW + 10, |_| Outcome::Failed).await, ["a"]);
     let b = node(&store, &wf, "b").await;
     assert_eq!(b.state, JobState::Skipped, "{b:?}");
@@ -111,14 +111,6 @@ pub async fn a_workflow_runs_its_nodes_after_their_predecessors(store: Arc<dyn J
     let c = node(&store, &wf, "c").await;
     assert_eq!(c.state, JobState::Queued);
     assert!(c.spec.params.is_empty(), "a failed: no output {c:?}");
-    let waiting = JobKey::Id(node(&store, &wf, "d").await.job_id);
-    assert!(
-        matches!(
-            store.suspend(waiting, NOW + 11).await.unwrap(),
-            ChangeOutcome::Unchanged(_)
-        ),
-        "a waiting node is not suspended"
-    );
     assert_eq!(run_due(&store, NOW + 20, |_| Outcome::Success).await, ["c"]);
     let d = node(&store, &wf, "d").await;
     assert_eq!(d.state, JobState::Queued);
@@ -225,5 +217,80 @@ pub async fn a_cancelled_workflow_cancels_its_waiting_nodes(store: Arc<dyn JobSt
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// A suspended workflow suspends its nodes: the queued ones at once, a running one's successor
+/// once it ended (it stays suspended instead of queued); resumed, it runs on to its end.
+pub async fn a_suspended_workflow_holds_its_nodes_until_resumed(store: Arc<dyn JobStore>) {
+    let spec = workflow(
+        "paused",
+        &["a", "b", "c"],
+        &[("a", "c", EdgeOn::Success), ("b", "c", EdgeOn::Success)],
+    );
+    let key = JobKey::Id(id(&store.submit(vec![spec], NOW).await.unwrap()[0]));
+    store.claim(claim("g", "w1", 10, NOW)).await.unwrap();
+    // a runs; b is still queued when the workflow is suspended.
+    let running = store.claim(claim("g", "w1", 1, NOW + 1)).await.unwrap();
+    assert_eq!(running.len(), 1);
+    assert!(matches!(
+        store.suspend(key.clone(), NOW + 2).await.unwrap(),
+        ChangeOutcome::Changed(_)
+    ));
+    let wf = store.get(key.clone()).await.unwrap().unwrap();
+    let first = running[0].job.node.as_ref().unwrap().name.clone();
+    let other = if first == "a" { "b" } else { "a" };
+    assert_eq!(node(&store, &wf, other).await.state, JobState::Suspended);
+    assert!(
+        store
+            .claim(claim("g", "w1", 10, NOW + 3))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing runs while it is suspended"
+    );
+    // The running node finishes its attempt.
+    let r = store
+        .complete(done(
+            &running[0].job.job_id,
+            &running[0].token,
+            Outcome::Success,
+            NOW + 4,
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(r, CompleteOutcome::Accepted { .. }), "{r:?}");
+    assert_eq!(node(&store, &wf, "c").await.state, JobState::Waiting);
+    // Resumed: the other node runs, then c (which waited, marked suspended, for both).
+    assert!(matches!(
+        store.resume(key.clone(), NOW + 5).await.unwrap(),
+        ChangeOutcome::Changed(_)
+    ));
+    assert_eq!(
+        run_due(&store, NOW + 6, |_| Outcome::Success).await,
+        [other.to_string()]
+    );
+    assert_eq!(node(&store, &wf, "c").await.state, JobState::Queued);
+    assert_eq!(run_due(&store, NOW + 7, |_| Outcome::Success).await, ["c"]);
+    let wf = store.get(key).await.unwrap().unwrap();
+    assert_eq!(wf.state, JobState::Succeeded, "{wf:?}");
+
+    // A node suspended while it waits stays suspended when its predecessors end.
+    let spec = workflow("held", &["x", "y"], &[("x", "y", EdgeOn::Success)]);
+    let key = JobKey::Id(id(&store.submit(vec![spec], NOW).await.unwrap()[0]));
+    store.claim(claim("g", "w1", 10, NOW + 10)).await.unwrap();
+    let wf = store.get(key.clone()).await.unwrap().unwrap();
+    let y = JobKey::Id(node(&store, &wf, "y").await.job_id);
+    assert!(matches!(
+        store.suspend(y.clone(), NOW + 11).await.unwrap(),
+        ChangeOutcome::Changed(_)
+    ));
+    assert_eq!(run_due(&store, NOW + 12, |_| Outcome::Success).await, ["x"]);
+    assert_eq!(node(&store, &wf, "y").await.state, JobState::Suspended);
+    store.resume(y, NOW + 13).await.unwrap();
+    assert_eq!(run_due(&store, NOW + 14, |_| Outcome::Success).await, ["y"]);
+    assert_eq!(
+        store.get(key).await.unwrap().unwrap().state,
+        JobState::Succeeded
     );
 }

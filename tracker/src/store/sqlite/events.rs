@@ -261,8 +261,7 @@ pub(super) fn suspend_or_resume(
     };
     Ok(match change(conn, &found, event, now, retry, None)? {
         Ok(w) => ChangeOutcome::Changed(w.transition.job.job),
-        // A workflow node waiting for its predecessors is neither suspended nor resumed.
-        Err(Refusal::AlreadySuspended | Refusal::NotSuspended | Refusal::WaitsForPredecessors) => {
+        Err(Refusal::AlreadySuspended | Refusal::NotSuspended) => {
             ChangeOutcome::Unchanged(found.stored.job)
         }
         Err(other) => return Err(unexpected(other)),

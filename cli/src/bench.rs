@@ -681,6 +681,7 @@ async fn workflows(
     let node = |name: String| WorkflowNode {
         name,
         spec: JobSpec::default(),
+        kept_output: None,
     };
     let edge = |from: &str, to: &str| Edge {
         from: from.to_string(),

@@ -41,6 +41,24 @@ pub enum WorkflowCommand {
     Submit(SubmitArgs),
     /// Show a workflow and each of its nodes (of its current or last run).
     Get(GetArgs),
+    /// Run a failed (or cancelled) workflow again, keeping the nodes that succeeded: a new
+    /// one-off workflow `<task>-retry` runs the other nodes, the kept ones' outputs handed on.
+    Retry(RetryArgs),
+}
+
+/// `lts workflow retry`.
+#[derive(Debug, clap::Args)]
+pub struct RetryArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+    #[command(flatten)]
+    job: JobSelector,
+    /// Wait until the retry ends; exit 1 unless it succeeded.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long)]
+    wait_timeout: Option<u64>,
 }
 
 /// `lts workflow submit`.
@@ -197,6 +215,7 @@ impl WorkflowFile {
             nodes.push(WorkflowNode {
                 name: n.name.clone(),
                 spec,
+                kept_output: None,
             });
             for (k, from) in n.after.iter().enumerate() {
                 edges.push(Edge {
@@ -291,6 +310,119 @@ pub async fn run(cmd: WorkflowCommand) -> CliResult {
     match cmd {
         WorkflowCommand::Submit(a) => submit(a).await,
         WorkflowCommand::Get(a) => get(a).await,
+        WorkflowCommand::Retry(a) => retry(a).await,
+    }
+}
+
+/// The spec of a retry of the ended workflow `wf` whose last run's nodes are `nodes`: a
+/// one-off workflow `<task>-retry` (the task id cut at an instance's `~`) whose succeeded
+/// nodes are kept with their outputs; how many are kept.
+pub fn retry_spec(wf: &Job, nodes: &[Job]) -> CliResult<(JobSpec, usize)> {
+    let Some(graph) = &wf.spec.workflow else {
+        return Err(CliError::Usage(format!(
+            "job {} is not a workflow",
+            wf.job_id
+        )));
+    };
+    if !matches!(wf.state, JobState::Failed | JobState::Cancelled) {
+        return Err(CliError::Usage(format!(
+            "workflow {} is {}: only a failed or cancelled workflow is retried",
+            wf.job_id, wf.state
+        )));
+    }
+    let mut graph = graph.clone();
+    let mut kept = 0;
+    for n in nodes.iter().filter(|n| n.state == JobState::Succeeded) {
+        let Some(name) = n.node.as_ref().map(|o| &o.name) else {
+            continue;
+        };
+        if let Some(node) = graph.nodes.iter_mut().find(|g| &g.name == name) {
+            let mut output = n.last_message.clone().unwrap_or_default();
+            lts_core::limits::truncate(&mut output, lts_core::workflow::MAX_OUTPUT_BYTES);
+            node.kept_output = Some(output);
+            kept += 1;
+        }
+    }
+    let base = wf.spec.task_id.split('~').next().unwrap_or_default();
+    let base: String = base
+        .chars()
+        .take(lts_core::validate::MAX_TASK_ID_LEN - 6)
+        .collect();
+    let mut spec = wf.spec.clone();
+    spec.task_id = format!("{base}-retry");
+    spec.schedule = Schedule::Now;
+    spec.rely_on_prev_cycle = false;
+    spec.concurrency_policy = ConcurrencyPolicy::Allow;
+    spec.max_concurrent = None;
+    spec.replace_on_exist = false;
+    spec.idempotency_key = None;
+    spec.workflow = Some(graph);
+    lts_core::validate(&spec).map_err(|v| CliError::Usage(v.to_string()))?;
+    Ok((spec, kept))
+}
+
+async fn retry(a: RetryArgs) -> CliResult {
+    let client = a.opts.client().await?;
+    let wf = client
+        .get(a.job.key()?)
+        .await
+        .map_err(|e| a.opts.unavailable(e))?;
+    let nodes = match wf.attempt {
+        0 => Vec::new(),
+        _ => nodes_of(&client, &wf, lts_core::workflow::MAX_NODES)
+            .await
+            .map_err(|e| a.opts.unavailable(e))?,
+    };
+    let (spec, kept) = retry_spec(&wf, &nodes)?;
+    let total = spec.workflow.as_ref().map_or(0, |w| w.nodes.len());
+    let answer = client
+        .submit(spec.clone())
+        .await
+        .map_err(|e| a.opts.unavailable(e))?;
+    let job_id = match &answer {
+        SubmitAnswer::Rejected(v) => return Err(CliError::Usage(v.to_string())),
+        other => other.job_id().unwrap_or_default().to_string(),
+    };
+    let waited = match a.wait {
+        true => Some(
+            client
+                .wait(
+                    JobKey::Id(job_id.clone()),
+                    a.wait_timeout.map(Duration::from_secs),
+                )
+                .await
+                .map_err(|e| a.opts.unavailable(e))?,
+        ),
+        false => None,
+    };
+    match a.opts.output {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "status": answer.status(),
+            "job_id": job_id,
+            "retry_of": wf.job_id,
+            "kept": kept,
+            "to_run": total - kept,
+            "job": waited,
+        })),
+        OutputFormat::Table => {
+            println!(
+                "{} workflow {job_id} ({}), a retry of {}: {kept} nodes kept, {} to run",
+                answer.status().to_ascii_lowercase(),
+                spec.task_id,
+                wf.job_id,
+                total - kept
+            );
+            if let Some(j) = &waited {
+                println!("{}: {}", j.state, j.last_message.as_deref().unwrap_or(""));
+            }
+        }
+    }
+    match waited {
+        Some(j) if j.state != JobState::Succeeded => Err(CliError::Failed(format!(
+            "workflow {} ended {}",
+            j.job_id, j.state
+        ))),
+        _ => Ok(()),
     }
 }
 

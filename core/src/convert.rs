@@ -91,6 +91,7 @@ fn workflow_from_proto(w: proto::Workflow, errs: &mut Vec<FieldViolation>) -> Wo
         .enumerate()
         .map(|(i, n)| WorkflowNode {
             name: n.name,
+            kept_output: n.kept_output,
             spec: match spec_from_proto(n.spec.unwrap_or_default()) {
                 Ok(spec) => spec,
                 Err(v) => {
@@ -149,6 +150,7 @@ fn workflow_to_proto(w: &Workflow) -> proto::Workflow {
             .iter()
             .map(|n| proto::WorkflowNode {
                 name: n.name.clone(),
+                kept_output: n.kept_output.clone(),
                 spec: Some(spec_to_proto(&n.spec)),
             })
             .collect(),

@@ -62,6 +62,11 @@ pub struct WorkflowNode {
     /// `task_tracker_node_group` is the workflow's. It runs once its predecessors ended (no
     /// schedule of its own), and it is neither sharded, broadcast nor a workflow.
     pub spec: JobSpec,
+    /// Set by a retry of a workflow run: the node succeeded in the run retried, with this
+    /// output (at most [`MAX_OUTPUT_BYTES`]); it is not run again, and its successors get its
+    /// output as if it had just run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_output: Option<String>,
 }
 
 /// An edge of a workflow.
@@ -157,6 +162,26 @@ pub struct NodeOf {
 }
 
 impl Workflow {
+    /// The node indexes in an order where every node comes after its predecessors (Kahn's
+    /// algorithm over [`Workflow::plan`]); nodes on a cycle are left out.
+    pub fn topological_order(plan: &[NodeOf]) -> Vec<usize> {
+        let mut waiting: Vec<usize> = plan.iter().map(|p| p.needs.len()).collect();
+        let mut ready: std::collections::VecDeque<usize> =
+            (0..plan.len()).filter(|&i| waiting[i] == 0).collect();
+        let mut order = Vec::with_capacity(plan.len());
+        while let Some(i) = ready.pop_front() {
+            order.push(i);
+            for &j in &plan[i].next {
+                let j = j as usize;
+                waiting[j] -= 1;
+                if waiting[j] == 0 {
+                    ready.push_back(j);
+                }
+            }
+        }
+        order
+    }
+
     /// Each node's place in the graph, in node order. Assumes the graph passed [`check`]
     /// (names unique and known); an edge naming an unknown node is left out.
     pub fn plan(&self) -> Vec<NodeOf> {
@@ -367,6 +392,14 @@ fn check_node_spec(
                 .map(|f| FieldViolation::new(format!("{at}.spec.{}", f.field), f.reason)),
         );
     }
+    if let Some(kept) = &wf.nodes[i].kept_output
+        && kept.len() > MAX_OUTPUT_BYTES
+    {
+        out.push(FieldViolation::new(
+            format!("{at}.kept_output"),
+            format!("at most {MAX_OUTPUT_BYTES} bytes (got {})", kept.len()),
+        ));
+    }
     let refused = [
         (
             node.schedule != crate::Schedule::Now,
@@ -508,6 +541,7 @@ mod tests {
                 .map(|n| WorkflowNode {
                     name: n.to_string(),
                     spec: JobSpec::default(),
+                    kept_output: None,
                 })
                 .collect(),
             edges: edges
@@ -631,6 +665,7 @@ mod tests {
         wf.nodes.push(WorkflowNode {
             name: "extra".into(),
             spec: JobSpec::default(),
+            kept_output: None,
         });
         let got = problems(&s);
         assert_eq!(got.len(), 1, "{got:?}");

@@ -266,6 +266,7 @@ async fn a_tracker_killed_between_a_node_and_its_successor_leaves_it_to_the_swee
     let node = |name: &str| WorkflowNode {
         name: name.into(),
         spec: JobSpec::default(),
+        kept_output: None,
     };
     let mut spec = JobSpec::new("wf", "flow");
     spec.workflow = Some(Workflow {

@@ -5,6 +5,8 @@
 //!   again elsewhere; `transform` fails, so `report` (after its success) is skipped and `alert`
 //!   (after its failure) runs with `extract`'s output; the workflow succeeds, the failure
 //!   handled, and `lts workflow get` shows every node.
+//! * A workflow whose second node fails is retried with `lts workflow retry`: only the failed
+//!   node and what follows it run again, the first node's output handed on from the kept run.
 //! * A chain of 10,000 nodes (1,000 on MongoDB) runs node after node to its end, each woken by
 //!   its predecessor's end (no poll between them).
 
@@ -242,6 +244,7 @@ async fn chain(dir: &Path, store: &[&str], n: usize) {
             .map(|name| WorkflowNode {
                 name: name.clone(),
                 spec: JobSpec::default(),
+                kept_output: None,
             })
             .collect(),
         edges: names
@@ -273,4 +276,82 @@ async fn chain(dir: &Path, store: &[&str], n: usize) {
     );
     stop.cancel();
     let _ = h.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_workflow_is_retried_from_its_failed_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let runs = dir.path().join("runs.txt");
+    let fixed = dir.path().join("fixed");
+    // load fails until the file `fixed` exists.
+    let script = format!(
+        "echo \"$LTS_TASK_ID w $LTS_ATTEMPT ${{LTS_PARAM_OUTPUT_EXTRACT:--}}\" >> {runs}; \
+         case \"$LTS_TASK_ID\" in \
+           */extract) echo 'lts:output rows=7';; \
+           */load) test -e {fixed} || exit 3;; \
+         esac",
+        runs = runs.display(),
+        fixed = fixed.display()
+    );
+    let mut cmd = std::process::Command::new(lts_tests::bin("lts-worker"));
+    cmd.args(["--tracker", &tracker.addr, "--node-group", "flow"])
+        .args(["--threads", "2", "--exec", &script]);
+    let _worker = Proc::spawn(cmd, dir.path().join("worker.log")).unwrap();
+    let file = dir.path().join("wf.yaml");
+    std::fs::write(
+        &file,
+        "name: nightly\nnodeGroup: flow\nnodes:\n  - name: extract\n  - name: load\n    after: [extract]\n  - name: report\n    after: [load]\n",
+    )
+    .unwrap();
+    let lts = |args: &[&str]| {
+        let out = std::process::Command::new(lts_tests::bin("lts"))
+            .args(args)
+            .args(["--tracker", &tracker.addr, "-o", "json"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, stdout, stderr) =
+        lts(&["workflow", "submit", "-f", file.to_str().unwrap(), "--wait"]);
+    assert_eq!(code, Some(1), "it fails: {stdout}{stderr}");
+    let first: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let first_id = first["job_id"].as_str().unwrap().to_string();
+    assert_eq!(first["job"]["state"], "FAILED", "{stdout}");
+
+    // Fixed: the retry runs load and report, not extract.
+    std::fs::write(&fixed, "").unwrap();
+    let (code, stdout, stderr) = lts(&["workflow", "retry", "--job-id", &first_id, "--wait"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let retried: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (retried["kept"].as_u64(), retried["to_run"].as_u64()),
+        (Some(1), Some(2)),
+        "{stdout}"
+    );
+    assert_eq!(retried["job"]["state"], "SUCCEEDED", "{stdout}");
+    let retry_id = retried["job_id"].as_str().unwrap().to_string();
+    // A workflow that did not fail is not retried.
+    let (code, _, stderr) = lts(&["workflow", "retry", "--job-id", &retry_id]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("only a failed or cancelled workflow is retried"),
+        "{stderr}"
+    );
+
+    // extract ran once; load twice (the retry with extract's kept output); report once.
+    let lines = lines(&runs);
+    let count = |task: &str| lines.iter().filter(|l| l[0] == task).count();
+    assert_eq!(count("nightly/extract"), 1, "{lines:?}");
+    assert_eq!(count("nightly-retry/extract"), 0, "{lines:?}");
+    assert_eq!(
+        count("nightly/load") + count("nightly-retry/load"),
+        2,
+        "{lines:?}"
+    );
+    let load_again = lines.iter().find(|l| l[0] == "nightly-retry/load").unwrap();
+    assert_eq!(load_again[3], "rows=7", "{lines:?}");
+    assert_eq!(count("nightly-retry/report"), 1, "{lines:?}");
 }

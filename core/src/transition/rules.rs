@@ -32,7 +32,7 @@ pub fn apply(
     }
     match event {
         Event::Submit { spec, .. } => replace(stored, spec, now_ms),
-        Event::Claim(claim) => claim_job(stored, &claim, now_ms),
+        Event::Claim(claim) => claim_job(stored, &claim, now_ms, retry),
         Event::Renew { token, expiry_ms } => {
             stored.leased_with(&token)?;
             let mut after = stored.clone();
@@ -240,7 +240,12 @@ fn replace(stored: &StoredJob, spec: JobSpec, now_ms: i64) -> Result<Transition,
     ))
 }
 
-fn claim_job(stored: &StoredJob, claim: &Claim, now_ms: i64) -> Result<Transition, Refusal> {
+fn claim_job(
+    stored: &StoredJob,
+    claim: &Claim,
+    now_ms: i64,
+    retry: &RetryPolicy,
+) -> Result<Transition, Refusal> {
     let job = &stored.job;
     if job.state != JobState::Queued {
         return Err(Refusal::NotQueued(job.state));
@@ -270,7 +275,7 @@ fn claim_job(stored: &StoredJob, claim: &Claim, now_ms: i64) -> Result<Transitio
         }
     }
     if let Some(wf) = &job.spec.workflow {
-        return Ok(run_workflow(stored, after, logs, wf, now_ms));
+        return Ok(run_workflow(stored, after, logs, wf, now_ms, retry));
     }
     if job.spec.fans_out() {
         let targets = match job.spec.shards {
@@ -358,13 +363,16 @@ fn fan_out(
 
 /// A claimed workflow runs as its nodes, each a job of its own with the ids and accounting of
 /// a shard: it is running without a lease of its own (an attempt counted); its nodes without
-/// predecessors are queued, due when it was, and the others wait for theirs.
+/// predecessors are queued, due when it was, and the others wait for theirs. A retry's kept
+/// nodes ([`crate::workflow::WorkflowNode::kept_output`]) are written succeeded, and the nodes
+/// they let run are judged at once; should nothing be left to run, the workflow ends here.
 fn run_workflow(
     stored: &StoredJob,
     mut after: StoredJob,
     mut logs: Vec<LogEntry>,
     wf: &crate::workflow::Workflow,
     now_ms: i64,
+    retry: &RetryPolicy,
 ) -> Transition {
     let n = wf.nodes.len() as u32;
     after.job.lease_owner = None;
@@ -374,19 +382,22 @@ fn run_workflow(
     let parent = &after.job;
     let run = Shard::run_of(parent);
     let plan = wf.plan();
-    let roots = plan.iter().filter(|p| p.needs.is_empty()).count();
-    logs.push(log(
-        parent,
-        now_ms,
-        LogType::Sent,
-        format!("runs as a workflow of {n} nodes, {roots} of them at once"),
-    ));
-    let mut nodes = Vec::with_capacity(plan.len());
-    for (index, of) in (0..n).zip(plan) {
-        let mut node = Job::new(
-            Shard::id(&run, index),
-            wf.node_spec(index as usize, &parent.spec),
-        );
+    let kept = wf.nodes.iter().filter(|n| n.kept_output.is_some()).count();
+    let note = match kept {
+        0 => {
+            let roots = plan.iter().filter(|p| p.needs.is_empty()).count();
+            format!("runs as a workflow of {n} nodes, {roots} of them at once")
+        }
+        k => format!("runs as a workflow of {n} nodes, {k} of them kept from the run retried"),
+    };
+    logs.push(log(parent, now_ms, LogType::Sent, note));
+    let order = crate::workflow::Workflow::topological_order(&plan);
+    let mut built: Vec<Option<Job>> = vec![None; plan.len()];
+    let mut node_logs: Vec<Vec<LogEntry>> = vec![Vec::new(); plan.len()];
+    for i in order {
+        let of = plan[i].clone();
+        let index = i as u32;
+        let mut node = Job::new(Shard::id(&run, index), wf.node_spec(i, &parent.spec));
         node.trigger_time_ms = parent.trigger_time_ms;
         node.created_at_ms = now_ms;
         node.updated_at_ms = now_ms;
@@ -397,29 +408,85 @@ fn run_workflow(
             count: n,
             on: None,
         });
-        let note = match of.needs.len() {
-            0 => format!("node {} of workflow {}", of.name, parent.job_id),
-            k => {
-                node.state = JobState::Waiting;
-                let names: Vec<&str> = of.needs.iter().map(|p| p.name.as_str()).take(5).collect();
-                let more = if k > 5 {
-                    format!(" and {} more", k - 5)
-                } else {
-                    String::new()
-                };
-                format!(
-                    "node {} of workflow {}; waits for {}{more}",
-                    of.name,
-                    parent.job_id,
-                    names.join(", ")
-                )
+        let preds: Vec<&Job> = of
+            .needs
+            .iter()
+            .filter_map(|p| built[p.index as usize].as_ref())
+            .collect();
+        let all_ended = preds.len() == of.needs.len() && preds.iter().all(|p| p.state.is_final());
+        node.node = Some(of.clone());
+        let note = if let Some(output) = &wf.nodes[i].kept_output {
+            node.state = JobState::Succeeded;
+            node.finished_at_ms = Some(now_ms);
+            node.last_outcome = Some(Outcome::Success);
+            node.last_message = Some(output.clone());
+            format!(
+                "node {} of workflow {}: kept, it succeeded in the run retried",
+                of.name, parent.job_id
+            )
+        } else if of.needs.is_empty() {
+            format!("node {} of workflow {}", of.name, parent.job_id)
+        } else if all_ended {
+            match crate::workflow::readiness(&node, &preds) {
+                Some(Verdict::Run { outputs }) => {
+                    node.spec.params.extend(outputs);
+                    format!(
+                        "node {} of workflow {}; its predecessors were kept",
+                        of.name, parent.job_id
+                    )
+                }
+                Some(Verdict::Skip(why)) => {
+                    node.state = JobState::Skipped;
+                    node.finished_at_ms = Some(now_ms);
+                    node.last_message = Some(why.clone());
+                    format!("node {} of workflow {}; {why}", of.name, parent.job_id)
+                }
+                None => format!("node {} of workflow {}", of.name, parent.job_id),
             }
+        } else {
+            node.state = JobState::Waiting;
+            let k = of.needs.len();
+            let names: Vec<&str> = of.needs.iter().map(|p| p.name.as_str()).take(5).collect();
+            let more = if k > 5 {
+                format!(" and {} more", k - 5)
+            } else {
+                String::new()
+            };
+            format!(
+                "node {} of workflow {}; waits for {}{more}",
+                of.name,
+                parent.job_id,
+                names.join(", ")
+            )
         };
-        node.node = Some(of);
-        logs.push(log(&node, now_ms, LogType::Receive, note));
-        nodes.push(StoredJob::new(node));
+        node_logs[i].push(log(&node, now_ms, LogType::Receive, note));
+        built[i] = Some(node);
     }
-    let mut t = changed(stored, after, logs);
+    let nodes: Vec<StoredJob> = built.into_iter().flatten().map(StoredJob::new).collect();
+    logs.extend(node_logs.into_iter().flatten());
+    if nodes.iter().any(|s| !s.job.state.is_final()) {
+        let mut t = changed(stored, after, logs);
+        t.fan_out = nodes;
+        return t;
+    }
+    // Nothing left to run (a retry whose other nodes are all skipped): it ends now.
+    let mut progress = ShardProgress::default();
+    for s in &nodes {
+        match s.job.state {
+            JobState::Succeeded => progress.succeeded += 1,
+            JobState::Skipped => progress.skipped += 1,
+            _ => progress.failed += 1,
+        }
+    }
+    let waiting = changed(stored, after, Vec::new()).job;
+    let Ok(end) = shards_ended(&waiting, progress, now_ms, retry) else {
+        let mut t = changed(stored, waiting, logs);
+        t.fan_out = nodes;
+        return t;
+    };
+    logs.extend(end.logs);
+    let mut t = changed(stored, end.job, logs);
+    (t.feedback, t.disposition, t.next_fire) = (end.feedback, end.disposition, end.next_fire);
     t.fan_out = nodes;
     t
 }

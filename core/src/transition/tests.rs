@@ -1397,6 +1397,7 @@ fn diamond() -> JobSpec {
     let node = |name: &str| WorkflowNode {
         name: name.into(),
         spec: JobSpec::new("", ""),
+        kept_output: None,
     };
     let edge = |from: &str, to: &str, on| Edge {
         from: from.into(),
@@ -1642,4 +1643,34 @@ fn a_suspended_workflow_suspends_its_nodes_and_a_waiting_one_stays_suspended() {
     );
     assert_eq!(run(&b, Event::Resume, NOW + 6).job.job.state, Queued);
     assert_eq!(run(&a, Event::Resume, NOW + 6).job.job.state, Queued);
+}
+
+#[test]
+fn a_retry_keeps_the_nodes_that_succeeded_and_judges_the_rest_at_once() {
+    let mut spec = diamond();
+    let wf = spec.workflow.as_mut().unwrap();
+    wf.nodes[0].kept_output = Some("rows=10".into());
+    let queued = accept(spec.clone(), "r".into(), NOW).job;
+    let t = run(&queued, claim("t1"), NOW + 1);
+    assert!(t.job.job.waits_for_shards());
+    let states: Vec<JobState> = t.fan_out.iter().map(|n| n.job.state).collect();
+    // a kept; b (after a succeeds) queued with a's output; c (after a fails) skipped; d waits.
+    assert_eq!(states, [Succeeded, Queued, Skipped, Waiting]);
+    assert_eq!(t.fan_out[1].job.spec.params["output.a"], "rows=10");
+    for n in &t.fan_out {
+        consistent(n).unwrap();
+    }
+    // Every node kept but one that is skipped at once: the workflow ends in its claim.
+    let mut spec = diamond();
+    let wf = spec.workflow.as_mut().unwrap();
+    for i in [0, 1, 3] {
+        wf.nodes[i].kept_output = Some(String::new());
+    }
+    let queued = accept(spec, "r2".into(), NOW).job;
+    let t = run(&queued, claim("t1"), NOW + 1);
+    assert_eq!(t.job.job.state, Succeeded, "{:?}", t.job.job.last_message);
+    assert!(matches!(t.write, Write::Finish { .. }));
+    assert_eq!(t.fan_out.len(), 4);
+    assert!(t.fan_out.iter().all(|n| n.job.state.is_final()));
+    assert!(t.feedback.is_some(), "its feedback, as any end's");
 }

@@ -355,6 +355,7 @@ fn to_lts_workflow(
             WorkflowNode {
                 name: n.name.clone(),
                 spec,
+                kept_output: None,
             }
         })
         .collect();

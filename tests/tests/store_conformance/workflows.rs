@@ -14,6 +14,7 @@ fn workflow(task: &str, nodes: &[&str], edges: &[(&str, &str, EdgeOn)]) -> JobSp
             .map(|n| WorkflowNode {
                 name: n.to_string(),
                 spec: JobSpec::new("", "").max_retries(0),
+                kept_output: None,
             })
             .collect(),
         edges: edges
@@ -293,4 +294,28 @@ pub async fn a_suspended_workflow_holds_its_nodes_until_resumed(store: Arc<dyn J
         store.get(key).await.unwrap().unwrap().state,
         JobState::Succeeded
     );
+}
+
+/// A retry's kept nodes are stored as succeeded from its claim on (never run), the nodes they
+/// let run are queued at once with their outputs, and the retry runs to its end.
+pub async fn a_retry_runs_only_the_nodes_that_did_not_succeed(store: Arc<dyn JobStore>) {
+    let mut spec = workflow(
+        "again",
+        &["a", "b", "c"],
+        &[("a", "b", EdgeOn::Success), ("b", "c", EdgeOn::Success)],
+    );
+    spec.workflow.as_mut().unwrap().nodes[0].kept_output = Some("out-a".into());
+    let key = JobKey::Id(id(&store.submit(vec![spec], NOW).await.unwrap()[0]));
+    store.claim(claim("g", "w1", 10, NOW)).await.unwrap();
+    let wf = store.get(key.clone()).await.unwrap().unwrap();
+    let a = node(&store, &wf, "a").await;
+    assert_eq!((a.state, a.attempt), (JobState::Succeeded, 0));
+    let b = node(&store, &wf, "b").await;
+    assert_eq!(b.state, JobState::Queued);
+    assert_eq!(b.spec.params["output.a"], "out-a");
+    assert_eq!(run_due(&store, NOW + 1, |_| Outcome::Success).await, ["b"]);
+    assert_eq!(run_due(&store, NOW + 2, |_| Outcome::Success).await, ["c"]);
+    let wf = store.get(key).await.unwrap().unwrap();
+    assert_eq!(wf.state, JobState::Succeeded, "{wf:?}");
+    assert_eq!(wf.shard_progress.unwrap().succeeded, 3);
 }

@@ -145,6 +145,11 @@ fn write_one(
         follow_up_inserted = true;
     }
     for shard in &t.fan_out {
+        // A retry's kept (or at once skipped) workflow nodes are written as ended.
+        if shard.job.state.is_final() {
+            insert_finished(conn, &shard.job)?;
+            continue;
+        }
         if !insert(conn, shard, None)? {
             return Err(StoreError::Backend(format!(
                 "shard {}: an unfinished job has its task id {:?}",
@@ -452,6 +457,11 @@ fn finish(conn: &Connection, found: &Found, from: JobState, job: &Job) -> StoreR
         .prepare_cached("DELETE FROM jobs WHERE seq = ?1 AND state = ?2 AND lease_token IS ?3")?
         .execute(params![found.seq, from.code(), found.stored.lease_token])?;
     guarded(changed, &found.stored.job)?;
+    insert_finished(conn, job)
+}
+
+/// Writes a final job to `finished_jobs`, and counts it.
+fn insert_finished(conn: &Connection, job: &Job) -> StoreResult<()> {
     let group = &job.spec.task_tracker_node_group;
     conn.prepare_cached(
         "INSERT INTO finished_counts (node_group, state, n) VALUES (?1, ?2, 1)

@@ -98,7 +98,8 @@ macro_rules! for_each_case {
             a_failure_skips_a_long_chain_at_once,
             a_cancelled_workflow_cancels_its_waiting_nodes,
             a_suspended_workflow_holds_its_nodes_until_resumed,
-            a_retry_runs_only_the_nodes_that_did_not_succeed
+            a_retry_runs_only_the_nodes_that_did_not_succeed,
+            concurrency_policies_apply_to_recurring_workflows
         );
     };
 }

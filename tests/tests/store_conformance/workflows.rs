@@ -319,3 +319,86 @@ pub async fn a_retry_runs_only_the_nodes_that_did_not_succeed(store: Arc<dyn Job
     assert_eq!(wf.state, JobState::Succeeded, "{wf:?}");
     assert_eq!(wf.shard_progress.unwrap().succeeded, 3);
 }
+
+/// A repeat workflow whose fires overlap: under `Forbid` a fire while the last run's nodes are
+/// unfinished is skipped; under `Replace` it cancels that run, its nodes with it.
+pub async fn concurrency_policies_apply_to_recurring_workflows(store: Arc<dyn JobStore>) {
+    use lts_core::ConcurrencyPolicy;
+    for policy in [ConcurrencyPolicy::Forbid, ConcurrencyPolicy::Replace] {
+        let task = format!("every-{}", policy.as_str());
+        let mut spec = workflow(&task, &["a", "b"], &[("a", "b", EdgeOn::Success)]);
+        spec.schedule = Schedule::Repeat {
+            interval_ms: 1_000,
+            count: -1,
+            first_fire_ms: Some(NOW),
+        };
+        spec.concurrency_policy = policy;
+        let t0 = NOW + 100_000 * (policy as i64);
+        let definition = id(&store.submit(vec![spec], t0).await.unwrap()[0]);
+        // Fire 1: its instance, then its nodes; a runs.
+        store.claim(claim("g", "w1", 10, t0)).await.unwrap();
+        store.claim(claim("g", "w1", 10, t0 + 1)).await.unwrap();
+        let running = store.claim(claim("g", "w1", 10, t0 + 2)).await.unwrap();
+        assert_eq!(running.len(), 1, "{running:?}");
+        let first_run = running[0].job.shard.as_ref().unwrap().of.clone();
+        // Fire 2, while the first run is unfinished.
+        store.claim(claim("g", "w1", 10, t0 + 1_000)).await.unwrap();
+        let first = store
+            .get(JobKey::Id(first_run.clone()))
+            .await
+            .unwrap()
+            .unwrap();
+        let instances = store
+            .list(ListFilter {
+                task_id_prefix: Some(format!("{task}~")),
+                limit: 100,
+                ..ListFilter::default()
+            })
+            .await
+            .unwrap()
+            .jobs;
+        let instances: Vec<_> = instances
+            .into_iter()
+            .filter(|j| j.instance_of.as_deref() == Some(definition.as_str()))
+            .collect();
+        match policy {
+            ConcurrencyPolicy::Forbid => {
+                assert_eq!(first.state, JobState::Running, "{first:?}");
+                assert_eq!(
+                    instances.len(),
+                    1,
+                    "the second fire is skipped: {instances:?}"
+                );
+            }
+            _ => {
+                assert_eq!(first.state, JobState::Cancelled, "{first:?}");
+                for name in ["a", "b"] {
+                    assert_eq!(
+                        node(&store, &first, name).await.state,
+                        JobState::Cancelled,
+                        "{name} of the replaced run"
+                    );
+                }
+                assert_eq!(instances.len(), 2, "{instances:?}");
+                // The running node's result is refused.
+                let late = store
+                    .complete(done(
+                        &running[0].job.job_id,
+                        &running[0].token,
+                        Outcome::Success,
+                        t0 + 1_001,
+                    ))
+                    .await
+                    .unwrap();
+                assert!(
+                    !matches!(late, CompleteOutcome::Accepted { .. }),
+                    "{late:?}"
+                );
+            }
+        }
+        store
+            .cancel(JobKey::Id(definition), t0 + 2_000)
+            .await
+            .unwrap();
+    }
+}

@@ -313,3 +313,113 @@ async fn a_tracker_killed_between_a_node_and_its_successor_leaves_it_to_the_swee
     stop.cancel();
     worker.await.unwrap();
 }
+
+/// A tracker killed between a workflow's cancel and the cancel of its nodes — the workflow
+/// written cancelled, its running node not — leaves nothing to run on: when that node's result
+/// arrives at the next tracker, its successor is cancelled with the rest of the run instead of
+/// being judged to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracker_killed_between_a_workflows_cancel_and_its_nodes_runs_no_successor() {
+    use lts_core::workflow::{Edge, EdgeOn, Workflow, WorkflowNode};
+    const CASCADE_POINT: &str = "mongo-between-a-job-and-its-cascade";
+    let dir = tempfile::tempdir().unwrap();
+    let mongo = MongoServer::start(&dir.path().join("mongo")).await.unwrap();
+    let store = mongo.url("cancels");
+    let jobs = mongodb::Client::with_uri_str(&store)
+        .await
+        .unwrap()
+        .database("cancels")
+        .collection::<Document>("jobs");
+    let port = free_port();
+    let args = ["--store", store.as_str()];
+    let armed = format!("{CASCADE_POINT}=sleep(600000)");
+    let mut first = TrackerProc::start_with_env(dir.path(), port, &args, &[("FAILPOINTS", &armed)])
+        .await
+        .unwrap();
+    let runs = Arc::new(Mutex::new(Vec::<String>::new()));
+    let r = runs.clone();
+    let stop = CancellationToken::new();
+    let worker = TaskTracker::builder()
+        .node_group("flow")
+        .tracker(first.addr.clone())
+        .threads(2)
+        .runner(move |ctx: JobContext| {
+            let r = r.clone();
+            async move {
+                r.lock().unwrap().push(ctx.task_id().to_string());
+                // Long enough to cancel the workflow and kill the tracker meanwhile.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                RunResult::success("done")
+            }
+        })
+        .build()
+        .unwrap();
+    let worker = tokio::spawn(worker.run_until_cancelled(stop.clone()));
+    let node = |name: &str| WorkflowNode {
+        name: name.into(),
+        spec: JobSpec::default(),
+        kept_output: None,
+    };
+    let mut spec = JobSpec::new("wf", "flow");
+    spec.workflow = Some(Workflow {
+        nodes: vec![node("a"), node("b")],
+        edges: vec![Edge {
+            from: "a".into(),
+            to: "b".into(),
+            on: EdgeOn::Success,
+        }],
+    });
+    let client = first.client();
+    let id = match client.submit(spec).await.unwrap() {
+        SubmitAnswer::Accepted { job_id } => job_id,
+        other => panic!("{other:?}"),
+    };
+    eventually(T, "a to run", || async {
+        (runs.lock().unwrap().as_slice() == ["wf/a"]).then_some(())
+    })
+    .await
+    .unwrap();
+    // The cancel writes the workflow, then sleeps before its nodes: kill the tracker there.
+    let cancel = tokio::spawn({
+        let id = id.clone();
+        async move { client.cancel(lts_core::JobKey::Id(id)).await }
+    });
+    eventually(T, "the workflow to be written cancelled", || async {
+        let wf = jobs.find_one(doc! { "_id": &id }).await.unwrap()?;
+        let a = jobs
+            .find_one(doc! { "shard_of": &id, "shard_index": 0i64 })
+            .await
+            .unwrap()?;
+        (wf.get_i64("state").ok()? == JobState::Cancelled.code()
+            && a.get_i64("state").ok()? == JobState::Running.code())
+        .then_some(())
+    })
+    .await
+    .unwrap();
+    first.proc.kill9();
+    cancel.abort();
+
+    let second = TrackerProc::start_on(dir.path(), port, &args)
+        .await
+        .unwrap();
+    let client = second.client();
+    // a's result reaches the second tracker; b is cancelled, not run.
+    let b = eventually(T, "b to end", || async {
+        let d = jobs
+            .find_one(doc! { "shard_of": &id, "shard_index": 1i64 })
+            .await
+            .unwrap()?;
+        let state = JobState::from_code(d.get_i64("state").ok()?)?;
+        state.is_final().then_some(state)
+    })
+    .await
+    .unwrap();
+    assert_eq!(b, JobState::Cancelled);
+    let wf = client.get(lts_core::JobKey::Id(id.clone())).await.unwrap();
+    assert_eq!(wf.state, JobState::Cancelled);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs, ["wf/a"], "b never ran");
+    stop.cancel();
+    worker.await.unwrap();
+}

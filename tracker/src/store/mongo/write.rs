@@ -69,6 +69,7 @@ impl MongoStore {
         if let Applied::Done { t, woken, .. } = &mut applied
             && let Some(cascade) = &t.cascade
         {
+            fail::fail_point!("mongo-between-a-job-and-its-cascade");
             *woken = self.cascade(cascade, now).await?;
         }
         Ok(applied)
@@ -226,7 +227,19 @@ impl MongoStore {
                 successors,
             } => {
                 fail::fail_point!("mongo-between-a-shard-and-its-job");
-                self.judge_successors(run, successors, now, work).await?;
+                if !successors.is_empty() {
+                    if self.has_ended(parent).await? {
+                        // The workflow ended (a cancel whose cascade a tracker's death cut
+                        // short): its nodes go with it, none is judged to run.
+                        tracing::warn!(workflow = %parent, "mongodb: cancelling the nodes of a workflow that ended before them");
+                        work.todo.push_back(Cascade::CancelShards {
+                            parent: parent.to_string(),
+                            run: run.to_string(),
+                        });
+                        return Ok(());
+                    }
+                    self.judge_successors(run, successors, now, work).await?;
+                }
                 return self.end_shards(parent, run, now).await;
             }
         };
@@ -340,6 +353,19 @@ impl MongoStore {
             }
         }
         Ok(())
+    }
+
+    /// Whether the job `id` is final (or gone).
+    async fn has_ended(&self, id: &str) -> StoreResult<bool> {
+        let found = self
+            .jobs
+            .find_one(doc! { "_id": id })
+            .projection(doc! { "state": 1 })
+            .await?;
+        Ok(found
+            .and_then(|d| codec::int(&d, "state"))
+            .and_then(JobState::from_code)
+            .is_none_or(JobState::is_final))
     }
 
     /// A shard of `run` ended: once none of the run's shards is unfinished, its sharded job

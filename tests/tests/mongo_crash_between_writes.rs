@@ -423,3 +423,99 @@ async fn a_tracker_killed_between_a_workflows_cancel_and_its_nodes_runs_no_succe
     stop.cancel();
     worker.await.unwrap();
 }
+
+/// The same cut-short cancel with a node still queued (no node end comes to clean up): the
+/// next master's sweep cancels it before any TaskTracker takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_node_of_a_workflow_cancelled_by_a_killed_tracker_is_cancelled_by_the_sweep() {
+    use lts_core::workflow::{Workflow, WorkflowNode};
+    const CASCADE_POINT: &str = "mongo-between-a-job-and-its-cascade";
+    let dir = tempfile::tempdir().unwrap();
+    let mongo = MongoServer::start(&dir.path().join("mongo")).await.unwrap();
+    let store = mongo.url("sweeps");
+    let jobs = mongodb::Client::with_uri_str(&store)
+        .await
+        .unwrap()
+        .database("sweeps")
+        .collection::<Document>("jobs");
+    let port = free_port();
+    let args = ["--store", store.as_str()];
+    let armed = format!("{CASCADE_POINT}=sleep(600000)");
+    let mut first = TrackerProc::start_with_env(dir.path(), port, &args, &[("FAILPOINTS", &armed)])
+        .await
+        .unwrap();
+    let runs = Arc::new(Mutex::new(Vec::<String>::new()));
+    let r = runs.clone();
+    let stop = CancellationToken::new();
+    // One thread: while a runs, c waits queued.
+    let worker = TaskTracker::builder()
+        .node_group("flow")
+        .tracker(first.addr.clone())
+        .threads(1)
+        .prefetch(0)
+        .runner(move |ctx: JobContext| {
+            let r = r.clone();
+            async move {
+                r.lock().unwrap().push(ctx.task_id().to_string());
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                RunResult::success("done")
+            }
+        })
+        .build()
+        .unwrap();
+    let worker = tokio::spawn(worker.run_until_cancelled(stop.clone()));
+    let node = |name: &str| WorkflowNode {
+        name: name.into(),
+        spec: JobSpec::default(),
+        kept_output: None,
+    };
+    let mut spec = JobSpec::new("wf", "flow");
+    spec.workflow = Some(Workflow {
+        nodes: vec![node("a"), node("c")],
+        edges: Vec::new(),
+    });
+    let client = first.client();
+    let id = match client.submit(spec).await.unwrap() {
+        SubmitAnswer::Accepted { job_id } => job_id,
+        other => panic!("{other:?}"),
+    };
+    eventually(T, "one node to run", || async {
+        (runs.lock().unwrap().len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let cancel = tokio::spawn({
+        let id = id.clone();
+        async move { client.cancel(lts_core::JobKey::Id(id)).await }
+    });
+    eventually(T, "the workflow to be written cancelled", || async {
+        let wf = jobs.find_one(doc! { "_id": &id }).await.unwrap()?;
+        (wf.get_i64("state").ok()? == JobState::Cancelled.code()).then_some(())
+    })
+    .await
+    .unwrap();
+    first.proc.kill9();
+    cancel.abort();
+    let queued = jobs
+        .find_one(doc! { "shard_of": &id, "state": JobState::Queued.code() })
+        .await
+        .unwrap()
+        .expect("the other node still queued");
+    let queued_id = queued.get_str("_id").unwrap().to_string();
+
+    let _second = TrackerProc::start_on(dir.path(), port, &args)
+        .await
+        .unwrap();
+    let state = eventually(T, "the sweep to cancel the queued node", || async {
+        let d = jobs.find_one(doc! { "_id": &queued_id }).await.unwrap()?;
+        let state = JobState::from_code(d.get_i64("state").ok()?)?;
+        state.is_final().then_some(state)
+    })
+    .await
+    .unwrap();
+    assert_eq!(state, JobState::Cancelled);
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 1, "the queued node never ran: {runs:?}");
+    stop.cancel();
+    worker.await.unwrap();
+}

@@ -11,7 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use lts_core::transition::{self, Cascade, Event, FollowUp, Refusal, Transition};
 use lts_core::transition::{Related, StoredJob, Write};
 use lts_core::{JobState, Shard, ShardProgress, workflow};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 
 use super::MongoStore;
 use super::batch;
@@ -531,13 +531,97 @@ impl MongoStore {
             .try_collect()
             .await?;
         for d in waiting {
-            let job = codec::job(&d)?;
+            let read = codec::read(&d)?;
+            let job = &read.stored.job;
             if job.waits_for_shards() {
-                let run = Shard::run_of(&job);
+                let run = Shard::run_of(job);
+                if read.stored.suspend_requested {
+                    self.suspend_stranded_shards(&job.job_id, now).await?;
+                }
                 if job.spec.workflow.is_some() {
                     self.judge_stranded_nodes(&job.job_id, &run, now).await?;
                 }
                 self.end_shards(&job.job_id, &run, now).await?;
+            }
+        }
+        self.cancel_stranded_shards(now).await
+    }
+
+    /// Suspends the unfinished shards (workflow nodes) of the suspended job `parent` that its
+    /// suspend did not reach (a tracker died between the two writes): those neither suspended
+    /// nor marked to be.
+    async fn suspend_stranded_shards(&self, parent: &str, now: i64) -> StoreResult<()> {
+        let found: Vec<Document> = self
+            .jobs
+            .find(doc! {
+                "shard_of": parent,
+                "done": "",
+                "state": { "$ne": JobState::Suspended.code() },
+                "suspend_requested": { "$ne": true },
+            })
+            .limit(SHARD_SWEEP_MAX)
+            .await?
+            .try_collect()
+            .await?;
+        if !found.is_empty() {
+            tracing::warn!(job = %parent, shards = found.len(), "mongodb: suspending shards their job's suspend did not reach");
+        }
+        for d in found {
+            let read = codec::read(&d)?;
+            let filter = doc! { "_id": &read.stored.job.job_id };
+            self.apply_job(&filter, First::Fresh(read), |_| Event::Suspend, now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Cancels the unfinished shards (workflow nodes) whose job ended — cancelled while a
+    /// tracker died before its cancel reached them. One distinct scan of the unfinished shards'
+    /// jobs, one read of those jobs' states, then each stranded run's cascade.
+    async fn cancel_stranded_shards(&self, now: i64) -> StoreResult<()> {
+        let parents = self
+            .jobs
+            .distinct(
+                "shard_of",
+                doc! { "shard_of": { "$exists": true }, "done": "" },
+            )
+            .await?;
+        if parents.is_empty() {
+            return Ok(());
+        }
+        let parents: Vec<Bson> = parents.into_iter().take(SHARD_SWEEP_MAX as usize).collect();
+        let ended: Vec<Document> = self
+            .jobs
+            .find(doc! { "_id": { "$in": parents }, "done": { "$ne": "" } })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        for d in ended {
+            let Some(parent) = codec::text(&d, "_id") else {
+                continue;
+            };
+            let shards: Vec<Document> = self
+                .jobs
+                .find(doc! { "shard_of": parent, "done": "" })
+                .projection(doc! { "_id": 1 })
+                .await?
+                .try_collect()
+                .await?;
+            let mut runs: Vec<String> = shards
+                .iter()
+                .filter_map(|s| codec::text(s, "_id"))
+                .map(|id| Shard::run_of_id(id).to_string())
+                .collect();
+            runs.sort();
+            runs.dedup();
+            tracing::warn!(job = %parent, shards = shards.len(), "mongodb: cancelling shards their job's end did not reach");
+            for run in runs {
+                let cascade = Cascade::CancelShards {
+                    parent: parent.to_string(),
+                    run,
+                };
+                self.cascade(&cascade, now).await?;
             }
         }
         Ok(())

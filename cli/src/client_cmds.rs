@@ -642,7 +642,7 @@ async fn get(a: GetArgs) -> CliResult {
             s.max_concurrent
                 .map_or_else(|| "-".into(), |n| n.to_string()),
         ),
-        ("shards", shards(&job)),
+        ("shards / nodes", shards(&job)),
         ("affinity", s.affinity_key().unwrap_or_else(|| "-".into())),
         ("params", params),
         (
@@ -857,6 +857,25 @@ pub async fn nodes(a: NodesArgs) -> CliResult {
 /// A job's shards, as `lts jobs get` shows them: a sharded job's count and progress, a shard
 /// run's place among its job's shards.
 fn shards(job: &lts_core::Job) -> String {
+    if let (Some(node), Some(shard)) = (&job.node, &job.shard) {
+        return format!(
+            "node {} ({} of {}) of workflow {}",
+            node.name,
+            shard.index + 1,
+            shard.count,
+            shard.of
+        );
+    }
+    if let Some(wf) = &job.spec.workflow {
+        let n = wf.nodes.len();
+        return match job.shard_progress {
+            Some(p) => format!(
+                "workflow of {n} nodes: {} succeeded, {} failed, {} running, {} pending, {} skipped (lts workflow get)",
+                p.succeeded, p.failed, p.running, p.pending, p.skipped
+            ),
+            None => format!("workflow of {n} nodes (none run yet)"),
+        };
+    }
     if let Some(shard) = &job.shard {
         let on = shard
             .on

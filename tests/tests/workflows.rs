@@ -168,6 +168,18 @@ async fn diamond(dir: &Path, store: &[&str]) {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("transform (failure)"), "{table}");
     assert!(table.contains("SKIPPED"), "{table}");
+    // `lts jobs get` tells a workflow's nodes from a sharded job's shards.
+    let out = std::process::Command::new(lts_tests::bin("lts"))
+        .args(["jobs", "get", "--job-id", &id, "--tracker", &tracker.addr])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(
+            "workflow of 4 nodes: 2 succeeded, 1 failed, 0 running, 0 pending, 1 skipped"
+        ),
+        "{table}"
+    );
 
     // A bad file is refused with its field named, and nothing is stored.
     std::fs::write(

@@ -375,26 +375,8 @@ async fn retry(a: RetryArgs) -> CliResult {
     };
     let (spec, kept) = retry_spec(&wf, &nodes)?;
     let total = spec.workflow.as_ref().map_or(0, |w| w.nodes.len());
-    let answer = client
-        .submit(spec.clone())
-        .await
-        .map_err(|e| a.opts.unavailable(e))?;
-    let job_id = match &answer {
-        SubmitAnswer::Rejected(v) => return Err(CliError::Usage(v.to_string())),
-        other => other.job_id().unwrap_or_default().to_string(),
-    };
-    let waited = match a.wait {
-        true => Some(
-            client
-                .wait(
-                    JobKey::Id(job_id.clone()),
-                    a.wait_timeout.map(Duration::from_secs),
-                )
-                .await
-                .map_err(|e| a.opts.unavailable(e))?,
-        ),
-        false => None,
-    };
+    let (answer, job_id, waited) =
+        submit_and_wait(&client, &a.opts, spec.clone(), a.wait, a.wait_timeout).await?;
     match a.opts.output {
         OutputFormat::Json => print_json(&serde_json::json!({
             "status": answer.status(),
@@ -417,6 +399,40 @@ async fn retry(a: RetryArgs) -> CliResult {
             }
         }
     }
+    ended_well(waited)
+}
+
+/// Submits a workflow and, with `wait`, waits for its end: the answer, the job id and the
+/// job as it ended. A rejected spec is a usage error.
+async fn submit_and_wait(
+    client: &lts_worker_sdk::JobClient,
+    opts: &ClientOpts,
+    spec: JobSpec,
+    wait: bool,
+    wait_timeout: Option<u64>,
+) -> CliResult<(SubmitAnswer, String, Option<Job>)> {
+    let answer = client.submit(spec).await.map_err(|e| opts.unavailable(e))?;
+    let job_id = match &answer {
+        SubmitAnswer::Rejected(v) => return Err(CliError::Usage(v.to_string())),
+        other => other.job_id().unwrap_or_default().to_string(),
+    };
+    let waited = match wait {
+        true => Some(
+            client
+                .wait(
+                    JobKey::Id(job_id.clone()),
+                    wait_timeout.map(Duration::from_secs),
+                )
+                .await
+                .map_err(|e| opts.unavailable(e))?,
+        ),
+        false => None,
+    };
+    Ok((answer, job_id, waited))
+}
+
+/// The exit of a command that waited (or not) for a workflow: an error unless it succeeded.
+fn ended_well(waited: Option<Job>) -> CliResult {
     match waited {
         Some(j) if j.state != JobState::Succeeded => Err(CliError::Failed(format!(
             "workflow {} ended {}",
@@ -439,26 +455,8 @@ async fn submit(a: SubmitArgs) -> CliResult {
     let spec = read_file(&a.file)?;
     let nodes = spec.workflow.as_ref().map_or(0, |w| w.nodes.len());
     let client = a.opts.client().await?;
-    let answer = client
-        .submit(spec.clone())
-        .await
-        .map_err(|e| a.opts.unavailable(e))?;
-    let job_id = match &answer {
-        SubmitAnswer::Rejected(v) => return Err(CliError::Usage(v.to_string())),
-        other => other.job_id().unwrap_or_default().to_string(),
-    };
-    let waited = match a.wait {
-        true => Some(
-            client
-                .wait(
-                    JobKey::Id(job_id.clone()),
-                    a.wait_timeout.map(Duration::from_secs),
-                )
-                .await
-                .map_err(|e| a.opts.unavailable(e))?,
-        ),
-        false => None,
-    };
+    let (answer, job_id, waited) =
+        submit_and_wait(&client, &a.opts, spec.clone(), a.wait, a.wait_timeout).await?;
     match a.opts.output {
         OutputFormat::Json => print_json(&SubmitOut {
             status: answer.status(),
@@ -478,13 +476,7 @@ async fn submit(a: SubmitArgs) -> CliResult {
             }
         }
     }
-    match waited {
-        Some(j) if j.state != JobState::Succeeded => Err(CliError::Failed(format!(
-            "workflow {} ended {}",
-            j.job_id, j.state
-        ))),
-        _ => Ok(()),
-    }
+    ended_well(waited)
 }
 
 /// The node jobs of the run `run` of the workflow `wf` (at most `limit`), in node order: one

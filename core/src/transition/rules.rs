@@ -309,10 +309,7 @@ fn fan_out(
     now_ms: i64,
 ) -> Transition {
     let n = targets.len() as u32;
-    after.job.lease_owner = None;
-    after.job.lease_expiry_ms = None;
-    after.job.deadline_ms = None;
-    after.lease_token = None;
+    release_for_shards(&mut after);
     let parent = &after.job;
     let run = Shard::run_of(parent);
     logs.push(log(
@@ -338,17 +335,7 @@ fn fan_out(
         spec.idempotency_key = None;
         // The job's feedback is the job's, not each shard's.
         spec.need_feedback = false;
-        let mut shard = Job::new(Shard::id(&run, index), spec);
-        shard.trigger_time_ms = parent.trigger_time_ms;
-        shard.created_at_ms = now_ms;
-        shard.updated_at_ms = now_ms;
-        shard.fire_count = 1;
-        shard.shard = Some(Shard {
-            of: parent.job_id.clone(),
-            index,
-            count: n,
-            on: on.clone(),
-        });
+        let shard = shard_job(parent, &run, index, n, on.clone(), spec, now_ms);
         let note = match on {
             Some(on) => format!("shard {index} of {n} of {}, for {on}", parent.job_id),
             None => format!("shard {index} of {n} of {}", parent.job_id),
@@ -359,6 +346,39 @@ fn fan_out(
     let mut t = changed(stored, after, logs);
     t.fan_out = shards;
     t
+}
+
+/// A job that runs as shards (or workflow nodes) holds no lease of its own.
+fn release_for_shards(after: &mut StoredJob) {
+    after.job.lease_owner = None;
+    after.job.lease_expiry_ms = None;
+    after.job.deadline_ms = None;
+    after.lease_token = None;
+}
+
+/// Shard (or workflow node) `index` of `n` of `parent`'s run `run`, for `on` (a broadcast's
+/// TaskTracker) or any: queued, due when its job was, created now.
+fn shard_job(
+    parent: &Job,
+    run: &str,
+    index: u32,
+    n: u32,
+    on: Option<String>,
+    spec: JobSpec,
+    now_ms: i64,
+) -> Job {
+    let mut shard = Job::new(Shard::id(run, index), spec);
+    shard.trigger_time_ms = parent.trigger_time_ms;
+    shard.created_at_ms = now_ms;
+    shard.updated_at_ms = now_ms;
+    shard.fire_count = 1;
+    shard.shard = Some(Shard {
+        of: parent.job_id.clone(),
+        index,
+        count: n,
+        on,
+    });
+    shard
 }
 
 /// A claimed workflow runs as its nodes, each a job of its own with the ids and accounting of
@@ -375,10 +395,7 @@ fn run_workflow(
     retry: &RetryPolicy,
 ) -> Transition {
     let n = wf.nodes.len() as u32;
-    after.job.lease_owner = None;
-    after.job.lease_expiry_ms = None;
-    after.job.deadline_ms = None;
-    after.lease_token = None;
+    release_for_shards(&mut after);
     let parent = &after.job;
     let run = Shard::run_of(parent);
     let plan = wf.plan();
@@ -397,17 +414,8 @@ fn run_workflow(
     for i in order {
         let of = plan[i].clone();
         let index = i as u32;
-        let mut node = Job::new(Shard::id(&run, index), wf.node_spec(i, &parent.spec));
-        node.trigger_time_ms = parent.trigger_time_ms;
-        node.created_at_ms = now_ms;
-        node.updated_at_ms = now_ms;
-        node.fire_count = 1;
-        node.shard = Some(Shard {
-            of: parent.job_id.clone(),
-            index,
-            count: n,
-            on: None,
-        });
+        let spec = wf.node_spec(i, &parent.spec);
+        let mut node = shard_job(parent, &run, index, n, None, spec, now_ms);
         let preds: Vec<&Job> = of
             .needs
             .iter()

@@ -17,6 +17,7 @@
 
 pub mod mongo;
 pub mod sqlite;
+mod work;
 
 use async_trait::async_trait;
 pub use lts_core::JobKey;

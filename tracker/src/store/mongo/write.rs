@@ -4,7 +4,6 @@
 //! changed the job meanwhile: it is read again and the event applied again, a bounded number
 //! of times.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -16,6 +15,7 @@ use mongodb::bson::{Bson, Document, doc};
 use super::MongoStore;
 use super::batch;
 use super::codec::{self, Read};
+use crate::store::work::Work;
 use crate::store::{StoreError, StoreResult};
 
 /// How many times an event is applied to a job that keeps changing under it.
@@ -308,10 +308,7 @@ impl MongoStore {
                         running.insert(job.job_id);
                         continue;
                     }
-                    if work.ended.len() >= ENDED_CACHE {
-                        work.ended.clear();
-                    }
-                    work.ended.insert(job.job_id.clone(), Arc::new(job));
+                    work.remember_ended(job);
                 }
             }
             let judged: Vec<(Read, workflow::Verdict)> = waiting
@@ -669,19 +666,6 @@ fn scopeguard_log(run: &str, n: usize, started: std::time::Instant) -> impl Drop
     }
     Logged(run.to_string(), n, started)
 }
-
-/// The cascades left to run, and the node groups where those run so far queued jobs.
-#[derive(Default)]
-struct Work {
-    todo: VecDeque<Cascade>,
-    woken: Vec<String>,
-    /// Finished workflow nodes read by this cascade, by id (they do not change): a root that
-    /// fans out to 10,000 successors is read once, not once for each.
-    ended: HashMap<String, Arc<lts_core::Job>>,
-}
-
-/// The most finished nodes a cascade keeps read ([`Work::ended`]).
-const ENDED_CACHE: usize = 10_000;
 
 /// How often the sweep looks for sharded jobs to end, and how long such a job must have waited.
 const SHARD_SWEEP_MS: i64 = 5_000;

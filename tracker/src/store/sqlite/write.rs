@@ -7,7 +7,6 @@
 //! state and lease token it was read with; inside the writer's transaction nothing can change
 //! them, so a write that matches no row is a bug, reported as an error.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -20,6 +19,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, params, params_from_iter};
 
 use super::schema::{Found, JOB_COLS, encode, found_all};
+use crate::store::work::Work;
 use crate::store::{StoreError, StoreResult};
 
 /// A transition as written.
@@ -35,19 +35,6 @@ pub(super) struct Written {
     /// ended).
     pub woken: Vec<String>,
 }
-
-/// The cascades left to run, and the node groups where those run so far queued jobs.
-#[derive(Default)]
-struct Work {
-    todo: VecDeque<Cascade>,
-    woken: Vec<String>,
-    /// Finished workflow nodes read by this write, by id (they do not change): a root that
-    /// fans out to 10,000 successors is read once, not once for each.
-    ended: HashMap<String, Arc<Job>>,
-}
-
-/// The most finished nodes a write keeps read ([`Work::ended`]).
-const ENDED_CACHE: usize = 10_000;
 
 /// Applies `event` at `now` to the job as read and writes the transition, with its cascade;
 /// a refusal writes nothing. `spec_json` is the transition's spec as JSON, when the caller has
@@ -256,12 +243,7 @@ fn judge_successor(
             return Ok(());
         }
         if let Some(job) = super::queries::get_finished(conn, &key)? {
-            let job = Arc::new(job);
-            if work.ended.len() >= ENDED_CACHE {
-                work.ended.clear();
-            }
-            work.ended.insert(id, job.clone());
-            preds.push(job);
+            preds.push(work.remember_ended(job));
         }
     }
     let preds: Vec<&Job> = preds.iter().map(|p| p.as_ref()).collect();

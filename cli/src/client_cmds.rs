@@ -37,6 +37,10 @@ pub struct SubmitArgs {
     /// Run only on TaskTrackers with this label, `KEY=VALUE` (repeatable: all of them).
     #[arg(long = "affinity", value_name = "KEY=VALUE")]
     affinity: Vec<String>,
+    /// Jobs with the same route key run on the same worker of the node group while it stays
+    /// connected (consistent hashing); when it leaves, its keys move to the others.
+    #[arg(long)]
+    route_key: Option<String>,
     /// Send the final result to the submit node group.
     #[arg(long)]
     feedback: bool,
@@ -218,6 +222,7 @@ pub fn spec_from_args(a: &SubmitArgs, now: i64) -> CliResult<JobSpec> {
         // Set by the client for each submit (its retries dedup).
         idempotency_key: None,
         workflow: None,
+        route_key: a.route_key.clone(),
         timeout_ms: a
             .timeout
             .as_deref()
@@ -644,6 +649,10 @@ async fn get(a: GetArgs) -> CliResult {
         ),
         ("shards / nodes", shards(&job)),
         ("affinity", s.affinity_key().unwrap_or_else(|| "-".into())),
+        (
+            "route key",
+            s.route_key.clone().unwrap_or_else(|| "-".into()),
+        ),
         ("params", params),
         (
             "lease owner",

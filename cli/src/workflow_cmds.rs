@@ -155,6 +155,9 @@ pub struct NodeFile {
     /// Labels its TaskTracker must have.
     #[serde(default)]
     pub affinity: BTreeMap<String, String>,
+    /// Nodes (and jobs) with the same route key run on the same TaskTracker.
+    #[serde(default)]
+    pub route_key: Option<String>,
 }
 
 /// An edge of a workflow file.
@@ -212,6 +215,7 @@ impl WorkflowFile {
             spec.max_lease_losses = n.max_lease_losses;
             spec.timeout_ms = timeout_ms;
             spec.affinity = n.affinity.clone();
+            spec.route_key = n.route_key.clone();
             nodes.push(WorkflowNode {
                 name: n.name.clone(),
                 spec,

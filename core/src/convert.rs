@@ -79,6 +79,7 @@ pub fn spec_from_proto(p: proto::JobSpec) -> Result<JobSpec, Violations> {
         timeout_ms: p.timeout_ms,
         idempotency_key: (!p.idempotency_key.is_empty()).then_some(p.idempotency_key),
         workflow,
+        route_key: (!p.route_key.is_empty()).then_some(p.route_key),
     })
 }
 
@@ -218,6 +219,7 @@ pub fn spec_to_proto(s: &JobSpec) -> proto::JobSpec {
         timeout_ms: s.timeout_ms,
         idempotency_key: s.idempotency_key.clone().unwrap_or_default(),
         workflow: s.workflow.as_ref().map(workflow_to_proto),
+        route_key: s.route_key.clone().unwrap_or_default(),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod model;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod redact;
+pub mod route;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod schedule;

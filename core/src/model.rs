@@ -230,6 +230,13 @@ pub struct JobSpec {
     /// node (see [`crate::workflow`]). `None`: a plain job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<crate::workflow::Workflow>,
+    /// Jobs with the same route key run on the same TaskTracker of their node group while it
+    /// stays connected: the key picks a bucket ([`crate::route::bucket`]) and the group's
+    /// TaskTrackers share the buckets by consistent hashing, so that when one leaves only its
+    /// keys move. A key's jobs wait while their TaskTracker is connected but busy. `None`: any
+    /// TaskTracker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_key: Option<String>,
 }
 
 /// Labels as one canonical text: `key=value` pairs in key order, joined by `,`.
@@ -315,6 +322,13 @@ impl JobSpec {
     /// `,` (how the stores keep and match it); `None` without affinity.
     pub fn affinity_key(&self) -> Option<String> {
         (!self.affinity.is_empty()).then(|| labels_key(&self.affinity))
+    }
+
+    /// The bucket of the job's route key, as the stores keep it; `None` without a key.
+    pub fn route_bucket(&self) -> Option<i64> {
+        self.route_key
+            .as_deref()
+            .map(|k| i64::from(crate::route::bucket(k)))
     }
 
     /// Whether a claim runs the job as shard runs ([`JobSpec::shards`], [`JobSpec::broadcast`])

@@ -317,6 +317,30 @@ pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
         ));
     }
 
+    if let Some(key) = &spec.route_key {
+        let most = crate::route::MAX_ROUTE_KEY_LEN;
+        let refusal = if key.is_empty() || key.len() > most {
+            Some(format!("must be 1..={most} bytes (got {})", key.len()))
+        } else if key.chars().any(char::is_control) {
+            Some("must not hold control characters".to_string())
+        } else if spec.broadcast {
+            Some("a broadcast job runs on every TaskTracker: leave route_key empty".into())
+        } else if spec.shards.is_some() {
+            Some("shards spread over the group's TaskTrackers: leave route_key empty".into())
+        } else if !spec.affinity.is_empty() {
+            Some(
+                "the key's TaskTracker is picked among all of the group's: \
+                 use route_key or affinity, not both"
+                    .into(),
+            )
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            out.push(FieldViolation::new("route_key", why));
+        }
+    }
+
     if spec.broadcast && spec.shards.is_some() {
         out.push(FieldViolation::new(
             "broadcast",
@@ -659,6 +683,32 @@ mod tests {
         labels.insert("zone".to_string(), "eu".to_string());
         labels.insert("extra".to_string(), "x".to_string());
         assert!(crate::model::labels_satisfy(&labels, "gpu=a100,zone=eu"));
+    }
+
+    #[test]
+    fn a_route_key_is_bounded_and_alone() {
+        let keyed = |key: &str| JobSpec {
+            route_key: Some(key.into()),
+            ..JobSpec::new("t", "g")
+        };
+        assert!(validate(&keyed("customer-42")).is_ok());
+        assert_eq!(
+            keyed("customer-42").route_bucket(),
+            keyed("customer-42").route_bucket()
+        );
+        assert_eq!(fields(&keyed("")), ["route_key"]);
+        assert_eq!(fields(&keyed(&"k".repeat(257))), ["route_key"]);
+        assert_eq!(fields(&keyed("a\nb")), ["route_key"]);
+        let mut sharded = keyed("k");
+        sharded.shards = Some(4);
+        assert_eq!(fields(&sharded), ["route_key"]);
+        let mut broadcast = keyed("k");
+        broadcast.broadcast = true;
+        assert_eq!(fields(&broadcast), ["route_key"]);
+        let mut both = keyed("k");
+        both.affinity.insert("zone".into(), "a".into());
+        let refused = validate(&both).unwrap_err();
+        assert!(refused.0[0].reason.contains("not both"), "{refused:?}");
     }
 
     #[test]

@@ -293,6 +293,7 @@ pub fn check(spec: &JobSpec, wf: &Workflow, now_ms: i64, out: &mut Vec<FieldViol
         (spec.shards.is_some(), "shards"),
         (spec.broadcast, "broadcast"),
         (!spec.affinity.is_empty(), "affinity"),
+        (spec.route_key.is_some(), "route_key"),
     ]
     .into_iter()
     .filter(|(set, _)| *set)

@@ -131,6 +131,7 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
                 } else {
                     Default::default()
                 };
+                let route_key = (rely || fb).then(|| submit.clone());
                 JobSpec {
                     task_id,
                     task_tracker_node_group: group,
@@ -160,6 +161,8 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
                     timeout_ms: timeout,
                     workflow: None,
                     idempotency_key: None,
+                    // Sometimes a key, sometimes with what it may not be combined with.
+                    route_key,
                 }
             },
         )

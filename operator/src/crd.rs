@@ -617,6 +617,12 @@ pub struct JobSpec {
     /// `labels`); a Job no TaskTracker matches waits queued.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub affinity: BTreeMap<String, String>,
+    /// Jobs with the same route key run on the same TaskTracker of the group while it stays
+    /// connected (consistent hashing); when it leaves, its keys move to the others. Not with
+    /// `shards`, `broadcast` or `affinity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub route_key: Option<String>,
     /// Run as a workflow: its nodes, each a job of its own, after their predecessors (each
     /// fire, for a scheduled Job); the Job ends with its last node. Not with `shards`,
     /// `broadcast` or `affinity` (set those on the nodes).
@@ -680,6 +686,10 @@ pub struct WorkflowNodeSpec {
     /// Labels its TaskTracker must have.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub affinity: BTreeMap<String, String>,
+    /// Its route key: nodes (and jobs) with the same key run on the same TaskTracker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub route_key: Option<String>,
 }
 
 /// An edge of a workflow.

@@ -64,6 +64,7 @@ pub fn job(name: &str) -> Job {
             shards: None,
             broadcast: false,
             affinity: Default::default(),
+            route_key: None,
             workflow: None,
             suspend: false,
         },

@@ -32,6 +32,7 @@ fn job() -> Job {
             shards: None,
             broadcast: false,
             affinity: Default::default(),
+            route_key: None,
             workflow: None,
             suspend: false,
         },

@@ -59,6 +59,7 @@ async fn concurrent_results_share_commands_and_a_stale_one_is_refused_alone() {
             max_running: None,
             targets: Vec::new(),
             labels: Default::default(),
+            route_buckets: Vec::new(),
         })
         .await
         .unwrap();
@@ -174,6 +175,7 @@ async fn a_due_job_is_stored_already_leased_and_anything_else_is_an_ordinary_sub
         max_running: None,
         targets: Vec::new(),
         labels: Default::default(),
+        route_buckets: Vec::new(),
     };
     // Due now: one insert of the job as leased to w1, with both log lines.
     let (out, lease) = a
@@ -271,6 +273,7 @@ async fn trackers_racing_for_one_queue_lease_every_job_once() {
                         max_running: None,
                         targets: Vec::new(),
                         labels: Default::default(),
+                        route_buckets: Vec::new(),
                     })
                     .await
                     .unwrap();
@@ -332,6 +335,7 @@ async fn racing_trackers_never_run_a_capped_group_past_its_cap() {
                         max_running: Some(cap),
                         targets: Vec::new(),
                         labels: Default::default(),
+                        route_buckets: Vec::new(),
                     })
                     .await
                     .unwrap();

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lts_core::proto::{self, TrackerMessage, tracker_message};
+use lts_core::route::Assignment;
 use lts_core::{ConcurrencyPolicy, convert, now_ms};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -124,8 +125,9 @@ impl Reserved {
             max_running: None,
             // A broadcast job is never leased at its submit: its claim fans it out.
             targets: Vec::new(),
-            // Nor is a job with affinity (see `JobService::store_specs`).
+            // Nor is a job with affinity or a route key (see `JobService::store_specs`).
             labels: Default::default(),
+            route_buckets: Vec::new(),
         }
     }
 }
@@ -163,6 +165,9 @@ pub struct Group {
     /// next fire's run is sent, the store has cancelled this one, and its TaskTracker is told
     /// at once ([`Dispatcher::lease_gone`]). At most [`MAX_REPLACING`] jobs are remembered.
     replacing: Mutex<HashMap<String, String>>,
+    /// The route buckets dealt to the group's connected TaskTrackers, kept while they stay
+    /// the same (dealing costs a hash per bucket and TaskTracker).
+    route: Mutex<Option<Arc<Assignment>>>,
 }
 
 /// Recurring jobs with concurrency policy `Replace` whose newest run a group remembers.
@@ -173,6 +178,19 @@ impl Group {
         self.work_epoch.fetch_add(1, Ordering::SeqCst);
         self.maybe_work.store(true, Ordering::SeqCst);
         self.wake.notify_one();
+    }
+
+    /// The route buckets dealt to `targets` (see [`lts_core::route`]).
+    fn assignment(&self, targets: &[String]) -> Arc<Assignment> {
+        let mut route = self.route.lock().unwrap_or_else(|e| e.into_inner());
+        match route.as_ref() {
+            Some(a) if a.targets() == targets => a.clone(),
+            _ => {
+                let a = Arc::new(Assignment::new(targets));
+                *route = Some(a.clone());
+                a
+            }
+        }
     }
 
     /// Free threads across the group's TaskTrackers.
@@ -424,6 +442,7 @@ impl Dispatcher {
                     timer_at: AtomicI64::new(i64::MAX),
                     closed: CancellationToken::new(),
                     replacing: Mutex::new(HashMap::new()),
+                    route: Mutex::new(None),
                 });
                 let me = self.clone();
                 let group = g.clone();
@@ -722,6 +741,7 @@ impl Dispatcher {
             let now = now_ms();
             let requested: u32 = plan.iter().map(|p| p.n).sum();
             let targets = self.targets(&group);
+            let route = group.assignment(&targets);
             let claims = plan.iter().map(|p| {
                 self.store.claim(ClaimRequest {
                     node_group: group.name.clone(),
@@ -737,6 +757,7 @@ impl Dispatcher {
                     max_running: self.cap(&group.name),
                     targets: targets.clone(),
                     labels: p.conn.labels().clone(),
+                    route_buckets: route.buckets_of(&p.identity),
                 })
             });
             let results = futures::future::join_all(claims).await;

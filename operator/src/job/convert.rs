@@ -278,6 +278,7 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
         // must replace the job, not be answered with it.
         idempotency_key: None,
         workflow,
+        route_key: spec.route_key.clone(),
     };
     if let Err(v) = lts_core::validate(&out) {
         let origins = spec.workflow.as_ref().map(edge_origins).unwrap_or_default();
@@ -347,6 +348,7 @@ fn to_lts_workflow(
                 .timeout_seconds
                 .map(|s| u64::try_from(s).unwrap_or(0).saturating_mul(1_000));
             spec.affinity = n.affinity.clone();
+            spec.route_key = n.route_key.clone();
             edges.extend(n.after.iter().map(|from| Edge {
                 from: from.clone(),
                 to: n.name.clone(),
@@ -637,6 +639,7 @@ mod tests {
             max_lease_losses: None,
             timeout_seconds: Some(60),
             affinity: BTreeMap::new(),
+            route_key: None,
         };
         let mut j = job("etl");
         j.spec.params.clear();

@@ -547,6 +547,7 @@ async fn a_workflows_nodes_reach_its_status() {
         max_lease_losses: None,
         timeout_seconds: None,
         affinity: Default::default(),
+        route_key: None,
     };
     let mut resource = job("etl");
     resource.spec.workflow = Some(WorkflowSpec {

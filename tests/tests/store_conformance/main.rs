@@ -27,6 +27,7 @@ fn claim(group: &str, owner: &str, max: usize, now: i64) -> ClaimRequest {
         max_running: None,
         targets: Vec::new(),
         labels: Default::default(),
+        route_buckets: Vec::new(),
     }
 }
 
@@ -94,6 +95,7 @@ macro_rules! for_each_case {
             sharded_jobs_run_as_their_shards,
             broadcast_jobs_run_once_on_each_task_tracker,
             affinity_matches_jobs_to_labelled_task_trackers,
+            route_keys_keep_to_their_task_tracker,
             a_workflow_runs_its_nodes_after_their_predecessors,
             a_failure_skips_a_long_chain_at_once,
             a_cancelled_workflow_cancels_its_waiting_nodes,

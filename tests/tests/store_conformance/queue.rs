@@ -1001,3 +1001,96 @@ pub async fn affinity_matches_jobs_to_labelled_task_trackers(store: Arc<dyn JobS
         .unwrap();
     assert_eq!(tasks(w3), ["h100"]);
 }
+
+/// Route keys: a claim takes the routed jobs of the buckets dealt to its TaskTracker (and the
+/// jobs without a key), never another's; when a TaskTracker leaves, its keys go to the others
+/// and every other key stays where it was; a replace that drops the key lets anyone take it.
+pub async fn route_keys_keep_to_their_task_tracker(store: Arc<dyn JobStore>) {
+    use lts_core::route::Assignment;
+    let keyed = |task: String, key: Option<String>| JobSpec {
+        route_key: key,
+        ..JobSpec::new(task, "g")
+    };
+    let keys: Vec<String> = (0..12).map(|k| format!("customer-{k}")).collect();
+    let mut specs: Vec<JobSpec> = keys
+        .iter()
+        .flat_map(|k| (0..3).map(move |i| (k.clone(), i)))
+        .map(|(k, i)| keyed(format!("{k}-{i}"), Some(k)))
+        .collect();
+    specs.push(keyed("plain-0".into(), None));
+    specs.push(keyed("plain-1".into(), None));
+    store.submit(specs, NOW).await.unwrap();
+    let workers: Vec<String> = ["w1", "w2", "w3"].map(String::from).to_vec();
+    let dealt = Assignment::new(&workers);
+    let routed = |owner: &str, a: &Assignment, now: i64| ClaimRequest {
+        targets: a.targets().to_vec(),
+        route_buckets: a.buckets_of(owner),
+        ..claim("g", owner, 100, now)
+    };
+    // A claim that is dealt no bucket takes only the jobs without a key.
+    let mut plain: Vec<String> = store
+        .claim(claim("g", "w9", 100, NOW))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.job.spec.task_id)
+        .collect();
+    plain.sort();
+    assert_eq!(plain, ["plain-0", "plain-1"]);
+    let mut claimed = 0;
+    for w in &workers {
+        for l in store.claim(routed(w, &dealt, NOW)).await.unwrap() {
+            let key = l.job.spec.route_key.clone().unwrap();
+            assert_eq!(dealt.owner_of_key(&key), Some(w.as_str()), "{key}");
+            claimed += 1;
+        }
+    }
+    assert_eq!(
+        claimed, 36,
+        "every routed job went to its key's TaskTracker"
+    );
+    // w2 leaves: its keys move, the others' stay.
+    let specs = keys
+        .iter()
+        .map(|k| keyed(format!("{k}-late"), Some(k.clone())))
+        .collect();
+    store.submit(specs, NOW + 1).await.unwrap();
+    let fewer = Assignment::new(&["w1".to_string(), "w3".to_string()]);
+    let mut seen = 0;
+    for w in ["w1", "w3"] {
+        for l in store.claim(routed(w, &fewer, NOW + 2)).await.unwrap() {
+            let key = l.job.spec.route_key.clone().unwrap();
+            let was = dealt.owner_of_key(&key).unwrap();
+            if was != "w2" {
+                assert_eq!(was, w, "{key} moved though its TaskTracker stayed");
+            }
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, keys.len());
+    // Replaced without its key, a job waiting for a TaskTracker that is gone runs anywhere.
+    let key = keys
+        .iter()
+        .find(|k| dealt.owner_of_key(k) == Some("w1"))
+        .expect("some key is w1's")
+        .clone();
+    store
+        .submit(vec![keyed("moved".into(), Some(key))], NOW + 3)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim(routed("w3", &fewer, NOW + 4))
+            .await
+            .unwrap()
+            .is_empty(),
+        "w1's key is not w3's"
+    );
+    let mut plain = keyed("moved".into(), None);
+    plain.replace_on_exist = true;
+    let out = store.submit(vec![plain], NOW + 5).await.unwrap();
+    assert!(matches!(out[0], SubmitOutcome::Replaced { .. }), "{out:?}");
+    let got = store.claim(routed("w3", &fewer, NOW + 6)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job.spec.task_id, "moved");
+}

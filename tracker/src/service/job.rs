@@ -532,8 +532,9 @@ impl JobApi {
     ) -> Result<(Vec<SubmitOutcome>, bool), Status> {
         let core = &self.0;
         let reserved = match specs.as_slice() {
-            // A job with affinity goes through a claim, which matches it to a TaskTracker.
-            [one] if one.affinity.is_empty() => {
+            // A job with affinity or a route key goes through a claim, which matches it to a
+            // TaskTracker.
+            [one] if one.affinity.is_empty() && one.route_key.is_none() => {
                 core.dispatcher.reserve_idle(&one.task_tracker_node_group)
             }
             _ => None,

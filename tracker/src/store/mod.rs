@@ -134,6 +134,10 @@ pub struct ClaimRequest {
     /// The labels of the TaskTracker that will hold the leases: only the jobs whose affinity
     /// they satisfy are claimed.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The route buckets dealt to `owner` among the node group's connected TaskTrackers
+    /// ([`lts_core::route::Assignment`]): of the jobs with a route key, only those whose
+    /// bucket is here are claimed. Empty: no routed job.
+    pub route_buckets: Vec<u32>,
 }
 
 impl ClaimRequest {

@@ -67,6 +67,8 @@ impl MongoStore {
             // TaskTracker's labels do not satisfy.
             "shard_on": { "$in": [null, &req.owner] },
             "affinity": { "$in": self.allowed_affinities(&req).await? },
+            // Nor the routed jobs of buckets dealt to other TaskTrackers (`null`: no key).
+            "route_bucket": { "$in": route_buckets(&req) },
         };
         // Trackers that share the queue all see the same best jobs: after this tracker lost
         // some of a claim to another one, it takes its next claims at random from a wider
@@ -381,4 +383,11 @@ impl MongoStore {
             .map(|((f, _), _)| f.job)
             .collect())
     }
+}
+
+/// The route buckets a claim takes, and `null` (the jobs without a route key).
+fn route_buckets(req: &ClaimRequest) -> Vec<Bson> {
+    std::iter::once(Bson::Null)
+        .chain(req.route_buckets.iter().map(|&b| Bson::Int64(i64::from(b))))
+        .collect()
 }

@@ -140,6 +140,9 @@ pub(super) fn new_doc(s: &StoredJob) -> StoreResult<Document> {
     if let Some(key) = job.spec.affinity_key() {
         d.insert("affinity", key);
     }
+    if let Some(bucket) = job.spec.route_bucket() {
+        d.insert("route_bucket", bucket);
+    }
     if let Some(shard) = &job.shard {
         d.insert("shard_of", &shard.of);
         d.insert("shard_index", i64::from(shard.index));
@@ -204,6 +207,8 @@ pub(super) fn fields(s: &StoredJob, fields: &[Field]) -> StoreResult<(Document, 
                 set.extend(spec_fields(&job.spec)?);
                 let affinity = job.spec.affinity_key().map(Bson::String);
                 put(&mut set, &mut unset, "affinity", affinity);
+                let bucket = job.spec.route_bucket().map(Bson::Int64);
+                put(&mut set, &mut unset, "route_bucket", bucket);
             }
             Field::Attempt => {
                 set.insert("attempt", i64::from(job.attempt));

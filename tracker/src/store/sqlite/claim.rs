@@ -45,7 +45,8 @@ pub(super) fn claim(
             req.due_by_ms(),
             max as i64,
             req.owner,
-            allowed_affinities(conn, req)?
+            allowed_affinities(conn, req)?,
+            serde_json::to_string(&req.route_buckets).unwrap_or_else(|_| "[]".into()),
         ],
     )?;
     let mut leases = Vec::with_capacity(due.len());

@@ -15,7 +15,7 @@ use rusqlite::{Connection, Row};
 use crate::store::{StoreError, StoreResult};
 
 /// Version of the schema, kept in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 7;
+pub(super) const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -56,7 +56,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     affinity       TEXT,
     -- For a workflow node (a shard of its workflow's run): its name and place in the graph
     -- (JSON).
-    node           TEXT
+    node           TEXT,
+    -- The bucket of the spec's route key (`lts_core::route`): only the TaskTracker the bucket
+    -- is dealt to claims it.
+    route_bucket   INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
 -- Partial indexes: each holds only the rows it serves, so a state change is one index delete
@@ -172,12 +175,14 @@ sql! {
     /// The whole schema.
     SCHEMA_SQL = SCHEMA;
     /// The due queued jobs of a node group, best first (`?1` group, `?2` now, `?3` limit), but
-    /// the broadcast shards for TaskTrackers other than `?4` and the jobs whose affinity is
-    /// not in the JSON array `?5`.
+    /// the broadcast shards for TaskTrackers other than `?4`, the jobs whose affinity is not in
+    /// the JSON array `?5` and the routed jobs whose bucket is not in the JSON array `?6` (an
+    /// uncorrelated subquery: built at most once per claim, and only if a routed job is met).
     DUE_JOBS = &format!("SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_claim \
         WHERE node_group = ?1 AND state = {{QUEUED}} AND trigger_time <= ?2 \
         AND (shard_on IS NULL OR shard_on = ?4) \
         AND (affinity IS NULL OR affinity IN (SELECT value FROM json_each(?5))) \
+        AND (route_bucket IS NULL OR route_bucket IN (SELECT value FROM json_each(?6))) \
         ORDER BY priority DESC, trigger_time ASC, seq ASC LIMIT ?3");
     /// The running jobs whose lease expired before `?1`.
     EXPIRED_LEASES = &format!("SELECT {JOB_COLS} FROM jobs INDEXED BY jobs_lease WHERE state = {{RUNNING}} AND lease_expiry < ?1");
@@ -260,6 +265,10 @@ pub(super) fn migrate(conn: &Connection, path: &std::path::Path) -> StoreResult<
     // v7: workflow nodes keep their place in the graph (none so far).
     if (3..7).contains(&version) && !has_column(conn, "jobs", "node")? {
         conn.execute_batch("ALTER TABLE jobs ADD COLUMN node TEXT;")?;
+    }
+    // v8: routed jobs keep their key's bucket (none so far).
+    if (3..8).contains(&version) && !has_column(conn, "jobs", "route_bucket")? {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN route_bucket INTEGER;")?;
     }
     conn.execute_batch(SCHEMA_SQL.text())?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;

@@ -290,9 +290,9 @@ pub(super) fn insert(
                  attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner,
                  lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested,
                  instance_of, lease_losses, deadline, shard_of, shard_index, shard_count, shard_on,
-                 affinity, node)
+                 affinity, node, route_bucket)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)
+                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)
              ON CONFLICT (node_group, task_id) DO NOTHING",
         )?
         .execute(params![
@@ -323,6 +323,7 @@ pub(super) fn insert(
             job.shard.as_ref().and_then(|s| s.on.as_ref()),
             job.spec.affinity_key(),
             job.node.as_ref().map(encode).transpose()?,
+            job.spec.route_bucket(),
         ])?;
     Ok(n == 1)
 }
@@ -331,7 +332,7 @@ pub(super) fn insert(
 fn columns(field: Field) -> &'static [&'static str] {
     match field {
         Field::State => &["state"],
-        Field::Spec => &["spec", "priority", "affinity"],
+        Field::Spec => &["spec", "priority", "affinity", "route_bucket"],
         Field::Attempt => &["attempt", "lease_losses"],
         Field::TriggerTime => &["trigger_time"],
         Field::ScheduledFire => &["scheduled_fire"],
@@ -359,6 +360,7 @@ fn values(field: Field, s: &StoredJob, spec_json: Option<&str>) -> StoreResult<V
                 text.into(),
                 job.spec.priority.into(),
                 job.spec.affinity_key().into(),
+                job.spec.route_bucket().into(),
             ]
         }
         Field::Attempt => vec![

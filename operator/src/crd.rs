@@ -830,3 +830,140 @@ pub struct JobStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
+
+/// An LTS workflow: a graph of jobs, run as one. The operator keeps a [`Job`] of the same name
+/// for it (owned by it, so deleting the Workflow deletes the Job, which cancels the run) and
+/// mirrors that Job's status, every node's phase included, into the Workflow's.
+// kube's printcolumn(...) attributes repeat `type_ = ...`, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "lts.io",
+    version = "v1alpha1",
+    kind = "Workflow",
+    doc = "An LTS workflow: a graph of jobs run as one, through a Job of the same name that it owns; its status mirrors every node's phase.",
+    namespaced,
+    status = "WorkflowStatus",
+    shortname = "ltswf",
+    category = "lts",
+    derive = "PartialEq",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Succeeded",
+        type_ = "integer",
+        json_path = ".status.nodeCounts.succeeded"
+    ),
+    printcolumn(
+        name = "Failed",
+        type_ = "integer",
+        json_path = ".status.nodeCounts.failed"
+    ),
+    printcolumn(
+        name = "Skipped",
+        type_ = "integer",
+        json_path = ".status.nodeCounts.skipped"
+    ),
+    printcolumn(name = "Next Fire", type_ = "date", json_path = ".status.nextFireTime"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "has(self.cluster) == has(oldSelf.cluster) && (!has(self.cluster) || self.cluster == oldSelf.cluster)"
+).message("cluster is immutable"))]
+pub struct WorkflowResourceSpec {
+    /// The cluster (name of its JobTracker NodeGroup's `cluster`); optional when the namespace
+    /// holds exactly one cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// The TaskTracker node group of the nodes that name none.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("taskTrackerNodeGroup is immutable"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub task_tracker_node_group: String,
+    /// The JobClient group that gets the workflow's feedback (default: `lts-operator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_node_group: Option<String>,
+    /// Send the workflow's final result to the submitting group as feedback.
+    #[serde(default)]
+    pub need_feedback: bool,
+    /// Higher runs first.
+    #[serde(default)]
+    pub priority: i32,
+    /// When it runs; omitted means now. A cron or repeat schedule runs the whole graph at each
+    /// fire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+    /// Cron/repeat: the next run only after the current one ends.
+    #[serde(default)]
+    pub rely_on_prev_cycle: bool,
+    /// Fires missed while down or suspended: `FireOnce` (default) or `Skip`.
+    #[serde(default)]
+    pub misfire_policy: MisfirePolicy,
+    /// Cron/repeat whose runs may overlap: `Allow` (default), `Forbid` or `Replace`.
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+    /// With `concurrencyPolicy: Allow`: at most this many runs at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_concurrent: Option<i64>,
+    /// The nodes (names unique), each a job of its own.
+    #[schemars(length(min = 1, max = 20000))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub nodes: Vec<WorkflowNodeSpec>,
+    /// Edges besides the nodes' `after`: `from -> to`, taken `when` `from` ended so (`Success`
+    /// by default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100000))]
+    pub edges: Vec<WorkflowEdgeSpec>,
+    /// No runs or fires while true: the running nodes finish their attempt, the others wait.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// Observed state of a [`Workflow`]: its Job's, by node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Where the workflow is (its Job's phase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<JobPhase>,
+    /// The Job that runs it (same name, same namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// The tracker's job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// The message of the latest run's end, e.g. `4 nodes ended: 3 succeeded, 1 skipped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<String>,
+    /// The fire time of the current or last run (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fire_time: Option<String>,
+    /// When it is due next (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fire_time: Option<String>,
+    /// When the run finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// From accepted to finished, e.g. `1m12s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// The latest run's nodes by state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_counts: Option<ShardCounts>,
+    /// Each node of the latest run (at most the first 500; `nodeCounts` counts them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub nodes: Vec<NodeStatus>,
+    /// `JobApplied` (its Job is in place), and the Job's `Submitted` and `Synced`, with the
+    /// fields they name given as the Workflow's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}

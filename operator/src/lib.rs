@@ -9,7 +9,9 @@
 //!   cert-manager `Certificate`s).
 //! * [`job`]: Job → submitted to the cluster's trackers over gRPC, status mirrored from them,
 //!   cancelled on delete (finalizer). Pipeline: observe → plan → apply → status.
-//! * [`reconcile`]: what both controllers share: the guarded reconcile, the status patch,
+//! * [`workflow`]: Workflow → a Job of the same name that it owns (the Job controller runs
+//!   it); the Job's status, every node's phase included, mirrored into the Workflow's.
+//! * [`reconcile`]: what the controllers share: the guarded reconcile, the status patch,
 //!   Conditions, and how a reconcile ends (settled, blocked on a problem with a Warning Event,
 //!   or failed and retried with backoff).
 //! * [`leader`]: Lease-based leader election, so one replica reconciles at a time.
@@ -39,6 +41,7 @@ pub mod nodegroup;
 pub mod pki;
 pub mod reconcile;
 pub mod tracker;
+pub mod workflow;
 
 #[cfg(test)]
 mod fixtures;
@@ -262,12 +265,26 @@ pub async fn check_crds(client: &Client, namespace: Option<&str>) -> Result<()> 
     )))
 }
 
+/// Whether the Workflow CRD is served (the operator runs the Workflow controller only then: an
+/// installation upgraded without its new CRD keeps its NodeGroups and Jobs going).
+pub async fn serves_workflows(client: &Client, namespace: Option<&str>) -> Result<bool> {
+    let lp = kube::api::ListParams::default().limit(1);
+    match watched_api::<crd::Workflow>(client, namespace)
+        .list_metadata(&lp)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The CustomResourceDefinitions of this crate, in a stable order.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![crd::NodeGroup::crd(), crd::Job::crd()]
+    vec![crd::NodeGroup::crd(), crd::Job::crd(), crd::Workflow::crd()]
 }
 
 /// `crdgen`'s output: every CRD as YAML, one document each.

@@ -18,7 +18,7 @@ use lts_operator::leader::{Elector, LeaseConfig};
 use lts_operator::nodegroup::BuildConfig;
 use lts_operator::pki::{Pki, PkiMode};
 use lts_operator::tracker::GrpcConnector;
-use lts_operator::{Context, job, nodegroup};
+use lts_operator::{Context, job, nodegroup, workflow};
 use tokio_util::sync::CancellationToken;
 
 /// The LTS operator: runs NodeGroups as Deployments and Jobs on their cluster's trackers.
@@ -185,6 +185,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .context("connect to the Kubernetes API (in-cluster config or kubeconfig)")?;
     let watch_namespace = cli.watch_namespace.clone().filter(|ns| !ns.is_empty());
     lts_operator::check_crds(&client, watch_namespace.as_deref()).await?;
+    let workflows = lts_operator::serves_workflows(&client, watch_namespace.as_deref()).await?;
+    if !workflows {
+        tracing::warn!(
+            "the CRD workflows.lts.io is not installed: Workflow resources are not served \
+             (install it with `kubectl apply -f crds/` and restart the operator)"
+        );
+    }
     health.set_ready(true);
 
     let identity = cli
@@ -280,7 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|| std::env::temp_dir().join("lts-operator")),
         )),
     );
-    tracing::info!(%identity, "starting the NodeGroup and Job controllers");
+    tracing::info!(%identity, workflows, "starting the NodeGroup, Job and Workflow controllers");
     let ng_stop = stop.clone();
     let ng_controller =
         nodegroup::run(
@@ -298,7 +305,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         job::run(job_ctx, async move { job_stop.cancelled().await }).await
     };
-    tokio::join!(ng_controller, job_controller);
+    let wf_stop = stop.clone();
+    let wf_ctx = ctx.clone();
+    let wf_controller = async move {
+        if workflows {
+            workflow::run(wf_ctx, async move { wf_stop.cancelled().await }).await
+        }
+    };
+    tokio::join!(ng_controller, job_controller, wf_controller);
 
     if let Some(e) = &elector {
         e.release().await;

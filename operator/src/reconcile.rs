@@ -84,6 +84,21 @@ impl StatusFields for crate::crd::JobStatus {
     }
 }
 
+impl StatusFields for crate::crd::WorkflowStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    fn set_observed_generation(&mut self, generation: Option<i64>) {
+        self.observed_generation = generation;
+    }
+}
+
+impl Reconciled for crate::crd::Workflow {
+    const CONTROLLER: &'static str = "workflow";
+    const UNREADABLE_RETRY: Duration = crate::job::WATCHED_REFRESH;
+}
+
 impl Reconciled for crate::crd::NodeGroup {
     const CONTROLLER: &'static str = "nodegroup";
     const UNREADABLE_RETRY: Duration = crate::nodegroup::REFRESH;

@@ -15,7 +15,7 @@ fn checked_in_crds_match_the_rust_types() {
 }
 
 #[test]
-fn crdgen_prints_both_crds() {
+fn crdgen_prints_every_crd() {
     let docs: Vec<serde_yaml::Value> =
         serde_yaml::Deserializer::from_str(&lts_operator::crds_yaml())
             .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
@@ -24,11 +24,23 @@ fn crdgen_prints_both_crds() {
         .iter()
         .map(|d| d["metadata"]["name"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(names, ["nodegroups.lts.io", "jobs.lts.io"]);
+    assert_eq!(
+        names,
+        ["nodegroups.lts.io", "jobs.lts.io", "workflows.lts.io"]
+    );
     let job = &docs[1];
     assert_eq!(
         job["spec"]["names"]["shortNames"][0].as_str(),
         Some("ltsjob")
     );
     assert_eq!(job["spec"]["names"]["categories"][0].as_str(), Some("lts"));
+    let workflow = &docs[2];
+    assert_eq!(
+        workflow["spec"]["names"]["shortNames"][0].as_str(),
+        Some("ltswf")
+    );
+    assert_eq!(
+        workflow["spec"]["names"]["categories"][0].as_str(),
+        Some("lts")
+    );
 }

@@ -212,6 +212,10 @@ fn crds_are_valid_kubernetes_objects() {
         "{out}"
     );
     assert!(
+        out.contains("customresourcedefinition/workflows.lts.io"),
+        "{out}"
+    );
+    assert!(
         out.contains("customresourcedefinition/nodegroups.lts.io"),
         "{out}"
     );

@@ -50,6 +50,7 @@ fn example_manifests_are_valid() {
         count("Job") >= 4,
         "real-time, cron, repeat, at a time:\n{report}"
     );
+    assert!(count("Workflow") >= 1, "a Workflow:\n{report}");
 
     let builtin = yaml_files(&out.path().join("k8s"));
     kubernetes_validate(&builtin).unwrap_or_else(|e| panic!("{e:#}"));

@@ -184,7 +184,12 @@ async fn two_trackers_on_one_mongo_store_send_a_key_to_the_same_worker() {
     let (a, b) = (tracker("a").await, tracker("b").await);
     let runs = dir.path().join("runs.txt");
     let registry = zk.url();
-    let connect = ["--registry", registry.as_str(), "--zk-session-timeout-ms", "2000"];
+    let connect = [
+        "--registry",
+        registry.as_str(),
+        "--zk-session-timeout-ms",
+        "2000",
+    ];
     let mut workers: Vec<Proc> = ["w1", "w2", "w3"]
         .iter()
         .map(|w| worker(dir.path(), &connect, w, &runs))

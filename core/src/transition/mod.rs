@@ -87,8 +87,8 @@ pub enum Event {
     /// A client submits a spec with this job's node group and task id. Dedup is among
     /// unfinished jobs: against a finished job the spec is accepted as a new job.
     Submit {
-        /// What was submitted.
-        spec: JobSpec,
+        /// What was submitted (boxed: the other events are far smaller).
+        spec: Box<JobSpec>,
         /// The id it gets if it is accepted as a new job.
         new_job_id: String,
     },

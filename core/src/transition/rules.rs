@@ -26,12 +26,12 @@ pub fn apply(
     let job = &stored.job;
     if job.state.is_final() {
         return match event {
-            Event::Submit { spec, new_job_id } => Ok(accept(spec, new_job_id, now_ms)),
+            Event::Submit { spec, new_job_id } => Ok(accept(*spec, new_job_id, now_ms)),
             _ => Err(Refusal::Finished(job.job_id.clone(), job.state)),
         };
     }
     match event {
-        Event::Submit { spec, .. } => replace(stored, spec, now_ms),
+        Event::Submit { spec, .. } => replace(stored, *spec, now_ms),
         Event::Claim(claim) => claim_job(stored, &claim, now_ms, retry),
         Event::Renew { token, expiry_ms } => {
             stored.leased_with(&token)?;

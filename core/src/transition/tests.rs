@@ -124,7 +124,7 @@ fn events() -> Vec<Event> {
     let submit = |replace| {
         let spec = repeat(true, -1).replace_on_exist(replace);
         Event::Submit {
-            spec,
+            spec: Box::new(spec),
             new_job_id: "j2".into(),
         }
     };
@@ -618,7 +618,7 @@ fn cancels_replaces_triggers_and_lost_leases() {
             .schedule(schedule)
             .replace_on_exist(true);
         Event::Submit {
-            spec,
+            spec: Box::new(spec),
             new_job_id: "x".into(),
         }
     };
@@ -640,7 +640,7 @@ fn cancels_replaces_triggers_and_lost_leases() {
     let t = run(
         &job_in(Suspended),
         Event::Submit {
-            spec,
+            spec: Box::new(spec),
             new_job_id: "x".into(),
         },
         LATER,
@@ -947,7 +947,7 @@ impl World {
                 *i = self.unfinished(&job.job.spec).unwrap_or(*i);
                 let spec = job.job.spec.replace_on_exist(replace).priority(1);
                 Event::Submit {
-                    spec,
+                    spec: Box::new(spec),
                     new_job_id: self.fresh("n"),
                 }
             }

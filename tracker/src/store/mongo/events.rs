@@ -154,7 +154,7 @@ impl MongoStore {
         for _ in 0..ATTEMPTS {
             let new_job_id = new_id();
             let event = |_: &StoredJob| Event::Submit {
-                spec: spec.clone(),
+                spec: Box::new(spec.clone()),
                 new_job_id: new_job_id.clone(),
             };
             match self.apply_to(&filter, First::Fetch, event, now).await? {

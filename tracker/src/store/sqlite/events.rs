@@ -57,7 +57,10 @@ pub(super) fn submit(
                 SubmitOutcome::Accepted { job_id }
             }
             Some(found) => {
-                let submit = Event::Submit { spec, new_job_id };
+                let submit = Event::Submit {
+                    spec: Box::new(spec),
+                    new_job_id,
+                };
                 match change(conn, &found, submit, now, retry, Some(&text))? {
                     Ok(w) if w.transition.write == Write::Insert => SubmitOutcome::Accepted {
                         job_id: w.transition.job.job.job_id,

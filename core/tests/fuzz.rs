@@ -32,6 +32,7 @@ const FIELDS: &[&str] = &[
     "shards",
     "broadcast",
     "affinity",
+    "route_key",
     "need_feedback",
     "rely_on_prev_cycle",
 ];

@@ -3,11 +3,12 @@
 # default cluster (one JobTracker on the embedded store, one TaskTracker whose lts-worker
 # sidecar runs a shell command), applies a Job, waits for phase Succeeded, replaces the
 # JobTracker's pod (same PersistentVolumeClaim, the job still known), deletes the Job
-# (its finalizer cancels it on the trackers) and uninstalls everything.
+# (its finalizer cancels it on the trackers), runs a Workflow to phase Succeeded (its node
+# counts and owned Job checked), deletes it (its Job goes with it) and uninstalls everything.
 #
 #   LTS_E2E_KUBECONFIG=~/.kube/config tests/e2e/kind.sh
 #
-# Runs only when LTS_E2E_KUBECONFIG names a kubeconfig; otherwise it says so and exits 0.
+# Needs LTS_E2E_KUBECONFIG (a kubeconfig); without it, it says so and exits 2.
 # The images must be reachable by the cluster, e.g. built and loaded into kind:
 #   docker build -f docker/Dockerfile --build-arg BIN=lts-operator -t lts-operator:dev .
 #   docker build -f docker/Dockerfile --build-arg BIN=lts-tracker  -t lts-tracker:dev .
@@ -22,8 +23,8 @@
 set -euo pipefail
 
 if [ -z "${LTS_E2E_KUBECONFIG:-}" ]; then
-    echo "e2e: skipped: set LTS_E2E_KUBECONFIG to the kubeconfig of a disposable cluster (kind/k3d)"
-    exit 0
+    echo "e2e: set LTS_E2E_KUBECONFIG to the kubeconfig of a disposable cluster (kind/k3d)" >&2
+    exit 2
 fi
 cd "$(dirname "$0")/../.."
 export KUBECONFIG="$LTS_E2E_KUBECONFIG"
@@ -40,7 +41,7 @@ k() { "$KUBECTL" -n "$NS" "$@"; }
 
 dump() {
     log "state of namespace $NS:"
-    k get nodegroups,ltsjobs,deployments,statefulsets,pvc,pods -o wide >&2 || true
+    k get nodegroups,ltsjobs,ltswf,deployments,statefulsets,pvc,pods -o wide >&2 || true
     k describe ltsjobs >&2 || true
     k logs "deployment/$RELEASE-operator" --tail=100 >&2 || true
 }
@@ -51,6 +52,7 @@ cleanup() {
     if [ "${LTS_E2E_KEEP:-}" = 1 ]; then
         log "keeping namespace $NS (LTS_E2E_KEEP=1)"
     else
+        k delete ltswf --all --wait=true --timeout=60s >/dev/null 2>&1 || true
         k delete ltsjobs --all --wait=true --timeout=60s >/dev/null 2>&1 || true
         "$HELM" uninstall "$RELEASE" -n "$NS" --wait >/dev/null 2>&1 || true
         "$KUBECTL" delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
@@ -118,4 +120,35 @@ if k get ltsjob e2e-hello >/dev/null 2>&1; then
     log "the Job is still there after delete"
     exit 1
 fi
+
+log "applying a Workflow: first, then second and, if second fails, cleanup (skipped)"
+k apply -f - <<'YAML'
+apiVersion: lts.io/v1alpha1
+kind: Workflow
+metadata:
+  name: e2e-flow
+spec:
+  taskTrackerNodeGroup: workers
+  nodes:
+    - name: first
+    - name: second
+      after: [first]
+    - name: cleanup
+  edges:
+    - from: second
+      to: cleanup
+      when: Failure
+YAML
+log "waiting for the Workflow's phase Succeeded, each node's phase in its status"
+k wait ltswf/e2e-flow --for=jsonpath='{.status.phase}'=Succeeded --timeout="$TIMEOUT"
+k wait ltswf/e2e-flow --for=jsonpath='{.status.nodeCounts.skipped}'=1 --timeout="$TIMEOUT"
+k get ltswf e2e-flow -o jsonpath='{.status.nodes}' >&2
+OWNER="$(k get ltsjob e2e-flow -o jsonpath='{.metadata.ownerReferences[0].kind}')"
+if [ "$OWNER" != Workflow ]; then
+    log "the Workflow's Job is not owned by it (owner: $OWNER)"
+    exit 1
+fi
+log "deleting the Workflow: the garbage collector deletes its Job"
+k delete ltswf e2e-flow --wait=true --timeout="$TIMEOUT"
+k wait ltsjob/e2e-flow --for=delete --timeout="$TIMEOUT"
 log "passed"

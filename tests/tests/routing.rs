@@ -17,7 +17,7 @@ const T: Duration = Duration::from_secs(60);
 const KEYS: usize = 12;
 const PER_KEY: usize = 4;
 
-/// An `lts-worker` that records each run as `TASK_ID IDENTITY` in `runs`; `connect` says how
+/// An `lts-worker` that records each run as `TASK_ID IDENTITY ROUTE_KEY` in `runs`; `connect` says how
 /// it finds its tracker (`--tracker ADDR` or `--registry URL`).
 fn worker(dir: &Path, connect: &[&str], identity: &str, runs: &Path) -> Proc {
     let mut cmd = std::process::Command::new(lts_tests::bin("lts-worker"));
@@ -26,7 +26,7 @@ fn worker(dir: &Path, connect: &[&str], identity: &str, runs: &Path) -> Proc {
         .args(["--identity", identity])
         .arg("--exec")
         .arg(format!(
-            "echo \"$LTS_TASK_ID {identity}\" >> {}",
+            "echo \"$LTS_TASK_ID {identity} $LTS_ROUTE_KEY\" >> {}",
             runs.display()
         ));
     Proc::spawn(cmd, dir.join(format!("{identity}.log"))).unwrap()
@@ -65,11 +65,17 @@ fn ran_on(runs: &Path, round: &str) -> BTreeMap<usize, BTreeSet<String>> {
     let text = std::fs::read_to_string(runs).unwrap_or_default();
     let mut count = 0;
     for line in text.lines() {
-        let (task, who) = line.split_once(' ').unwrap();
+        let mut fields = line.split(' ');
+        let (task, who, route_key) = (
+            fields.next().unwrap(),
+            fields.next().unwrap(),
+            fields.next(),
+        );
         let Some(rest) = task.strip_prefix(&format!("{round}-")) else {
             continue;
         };
         let k: usize = rest.split('-').next().unwrap().parse().unwrap();
+        assert_eq!(route_key, Some(key(k).as_str()), "LTS_ROUTE_KEY of {task}");
         out.entry(k).or_default().insert(who.to_string());
         count += 1;
     }

@@ -167,6 +167,9 @@ impl JobRunner for ExecRunner {
             .env("LTS_NODE_GROUP", &ctx.job.spec.task_tracker_node_group)
             .env("LTS_SHARD_INDEX", ctx.shard_index().to_string())
             .env("LTS_SHARD_COUNT", ctx.shard_count().to_string());
+        if let Some(key) = &ctx.job.spec.route_key {
+            cmd.env("LTS_ROUTE_KEY", key);
+        }
         for (k, v) in &ctx.job.spec.params {
             cmd.env(param_env_name(k), v);
         }

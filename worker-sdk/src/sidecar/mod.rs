@@ -8,7 +8,7 @@
 //! * environment: every parameter as `LTS_PARAM_<NAME>` (the key upper-cased, every character
 //!   other than `A-Z`, `0-9` and `_` replaced by `_`), plus `LTS_JOB_ID`, `LTS_TASK_ID`,
 //!   `LTS_ATTEMPT`, `LTS_NODE_GROUP`, and `LTS_SHARD_INDEX` and `LTS_SHARD_COUNT` (`0` and `1`
-//!   for a job that is not sharded);
+//!   for a job that is not sharded), and `LTS_ROUTE_KEY` for a job with a route key;
 //! * exit code: `0` → `SUCCESS`, `75` (`EX_TEMPFAIL`) → `LATER` (retried while the job has
 //!   retries left), anything else → `FAILED`; killed by a signal → `EXCEPTION`;
 //! * every stdout line becomes an INFO business-log line, every stderr line a WARN line

@@ -80,6 +80,10 @@ pub fn spec_from_proto(p: proto::JobSpec) -> Result<JobSpec, Violations> {
         idempotency_key: (!p.idempotency_key.is_empty()).then_some(p.idempotency_key),
         workflow,
         route_key: (!p.route_key.is_empty()).then_some(p.route_key),
+        map_reduce: p.map_reduce.map(|m| crate::model::MapReduce {
+            reduce: m.reduce,
+            max_children: m.max_children,
+        }),
     })
 }
 
@@ -220,6 +224,10 @@ pub fn spec_to_proto(s: &JobSpec) -> proto::JobSpec {
         idempotency_key: s.idempotency_key.clone().unwrap_or_default(),
         workflow: s.workflow.as_ref().map(workflow_to_proto),
         route_key: s.route_key.clone().unwrap_or_default(),
+        map_reduce: s.map_reduce.as_ref().map(|m| proto::MapReduce {
+            reduce: m.reduce,
+            max_children: m.max_children,
+        }),
     }
 }
 
@@ -323,7 +331,52 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
             next: n.next.clone(),
             handles_failure: n.handles_failure,
         }),
+        map: j.map.map(map_to_proto),
     }
+}
+
+fn map_to_proto(m: crate::model::MapOf) -> proto::MapPart {
+    use crate::model::MapOf;
+    use proto::map_part::Kind;
+    match m {
+        MapOf::Parent { children, reducing } => proto::MapPart {
+            kind: Kind::Parent as i32,
+            children,
+            reducing: reducing.is_some(),
+            succeeded: reducing.map_or(0, |t| t.succeeded),
+            failed: reducing.map_or(0, |t| t.failed),
+            ..Default::default()
+        },
+        MapOf::Child { index } => proto::MapPart {
+            kind: Kind::Child as i32,
+            index,
+            ..Default::default()
+        },
+        MapOf::Reduce { children } => proto::MapPart {
+            kind: Kind::Reduce as i32,
+            children,
+            ..Default::default()
+        },
+    }
+}
+
+fn map_from_proto(m: proto::MapPart) -> Option<crate::model::MapOf> {
+    use crate::model::{ChildTally, MapOf};
+    use proto::map_part::Kind;
+    Some(match Kind::try_from(m.kind).ok()? {
+        Kind::Unspecified => return None,
+        Kind::Parent => MapOf::Parent {
+            children: m.children,
+            reducing: m.reducing.then_some(ChildTally {
+                succeeded: m.succeeded,
+                failed: m.failed,
+            }),
+        },
+        Kind::Child => MapOf::Child { index: m.index },
+        Kind::Reduce => MapOf::Reduce {
+            children: m.children,
+        },
+    })
 }
 
 /// Wire job → model job. A job that came from a tracker is trusted structurally.
@@ -379,6 +432,7 @@ pub fn job_from_proto(p: proto::Job) -> Job {
             next: n.next,
             handles_failure: n.handles_failure,
         }),
+        map: p.map.and_then(map_from_proto),
     }
 }
 

@@ -237,6 +237,77 @@ pub struct JobSpec {
     /// TaskTracker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_key: Option<String>,
+    /// Run as a map-reduce job: its run may map child items (`JobContext::map` in the SDK),
+    /// each run as a child job of the same node group, durable and retried like any job; the
+    /// job ends once its run and every child ended — with the reduce step's outcome when it
+    /// has one. `None`: a run that maps is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_reduce: Option<MapReduce>,
+}
+
+/// What a map-reduce job's spec says of its children and its reduce step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapReduce {
+    /// Run one more step after every child ended (the job's run with the children's results:
+    /// `JobContext::map_results`), whose outcome is the job's.
+    #[serde(default)]
+    pub reduce: bool,
+    /// The most children one run may map, 1..=[`MAX_MAP_CHILDREN`];
+    /// `None`: [`DEFAULT_MAP_CHILDREN`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_children: Option<u32>,
+}
+
+impl MapReduce {
+    /// The most children one run may map.
+    pub fn children_budget(&self) -> u32 {
+        self.max_children.unwrap_or(DEFAULT_MAP_CHILDREN)
+    }
+}
+
+/// How many children a map-reduce run may map unless its spec says otherwise.
+pub const DEFAULT_MAP_CHILDREN: u32 = 100_000;
+/// The most children a map-reduce spec may allow.
+pub const MAX_MAP_CHILDREN: u32 = 1_000_000;
+/// The longest item of a map, in bytes.
+pub const MAX_MAP_ITEM: usize = 64 * 1024;
+/// The most items one map call sends (the SDK cuts larger maps into calls of this many).
+pub const MAX_MAP_BATCH: usize = 1_000;
+/// The param that holds a map child's item.
+pub const MAP_ITEM_PARAM: &str = "map.item";
+
+/// A job's part in a map-reduce run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapOf {
+    /// The map-reduce job itself, after its run mapped `children` children (and ended
+    /// successfully): it waits for them, then for its reduce step if it has one.
+    Parent {
+        /// How many children the run mapped.
+        children: u32,
+        /// Set once the reduce step is queued: the children's tally then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reducing: Option<ChildTally>,
+    },
+    /// A child: the item at `index` of its job's map (the item is its param `map.item`).
+    Child {
+        /// The item's index.
+        index: u32,
+    },
+    /// The reduce step of a job whose run mapped `children` children.
+    Reduce {
+        /// How many children there are (indexes `0..children`).
+        children: u32,
+    },
+}
+
+/// How a map-reduce job's children ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildTally {
+    /// Ended `SUCCESS`.
+    pub succeeded: u32,
+    /// Ended otherwise.
+    pub failed: u32,
 }
 
 /// Labels as one canonical text: `key=value` pairs in key order, joined by `,`.
@@ -618,6 +689,9 @@ pub struct Job {
     /// place in the graph. Set when the tracker creates the node's job and never changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<crate::workflow::NodeOf>,
+    /// For a map-reduce job whose run mapped, its children and its reduce step: their part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<MapOf>,
 }
 
 /// Which shard run of which sharded job a job is.
@@ -639,7 +713,13 @@ impl Shard {
     /// and attempt): a shard's id is the prefix and its index, so the shards of a run are the
     /// ids in [`Shard::ids_from`]`..`[`Shard::ids_to`], and a claim written again after a
     /// crash creates none twice.
+    ///
+    /// The children of a map-reduce job are the shards of a run without its attempt,
+    /// `<job>-<fire>-m-`: a retried run that maps its items again makes no child twice.
     pub fn run_of(parent: &Job) -> String {
+        if parent.spec.map_reduce.is_some() {
+            return format!("{}-{}-m-", parent.job_id, parent.fire_count);
+        }
         format!(
             "{}-{}-{}-",
             parent.job_id, parent.fire_count, parent.attempt
@@ -916,13 +996,16 @@ impl Job {
             shard: None,
             shard_progress: None,
             node: None,
+            map: None,
         }
     }
 
     /// Whether this job is sharded and its shards run now: it holds no lease itself, and it
     /// ends when the last of its shards ended.
     pub fn waits_for_shards(&self) -> bool {
-        self.state == JobState::Running && self.spec.fans_out() && self.shard.is_none()
+        self.state == JobState::Running
+            && self.shard.is_none()
+            && (self.spec.fans_out() || matches!(self.map, Some(MapOf::Parent { .. })))
     }
 }
 

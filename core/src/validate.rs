@@ -341,6 +341,24 @@ pub fn validate_at(spec: &JobSpec, now_ms: i64) -> Result<(), Violations> {
         }
     }
 
+    if let Some(mr) = &spec.map_reduce {
+        let most = crate::model::MAX_MAP_CHILDREN;
+        if let Some(n) = mr.max_children
+            && (n == 0 || n > most)
+        {
+            out.push(FieldViolation::new(
+                "map_reduce.max_children",
+                format!("must be 1..={most} (got {n})"),
+            ));
+        }
+        if spec.shards.is_some() || spec.broadcast {
+            out.push(FieldViolation::new(
+                "map_reduce",
+                "a map-reduce job's run makes its children: leave shards and broadcast unset",
+            ));
+        }
+    }
+
     if spec.broadcast && spec.shards.is_some() {
         out.push(FieldViolation::new(
             "broadcast",

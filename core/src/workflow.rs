@@ -294,6 +294,7 @@ pub fn check(spec: &JobSpec, wf: &Workflow, now_ms: i64, out: &mut Vec<FieldViol
         (spec.broadcast, "broadcast"),
         (!spec.affinity.is_empty(), "affinity"),
         (spec.route_key.is_some(), "route_key"),
+        (spec.map_reduce.is_some(), "map_reduce"),
     ]
     .into_iter()
     .filter(|(set, _)| *set)
@@ -413,6 +414,11 @@ fn check_node_spec(
             "a node runs as one job: sharded and broadcast nodes are not supported",
         ),
         (node.workflow.is_some(), "workflow", "workflows do not nest"),
+        (
+            node.map_reduce.is_some(),
+            "map_reduce",
+            "a node runs as one job: map-reduce nodes are not supported",
+        ),
         (
             node.need_feedback,
             "need_feedback",

@@ -33,6 +33,7 @@ const FIELDS: &[&str] = &[
     "broadcast",
     "affinity",
     "route_key",
+    "map_reduce",
     "need_feedback",
     "rely_on_prev_cycle",
 ];
@@ -164,6 +165,10 @@ fn spec_strategy() -> impl Strategy<Value = JobSpec> {
                     idempotency_key: None,
                     // Sometimes a key, sometimes with what it may not be combined with.
                     route_key,
+                    map_reduce: max_concurrent.map(|n| lts_core::model::MapReduce {
+                        reduce: skip,
+                        max_children: Some(n.saturating_mul(400_000)),
+                    }),
                 }
             },
         )

@@ -42,8 +42,9 @@ use thiserror::Error;
 
 use crate::format_ms;
 use crate::model::{
-    BizLine, ConcurrencyPolicy, FeedbackItem, Job, JobSpec, JobState, LogEntry, LogLevel, LogType,
-    Outcome, Shard, ShardProgress,
+    BizLine, ChildTally, ConcurrencyPolicy, FeedbackItem, Job, JobSpec, JobState, LogEntry,
+    LogLevel, LogType, MAP_ITEM_PARAM, MAX_MAP_BATCH, MAX_MAP_ITEM, MapOf, Outcome, Shard,
+    ShardProgress,
 };
 use crate::schedule::{self, Disposition, LateFire, RetryPolicy};
 use crate::workflow::Verdict;
@@ -123,6 +124,27 @@ pub enum Event {
     /// Every predecessor of this waiting workflow node ended, and [`crate::workflow::readiness`]
     /// judged what that means for it.
     PredecessorsEnded(Verdict),
+    /// The running map-reduce job's run adds children (see [`MapBatch`]).
+    Map(MapBatch),
+    /// The reduce step of this map-reduce job ended so: the job ends with it.
+    ReduceEnded {
+        /// The reduce step's outcome (a cancelled one: `FAILED`).
+        outcome: Outcome,
+        /// Its message (its output).
+        message: String,
+    },
+}
+
+/// Items a map-reduce job's run maps, each to become a child job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapBatch {
+    /// The run's lease token.
+    pub token: String,
+    /// The index of the first item in the run's map (the items of one run are numbered from
+    /// 0 in the order it maps them).
+    pub first_index: u32,
+    /// The items, at most [`MAX_MAP_BATCH`], each at most [`MAX_MAP_ITEM`] bytes.
+    pub items: Vec<String>,
 }
 
 /// A claim of one job by a dispatcher, for one TaskTracker.
@@ -178,6 +200,8 @@ pub struct RunReport {
     pub logs: Vec<BizLine>,
     /// The TaskTracker that ran it.
     pub node: String,
+    /// How many children the run mapped (a map-reduce job's run; 0 otherwise).
+    pub mapped: u32,
 }
 
 /// How a lease was lost.
@@ -430,6 +454,16 @@ pub enum Cascade {
         /// For a workflow node: its successors' indexes ([`crate::workflow::NodeOf::next`]).
         successors: Vec<u32>,
     },
+    /// The reduce step of the map-reduce job `parent` ended: the store applies
+    /// [`Event::ReduceEnded`] to `parent`.
+    ReduceEnded {
+        /// The map-reduce job's id.
+        parent: String,
+        /// The reduce step's outcome.
+        outcome: Outcome,
+        /// Its message.
+        message: String,
+    },
 }
 
 /// The jobs a [`Cascade`] works on.
@@ -451,6 +485,8 @@ pub enum Related<'a> {
         /// The ended node's successors.
         successors: &'a [u32],
     },
+    /// This one job, by id, to which [`Cascade::event_for`] applies.
+    Job(&'a str),
 }
 
 impl Cascade {
@@ -471,6 +507,7 @@ impl Cascade {
                 run,
                 successors,
             },
+            Cascade::ReduceEnded { parent, .. } => Related::Job(parent),
         }
     }
 
@@ -492,6 +529,12 @@ impl Cascade {
             Cascade::ResumeShards { .. } => Some(Event::Resume),
             // The event needs the shards' tally: see [`Event::ShardsEnded`].
             Cascade::ShardEnded { .. } => None,
+            Cascade::ReduceEnded {
+                outcome, message, ..
+            } => Some(Event::ReduceEnded {
+                outcome: *outcome,
+                message: message.clone(),
+            }),
         }
     }
 }
@@ -551,6 +594,24 @@ pub enum Refusal {
     /// The end of a node's predecessors, for a job in this state, not a waiting node.
     #[error("the job is {0}, not a workflow node waiting for its predecessors")]
     NotWaiting(JobState),
+    /// A map of a job whose spec has no `map_reduce` (or of a child).
+    #[error("the job is not a map-reduce job (its spec has no map_reduce)")]
+    NotMapReduce,
+    /// A map call of this many items.
+    #[error("a map call sends at most {MAX_MAP_BATCH} items (got {0})")]
+    MapBatchTooLarge(usize),
+    /// A map item (at this index) past [`MAX_MAP_ITEM`].
+    #[error("map item {0} is longer than {MAX_MAP_ITEM} bytes")]
+    MapItemTooLarge(u32),
+    /// A map past the job's budget of children.
+    #[error("the run may map at most {0} children (the spec's map_reduce.max_children)")]
+    TooManyChildren(u32),
+    /// The end of a map-reduce job's children while its reduce step runs.
+    #[error("the job's reduce step runs")]
+    Reducing,
+    /// The end of a reduce step, for a job that does not wait for one.
+    #[error("the job does not wait for a reduce step")]
+    NotReducing,
 }
 
 /// How long past a run's deadline its lease may last: the time its TaskTracker has to cancel

@@ -71,7 +71,18 @@ pub fn apply(
         Event::Cancel(cause) => cancel(stored, cause, now_ms),
         Event::ShardsEnded(progress) => shards_ended(stored, progress, now_ms, retry),
         Event::PredecessorsEnded(verdict) => predecessors_ended(stored, verdict, now_ms),
+        Event::Map(batch) => map(stored, batch, now_ms),
+        Event::ReduceEnded { outcome, message } => {
+            reduce_ended(stored, outcome, message, now_ms, retry)
+        }
     }
+}
+
+/// Whether the job has shard runs, workflow nodes or map children that its cancel, suspend and
+/// resume reach: while they run, and — a map-reduce job — while its own run maps them.
+fn has_children(job: &Job) -> bool {
+    job.waits_for_shards()
+        || (job.spec.map_reduce.is_some() && job.shard.is_none() && !job.state.is_final())
 }
 
 /// A transition that writes nothing.
@@ -102,6 +113,23 @@ fn changed(before: &StoredJob, after: StoredJob, logs: Vec<LogEntry>) -> Transit
     // A shard run (a workflow node) that ended may be its job's last, and may let its
     // successors run.
     let cascade = match &after.job.shard {
+        // A map-reduce job's reduce step ends the job, with its own outcome.
+        Some(shard)
+            if after.job.state.is_final()
+                && matches!(after.job.map, Some(MapOf::Reduce { .. })) =>
+        {
+            Some(Cascade::ReduceEnded {
+                parent: shard.of.clone(),
+                outcome: match after.job.state {
+                    JobState::Succeeded => Outcome::Success,
+                    _ => after.job.last_outcome.unwrap_or(Outcome::Failed),
+                },
+                message: match after.job.state {
+                    JobState::Cancelled => "the reduce step was cancelled".to_string(),
+                    _ => after.job.last_message.clone().unwrap_or_default(),
+                },
+            })
+        }
         Some(shard) if after.job.state.is_final() => Some(Cascade::ShardEnded {
             parent: shard.of.clone(),
             run: Shard::run_of_id(&after.job.job_id).to_string(),
@@ -552,6 +580,9 @@ fn shards_ended(
     if progress.unfinished() > 0 {
         return Err(Refusal::ShardsUnfinished(progress.unfinished()));
     }
+    if let Some(MapOf::Parent { children, reducing }) = job.map {
+        return children_ended(stored, children, reducing, progress, now_ms, retry);
+    }
     let n = progress.succeeded + progress.failed;
     let (outcome, message) = if job.spec.workflow.is_some() {
         workflow_end(&progress)
@@ -726,6 +757,13 @@ fn complete(
 ) -> Result<Transition, Refusal> {
     stored.leased_with(&report.token)?;
     let (job, outcome) = (&stored.job, report.outcome);
+    if let Some(mr) = &job.spec.map_reduce
+        && job.shard.is_none()
+        && outcome == Outcome::Success
+        && (report.mapped > 0 || mr.reduce)
+    {
+        return Ok(mapped(stored, report, now_ms));
+    }
     let node = report.node.as_str();
     let mut logs: Vec<LogEntry> = report
         .logs
@@ -843,6 +881,18 @@ fn end_run(
         }
     });
     let mut t = changed(stored, after, logs);
+    // A map-reduce run that ended otherwise than by mapping (failed, lost past its budget):
+    // the children it mapped before go with it — unless it is retried, and maps them again.
+    if job.spec.map_reduce.is_some()
+        && job.shard.is_none()
+        && t.cascade.is_none()
+        && !matches!(disposition, Disposition::Retry { .. })
+    {
+        t.cascade = Some(Cascade::CancelShards {
+            parent: job.job_id.clone(),
+            run: Shard::run_of(job),
+        });
+    }
     (t.feedback, t.disposition, t.next_fire) = (feedback, Some(disposition), next_fire);
     t
 }
@@ -986,7 +1036,7 @@ fn suspend(stored: &StoredJob, now_ms: i64) -> Result<Transition, Refusal> {
         after,
         vec![log(job, now_ms, LogType::Suspend, note)],
     );
-    if job.waits_for_shards() {
+    if has_children(job) {
         t.cascade = Some(Cascade::SuspendShards {
             parent: job.job_id.clone(),
             run: Shard::run_of(job),
@@ -1024,7 +1074,7 @@ fn resume(stored: &StoredJob, now_ms: i64) -> Result<Transition, Refusal> {
     };
     let mut t = changed(stored, after, vec![log(job, now_ms, LogType::Resume, note)]);
     t.next_fire = next_fire;
-    if job.waits_for_shards() {
+    if has_children(job) {
         t.cascade = Some(Cascade::ResumeShards {
             parent: job.job_id.clone(),
             run: Shard::run_of(job),
@@ -1049,7 +1099,7 @@ fn cancel(stored: &StoredJob, cause: CancelCause, now_ms: i64) -> Result<Transit
                 "cancelled: replaced by the fire {} (concurrency policy replace)",
                 format_ms(fire_ms)
             ),
-            job.waits_for_shards().then(|| Cascade::CancelShards {
+            has_children(job).then(|| Cascade::CancelShards {
                 parent: job.job_id.clone(),
                 run: Shard::run_of(job),
             }),
@@ -1059,7 +1109,7 @@ fn cancel(stored: &StoredJob, cause: CancelCause, now_ms: i64) -> Result<Transit
             format!("cancelled: its TaskTracker {identity} left the cluster before it ran"),
             None,
         ),
-        CancelCause::User if job.waits_for_shards() => (
+        CancelCause::User if has_children(job) => (
             "cancelled by a user".to_string(),
             Some(Cascade::CancelShards {
                 parent: job.job_id.clone(),
@@ -1088,4 +1138,228 @@ fn cancel(stored: &StoredJob, cause: CancelCause, now_ms: i64) -> Result<Transit
         successors.clear();
     }
     Ok(t)
+}
+
+/// A map-reduce job's run adds children: each item is a child job of the same node group,
+/// queued and due now, with the item as its param `map.item`. Its id is the run's and the
+/// item's index ([`Shard::run_of`]), so the same map made again (a retried run, a resent call)
+/// makes no child twice. The job itself is not written.
+fn map(stored: &StoredJob, batch: MapBatch, now_ms: i64) -> Result<Transition, Refusal> {
+    stored.leased_with(&batch.token)?;
+    let job = &stored.job;
+    let Some(mr) = job.spec.map_reduce.as_ref().filter(|_| job.shard.is_none()) else {
+        return Err(Refusal::NotMapReduce);
+    };
+    if batch.items.len() > MAX_MAP_BATCH {
+        return Err(Refusal::MapBatchTooLarge(batch.items.len()));
+    }
+    if let Some(i) = batch
+        .items
+        .iter()
+        .position(|item| item.len() > MAX_MAP_ITEM)
+    {
+        return Err(Refusal::MapItemTooLarge(
+            batch.first_index.saturating_add(i as u32),
+        ));
+    }
+    let budget = mr.children_budget();
+    let end = u64::from(batch.first_index) + batch.items.len() as u64;
+    if end > u64::from(budget) {
+        return Err(Refusal::TooManyChildren(budget));
+    }
+    let run = Shard::run_of(job);
+    let mut logs = Vec::with_capacity(batch.items.len() + 1);
+    logs.push(log(
+        job,
+        now_ms,
+        LogType::Update,
+        format!("mapped items {}..{end}", batch.first_index),
+    ));
+    let children = (batch.first_index..)
+        .zip(batch.items)
+        .map(|(index, item)| {
+            let mut spec = child_spec(&job.spec);
+            spec.task_id = format!("{}#map-{index}", job.spec.task_id);
+            spec.params.insert(MAP_ITEM_PARAM.to_string(), item);
+            let mut child = shard_job(job, &run, index, 0, None, spec, now_ms);
+            child.trigger_time_ms = now_ms;
+            child.map = Some(MapOf::Child { index });
+            StoredJob::new(child)
+        })
+        .collect();
+    let mut t = keep(stored.clone());
+    t.logs = logs;
+    t.fan_out = children;
+    Ok(t)
+}
+
+/// The spec of a map-reduce job's child or reduce step: the job's, run once, now, without
+/// a schedule, feedback, key or map of its own.
+fn child_spec(spec: &JobSpec) -> JobSpec {
+    let mut spec = spec.clone();
+    spec.schedule = crate::Schedule::Now;
+    spec.rely_on_prev_cycle = false;
+    spec.replace_on_exist = false;
+    spec.concurrency_policy = ConcurrencyPolicy::Allow;
+    spec.max_concurrent = None;
+    spec.idempotency_key = None;
+    spec.need_feedback = false;
+    spec.route_key = None;
+    spec.map_reduce = None;
+    spec
+}
+
+/// A map-reduce job's run ended successfully after mapping `report.mapped` children (or none,
+/// with a reduce step): the job holds no lease now and waits for its children; the store
+/// looks at once whether they all ended already.
+fn mapped(stored: &StoredJob, report: RunReport, now_ms: i64) -> Transition {
+    let job = &stored.job;
+    let mut after = stored.clone();
+    release_for_shards(&mut after);
+    after.job.updated_at_ms = now_ms;
+    after.job.last_outcome = Some(Outcome::Success);
+    after.job.last_message = Some(report.message.clone());
+    after.job.map = Some(MapOf::Parent {
+        children: report.mapped,
+        reducing: None,
+    });
+    let node = report.node.as_str();
+    let mut logs: Vec<LogEntry> = report
+        .logs
+        .iter()
+        .map(|l| log(job, l.time_ms, LogType::Biz, &l.message).with_level(l.level))
+        .map(|l| l.by_node(node))
+        .collect();
+    logs.push(
+        log(
+            job,
+            now_ms,
+            LogType::Sent,
+            format!("mapped {} children; waits for them", report.mapped),
+        )
+        .by_node(node),
+    );
+    let mut t = changed(stored, after, logs);
+    t.cascade = Some(Cascade::ShardEnded {
+        parent: job.job_id.clone(),
+        run: Shard::run_of(job),
+        successors: Vec::new(),
+    });
+    t
+}
+
+/// Every child of a map-reduce job ended: its reduce step is queued (once), or, without one,
+/// the job ends — `SUCCESS` if every child succeeded.
+fn children_ended(
+    stored: &StoredJob,
+    children: u32,
+    reducing: Option<ChildTally>,
+    progress: ShardProgress,
+    now_ms: i64,
+    retry: &RetryPolicy,
+) -> Result<Transition, Refusal> {
+    let job = &stored.job;
+    let tally = ChildTally {
+        succeeded: progress.succeeded,
+        failed: progress.failed,
+    };
+    let counted = format!(
+        "{children} children ended: {} succeeded, {} failed",
+        tally.succeeded, tally.failed
+    );
+    let reduce = job.spec.map_reduce.as_ref().is_some_and(|m| m.reduce);
+    if reduce {
+        if reducing.is_some() {
+            // The reduce step ends the job ([`Event::ReduceEnded`]).
+            return Err(Refusal::Reducing);
+        }
+        let mut after = stored.clone();
+        after.job.updated_at_ms = now_ms;
+        after.job.map = Some(MapOf::Parent {
+            children,
+            reducing: Some(tally),
+        });
+        let run = Shard::run_of(job);
+        let mut spec = child_spec(&job.spec);
+        spec.task_id = format!("{}#reduce", job.spec.task_id);
+        let mut step = shard_job(job, &run, children, 0, None, spec, now_ms);
+        step.trigger_time_ms = now_ms;
+        step.map = Some(MapOf::Reduce { children });
+        let logs = vec![
+            log(
+                job,
+                now_ms,
+                LogType::Sent,
+                format!("{counted}; reduce queued"),
+            ),
+            log(
+                &step,
+                now_ms,
+                LogType::Receive,
+                format!("reduce of {}", job.job_id),
+            ),
+        ];
+        let mut t = changed(stored, after, logs);
+        t.fan_out = vec![StoredJob::new(step)];
+        return Ok(t);
+    }
+    let (outcome, message) = match tally.failed {
+        0 => (Outcome::Success, format!("all {counted}")),
+        _ => (Outcome::Failed, counted),
+    };
+    let level = match outcome {
+        Outcome::Success => LogLevel::Info,
+        _ => LogLevel::Warn,
+    };
+    let line = log(
+        job,
+        now_ms,
+        LogType::Finished,
+        format!("{outcome}: {message}"),
+    )
+    .with_level(level);
+    let end = RunEnd {
+        outcome,
+        message,
+        may_retry: false,
+    };
+    Ok(end_run(stored, end, vec![line], now_ms, retry))
+}
+
+/// A map-reduce job's reduce step ended: so does the job, with its outcome and message.
+fn reduce_ended(
+    stored: &StoredJob,
+    outcome: Outcome,
+    message: String,
+    now_ms: i64,
+    retry: &RetryPolicy,
+) -> Result<Transition, Refusal> {
+    let job = &stored.job;
+    let Some(MapOf::Parent {
+        children,
+        reducing: Some(tally),
+    }) = job.map.filter(|_| job.state == JobState::Running)
+    else {
+        return Err(Refusal::NotReducing);
+    };
+    let message = format!(
+        "reduce {outcome} after {children} children ({} succeeded, {} failed){}",
+        tally.succeeded,
+        tally.failed,
+        match message.as_str() {
+            "" => String::new(),
+            m => format!(": {m}"),
+        }
+    );
+    let level = match outcome {
+        Outcome::Success => LogLevel::Info,
+        _ => LogLevel::Warn,
+    };
+    let line = log(job, now_ms, LogType::Finished, message.clone()).with_level(level);
+    let end = RunEnd {
+        outcome,
+        message,
+        may_retry: false,
+    };
+    Ok(end_run(stored, end, vec![line], now_ms, retry))
 }

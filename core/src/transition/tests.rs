@@ -52,6 +52,7 @@ fn report(token: &str, outcome: Outcome) -> RunReport {
         message,
         logs: Vec::new(),
         node,
+        mapped: 0,
     }
 }
 
@@ -156,6 +157,15 @@ fn events() -> Vec<Event> {
             outputs: Default::default(),
         }),
         Event::PredecessorsEnded(Verdict::Skip("skipped".into())),
+        Event::Map(MapBatch {
+            token: tok(),
+            first_index: 0,
+            items: vec!["a".into()],
+        }),
+        Event::ReduceEnded {
+            outcome: Outcome::Success,
+            message: String::new(),
+        },
     ]
 }
 
@@ -171,6 +181,9 @@ fn expect(state: JobState, event: &Event) -> Result<(JobState, &'static [LogType
         (Waiting, E::PredecessorsEnded(Verdict::Run { .. })) => Ok((Queued, &[L::Update])),
         (Waiting, E::PredecessorsEnded(Verdict::Skip(_))) => Ok((Skipped, &[L::Del])),
         (_, E::PredecessorsEnded(_)) => Err(Refusal::NotWaiting(state)),
+        (Running, E::Map(_)) => Err(Refusal::NotMapReduce),
+        (_, E::Map(_)) => Err(Refusal::NotRunning(state)),
+        (_, E::ReduceEnded { .. }) => Err(Refusal::NotReducing),
         (_, E::Submit { spec, .. }) if spec.replace_on_exist => Ok((state, &[L::Update])),
         (_, E::Submit { .. }) => Err(Refusal::Duplicate("j1".into())),
         (Queued, E::Claim(_)) => Ok((Running, &[L::Sent])),
@@ -1673,4 +1686,161 @@ fn a_retry_keeps_the_nodes_that_succeeded_and_judges_the_rest_at_once() {
     assert_eq!(t.fan_out.len(), 4);
     assert!(t.fan_out.iter().all(|n| n.job.state.is_final()));
     assert!(t.feedback.is_some(), "its feedback, as any end's");
+}
+
+/// A map-reduce job `mr` (with a reduce step or not), claimed: running with lease `t1`.
+fn mapping(reduce: bool) -> StoredJob {
+    let mut spec = JobSpec::new("mr", "g");
+    spec.map_reduce = Some(crate::model::MapReduce {
+        reduce,
+        max_children: Some(5),
+    });
+    let queued = accept(spec, "mr".into(), NOW).job;
+    run(&queued, claim("t1"), NOW + 1).job
+}
+
+fn map_event(token: &str, first_index: u32, items: &[&str]) -> Event {
+    Event::Map(MapBatch {
+        token: token.into(),
+        first_index,
+        items: items.iter().map(|i| i.to_string()).collect(),
+    })
+}
+
+#[test]
+fn a_run_maps_children_within_its_budget() {
+    let running = mapping(false);
+    let t = run(&running, map_event("t1", 0, &["a", "b"]), NOW + 2);
+    assert_eq!(t.write, Write::Keep);
+    let ids: Vec<&str> = t.fan_out.iter().map(|c| c.job.job_id.as_str()).collect();
+    assert_eq!(ids, ["mr-1-m-0", "mr-1-m-1"]);
+    let child = &t.fan_out[1].job;
+    assert_eq!(child.state, Queued);
+    assert_eq!(child.spec.params[crate::model::MAP_ITEM_PARAM], "b");
+    assert_eq!(child.spec.task_id, "mr#map-1");
+    assert_eq!(child.spec.map_reduce, None);
+    assert_eq!(child.map, Some(MapOf::Child { index: 1 }));
+    assert_eq!(child.shard.as_ref().unwrap().of, "mr");
+    // The same items again (a resent call, a retried run) are the same children.
+    let again = run(&running, map_event("t1", 0, &["a", "b"]), NOW + 3);
+    assert_eq!(again.fan_out[1].job.job_id, "mr-1-m-1");
+    // Past the budget of 5, with a stale token, too large, or of a plain job: refused.
+    let refused = |e| apply(&running, e, NOW, &exact()).unwrap_err();
+    assert_eq!(
+        refused(map_event("t1", 4, &["x", "y"])),
+        Refusal::TooManyChildren(5)
+    );
+    assert_eq!(refused(map_event("t0", 0, &["x"])), Refusal::StaleLease);
+    let big = "x".repeat(crate::model::MAX_MAP_ITEM + 1);
+    assert_eq!(
+        refused(map_event("t1", 2, &["ok", &big])),
+        Refusal::MapItemTooLarge(3)
+    );
+    let plain = run(
+        &accept(JobSpec::new("p", "g"), "p".into(), NOW).job,
+        claim("t1"),
+        NOW,
+    )
+    .job;
+    let e = apply(&plain, map_event("t1", 0, &["x"]), NOW, &exact()).unwrap_err();
+    assert_eq!(e, Refusal::NotMapReduce);
+}
+
+#[test]
+fn a_mapped_run_waits_for_its_children_then_ends_with_their_tally() {
+    let running = mapping(false);
+    let mut ok = report("t1", Outcome::Success);
+    ok.mapped = 3;
+    let t = run(&running, Event::Complete(ok), NOW + 5);
+    let waiting = t.job.clone();
+    assert_eq!(waiting.job.state, Running);
+    assert!(waiting.job.waits_for_shards());
+    assert_eq!(waiting.lease_token, None);
+    consistent(&waiting).unwrap();
+    assert_eq!(
+        t.cascade,
+        Some(Cascade::ShardEnded {
+            parent: "mr".into(),
+            run: "mr-1-m-".into(),
+            successors: vec![],
+        })
+    );
+    // A stray end while children run is refused; the last one ends the job.
+    let ended = |succeeded, failed| {
+        Event::ShardsEnded(ShardProgress {
+            succeeded,
+            failed,
+            ..ShardProgress::default()
+        })
+    };
+    let t = run(&waiting, ended(3, 0), NOW + 9);
+    assert_eq!(t.job.job.state, Succeeded);
+    assert_eq!(
+        t.job.job.last_message.as_deref(),
+        Some("all 3 children ended: 3 succeeded, 0 failed")
+    );
+    let t = run(&waiting, ended(2, 1), NOW + 9);
+    assert_eq!(t.job.job.state, Failed);
+    // Cancelled while children run: they go too.
+    let t = run(&waiting, Event::Cancel(CancelCause::User), NOW + 9);
+    assert!(matches!(t.cascade, Some(Cascade::CancelShards { ref run, .. }) if run == "mr-1-m-"));
+    // … and while its own run still maps them.
+    let t = run(&running, Event::Cancel(CancelCause::User), NOW + 9);
+    assert!(
+        matches!(t.cascade, Some(Cascade::CancelShards { .. })),
+        "{:?}",
+        t.cascade
+    );
+}
+
+#[test]
+fn a_run_that_fails_after_mapping_takes_its_children_with_it() {
+    let running = mapping(false);
+    let t = run(&running, done("t1", Outcome::Failed), NOW + 5);
+    assert_eq!(t.job.job.state, Failed);
+    assert!(matches!(t.cascade, Some(Cascade::CancelShards { ref run, .. }) if run == "mr-1-m-"));
+}
+
+#[test]
+fn the_reduce_step_runs_once_after_the_children_and_its_outcome_is_the_jobs() {
+    let running = mapping(true);
+    let mut ok = report("t1", Outcome::Success);
+    ok.mapped = 2;
+    let waiting = run(&running, Event::Complete(ok), NOW + 5).job;
+    let progress = ShardProgress {
+        succeeded: 1,
+        failed: 1,
+        ..ShardProgress::default()
+    };
+    let t = run(&waiting, Event::ShardsEnded(progress), NOW + 6);
+    assert_eq!(t.job.job.state, Running);
+    let step = &t.fan_out[0].job;
+    assert_eq!(step.job_id, "mr-1-m-2");
+    assert_eq!(step.map, Some(MapOf::Reduce { children: 2 }));
+    assert_eq!(step.spec.task_id, "mr#reduce");
+    let reducing = t.job;
+    assert_eq!(
+        apply(&reducing, Event::ShardsEnded(progress), NOW, &exact()).unwrap_err(),
+        Refusal::Reducing
+    );
+    // The step runs and ends: its end names the job and its outcome.
+    let leased = run(&StoredJob::new(step.clone()), claim("t2"), NOW + 7).job;
+    let mut out = report("t2", Outcome::Success);
+    out.message = "total 42".into();
+    let t = run(&leased, Event::Complete(out), NOW + 8);
+    let Some(Cascade::ReduceEnded {
+        parent,
+        outcome,
+        message,
+    }) = t.cascade
+    else {
+        panic!("{:?}", t.cascade)
+    };
+    assert_eq!((parent.as_str(), outcome), ("mr", Outcome::Success));
+    let t = run(&reducing, Event::ReduceEnded { outcome, message }, NOW + 9);
+    assert_eq!(t.job.job.state, Succeeded);
+    assert_eq!(
+        t.job.job.last_message.as_deref(),
+        Some("reduce SUCCESS after 2 children (1 succeeded, 1 failed): total 42")
+    );
 }

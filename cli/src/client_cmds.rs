@@ -41,6 +41,16 @@ pub struct SubmitArgs {
     /// connected (consistent hashing); when it leaves, its keys move to the others.
     #[arg(long)]
     route_key: Option<String>,
+    /// Run as a map-reduce job: its run may map items, each run as a child job (the SDK's
+    /// `ctx.map`); the job ends once every child ended.
+    #[arg(long)]
+    map_reduce: bool,
+    /// With --map-reduce: run a reduce step after the children, whose outcome is the job's.
+    #[arg(long, requires = "map_reduce")]
+    reduce: bool,
+    /// With --map-reduce: the most children the run may map [default: 100000].
+    #[arg(long, requires = "map_reduce")]
+    max_children: Option<u32>,
     /// Send the final result to the submit node group.
     #[arg(long)]
     feedback: bool,
@@ -223,6 +233,10 @@ pub fn spec_from_args(a: &SubmitArgs, now: i64) -> CliResult<JobSpec> {
         idempotency_key: None,
         workflow: None,
         route_key: a.route_key.clone(),
+        map_reduce: a.map_reduce.then(|| lts_core::model::MapReduce {
+            reduce: a.reduce,
+            max_children: a.max_children,
+        }),
         timeout_ms: a
             .timeout
             .as_deref()

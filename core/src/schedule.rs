@@ -349,6 +349,9 @@ pub enum Disposition {
         /// The state this instance ended with, for the log and feedback.
         instance: JobState,
     },
+    /// The run ended, and the job waits for the children it mapped (a map-reduce job): it
+    /// ends with them, or with its reduce step.
+    WaitsForChildren,
 }
 
 /// Decides what happens after a run of `spec` that was attempt number `attempt` (1-based) of the

@@ -79,6 +79,7 @@ async fn concurrent_results_share_commands_and_a_stale_one_is_refused_alone() {
             message: "done".into(),
             logs: vec![],
             node: "w1".into(),
+            mapped: 0,
             now_ms: NOW + 2,
         })
     }))
@@ -200,6 +201,7 @@ async fn a_due_job_is_stored_already_leased_and_anything_else_is_an_ordinary_sub
             message: String::new(),
             logs: vec![],
             node: "w1".into(),
+            mapped: 0,
             now_ms: NOW + 1,
         })
         .await
@@ -361,6 +363,7 @@ async fn racing_trackers_never_run_a_capped_group_past_its_cap() {
                             message: String::new(),
                             logs: vec![],
                             node: format!("w{t}"),
+                            mapped: 0,
                             now_ms: NOW + 2,
                         })
                         .await

@@ -300,6 +300,25 @@ impl JobStore for ChangeFeed {
         self.inner.target_gone(identity, now_ms).await
     }
 
+    async fn map(
+        &self,
+        job_id: &str,
+        batch: lts_core::transition::MapBatch,
+        now_ms: i64,
+    ) -> StoreResult<crate::store::MapOutcome> {
+        self.inner.map(job_id, batch, now_ms).await
+    }
+
+    async fn map_results(
+        &self,
+        reduce_id: &str,
+        token: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> StoreResult<Result<Vec<crate::store::ChildResult>, lts_core::transition::Refusal>> {
+        self.inner.map_results(reduce_id, token, after, limit).await
+    }
+
     async fn complete(&self, completion: Completion) -> StoreResult<CompleteOutcome> {
         let job_id = completion.job_id.clone();
         let out = self.inner.complete(completion).await?;

@@ -33,6 +33,7 @@ mod background;
 pub mod client;
 pub mod connect;
 pub mod credentials;
+pub mod map;
 pub mod outbox;
 mod retrying;
 pub mod runner;

@@ -25,6 +25,9 @@ struct Entry {
     logs: Vec<(i64, String, String)>,
     started_at_ms: i64,
     finished_at_ms: i64,
+    /// A map-reduce run's count of children (kept results from before the field: none).
+    #[serde(default)]
+    mapped: u32,
 }
 
 impl Entry {
@@ -41,6 +44,7 @@ impl Entry {
                 .collect(),
             started_at_ms: r.started_at_ms,
             finished_at_ms: r.finished_at_ms,
+            mapped: r.mapped,
         }
     }
 
@@ -62,6 +66,7 @@ impl Entry {
             started_at_ms: self.started_at_ms,
             finished_at_ms: self.finished_at_ms,
             credits: 0,
+            mapped: self.mapped,
         }
     }
 }
@@ -176,6 +181,7 @@ mod tests {
             started_at_ms: 1,
             finished_at_ms: 2,
             credits: 1,
+            mapped: 7,
         };
         let id = outbox.keep(&result).await.unwrap();
         let other = outbox

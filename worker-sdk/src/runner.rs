@@ -141,9 +141,51 @@ pub struct JobContext {
     /// out. A runner that watches it and returns soon after is the well-behaved one: past a
     /// timeout, the run gets [`crate::worker::CANCEL_GRACE`] to stop before it is abandoned.
     pub cancel: CancellationToken,
+    /// The run's line to the tracker for a map-reduce job's map and results (`None` outside a
+    /// TaskTracker, e.g. in a runner's unit tests).
+    pub mapper: Option<crate::map::Mapper>,
 }
 
 impl JobContext {
+    /// A map-reduce job's run maps `items`: each becomes a child job of the node group, run
+    /// like any job (durable, retried), with the item as its param `map.item`
+    /// ([`JobContext::map_item`]). Returns once the tracker stored them — the back-pressure of
+    /// a run that maps faster than the store takes; the count is reported with the run's
+    /// result, and the job ends once every child ended (then its reduce step, if it has one).
+    pub async fn map(&self, items: Vec<String>) -> Result<u32, crate::ClientError> {
+        match &self.mapper {
+            Some(m) => m.map(items).await,
+            None => Err(crate::ClientError::FailedPrecondition(
+                "this run has no tracker to map to".into(),
+            )),
+        }
+    }
+
+    /// A map child's item; `None` for a run that is not a child.
+    pub fn map_item(&self) -> Option<&str> {
+        match self.job.map {
+            Some(lts_core::model::MapOf::Child { .. }) => {
+                self.param(lts_core::model::MAP_ITEM_PARAM)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether this run is a map-reduce job's reduce step.
+    pub fn is_reduce(&self) -> bool {
+        matches!(self.job.map, Some(lts_core::model::MapOf::Reduce { .. }))
+    }
+
+    /// The reduce step reads every child's result, by index.
+    pub async fn map_results(&self) -> Result<Vec<crate::map::ChildResult>, crate::ClientError> {
+        match &self.mapper {
+            Some(m) => m.results().await,
+            None => Err(crate::ClientError::FailedPrecondition(
+                "this run has no tracker to read results from".into(),
+            )),
+        }
+    }
+
     /// The job's parameters.
     pub fn params(&self) -> &BTreeMap<String, String> {
         &self.job.spec.params

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, reconnect_backoff};
 use crate::connect::{self, Trackers};
-use crate::credentials::Credentials;
+use crate::credentials::{AuthChannel, Credentials};
 use crate::outbox::Outbox;
 use crate::runner::{BizLogger, JobContext, JobRunner, RunResult};
 use lts_core::limits::ReportLimits;
@@ -698,7 +698,7 @@ impl TaskTracker {
                             self.lost(st, &w.lost_job_ids);
                         }
                         Some(tracker_message::Msg::Assign(a)) => {
-                            self.start_job(st, a, done_tx, &out);
+                            self.start_job(st, a, done_tx, &out, &stub);
                         }
                         Some(tracker_message::Msg::RenewAck(r)) => self.lost(st, &r.lost_job_ids),
                         Some(tracker_message::Msg::Ping(p)) => {
@@ -844,8 +844,13 @@ impl TaskTracker {
         a: proto::Assignment,
         done_tx: &mpsc::UnboundedSender<Finished>,
         out: &WorkerOut,
+        stub: &WorkerServiceClient<AuthChannel>,
     ) {
         let job = convert::job_from_proto(a.job.unwrap_or_default());
+        // Only a map-reduce job's own run maps; its reduce step reads its children's results.
+        let mapper = (job.spec.map_reduce.is_some()
+            || matches!(job.map, Some(lts_core::model::MapOf::Reduce { .. })))
+        .then(|| crate::map::Mapper::new(stub.clone(), job.job_id.clone(), a.lease_token.clone()));
         if st.shutting_down {
             send(
                 out,
@@ -907,6 +912,7 @@ impl TaskTracker {
                 job,
                 logger: BizLogger::with_limits(limits),
                 cancel: cancel.clone(),
+                mapper: mapper.clone(),
             };
             let logger = ctx.logger.clone();
             let run = AssertUnwindSafe(runner.run(ctx)).catch_unwind();
@@ -951,6 +957,7 @@ impl TaskTracker {
                 started_at_ms: started,
                 finished_at_ms: now_ms(),
                 credits: 1,
+                mapped: mapper.as_ref().map_or(0, crate::map::Mapper::mapped),
             };
             // Kept before it is sent: from here on, a crash does not run the job again.
             let outbox_id = match &outbox {

@@ -319,6 +319,8 @@ pub enum Field {
     FinishedAt,
     /// `updated_at`.
     UpdatedAt,
+    /// `map`: a map-reduce job's part ([`Job::map`]).
+    Map,
 }
 
 impl Field {
@@ -356,6 +358,7 @@ impl Field {
             ),
             (Field::FinishedAt, x.finished_at_ms != y.finished_at_ms),
             (Field::UpdatedAt, x.updated_at_ms != y.updated_at_ms),
+            (Field::Map, x.map != y.map),
         ]
         .into_iter()
         .filter_map(|(field, differs)| differs.then_some(field))

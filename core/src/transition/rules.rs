@@ -867,6 +867,8 @@ fn end_run(
             after.job.lease_losses = 0;
             (Some(instance), NextFire::At(at_ms))
         }
+        // Never decided by the schedule: a mapped run's end is [`mapped`]'s.
+        Disposition::WaitsForChildren => (None, NextFire::Unchanged),
     };
     let feedback = reported.filter(|_| job.spec.need_feedback).map(|state| {
         let mut snapshot = ended.job;
@@ -1240,6 +1242,7 @@ fn mapped(stored: &StoredJob, report: RunReport, now_ms: i64) -> Transition {
         .by_node(node),
     );
     let mut t = changed(stored, after, logs);
+    t.disposition = Some(Disposition::WaitsForChildren);
     t.cascade = Some(Cascade::ShardEnded {
         parent: job.job_id.clone(),
         run: Shard::run_of(job),

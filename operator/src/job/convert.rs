@@ -279,6 +279,8 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
         idempotency_key: None,
         workflow,
         route_key: spec.route_key.clone(),
+        // A runner that maps is code linked with the SDK: submitted from code, not a CRD.
+        map_reduce: None,
     };
     if let Err(v) = lts_core::validate(&out) {
         let origins = spec.workflow.as_ref().map(edge_origins).unwrap_or_default();

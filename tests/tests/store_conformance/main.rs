@@ -39,6 +39,7 @@ fn done(job_id: &str, token: &str, outcome: Outcome, now: i64) -> Completion {
         message: format!("{outcome}"),
         logs: vec![],
         node: "w1".into(),
+        mapped: 0,
         now_ms: now,
     }
 }
@@ -51,12 +52,14 @@ fn id(o: &SubmitOutcome) -> String {
     }
 }
 
+mod map_reduce;
 mod queries;
 mod queue;
 mod schedules;
 mod suspend;
 mod workflows;
 
+use map_reduce::*;
 use queries::*;
 use queue::*;
 use schedules::*;
@@ -101,7 +104,8 @@ macro_rules! for_each_case {
             a_cancelled_workflow_cancels_its_waiting_nodes,
             a_suspended_workflow_holds_its_nodes_until_resumed,
             a_retry_runs_only_the_nodes_that_did_not_succeed,
-            concurrency_policies_apply_to_recurring_workflows
+            concurrency_policies_apply_to_recurring_workflows,
+            a_map_reduce_job_runs_its_children_then_its_reduce_step
         );
     };
 }

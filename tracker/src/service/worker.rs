@@ -34,9 +34,121 @@ fn lease_refs(v: Vec<proto::LeaseRef>) -> Vec<LeaseRef> {
         .collect()
 }
 
+/// The answer to a map or a results read that the rules refused.
+fn refused(r: lts_core::transition::Refusal) -> Status {
+    use lts_core::transition::Refusal;
+    match r {
+        Refusal::MapBatchTooLarge(_) | Refusal::MapItemTooLarge(_) => {
+            Status::invalid_argument(r.to_string())
+        }
+        _ => Status::failed_precondition(r.to_string()),
+    }
+}
+
+/// The most results one `MapResults` page holds.
+const MAX_RESULTS_PAGE: u32 = 1_000;
+
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
     type WorkStream = BoxStream<proto::TrackerMessage>;
+
+    async fn map(
+        &self,
+        request: Request<proto::MapRequest>,
+    ) -> Result<Response<proto::MapResponse>, Status> {
+        let core = &self.0;
+        let who = core.auth.principal(&request)?;
+        let r = request.into_inner();
+        // Checked here too, before a read: a flood of huge maps costs no store work.
+        if r.items.len() > lts_core::model::MAX_MAP_BATCH {
+            return Err(refused(lts_core::transition::Refusal::MapBatchTooLarge(
+                r.items.len(),
+            )));
+        }
+        let job = core
+            .store
+            .get(crate::store::JobKey::Id(r.job_id.clone()))
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no job {}", r.job_id)))?;
+        who.require(
+            Need::Worker(&job.spec.task_tracker_node_group),
+            "map this node group's jobs",
+        )?;
+        let batch = lts_core::transition::MapBatch {
+            token: r.lease_token,
+            first_index: r.first_index,
+            items: r.items,
+        };
+        match core
+            .store
+            .map(&r.job_id, batch, now_ms())
+            .await
+            .map_err(store_status)?
+        {
+            crate::store::MapOutcome::Accepted {
+                node_group,
+                created,
+            } => {
+                if created > 0 {
+                    core.dispatcher.signal_work(&node_group);
+                }
+                metrics::counter!("lts_map_children_total").increment(u64::from(created));
+                Ok(Response::new(proto::MapResponse { created }))
+            }
+            crate::store::MapOutcome::Refused(r) => Err(refused(r)),
+            crate::store::MapOutcome::Missing => Err(Status::failed_precondition(format!(
+                "job {} is no longer running",
+                r.job_id
+            ))),
+        }
+    }
+
+    async fn map_results(
+        &self,
+        request: Request<proto::MapResultsRequest>,
+    ) -> Result<Response<proto::MapResultsResponse>, Status> {
+        let core = &self.0;
+        let who = core.auth.principal(&request)?;
+        let r = request.into_inner();
+        let job = core
+            .store
+            .get(crate::store::JobKey::Id(r.job_id.clone()))
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no job {}", r.job_id)))?;
+        who.require(
+            Need::Worker(&job.spec.task_tracker_node_group),
+            "read this node group's map results",
+        )?;
+        let limit = match r.limit {
+            0 => MAX_RESULTS_PAGE,
+            n => n.min(MAX_RESULTS_PAGE),
+        } as usize;
+        let after = (!r.page_token.is_empty()).then_some(r.page_token);
+        let results = core
+            .store
+            .map_results(&r.job_id, &r.lease_token, after, limit)
+            .await
+            .map_err(store_status)?
+            .map_err(refused)?;
+        let next_page_token = match results.last() {
+            Some(last) if results.len() == limit => last.job_id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::MapResultsResponse {
+            results: results
+                .into_iter()
+                .map(|c| proto::MapResult {
+                    index: c.index,
+                    state: convert::state_to_proto(c.state) as i32,
+                    message: c.message,
+                    item: c.item,
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
 
     async fn work(
         &self,
@@ -331,6 +443,7 @@ async fn complete(
         message,
         logs,
         node: identity.to_string(),
+        mapped: r.mapped,
         now_ms: now_ms(),
     };
     let result = core.store.complete(completion).await;
@@ -354,7 +467,8 @@ async fn complete(
                 | lts_core::schedule::Disposition::NextFire { at_ms, .. } => {
                     core.dispatcher.signal_work_at(&node_group, at_ms);
                 }
-                lts_core::schedule::Disposition::Finish(_) => {}
+                lts_core::schedule::Disposition::Finish(_)
+                | lts_core::schedule::Disposition::WaitsForChildren => {}
             }
             if let Some(g) = feedback_group {
                 core.feedback.signal(&g);

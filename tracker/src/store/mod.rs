@@ -22,6 +22,7 @@ mod work;
 use async_trait::async_trait;
 pub use lts_core::JobKey;
 use lts_core::schedule::Disposition;
+use lts_core::transition::{MapBatch, Refusal, StoredJob};
 use lts_core::{
     BizLine, FeedbackItem, Job, JobSpec, JobState, LogEntry, LogType, Outcome, ScheduleKind,
 };
@@ -162,6 +163,8 @@ pub struct Completion {
     pub logs: Vec<BizLine>,
     /// Which TaskTracker ran it.
     pub node: String,
+    /// How many children the run mapped (a map-reduce job's run; 0 otherwise).
+    pub mapped: u32,
     /// The current time.
     pub now_ms: i64,
 }
@@ -394,6 +397,20 @@ pub trait JobStore: Send + Sync + 'static {
     /// cluster; how many.
     async fn target_gone(&self, identity: &str, now_ms: i64) -> StoreResult<usize>;
 
+    /// The running map-reduce job `job_id` maps items ([`lts_core::transition::Event::Map`]):
+    /// each becomes a child job unless it exists already (finished or not).
+    async fn map(&self, job_id: &str, batch: MapBatch, now_ms: i64) -> StoreResult<MapOutcome>;
+
+    /// The children of the map-reduce job whose reduce step `reduce_id` runs with lease
+    /// `token`, in id order after `after` (none: from the first), at most `limit`.
+    async fn map_results(
+        &self,
+        reduce_id: &str,
+        token: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> StoreResult<Result<Vec<ChildResult>, Refusal>>;
+
     /// Queued, due and running jobs of each node group with unfinished work, by group name,
     /// at most `limit` groups (the metrics export them).
     async fn backlog(&self, now: i64, limit: usize) -> StoreResult<Vec<GroupBacklog>>;
@@ -443,4 +460,71 @@ pub const FENCE_STALE_MS: i64 = 60_000;
 /// ([`LogType::parse_lenient`]).
 pub(crate) fn parse_log_type(s: &str) -> LogType {
     LogType::parse_lenient(s)
+}
+
+/// What a map did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapOutcome {
+    /// The children are stored.
+    Accepted {
+        /// The job's node group (its children's): its dispatcher has work.
+        node_group: String,
+        /// How many children were new.
+        created: u32,
+    },
+    /// Refused, for this reason.
+    Refused(Refusal),
+    /// No unfinished job has the id.
+    Missing,
+}
+
+/// A child of a map-reduce job as its reduce step reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildResult {
+    /// Its job id (the page token of the next page).
+    pub job_id: String,
+    /// Its item's index.
+    pub index: u32,
+    /// Its state.
+    pub state: JobState,
+    /// Its last message: its output when it succeeded.
+    pub message: String,
+    /// Its item.
+    pub item: String,
+}
+
+impl ChildResult {
+    /// The result of `job`, if it is a map child.
+    pub fn of(job: &Job) -> Option<ChildResult> {
+        let Some(lts_core::model::MapOf::Child { index }) = job.map else {
+            return None;
+        };
+        Some(ChildResult {
+            job_id: job.job_id.clone(),
+            index,
+            state: job.state,
+            message: job.last_message.clone().unwrap_or_default(),
+            item: job
+                .spec
+                .params
+                .get(lts_core::model::MAP_ITEM_PARAM)
+                .cloned()
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Whether `reduce` (as stored) is a running reduce step leased with `token`: the one caller
+/// that may read its job's children's results.
+pub fn reduce_leased(reduce: &StoredJob, token: &str) -> Result<(), Refusal> {
+    if !matches!(reduce.job.map, Some(lts_core::model::MapOf::Reduce { .. })) {
+        return Err(Refusal::NotReducing);
+    }
+    if reduce.job.state != JobState::Running {
+        return Err(Refusal::NotRunning(reduce.job.state));
+    }
+    if reduce.lease_token.as_deref() != Some(token) {
+        return Err(Refusal::StaleLease);
+    }
+    Ok(())
 }

@@ -170,6 +170,7 @@ pub(crate) mod test_support {
             attempt: 1,
             logger: BizLogger::default(),
             cancel: CancellationToken::new(),
+            mapper: None,
         }
     }
 }

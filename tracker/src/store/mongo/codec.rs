@@ -80,6 +80,12 @@ pub(super) fn job(doc: &Document) -> StoreResult<Job> {
             }
             None => None,
         },
+        map: match text(doc, "map") {
+            Some(json) => {
+                Some(serde_json::from_str(json).map_err(|e| corrupt(doc, &format!("map: {e}")))?)
+            }
+            None => None,
+        },
     })
 }
 
@@ -159,6 +165,9 @@ pub(super) fn new_doc(s: &StoredJob) -> StoreResult<Document> {
             d.insert("node_handles", true);
         }
     }
+    if let Some(map) = &job.map {
+        d.insert("map", map_json(map)?);
+    }
     d.extend(spec_fields(&job.spec)?);
     let (set, _) = fields(s, ALL_FIELDS)?;
     d.extend(set);
@@ -202,6 +211,15 @@ pub(super) fn fields(s: &StoredJob, fields: &[Field]) -> StoreResult<(Document, 
                 // last shard's tracker died before ending it.
                 let waits = job.waits_for_shards().then_some(Bson::Boolean(true));
                 put(&mut set, &mut unset, "shards_wait", waits);
+            }
+            Field::Map => {
+                let map = job
+                    .map
+                    .as_ref()
+                    .map(map_json)
+                    .transpose()?
+                    .map(Bson::String);
+                put(&mut set, &mut unset, "map", map);
             }
             Field::Spec => {
                 set.extend(spec_fields(&job.spec)?);
@@ -485,6 +503,7 @@ mod tests {
                 message: "m".into(),
                 logs: Vec::new(),
                 node: "w1".into(),
+                mapped: 0,
             })
         };
         let mut doc = doc;
@@ -534,6 +553,7 @@ mod tests {
             message: "ok".into(),
             logs: Vec::new(),
             node: "w1".into(),
+            mapped: 0,
         });
         let t = apply(&read.stored, done, NOW + 5, &RetryPolicy::default()).unwrap();
         let item = t.feedback.clone().unwrap();
@@ -561,4 +581,9 @@ mod tests {
         assert_eq!(prefix_regex("a.b~"), "^a\\.b~");
         assert_eq!(prefix_regex("(x)*"), "^\\(x\\)\\*");
     }
+}
+
+/// A map-reduce job's part as stored: JSON text.
+fn map_json(map: &lts_core::model::MapOf) -> StoreResult<String> {
+    serde_json::to_string(map).map_err(|e| StoreError::Corrupt(e.to_string()))
 }

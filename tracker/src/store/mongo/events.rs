@@ -214,6 +214,7 @@ impl MongoStore {
             None => First::Fetch,
         };
         let report = RunReport {
+            mapped: c.mapped,
             token: c.token.clone(),
             outcome: c.outcome,
             message: c.message,

@@ -556,6 +556,25 @@ impl JobStore for MongoStore {
         self.cancel_for_gone_target(identity, now).await
     }
 
+    async fn map(
+        &self,
+        job_id: &str,
+        batch: lts_core::transition::MapBatch,
+        now: i64,
+    ) -> StoreResult<super::MapOutcome> {
+        self.map_children(job_id, batch, now).await
+    }
+
+    async fn map_results(
+        &self,
+        reduce_id: &str,
+        token: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> StoreResult<Result<Vec<super::ChildResult>, lts_core::transition::Refusal>> {
+        self.children_results(reduce_id, token, after, limit).await
+    }
+
     async fn backlog(
         &self,
         now: i64,

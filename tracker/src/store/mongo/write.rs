@@ -124,6 +124,16 @@ impl MongoStore {
         if let Some(f) = &t.follow_up {
             self.insert_follow_ups(std::slice::from_ref(f)).await?;
         }
+        // So do the children a map makes and a reduce step: their ids are the run's, so a
+        // write made again inserts none twice (the duplicates are left out).
+        if !t.fan_out.is_empty() {
+            let docs = t
+                .fan_out
+                .iter()
+                .map(codec::new_doc)
+                .collect::<StoreResult<Vec<_>>>()?;
+            self.insert_new(docs).await?;
+        }
         let written = match &t.write {
             Write::Keep => true,
             Write::Insert => self
@@ -221,6 +231,7 @@ impl MongoStore {
                 "_id": { "$gte": Shard::ids_from(run), "$lt": Shard::ids_to(run) },
                 "done": "",
             },
+            Related::Job(id) => doc! { "_id": id, "done": "" },
             Related::Parent {
                 parent,
                 run,
@@ -671,3 +682,86 @@ fn scopeguard_log(run: &str, n: usize, started: std::time::Instant) -> impl Drop
 const SHARD_SWEEP_MS: i64 = 5_000;
 /// The most sharded jobs one sweep looks at.
 const SHARD_SWEEP_MAX: i64 = 1_000;
+
+impl MongoStore {
+    /// A map of the running map-reduce job `job_id`: its children inserted side by side; the
+    /// ones whose id a job has already (a map made again) are left out by the unique index.
+    pub(super) async fn map_children(
+        &self,
+        job_id: &str,
+        batch: lts_core::transition::MapBatch,
+        now: i64,
+    ) -> StoreResult<crate::store::MapOutcome> {
+        use crate::store::MapOutcome;
+        let Some(d) = self
+            .jobs
+            .find_one(doc! { "_id": job_id, "done": "" })
+            .await?
+        else {
+            return Ok(MapOutcome::Missing);
+        };
+        let read = codec::read(&d)?;
+        let t = match transition::apply(&read.stored, Event::Map(batch), now, &self.retry) {
+            Ok(t) => t,
+            Err(refusal) => return Ok(MapOutcome::Refused(refusal)),
+        };
+        let docs = t
+            .fan_out
+            .iter()
+            .map(codec::new_doc)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let n = docs.len();
+        let taken = if docs.is_empty() {
+            Vec::new()
+        } else {
+            self.insert_new(docs).await?
+        };
+        self.append_log(t.logs.iter().map(codec::log_doc).collect())
+            .await;
+        Ok(MapOutcome::Accepted {
+            node_group: read.stored.job.spec.task_tracker_node_group,
+            created: n.saturating_sub(taken.len()) as u32,
+        })
+    }
+
+    /// The finished children of the map-reduce job whose reduce step `reduce_id` runs with
+    /// `token`, in id order after `after`.
+    pub(super) async fn children_results(
+        &self,
+        reduce_id: &str,
+        token: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> StoreResult<Result<Vec<crate::store::ChildResult>, transition::Refusal>> {
+        let Some(d) = self
+            .jobs
+            .find_one(doc! { "_id": reduce_id, "done": "" })
+            .await?
+        else {
+            return Ok(Err(transition::Refusal::NotReducing));
+        };
+        let read = codec::read(&d)?;
+        if let Err(refusal) = crate::store::reduce_leased(&read.stored, token) {
+            return Ok(Err(refusal));
+        }
+        let run = Shard::run_of_id(reduce_id);
+        let from = Shard::ids_from(run);
+        let after = after.filter(|a| *a >= from).unwrap_or_default();
+        let found: Vec<Document> = self
+            .jobs
+            .find(doc! {
+                "_id": { "$gte": &from, "$gt": after, "$lt": Shard::ids_to(run) },
+                "done": { "$ne": "" },
+            })
+            .sort(doc! { "_id": 1 })
+            .limit(limit as i64)
+            .await?
+            .try_collect()
+            .await?;
+        let mut out = Vec::with_capacity(found.len());
+        for d in &found {
+            out.extend(crate::store::ChildResult::of(&codec::read(d)?.stored.job));
+        }
+        Ok(Ok(out))
+    }
+}

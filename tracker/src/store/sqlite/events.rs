@@ -3,17 +3,19 @@
 //! did or why it was refused.
 
 use lts_core::schedule::RetryPolicy;
-use lts_core::transition::{self, CancelCause, Event, LeaseLoss, Refusal, RunReport, Write};
+use lts_core::transition::{
+    self, CancelCause, Event, LeaseLoss, MapBatch, Refusal, RunReport, Write,
+};
 use lts_core::{JobKey, JobSpec};
 use rusqlite::{Connection, params};
 
 use super::claim::new_job_id;
 use super::queries::{find_by_id, find_by_key, get_finished};
 use super::schema::{EXPIRED_LEASES, Found, OWNER_LEASES, found_all};
-use super::write::{change, write};
+use super::write::{change, insert, log_lines, write};
 use crate::store::{
-    CancelOutcome, ChangeOutcome, CompleteOutcome, Completion, HeldLease, LeaseRef, Requeued,
-    StoreError, StoreResult, SubmitOutcome, TriggerOutcome,
+    CancelOutcome, ChangeOutcome, ChildResult, CompleteOutcome, Completion, HeldLease, LeaseRef,
+    MapOutcome, Requeued, StoreError, StoreResult, SubmitOutcome, TriggerOutcome, reduce_leased,
 };
 
 /// A refusal that the store API has no answer for: the caller's rule and the store's disagree.
@@ -138,6 +140,7 @@ pub(super) fn complete(
         message: c.message,
         logs: c.logs,
         node: c.node,
+        mapped: c.mapped,
     };
     match change(conn, &found, Event::Complete(report), c.now_ms, retry, None)? {
         Ok(w) => {
@@ -349,4 +352,73 @@ pub(super) fn target_gone(
         }
     }
     Ok(n)
+}
+
+/// A map of the running map-reduce job `job_id`: its children inserted, each unless a job
+/// (unfinished or finished) has its id already — a map made again makes none twice.
+pub(super) fn map(
+    conn: &Connection,
+    job_id: &str,
+    batch: &MapBatch,
+    now: i64,
+    retry: &RetryPolicy,
+) -> StoreResult<MapOutcome> {
+    let Some(found) = find_by_id(conn, job_id)? else {
+        return Ok(MapOutcome::Missing);
+    };
+    let t = match transition::apply(&found.stored, Event::Map(batch.clone()), now, retry) {
+        Ok(t) => t,
+        Err(refusal) => return Ok(MapOutcome::Refused(refusal)),
+    };
+    let mut created = 0;
+    for child in &t.fan_out {
+        let known: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE job_id = ?1)
+                     OR EXISTS (SELECT 1 FROM finished_jobs WHERE job_id = ?1)",
+            )?
+            .query_row([&child.job.job_id], |r| r.get(0))?;
+        if !known && insert(conn, child, None)? {
+            created += 1;
+        }
+    }
+    log_lines(conn, &t.logs)?;
+    Ok(MapOutcome::Accepted {
+        node_group: found.stored.job.spec.task_tracker_node_group,
+        created,
+    })
+}
+
+/// The children of the map-reduce job whose reduce step `reduce_id` runs with `token`: the
+/// finished ones (all of them, once the reduce step runs), in id order after `after`.
+pub(super) fn map_results(
+    conn: &Connection,
+    reduce_id: &str,
+    token: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> StoreResult<Result<Vec<ChildResult>, Refusal>> {
+    let Some(found) = find_by_id(conn, reduce_id)? else {
+        return Ok(Err(Refusal::NotReducing));
+    };
+    if let Err(refusal) = reduce_leased(&found.stored, token) {
+        return Ok(Err(refusal));
+    }
+    let run = lts_core::Shard::run_of_id(reduce_id);
+    let from = lts_core::Shard::ids_from(run);
+    let after = after.filter(|a| **a >= *from.as_str()).unwrap_or("");
+    let mut stmt = conn.prepare_cached(
+        "SELECT job FROM finished_jobs WHERE job_id >= ?1 AND job_id > ?2 AND job_id < ?3
+         ORDER BY job_id LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(
+        params![from, after, lts_core::Shard::ids_to(run), limit as i64],
+        |r| r.get::<_, String>(0),
+    )?;
+    let mut out = Vec::new();
+    for text in rows {
+        let job = super::schema::decode_finished(&text?)?;
+        out.extend(ChildResult::of(&job));
+    }
+    Ok(Ok(out))
 }

@@ -26,7 +26,7 @@ use std::thread;
 
 use async_trait::async_trait;
 use lts_core::schedule::RetryPolicy;
-use lts_core::transition::Event;
+use lts_core::transition::{Event, MapBatch, Refusal};
 use lts_core::{FeedbackItem, Job, JobSpec, LogEntry};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -34,9 +34,9 @@ use tokio::sync::{mpsc, oneshot};
 use self::events::Sweep;
 use self::writer::{WriteOp, writer_loop};
 use super::{
-    CancelOutcome, ChangeOutcome, ClaimRequest, CompleteOutcome, Completion, HeldLease, JobKey,
-    JobStore, Lease, LeaseRef, ListFilter, Page, Requeued, Stats, StoreError, StoreResult,
-    SubmitOutcome, TriggerOutcome,
+    CancelOutcome, ChangeOutcome, ChildResult, ClaimRequest, CompleteOutcome, Completion,
+    HeldLease, JobKey, JobStore, Lease, LeaseRef, ListFilter, MapOutcome, Page, Requeued, Stats,
+    StoreError, StoreResult, SubmitOutcome, TriggerOutcome,
 };
 
 /// Most operations committed together.
@@ -365,6 +365,28 @@ impl JobStore for SqliteStore {
         let identity = identity.to_string();
         self.write("target_gone", move |conn, retry| {
             events::target_gone(conn, &identity, now, retry)
+        })
+        .await
+    }
+
+    async fn map(&self, job_id: &str, batch: MapBatch, now: i64) -> StoreResult<MapOutcome> {
+        let job_id = job_id.to_string();
+        self.write("map", move |conn, retry| {
+            events::map(conn, &job_id, &batch, now, retry)
+        })
+        .await
+    }
+
+    async fn map_results(
+        &self,
+        reduce_id: &str,
+        token: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> StoreResult<Result<Vec<ChildResult>, Refusal>> {
+        let (reduce_id, token) = (reduce_id.to_string(), token.to_string());
+        self.read(move |conn| {
+            events::map_results(conn, &reduce_id, &token, after.as_deref(), limit)
         })
         .await
     }

@@ -15,7 +15,7 @@ use rusqlite::{Connection, Row};
 use crate::store::{StoreError, StoreResult};
 
 /// Version of the schema, kept in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 8;
+pub(super) const SCHEMA_VERSION: i64 = 9;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -59,7 +59,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     node           TEXT,
     -- The bucket of the spec's route key (`lts_core::route`): only the TaskTracker the bucket
     -- is dealt to claims it.
-    route_bucket   INTEGER
+    route_bucket   INTEGER,
+    -- For a map-reduce job whose run mapped, its children and its reduce step: their part
+    -- (JSON).
+    map            TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_task ON jobs(node_group, task_id);
 -- Partial indexes: each holds only the rows it serves, so a state change is one index delete
@@ -169,7 +172,7 @@ macro_rules! sql {
 pub(super) const JOB_COLS: &str = "seq, job_id, node_group, task_id, state, priority, \
      trigger_time, attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner, \
      lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested, instance_of, \
-     lease_losses, deadline, shard_of, shard_index, shard_count, shard_on, node";
+     lease_losses, deadline, shard_of, shard_index, shard_count, shard_on, node, map";
 
 sql! {
     /// The whole schema.
@@ -270,6 +273,10 @@ pub(super) fn migrate(conn: &Connection, path: &std::path::Path) -> StoreResult<
     if (3..8).contains(&version) && !has_column(conn, "jobs", "route_bucket")? {
         conn.execute_batch("ALTER TABLE jobs ADD COLUMN route_bucket INTEGER;")?;
     }
+    // v9: map-reduce jobs keep their part (none so far).
+    if (3..9).contains(&version) && !has_column(conn, "jobs", "map")? {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN map TEXT;")?;
+    }
     conn.execute_batch(SCHEMA_SQL.text())?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
@@ -309,6 +316,10 @@ pub(super) fn stored_job(r: &Row<'_>) -> StoreResult<Found> {
         Some(text) => Some(serde_json::from_str(&text).map_err(|e| corrupt(&job_id, e))?),
         None => None,
     };
+    let map = match r.get::<_, Option<String>>(27)? {
+        Some(text) => Some(serde_json::from_str(&text).map_err(|e| corrupt(&job_id, e))?),
+        None => None,
+    };
     let job = Job {
         job_id,
         spec,
@@ -338,6 +349,7 @@ pub(super) fn stored_job(r: &Row<'_>) -> StoreResult<Found> {
         },
         shard_progress: None,
         node,
+        map,
     };
     Ok(Found {
         seq: r.get(0)?,

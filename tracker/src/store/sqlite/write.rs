@@ -200,6 +200,7 @@ fn run_cascade(
             }
             return Ok(());
         }
+        Related::Job(id) => super::queries::find_by_id(conn, id)?.into_iter().collect(),
     };
     for found in &related {
         if let Some(event) = cascade.event_for(&found.stored.job.job_id) {
@@ -290,9 +291,9 @@ pub(super) fn insert(
                  attempt, fire_count, scheduled_fire, created_at, updated_at, lease_owner,
                  lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested,
                  instance_of, lease_losses, deadline, shard_of, shard_index, shard_count, shard_on,
-                 affinity, node, route_bucket)
+                 affinity, node, route_bucket, map)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)
+                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
              ON CONFLICT (node_group, task_id) DO NOTHING",
         )?
         .execute(params![
@@ -324,6 +325,7 @@ pub(super) fn insert(
             job.spec.affinity_key(),
             job.node.as_ref().map(encode).transpose()?,
             job.spec.route_bucket(),
+            job.map.as_ref().map(encode).transpose()?,
         ])?;
     Ok(n == 1)
 }
@@ -343,6 +345,7 @@ fn columns(field: Field) -> &'static [&'static str] {
         Field::SuspendRequested => &["suspend_requested"],
         Field::FinishedAt => &[],
         Field::UpdatedAt => &["updated_at"],
+        Field::Map => &["map"],
     }
 }
 
@@ -384,6 +387,7 @@ fn values(field: Field, s: &StoredJob, spec_json: Option<&str>) -> StoreResult<V
         Field::SuspendRequested => vec![s.suspend_requested.into()],
         Field::FinishedAt => vec![],
         Field::UpdatedAt => vec![job.updated_at_ms.into()],
+        Field::Map => vec![job.map.as_ref().map(encode).transpose()?.into()],
     })
 }
 

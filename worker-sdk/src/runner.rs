@@ -154,6 +154,9 @@ impl JobContext {
     /// result, and the job ends once every child ended (then its reduce step, if it has one).
     pub async fn map(&self, items: Vec<String>) -> Result<u32, crate::ClientError> {
         match &self.mapper {
+            _ if self.job.spec.map_reduce.is_none() => Err(crate::ClientError::FailedPrecondition(
+                "the job is not a map-reduce job (its spec has no map_reduce)".into(),
+            )),
             Some(m) => m.map(items).await,
             None => Err(crate::ClientError::FailedPrecondition(
                 "this run has no tracker to map to".into(),

@@ -49,7 +49,9 @@ async fn run(ctx: JobContext, seen: Arc<Mutex<Seen>>) -> RunResult {
     }
     let n: u32 = ctx.param("n").unwrap().parse().unwrap();
     for start in (0..n).step_by(100) {
-        let items = (start..(start + 100).min(n)).map(|i| i.to_string()).collect();
+        let items = (start..(start + 100).min(n))
+            .map(|i| i.to_string())
+            .collect();
         if let Err(e) = ctx.map(items).await {
             return RunResult::later(format!("map: {e}"));
         }
@@ -212,4 +214,46 @@ async fn a_map_past_its_budget_or_of_a_plain_job_is_refused() {
     );
     stop.cancel();
     let _ = worker.await;
+}
+
+/// The sidecar's contract: a run maps with `lts:map ITEM` lines on stdout, a child gets its
+/// item as `LTS_MAP_ITEM` and answers with `lts:output`, and the reduce step (`LTS_REDUCE=1`)
+/// reads every child's result from its payload on stdin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_maps_from_stdout_and_reduces_from_its_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let client = tracker.client();
+    let script = r#"
+if [ -n "$LTS_REDUCE" ]; then
+  sum=$(grep -o '"message":"[0-9]*"' | grep -o '[0-9][0-9]*' | awk '{ s += $1 } END { print s }')
+  echo "lts:output sum $sum"
+elif [ -n "$LTS_MAP_ITEM" ]; then
+  echo "lts:output $((LTS_MAP_ITEM * 2))"
+else
+  i=0
+  while [ $i -lt 1000 ]; do echo "lts:map $i"; i=$((i + 1)); done
+fi
+"#;
+    let mut cmd = std::process::Command::new(lts_tests::bin("lts-worker"));
+    cmd.args([
+        "--tracker",
+        &tracker.addr,
+        "--node-group",
+        "mr",
+        "--threads",
+        "8",
+    ])
+    .args(["--exec", script]);
+    let _worker = lts_tests::Proc::spawn(cmd, dir.path().join("worker.log")).unwrap();
+    let SubmitAnswer::Accepted { job_id } = client.submit(map_reduce_job("sidecar")).await.unwrap()
+    else {
+        panic!()
+    };
+    let job = wait_final(&client, &job_id, T).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(
+        job.last_message.as_deref(),
+        Some("reduce SUCCESS after 1000 children (1000 succeeded, 0 failed): sum 999000")
+    );
 }

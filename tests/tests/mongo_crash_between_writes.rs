@@ -519,3 +519,90 @@ async fn a_queued_node_of_a_workflow_cancelled_by_a_killed_tracker_is_cancelled_
     stop.cancel();
     worker.await.unwrap();
 }
+
+/// A tracker killed between a map-reduce job's reduce step's end and the job's — the step's
+/// result written, the job still waiting — leaves the job to the next master's sweep, which
+/// ends it with the step's outcome; the step does not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracker_killed_between_a_reduce_step_and_its_job_leaves_the_job_to_the_sweep() {
+    const POINT: &str = "mongo-between-a-job-and-its-cascade";
+    let dir = tempfile::tempdir().unwrap();
+    let mongo = MongoServer::start(&dir.path().join("mongo")).await.unwrap();
+    let store = mongo.url("reduce");
+    let jobs = mongodb::Client::with_uri_str(&store)
+        .await
+        .unwrap()
+        .database("reduce")
+        .collection::<Document>("jobs");
+    let port = free_port();
+    let args = ["--store", store.as_str()];
+    // The first cascade (the run's end, which queues the reduce step) goes through; the
+    // second (the step's end, which ends the job) waits until the tracker is killed.
+    let armed = format!("{POINT}=1*off->sleep(600000)");
+    let first = TrackerProc::start_with_env(dir.path(), port, &args, &[("FAILPOINTS", &armed)])
+        .await
+        .unwrap();
+    let reduces = Arc::new(Mutex::new(0u32));
+    let r = reduces.clone();
+    let stop = CancellationToken::new();
+    let worker = TaskTracker::builder()
+        .node_group("mr")
+        .tracker(first.addr.clone())
+        .threads(2)
+        .runner(move |ctx: JobContext| {
+            let r = r.clone();
+            async move {
+                if ctx.is_reduce() {
+                    *r.lock().unwrap() += 1;
+                    return RunResult::success("reduced");
+                }
+                RunResult::success("mapped nothing")
+            }
+        })
+        .build()
+        .unwrap();
+    let worker = tokio::spawn(worker.run_until_cancelled(stop.clone()));
+    let mut spec = JobSpec::new("words", "mr");
+    spec.map_reduce = Some(lts_core::model::MapReduce {
+        reduce: true,
+        max_children: None,
+    });
+    let mut first = first;
+    let id = match first.client().submit(spec).await.unwrap() {
+        SubmitAnswer::Accepted { job_id } => job_id,
+        other => panic!("{other:?}"),
+    };
+    eventually(T, "the reduce step's end to be written", || async {
+        let step = jobs
+            .find_one(doc! { "task_id": "words#reduce", "done": { "$ne": "" } })
+            .await
+            .unwrap()?;
+        let job = jobs.find_one(doc! { "_id": &id }).await.unwrap()?;
+        (job.get_i64("state").ok()? == JobState::Running.code()).then_some(step)
+    })
+    .await
+    .unwrap();
+    first.proc.kill9();
+
+    let second = TrackerProc::start_on(dir.path(), port, &args)
+        .await
+        .unwrap();
+    let client = second.client();
+    let job = eventually(T, "the sweep to end the map-reduce job", || async {
+        let j = client.get(lts_core::JobKey::Id(id.clone())).await.ok()?;
+        j.state.is_final().then_some(j)
+    })
+    .await
+    .unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert!(
+        job.last_message
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("reduce SUCCESS after 0 children"),
+        "{job:?}"
+    );
+    assert_eq!(*reduces.lock().unwrap(), 1, "the reduce step ran once");
+    stop.cancel();
+    worker.await.unwrap();
+}

@@ -609,9 +609,6 @@ pub enum Refusal {
     /// A map past the job's budget of children.
     #[error("the run may map at most {0} children (the spec's map_reduce.max_children)")]
     TooManyChildren(u32),
-    /// The end of a map-reduce job's children while its reduce step runs.
-    #[error("the job's reduce step runs")]
-    Reducing,
     /// The end of a reduce step, for a job that does not wait for one.
     #[error("the job does not wait for a reduce step")]
     NotReducing,

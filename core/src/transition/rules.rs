@@ -1271,11 +1271,18 @@ fn children_ended(
         tally.succeeded, tally.failed
     );
     let reduce = job.spec.map_reduce.as_ref().is_some_and(|m| m.reduce);
+    if let Some(before) = reducing {
+        // The reduce step ended (the run's shards all did) but its own end did not reach the
+        // job: its tracker died between the two writes, and a sweep found the job. The tally
+        // tells the step's outcome; its message is its own job's.
+        let outcome = match progress.failed > before.failed {
+            true => Outcome::Failed,
+            false => Outcome::Success,
+        };
+        let message = "the reduce step's message is in its own job".to_string();
+        return reduce_ended(stored, outcome, message, now_ms, retry);
+    }
     if reduce {
-        if reducing.is_some() {
-            // The reduce step ends the job ([`Event::ReduceEnded`]).
-            return Err(Refusal::Reducing);
-        }
         let mut after = stored.clone();
         after.job.updated_at_ms = now_ms;
         after.job.map = Some(MapOf::Parent {

@@ -10,7 +10,10 @@ use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-use super::{JobPayload, truncate};
+use super::{JobPayload, MAP_PREFIX, map_items, truncate};
+
+/// How many mapped items wait for their map call before the program's output is read no further.
+const MAP_CHANNEL: usize = lts_core::model::MAX_MAP_BATCH;
 use crate::runner::{BizLogger, JobContext, JobRunner, RunResult};
 
 /// The exit code that means "try again later" (`EX_TEMPFAIL` of sysexits.h).
@@ -108,9 +111,18 @@ impl Lines {
 /// Reads a program's output line by line into `lines`. A line longer than the logger's line
 /// limit is cut with a marker, the rest of it read and dropped (the program never blocks on a
 /// full pipe, and a run without newlines cannot fill memory); bytes that are not UTF-8 are
-/// replaced.
-async fn pump<R: tokio::io::AsyncRead + Unpin>(reader: R, lines: Arc<Lines>, is_err: bool) {
-    let max = lines.logger.limits().log_line_bytes;
+/// replaced. With `maps`, a line `lts:map ITEM` goes there instead (up to a map item's
+/// length): while its channel is full, reading waits, and so does the program's next write.
+async fn pump<R: tokio::io::AsyncRead + Unpin>(
+    reader: R,
+    lines: Arc<Lines>,
+    is_err: bool,
+    maps: Option<tokio::sync::mpsc::Sender<String>>,
+) {
+    let mut max = lines.logger.limits().log_line_bytes;
+    if maps.is_some() {
+        max = max.max(lts_core::model::MAX_MAP_ITEM + MAP_PREFIX.len());
+    }
     let mut r = BufReader::new(reader);
     let mut line: Vec<u8> = Vec::new();
     let mut cut = 0usize;
@@ -127,12 +139,51 @@ async fn pump<R: tokio::io::AsyncRead + Unpin>(reader: R, lines: Arc<Lines>, is_
         let consumed = newline.map_or(buf.len(), |i| i + 1);
         r.consume(consumed);
         if newline.is_some() {
-            lines.push(finish_line(&mut line, &mut cut, max), is_err);
+            let text = finish_line(&mut line, &mut cut, max);
+            deliver(text, &lines, is_err, maps.as_ref()).await;
         }
     }
     if !line.is_empty() || cut > 0 {
-        lines.push(finish_line(&mut line, &mut cut, max), is_err);
+        let text = finish_line(&mut line, &mut cut, max);
+        deliver(text, &lines, is_err, maps.as_ref()).await;
     }
+}
+
+/// A line of output: a map item to `maps`, anything else to `lines`.
+async fn deliver(
+    text: String,
+    lines: &Lines,
+    is_err: bool,
+    maps: Option<&tokio::sync::mpsc::Sender<String>>,
+) {
+    if let (Some(tx), Some(item)) = (maps, text.strip_prefix(MAP_PREFIX)) {
+        // The mapper stopped (a map failed): the rest of the items are dropped, and the run's
+        // result says why.
+        let _ = tx.send(item.to_string()).await;
+        return;
+    }
+    lines.push(text, is_err);
+}
+
+/// Maps the items that arrive on `rx`, up to a map call's worth at a time, in order; stops at
+/// the first failure, which becomes the run's result.
+async fn mapper(
+    ctx: JobContext,
+    mut rx: tokio::sync::mpsc::Receiver<String>,
+) -> Result<u32, RunResult> {
+    let mut n = 0u32;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < lts_core::model::MAX_MAP_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        n = n.saturating_add(batch.len() as u32);
+        map_items(&ctx, batch).await?;
+    }
+    Ok(n)
 }
 
 fn finish_line(line: &mut Vec<u8>, cut: &mut usize, max: usize) -> String {
@@ -149,7 +200,11 @@ fn finish_line(line: &mut Vec<u8>, cut: &mut usize, max: usize) -> String {
 #[async_trait]
 impl JobRunner for ExecRunner {
     async fn run(&self, ctx: JobContext) -> RunResult {
-        let payload = match serde_json::to_vec(&JobPayload::from_context(&ctx)) {
+        let payload = match JobPayload::for_run(&ctx).await {
+            Ok(p) => p,
+            Err(result) => return result,
+        };
+        let payload = match serde_json::to_vec(&payload) {
             Ok(p) => p,
             Err(e) => return RunResult::exception(format!("cannot encode the job: {e}")),
         };
@@ -169,6 +224,15 @@ impl JobRunner for ExecRunner {
             .env("LTS_SHARD_COUNT", ctx.shard_count().to_string());
         if let Some(key) = &ctx.job.spec.route_key {
             cmd.env("LTS_ROUTE_KEY", key);
+        }
+        if let Some(lts_core::model::MapOf::Child { index }) = ctx.job.map {
+            cmd.env("LTS_MAP_INDEX", index.to_string());
+        }
+        if let Some(item) = ctx.map_item() {
+            cmd.env("LTS_MAP_ITEM", item);
+        }
+        if ctx.is_reduce() {
+            cmd.env("LTS_REDUCE", "1");
         }
         for (k, v) in &ctx.job.spec.params {
             cmd.env(param_env_name(k), v);
@@ -191,14 +255,21 @@ impl JobRunner for ExecRunner {
             last_err: std::sync::Mutex::new(None),
             output: std::sync::Mutex::new(None),
         });
+        // A map-reduce job's run maps the items of its `lts:map` lines as they come.
+        let (maps, mapping) = if ctx.job.spec.map_reduce.is_some() && ctx.job.shard.is_none() {
+            let (tx, rx) = tokio::sync::mpsc::channel(MAP_CHANNEL);
+            (Some(tx), Some(tokio::spawn(mapper(ctx.clone(), rx))))
+        } else {
+            (None, None)
+        };
         let out = child
             .stdout
             .take()
-            .map(|o| tokio::spawn(pump(o, lines.clone(), false)));
+            .map(|o| tokio::spawn(pump(o, lines.clone(), false, maps)));
         let err = child
             .stderr
             .take()
-            .map(|e| tokio::spawn(pump(e, lines.clone(), true)));
+            .map(|e| tokio::spawn(pump(e, lines.clone(), true, None)));
         let stopped = tokio::select! {
             s = child.wait() => Ok(s),
             _ = tokio::time::sleep(self.timeout) => Err(format!("timed out after {} s (--timeout)", self.timeout.as_secs())),
@@ -219,6 +290,14 @@ impl JobRunner for ExecRunner {
         // Collect the rest of the output.
         for h in [out, err].into_iter().flatten() {
             let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+        }
+        // The items mapped so far are stored before the run's result goes out.
+        if let Some(mapping) = mapping {
+            match mapping.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(result)) => return result,
+                Err(e) => return RunResult::exception(format!("the mapper failed: {e}")),
+            }
         }
         let last_err = lines
             .last_err

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use lts_core::{LogLevel, Outcome};
 use serde::Deserialize;
 
-use super::{JobPayload, truncate};
+use super::{JobPayload, map_items, truncate};
 use crate::runner::{JobContext, JobRunner, RunResult};
 
 /// The largest answer body read by default (8 MiB); see [`HttpRunner::max_answer_bytes`].
@@ -91,6 +91,22 @@ struct Answer {
     logs: Vec<LogLine>,
 }
 
+/// The items a successful answer maps (`{"map": ["item", ...]}`, a map-reduce job's run):
+/// none for any other answer.
+pub fn answer_map(status: u16, body: &str) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Mapped {
+        #[serde(default)]
+        map: Vec<String>,
+    }
+    if !(200..300).contains(&status) {
+        return Vec::new();
+    }
+    serde_json::from_str::<Mapped>(body)
+        .map(|m| m.map)
+        .unwrap_or_default()
+}
+
 /// Maps an HTTP answer to an outcome (pure, for tests): status and body.
 pub fn outcome_for_answer(status: u16, body: &str, ctx: &JobContext) -> RunResult {
     match status {
@@ -138,7 +154,10 @@ pub fn outcome_for_answer(status: u16, body: &str, ctx: &JobContext) -> RunResul
 #[async_trait]
 impl JobRunner for HttpRunner {
     async fn run(&self, ctx: JobContext) -> RunResult {
-        let payload = JobPayload::from_context(&ctx);
+        let payload = match JobPayload::for_run(&ctx).await {
+            Ok(p) => p,
+            Err(result) => return result,
+        };
         let request = self
             .client
             .post(&self.url)
@@ -192,6 +211,13 @@ impl JobRunner for HttpRunner {
         let mut result = outcome_for_answer(status, &body, &ctx);
         if let (429 | 503, Some(ra)) = (status, retry_after) {
             result.message.push_str(&format!(" (Retry-After: {ra})"));
+        }
+        let items = answer_map(status, &body);
+        if result.outcome == Outcome::Success
+            && !items.is_empty()
+            && let Err(refused) = map_items(&ctx, items).await
+        {
+            return refused;
         }
         result
     }

@@ -73,10 +73,75 @@ pub struct JobPayload {
     pub shard_index: u32,
     /// How many shards the job runs as (1 for a job that is not sharded).
     pub shard_count: u32,
+    /// For a child of a map-reduce job: its item's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_index: Option<u32>,
+    /// For a child of a map-reduce job: its item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_item: Option<String>,
+    /// For a map-reduce job's reduce step: `true`, with every child's result.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reduce: bool,
+    /// For the reduce step: every child's result, by index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub map_results: Vec<MapResultPayload>,
 }
 
+/// A child's result as the reduce step's payload holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapResultPayload {
+    /// The item's index.
+    pub index: u32,
+    /// How it ended: `SUCCEEDED`, `FAILED`, `CANCELLED`.
+    pub state: String,
+    /// Its message: its output when it succeeded.
+    pub message: String,
+    /// Its item.
+    pub item: String,
+}
+
+/// The most bytes of children's results a reduce step's payload may carry; past it the step
+/// fails with the reason (read the results through the SDK's `JobContext::map_results`
+/// instead).
+pub const MAX_RESULTS_PAYLOAD_BYTES: usize = 64 << 20;
+
+/// What starts a standard-output line (`--exec`) that maps an item: the text after it becomes
+/// a child job of a map-reduce job.
+pub const MAP_PREFIX: &str = "lts:map ";
+
 impl JobPayload {
-    /// The payload of a run.
+    /// The payload of a run, with the children's results for a reduce step (read from the
+    /// tracker); `Err` is the run's result when they cannot be read.
+    pub async fn for_run(ctx: &JobContext) -> Result<JobPayload, crate::RunResult> {
+        let mut payload = JobPayload::from_context(ctx);
+        if ctx.is_reduce() {
+            let results = ctx.map_results().await.map_err(|e| {
+                crate::RunResult::later(format!("cannot read the children's results: {e}"))
+            })?;
+            let bytes: usize = results
+                .iter()
+                .map(|r| r.message.len() + r.item.len() + 32)
+                .sum();
+            if bytes > MAX_RESULTS_PAYLOAD_BYTES {
+                return Err(crate::RunResult::failed(format!(
+                    "the children's results are {bytes} bytes, more than a reduce step's payload \
+                     carries ({MAX_RESULTS_PAYLOAD_BYTES}); reduce with the SDK's map_results"
+                )));
+            }
+            payload.map_results = results
+                .into_iter()
+                .map(|r| MapResultPayload {
+                    index: r.index,
+                    state: r.state.to_string(),
+                    message: r.message,
+                    item: r.item,
+                })
+                .collect();
+        }
+        Ok(payload)
+    }
+
+    /// The payload of a run, without children's results.
     pub fn from_context(ctx: &JobContext) -> JobPayload {
         JobPayload {
             job_id: ctx.job.job_id.clone(),
@@ -88,7 +153,29 @@ impl JobPayload {
             scheduled_fire_ms: ctx.job.scheduled_fire_ms,
             shard_index: ctx.shard_index(),
             shard_count: ctx.shard_count(),
+            map_index: match ctx.job.map {
+                Some(lts_core::model::MapOf::Child { index }) => Some(index),
+                _ => None,
+            },
+            map_item: ctx.map_item().map(str::to_string),
+            reduce: ctx.is_reduce(),
+            map_results: Vec::new(),
         }
+    }
+}
+
+/// Maps `items` for the run of `ctx`; `Err` is the run's result when that fails: `FAILED` for
+/// a job that may not map (not a map-reduce job, past its budget), `LATER` otherwise.
+pub(crate) async fn map_items(
+    ctx: &JobContext,
+    items: Vec<String>,
+) -> Result<(), crate::RunResult> {
+    match ctx.map(items).await {
+        Ok(_) => Ok(()),
+        Err(e @ (crate::ClientError::FailedPrecondition(_) | crate::ClientError::Invalid(_))) => {
+            Err(crate::RunResult::failed(format!("map refused: {e}")))
+        }
+        Err(e) => Err(crate::RunResult::later(format!("map failed: {e}"))),
     }
 }
 

@@ -220,6 +220,10 @@ pub(super) fn fields(s: &StoredJob, fields: &[Field]) -> StoreResult<(Document, 
                     .transpose()?
                     .map(Bson::String);
                 put(&mut set, &mut unset, "map", map);
+                // A map-reduce job that now waits for its children (still running): the sweep
+                // ends it should its last child's tracker die before ending it.
+                let waits = job.waits_for_shards().then_some(Bson::Boolean(true));
+                put(&mut set, &mut unset, "shards_wait", waits);
             }
             Field::Spec => {
                 set.extend(spec_fields(&job.spec)?);

@@ -233,7 +233,7 @@ pub fn spec_from_args(a: &SubmitArgs, now: i64) -> CliResult<JobSpec> {
         idempotency_key: None,
         workflow: None,
         route_key: a.route_key.clone(),
-        map_reduce: a.map_reduce.then(|| lts_core::model::MapReduce {
+        map_reduce: a.map_reduce.then_some(lts_core::model::MapReduce {
             reduce: a.reduce,
             max_children: a.max_children,
         }),
@@ -898,6 +898,33 @@ fn shards(job: &lts_core::Job) -> String {
             ),
             None => format!("workflow of {n} nodes (none run yet)"),
         };
+    }
+    use lts_core::model::MapOf;
+    match (&job.map, &job.shard) {
+        (Some(MapOf::Child { index }), Some(shard)) => {
+            return format!("map child {index} of job {}", shard.of);
+        }
+        (Some(MapOf::Reduce { children }), Some(shard)) => {
+            return format!("reduce step of job {} ({children} children)", shard.of);
+        }
+        (Some(MapOf::Parent { children, reducing }), _) => {
+            let phase = if reducing.is_some() {
+                "reduce step runs"
+            } else {
+                "children run"
+            };
+            return match job.shard_progress {
+                Some(p) => format!(
+                    "map-reduce, {children} children ({phase}): {} succeeded, {} failed, {} running, {} pending",
+                    p.succeeded, p.failed, p.running, p.pending
+                ),
+                None => format!("map-reduce, {children} children ({phase})"),
+            };
+        }
+        _ if job.spec.map_reduce.is_some() && job.shard.is_none() => {
+            return "map-reduce (its run maps)".into();
+        }
+        _ => {}
     }
     if let Some(shard) = &job.shard {
         let on = shard

@@ -30,7 +30,7 @@ enum Command {
     /// Run a tracker, demo workers and demo jobs in this process, with an embedded store.
     Dev(dev::DevArgs),
     /// Submit one job.
-    Submit(client_cmds::SubmitArgs),
+    Submit(Box<client_cmds::SubmitArgs>),
     /// List, inspect and cancel jobs.
     Jobs {
         #[command(subcommand)]
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
-            Command::Submit(args) => client_cmds::submit(args).await,
+            Command::Submit(args) => client_cmds::submit(*args).await,
             Command::Jobs { command } => client_cmds::jobs(command).await,
             Command::Workflow { command } => workflow_cmds::run(command).await,
             Command::Nodes(args) => client_cmds::nodes(args).await,

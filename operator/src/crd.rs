@@ -623,6 +623,12 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub route_key: Option<String>,
+    /// Run as a map-reduce job: its run maps items (the sidecar's `lts:map ITEM` lines, or
+    /// `{"map": [...]}` in its HTTP answer; `JobContext::map` in the SDK), each run as a child
+    /// job of the group; the Job ends once every child ended (with its reduce step's outcome
+    /// when `reduce` is set). Not with `shards`, `broadcast` or `workflow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_reduce: Option<MapReduceSpec>,
     /// Run as a workflow: its nodes, each a job of its own, after their predecessors (each
     /// fire, for a scheduled Job); the Job ends with its last node. Not with `shards`,
     /// `broadcast` or `affinity` (set those on the nodes).
@@ -631,6 +637,20 @@ pub struct JobSpec {
     /// No runs or fires while true.
     #[serde(default)]
     pub suspend: bool,
+}
+
+/// A map-reduce Job's children and reduce step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MapReduceSpec {
+    /// Run a reduce step after every child ended, with their results; its outcome is the
+    /// Job's.
+    #[serde(default)]
+    pub reduce: bool,
+    /// The most children one run may map. Omitted: 100000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_children: Option<i64>,
 }
 
 /// A workflow: nodes and the edges between them.

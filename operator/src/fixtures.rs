@@ -65,6 +65,7 @@ pub fn job(name: &str) -> Job {
             broadcast: false,
             affinity: Default::default(),
             route_key: None,
+            map_reduce: None,
             workflow: None,
             suspend: false,
         },

@@ -66,6 +66,7 @@ pub fn job_for(wf: &Workflow) -> Result<Job> {
             broadcast: false,
             affinity: BTreeMap::new(),
             route_key: None,
+            map_reduce: None,
             workflow: Some(WorkflowSpec {
                 nodes: s.nodes.clone(),
                 edges: s.edges.clone(),

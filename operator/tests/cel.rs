@@ -33,6 +33,7 @@ fn job() -> Job {
             broadcast: false,
             affinity: Default::default(),
             route_key: None,
+            map_reduce: None,
             workflow: None,
             suspend: false,
         },

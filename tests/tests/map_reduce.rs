@@ -112,10 +112,13 @@ where
         ),
         "{job:?}"
     );
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.reduces, [expected_sum], "the reduce step ran once");
-    assert_eq!(seen.children.len(), CHILDREN as usize, "no child lost");
-    let twice = seen.children.values().filter(|&&n| n > 1).count();
+    let (reduces, children) = {
+        let seen = seen.lock().unwrap();
+        (seen.reduces.clone(), seen.children.clone())
+    };
+    assert_eq!(reduces, [expected_sum], "the reduce step ran once");
+    assert_eq!(children.len(), CHILDREN as usize, "no child lost");
+    let twice = children.values().filter(|&&n| n > 1).count();
     assert!(
         twice <= (2 * THREADS) as usize,
         "{twice} children ran twice: more than the runs in flight at the kill"

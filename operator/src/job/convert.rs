@@ -279,8 +279,14 @@ pub fn to_lts_spec(job: &Job) -> Result<lts_core::JobSpec, Vec<String>> {
         idempotency_key: None,
         workflow,
         route_key: spec.route_key.clone(),
-        // A runner that maps is code linked with the SDK: submitted from code, not a CRD.
-        map_reduce: None,
+        map_reduce: spec
+            .map_reduce
+            .as_ref()
+            .map(|m| lts_core::model::MapReduce {
+                reduce: m.reduce,
+                // Out of range: 0, which the validation below names.
+                max_children: m.max_children.map(|n| u32::try_from(n).unwrap_or(0)),
+            }),
     };
     if let Err(v) = lts_core::validate(&out) {
         let origins = spec.workflow.as_ref().map(edge_origins).unwrap_or_default();

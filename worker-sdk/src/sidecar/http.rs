@@ -381,6 +381,25 @@ mod tests {
     }
 
     #[test]
+    fn a_successful_answer_maps_its_items() {
+        assert_eq!(
+            answer_map(200, r#"{"message": "split", "map": ["a", "b"]}"#),
+            ["a", "b"]
+        );
+        assert!(answer_map(200, r#"{"message": "no map"}"#).is_empty());
+        assert!(answer_map(200, "not json").is_empty());
+        assert!(answer_map(500, r#"{"map": ["a"]}"#).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_maps_for_a_job_that_may_not_fails_the_run() {
+        let (url, _) = server(200, r#"{"map": ["a"]}"#, Duration::ZERO).await;
+        let r = runner(&url).run(ctx("plain", &[])).await;
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert!(r.message.contains("not a map-reduce job"), "{r:?}");
+    }
+
+    #[test]
     fn bad_urls_are_refused() {
         assert!(HttpRunner::new("localhost:8080".into(), Duration::from_secs(1)).is_err());
         assert!(HttpRunner::new("ftp://x/".into(), Duration::from_secs(1)).is_err());

@@ -15,7 +15,11 @@
 //!   (bounded: `--max-log-lines` lines a run, the first half and the last half kept with a
 //!   note between; a line over `--max-log-line-bytes` is cut with a marker; output that is not
 //!   UTF-8 is replaced, never fatal);
-//! * the job's timeout (`--timeout`) or a cancellation kills the process: `EXCEPTION`.
+//! * the job's timeout (`--timeout`) or a cancellation kills the process: `EXCEPTION`;
+//! * a map-reduce job's run maps one item per stdout line `lts:map ITEM` (read as they come,
+//!   stored in calls of up to 1,000; while the store catches up, the program's writes wait);
+//!   a child gets `LTS_MAP_ITEM` and `LTS_MAP_INDEX`, the reduce step `LTS_REDUCE=1` and every
+//!   child's result in its payload's `map_results`.
 //!
 //! **`--http URL`** POSTs the job as JSON ([`JobPayload`], headers `x-lts-job-id` and
 //! `x-lts-attempt`) to the program, usually the app container next to the sidecar on
@@ -30,7 +34,8 @@
 //!   the body);
 //! * the program not reachable (connection refused) → `LATER`;
 //! * no answer within `--timeout` → `EXCEPTION`;
-//! * a `2xx` body larger than `--max-answer-bytes` (default 8 MiB) → `FAILED`, unread.
+//! * a `2xx` body larger than `--max-answer-bytes` (default 8 MiB) → `FAILED`, unread;
+//! * a map-reduce job's run maps the items of `"map": ["item", ...]` in a successful answer.
 //!
 //! In both modes what a run reports is bounded (`--max-result-message-bytes`,
 //! `--max-log-lines`, `--max-log-line-bytes`), and a result is kept under the tracker's

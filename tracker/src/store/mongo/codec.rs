@@ -444,6 +444,11 @@ pub(super) fn prefix_regex(prefix: &str) -> String {
     s
 }
 
+/// A map-reduce job's part as stored: JSON text.
+fn map_json(map: &lts_core::model::MapOf) -> StoreResult<String> {
+    serde_json::to_string(map).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use lts_core::schedule::RetryPolicy;
@@ -585,9 +590,4 @@ mod tests {
         assert_eq!(prefix_regex("a.b~"), "^a\\.b~");
         assert_eq!(prefix_regex("(x)*"), "^\\(x\\)\\*");
     }
-}
-
-/// A map-reduce job's part as stored: JSON text.
-fn map_json(map: &lts_core::model::MapOf) -> StoreResult<String> {
-    serde_json::to_string(map).map_err(|e| StoreError::Corrupt(e.to_string()))
 }

@@ -26,8 +26,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lts_core::workflow::{Edge, EdgeOn, Workflow, WorkflowNode};
-use lts_core::{ConcurrencyPolicy, Job, JobKey, JobSpec, JobState, Schedule, Shard};
-use lts_worker_sdk::{ListQuery, SubmitAnswer};
+use lts_core::{ConcurrencyPolicy, Job, JobKey, JobSpec, JobState, Schedule};
+use lts_worker_sdk::SubmitAnswer;
 use serde::{Deserialize, Serialize};
 
 use crate::client_cmds::{ClientOpts, JobSelector};
@@ -318,85 +318,50 @@ pub async fn run(cmd: WorkflowCommand) -> CliResult {
     }
 }
 
-/// The spec of a retry of the ended workflow `wf` whose last run's nodes are `nodes`: a
-/// one-off workflow `<task>-retry` (the task id cut at an instance's `~`) whose succeeded
-/// nodes are kept with their outputs; how many are kept.
-pub fn retry_spec(wf: &Job, nodes: &[Job]) -> CliResult<(JobSpec, usize)> {
-    let Some(graph) = &wf.spec.workflow else {
-        return Err(CliError::Usage(format!(
-            "job {} is not a workflow",
-            wf.job_id
-        )));
-    };
-    if !matches!(wf.state, JobState::Failed | JobState::Cancelled) {
-        return Err(CliError::Usage(format!(
-            "workflow {} is {}: only a failed or cancelled workflow is retried",
-            wf.job_id, wf.state
-        )));
-    }
-    let mut graph = graph.clone();
-    let mut kept = 0;
-    for n in nodes.iter().filter(|n| n.state == JobState::Succeeded) {
-        let Some(name) = n.node.as_ref().map(|o| &o.name) else {
-            continue;
-        };
-        if let Some(node) = graph.nodes.iter_mut().find(|g| &g.name == name) {
-            let mut output = n.last_message.clone().unwrap_or_default();
-            lts_core::limits::truncate(&mut output, lts_core::workflow::MAX_OUTPUT_BYTES);
-            node.kept_output = Some(output);
-            kept += 1;
-        }
-    }
-    let base = wf.spec.task_id.split('~').next().unwrap_or_default();
-    let base: String = base
-        .chars()
-        .take(lts_core::validate::MAX_TASK_ID_LEN - 6)
-        .collect();
-    let mut spec = wf.spec.clone();
-    spec.task_id = format!("{base}-retry");
-    spec.schedule = Schedule::Now;
-    spec.rely_on_prev_cycle = false;
-    spec.concurrency_policy = ConcurrencyPolicy::Allow;
-    spec.max_concurrent = None;
-    spec.replace_on_exist = false;
-    spec.idempotency_key = None;
-    spec.workflow = Some(graph);
-    lts_core::validate(&spec).map_err(|v| CliError::Usage(v.to_string()))?;
-    Ok((spec, kept))
-}
-
 async fn retry(a: RetryArgs) -> CliResult {
     let client = a.opts.client().await?;
-    let wf = client
-        .get(a.job.key()?)
+    let key = a.job.key()?;
+    // The tracker builds the retry from the run's nodes (`WorkflowService.RetryWorkflow`).
+    let (answer, kept, to_run) = client
+        .retry_workflow(key.clone())
         .await
-        .map_err(|e| a.opts.unavailable(e))?;
-    let nodes = match wf.attempt {
-        0 => Vec::new(),
-        _ => nodes_of(&client, &wf, lts_core::workflow::MAX_NODES)
-            .await
-            .map_err(|e| a.opts.unavailable(e))?,
+        .map_err(|e| match e {
+            // Not a workflow, or not failed or cancelled: the reason, as a usage error.
+            lts_worker_sdk::ClientError::FailedPrecondition(why) => CliError::Usage(why),
+            e => a.opts.unavailable(e),
+        })?;
+    let job_id = match &answer {
+        SubmitAnswer::Rejected(v) => return Err(CliError::Usage(v.to_string())),
+        other => other.job_id().unwrap_or_default().to_string(),
     };
-    let (spec, kept) = retry_spec(&wf, &nodes)?;
-    let total = spec.workflow.as_ref().map_or(0, |w| w.nodes.len());
-    let (answer, job_id, waited) =
-        submit_and_wait(&client, &a.opts, spec.clone(), a.wait, a.wait_timeout).await?;
+    let retried = client.get(key).await.map_err(|e| a.opts.unavailable(e))?;
+    let waited = match a.wait {
+        true => Some(
+            client
+                .wait(
+                    JobKey::Id(job_id.clone()),
+                    a.wait_timeout.map(Duration::from_secs),
+                )
+                .await
+                .map_err(|e| a.opts.unavailable(e))?,
+        ),
+        false => None,
+    };
     match a.opts.output {
         OutputFormat::Json => print_json(&serde_json::json!({
             "status": answer.status(),
             "job_id": job_id,
-            "retry_of": wf.job_id,
+            "retry_of": retried.job_id,
             "kept": kept,
-            "to_run": total - kept,
+            "to_run": to_run,
             "job": waited,
         })),
         OutputFormat::Table => {
             println!(
-                "{} workflow {job_id} ({}), a retry of {}: {kept} nodes kept, {} to run",
+                "{} workflow {job_id}, a retry of {} ({}): {kept} nodes kept, {to_run} to run",
                 answer.status().to_ascii_lowercase(),
-                spec.task_id,
-                wf.job_id,
-                total - kept
+                retried.job_id,
+                retried.spec.task_id,
             );
             if let Some(j) = &waited {
                 println!("{}: {}", j.state, j.last_message.as_deref().unwrap_or(""));
@@ -415,7 +380,10 @@ async fn submit_and_wait(
     wait: bool,
     wait_timeout: Option<u64>,
 ) -> CliResult<(SubmitAnswer, String, Option<Job>)> {
-    let answer = client.submit(spec).await.map_err(|e| opts.unavailable(e))?;
+    let answer = client
+        .submit_workflow(spec)
+        .await
+        .map_err(|e| opts.unavailable(e))?;
     let job_id = match &answer {
         SubmitAnswer::Rejected(v) => return Err(CliError::Usage(v.to_string())),
         other => other.job_id().unwrap_or_default().to_string(),
@@ -483,41 +451,6 @@ async fn submit(a: SubmitArgs) -> CliResult {
     ended_well(waited)
 }
 
-/// The node jobs of the run `run` of the workflow `wf` (at most `limit`), in node order: one
-/// listing by the nodes' task-id prefix, from the run's first id on.
-pub async fn nodes_of(
-    client: &lts_worker_sdk::JobClient,
-    wf: &Job,
-    limit: usize,
-) -> Result<Vec<Job>, lts_worker_sdk::ClientError> {
-    let run = Shard::run_of(wf);
-    let end = Shard::ids_to(&run);
-    let mut nodes = Vec::new();
-    let mut token = Some(run.clone());
-    while let Some(after) = token.take() {
-        let (page, next) = client
-            .list(ListQuery {
-                task_id_prefix: Some(format!("{}/", wf.spec.task_id)),
-                page_size: 1_000,
-                page_token: Some(after),
-                ..ListQuery::default()
-            })
-            .await?;
-        let past_end = page.last().is_some_and(|j| j.job_id >= end);
-        nodes.extend(
-            page.into_iter()
-                .filter(|j| j.job_id < end && j.shard.as_ref().is_some_and(|s| s.of == wf.job_id)),
-        );
-        if nodes.len() >= limit || past_end {
-            break;
-        }
-        token = next;
-    }
-    nodes.sort_by_key(|j| j.shard.as_ref().map_or(0, |s| s.index));
-    nodes.truncate(limit);
-    Ok(nodes)
-}
-
 async fn get(a: GetArgs) -> CliResult {
     let client = a.opts.client().await?;
     let wf = client
@@ -532,9 +465,14 @@ async fn get(a: GetArgs) -> CliResult {
     };
     let nodes = match wf.attempt {
         0 => Vec::new(),
-        _ => nodes_of(&client, &wf, a.limit)
-            .await
-            .map_err(|e| a.opts.unavailable(e))?,
+        _ => {
+            let mut nodes = client
+                .workflow_nodes(JobKey::Id(wf.job_id.clone()))
+                .await
+                .map_err(|e| a.opts.unavailable(e))?;
+            nodes.truncate(a.limit);
+            nodes
+        }
     };
     if a.opts.output == OutputFormat::Json {
         print_json(&serde_json::json!({ "workflow": wf, "nodes": nodes }));

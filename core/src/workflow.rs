@@ -232,6 +232,53 @@ impl Workflow {
     }
 }
 
+/// The spec of a retry of the ended workflow `wf` whose last run's nodes are `nodes`: a
+/// one-off workflow `<task>-retry` (the task id cut at an instance's `~`) whose succeeded
+/// nodes are kept with their outputs ([`WorkflowNode::kept_output`]), so that only the failed,
+/// skipped and cancelled ones run again; and how many are kept. Only a `FAILED` or
+/// `CANCELLED` workflow is retried; anything else is refused with the reason.
+pub fn retry_spec(wf: &crate::Job, nodes: &[crate::Job]) -> Result<(JobSpec, usize), String> {
+    use crate::{ConcurrencyPolicy, JobState, Schedule};
+    let Some(graph) = &wf.spec.workflow else {
+        return Err(format!("job {} is not a workflow", wf.job_id));
+    };
+    if !matches!(wf.state, JobState::Failed | JobState::Cancelled) {
+        return Err(format!(
+            "workflow {} is {}: only a failed or cancelled workflow is retried",
+            wf.job_id, wf.state
+        ));
+    }
+    let mut graph = graph.clone();
+    let mut kept = 0;
+    for n in nodes.iter().filter(|n| n.state == JobState::Succeeded) {
+        let Some(name) = n.node.as_ref().map(|o| &o.name) else {
+            continue;
+        };
+        if let Some(node) = graph.nodes.iter_mut().find(|g| &g.name == name) {
+            let mut output = n.last_message.clone().unwrap_or_default();
+            crate::limits::truncate(&mut output, MAX_OUTPUT_BYTES);
+            node.kept_output = Some(output);
+            kept += 1;
+        }
+    }
+    let base = wf.spec.task_id.split('~').next().unwrap_or_default();
+    let base: String = base
+        .chars()
+        .take(crate::validate::MAX_TASK_ID_LEN - 6)
+        .collect();
+    let mut spec = wf.spec.clone();
+    spec.task_id = format!("{base}-retry");
+    spec.schedule = Schedule::Now;
+    spec.rely_on_prev_cycle = false;
+    spec.concurrency_policy = ConcurrencyPolicy::Allow;
+    spec.max_concurrent = None;
+    spec.replace_on_exist = false;
+    spec.idempotency_key = None;
+    spec.workflow = Some(graph);
+    crate::validate(&spec).map_err(|v| v.to_string())?;
+    Ok((spec, kept))
+}
+
 /// The place a problem with edge `i` of a workflow names, when the edges were written in
 /// several places (a node's `after` list and an `edges` list, say): `origins[i]` is where
 /// edge `i` came from. A field `workflow.edges[i]…` becomes `origins[i]`, with the rest of the

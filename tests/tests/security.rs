@@ -279,6 +279,37 @@ async fn every_rpc_is_allowed_or_refused_as_the_callers_role_says() {
     billing.log(&id, 10).await.unwrap();
     denied(other.log(&id, 10).await, "other reads billing's job log");
 
+    // WorkflowService: the grants of the jobs it reads and submits.
+    let mut flow = job("billing", "b-flow");
+    flow.workflow = Some(lts_core::workflow::Workflow {
+        nodes: vec![lts_core::workflow::WorkflowNode {
+            name: "only".into(),
+            spec: JobSpec::default(),
+            kept_output: None,
+        }],
+        edges: Vec::new(),
+    });
+    let flow_id = billing
+        .submit_workflow(flow.clone())
+        .await
+        .unwrap()
+        .job_id()
+        .unwrap()
+        .to_string();
+    denied(
+        worker.submit_workflow(flow).await,
+        "a worker submits a workflow",
+    );
+    denied(
+        other.workflow_nodes(JobKey::Id(flow_id.clone())).await,
+        "other lists billing's workflow nodes",
+    );
+    denied(
+        other.retry_workflow(JobKey::Id(flow_id.clone())).await,
+        "other retries billing's workflow",
+    );
+    billing.workflow_nodes(JobKey::Id(flow_id)).await.unwrap();
+
     // List: confined to its own submit node group, whatever the filter says.
     let (mine, _) = billing.list(ListQuery::default()).await.unwrap();
     assert!(!mine.is_empty());

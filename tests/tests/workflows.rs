@@ -366,4 +366,44 @@ async fn a_failed_workflow_is_retried_from_its_failed_node() {
     let load_again = lines.iter().find(|l| l[0] == "nightly-retry/load").unwrap();
     assert_eq!(load_again[3], "rows=7", "{lines:?}");
     assert_eq!(count("nightly-retry/report"), 1, "{lines:?}");
+
+    // The same through `WorkflowService` from code: the failed run's nodes, in node order…
+    let client = tracker.client();
+    let nodes = client
+        .workflow_nodes(JobKey::Id(first_id.clone()))
+        .await
+        .unwrap();
+    let seen: Vec<(&str, JobState)> = nodes
+        .iter()
+        .map(|n| (n.node.as_ref().unwrap().name.as_str(), n.state))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("extract", JobState::Succeeded),
+            ("load", JobState::Failed),
+            ("report", JobState::Skipped)
+        ]
+    );
+    // … a retry refused for a workflow that succeeded, and a "workflow" without a graph.
+    let refused = client
+        .retry_workflow(JobKey::Id(retry_id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, lts_worker_sdk::ClientError::FailedPrecondition(ref m) if m.contains("only a failed")),
+        "{refused:?}"
+    );
+    let plain = client
+        .submit_workflow(JobSpec::new("plain", "flow"))
+        .await
+        .unwrap_err();
+    assert!(plain.to_string().contains("spec.workflow"), "{plain}");
+    // A second retry of the failed run is its own workflow, run again from `load`.
+    let (answer, kept, to_run) = client.retry_workflow(JobKey::Id(first_id)).await.unwrap();
+    assert!(
+        matches!(answer, SubmitAnswer::Accepted { .. }),
+        "{answer:?}"
+    );
+    assert_eq!((kept, to_run), (1, 2));
 }

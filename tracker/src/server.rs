@@ -25,7 +25,7 @@ use crate::auth::Auth;
 use crate::dispatch::Dispatcher;
 use crate::feedback::FeedbackHub;
 use crate::registry::{LocalRegistry, NodeInfo, Registry, Role, ZkConfig, ZkRegistry};
-use crate::service::{ClusterApi, FeedbackApi, JobApi, TrackerCore, WorkerApi};
+use crate::service::{ClusterApi, FeedbackApi, JobApi, TrackerCore, WorkerApi, WorkflowApi};
 use crate::store::JobStore;
 use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore, SyncMode};
@@ -598,6 +598,13 @@ impl Tracker {
                 JobServiceServer::new(JobApi(core.clone()))
                     .max_decoding_message_size(config.max_message_bytes)
                     .max_encoding_message_size(config.max_message_bytes),
+            )
+            .add_service(
+                lts_core::proto::workflow_service_server::WorkflowServiceServer::new(WorkflowApi(
+                    core.clone(),
+                ))
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
             )
             .add_service(
                 WorkerServiceServer::new(WorkerApi(core.clone()))

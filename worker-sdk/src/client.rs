@@ -564,6 +564,95 @@ impl JobClient {
         Ok(answers)
     }
 
+    fn workflows(
+        ch: AuthChannel,
+    ) -> proto::workflow_service_client::WorkflowServiceClient<AuthChannel> {
+        proto::workflow_service_client::WorkflowServiceClient::new(ch)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// Submits one workflow (a spec with `workflow` set) through `WorkflowService`; like
+    /// [`JobClient::submit`], a retried call never stores it twice.
+    pub async fn submit_workflow(&self, mut spec: JobSpec) -> Result<SubmitAnswer, ClientError> {
+        let generated = spec.idempotency_key.is_none();
+        if generated {
+            spec.idempotency_key = Some(self.keys.key());
+        }
+        let req = proto::SubmitWorkflowRequest {
+            spec: Some(convert::spec_to_proto(&spec)),
+        };
+        let result = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::workflows(ch).submit_workflow(req).await }
+            })
+            .await?;
+        let mut answer = SubmitAnswer::from_proto(result);
+        if let SubmitAnswer::Duplicate { job_id } = &answer
+            && generated
+            && let Ok(job) = self.get(JobKey::Id(job_id.clone())).await
+            && job.spec.idempotency_key == spec.idempotency_key
+        {
+            answer = SubmitAnswer::Accepted { job_id: job.job_id };
+        }
+        Ok(answer)
+    }
+
+    /// Every node of a workflow's latest run (each a job), by node index.
+    pub async fn workflow_nodes(&self, key: JobKey) -> Result<Vec<Job>, ClientError> {
+        let mut nodes = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = proto::ListWorkflowNodesRequest {
+                workflow: Some(convert::key_to_proto(&key)),
+                page_token: page_token.clone(),
+                page_size: 0,
+            };
+            let page = self
+                .call(|ch| {
+                    let req = req.clone();
+                    async move { Self::workflows(ch).list_nodes(req).await }
+                })
+                .await?;
+            nodes.extend(page.nodes.into_iter().map(convert::job_from_proto));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        nodes.sort_by_key(|j| j.shard.as_ref().map_or(0, |s| s.index));
+        Ok(nodes)
+    }
+
+    /// Runs a failed or cancelled workflow again as `<task>-retry`, its succeeded nodes kept
+    /// (see `WorkflowService.RetryWorkflow`): the answer, and how many nodes were kept and
+    /// are to run.
+    pub async fn retry_workflow(
+        &self,
+        key: JobKey,
+    ) -> Result<(SubmitAnswer, u32, u32), ClientError> {
+        let req = proto::RetryWorkflowRequest {
+            workflow: Some(convert::key_to_proto(&key)),
+            idempotency_key: self.keys.key(),
+        };
+        let resp = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::workflows(ch).retry_workflow(req).await }
+            })
+            .await?;
+        let mut answer = SubmitAnswer::from_proto(resp.result.unwrap_or_default());
+        // A duplicate of this call's own key: an earlier attempt stored it.
+        if let SubmitAnswer::Duplicate { job_id } = &answer
+            && let Ok(job) = self.get(JobKey::Id(job_id.clone())).await
+            && job.spec.idempotency_key.as_deref() == Some(req.idempotency_key.as_str())
+        {
+            answer = SubmitAnswer::Accepted { job_id: job.job_id };
+        }
+        Ok((answer, resp.kept, resp.to_run))
+    }
+
     /// One job.
     pub async fn get(&self, key: JobKey) -> Result<Job, ClientError> {
         let req = proto::GetJobRequest {

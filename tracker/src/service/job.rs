@@ -16,7 +16,7 @@ use crate::store::{
 /// Most jobs in one `Submit`.
 pub const MAX_SUBMIT_BATCH: usize = 10_000;
 
-fn job_key(r: Option<proto::JobRef>) -> Result<JobKey, Status> {
+pub(super) fn job_key(r: Option<proto::JobRef>) -> Result<JobKey, Status> {
     let missing = || {
         invalid_argument(&validate::Violations(vec![validate::FieldViolation::new(
             "job",

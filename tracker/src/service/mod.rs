@@ -1,5 +1,6 @@
-//! The tracker's gRPC services, one a file — [`JobApi`] (`JobService`), [`WorkerApi`]
-//! (`WorkerService`), [`FeedbackApi`] (`FeedbackService`) and [`ClusterApi`]
+//! The tracker's gRPC services, one a file — [`JobApi`] (`JobService`), [`WorkflowApi`]
+//! (`WorkflowService`), [`WorkerApi`] (`WorkerService`), [`FeedbackApi`] (`FeedbackService`)
+//! and [`ClusterApi`]
 //! (`ClusterService`) — over one shared [`TrackerCore`], and what they share: the store-error
 //! and violation mappings to gRPC statuses.
 
@@ -7,6 +8,7 @@ mod cluster;
 mod feedback;
 mod job;
 mod worker;
+mod workflow;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ pub use feedback::FeedbackApi;
 pub use job::{JobApi, MAX_SUBMIT_BATCH};
 pub use lts_core::validate::MAX_HELLO_RUNNING;
 pub use worker::WorkerApi;
+pub use workflow::WorkflowApi;
 
 /// Shared state of one JobTracker.
 pub struct TrackerCore {

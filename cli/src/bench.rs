@@ -670,12 +670,19 @@ async fn workflows(
     use lts_core::workflow::{Edge, EdgeOn, Workflow, WorkflowNode};
     let group = "bench-workflow";
     let stop = CancellationToken::new();
+    // Node runs are counted in the runner: polling the workflow (a tally of its nodes) while
+    // they run would take the cores the run needs, as it would in the drain.
+    let ran = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let r = ran.clone();
     let workers = start_workers(
         endpoint,
         client.credentials(),
         group,
         args,
-        |_ctx: JobContext| Box::pin(async { RunResult::success("") }) as _,
+        move |_ctx: JobContext| {
+            r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Box::pin(async { RunResult::success("") }) as _
+        },
         &stop,
     )?;
     let node = |name: String| WorkflowNode {
@@ -698,6 +705,7 @@ async fn workflows(
         "workflow-fan-out",
         Workflow { nodes, edges },
         u64::from(fan) + 1,
+        &ran,
     )
     .await;
     let chain = args.workflow_chain;
@@ -712,6 +720,7 @@ async fn workflows(
                 "workflow-chain",
                 Workflow { nodes, edges },
                 u64::from(chain),
+                &ran,
             )
             .await
         }
@@ -731,13 +740,17 @@ async fn workflows(
 }
 
 /// Submits one workflow of `n` nodes to `group` and waits for its end; how long it took.
+/// `ran` counts the node runs of the group's runners.
 async fn run_workflow(
     client: &JobClient,
     group: &str,
     name: &str,
     wf: lts_core::workflow::Workflow,
     n: u64,
+    ran: &std::sync::atomic::AtomicU64,
 ) -> CliResult<Duration> {
+    use std::sync::atomic::Ordering;
+    let before = ran.load(Ordering::Relaxed);
     let mut spec = JobSpec::new(name, group);
     spec.workflow = Some(wf);
     let pb = bar(n, name);
@@ -749,13 +762,16 @@ async fn run_workflow(
         a => a.job_id().unwrap_or_default().to_string(),
     };
     let key = lts_core::JobKey::Id(id);
-    // A workflow's read tallies its nodes: often enough for the bar and the end, rarely
-    // enough not to weigh on the run.
+    // The bar follows the runners' count; the workflow is read (its nodes tallied) only once
+    // they all ran, until it ended.
     let ended = loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let done = ran.load(Ordering::Relaxed).saturating_sub(before);
+        pb.set_position(done.min(n));
+        if done < n {
+            continue;
+        }
         let wf = client.get(key.clone()).await?;
-        let p = wf.shard_progress.unwrap_or_default();
-        pb.set_position(u64::from(p.succeeded + p.failed + p.skipped));
         if wf.state.is_final() {
             break wf;
         }

@@ -155,3 +155,98 @@ async fn pages_and_logs_are_cut_to_their_maximum() {
         "a huge log limit is cut, not refused"
     );
 }
+
+/// A map (`WorkerService.Map`) is bounded before the store sees it: more than 1,000 items in
+/// one call, an item over 64 KiB, or a map past the job's budget of children are refused with
+/// the reason, and nothing of the refused call is stored; a stale lease token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_maps_are_refused_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let client = tracker.client();
+    let mut spec = lts_core::JobSpec::new("big-map", "mapper");
+    spec.map_reduce = Some(lts_core::model::MapReduce {
+        reduce: false,
+        max_children: Some(1_500),
+    });
+    let job_id = client
+        .submit(spec)
+        .await
+        .unwrap()
+        .job_id()
+        .unwrap()
+        .to_string();
+    let mut raw = lts_tests::RawWorker::connect(&tracker.addr, "mapper", "raw-mapper")
+        .await
+        .unwrap();
+    let a = raw.assignment().await.unwrap();
+    let channel = lts_worker_sdk::connect::connect_one(&tracker.addr, &Default::default())
+        .await
+        .unwrap();
+    let mut stub = WorkerServiceClient::new(channel).max_encoding_message_size(64 << 20);
+    let map = |first_index: u32, items: Vec<String>, token: &str| proto::MapRequest {
+        job_id: job_id.clone(),
+        lease_token: token.to_string(),
+        first_index,
+        items,
+    };
+    let too_many = stub
+        .map(map(0, vec!["x".into(); 1_001], &a.lease_token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        too_many.code(),
+        tonic::Code::InvalidArgument,
+        "{too_many:?}"
+    );
+    assert!(
+        too_many.message().contains("at most 1000 items"),
+        "{too_many:?}"
+    );
+    let mut items = vec!["ok".to_string(); 3];
+    items.push("x".repeat(64 * 1024 + 1));
+    let too_long = stub.map(map(0, items, &a.lease_token)).await.unwrap_err();
+    assert_eq!(
+        too_long.code(),
+        tonic::Code::InvalidArgument,
+        "{too_long:?}"
+    );
+    assert!(too_long.message().contains("map item 3"), "{too_long:?}");
+    let stale = stub
+        .map(map(0, vec!["a".into()], "not-the-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::FailedPrecondition, "{stale:?}");
+    // Within the bounds: stored; past the budget of 1,500: refused.
+    let ok = stub
+        .map(map(0, vec!["a".into(); 1_000], &a.lease_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.created, 1_000);
+    let over = stub
+        .map(map(1_000, vec!["b".into(); 501], &a.lease_token))
+        .await
+        .unwrap_err();
+    assert_eq!(over.code(), tonic::Code::FailedPrecondition, "{over:?}");
+    assert!(over.message().contains("at most 1500 children"), "{over:?}");
+    // Only the accepted call's children exist.
+    let (children, _) = client
+        .list(lts_worker_sdk::ListQuery {
+            task_id_prefix: Some("big-map#map-".into()),
+            page_size: 1_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (more, _) = client
+        .list(lts_worker_sdk::ListQuery {
+            task_id_prefix: Some("big-map#map-".into()),
+            page_size: 1_000,
+            page_token: children.last().map(|j| j.job_id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(children.len() + more.len(), 1_000);
+}

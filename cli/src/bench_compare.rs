@@ -351,6 +351,7 @@ mod tests {
             ("cron.catch_up", LowerIsBetter),
             ("cron.lateness_ms.p99", LowerIsBetter),
             ("workflow.fan_out_nodes_per_s", HigherIsBetter),
+            ("workflow.fan_out_children_per_s", HigherIsBetter),
             ("workflow.chain_edge_ms", LowerIsBetter),
             ("workflow.chain", Neutral),
             ("cron.lateness_ms.samples", Neutral),

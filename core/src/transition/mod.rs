@@ -609,6 +609,10 @@ pub enum Refusal {
     /// A map past the job's budget of children.
     #[error("the run may map at most {0} children (the spec's map_reduce.max_children)")]
     TooManyChildren(u32),
+    /// The tally of a map-reduce job's run while its reduce step runs (or after it ended):
+    /// only the step's end ends the job.
+    #[error("the job's reduce step runs: its end ends the job")]
+    Reducing,
     /// The end of a reduce step, for a job that does not wait for one.
     #[error("the job does not wait for a reduce step")]
     NotReducing,
@@ -622,7 +626,7 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
-pub use rules::{accept, apply};
+pub use rules::{accept, apply, reduce_end};
 
 /// An instant in a refusal's message.
 fn at(ms: &i64) -> String {

@@ -112,25 +112,16 @@ fn changed(before: &StoredJob, after: StoredJob, logs: Vec<LogEntry>) -> Transit
     };
     // A shard run (a workflow node) that ended may be its job's last, and may let its
     // successors run.
-    let cascade = match &after.job.shard {
+    let cascade = match (&after.job.shard, reduce_end(&after.job)) {
         // A map-reduce job's reduce step ends the job, with its own outcome.
-        Some(shard)
-            if after.job.state.is_final()
-                && matches!(after.job.map, Some(MapOf::Reduce { .. })) =>
-        {
+        (Some(shard), Some(Event::ReduceEnded { outcome, message })) => {
             Some(Cascade::ReduceEnded {
                 parent: shard.of.clone(),
-                outcome: match after.job.state {
-                    JobState::Succeeded => Outcome::Success,
-                    _ => after.job.last_outcome.unwrap_or(Outcome::Failed),
-                },
-                message: match after.job.state {
-                    JobState::Cancelled => "the reduce step was cancelled".to_string(),
-                    _ => after.job.last_message.clone().unwrap_or_default(),
-                },
+                outcome,
+                message,
             })
         }
-        Some(shard) if after.job.state.is_final() => Some(Cascade::ShardEnded {
+        (Some(shard), _) if after.job.state.is_final() => Some(Cascade::ShardEnded {
             parent: shard.of.clone(),
             run: Shard::run_of_id(&after.job.job_id).to_string(),
             successors: after
@@ -1142,6 +1133,26 @@ fn cancel(stored: &StoredJob, cause: CancelCause, now_ms: i64) -> Result<Transit
     Ok(t)
 }
 
+/// The event a map-reduce job's reduce step that ended (`step`, as stored) gives its job: its
+/// outcome and message (a cancelled step: `FAILED`). `None` for any other job, or a step not
+/// yet ended. The step's own end cascades it; a sweep that finds the job still waiting after
+/// the step ended (its tracker died between the two writes) gives the job the same event.
+pub fn reduce_end(step: &Job) -> Option<Event> {
+    if !step.state.is_final() || !matches!(step.map, Some(MapOf::Reduce { .. })) {
+        return None;
+    }
+    Some(Event::ReduceEnded {
+        outcome: match step.state {
+            JobState::Succeeded => Outcome::Success,
+            _ => step.last_outcome.unwrap_or(Outcome::Failed),
+        },
+        message: match step.state {
+            JobState::Cancelled => "the reduce step was cancelled".to_string(),
+            _ => step.last_message.clone().unwrap_or_default(),
+        },
+    })
+}
+
 /// A map-reduce job's run adds children: each item is a child job of the same node group,
 /// queued and due now, with the item as its param `map.item`. Its id is the run's and the
 /// item's index ([`Shard::run_of`]), so the same map made again (a retried run, a resent call)
@@ -1271,16 +1282,11 @@ fn children_ended(
         tally.succeeded, tally.failed
     );
     let reduce = job.spec.map_reduce.as_ref().is_some_and(|m| m.reduce);
-    if let Some(before) = reducing {
-        // The reduce step ended (the run's shards all did) but its own end did not reach the
-        // job: its tracker died between the two writes, and a sweep found the job. The tally
-        // tells the step's outcome; its message is its own job's.
-        let outcome = match progress.failed > before.failed {
-            true => Outcome::Failed,
-            false => Outcome::Success,
-        };
-        let message = "the reduce step's message is in its own job".to_string();
-        return reduce_ended(stored, outcome, message, now_ms, retry);
+    if reducing.is_some() {
+        // Only the reduce step's end ends the job ([`Event::ReduceEnded`], from the step's own
+        // end or a sweep that reads the ended step): a late tally of the run (a child's end
+        // judged after the step ran) must not end it without the step's outcome.
+        return Err(Refusal::Reducing);
     }
     if reduce {
         let mut after = stored.clone();

@@ -541,6 +541,16 @@ impl MongoStore {
         for d in waiting {
             let read = codec::read(&d)?;
             let job = &read.stored.job;
+            if let Some(lts_core::model::MapOf::Parent {
+                children,
+                reducing: Some(_),
+            }) = job.map
+            {
+                // Its reduce step runs, or ended without its end reaching the job.
+                self.end_reduced(&job.job_id, &Shard::run_of(job), children, now)
+                    .await?;
+                continue;
+            }
             if job.waits_for_shards() {
                 let run = Shard::run_of(job);
                 if read.stored.suspend_requested {
@@ -553,6 +563,33 @@ impl MongoStore {
             }
         }
         self.cancel_stranded_shards(now).await
+    }
+
+    /// Ends the map-reduce job `parent` whose reduce step (shard `children` of `run`) ended but
+    /// whose end did not reach it: with the step's outcome and message, as the step's own end
+    /// would have (whichever of the two comes first ends it; the other is refused).
+    async fn end_reduced(
+        &self,
+        parent: &str,
+        run: &str,
+        children: u32,
+        now: i64,
+    ) -> StoreResult<()> {
+        let Some(d) = self
+            .jobs
+            .find_one(doc! { "_id": Shard::id(run, children) })
+            .await?
+        else {
+            return Ok(());
+        };
+        let step = codec::read(&d)?.stored.job;
+        if let Some(event) = transition::reduce_end(&step) {
+            tracing::warn!(job = %parent, "mongodb: ending a map-reduce job whose reduce step's end did not reach it");
+            let filter = doc! { "_id": parent };
+            self.apply_job(&filter, First::Fetch, |_| event.clone(), now)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Suspends the unfinished shards (workflow nodes) of the suspended job `parent` that its

@@ -260,3 +260,52 @@ fi
         Some("reduce SUCCESS after 1000 children (1000 succeeded, 0 failed): sum 999000")
     );
 }
+
+/// Results larger than one gRPC message are read in pages the tracker cuts by size: 300
+/// children with 60 KiB items (18 MB, past the tracker's 16 MiB message limit) reach the reduce
+/// step whole, every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_results_reach_the_reduce_step_in_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]).await.unwrap();
+    let client = tracker.client();
+    let stop = CancellationToken::new();
+    let tt = TaskTracker::builder()
+        .node_group("mr")
+        .tracker(tracker.addr.clone())
+        .threads(4)
+        .runner(|ctx: JobContext| async move {
+            if ctx.is_reduce() {
+                return match ctx.map_results().await {
+                    Ok(r) if r.iter().all(|c| c.item.len() == 60 * 1024) => {
+                        RunResult::success(format!("{} results", r.len()))
+                    }
+                    Ok(r) => RunResult::failed(format!("{} results, some cut", r.len())),
+                    Err(e) => RunResult::failed(e.to_string()),
+                };
+            }
+            if ctx.map_item().is_some() {
+                return RunResult::success("ok");
+            }
+            let items = (0..300).map(|_| "x".repeat(60 * 1024)).collect();
+            match ctx.map(items).await {
+                Ok(_) => RunResult::success("mapped"),
+                Err(e) => RunResult::failed(e.to_string()),
+            }
+        })
+        .build()
+        .unwrap();
+    let worker = tokio::spawn(tt.run_until_cancelled(stop.clone()));
+    let SubmitAnswer::Accepted { job_id } = client.submit(map_reduce_job("large")).await.unwrap()
+    else {
+        panic!()
+    };
+    let job = wait_final(&client, &job_id, T).await.unwrap();
+    assert_eq!(
+        job.last_message.as_deref(),
+        Some("reduce SUCCESS after 300 children (300 succeeded, 0 failed): 300 results"),
+        "{job:?}"
+    );
+    stop.cancel();
+    let _ = worker.await;
+}

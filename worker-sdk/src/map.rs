@@ -16,6 +16,12 @@ use tokio::sync::Mutex;
 use crate::client::ClientError;
 use crate::credentials::AuthChannel;
 
+/// The most bytes of items one map call sends (well under a tracker's message limit).
+pub const MAX_MAP_CALL_BYTES: usize = 4 << 20;
+
+/// The most bytes of items and messages [`crate::JobContext::map_results`] holds at once.
+pub const MAX_RESULTS_BYTES: usize = 256 << 20;
+
 /// One child's end, as its job's reduce step reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildResult {
@@ -59,7 +65,7 @@ impl Mapper {
     }
 
     /// Maps `items`: each becomes a child job once this returns. Sent in calls of at most
-    /// [`MAX_MAP_BATCH`] items, one after another; an item over [`MAX_MAP_ITEM`] bytes is
+    /// [`MAX_MAP_BATCH`] items and [`MAX_MAP_CALL_BYTES`], one after another; an item over [`MAX_MAP_ITEM`] bytes is
     /// refused before anything is sent.
     pub async fn map(&self, items: Vec<String>) -> Result<u32, ClientError> {
         if let Some(i) = items.iter().position(|item| item.len() > MAX_MAP_ITEM) {
@@ -74,7 +80,19 @@ impl Mapper {
         let mut created = 0;
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
-            let batch: Vec<String> = items.by_ref().take(MAX_MAP_BATCH).collect();
+            // At most MAX_MAP_BATCH items and MAX_MAP_CALL_BYTES a call (one item at least).
+            let mut batch: Vec<String> = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(item) = items.peek() {
+                let more = item.len() + 16;
+                if batch.len() == MAX_MAP_BATCH
+                    || (!batch.is_empty() && bytes + more > MAX_MAP_CALL_BYTES)
+                {
+                    break;
+                }
+                bytes += more;
+                batch.extend(items.next());
+            }
             let n = batch.len() as u32;
             let first_index = self.next.load(Ordering::SeqCst);
             let answer = self
@@ -94,32 +112,63 @@ impl Mapper {
         Ok(created)
     }
 
-    /// Every child's result, for the reduce step (read a page of 1,000 at a time), by index.
-    pub async fn results(&self) -> Result<Vec<ChildResult>, ClientError> {
-        let mut out = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .client
-                .clone()
-                .map_results(proto::MapResultsRequest {
-                    job_id: self.job_id.clone(),
-                    lease_token: self.token.clone(),
-                    page_token: page_token.clone(),
-                    limit: 0,
-                })
-                .await?
-                .into_inner();
-            out.extend(page.results.into_iter().map(|r| ChildResult {
+    /// One page of the children's results, for the reduce step, in id order after
+    /// `page_token` (`None`: the first page); the token of the next page, if there is one.
+    pub async fn results_page(
+        &self,
+        page_token: Option<String>,
+    ) -> Result<(Vec<ChildResult>, Option<String>), ClientError> {
+        let page = self
+            .client
+            .clone()
+            .map_results(proto::MapResultsRequest {
+                job_id: self.job_id.clone(),
+                lease_token: self.token.clone(),
+                page_token: page_token.unwrap_or_default(),
+                limit: 0,
+            })
+            .await?
+            .into_inner();
+        let results = page
+            .results
+            .into_iter()
+            .map(|r| ChildResult {
                 index: r.index,
                 state: convert::state_from_proto(r.state).unwrap_or(JobState::Failed),
                 message: r.message,
                 item: r.item,
-            }));
-            if page.next_page_token.is_empty() {
-                break;
+            })
+            .collect();
+        Ok((
+            results,
+            (!page.next_page_token.is_empty()).then_some(page.next_page_token),
+        ))
+    }
+
+    /// Every child's result, for the reduce step, by index — at most `max_bytes` of items and
+    /// messages: a larger map is refused with the reason (read it a page at a time with
+    /// [`Mapper::results_page`] instead).
+    pub async fn results(&self, max_bytes: usize) -> Result<Vec<ChildResult>, ClientError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut token = None;
+        loop {
+            let (page, next) = self.results_page(token).await?;
+            bytes += page
+                .iter()
+                .map(|r| r.message.len() + r.item.len() + 32)
+                .sum::<usize>();
+            if bytes > max_bytes {
+                return Err(ClientError::FailedPrecondition(format!(
+                    "the children's results pass {max_bytes} bytes: read them a page at a time \
+                     (JobContext::map_results_page)"
+                )));
             }
-            page_token = page.next_page_token;
+            out.extend(page);
+            match next {
+                Some(n) => token = Some(n),
+                None => break,
+            }
         }
         out.sort_by_key(|r| r.index);
         Ok(out)

@@ -179,10 +179,34 @@ impl JobContext {
         matches!(self.job.map, Some(lts_core::model::MapOf::Reduce { .. }))
     }
 
-    /// The reduce step reads every child's result, by index.
+    /// The reduce step reads every child's result, by index: at most
+    /// [`crate::map::MAX_RESULTS_BYTES`] of items and messages (a larger map is refused with
+    /// the reason: read it with [`JobContext::map_results_page`]).
     pub async fn map_results(&self) -> Result<Vec<crate::map::ChildResult>, crate::ClientError> {
+        self.map_results_within(crate::map::MAX_RESULTS_BYTES).await
+    }
+
+    /// [`JobContext::map_results`] with a bound of its own, in bytes.
+    pub async fn map_results_within(
+        &self,
+        max_bytes: usize,
+    ) -> Result<Vec<crate::map::ChildResult>, crate::ClientError> {
         match &self.mapper {
-            Some(m) => m.results().await,
+            Some(m) => m.results(max_bytes).await,
+            None => Err(crate::ClientError::FailedPrecondition(
+                "this run has no tracker to read results from".into(),
+            )),
+        }
+    }
+
+    /// One page of the children's results (in id order), for a reduce step over a map too
+    /// large to hold at once; the token of the next page, if there is one.
+    pub async fn map_results_page(
+        &self,
+        page_token: Option<String>,
+    ) -> Result<(Vec<crate::map::ChildResult>, Option<String>), crate::ClientError> {
+        match &self.mapper {
+            Some(m) => m.results_page(page_token).await,
             None => Err(crate::ClientError::FailedPrecondition(
                 "this run has no tracker to read results from".into(),
             )),

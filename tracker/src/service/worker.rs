@@ -47,6 +47,9 @@ fn refused(r: lts_core::transition::Refusal) -> Status {
 
 /// The most results one `MapResults` page holds.
 const MAX_RESULTS_PAGE: u32 = 1_000;
+/// The most bytes of results (items and messages) one `MapResults` page holds: 1,000 results
+/// of 64 KiB items would not fit one gRPC message. At least one result goes out.
+const MAX_RESULTS_PAGE_BYTES: usize = 4 << 20;
 
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
@@ -132,8 +135,21 @@ impl WorkerService for WorkerApi {
             .await
             .map_err(store_status)?
             .map_err(refused)?;
+        let full = results.len() == limit;
+        let mut results = results;
+        let mut bytes = 0usize;
+        let keep = results
+            .iter()
+            .take_while(|r| {
+                bytes += r.message.len() + r.item.len() + 32;
+                bytes <= MAX_RESULTS_PAGE_BYTES
+            })
+            .count()
+            .max(1);
+        let cut = keep < results.len();
+        results.truncate(keep);
         let next_page_token = match results.last() {
-            Some(last) if results.len() == limit => last.job_id.clone(),
+            Some(last) if full || cut => last.job_id.clone(),
             _ => String::new(),
         };
         Ok(Response::new(proto::MapResultsResponse {

@@ -120,19 +120,21 @@ impl JobPayload {
     pub async fn for_run(ctx: &JobContext) -> Result<JobPayload, crate::RunResult> {
         let mut payload = JobPayload::from_context(ctx);
         if ctx.is_reduce() {
-            let results = ctx.map_results().await.map_err(|e| {
-                crate::RunResult::later(format!("cannot read the children's results: {e}"))
-            })?;
-            let bytes: usize = results
-                .iter()
-                .map(|r| r.message.len() + r.item.len() + 32)
-                .sum();
-            if bytes > MAX_RESULTS_PAYLOAD_BYTES {
-                return Err(crate::RunResult::failed(format!(
-                    "the children's results are {bytes} bytes, more than a reduce step's payload \
-                     carries ({MAX_RESULTS_PAYLOAD_BYTES}); reduce with the SDK's map_results"
-                )));
-            }
+            // Read no further than the payload may carry.
+            let results = match ctx.map_results_within(MAX_RESULTS_PAYLOAD_BYTES).await {
+                Ok(r) => r,
+                Err(crate::ClientError::FailedPrecondition(why)) => {
+                    return Err(crate::RunResult::failed(format!(
+                        "a reduce step's payload carries at most {MAX_RESULTS_PAYLOAD_BYTES} \
+                         bytes of results: {why}"
+                    )));
+                }
+                Err(e) => {
+                    return Err(crate::RunResult::later(format!(
+                        "cannot read the children's results: {e}"
+                    )));
+                }
+            };
             payload.map_results = results
                 .into_iter()
                 .map(|r| MapResultPayload {

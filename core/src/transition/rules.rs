@@ -584,23 +584,10 @@ fn shards_ended(
             failed => (Outcome::Failed, format!("{failed} of {n} shards failed")),
         }
     };
-    let level = match outcome {
-        Outcome::Success => LogLevel::Info,
-        _ => LogLevel::Warn,
-    };
-    let line = log(
-        job,
-        now_ms,
-        LogType::Finished,
-        format!("{outcome}: {message}"),
-    )
-    .with_level(level);
-    let end = RunEnd {
-        outcome,
-        message,
-        may_retry: false,
-    };
-    Ok(end_run(stored, end, vec![line], now_ms, retry))
+    let note = format!("{outcome}: {message}");
+    Ok(ended_for_good(
+        stored, outcome, message, note, now_ms, retry,
+    ))
 }
 
 /// How a workflow whose nodes all ended ends: `SUCCESS` unless a node failed (or was
@@ -1323,23 +1310,10 @@ fn children_ended(
         0 => (Outcome::Success, format!("all {counted}")),
         _ => (Outcome::Failed, counted),
     };
-    let level = match outcome {
-        Outcome::Success => LogLevel::Info,
-        _ => LogLevel::Warn,
-    };
-    let line = log(
-        job,
-        now_ms,
-        LogType::Finished,
-        format!("{outcome}: {message}"),
-    )
-    .with_level(level);
-    let end = RunEnd {
-        outcome,
-        message,
-        may_retry: false,
-    };
-    Ok(end_run(stored, end, vec![line], now_ms, retry))
+    let note = format!("{outcome}: {message}");
+    Ok(ended_for_good(
+        stored, outcome, message, note, now_ms, retry,
+    ))
 }
 
 /// A map-reduce job's reduce step ended: so does the job, with its outcome and message.
@@ -1367,15 +1341,31 @@ fn reduce_ended(
             m => format!(": {m}"),
         }
     );
+    let note = message.clone();
+    Ok(ended_for_good(
+        stored, outcome, message, note, now_ms, retry,
+    ))
+}
+
+/// A run that ends for good, not retried whatever `max_retries` says (its shards, nodes,
+/// children or reduce step ended): its `Finished` line `note`, at WARN unless it succeeded.
+fn ended_for_good(
+    stored: &StoredJob,
+    outcome: Outcome,
+    message: String,
+    note: String,
+    now_ms: i64,
+    retry: &RetryPolicy,
+) -> Transition {
     let level = match outcome {
         Outcome::Success => LogLevel::Info,
         _ => LogLevel::Warn,
     };
-    let line = log(job, now_ms, LogType::Finished, message.clone()).with_level(level);
+    let line = log(&stored.job, now_ms, LogType::Finished, note).with_level(level);
     let end = RunEnd {
         outcome,
         message,
         may_retry: false,
     };
-    Ok(end_run(stored, end, vec![line], now_ms, retry))
+    end_run(stored, end, vec![line], now_ms, retry)
 }

@@ -45,6 +45,24 @@ fn refused(r: lts_core::transition::Refusal) -> Status {
     }
 }
 
+/// Refused unless the job `job_id` exists and `who` may run its node group's jobs (`action`
+/// names what for).
+async fn require_worker_of(
+    core: &TrackerCore,
+    who: &crate::auth::Principal,
+    job_id: &str,
+    action: &str,
+) -> Result<(), Status> {
+    let job = core
+        .store
+        .get(crate::store::JobKey::Id(job_id.to_string()))
+        .await
+        .map_err(store_status)?
+        .ok_or_else(|| Status::not_found(format!("no job {job_id}")))?;
+    who.require(Need::Worker(&job.spec.task_tracker_node_group), action)?;
+    Ok(())
+}
+
 /// The most results one `MapResults` page holds.
 const MAX_RESULTS_PAGE: u32 = 1_000;
 /// The most bytes of results (items and messages) one `MapResults` page holds: 1,000 results
@@ -68,16 +86,7 @@ impl WorkerService for WorkerApi {
                 r.items.len(),
             )));
         }
-        let job = core
-            .store
-            .get(crate::store::JobKey::Id(r.job_id.clone()))
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("no job {}", r.job_id)))?;
-        who.require(
-            Need::Worker(&job.spec.task_tracker_node_group),
-            "map this node group's jobs",
-        )?;
+        require_worker_of(core, &who, &r.job_id, "map this node group's jobs").await?;
         let batch = lts_core::transition::MapBatch {
             token: r.lease_token,
             first_index: r.first_index,
@@ -114,16 +123,7 @@ impl WorkerService for WorkerApi {
         let core = &self.0;
         let who = core.auth.principal(&request)?;
         let r = request.into_inner();
-        let job = core
-            .store
-            .get(crate::store::JobKey::Id(r.job_id.clone()))
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("no job {}", r.job_id)))?;
-        who.require(
-            Need::Worker(&job.spec.task_tracker_node_group),
-            "read this node group's map results",
-        )?;
+        require_worker_of(core, &who, &r.job_id, "read this node group's map results").await?;
         let limit = match r.limit {
             0 => MAX_RESULTS_PAGE,
             n => n.min(MAX_RESULTS_PAGE),

@@ -605,3 +605,159 @@ async fn a_tracker_killed_between_a_reduce_step_and_its_job_leaves_the_job_to_th
     stop.cancel();
     worker.await.unwrap();
 }
+
+/// A tracker killed between a workflow's resume and its nodes' — the workflow written resumed,
+/// its nodes still suspended — leaves the nodes to the next master's sweep, which resumes
+/// them, so the workflow runs to its end instead of stalling; a node a user suspended on its
+/// own after the workflow's resume stays suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracker_killed_between_a_workflows_resume_and_its_nodes_leaves_them_to_the_sweep() {
+    use lts_core::JobKey;
+    use lts_core::workflow::{Edge, EdgeOn, Workflow, WorkflowNode};
+    const CASCADE_POINT: &str = "mongo-between-a-job-and-its-cascade";
+    let dir = tempfile::tempdir().unwrap();
+    let mongo = MongoServer::start(&dir.path().join("mongo")).await.unwrap();
+    let store = mongo.url("resumes");
+    let jobs = mongodb::Client::with_uri_str(&store)
+        .await
+        .unwrap()
+        .database("resumes")
+        .collection::<Document>("jobs");
+    let port = free_port();
+    let args = ["--store", store.as_str()];
+    let mut first = TrackerProc::start_on(dir.path(), port, &args)
+        .await
+        .unwrap();
+    let runs = Arc::new(Mutex::new(Vec::<String>::new()));
+    let r = runs.clone();
+    let stop = CancellationToken::new();
+    let worker = TaskTracker::builder()
+        .node_group("flow")
+        .tracker(first.addr.clone())
+        .threads(2)
+        .runner(move |ctx: JobContext| {
+            let r = r.clone();
+            async move {
+                r.lock().unwrap().push(ctx.task_id().to_string());
+                if ctx.task_id() == "wf/a" || ctx.task_id() == "wf/b" {
+                    // Long enough to suspend the workflow (a) or a node (b) meanwhile.
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                RunResult::success("done")
+            }
+        })
+        .build()
+        .unwrap();
+    let worker = tokio::spawn(worker.run_until_cancelled(stop.clone()));
+    let node = |name: &str| WorkflowNode {
+        name: name.into(),
+        spec: JobSpec::default(),
+        kept_output: None,
+    };
+    let edge = |from: &str, to: &str| Edge {
+        from: from.into(),
+        to: to.into(),
+        on: EdgeOn::Success,
+    };
+    let mut spec = JobSpec::new("wf", "flow");
+    spec.workflow = Some(Workflow {
+        nodes: vec![node("a"), node("b"), node("c")],
+        edges: vec![edge("a", "b"), edge("b", "c")],
+    });
+    let client = first.client();
+    let id = match client.submit(spec).await.unwrap() {
+        SubmitAnswer::Accepted { job_id } => job_id,
+        other => panic!("{other:?}"),
+    };
+    eventually(T, "a to run", || async {
+        (runs.lock().unwrap().as_slice() == ["wf/a"]).then_some(())
+    })
+    .await
+    .unwrap();
+    client.suspend(JobKey::Id(id.clone())).await.unwrap();
+    let node_doc = |index: i64| {
+        let jobs = jobs.clone();
+        let id = id.clone();
+        async move {
+            jobs.find_one(doc! { "shard_of": &id, "shard_index": index })
+                .await
+                .unwrap()
+        }
+    };
+    let node_state = |index: i64| {
+        let doc = node_doc(index);
+        async move { JobState::from_code(doc.await?.get_i64("state").ok()?) }
+    };
+    // a ends; b, suspended with the workflow, stays suspended.
+    eventually(T, "b suspended after a's end", || async {
+        (node_state(1).await? == JobState::Suspended).then_some(())
+    })
+    .await
+    .unwrap();
+    first.proc.kill9();
+
+    // The resume writes the workflow, then sleeps before its nodes: kill the tracker there.
+    let armed = format!("{CASCADE_POINT}=sleep(600000)");
+    let mut second =
+        TrackerProc::start_with_env(dir.path(), port, &args, &[("FAILPOINTS", &armed)])
+            .await
+            .unwrap();
+    let resume = tokio::spawn({
+        let client = second.client();
+        let id = id.clone();
+        async move { client.resume(JobKey::Id(id)).await }
+    });
+    eventually(T, "the workflow to be written resumed", || async {
+        let wf = jobs.find_one(doc! { "_id": &id }).await.unwrap()?;
+        (!wf.get_bool("suspend_requested").unwrap_or(false)).then_some(())
+    })
+    .await
+    .unwrap();
+    second.proc.kill9();
+    resume.abort();
+    assert_eq!(node_state(1).await, Some(JobState::Suspended));
+    assert_eq!(node_state(2).await, Some(JobState::Waiting));
+
+    let third = TrackerProc::start_on(dir.path(), port, &args)
+        .await
+        .unwrap();
+    let client = third.client();
+    // The sweep resumes b and c; while b runs, a user suspends c on its own.
+    eventually(T, "b to run and c to be resumed", || async {
+        let c = node_doc(2).await?;
+        (runs.lock().unwrap().iter().any(|t| t == "wf/b")
+            && !c.get_bool("suspend_requested").unwrap_or(false))
+        .then_some(())
+    })
+    .await
+    .unwrap();
+    let c_id = node_doc(2)
+        .await
+        .unwrap()
+        .get_str("_id")
+        .unwrap()
+        .to_string();
+    client.suspend(JobKey::Id(c_id.clone())).await.unwrap();
+    eventually(T, "c suspended after b's end", || async {
+        (node_state(1).await? == JobState::Succeeded && node_state(2).await? == JobState::Suspended)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // Two sweeps later c is still suspended, and the workflow waits for it.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(node_state(2).await, Some(JobState::Suspended));
+    assert!(!runs.lock().unwrap().iter().any(|t| t == "wf/c"));
+    client.resume(JobKey::Id(c_id)).await.unwrap();
+    let wf = eventually(T, "the workflow to end", || async {
+        let wf = client.get(JobKey::Id(id.clone())).await.ok()?;
+        wf.state.is_final().then_some(wf)
+    })
+    .await
+    .unwrap();
+    assert_eq!(wf.state, JobState::Succeeded, "{:?}", wf.last_message);
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs, ["wf/a", "wf/b", "wf/c"], "each node once, in order");
+    stop.cancel();
+    worker.await.unwrap();
+}

@@ -353,8 +353,7 @@ impl MongoStore {
                 // Refused: another predecessor's end judged it first.
                 if let Applied::Done { t, .. } = a {
                     if t.job.job.state == JobState::Queued {
-                        work.woken
-                            .push(t.job.job.spec.task_tracker_node_group.clone());
+                        work.wake(&t.job.job.spec.task_tracker_node_group);
                     }
                     work.todo.extend(t.cascade);
                 }
@@ -555,6 +554,9 @@ impl MongoStore {
                 let run = Shard::run_of(job);
                 if read.stored.suspend_requested {
                     self.suspend_stranded_shards(&job.job_id, now).await?;
+                } else {
+                    self.resume_stranded_shards(&job.job_id, job.updated_at_ms, now)
+                        .await?;
                 }
                 if job.spec.workflow.is_some() {
                     self.judge_stranded_nodes(&job.job_id, &run, now).await?;
@@ -615,6 +617,48 @@ impl MongoStore {
             let read = codec::read(&d)?;
             let filter = doc! { "_id": &read.stored.job.job_id };
             self.apply_job(&filter, First::Fresh(read), |_| Event::Suspend, now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Resumes the suspended shards (workflow nodes) of the job `parent`, not suspended itself,
+    /// that its resume did not reach (a tracker died between the two writes): those suspended,
+    /// or marked to be, and last changed no later than the job (`parent_changed`), as the
+    /// resume's own cascade would have. A shard a user suspended on its own after the job's
+    /// last change stays suspended.
+    async fn resume_stranded_shards(
+        &self,
+        parent: &str,
+        parent_changed: i64,
+        now: i64,
+    ) -> StoreResult<()> {
+        let found: Vec<Document> = self
+            .jobs
+            .find(doc! {
+                "shard_of": parent,
+                "done": "",
+                "$or": [
+                    { "state": JobState::Suspended.code() },
+                    { "suspend_requested": true },
+                ],
+                "updated_at": { "$lte": parent_changed },
+            })
+            .limit(SHARD_SWEEP_MAX)
+            .await?
+            .try_collect()
+            .await?;
+        if !found.is_empty() {
+            tracing::warn!(job = %parent, shards = found.len(), "mongodb: resuming shards their job's resume did not reach");
+        }
+        for d in found {
+            let read = codec::read(&d)?;
+            // Read again after a conflict, the shard must still be unchanged since the job.
+            let filter = doc! {
+                "_id": &read.stored.job.job_id,
+                "updated_at": { "$lte": parent_changed },
+            };
+            self.apply_job(&filter, First::Fresh(read), |_| Event::Resume, now)
                 .await?;
         }
         Ok(())

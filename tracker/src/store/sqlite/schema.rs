@@ -174,6 +174,9 @@ pub(super) const JOB_COLS: &str = "seq, job_id, node_group, task_id, state, prio
      lease_token, lease_expiry, last_outcome, last_message, spec, suspend_requested, instance_of, \
      lease_losses, deadline, shard_of, shard_index, shard_count, shard_on, node, map";
 
+/// The place of `shard_index` in [`JOB_COLS`].
+pub(super) const SHARD_INDEX_COL: usize = 23;
+
 sql! {
     /// The whole schema.
     SCHEMA_SQL = SCHEMA;
@@ -341,7 +344,7 @@ pub(super) fn stored_job(r: &Row<'_>) -> StoreResult<Found> {
         shard: match r.get::<_, Option<String>>(22)? {
             Some(of) => Some(Shard {
                 of,
-                index: r.get::<_, i64>(23)? as u32,
+                index: r.get::<_, i64>(SHARD_INDEX_COL)? as u32,
                 count: r.get::<_, i64>(24)? as u32,
                 on: r.get(25)?,
             }),

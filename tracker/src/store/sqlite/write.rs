@@ -18,7 +18,7 @@ use lts_core::{FeedbackItem, Job, JobState, LogEntry, Shard, ShardProgress, work
 use rusqlite::types::Value;
 use rusqlite::{Connection, params, params_from_iter};
 
-use super::schema::{Found, JOB_COLS, encode, found_all};
+use super::schema::{Found, JOB_COLS, SHARD_INDEX_COL, encode, found_all};
 use crate::store::work::Work;
 use crate::store::{StoreError, StoreResult};
 
@@ -88,7 +88,7 @@ fn change_one(
         let (written, cascade) = write_one(conn, Some(found), t, None)?;
         let job = &written.transition.job.job;
         if found.stored.job.state == JobState::Waiting && job.state == JobState::Queued {
-            work.woken.push(job.spec.task_tracker_node_group.clone());
+            work.wake(&job.spec.task_tracker_node_group);
         }
         work.todo.extend(cascade);
     }
@@ -187,8 +187,17 @@ fn run_cascade(
             run,
             successors,
         } => {
-            for &index in successors {
-                judge_successor(conn, run, index, now, retry, work)?;
+            if successors.len() >= BULK_JUDGE {
+                for found in waiting_nodes(conn, run, successors)? {
+                    judge_successor(conn, run, found, now, retry, work)?;
+                }
+            } else {
+                for &index in successors {
+                    let id = Shard::id(run, index);
+                    if let Some(found) = super::queries::find_by_id(conn, &id)? {
+                        judge_successor(conn, run, found, now, retry, work)?;
+                    }
+                }
             }
             if any_unfinished(conn, run)? {
                 return Ok(());
@@ -210,19 +219,47 @@ fn run_cascade(
     Ok(())
 }
 
-/// The workflow node `index` of `run`, if it waits: queued or skipped once every predecessor
-/// ended ([`workflow::readiness`]).
+/// How many successors a node's end has before they are read in one scan of the run's waiting
+/// nodes ([`waiting_nodes`]) rather than one by one: a fan-out's root has thousands.
+const BULK_JUDGE: usize = 32;
+
+/// The waiting nodes of `run` among `successors` (their indexes): one range scan of the run's
+/// ids, each row decoded only if it is one of them. Read in full before any is judged, so the judging writes nothing the
+/// scan still reads.
+fn waiting_nodes(conn: &Connection, run: &str, successors: &[u32]) -> StoreResult<Vec<Found>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {JOB_COLS} FROM jobs WHERE job_id >= ?1 AND job_id < ?2 AND state = ?3"
+    ))?;
+    let mut rows = stmt.query(params![
+        Shard::ids_from(run),
+        Shard::ids_to(run),
+        JobState::Waiting.code()
+    ])?;
+    let mut sorted = successors.to_vec();
+    sorted.sort_unstable();
+    let mut out = Vec::with_capacity(sorted.len());
+    while let Some(r) = rows.next()? {
+        let index: Option<i64> = r.get(SHARD_INDEX_COL)?;
+        let wanted = index
+            .and_then(|i| u32::try_from(i).ok())
+            .is_some_and(|i| sorted.binary_search(&i).is_ok());
+        if wanted {
+            out.push(super::schema::stored_job(r)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The workflow node as read (`found`) of `run`, if it waits: queued or skipped once every
+/// predecessor ended ([`workflow::readiness`]).
 fn judge_successor(
     conn: &Connection,
     run: &str,
-    index: u32,
+    found: Found,
     now: i64,
     retry: &RetryPolicy,
     work: &mut Work,
 ) -> StoreResult<()> {
-    let Some(found) = super::queries::find_by_id(conn, &Shard::id(run, index))? else {
-        return Ok(());
-    };
     let node = &found.stored.job;
     let Some(of) = node
         .node

@@ -85,6 +85,9 @@ where
 /// A queued operation.
 pub(super) type WriteOp = Box<dyn Op>;
 
+/// An operation that holds the writer this long is logged (debug) on its own.
+const SLOW_OP: Duration = Duration::from_millis(20);
+
 /// Time spent per operation name, logged every 10 s at debug level.
 #[derive(Default)]
 struct Stats {
@@ -101,15 +104,23 @@ impl Stats {
         self.ops += ops as u64;
         let since = *self.since.get_or_insert_with(Instant::now);
         if since.elapsed() >= Duration::from_secs(10) {
-            tracing::debug!(
-                commits = self.commits,
-                ops = self.ops,
-                ops_per_commit = self.ops as f64 / self.commits as f64,
-                op_ms = ?self.op_time.iter().map(|(k, v)| (*k, v.as_millis())).collect::<Vec<_>>(),
-                "sqlite writer"
-            );
-            *self = Stats::default();
+            self.log();
         }
+    }
+
+    /// Logs the time spent since the last line, and starts counting again.
+    fn log(&mut self) {
+        if self.commits == 0 {
+            return;
+        }
+        tracing::debug!(
+            commits = self.commits,
+            ops = self.ops,
+            ops_per_commit = self.ops as f64 / self.commits as f64,
+            op_ms = ?self.op_time.iter().map(|(k, v)| (*k, v.as_millis())).collect::<Vec<_>>(),
+            "sqlite writer"
+        );
+        *self = Stats::default();
     }
 
     fn timed(&mut self, op: &mut WriteOp, conn: &Connection) -> bool {
@@ -119,6 +130,14 @@ impl Stats {
         let name = op.name();
         metrics::histogram!("lts_store_op_seconds", "op" => name).record(took.as_secs_f64());
         *self.op_time.entry(name).or_default() += took;
+        if took >= SLOW_OP {
+            // Other operations wait for it: a workflow's start or a long cascade, say.
+            tracing::debug!(
+                op = name,
+                ms = took.as_millis(),
+                "sqlite writer: a slow operation"
+            );
+        }
         ok
     }
 }
@@ -188,6 +207,7 @@ pub(super) fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
             }
         }
     }
+    stats.log();
     tracing::debug!("sqlite writer stopped");
 }
 

@@ -131,3 +131,24 @@ fn allowed_affinities(conn: &Connection, req: &ClaimRequest) -> StoreResult<Stri
     }
     Ok(serde_json::to_string(&allowed).unwrap_or_else(|_| "[]".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The claim's query is prepared once: its plan does not depend on the values bound to it
+    /// (its `LIMIT` among them), so running it again with other values reuses it.
+    #[test]
+    fn the_claim_query_is_not_prepared_again_for_other_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("claim.db");
+        let conn = super::super::open_conn(&path, super::super::SyncMode::Normal).unwrap();
+        super::super::schema::migrate(&conn, &path).unwrap();
+        let mut stmt = conn.prepare_cached(DUE_JOBS.text()).unwrap();
+        for i in 0..10 {
+            let params = rusqlite::params!["group", 1_000 + i, 1 + i, "me", "[]", "[]"];
+            assert!(found_all(&mut stmt, params).unwrap().is_empty());
+        }
+        assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
+}

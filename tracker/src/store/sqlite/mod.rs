@@ -29,6 +29,7 @@ use lts_core::schedule::RetryPolicy;
 use lts_core::transition::{Event, MapBatch, Refusal};
 use lts_core::{FeedbackItem, Job, JobSpec, LogEntry};
 use rusqlite::Connection;
+use rusqlite::config::DbConfig;
 use tokio::sync::{mpsc, oneshot};
 
 use self::events::Sweep;
@@ -109,6 +110,9 @@ fn open_conn(path: &Path, sync: SyncMode) -> StoreResult<Connection> {
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // Plans that never depend on bound values: without it, a statement whose `LIMIT` is a
+    // parameter (the claim's) is prepared anew on every run, which was ~15% of a claim.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     // Temp b-trees in memory; a page cache that holds the hot indexes.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -16_384)?;

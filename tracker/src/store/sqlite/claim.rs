@@ -6,7 +6,7 @@ use lts_core::schedule::{RetryPolicy, fires_overlapping_instances};
 use lts_core::transition::{Claim, Event, Handout};
 use rusqlite::{Connection, params};
 
-use super::schema::{DUE_JOBS, found_all, states};
+use super::schema::{DUE_JOBS, Found, found_all, states};
 use super::write::change;
 use crate::store::{ClaimRequest, Lease, StoreResult};
 
@@ -79,8 +79,18 @@ pub(super) fn claim(
             continue;
         };
         let t = written.transition;
+        let no_cascade = t.cascade.is_none();
         let job = match (t.handout, t.follow_up) {
-            (Handout::Job, _) => t.job.job,
+            (Handout::Job, _) => {
+                if no_cascade {
+                    // Its row as just written: its completion needs no read.
+                    super::leased::keep(Found {
+                        seq: found.seq,
+                        stored: t.job.clone(),
+                    });
+                }
+                t.job.job
+            }
             (Handout::FollowUp, Some(instance)) if written.follow_up_inserted => instance.job.job,
             _ => continue,
         };

@@ -129,7 +129,23 @@ pub(super) fn complete(
     c: Completion,
     retry: &RetryPolicy,
 ) -> StoreResult<CompleteOutcome> {
-    let Some(found) = find_by_id(conn, &c.job_id)? else {
+    let kept = super::leased::take(&c.job_id)
+        .filter(|f| f.stored.lease_token.as_deref() == Some(c.token.as_str()));
+    let found = match kept {
+        Some(found) => {
+            debug_assert_eq!(
+                find_by_id(conn, &c.job_id)
+                    .ok()
+                    .flatten()
+                    .map(|f| (f.seq, f.stored)),
+                Some((found.seq, found.stored.clone())),
+                "a leased job kept differs from its row"
+            );
+            Some(found)
+        }
+        None => find_by_id(conn, &c.job_id)?,
+    };
+    let Some(found) = found else {
         return Ok(CompleteOutcome::Stale {
             reason: "job is no longer active (cancelled or already finished)".into(),
         });

@@ -15,6 +15,7 @@
 
 mod claim;
 mod events;
+mod leased;
 mod queries;
 mod schema;
 mod write;

@@ -114,9 +114,13 @@ fn write_one(
             }
         }
         (Write::Update { from, fields }, Some(f)) => {
+            super::leased::forget(&f.stored.job.job_id);
             update(conn, f, *from, fields, &t.job, spec_json)?
         }
-        (Write::Finish { from, .. }, Some(f)) => finish(conn, f, *from, &t.job.job)?,
+        (Write::Finish { from, .. }, Some(f)) => {
+            super::leased::forget(&f.stored.job.job_id);
+            finish(conn, f, *from, &t.job.job)?
+        }
         (Write::Keep, _) => {}
         (Write::Update { .. } | Write::Finish { .. }, None) => {
             return Err(StoreError::Backend("an update of a job never read".into()));

@@ -152,9 +152,15 @@ fn commit(conn: &Connection) -> Result<(), StoreError> {
     run(conn, "COMMIT").map_err(|e| {
         let err = StoreError::from(e);
         tracing::error!(error = %err, "sqlite: commit failed");
-        let _ = conn.execute_batch("ROLLBACK");
+        rollback(conn);
         err
     })
+}
+
+/// Rolls the open transaction back, and forgets the jobs it leased.
+fn rollback(conn: &Connection) {
+    let _ = conn.execute_batch("ROLLBACK");
+    super::leased::forget_all();
 }
 
 /// The writer thread's loop: until every sender is gone, takes what is queued (up to
@@ -188,7 +194,7 @@ pub(super) fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
             continue;
         }
         // One failed: none of the group is kept; each runs again on its own.
-        let _ = conn.execute_batch("ROLLBACK");
+        rollback(&conn);
         tracing::debug!(
             ops = batch.len(),
             "sqlite: an operation failed; running the group one by one"
@@ -202,7 +208,7 @@ pub(super) fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
                 let committed = commit(&conn);
                 op.answer(committed.as_ref().map(|_| ()));
             } else {
-                let _ = conn.execute_batch("ROLLBACK");
+                rollback(&conn);
                 op.answer(Ok(()));
             }
         }

@@ -181,6 +181,10 @@ struct WorkflowReport {
     /// The children run per second from the root's end (when they all became runnable) to the
     /// workflow's end, by the store's clock.
     fan_out_children_per_s: f64,
+    /// [`Self::fan_out_children_per_s`] as a fraction of the drain measured by the same run
+    /// (`--phases drain,workflow`): the goal is at least 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fan_out_of_drain: Option<f64>,
     /// Nodes of the chain.
     chain: u32,
     /// The chain's time from submit to end, per edge.
@@ -411,7 +415,12 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
             report.cron = Some(cron(&client, endpoint, &args).await?);
         }
         if args.phases.contains(&Phase::Workflow) {
-            report.workflow = Some(workflows(&client, endpoint, &args).await?);
+            let mut w = workflows(&client, endpoint, &args).await?;
+            w.fan_out_of_drain = report
+                .drain_jobs_per_s
+                .filter(|d| *d > 0.0)
+                .map(|d| w.fan_out_children_per_s / d);
+            report.workflow = Some(w);
         }
         CliResult::Ok(())
     };
@@ -498,9 +507,13 @@ pub async fn run(mut args: BenchArgs) -> CliResult {
             format!("workflow fan-out: 1 → {} nodes", w.fan_out),
             format!("{:.0} nodes/s", w.fan_out_nodes_per_s),
         ]);
+        let of_drain = w
+            .fan_out_of_drain
+            .map(|f| format!(" ({:.2} of the drain)", f))
+            .unwrap_or_default();
         t.add_row(vec![
             "  … from the root's end".to_string(),
-            format!("{:.0} nodes/s", w.fan_out_children_per_s),
+            format!("{:.0} nodes/s{of_drain}", w.fan_out_children_per_s),
         ]);
         t.add_row(vec![
             format!("workflow chain: {} nodes", w.chain),
@@ -755,6 +768,7 @@ async fn workflows(
         fan_out: fan,
         fan_out_nodes_per_s: f64::from(fan) / fan_took.as_secs_f64(),
         fan_out_children_per_s: f64::from(fan) * 1e3 / children_ms as f64,
+        fan_out_of_drain: None,
         chain,
         chain_edge_ms: chain_took.as_secs_f64() * 1e3 / f64::from(chain - 1),
     })

@@ -132,7 +132,7 @@ pub enum Direction {
 pub fn direction(path: &str) -> Direction {
     let segments: Vec<&str> = path.split('.').collect();
     let leaf = segments.last().copied().unwrap_or_default();
-    if leaf.ends_with("_per_s") || leaf.ends_with("_of_raw") {
+    if leaf.ends_with("_per_s") || leaf.ends_with("_of_raw") || leaf.ends_with("_of_drain") {
         Direction::HigherIsBetter
     } else if leaf == "samples" {
         Direction::Neutral
@@ -352,6 +352,7 @@ mod tests {
             ("cron.lateness_ms.p99", LowerIsBetter),
             ("workflow.fan_out_nodes_per_s", HigherIsBetter),
             ("workflow.fan_out_children_per_s", HigherIsBetter),
+            ("workflow.fan_out_of_drain", HigherIsBetter),
             ("workflow.chain_edge_ms", LowerIsBetter),
             ("workflow.chain", Neutral),
             ("cron.lateness_ms.samples", Neutral),

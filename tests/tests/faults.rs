@@ -7,7 +7,9 @@
 //! prints (as JSON) the faults injected, jobs accepted and finished, jobs lost (must be 0),
 //! jobs run more than once (counted, each explained: only jobs in flight at a kill), fires of
 //! the recurring job missed and doubled (must be 0), and how long after each fault the first
-//! job ran again.
+//! job ran again. A fire whose time and the next fire's both fall inside one outage (a loaded
+//! machine can take longer than a period to bring `mongod` back) runs as the misfire policy's
+//! one catch-up run for the two: counted apart, not as missed.
 //!
 //! The README's test command runs one round of every fault. The long form:
 //! `LTS_FAULTS_ROUNDS=5 cargo nextest run -p lts-tests --test faults --no-capture`
@@ -27,8 +29,8 @@ use lts_worker_sdk::{JobClient, ListQuery, SubmitAnswer};
 const SESSION_MS: u64 = 2_000;
 /// How long a killed part stays down.
 const DOWN: Duration = Duration::from_secs(3);
-/// The recurring job fires this often: longer than any outage here, so that each fire is run
-/// on time or as its one catch-up run.
+/// The recurring job fires this often: longer than most outages here, so that each fire is
+/// run on time or as its one catch-up run (two fires inside one outage run as one catch-up).
 const EVERY_MS: i64 = 5_000;
 const GROUP: &str = "chaos";
 /// Jobs in the batch a killed client had spooled.
@@ -367,6 +369,8 @@ async fn no_job_is_lost_and_no_fire_missed_or_doubled_under_faults() {
     let mut injected = Vec::new();
     // When each fault began and ended (ms).
     let mut windows: Vec<(i64, i64)> = Vec::new();
+    // When each fault began and when a job first ran again after it (ms).
+    let mut outages: Vec<(i64, i64)> = Vec::new();
     for round in 0..rounds {
         for fault in Fault::ALL {
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -378,6 +382,7 @@ async fn no_job_is_lost_and_no_fire_missed_or_doubled_under_faults() {
             .await
             .unwrap();
             windows.push((at, now_ms()));
+            outages.push((at, back));
             injected.push(serde_json::json!({
                 "round": round + 1,
                 "fault": fault.name(),
@@ -479,7 +484,14 @@ async fn no_job_is_lost_and_no_fire_missed_or_doubled_under_faults() {
     }
     fires.sort_unstable();
     let slots = ((end - first_fire) / EVERY_MS).max(0);
-    let (mut missed, mut doubled) = (Vec::new(), Vec::new());
+    // A slot may be empty only when one outage held both it and the next slot's fire: then
+    // the misfire policy (one catch-up run) ran the two as one, counted in the next slot.
+    let coalesced_by_an_outage = |slot: i64| {
+        outages
+            .iter()
+            .any(|&(down, back)| down <= slot && slot + EVERY_MS <= back)
+    };
+    let (mut missed, mut doubled, mut coalesced) = (Vec::new(), Vec::new(), Vec::new());
     for k in 0..slots {
         let slot = first_fire + k * EVERY_MS;
         let n = fires
@@ -487,6 +499,7 @@ async fn no_job_is_lost_and_no_fire_missed_or_doubled_under_faults() {
             .filter(|f| **f >= slot && **f < slot + EVERY_MS)
             .count();
         match n {
+            0 if coalesced_by_an_outage(slot) => coalesced.push(slot),
             0 => missed.push(slot),
             1 => {}
             _ => doubled.push(slot),
@@ -511,6 +524,7 @@ async fn no_job_is_lost_and_no_fire_missed_or_doubled_under_faults() {
             .collect::<Vec<_>>(),
         "cron_fire_slots": slots,
         "cron_fires_missed": missed.len(),
+        "cron_fires_run_as_one_catch_up_with_the_next": coalesced.len(),
         "cron_fires_doubled": doubled.len(),
     });
     let text = serde_json::to_string_pretty(&report).unwrap();

@@ -761,3 +761,99 @@ async fn a_tracker_killed_between_a_workflows_resume_and_its_nodes_leaves_them_t
     stop.cancel();
     worker.await.unwrap();
 }
+
+/// The claim's own guard, before any sweep: the queued nodes of a workflow that a tracker's
+/// death left ended, or suspended, without its cascade to them are not leased. Store-level on
+/// a real mongod: the first of the two writes is made by hand, as such a death leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_leaves_alone_the_queued_nodes_of_an_ended_or_suspended_workflow() {
+    use lts_core::workflow::{Workflow, WorkflowNode};
+    use lts_tracker::store::mongo::{MongoOptions, MongoStore};
+    use lts_tracker::store::{ClaimRequest, JobStore, SubmitOutcome};
+    const NOW: i64 = 1_800_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mongo = MongoServer::start(&dir.path().join("mongo")).await.unwrap();
+    let url = mongo.url("held");
+    let store = MongoStore::connect(&url, "held", MongoOptions::default())
+        .await
+        .unwrap();
+    let jobs = mongodb::Client::with_uri_str(&url)
+        .await
+        .unwrap()
+        .database("held")
+        .collection::<Document>("jobs");
+    let claim = |max: usize| ClaimRequest {
+        node_group: "flow".into(),
+        owner: "w1".into(),
+        max,
+        lease_ms: 60_000,
+        now_ms: NOW,
+        ahead_ms: 0,
+        max_running: None,
+        targets: Vec::new(),
+        labels: Default::default(),
+        route_buckets: Vec::new(),
+    };
+    let node = |name: &str| WorkflowNode {
+        name: name.into(),
+        spec: JobSpec::default(),
+        kept_output: None,
+    };
+    let workflow = |task: &str| {
+        let mut spec = JobSpec::new(task, "flow");
+        spec.workflow = Some(Workflow {
+            nodes: vec![node("x"), node("y")],
+            edges: Vec::new(),
+        });
+        spec
+    };
+    let ids: Vec<String> = store
+        .submit(
+            vec![workflow("ended"), workflow("suspended"), workflow("kept")],
+            NOW,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| match o {
+            SubmitOutcome::Accepted { job_id } => job_id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // The claim that starts the three workflows writes their nodes, queued.
+    store.claim(claim(10)).await.unwrap();
+    let queued = doc! { "state": JobState::Queued.code() };
+    let mut all_queued = queued.clone();
+    all_queued.insert("shard_of", doc! { "$in": &ids });
+    assert_eq!(jobs.count_documents(all_queued).await.unwrap(), 6);
+    // A cancel and a suspend cut short after their first write.
+    jobs.update_one(
+        doc! { "_id": &ids[0] },
+        doc! { "$set": { "state": JobState::Cancelled.code(), "done": &ids[0], "finished_at": NOW } },
+    )
+    .await
+    .unwrap();
+    jobs.update_one(
+        doc! { "_id": &ids[1] },
+        doc! { "$set": { "suspend_requested": true } },
+    )
+    .await
+    .unwrap();
+    let leases = store.claim(claim(10)).await.unwrap();
+    let mut leased: Vec<String> = leases.iter().map(|l| l.job.spec.task_id.clone()).collect();
+    leased.sort();
+    assert_eq!(
+        leased,
+        ["kept/x", "kept/y"],
+        "only the kept workflow's nodes"
+    );
+    for held in &ids[..2] {
+        let mut nodes = queued.clone();
+        nodes.insert("shard_of", held);
+        assert_eq!(
+            jobs.count_documents(nodes).await.unwrap(),
+            2,
+            "{held}'s nodes wait"
+        );
+    }
+}

@@ -38,6 +38,39 @@ struct Claimed {
 }
 
 impl MongoStore {
+    /// The jobs, among the parents of the shards in `found`, that ended or are suspended: one
+    /// read, and none when no candidate is a shard. Their cascades normally reach their queued
+    /// shards first; only a tracker killed between the two writes leaves such shards queued.
+    async fn held_parents(&self, found: &[Document]) -> StoreResult<HashSet<String>> {
+        let parents: HashSet<&str> = found
+            .iter()
+            .filter_map(|d| d.get_str("shard_of").ok())
+            .collect();
+        if parents.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let held: Vec<Document> = self
+            .jobs
+            .find(doc! {
+                "_id": { "$in": parents.into_iter().collect::<Vec<_>>() },
+                "$or": [ { "done": { "$ne": "" } }, { "suspend_requested": true } ],
+            })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        if !held.is_empty() {
+            tracing::debug!(
+                jobs = held.len(),
+                "mongodb: a claim leaves alone the queued shards of ended or suspended jobs"
+            );
+        }
+        Ok(held
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
+            .collect())
+    }
+
     /// Leases up to `req.max` due jobs of the node group to `req.owner`, best first.
     pub(super) async fn claim_due(&self, req: ClaimRequest) -> StoreResult<Vec<Lease>> {
         if req.max == 0 {
@@ -87,6 +120,13 @@ impl MongoStore {
             .await?
             .try_collect()
             .await?;
+        // The shards (workflow nodes, map children) of a job that ended or is suspended, whose
+        // cascade a tracker's death cut short, wait for the master's sweep: they must not run
+        // meanwhile.
+        let held = self.held_parents(&found).await?;
+        if !held.is_empty() {
+            found.retain(|d| !d.get_str("shard_of").is_ok_and(|p| held.contains(p)));
+        }
         if found.len() > req.max {
             let mut keep =
                 rand::seq::index::sample(&mut rand::rng(), found.len(), req.max).into_vec();

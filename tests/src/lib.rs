@@ -798,3 +798,25 @@ impl RawWorker {
         }
     }
 }
+
+/// A claim of up to `max` due jobs of `group` for `owner` at `now_ms`, with a 60 s lease and
+/// nothing else asked (no cap, affinity labels, broadcast targets or route buckets).
+pub fn claim_request(
+    group: &str,
+    owner: &str,
+    max: usize,
+    now_ms: i64,
+) -> lts_tracker::store::ClaimRequest {
+    lts_tracker::store::ClaimRequest {
+        node_group: group.into(),
+        owner: owner.into(),
+        max,
+        lease_ms: 60_000,
+        now_ms,
+        ahead_ms: 0,
+        max_running: None,
+        targets: Vec::new(),
+        labels: Default::default(),
+        route_buckets: Vec::new(),
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use lts_core::{JobSpec, JobState, Outcome};
-use lts_tests::MongoServer;
+use lts_tests::{MongoServer, claim_request};
 use lts_tracker::store::mongo::{MongoOptions, MongoStore};
 use lts_tracker::store::{
     CancelOutcome, ClaimRequest, CompleteOutcome, Completion, JobKey, JobStore, SubmitOutcome,
@@ -48,21 +48,7 @@ async fn concurrent_results_share_commands_and_a_stale_one_is_refused_alone() {
         .iter()
         .map(accepted)
         .collect();
-    let leases = a
-        .claim(ClaimRequest {
-            node_group: "g".into(),
-            owner: "w1".into(),
-            max: 200,
-            lease_ms: 60_000,
-            now_ms: NOW,
-            ahead_ms: 0,
-            max_running: None,
-            targets: Vec::new(),
-            labels: Default::default(),
-            route_buckets: Vec::new(),
-        })
-        .await
-        .unwrap();
+    let leases = a.claim(claim_request("g", "w1", 200, NOW)).await.unwrap();
     assert_eq!(leases.len(), 200);
     let cancelled: Vec<String> = ids.iter().step_by(4).cloned().collect();
     for id in &cancelled {
@@ -166,18 +152,7 @@ async fn a_due_job_is_stored_already_leased_and_anything_else_is_an_ordinary_sub
     let dir = tempfile::tempdir().unwrap();
     let server = MongoServer::start(dir.path()).await.unwrap();
     let a = store(&server, "handover").await;
-    let claim = |now: i64| ClaimRequest {
-        node_group: "g".into(),
-        owner: "w1".into(),
-        max: 1,
-        lease_ms: 60_000,
-        now_ms: now,
-        ahead_ms: 0,
-        max_running: None,
-        targets: Vec::new(),
-        labels: Default::default(),
-        route_buckets: Vec::new(),
-    };
+    let claim = |now: i64| claim_request("g", "w1", 1, now);
     // Due now: one insert of the job as leased to w1, with both log lines.
     let (out, lease) = a
         .submit_leased(JobSpec::new("now", "g"), claim(NOW))
@@ -265,18 +240,7 @@ async fn trackers_racing_for_one_queue_lease_every_job_once() {
             let mut mine = Vec::new();
             loop {
                 let got = s
-                    .claim(ClaimRequest {
-                        node_group: "g".into(),
-                        owner: format!("w{t}"),
-                        max: 16,
-                        lease_ms: 60_000,
-                        now_ms: NOW + 1,
-                        ahead_ms: 0,
-                        max_running: None,
-                        targets: Vec::new(),
-                        labels: Default::default(),
-                        route_buckets: Vec::new(),
-                    })
+                    .claim(claim_request("g", &format!("w{t}"), 16, NOW + 1))
                     .await
                     .unwrap();
                 if got.is_empty() {
@@ -328,16 +292,8 @@ async fn racing_trackers_never_run_a_capped_group_past_its_cap() {
             loop {
                 let got = s
                     .claim(ClaimRequest {
-                        node_group: "g".into(),
-                        owner: format!("w{t}"),
-                        max: 4,
-                        lease_ms: 60_000,
-                        now_ms: NOW + 1,
-                        ahead_ms: 0,
                         max_running: Some(cap),
-                        targets: Vec::new(),
-                        labels: Default::default(),
-                        route_buckets: Vec::new(),
+                        ..claim_request("g", &format!("w{t}"), 4, NOW + 1)
                     })
                     .await
                     .unwrap();

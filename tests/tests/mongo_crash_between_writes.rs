@@ -769,7 +769,7 @@ async fn a_tracker_killed_between_a_workflows_resume_and_its_nodes_leaves_them_t
 async fn a_claim_leaves_alone_the_queued_nodes_of_an_ended_or_suspended_workflow() {
     use lts_core::workflow::{Workflow, WorkflowNode};
     use lts_tracker::store::mongo::{MongoOptions, MongoStore};
-    use lts_tracker::store::{ClaimRequest, JobStore, SubmitOutcome};
+    use lts_tracker::store::{JobStore, SubmitOutcome};
     const NOW: i64 = 1_800_000_000_000;
     let dir = tempfile::tempdir().unwrap();
     let mongo = MongoServer::start(&dir.path().join("mongo")).await.unwrap();
@@ -782,18 +782,7 @@ async fn a_claim_leaves_alone_the_queued_nodes_of_an_ended_or_suspended_workflow
         .unwrap()
         .database("held")
         .collection::<Document>("jobs");
-    let claim = |max: usize| ClaimRequest {
-        node_group: "flow".into(),
-        owner: "w1".into(),
-        max,
-        lease_ms: 60_000,
-        now_ms: NOW,
-        ahead_ms: 0,
-        max_running: None,
-        targets: Vec::new(),
-        labels: Default::default(),
-        route_buckets: Vec::new(),
-    };
+    let claim = |max: usize| lts_tests::claim_request("flow", "w1", max, NOW);
     let node = |name: &str| WorkflowNode {
         name: name.into(),
         spec: JobSpec::default(),

@@ -18,16 +18,8 @@ const NOW: i64 = 1_800_000_000_000;
 
 fn claim(group: &str, owner: &str, max: usize, now: i64) -> ClaimRequest {
     ClaimRequest {
-        node_group: group.into(),
-        owner: owner.into(),
-        max,
         lease_ms: 10_000,
-        now_ms: now,
-        ahead_ms: 0,
-        max_running: None,
-        targets: Vec::new(),
-        labels: Default::default(),
-        route_buckets: Vec::new(),
+        ..lts_tests::claim_request(group, owner, max, now)
     }
 }
 

@@ -598,28 +598,12 @@ impl MongoStore {
     /// suspend did not reach (a tracker died between the two writes): those neither suspended
     /// nor marked to be.
     async fn suspend_stranded_shards(&self, parent: &str, now: i64) -> StoreResult<()> {
-        let found: Vec<Document> = self
-            .jobs
-            .find(doc! {
-                "shard_of": parent,
-                "done": "",
-                "state": { "$ne": JobState::Suspended.code() },
-                "suspend_requested": { "$ne": true },
-            })
-            .limit(SHARD_SWEEP_MAX)
-            .await?
-            .try_collect()
-            .await?;
-        if !found.is_empty() {
-            tracing::warn!(job = %parent, shards = found.len(), "mongodb: suspending shards their job's suspend did not reach");
-        }
-        for d in found {
-            let read = codec::read(&d)?;
-            let filter = doc! { "_id": &read.stored.job.job_id };
-            self.apply_job(&filter, First::Fresh(read), |_| Event::Suspend, now)
-                .await?;
-        }
-        Ok(())
+        let stranded = doc! {
+            "state": { "$ne": JobState::Suspended.code() },
+            "suspend_requested": { "$ne": true },
+        };
+        self.cascade_stranded(parent, stranded, Event::Suspend, now)
+            .await
     }
 
     /// Resumes the suspended shards (workflow nodes) of the job `parent`, not suspended itself,
@@ -633,32 +617,43 @@ impl MongoStore {
         parent_changed: i64,
         now: i64,
     ) -> StoreResult<()> {
+        let stranded = doc! {
+            "$or": [
+                { "state": JobState::Suspended.code() },
+                { "suspend_requested": true },
+            ],
+            "updated_at": { "$lte": parent_changed },
+        };
+        self.cascade_stranded(parent, stranded, Event::Resume, now)
+            .await
+    }
+
+    /// Gives `event` to each unfinished shard of `parent` that matches `stranded` (at most
+    /// [`SHARD_SWEEP_MAX`]); a shard read again after a conflict must still match it.
+    async fn cascade_stranded(
+        &self,
+        parent: &str,
+        stranded: Document,
+        event: Event,
+        now: i64,
+    ) -> StoreResult<()> {
+        let mut filter = doc! { "shard_of": parent, "done": "" };
+        filter.extend(stranded.clone());
         let found: Vec<Document> = self
             .jobs
-            .find(doc! {
-                "shard_of": parent,
-                "done": "",
-                "$or": [
-                    { "state": JobState::Suspended.code() },
-                    { "suspend_requested": true },
-                ],
-                "updated_at": { "$lte": parent_changed },
-            })
+            .find(filter)
             .limit(SHARD_SWEEP_MAX)
             .await?
             .try_collect()
             .await?;
         if !found.is_empty() {
-            tracing::warn!(job = %parent, shards = found.len(), "mongodb: resuming shards their job's resume did not reach");
+            tracing::warn!(job = %parent, shards = found.len(), ?event, "mongodb: a sweep finishes a cascade a tracker's death cut short");
         }
         for d in found {
             let read = codec::read(&d)?;
-            // Read again after a conflict, the shard must still be unchanged since the job.
-            let filter = doc! {
-                "_id": &read.stored.job.job_id,
-                "updated_at": { "$lte": parent_changed },
-            };
-            self.apply_job(&filter, First::Fresh(read), |_| Event::Resume, now)
+            let mut again = doc! { "_id": &read.stored.job.job_id };
+            again.extend(stranded.clone());
+            self.apply_job(&again, First::Fresh(read), |_| event.clone(), now)
                 .await?;
         }
         Ok(())

@@ -87,7 +87,7 @@ pub struct BenchArgs {
     /// Cron phase: seconds of fires to measure.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
-    /// SQLite durability (`full` fsyncs every grouped commit).
+    /// SQLite durability (`full`: every write answered after an fsync covers it).
     #[arg(long, value_enum, default_value_t = SyncFlag::Full)]
     pub sync: SyncFlag,
     /// Where the store file goes (default: a temporary directory, removed afterwards).

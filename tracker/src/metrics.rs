@@ -5,7 +5,8 @@
 //! `lts_jobs_completed_total{outcome}`, `lts_stale_results_total`,
 //! `lts_jobs_requeued_total{reason}`, `lts_jobs_cancelled_total`,
 //! `lts_task_trackers_connected{node_group}`, `lts_feedback_sent_total`,
-//! `lts_feedback_acked_total`, `lts_store_commit_group_size` (histogram), and per TaskTracker
+//! `lts_feedback_acked_total`, `lts_store_commit_group_size` and `lts_store_sync_seconds`
+//! (histograms: the SQLite writer's groups and the fsyncs of its WAL), and per TaskTracker
 //! node group with unfinished work `lts_jobs_queued{node_group}`, `lts_jobs_due{node_group}`
 //! (queued and due now: what an autoscaler scales on) and `lts_jobs_running{node_group}`.
 

@@ -81,7 +81,7 @@ impl std::str::FromStr for StoreUrl {
 /// SQLite durability, as a flag value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SyncFlag {
-    /// fsync every grouped commit (survives power loss).
+    /// Answer a write only after an fsync covers it (survives power loss).
     Full,
     /// fsync at checkpoints only (survives a process crash).
     Normal,

@@ -2,9 +2,10 @@
 //!
 //! All writes go through one writer thread that **groups commits**: it takes every operation
 //! waiting in its queue (up to [`MAX_GROUP`]), runs them in one transaction, commits once and
-//! only then answers each caller (`writer`: how a failed operation fails alone). One fsync thus covers many submits, claims and
-//! completions, which is what makes a durable (`synchronous=FULL`) store fast. Reads use a
-//! small pool of separate connections and never wait for the writer.
+//! answers each caller only once the commit is durable (`writer`: how a failed operation fails
+//! alone, and how a syncer thread fsyncs the WAL while the writer runs the next group). One
+//! fsync thus covers many submits, claims and completions, which is what makes a durable store
+//! fast. Reads use a small pool of separate connections and never wait for the writer.
 //!
 //! The store decides nothing about a job's life: each change is an event applied by
 //! [`lts_core::transition`] to the job as read, and the store writes the transition.
@@ -34,7 +35,7 @@ use rusqlite::config::DbConfig;
 use tokio::sync::{mpsc, oneshot};
 
 use self::events::Sweep;
-use self::writer::{WriteOp, writer_loop};
+use self::writer::{WalSync, WriteOp, writer_loop};
 use super::{
     CancelOutcome, ChangeOutcome, ChildResult, ClaimRequest, CompleteOutcome, Completion,
     HeldLease, JobKey, JobStore, Lease, LeaseRef, ListFilter, MapOutcome, Page, Requeued, Stats,
@@ -48,7 +49,8 @@ const READERS: usize = 3;
 /// How hard SQLite syncs on commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
-    /// fsync on every (grouped) commit: survives power loss.
+    /// Every write is answered only after an fsync that covers it: survives power loss. The
+    /// fsync runs on its own thread while the writer goes on with the next group.
     #[default]
     Full,
     /// fsync at checkpoints only: survives a process crash, may lose the last commits on power
@@ -130,7 +132,9 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Backend(format!("create {}: {e}", dir.display())))?;
         }
-        let conn = open_conn(&path, options.sync)?;
+        // The writer's commits only write the WAL; with `SyncMode::Full` its syncer thread
+        // makes them durable before anyone is answered (`wal_sync`).
+        let conn = open_conn(&path, SyncMode::Normal)?;
         schema::migrate(&conn, &path)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -142,9 +146,13 @@ impl SqliteStore {
         let checkpointer = open_conn(&path, options.sync)?;
         let (tx, rx) = mpsc::channel::<WriteOp>(MAX_GROUP * 4);
         let alive = tx.downgrade();
+        let sync = match options.sync {
+            SyncMode::Full => Some(wal_sync(&path)),
+            SyncMode::Normal => None,
+        };
         thread::Builder::new()
             .name("lts-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, sync))
             .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
         thread::Builder::new()
             .name("lts-sqlite-ckpt".into())
@@ -206,6 +214,35 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Backend(format!("reader task: {e}")))?
     }
+}
+
+/// The fsync that makes the writer's commits durable: of the WAL file (`<db>-wal`, which
+/// SQLite keeps for as long as a connection is open; the writer's opened it), and once of the
+/// directory that holds it, so that a WAL created since the last boot is found after one.
+fn wal_sync(db: &Path) -> WalSync {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    let dir = match db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    // Opened at the first sync: the WAL exists once anything was committed.
+    let mut file: Option<std::fs::File> = None;
+    Box::new(move || {
+        let wal_file = match &mut file {
+            Some(f) => f,
+            None => {
+                let opened = std::fs::File::open(&wal).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("open {}: {e}", wal.display()))
+                })?;
+                std::fs::File::open(&dir)?.sync_all()?;
+                file.insert(opened)
+            }
+        };
+        // `fdatasync`: the data and the size, which is what a WAL needs (as SQLite's own sync).
+        wal_file.sync_data()
+    })
 }
 
 /// Copies committed WAL pages back into the database file, a little at a time: a PASSIVE

@@ -15,7 +15,6 @@ use lts_core::proto::{self, TrackerMessage, tracker_message};
 use lts_core::route::Assignment;
 use lts_core::{ConcurrencyPolicy, convert, now_ms};
 use tokio::sync::{Notify, mpsc};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -24,11 +23,6 @@ use crate::store::{ClaimRequest, HeldLease, JobStore, Lease, LeaseRef};
 
 /// Largest claim for one TaskTracker in one round.
 const MAX_CLAIM: u32 = 512;
-
-/// Claim rounds of one node group in flight at once. A round waits for its grouped commit and
-/// the fsync that makes it durable (a few ms under load); threads freed meanwhile start the
-/// next round instead of waiting for it, so short jobs do not idle on the store's latency.
-const MAX_ROUNDS: usize = 8;
 
 /// The outbound half of a TaskTracker stream: bounded. A TaskTracker that stops reading its
 /// stream while the tracker has more to say (assignments, acknowledgements, pongs) overflows
@@ -708,25 +702,11 @@ impl Dispatcher {
         }
     }
 
-    /// The group's task: claim rounds while there is work and a free thread, up to
-    /// [`MAX_ROUNDS`] at once. Rounds still running when it ends finish on their own, so every
-    /// job they claimed is delivered (or released when its stream is gone).
     async fn run_group(self: Arc<Self>, group: Arc<Group>) {
-        let mut rounds = JoinSet::new();
-        self.drive(&group, &mut rounds).await;
-        rounds.detach_all();
-    }
-
-    async fn drive(self: &Arc<Self>, group: &Arc<Group>, rounds: &mut JoinSet<RoundEnd>) {
         let mut backoff_ms = 0u64;
         loop {
             if self.shutdown.is_cancelled() || group.closed.is_cancelled() {
                 return;
-            }
-            while let Some(end) = rounds.try_join_next() {
-                if !self.round_ended(group, end, &mut backoff_ms).await {
-                    return;
-                }
             }
             if backoff_ms > 0 {
                 tokio::select! {
@@ -743,180 +723,106 @@ impl Dispatcher {
                             group.maybe_work.store(true, Ordering::SeqCst);
                         }
                     }
-                    Some(end) = rounds.join_next() => {
-                        if !self.round_ended(group, end, &mut backoff_ms).await {
-                            return;
-                        }
-                    }
-                    _ = self.shutdown.cancelled() => return,
-                    _ = group.closed.cancelled() => return,
-                }
-                continue;
-            }
-            if rounds.len() >= MAX_ROUNDS {
-                tokio::select! {
-                    Some(end) = rounds.join_next() => {
-                        if !self.round_ended(group, end, &mut backoff_ms).await {
-                            return;
-                        }
-                    }
                     _ = self.shutdown.cancelled() => return,
                     _ = group.closed.cancelled() => return,
                 }
                 continue;
             }
             let epoch = group.work_epoch.load(Ordering::SeqCst);
-            let plan = Self::plan(group);
+            let plan = Self::plan(&group);
             if plan.is_empty() {
                 // Work may be waiting, but no TaskTracker has a free thread (or the ones with
-                // free threads are silent: look again after a while). A round that ends may
-                // give threads back.
-                if rounds.is_empty() {
-                    if !self.rest(group).await {
-                        return;
-                    }
-                    continue;
-                }
-                tokio::select! {
-                    Some(end) = rounds.join_next() => {
-                        if !self.round_ended(group, end, &mut backoff_ms).await {
-                            return;
-                        }
-                    }
-                    _ = group.wake.notified() => {}
-                    _ = self.shutdown.cancelled() => return,
-                    _ = group.closed.cancelled() => return,
+                // free threads are silent: look again after a while).
+                if !self.rest(&group).await {
+                    return;
                 }
                 continue;
             }
-            rounds.spawn(self.clone().round(group.clone(), plan, epoch));
-        }
-    }
-
-    /// One claim round: a claim per planned TaskTracker (all in the same grouped commit), each
-    /// one's leases sent down its stream.
-    async fn round(self: Arc<Self>, group: Arc<Group>, plan: Vec<Planned>, epoch: u64) -> RoundEnd {
-        let now = now_ms();
-        let requested: u32 = plan.iter().map(|p| p.n).sum();
-        let targets = self.targets(&group);
-        let route = group.assignment(&targets);
-        let claims = plan.iter().map(|p| {
-            self.store.claim(ClaimRequest {
-                node_group: group.name.clone(),
-                owner: p.identity.clone(),
-                max: p.n as usize,
-                lease_ms: self.lease_ms,
-                now_ms: now,
-                ahead_ms: if p.conn.waits_for_start() {
-                    self.claim_ahead_ms
-                } else {
-                    0
-                },
-                max_running: self.cap(&group.name),
-                targets: targets.clone(),
-                labels: p.conn.labels().clone(),
-                route_buckets: route.buckets_of(&p.identity),
-            })
-        });
-        let results = futures::future::join_all(claims).await;
-        let mut got = 0u32;
-        let mut failed = false;
-        for (p, result) in plan.into_iter().zip(results) {
-            let (conn_id, n) = (p.conn_id, p.n);
-            match result {
-                Ok(leases) => {
-                    got += leases.len() as u32;
-                    self.deliver(&group, p, leases).await;
-                }
-                Err(e) => {
-                    failed = true;
-                    Self::refund(&group, conn_id, n);
-                    tracing::warn!(node_group = %group.name, error = %e, "claim failed");
+            let now = now_ms();
+            let requested: u32 = plan.iter().map(|p| p.n).sum();
+            let targets = self.targets(&group);
+            let route = group.assignment(&targets);
+            let claims = plan.iter().map(|p| {
+                self.store.claim(ClaimRequest {
+                    node_group: group.name.clone(),
+                    owner: p.identity.clone(),
+                    max: p.n as usize,
+                    lease_ms: self.lease_ms,
+                    now_ms: now,
+                    ahead_ms: if p.conn.waits_for_start() {
+                        self.claim_ahead_ms
+                    } else {
+                        0
+                    },
+                    max_running: self.cap(&group.name),
+                    targets: targets.clone(),
+                    labels: p.conn.labels().clone(),
+                    route_buckets: route.buckets_of(&p.identity),
+                })
+            });
+            let results = futures::future::join_all(claims).await;
+            let mut got = 0u32;
+            let mut failed = false;
+            for (p, result) in plan.into_iter().zip(results) {
+                let (conn_id, n) = (p.conn_id, p.n);
+                match result {
+                    Ok(leases) => {
+                        got += leases.len() as u32;
+                        self.deliver(&group, p, leases).await;
+                    }
+                    Err(e) => {
+                        failed = true;
+                        Self::refund(&group, conn_id, n);
+                        tracing::warn!(node_group = %group.name, error = %e, "claim failed");
+                    }
                 }
             }
-        }
-        RoundEnd {
-            epoch,
-            requested,
-            got,
-            failed,
+            if failed {
+                backoff_ms = (backoff_ms * 2).clamp(50, 5_000);
+                continue;
+            }
+            backoff_ms = 0;
+            group.drained.store(got < requested, Ordering::SeqCst);
+            if got < requested && self.at_cap(&group).await {
+                // Due work may wait, but the group runs as many jobs as its cap allows: look
+                // again when a run ends here (`run_ended`), or after a while for runs that end
+                // through other trackers.
+                if !self.rest(&group).await {
+                    return;
+                }
+                continue;
+            }
+            if got < requested {
+                // The queue has no more due work right now. Sleep until the earliest future
+                // trigger time, or until signalled.
+                if group
+                    .maybe_work
+                    .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                    && group.work_epoch.load(Ordering::SeqCst) != epoch
+                {
+                    group.maybe_work.store(true, Ordering::SeqCst);
+                }
+                match self.store.next_due(&group.name).await {
+                    Ok(Some(at)) => {
+                        // Wake in time to claim it ahead, unless it is within reach already
+                        // and was not taken (no TaskTracker that waits for a start had a
+                        // free thread): then at its trigger time.
+                        let now = now_ms();
+                        let ahead = at.saturating_sub(self.claim_ahead_ms);
+                        let wake = if ahead > now { ahead } else { at };
+                        self.wake_at(&group.name, wake.max(now + 1))
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(node_group = %group.name, error = %e, "next_due failed");
+                        group.maybe_work.store(true, Ordering::SeqCst);
+                        backoff_ms = 500;
+                    }
+                }
+            }
         }
     }
-
-    /// What a round's end means for the group: a backoff after a failed claim, or, when it
-    /// came back short, a rest until there may be work again. `false` when the dispatcher or
-    /// the group ends.
-    async fn round_ended(
-        self: &Arc<Self>,
-        group: &Group,
-        end: Result<RoundEnd, tokio::task::JoinError>,
-        backoff_ms: &mut u64,
-    ) -> bool {
-        let end = match end {
-            Ok(end) => end,
-            Err(e) => {
-                tracing::error!(node_group = %group.name, error = %e, "a claim round failed");
-                *backoff_ms = (*backoff_ms * 2).clamp(50, 5_000);
-                return true;
-            }
-        };
-        if end.failed {
-            *backoff_ms = (*backoff_ms * 2).clamp(50, 5_000);
-            return true;
-        }
-        *backoff_ms = 0;
-        let short = end.got < end.requested;
-        group.drained.store(short, Ordering::SeqCst);
-        if !short {
-            return true;
-        }
-        if self.at_cap(group).await {
-            // Due work may wait, but the group runs as many jobs as its cap allows: look
-            // again when a run ends here (`run_ended`), or after a while for runs that end
-            // through other trackers.
-            return self.rest(group).await;
-        }
-        // The queue has no more due work right now. Sleep until the earliest future trigger
-        // time, or until signalled.
-        if group
-            .maybe_work
-            .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-            && group.work_epoch.load(Ordering::SeqCst) != end.epoch
-        {
-            group.maybe_work.store(true, Ordering::SeqCst);
-        }
-        match self.store.next_due(&group.name).await {
-            Ok(Some(at)) => {
-                // Wake in time to claim it ahead, unless it is within reach already and was
-                // not taken (no TaskTracker that waits for a start had a free thread): then
-                // at its trigger time.
-                let now = now_ms();
-                let ahead = at.saturating_sub(self.claim_ahead_ms);
-                let wake = if ahead > now { ahead } else { at };
-                self.wake_at(&group.name, wake.max(now + 1))
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(node_group = %group.name, error = %e, "next_due failed");
-                group.maybe_work.store(true, Ordering::SeqCst);
-                *backoff_ms = 500;
-            }
-        }
-        true
-    }
-}
-
-/// How a claim round went.
-struct RoundEnd {
-    /// The group's work epoch when the round was planned.
-    epoch: u64,
-    /// Jobs asked for.
-    requested: u32,
-    /// Jobs claimed.
-    got: u32,
-    /// Whether a claim failed.
-    failed: bool,
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use rusqlite::config::DbConfig;
 use tokio::sync::{mpsc, oneshot};
 
 use self::events::Sweep;
-use self::writer::{WalSync, WriteOp, writer_loop};
+use self::writer::{Fatal, WalSync, WriteOp, writer_loop};
 use super::{
     CancelOutcome, ChangeOutcome, ChildResult, ClaimRequest, CompleteOutcome, Completion,
     HeldLease, JobKey, JobStore, Lease, LeaseRef, ListFilter, MapOutcome, Page, Requeued, Stats,
@@ -90,6 +90,8 @@ pub struct SqliteStore {
     /// One permit per reader connection: a read waits for a free one instead of failing.
     reader_permits: Arc<tokio::sync::Semaphore>,
     retry: RetryPolicy,
+    /// Why the store stopped writing for good, once it did (a failed fsync).
+    fatal: Fatal,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -150,9 +152,11 @@ impl SqliteStore {
             SyncMode::Full => Some(wal_sync(&path)),
             SyncMode::Normal => None,
         };
+        let fatal = Fatal::default();
+        let writer_fatal = fatal.clone();
         thread::Builder::new()
             .name("lts-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, sync))
+            .spawn(move || writer_loop(conn, rx, sync, writer_fatal))
             .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
         thread::Builder::new()
             .name("lts-sqlite-ckpt".into())
@@ -164,6 +168,7 @@ impl SqliteStore {
             readers: Arc::new(Mutex::new(readers)),
             reader_permits: Arc::new(tokio::sync::Semaphore::new(READERS)),
             retry: options.retry,
+            fatal,
         })
     }
 
@@ -480,6 +485,15 @@ impl JobStore for SqliteStore {
             queries::fence(conn, epoch, &identity, now)
         })
         .await
+    }
+
+    /// Not ready once the store stopped writing for good (a failed fsync of its WAL): the
+    /// readiness probe then names the reason, and only a restart recovers.
+    async fn health(&self) -> StoreResult<()> {
+        match self.fatal.get() {
+            Some(err) => Err(err.clone()),
+            None => Ok(()),
+        }
     }
 
     async fn enforce_retention(&self, before: i64) -> StoreResult<u64> {

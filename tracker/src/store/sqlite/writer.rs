@@ -186,6 +186,10 @@ pub(super) type WalSync = Box<dyn FnMut() -> std::io::Result<()> + Send>;
 /// yet durable, so a slow disk slows the writer instead of growing a queue.
 const SYNC_QUEUE: usize = 8;
 
+/// Set once the store stopped writing for good (a failed fsync): the error every write gets,
+/// and what the store's health reports, until the tracker restarts.
+pub(super) type Fatal = Arc<OnceLock<StoreError>>;
+
 /// A group's operations and how their transaction ended, to be answered.
 type Committed = (Vec<WriteOp>, Result<(), StoreError>);
 
@@ -195,17 +199,16 @@ enum Answers {
     Synced {
         tx: std_mpsc::SyncSender<Committed>,
         syncer: thread::JoinHandle<()>,
-        failed: Arc<OnceLock<StoreError>>,
+        failed: Fatal,
     },
 }
 
 impl Answers {
-    fn new(sync: Option<WalSync>) -> Answers {
+    fn new(sync: Option<WalSync>, failed: Fatal) -> Answers {
         let Some(sync) = sync else {
             return Answers::AtCommit;
         };
         let (tx, rx) = std_mpsc::sync_channel(SYNC_QUEUE);
-        let failed = Arc::new(OnceLock::new());
         let syncer_failed = failed.clone();
         match thread::Builder::new()
             .name("lts-sqlite-sync".into())
@@ -296,13 +299,15 @@ fn syncer_loop(
 
 /// The writer thread's loop: until every sender is gone, takes what is queued (up to
 /// [`MAX_GROUP`]), runs it as one transaction and answers each operation once its commit is
-/// durable: after the commit itself, or with `sync`, after the syncer's next call of it.
+/// durable: after the commit itself, or with `sync`, after the syncer's next call of it. A
+/// failed sync sets `fatal`.
 pub(super) fn writer_loop(
     conn: Connection,
     mut rx: mpsc::Receiver<WriteOp>,
     sync: Option<WalSync>,
+    fatal: Fatal,
 ) {
-    let answers = Answers::new(sync);
+    let answers = Answers::new(sync, fatal);
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_GROUP);
     let mut stats = Stats::default();
     while let Some(first) = rx.blocking_recv() {
@@ -397,7 +402,7 @@ mod tests {
             answers.push(answer);
         }
         drop(tx);
-        writer_loop(conn, rx, None);
+        writer_loop(conn, rx, None, Fatal::default());
         let got: Vec<bool> = answers
             .into_iter()
             .map(|a| a.blocking_recv().unwrap().is_ok())
@@ -424,7 +429,7 @@ mod tests {
             Ok(())
         });
         let (tx, rx) = mpsc::channel(16);
-        let writer = thread::spawn(move || writer_loop(conn, rx, Some(sync)));
+        let writer = thread::spawn(move || writer_loop(conn, rx, Some(sync), Fatal::default()));
         let (op, mut answer) = insert(7);
         tx.blocking_send(op).unwrap();
         let check = Connection::open(dir.path().join("w.db")).unwrap();
@@ -463,7 +468,9 @@ mod tests {
             Err(std::io::Error::other("disk gone"))
         });
         let (tx, rx) = mpsc::channel(16);
-        let writer = thread::spawn(move || writer_loop(conn, rx, Some(sync)));
+        let fatal = Fatal::default();
+        let store_fatal = fatal.clone();
+        let writer = thread::spawn(move || writer_loop(conn, rx, Some(sync), store_fatal));
         let (op, answer) = insert(1);
         tx.blocking_send(op).unwrap();
         let err = answer.blocking_recv().unwrap().unwrap_err().to_string();
@@ -477,5 +484,7 @@ mod tests {
         drop(tx);
         writer.join().unwrap();
         assert_eq!(syncs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // What the store's health reports.
+        assert_eq!(fatal.get().map(ToString::to_string), Some(err));
     }
 }

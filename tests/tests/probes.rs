@@ -1,8 +1,9 @@
 //! The health endpoints a kubelet probes, on real processes: the `lts-worker` sidecar's
 //! `/readyz` follows its connection to a tracker (not ready before the tracker is up, ready
 //! once connected, not ready again when the tracker is killed) while `/healthz` stays up
-//! throughout, so a tracker outage takes workers out of rotation without restarting them; and
-//! the tracker exports each node group's backlog for autoscalers.
+//! throughout, so a tracker outage takes workers out of rotation without restarting them; the
+//! tracker exports each node group's backlog for autoscalers; and a tracker whose embedded
+//! store can no longer make its writes durable says so.
 
 use std::time::Duration;
 
@@ -112,4 +113,39 @@ async fn a_stopping_tracker_drains_before_it_goes() {
     })
     .await
     .unwrap();
+}
+
+/// A failed fsync of the embedded store's WAL (injected with a fail point): the write it was
+/// to make durable is refused with the reason, so is every write after it, and `/readyz`
+/// answers 503 naming it — while `/healthz` stays up (the process lives; a restart recovers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_stops_the_stores_writes_and_readyz_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let tracker = TrackerProc::start_with_env(
+        dir.path(),
+        free_port(),
+        &["--metrics-listen", &metrics],
+        &[("FAILPOINTS", "sqlite-wal-fsync=return")],
+    )
+    .await
+    .unwrap();
+    let client = tracker.client();
+    for i in 0..2 {
+        let job = lts_core::JobSpec::new(format!("f-{i}"), "batch");
+        let err = client
+            .submit_batch(vec![job])
+            .await
+            .expect_err("a write that could not be made durable is refused")
+            .to_string();
+        assert!(err.contains("fsync"), "{err}");
+    }
+    let body = eventually(T, "/readyz 503 naming the fsync", || async {
+        let answer = http_get(&metrics, "/readyz").await.ok()?;
+        (answer.contains(" 503 ") && answer.contains("fsync")).then_some(answer)
+    })
+    .await
+    .unwrap();
+    assert!(body.contains("restart"), "{body}");
+    assert_eq!(status(&metrics, "/healthz").await, Some(200));
 }

@@ -235,6 +235,10 @@ fn wal_sync(db: &Path) -> WalSync {
     // Opened at the first sync: the WAL exists once anything was committed.
     let mut file: Option<std::fs::File> = None;
     Box::new(move || {
+        // Tests make the disk fail here (`FAILPOINTS=sqlite-wal-fsync=return`).
+        fail::fail_point!("sqlite-wal-fsync", |_| Err(std::io::Error::other(
+            "injected by the fail point sqlite-wal-fsync"
+        )));
         let wal_file = match &mut file {
             Some(f) => f,
             None => {

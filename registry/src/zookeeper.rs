@@ -239,14 +239,8 @@ impl ZkRegistry {
             if self.health() == Health::Connected {
                 return Ok(());
             }
-            if let Some(why) = self
-                .inner
-                .fatal
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-            {
-                return Err(RegistryError::Config(why));
+            if let Some(e) = self.fatal() {
+                return Err(e);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(RegistryError::Backend(format!(
@@ -257,6 +251,17 @@ impl ZkRegistry {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Why the registry gave up for good (its nodes cannot be secured), once it did: it then
+    /// never connects again, so a process that started while it was still trying must stop.
+    pub fn fatal(&self) -> Option<RegistryError> {
+        self.inner
+            .fatal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .map(RegistryError::Config)
     }
 
     /// Deletes this process's znodes and closes the session.

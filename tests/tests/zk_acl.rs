@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use lts_registry::{Registry, Role, ZkConfig, ZkRegistry};
-use lts_tests::{TrackerProc, ZkServer, eventually};
+use lts_tests::{Proc, TrackerProc, ZkServer, eventually};
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
 
 const T: Duration = Duration::from_secs(30);
@@ -144,4 +144,57 @@ async fn a_tracker_refuses_a_chroot_anyone_can_change() {
         stderr.contains("zk.cred") && stderr.contains("user:password"),
         "{stderr}"
     );
+}
+
+/// A tracker that started while ZooKeeper was down (it serves and keeps trying) stops, naming
+/// the reason, once ZooKeeper is back and the chroot turns out to be one anyone can change —
+/// instead of serving on without ever joining its cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracker_started_without_zookeeper_stops_when_its_chroot_cannot_be_secured() {
+    let dir = tempfile::tempdir().unwrap();
+    let zk = ZkServer::start(dir.path()).await.unwrap();
+    let url = zk.url();
+    let open = ZkRegistry::start(
+        ZkConfig::parse(&format!("{url}/late"), "default").unwrap(),
+        None,
+    );
+    open.wait_connected(T).await.unwrap();
+    open.close().await;
+    // ZooKeeper stops answering (frozen: its data stays) for longer than the tracker waits
+    // for it at start (10 s).
+    zk.proc.signal("STOP");
+    let cred = dir.path().join("zk.cred");
+    std::fs::write(&cred, "lts:s3cret-zk").unwrap();
+    let mut cmd = std::process::Command::new(lts_tests::bin("lts-tracker"));
+    cmd.args(["--insecure", "--no-auth", "--listen", "127.0.0.1:0"])
+        .arg("--store")
+        .arg(format!("sqlite:{}", dir.path().join("t.db").display()))
+        .args(["--registry", &format!("{url}/late")])
+        .args(["--zk-auth-file", cred.to_str().unwrap()]);
+    let mut tracker = Proc::spawn(cmd, dir.path().join("tracker.log")).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the tracker to start without ZooKeeper",
+        || {
+            let started = tracker.output().contains("starting without ZooKeeper");
+            async move { started.then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    zk.proc.signal("CONT");
+    let stopped = eventually(Duration::from_secs(60), "the tracker to stop", || {
+        let gone = tracker.has_exited();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let out = tracker.output();
+    assert!(stopped.is_ok(), "still running: {out}");
+    assert!(
+        out.contains("lts-tracker: registry:")
+            && out.contains("cannot be secured")
+            && out.contains("deleteall /late/lts/default"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret"), "{out}");
 }

@@ -39,9 +39,20 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    lts_core::runtime::shutdown_signal().await;
-    tracing::info!("shutting down");
-    if let Err(e) = tracker.shutdown().await {
+    let refused = tokio::select! {
+        _ = lts_core::runtime::shutdown_signal() => None,
+        e = tracker.registry_refused() => Some(e),
+    };
+    match &refused {
+        None => tracing::info!("shutting down"),
+        Some(e) => tracing::error!(error = %e, "the registry refused; stopping"),
+    }
+    let stopped = tracker.shutdown().await;
+    if let Some(e) = refused {
+        eprintln!("lts-tracker: registry: {e}");
+        return std::process::ExitCode::from(1);
+    }
+    if let Err(e) = stopped {
         eprintln!("lts-tracker: {e:#}");
         return std::process::ExitCode::from(1);
     }

@@ -688,6 +688,22 @@ impl Tracker {
         self.core.registry.is_master()
     }
 
+    /// Resolves when the ZooKeeper registry gave up for good — its nodes cannot be secured, a
+    /// refusal that came after the tracker started without ZooKeeper (slow to answer at
+    /// start) — with the reason; never with the local registry. The tracker must then stop:
+    /// it would otherwise serve on without ever joining its cluster.
+    pub async fn registry_refused(&self) -> lts_registry::RegistryError {
+        let Some(zk) = &self.zk else {
+            return std::future::pending().await;
+        };
+        loop {
+            if let Some(e) = zk.fatal() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Starts draining: leaves ZooKeeper (clients and TaskTrackers pick another tracker) and
     /// reports not ready (`/readyz` 503, gRPC health `NOT_SERVING`: the Service stops sending
     /// new connections here), while still serving what arrives.

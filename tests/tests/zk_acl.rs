@@ -98,17 +98,30 @@ async fn with_a_credential_only_its_holders_can_read_or_change_the_registry() {
     drop(tracker);
 }
 
+/// Lets a registry without a credential make its nodes under `chroot` (world-writable), and
+/// waits until they are there: it makes them only once its session is up.
+async fn open_chroot(zk: &ZkServer, chroot: &str) {
+    let open = ZkRegistry::start(
+        ZkConfig::parse(&format!("{}{chroot}", zk.url()), "default").unwrap(),
+        None,
+    );
+    open.wait_connected(T).await.unwrap();
+    let anyone = zk_client(zk, None).await;
+    let path = format!("{chroot}/lts/default");
+    eventually(T, "the open registry's nodes", || {
+        let (anyone, path) = (anyone.clone(), path.clone());
+        async move { anyone.check_stat(&path).await.ok().flatten().map(|_| ()) }
+    })
+    .await
+    .unwrap();
+    open.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tracker_refuses_a_chroot_anyone_can_change() {
     let dir = tempfile::tempdir().unwrap();
     let zk = ZkServer::start(dir.path()).await.unwrap();
-    // A registry without a credential makes the nodes world-writable.
-    let open = ZkRegistry::start(
-        ZkConfig::parse(&format!("{}/open", zk.url()), "default").unwrap(),
-        None,
-    );
-    open.wait_connected(T).await.unwrap();
-    open.close().await;
+    open_chroot(&zk, "/open").await;
 
     let cred = dir.path().join("zk.cred");
     std::fs::write(&cred, "lts:s3cret-zk").unwrap();
@@ -154,12 +167,7 @@ async fn a_tracker_started_without_zookeeper_stops_when_its_chroot_cannot_be_sec
     let dir = tempfile::tempdir().unwrap();
     let zk = ZkServer::start(dir.path()).await.unwrap();
     let url = zk.url();
-    let open = ZkRegistry::start(
-        ZkConfig::parse(&format!("{url}/late"), "default").unwrap(),
-        None,
-    );
-    open.wait_connected(T).await.unwrap();
-    open.close().await;
+    open_chroot(&zk, "/late").await;
     // ZooKeeper stops answering (frozen: its data stays) for longer than the tracker waits
     // for it at start (10 s).
     zk.proc.signal("STOP");

@@ -807,16 +807,5 @@ pub fn claim_request(
     max: usize,
     now_ms: i64,
 ) -> lts_tracker::store::ClaimRequest {
-    lts_tracker::store::ClaimRequest {
-        node_group: group.into(),
-        owner: owner.into(),
-        max,
-        lease_ms: 60_000,
-        now_ms,
-        ahead_ms: 0,
-        max_running: None,
-        targets: Vec::new(),
-        labels: Default::default(),
-        route_buckets: Vec::new(),
-    }
+    lts_tracker::store::ClaimRequest::plain(group, owner, max, 60_000, now_ms)
 }

@@ -108,27 +108,17 @@ impl Drop for Reserved {
 }
 
 impl Reserved {
-    /// The claim that leases the job to the reserved TaskTracker.
+    /// The claim that leases the job to the reserved TaskTracker. Nothing else is asked: a
+    /// reservation is never made in a capped group (see `Dispatcher::reserve_idle`), and a
+    /// broadcast job, a job with affinity or with a route key is never leased at its submit
+    /// (see `JobService::store_specs`).
     pub fn claim(&self, lease_ms: i64, now_ms: i64) -> ClaimRequest {
-        ClaimRequest {
-            node_group: self.group.name.clone(),
-            owner: self
-                .planned
-                .as_ref()
-                .map(|p| p.identity.clone())
-                .unwrap_or_default(),
-            max: 1,
-            lease_ms,
-            now_ms,
-            ahead_ms: 0,
-            // Never reserved in a capped group (see `Dispatcher::reserve_idle`).
-            max_running: None,
-            // A broadcast job is never leased at its submit: its claim fans it out.
-            targets: Vec::new(),
-            // Nor is a job with affinity or a route key (see `JobService::store_specs`).
-            labels: Default::default(),
-            route_buckets: Vec::new(),
-        }
+        let owner = self
+            .planned
+            .as_ref()
+            .map(|p| p.identity.clone())
+            .unwrap_or_default();
+        ClaimRequest::plain(self.group.name.clone(), owner, 1, lease_ms, now_ms)
     }
 }
 

@@ -142,6 +142,30 @@ pub struct ClaimRequest {
 }
 
 impl ClaimRequest {
+    /// A claim of up to `max` jobs of `node_group` due at `now_ms`, leased to `owner` for
+    /// `lease_ms`, with nothing else asked: no claim ahead, no cap, no broadcast targets,
+    /// affinity labels or route buckets.
+    pub fn plain(
+        node_group: impl Into<String>,
+        owner: impl Into<String>,
+        max: usize,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> ClaimRequest {
+        ClaimRequest {
+            node_group: node_group.into(),
+            owner: owner.into(),
+            max,
+            lease_ms,
+            now_ms,
+            ahead_ms: 0,
+            max_running: None,
+            targets: Vec::new(),
+            labels: Default::default(),
+            route_buckets: Vec::new(),
+        }
+    }
+
     /// The latest trigger time the claim takes.
     pub fn due_by_ms(&self) -> i64 {
         self.now_ms.saturating_add(self.ahead_ms.max(0))

@@ -193,67 +193,55 @@ pub(super) type Fatal = Arc<OnceLock<StoreError>>;
 /// A group's operations and how their transaction ended, to be answered.
 type Committed = (Vec<WriteOp>, Result<(), StoreError>);
 
-/// Where committed groups are answered: at once, or after the syncer's next fsync.
-enum Answers {
-    AtCommit,
-    Synced {
-        tx: std_mpsc::SyncSender<Committed>,
-        syncer: thread::JoinHandle<()>,
-        failed: Fatal,
-    },
+/// Where committed groups are answered: at once, or, with a syncer, after its next fsync.
+struct Answers {
+    /// The syncer thread and its queue; `None`: answers go out at commit.
+    syncer: Option<(std_mpsc::SyncSender<Committed>, thread::JoinHandle<()>)>,
+    /// Set once a sync failed (or the syncer could not start): every write gets it.
+    fatal: Fatal,
 }
 
 impl Answers {
-    fn new(sync: Option<WalSync>, failed: Fatal) -> Answers {
-        let Some(sync) = sync else {
-            return Answers::AtCommit;
-        };
-        let (tx, rx) = std_mpsc::sync_channel(SYNC_QUEUE);
-        let syncer_failed = failed.clone();
-        match thread::Builder::new()
-            .name("lts-sqlite-sync".into())
-            .spawn(move || syncer_loop(rx, sync, &syncer_failed))
-        {
-            Ok(syncer) => Answers::Synced { tx, syncer, failed },
-            Err(e) => {
-                // Without the thread, nothing could be answered: refuse every write instead.
-                let err = StoreError::Backend(format!("spawn the WAL syncer: {e}"));
-                let _ = failed.set(err);
-                Answers::Synced {
-                    tx,
-                    syncer: thread::spawn(|| {}),
-                    failed,
+    fn new(sync: Option<WalSync>, fatal: Fatal) -> Answers {
+        let syncer = sync.and_then(|sync| {
+            let (tx, rx) = std_mpsc::sync_channel(SYNC_QUEUE);
+            let syncer_fatal = fatal.clone();
+            match thread::Builder::new()
+                .name("lts-sqlite-sync".into())
+                .spawn(move || syncer_loop(rx, sync, &syncer_fatal))
+            {
+                Ok(handle) => Some((tx, handle)),
+                Err(e) => {
+                    // Nothing could be made durable: refuse every write instead.
+                    let _ = fatal.set(StoreError::Backend(format!("spawn the WAL syncer: {e}")));
+                    None
                 }
             }
-        }
+        });
+        Answers { syncer, fatal }
     }
 
-    /// The error every write gets once a sync failed.
+    /// The error every write gets once the store stopped writing for good.
     fn failed(&self) -> Option<&StoreError> {
-        match self {
-            Answers::AtCommit => None,
-            Answers::Synced { failed, .. } => failed.get(),
-        }
+        self.fatal.get()
     }
 
     /// Answers `ops`, whose transaction ended with `committed`, once that is durable.
     fn deliver(&self, ops: Vec<WriteOp>, committed: Result<(), StoreError>) {
-        match self {
-            Answers::AtCommit => answer_all(ops, committed.as_ref().map(|_| ())),
-            Answers::Synced { tx, .. } => {
-                if let Err(std_mpsc::SendError((ops, _))) = tx.send((ops, committed)) {
-                    let err = StoreError::Backend("the WAL syncer stopped".into());
-                    answer_all(ops, Err(&err));
-                }
-            }
+        let Some((tx, _)) = &self.syncer else {
+            return answer_all(ops, committed.as_ref().map(|_| ()));
+        };
+        if let Err(std_mpsc::SendError((ops, _))) = tx.send((ops, committed)) {
+            let err = StoreError::Backend("the WAL syncer stopped".into());
+            answer_all(ops, Err(&err));
         }
     }
 
     /// Waits until every delivered answer went out.
     fn close(self) {
-        if let Answers::Synced { tx, syncer, .. } = self {
+        if let Some((tx, handle)) = self.syncer {
             drop(tx);
-            let _ = syncer.join();
+            let _ = handle.join();
         }
     }
 }

@@ -798,9 +798,12 @@ async fn run_workflow(
     };
     let key = lts_core::JobKey::Id(id);
     // The bar follows the runners' count; the workflow is read (its nodes tallied) only once
-    // they all ran, until it ended.
+    // they all ran, until it ended — every 5 ms at first, then less and less often: each read
+    // tallies every node, and on a store whose results lag the runs (MongoDB) reads every
+    // 10 ms took the server from the results they waited for.
+    let mut wait = Duration::from_millis(5);
     let ended = loop {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
         let done = ran.load(Ordering::Relaxed).saturating_sub(before);
         pb.set_position(done.min(n));
         if done < n {
@@ -810,6 +813,8 @@ async fn run_workflow(
         if wf.state.is_final() {
             break wf;
         }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(80));
     };
     let took = start.elapsed();
     pb.finish();

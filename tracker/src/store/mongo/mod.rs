@@ -138,6 +138,9 @@ pub struct MongoStore {
     claim_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per node group: when a claim last lost jobs to another tracker.
     lost_races: Mutex<HashMap<String, i64>>,
+    /// Per run of a sharded job (a workflow): the turn of this tracker's tallies of its
+    /// shards, while some shard's end waits for one.
+    tally_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     log_tx: mpsc::Sender<log::LogWrite>,
     /// Guarded updates of single jobs, grouped into one command per batch.
     updates: batch::UpdateBatcher,
@@ -234,6 +237,7 @@ impl MongoStore {
             leases: Mutex::new(HashMap::new()),
             claim_turns: Mutex::new(HashMap::new()),
             lost_races: Mutex::new(HashMap::new()),
+            tally_turns: Mutex::new(HashMap::new()),
             shard_sweep_at: AtomicI64::new(0),
             log_tx,
             updates,

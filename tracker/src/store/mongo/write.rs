@@ -380,6 +380,10 @@ impl MongoStore {
     /// the job's guarded write lets one of them end it.)
     async fn end_shards(&self, parent: &str, run: &str, now: i64) -> StoreResult<()> {
         // One probe of the `shards_unfinished` index first: the tally reads the whole run.
+        // From the highest id down: shards are claimed (and end) lowest id first, and the
+        // index entries of the ended ones stay behind as deleted entries until the storage
+        // engine cleans its pages, which a probe from the lowest id would walk, each time,
+        // over all of them.
         let unfinished = doc! {
             "shard_of": parent,
             "done": "",
@@ -388,20 +392,49 @@ impl MongoStore {
         let probe = self
             .jobs
             .find_one(unfinished)
+            .sort(doc! { "shard_of": -1, "done": -1, "_id": -1 })
             .projection(doc! { "_id": 1 })
             .await?;
         if probe.is_some() {
             return Ok(());
         }
-        let progress = self.shard_progress(run).await?;
-        if progress.unfinished() > 0 {
-            return Ok(());
+        // The last shards' results are written together (one batch), so their ends all find
+        // none left at once: they take turns, and those after the one that ended the job see
+        // it ended instead of each tallying the whole run again.
+        let turn = self.tally_turn(run);
+        let ended = async {
+            let _turn = turn.lock().await;
+            if self.has_ended(parent).await? {
+                return Ok(());
+            }
+            let progress = self.shard_progress(run).await?;
+            if progress.unfinished() > 0 {
+                return Ok(());
+            }
+            let filter = doc! { "_id": parent };
+            let event = |_: &StoredJob| Event::ShardsEnded(progress);
+            // Refused: it ended already (another tracker, a cancel). Its end has no cascade.
+            self.apply_job(&filter, First::Fetch, event, now).await?;
+            StoreResult::Ok(())
         }
-        let filter = doc! { "_id": parent };
-        let event = |_: &StoredJob| Event::ShardsEnded(progress);
-        // Refused: it ended already (another shard's end, a cancel). Its end has no cascade.
-        self.apply_job(&filter, First::Fetch, event, now).await?;
-        Ok(())
+        .await;
+        self.tally_turn_done(run, turn);
+        ended
+    }
+
+    /// The turn of tallies of one run's shards.
+    fn tally_turn(&self, run: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.tally_turns.lock().unwrap_or_else(|e| e.into_inner());
+        turns.entry(run.to_string()).or_default().clone()
+    }
+
+    /// Forgets the turn of a run's tallies once nobody else holds or waits for it.
+    fn tally_turn_done(&self, run: &str, turn: Arc<tokio::sync::Mutex<()>>) {
+        let mut turns = self.tally_turns.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's and this one.
+        if Arc::strong_count(&turn) <= 2 {
+            turns.remove(run);
+        }
     }
 
     /// The shards of one run of a sharded job by state, found by their ids' range.

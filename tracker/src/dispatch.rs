@@ -525,9 +525,11 @@ impl Dispatcher {
         out
     }
 
-    /// Reserves credits: most idle TaskTracker (largest free share) first. TaskTrackers that
-    /// stopped answering pings get nothing (their credits wait until they answer again).
+    /// Reserves credits: most idle TaskTracker (largest free share) first, each one's free
+    /// credits (half of them while the group is drained). TaskTrackers that stopped answering
+    /// pings get nothing (their credits wait until they answer again).
     fn plan(group: &Group) -> Vec<Planned> {
+        let drained = group.drained.load(Ordering::SeqCst);
         let mut slots = group.slots.lock().unwrap_or_else(|e| e.into_inner());
         let mut order: Vec<usize> = (0..slots.len())
             .filter(|&i| slots[i].credits > 0 && slots[i].conn.is_alive())
@@ -543,7 +545,17 @@ impl Dispatcher {
             .into_iter()
             .map(|i| {
                 let s = &mut slots[i];
-                let n = s.credits.min(MAX_CLAIM);
+                // A drained group's submits go straight to free threads (`reserve_idle`); a
+                // round that held every credit while it claimed the few jobs queued meanwhile
+                // sent the submits of those milliseconds to the queue, and their signals made
+                // the next round, and so on. Half the credits keep that path open; a round that
+                // fills its half finds the group not drained, and the next takes them all.
+                let n = if drained {
+                    s.credits.div_ceil(2)
+                } else {
+                    s.credits
+                }
+                .min(MAX_CLAIM);
                 s.credits -= n;
                 Planned {
                     conn_id: s.conn_id,
@@ -944,5 +956,73 @@ mod tests {
             conn.held().iter().any(|l| l.job_id == "j1"),
             "held before it was sent"
         );
+    }
+
+    #[tokio::test]
+    async fn a_round_of_a_drained_group_leaves_half_the_free_threads_to_submits() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dispatcher(dir.path());
+        let (tx, _rx) = WorkerTx::channel(16);
+        let conn = Arc::new(WorkerConn::new(None));
+        let a = d.connect("g", "w1", 8, tx.clone(), conn.clone());
+        let b = d.connect("g", "w2", 3, tx, conn);
+        let group = d.existing("g").unwrap();
+        let credits = |group: &Group| -> Vec<u32> {
+            group
+                .slots
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|s| s.credits)
+                .collect()
+        };
+        let refund = |group: &Group, plan: Vec<Planned>| {
+            for p in plan {
+                Dispatcher::refund(group, p.conn_id, p.n);
+            }
+        };
+        // The group's own task takes credits while it claims: stop it, and wait until its
+        // last round gave them back.
+        let settle = || async {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while group.free_threads() != 11 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "credits never settled"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        d.add_credits("g", a, 8);
+        d.add_credits("g", b, 3);
+        d.shutdown.cancel();
+        settle().await;
+
+        group.drained.store(true, Ordering::SeqCst);
+        let plan = Dispatcher::plan(&group);
+        let mut asked: Vec<(u64, u32)> = plan.iter().map(|p| (p.conn_id, p.n)).collect();
+        asked.sort_unstable();
+        assert_eq!(asked, vec![(a, 4), (b, 2)], "half of each, rounded up");
+        assert_eq!(
+            credits(&group).iter().sum::<u32>(),
+            5,
+            "the rest stays free"
+        );
+        assert!(
+            d.reserve_idle("g").is_some(),
+            "a submit still finds a thread"
+        );
+        refund(&group, plan);
+        settle().await;
+
+        group.drained.store(false, Ordering::SeqCst);
+        let plan = Dispatcher::plan(&group);
+        assert_eq!(
+            plan.iter().map(|p| p.n).sum::<u32>(),
+            11,
+            "a queue takes them all"
+        );
+        assert_eq!(credits(&group).iter().sum::<u32>(), 0);
+        refund(&group, plan);
     }
 }

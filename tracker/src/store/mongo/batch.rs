@@ -31,8 +31,10 @@ use crate::store::{StoreError, StoreResult};
 
 /// Most items in one batch (and statements in one command).
 pub(super) const MAX_BATCH: usize = 1000;
-/// Batches on the wire at once, per writer.
-const IN_FLIGHT: usize = 4;
+/// Batches on the wire at once, per writer. Two, not four: fewer, larger commands share
+/// journal flushes better (in interleaved runs on two cores: single submits +20–24%, the
+/// drain +6–19%, dispatch latency p50 at 1,000 jobs/s 9.5–13.8 → 6.3–8.9 ms).
+const IN_FLIGHT: usize = 2;
 /// Operations waiting for a batch, per writer: past it, callers wait for room.
 const QUEUE: usize = 16_384;
 

@@ -86,72 +86,52 @@ const MAX_MERGED: usize = 1000;
 pub(super) fn merge(statements: &[(Document, Document)]) -> Vec<Document> {
     struct Group<'a> {
         ids: Vec<&'a str>,
-        first: usize,
+        members: Vec<usize>,
         own_id: Vec<String>,
     }
-    let mut groups: HashMap<Vec<u8>, Group> = HashMap::new();
-    let mut order: Vec<Vec<u8>> = Vec::new();
-    let mut alone = Vec::new();
+    let plain = |n: usize| {
+        let (q, u) = &statements[n];
+        doc! { "q": q, "u": u }
+    };
+    let mut groups: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut kinds: Vec<Group> = Vec::new();
+    let mut out = Vec::new();
     for (n, (q, u)) in statements.iter().enumerate() {
         let Some((key, id, own_id)) = merge_key(q, u) else {
-            alone.push(n);
+            out.push(plain(n));
             continue;
         };
-        match groups.get_mut(&key) {
-            Some(g) if g.ids.len() < MAX_MERGED => g.ids.push(id),
-            Some(_) => alone.push(n),
+        match groups.get(&key).map(|&k| &mut kinds[k]) {
+            Some(g) if g.ids.len() < MAX_MERGED => {
+                g.ids.push(id);
+                g.members.push(n);
+            }
+            Some(_) => out.push(plain(n)),
             None => {
-                order.push(key.clone());
-                groups.insert(
-                    key,
-                    Group {
-                        ids: vec![id],
-                        first: n,
-                        own_id,
-                    },
-                );
+                groups.insert(key, kinds.len());
+                kinds.push(Group {
+                    ids: vec![id],
+                    members: vec![n],
+                    own_id,
+                });
             }
         }
     }
-    let mut out = Vec::with_capacity(order.len() + alone.len());
-    for key in order {
-        let Some(g) = groups.remove(&key) else {
+    for g in kinds {
+        let first = g.members[0];
+        let u = match (g.members.len(), g.own_id.is_empty()) {
+            (1, _) => None,
+            (_, true) => Some(Bson::Document(statements[first].1.clone())),
+            (_, false) => pipeline(&statements[first].1, &g.own_id).map(Bson::Array),
+        };
+        let Some(u) = u else {
+            // Alone in its kind (or not expressible as a pipeline): as it is.
+            out.extend(g.members.into_iter().map(plain));
             continue;
         };
-        let (q, u) = &statements[g.first];
-        if g.ids.len() == 1 {
-            out.push(doc! { "q": q, "u": u });
-            continue;
-        }
-        let mut q = q.clone();
+        let mut q = statements[first].0.clone();
         q.insert("_id", doc! { "$in": &g.ids });
-        let u = if g.own_id.is_empty() {
-            Bson::Document(u.clone())
-        } else {
-            match pipeline(u, &g.own_id) {
-                Some(p) => Bson::Array(p),
-                // Not expressible after all: each job on its own.
-                None => {
-                    for id in &g.ids {
-                        let mut q = q.clone();
-                        q.insert("_id", *id);
-                        let mut u = u.clone();
-                        if let Ok(set) = u.get_document_mut("$set") {
-                            for f in &g.own_id {
-                                set.insert(f.as_str(), *id);
-                            }
-                        }
-                        out.push(doc! { "q": q, "u": u });
-                    }
-                    continue;
-                }
-            }
-        };
         out.push(doc! { "q": q, "u": u, "multi": true });
-    }
-    for n in alone {
-        let (q, u) = &statements[n];
-        out.push(doc! { "q": q, "u": u });
     }
     out
 }

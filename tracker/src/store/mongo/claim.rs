@@ -9,7 +9,6 @@
 //! its next claims over a wider window of the best jobs for a while.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use futures::TryStreamExt;
 use futures::future::try_join_all;
@@ -79,8 +78,7 @@ impl MongoStore {
         // Claims of one node group from this tracker (one per TaskTracker in a dispatch
         // round) take turns: each finds what the one before left, instead of all racing for
         // the same best jobs and all but one losing them.
-        let turn = self.claim_turn(&req.node_group);
-        let _turn = turn.lock().await;
+        let _turn = self.claim_turns.take(&req.node_group).await;
         let mut req = req;
         if let Some(cap) = req.max_running {
             let running = self.running_jobs(&req.node_group, cap).await?;
@@ -312,12 +310,6 @@ impl MongoStore {
             lost.retain(|_, at| now.saturating_sub(*at) < CONTENDED_FOR_MS);
         }
         lost.insert(node_group.to_string(), now);
-    }
-
-    /// The turn of claims for one node group.
-    fn claim_turn(&self, node_group: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut turns = self.claim_turns.lock().unwrap_or_else(|e| e.into_inner());
-        turns.entry(node_group.to_string()).or_default().clone()
     }
 
     /// A leased job, kept for its result.

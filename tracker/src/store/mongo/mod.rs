@@ -42,6 +42,7 @@ mod events;
 mod log;
 mod migrate;
 mod queries;
+mod turns;
 mod write;
 
 use lts_core::redact::{redact_url, scrub};
@@ -135,12 +136,12 @@ pub struct MongoStore {
     /// guarded update without a read (the guard catches any change since).
     leases: Mutex<HashMap<String, Read>>,
     /// Per node group: the turn of this tracker's claims.
-    claim_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    claim_turns: turns::Turns,
     /// Per node group: when a claim last lost jobs to another tracker.
     lost_races: Mutex<HashMap<String, i64>>,
     /// Per run of a sharded job (a workflow): the turn of this tracker's tallies of its
     /// shards, while some shard's end waits for one.
-    tally_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    tally_turns: turns::Turns,
     log_tx: mpsc::Sender<log::LogWrite>,
     /// Guarded updates of single jobs, grouped into one command per batch.
     updates: batch::UpdateBatcher,
@@ -235,9 +236,9 @@ impl MongoStore {
             round_trips,
             retry: options.retry,
             leases: Mutex::new(HashMap::new()),
-            claim_turns: Mutex::new(HashMap::new()),
+            claim_turns: turns::Turns::default(),
             lost_races: Mutex::new(HashMap::new()),
-            tally_turns: Mutex::new(HashMap::new()),
+            tally_turns: turns::Turns::default(),
             shard_sweep_at: AtomicI64::new(0),
             log_tx,
             updates,

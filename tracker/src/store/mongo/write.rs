@@ -401,40 +401,19 @@ impl MongoStore {
         // The last shards' results are written together (one batch), so their ends all find
         // none left at once: they take turns, and those after the one that ended the job see
         // it ended instead of each tallying the whole run again.
-        let turn = self.tally_turn(run);
-        let ended = async {
-            let _turn = turn.lock().await;
-            if self.has_ended(parent).await? {
-                return Ok(());
-            }
-            let progress = self.shard_progress(run).await?;
-            if progress.unfinished() > 0 {
-                return Ok(());
-            }
-            let filter = doc! { "_id": parent };
-            let event = |_: &StoredJob| Event::ShardsEnded(progress);
-            // Refused: it ended already (another tracker, a cancel). Its end has no cascade.
-            self.apply_job(&filter, First::Fetch, event, now).await?;
-            StoreResult::Ok(())
+        let _turn = self.tally_turns.take(run).await;
+        if self.has_ended(parent).await? {
+            return Ok(());
         }
-        .await;
-        self.tally_turn_done(run, turn);
-        ended
-    }
-
-    /// The turn of tallies of one run's shards.
-    fn tally_turn(&self, run: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut turns = self.tally_turns.lock().unwrap_or_else(|e| e.into_inner());
-        turns.entry(run.to_string()).or_default().clone()
-    }
-
-    /// Forgets the turn of a run's tallies once nobody else holds or waits for it.
-    fn tally_turn_done(&self, run: &str, turn: Arc<tokio::sync::Mutex<()>>) {
-        let mut turns = self.tally_turns.lock().unwrap_or_else(|e| e.into_inner());
-        // The map's and this one.
-        if Arc::strong_count(&turn) <= 2 {
-            turns.remove(run);
+        let progress = self.shard_progress(run).await?;
+        if progress.unfinished() > 0 {
+            return Ok(());
         }
+        let filter = doc! { "_id": parent };
+        let event = |_: &StoredJob| Event::ShardsEnded(progress);
+        // Refused: it ended already (another tracker, a cancel). Its end has no cascade.
+        self.apply_job(&filter, First::Fetch, event, now).await?;
+        Ok(())
     }
 
     /// The shards of one run of a sharded job by state, found by their ids' range.

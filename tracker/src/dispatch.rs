@@ -15,6 +15,7 @@ use lts_core::proto::{self, TrackerMessage, tracker_message};
 use lts_core::route::Assignment;
 use lts_core::{ConcurrencyPolicy, convert, now_ms};
 use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -23,6 +24,23 @@ use crate::store::{ClaimRequest, HeldLease, JobStore, Lease, LeaseRef};
 
 /// Largest claim for one TaskTracker in one round.
 const MAX_CLAIM: u32 = 512;
+
+/// Claim rounds of one node group out at once. While one round waits for its commit, the
+/// threads freed meanwhile can start the next (see [`Dispatcher::second_round_due`]).
+const MAX_ROUNDS: usize = 2;
+
+/// What one claim round came to.
+#[derive(Debug, Clone, Copy)]
+struct RoundEnd {
+    /// Jobs asked for, over all its claims.
+    requested: u32,
+    /// Jobs leased.
+    got: u32,
+    /// Whether a claim failed (its credits were given back).
+    failed: bool,
+    /// The group's work epoch when the round was planned.
+    epoch: u64,
+}
 
 /// The outbound half of a TaskTracker stream: bounded. A TaskTracker that stops reading its
 /// stream while the tracker has more to say (assignments, acknowledgements, pongs) overflows
@@ -181,6 +199,15 @@ impl Group {
                 a
             }
         }
+    }
+
+    /// Free threads across the group's TaskTrackers, and how many they have in all.
+    fn free_and_window(&self) -> (u32, u32) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .fold((0, 0), |(f, w), s| (f + s.credits, w + s.threads))
     }
 
     /// Free threads across the group's TaskTrackers.
@@ -704,17 +731,164 @@ impl Dispatcher {
         }
     }
 
+    /// Whether a second claim round may start while one is out: only while the queue is
+    /// deep (the last round came back full and nothing said the work ran out), the group has
+    /// no cap on its running jobs (a cap is counted per round), and a quarter of the group's
+    /// window of threads came back free since — enough jobs for a round to be worth its claim.
+    fn second_round_due(&self, group: &Group, out: usize) -> bool {
+        if out >= MAX_ROUNDS
+            || group.drained.load(Ordering::SeqCst)
+            || !group.maybe_work.load(Ordering::SeqCst)
+            || self.cap(&group.name).is_some()
+        {
+            return false;
+        }
+        let (free, window) = group.free_and_window();
+        free > 0 && free >= window / 4
+    }
+
+    /// Claims the jobs of one plan (one claim per TaskTracker, all at `now`) and sends them.
+    async fn round(self: Arc<Self>, group: Arc<Group>, plan: Vec<Planned>, epoch: u64) -> RoundEnd {
+        let now = now_ms();
+        let requested: u32 = plan.iter().map(|p| p.n).sum();
+        let targets = self.targets(&group);
+        let route = group.assignment(&targets);
+        let claims = plan.iter().map(|p| {
+            self.store.claim(ClaimRequest {
+                node_group: group.name.clone(),
+                owner: p.identity.clone(),
+                max: p.n as usize,
+                lease_ms: self.lease_ms,
+                now_ms: now,
+                ahead_ms: if p.conn.waits_for_start() {
+                    self.claim_ahead_ms
+                } else {
+                    0
+                },
+                max_running: self.cap(&group.name),
+                targets: targets.clone(),
+                labels: p.conn.labels().clone(),
+                route_buckets: route.buckets_of(&p.identity),
+            })
+        });
+        let results = futures::future::join_all(claims).await;
+        let mut end = RoundEnd {
+            requested,
+            got: 0,
+            failed: false,
+            epoch,
+        };
+        for (p, result) in plan.into_iter().zip(results) {
+            let (conn_id, n) = (p.conn_id, p.n);
+            match result {
+                Ok(leases) => {
+                    end.got += leases.len() as u32;
+                    self.deliver(&group, p, leases).await;
+                }
+                Err(e) => {
+                    end.failed = true;
+                    Self::refund(&group, conn_id, n);
+                    tracing::warn!(node_group = %group.name, error = %e, "claim failed");
+                }
+            }
+        }
+        end
+    }
+
+    /// What the group's task does when a round ended: backs off after a failed claim, and
+    /// after a short one (the queue has no more due work) sleeps until the earliest trigger
+    /// time or a signal.
+    async fn round_ended(self: &Arc<Self>, group: &Group, end: RoundEnd, backoff_ms: &mut u64) {
+        if end.failed {
+            *backoff_ms = (*backoff_ms * 2).clamp(50, 5_000);
+            return;
+        }
+        *backoff_ms = 0;
+        let short = end.got < end.requested;
+        group.drained.store(short, Ordering::SeqCst);
+        if !short {
+            return;
+        }
+        if self.at_cap(group).await {
+            // Due work may wait, but the group runs as many jobs as its cap allows: look
+            // again when a run ends here (`run_ended`), or after a while for runs that end
+            // through other trackers.
+            self.rest(group).await;
+            return;
+        }
+        // The queue has no more due work right now. Sleep until the earliest future trigger
+        // time, or until signalled.
+        if group
+            .maybe_work
+            .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+            && group.work_epoch.load(Ordering::SeqCst) != end.epoch
+        {
+            group.maybe_work.store(true, Ordering::SeqCst);
+        }
+        match self.store.next_due(&group.name).await {
+            Ok(Some(at)) => {
+                // Wake in time to claim it ahead, unless it is within reach already and was
+                // not taken (no TaskTracker that waits for a start had a free thread): then at
+                // its trigger time.
+                let now = now_ms();
+                let ahead = at.saturating_sub(self.claim_ahead_ms);
+                let wake = if ahead > now { ahead } else { at };
+                self.wake_at(&group.name, wake.max(now + 1))
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(node_group = %group.name, error = %e, "next_due failed");
+                group.maybe_work.store(true, Ordering::SeqCst);
+                *backoff_ms = 500;
+            }
+        }
+    }
+
+    /// [`Dispatcher::round_ended`] for a round task that ended (one that panicked is logged).
+    async fn round_joined(
+        self: &Arc<Self>,
+        group: &Group,
+        ended: Result<RoundEnd, tokio::task::JoinError>,
+        backoff_ms: &mut u64,
+    ) {
+        match ended {
+            Ok(end) => self.round_ended(group, end, backoff_ms).await,
+            Err(e) => tracing::error!(node_group = %group.name, error = %e, "a claim round failed"),
+        }
+    }
+
     async fn run_group(self: Arc<Self>, group: Arc<Group>) {
         let mut backoff_ms = 0u64;
+        // Rounds run as tasks of their own, so that a round's jobs are sent as soon as they
+        // are claimed whatever this task waits for; at most `MAX_ROUNDS` are out at once.
+        let mut rounds: JoinSet<RoundEnd> = JoinSet::new();
         loop {
             if self.shutdown.is_cancelled() || group.closed.is_cancelled() {
+                // What the rounds out claimed is sent (or handed back) before the task ends.
+                while rounds.join_next().await.is_some() {}
                 return;
             }
-            if backoff_ms > 0 {
+            if let Some(ended) = rounds.try_join_next() {
+                self.round_joined(&group, ended, &mut backoff_ms).await;
+                continue;
+            }
+            if !rounds.is_empty() && !self.second_round_due(&group, rounds.len()) {
+                tokio::select! {
+                    Some(ended) = rounds.join_next() => {
+                        self.round_joined(&group, ended, &mut backoff_ms).await;
+                    }
+                    _ = group.wake.notified() => {}
+                    _ = self.shutdown.cancelled() => {}
+                    _ = group.closed.cancelled() => {}
+                }
+                continue;
+            }
+            if backoff_ms > 0 && rounds.is_empty() {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
-                    _ = self.shutdown.cancelled() => return,
-                    _ = group.closed.cancelled() => return,
+                    _ = self.shutdown.cancelled() => continue,
+                    _ = group.closed.cancelled() => continue,
                 }
             }
             if !group.maybe_work.load(Ordering::SeqCst) {
@@ -725,8 +899,8 @@ impl Dispatcher {
                             group.maybe_work.store(true, Ordering::SeqCst);
                         }
                     }
-                    _ = self.shutdown.cancelled() => return,
-                    _ = group.closed.cancelled() => return,
+                    _ = self.shutdown.cancelled() => {}
+                    _ = group.closed.cancelled() => {}
                 }
                 continue;
             }
@@ -735,94 +909,10 @@ impl Dispatcher {
             if plan.is_empty() {
                 // Work may be waiting, but no TaskTracker has a free thread (or the ones with
                 // free threads are silent: look again after a while).
-                if !self.rest(&group).await {
-                    return;
-                }
+                self.rest(&group).await;
                 continue;
             }
-            let now = now_ms();
-            let requested: u32 = plan.iter().map(|p| p.n).sum();
-            let targets = self.targets(&group);
-            let route = group.assignment(&targets);
-            let claims = plan.iter().map(|p| {
-                self.store.claim(ClaimRequest {
-                    node_group: group.name.clone(),
-                    owner: p.identity.clone(),
-                    max: p.n as usize,
-                    lease_ms: self.lease_ms,
-                    now_ms: now,
-                    ahead_ms: if p.conn.waits_for_start() {
-                        self.claim_ahead_ms
-                    } else {
-                        0
-                    },
-                    max_running: self.cap(&group.name),
-                    targets: targets.clone(),
-                    labels: p.conn.labels().clone(),
-                    route_buckets: route.buckets_of(&p.identity),
-                })
-            });
-            let results = futures::future::join_all(claims).await;
-            let mut got = 0u32;
-            let mut failed = false;
-            for (p, result) in plan.into_iter().zip(results) {
-                let (conn_id, n) = (p.conn_id, p.n);
-                match result {
-                    Ok(leases) => {
-                        got += leases.len() as u32;
-                        self.deliver(&group, p, leases).await;
-                    }
-                    Err(e) => {
-                        failed = true;
-                        Self::refund(&group, conn_id, n);
-                        tracing::warn!(node_group = %group.name, error = %e, "claim failed");
-                    }
-                }
-            }
-            if failed {
-                backoff_ms = (backoff_ms * 2).clamp(50, 5_000);
-                continue;
-            }
-            backoff_ms = 0;
-            group.drained.store(got < requested, Ordering::SeqCst);
-            if got < requested && self.at_cap(&group).await {
-                // Due work may wait, but the group runs as many jobs as its cap allows: look
-                // again when a run ends here (`run_ended`), or after a while for runs that end
-                // through other trackers.
-                if !self.rest(&group).await {
-                    return;
-                }
-                continue;
-            }
-            if got < requested {
-                // The queue has no more due work right now. Sleep until the earliest future
-                // trigger time, or until signalled.
-                if group
-                    .maybe_work
-                    .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                    && group.work_epoch.load(Ordering::SeqCst) != epoch
-                {
-                    group.maybe_work.store(true, Ordering::SeqCst);
-                }
-                match self.store.next_due(&group.name).await {
-                    Ok(Some(at)) => {
-                        // Wake in time to claim it ahead, unless it is within reach already
-                        // and was not taken (no TaskTracker that waits for a start had a
-                        // free thread): then at its trigger time.
-                        let now = now_ms();
-                        let ahead = at.saturating_sub(self.claim_ahead_ms);
-                        let wake = if ahead > now { ahead } else { at };
-                        self.wake_at(&group.name, wake.max(now + 1))
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(node_group = %group.name, error = %e, "next_due failed");
-                        group.maybe_work.store(true, Ordering::SeqCst);
-                        backoff_ms = 500;
-                    }
-                }
-            }
+            rounds.spawn(self.clone().round(group.clone(), plan, epoch));
         }
     }
 }
@@ -1024,5 +1114,47 @@ mod tests {
         );
         assert_eq!(credits(&group).iter().sum::<u32>(), 0);
         refund(&group, plan);
+    }
+
+    #[tokio::test]
+    async fn a_second_round_starts_only_while_the_queue_is_deep_and_a_quarter_of_the_threads_are_free()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dispatcher(dir.path());
+        let (tx, _rx) = WorkerTx::channel(16);
+        let conn = Arc::new(WorkerConn::new(None));
+        let a = d.connect("g", "w1", 12, tx.clone(), conn.clone());
+        let b = d.connect("g", "w2", 4, tx, conn);
+        let group = d.existing("g").unwrap();
+        // The group's own task must not take the credits this test hands out.
+        d.shutdown.cancel();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !group.slots.lock().unwrap().iter().all(|s| s.credits == 0) {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        group.drained.store(false, Ordering::SeqCst);
+        group.maybe_work.store(true, Ordering::SeqCst);
+        // A window of 16 threads: a second round needs 4 of them free.
+        Dispatcher::refund(&group, a, 2);
+        Dispatcher::refund(&group, b, 1);
+        assert!(!d.second_round_due(&group, 1), "3 free threads are too few");
+        Dispatcher::refund(&group, b, 1);
+        assert!(
+            d.second_round_due(&group, 1),
+            "4 of 16 free, the queue deep"
+        );
+        assert!(
+            !d.second_round_due(&group, MAX_ROUNDS),
+            "never more rounds out"
+        );
+        group.drained.store(true, Ordering::SeqCst);
+        assert!(
+            !d.second_round_due(&group, 1),
+            "the last round came back short: no queue to pipeline"
+        );
+        group.drained.store(false, Ordering::SeqCst);
+        group.maybe_work.store(false, Ordering::SeqCst);
+        assert!(!d.second_round_due(&group, 1), "no work signalled");
     }
 }

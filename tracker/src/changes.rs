@@ -292,6 +292,10 @@ impl JobStore for ChangeFeed {
         self.inner.running_count(node_group, most).await
     }
 
+    fn claim_rounds(&self) -> usize {
+        self.inner.claim_rounds()
+    }
+
     async fn broadcast_targets(&self, before_ms: i64) -> StoreResult<Vec<String>> {
         self.inner.broadcast_targets(before_ms).await
     }

@@ -25,8 +25,9 @@ use crate::store::{ClaimRequest, HeldLease, JobStore, Lease, LeaseRef};
 /// Largest claim for one TaskTracker in one round.
 const MAX_CLAIM: u32 = 512;
 
-/// Claim rounds of one node group out at once. While one round waits for its commit, the
-/// threads freed meanwhile can start the next (see [`Dispatcher::second_round_due`]).
+/// Most claim rounds of one node group out at once, whatever the store allows
+/// ([`JobStore::claim_rounds`]). While one round waits for its commit, the threads freed
+/// meanwhile can start the next (see [`Dispatcher::second_round_due`]).
 const MAX_ROUNDS: usize = 2;
 
 /// What one claim round came to.
@@ -731,12 +732,12 @@ impl Dispatcher {
         }
     }
 
-    /// Whether a second claim round may start while one is out: only while the queue is
-    /// deep (the last round came back full and nothing said the work ran out), the group has
+    /// Whether a second claim round may start while one is out: only where the store allows
+    /// it, while the queue is deep (the last round came back full and nothing said the work ran out), the group has
     /// no cap on its running jobs (a cap is counted per round), and a quarter of the group's
     /// window of threads came back free since — enough jobs for a round to be worth its claim.
     fn second_round_due(&self, group: &Group, out: usize) -> bool {
-        if out >= MAX_ROUNDS
+        if out >= self.store.claim_rounds().clamp(1, MAX_ROUNDS)
             || group.drained.load(Ordering::SeqCst)
             || !group.maybe_work.load(Ordering::SeqCst)
             || self.cap(&group.name).is_some()
@@ -861,7 +862,7 @@ impl Dispatcher {
     async fn run_group(self: Arc<Self>, group: Arc<Group>) {
         let mut backoff_ms = 0u64;
         // Rounds run as tasks of their own, so that a round's jobs are sent as soon as they
-        // are claimed whatever this task waits for; at most `MAX_ROUNDS` are out at once.
+        // are claimed whatever this task waits for (see `second_round_due` for how many).
         let mut rounds: JoinSet<RoundEnd> = JoinSet::new();
         loop {
             if self.shutdown.is_cancelled() || group.closed.is_cancelled() {
@@ -912,7 +913,15 @@ impl Dispatcher {
                 self.rest(&group).await;
                 continue;
             }
-            rounds.spawn(self.clone().round(group.clone(), plan, epoch));
+            let round = self.clone().round(group.clone(), plan, epoch);
+            if self.store.claim_rounds() > 1 {
+                rounds.spawn(round);
+            } else {
+                // One round at a time: run it here, without the hand-offs between tasks that
+                // cost a busy machine a scheduling delay each.
+                let end = round.await;
+                self.round_ended(&group, end, &mut backoff_ms).await;
+            }
         }
     }
 }

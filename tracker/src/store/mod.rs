@@ -413,6 +413,14 @@ pub trait JobStore: Send + Sync + 'static {
     /// How many jobs of the node group are running (leased) now, counted up to `most`.
     async fn running_count(&self, node_group: &str, most: u32) -> StoreResult<u32>;
 
+    /// How many claim rounds of one node group the dispatcher may have out at once. More than
+    /// one pays where a claim mostly waits (for a grouped commit and its fsync) and costs
+    /// little work of its own; where each claim costs the server work per statement, two
+    /// smaller rounds cost more than one (MongoDB: one).
+    fn claim_rounds(&self) -> usize {
+        1
+    }
+
     /// The TaskTrackers that the unfinished broadcast shards created before `before_ms` are
     /// for (at most 1,000).
     async fn broadcast_targets(&self, before_ms: i64) -> StoreResult<Vec<String>>;

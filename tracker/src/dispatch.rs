@@ -914,11 +914,12 @@ impl Dispatcher {
                 continue;
             }
             let round = self.clone().round(group.clone(), plan, epoch);
-            if self.store.claim_rounds() > 1 {
+            if self.store.claim_rounds() > 1 && !group.drained.load(Ordering::SeqCst) {
                 rounds.spawn(round);
             } else {
-                // One round at a time: run it here, without the hand-offs between tasks that
-                // cost a busy machine a scheduling delay each.
+                // One round at a time (the store's rule, or no queue to pipeline): run it
+                // here, without the hand-offs between tasks that cost a busy machine a
+                // scheduling delay each.
                 let end = round.await;
                 self.round_ended(&group, end, &mut backoff_ms).await;
             }
@@ -1057,15 +1058,21 @@ mod tests {
         );
     }
 
+    /// Two TaskTrackers of group `g` with windows of `a` and `b` threads: their connection
+    /// ids and the group.
+    fn two_task_trackers(d: &Arc<Dispatcher>, a: u32, b: u32) -> (u64, u64, Arc<Group>) {
+        let (tx, _rx) = WorkerTx::channel(16);
+        let conn = Arc::new(WorkerConn::new(None));
+        let a = d.connect("g", "w1", a, tx.clone(), conn.clone());
+        let b = d.connect("g", "w2", b, tx, conn);
+        (a, b, d.existing("g").unwrap())
+    }
+
     #[tokio::test]
     async fn a_round_of_a_drained_group_leaves_half_the_free_threads_to_submits() {
         let dir = tempfile::tempdir().unwrap();
         let d = dispatcher(dir.path());
-        let (tx, _rx) = WorkerTx::channel(16);
-        let conn = Arc::new(WorkerConn::new(None));
-        let a = d.connect("g", "w1", 8, tx.clone(), conn.clone());
-        let b = d.connect("g", "w2", 3, tx, conn);
-        let group = d.existing("g").unwrap();
+        let (a, b, group) = two_task_trackers(&d, 8, 3);
         let credits = |group: &Group| -> Vec<u32> {
             group
                 .slots
@@ -1126,15 +1133,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_second_round_starts_only_while_the_queue_is_deep_and_a_quarter_of_the_threads_are_free()
-     {
+    async fn a_second_round_needs_a_deep_queue_and_a_quarter_of_the_threads_free() {
         let dir = tempfile::tempdir().unwrap();
         let d = dispatcher(dir.path());
-        let (tx, _rx) = WorkerTx::channel(16);
-        let conn = Arc::new(WorkerConn::new(None));
-        let a = d.connect("g", "w1", 12, tx.clone(), conn.clone());
-        let b = d.connect("g", "w2", 4, tx, conn);
-        let group = d.existing("g").unwrap();
+        let (a, b, group) = two_task_trackers(&d, 12, 4);
         // The group's own task must not take the credits this test hands out.
         d.shutdown.cancel();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

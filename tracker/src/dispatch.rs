@@ -733,9 +733,10 @@ impl Dispatcher {
     }
 
     /// Whether a second claim round may start while one is out: only where the store allows
-    /// it, while the queue is deep (the last round came back full and nothing said the work ran out), the group has
-    /// no cap on its running jobs (a cap is counted per round), and a quarter of the group's
-    /// window of threads came back free since — enough jobs for a round to be worth its claim.
+    /// it, while the queue is deep (the last round came back full and work is signalled), the
+    /// group has no cap on its running jobs (a cap is counted per round), and a quarter of the
+    /// group's window of threads came back free since — enough jobs for a round to be worth
+    /// its claim.
     fn second_round_due(&self, group: &Group, out: usize) -> bool {
         if out >= self.store.claim_rounds().clamp(1, MAX_ROUNDS)
             || group.drained.load(Ordering::SeqCst)

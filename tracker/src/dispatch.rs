@@ -213,12 +213,7 @@ impl Group {
 
     /// Free threads across the group's TaskTrackers.
     pub fn free_threads(&self) -> u32 {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|s| s.credits)
-            .sum()
+        self.free_and_window().0
     }
 }
 

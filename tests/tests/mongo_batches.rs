@@ -393,3 +393,68 @@ async fn indexes_of_an_older_version_give_way_to_the_partial_ones() {
     let _again = store(&server, "older").await;
     assert_eq!(jobs.list_index_names().await.unwrap().len(), names.len());
 }
+
+/// In a deep queue a TaskTracker's claims start where its last claim found the queue's front
+/// (past the keys of the jobs it leased). A job submitted through the same tracker that sorts
+/// before that point is taken at once; one another tracker queued, within the floor's
+/// 200 ms; and every job is leased once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_from_the_front_found_last_miss_no_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = MongoServer::start(dir.path()).await.unwrap();
+    let a = store(&server, "floors").await;
+    let b = store(&server, "floors").await;
+    let specs = (0..100)
+        .map(|i| JobSpec::new(format!("f-{i}"), "g"))
+        .collect();
+    a.submit(specs, NOW).await.unwrap();
+    let mut leased = std::collections::HashSet::new();
+    assert_eq!(take(&a, &mut leased, 10, NOW).await.len(), 10);
+
+    let high = |task: &str| {
+        let mut spec = JobSpec::new(task, "g");
+        spec.priority = 5;
+        vec![spec]
+    };
+    // Through this tracker: the next claim takes it.
+    a.submit(high("high-a"), NOW + 1).await.unwrap();
+    assert_eq!(take(&a, &mut leased, 1, NOW + 2).await, ["high-a"]);
+    assert_eq!(take(&a, &mut leased, 10, NOW + 3).await.len(), 10);
+    // Through another tracker: within the floor's time of the last whole read, at the latest.
+    b.submit(high("high-b"), NOW + 4).await.unwrap();
+    // (Within it, this tracker's claims still start at its floor: they skip the keys of the
+    // jobs leased before, which is what the floor is for.)
+    let next = take(&a, &mut leased, 1, NOW + 5).await;
+    assert!(next[0].starts_with("f-"), "{next:?}");
+    assert_eq!(take(&a, &mut leased, 1, NOW + 1_000).await, ["high-b"]);
+    // The rest, each once.
+    let mut rounds = 0;
+    while !take(&a, &mut leased, 7, NOW + 2_000 + rounds)
+        .await
+        .is_empty()
+    {
+        rounds += 1;
+        assert!(rounds < 100);
+    }
+    assert_eq!(leased.len(), 102);
+}
+
+/// Leases up to `max` jobs of `g` to `w1`; their task ids, each checked leased only once.
+async fn take(
+    store: &MongoStore,
+    leased: &mut std::collections::HashSet<String>,
+    max: usize,
+    now: i64,
+) -> Vec<String> {
+    let got: Vec<String> = store
+        .claim(claim_request("g", "w1", max, now))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.job.spec.task_id)
+        .collect();
+    for t in &got {
+        assert!(leased.insert(t.clone()), "{t} leased twice");
+    }
+    got
+}

@@ -70,6 +70,18 @@ impl MongoStore {
             .collect())
     }
 
+    /// The best `window` queued jobs that match `filter`, best first.
+    async fn candidates(&self, filter: Document, window: usize) -> StoreResult<Vec<Document>> {
+        Ok(self
+            .jobs
+            .find(filter)
+            .sort(doc! { "priority": -1, "trigger_time": 1, "_id": 1 })
+            .limit(window as i64)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
     /// Leases up to `req.max` due jobs of the node group to `req.owner`, best first.
     pub(super) async fn claim_due(&self, req: ClaimRequest) -> StoreResult<Vec<Lease>> {
         if req.max == 0 {
@@ -110,14 +122,37 @@ impl MongoStore {
         } else {
             req.max
         };
-        let mut found: Vec<Document> = self
-            .jobs
-            .find(due)
-            .sort(doc! { "priority": -1, "trigger_time": 1, "_id": 1 })
-            .limit(window as i64)
-            .await?
-            .try_collect()
-            .await?;
+        // From the floor on while there is one (see `floor`); the whole queue when there is
+        // none, or when the floor's level has fewer than the window.
+        let floor = self.floors.get(&req.node_group, &req.owner, now);
+        let mut found = Vec::new();
+        if let Some(f) = floor {
+            let mut from_floor = due.clone();
+            from_floor.insert("priority", f.priority);
+            from_floor.insert(
+                "trigger_time",
+                doc! { "$gte": f.trigger_time, "$lte": req.due_by_ms() },
+            );
+            found = self.candidates(from_floor, window).await?;
+        }
+        let whole = floor.is_none() || found.len() < window;
+        if whole {
+            found = self.candidates(due, window).await?;
+        }
+        let first = found.first().map(|d| {
+            (
+                codec::int(d, "priority").unwrap_or(0),
+                codec::int(d, "trigger_time").unwrap_or(0),
+            )
+        });
+        self.floors.found(
+            &req.node_group,
+            &req.owner,
+            first,
+            found.len() >= window,
+            whole,
+            now,
+        );
         // The shards (workflow nodes, map children) of a job that ended or is suspended, whose
         // cascade a tracker's death cut short, wait for the master's sweep: they must not run
         // meanwhile.

@@ -75,6 +75,9 @@ impl MongoStore {
             .iter()
             .map(|spec| transition::accept(spec.clone(), new_id(), now))
             .collect();
+        for t in &accepted {
+            self.queued_here(&t.job.job);
+        }
         let docs = accepted
             .iter()
             .map(|t| codec::new_doc(&t.job))
@@ -143,6 +146,16 @@ impl MongoStore {
         Ok((SubmitOutcome::Accepted { job_id }, Some(lease)))
     }
 
+    /// A job this tracker is about to queue: claims whose floor it sorts before read the whole
+    /// queue again (see `floor`).
+    fn queued_here(&self, job: &lts_core::Job) {
+        self.floors.queued(
+            &job.spec.task_tracker_node_group,
+            i64::from(job.spec.priority),
+            job.trigger_time_ms,
+        );
+    }
+
     /// Submits a spec whose task id an unfinished job had a moment ago.
     async fn submit_over(&self, spec: &JobSpec, now: i64) -> StoreResult<SubmitOutcome> {
         // A submit seen before (its answer lost, say) is answered with its job.
@@ -158,7 +171,8 @@ impl MongoStore {
                 new_job_id: new_job_id.clone(),
             };
             match self.apply_to(&filter, First::Fetch, event, now).await? {
-                Applied::Done { before, .. } => {
+                Applied::Done { before, t, .. } => {
+                    self.queued_here(&t.job.job);
                     let job_id = before.stored.job.job_id;
                     return Ok(SubmitOutcome::Replaced { job_id });
                 }
@@ -174,6 +188,7 @@ impl MongoStore {
                 Applied::Missing => {
                     // It finished meanwhile, freeing its task id: the spec is a new job.
                     let t = transition::accept(spec.clone(), new_job_id, now);
+                    self.queued_here(&t.job.job);
                     if self
                         .insert_new(vec![codec::new_doc(&t.job)?])
                         .await?

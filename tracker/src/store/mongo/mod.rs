@@ -40,6 +40,7 @@ mod batch;
 mod claim;
 mod codec;
 mod events;
+mod floor;
 mod log;
 mod migrate;
 mod queries;
@@ -129,6 +130,8 @@ pub struct MongoStore {
     claim_turns: turns::Turns,
     /// Per node group: when a claim last lost jobs to another tracker.
     lost_races: Mutex<HashMap<String, i64>>,
+    /// Where each TaskTracker's claims of a node group start (see `floor`).
+    floors: floor::Floors,
     /// Per run of a sharded job (a workflow): the turn of this tracker's tallies of its
     /// shards, while some shard's end waits for one.
     tally_turns: turns::Turns,
@@ -227,6 +230,7 @@ impl MongoStore {
             leases: Mutex::new(HashMap::new()),
             claim_turns: turns::Turns::default(),
             lost_races: Mutex::new(HashMap::new()),
+            floors: floor::Floors::default(),
             tally_turns: turns::Turns::default(),
             shard_sweep_at: AtomicI64::new(0),
             log_tx,

@@ -4,8 +4,9 @@
 //! leases leaves that index, but WiredTiger keeps the removed keys as invisible entries until
 //! it next writes the page out (at a checkpoint, a minute apart by default), and every later
 //! seek to the front of the group walks over them. In a drain of a deep queue that walk grew to
-//! most of the claim's time: 13 ms a `find` after 80,000 claimed jobs, against 1.6 ms for a
-//! `find` that starts where the queue now begins.
+//! most of the claim's time: on `mongod` 6.0 here, a `find` of 64 took 13 ms after 80,000 of
+//! 100,000 queued jobs were claimed, against 1.6 ms for one that starts where the queue now
+//! begins.
 //!
 //! So after a claim that found a full window (a deep queue), the store remembers the first
 //! candidate's priority and trigger time, the *floor*: no queued job the TaskTracker could take

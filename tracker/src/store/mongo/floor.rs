@@ -16,10 +16,11 @@
 //! out, or lower priorities wait), and forgets the floor.
 //!
 //! Jobs that sort before the floor can appear meanwhile. A submit through this tracker with a
-//! higher priority or an earlier trigger time lowers it at once ([`Floors::queued`]). Jobs other
-//! trackers queue, and jobs put back with their old trigger time (a lost lease, a resume) are
-//! seen by the first whole-queue read, at most [`FLOOR_FOR_MS`] later: their turn may come that
-//! much late in a deep queue, never lost.
+//! higher priority or an earlier trigger time drops the floors it sorts before at once, so the
+//! next claim reads the whole queue ([`Floors::queued`]). Jobs other trackers queue, jobs put
+//! back with their old trigger time (a lost lease, a resume), and jobs that became open to the
+//! TaskTracker (a routing bucket dealt to it) are seen by the first whole-queue read, at most
+//! [`FLOOR_FOR_MS`] later: their turn may come that much late in a deep queue, never lost.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

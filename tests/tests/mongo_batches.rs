@@ -24,6 +24,13 @@ async fn store(server: &MongoServer, db: &str) -> Arc<MongoStore> {
     )
 }
 
+/// Specs of group `g` with task ids `{prefix}-{i}`.
+fn specs(prefix: &str, range: std::ops::Range<usize>) -> Vec<JobSpec> {
+    range
+        .map(|i| JobSpec::new(format!("{prefix}-{i}"), "g"))
+        .collect()
+}
+
 fn accepted(o: &SubmitOutcome) -> String {
     match o {
         SubmitOutcome::Accepted { job_id } => job_id.clone(),
@@ -38,11 +45,8 @@ async fn concurrent_results_share_commands_and_a_stale_one_is_refused_alone() {
     // Two trackers on one database: `a` leases and records results, `b` cancels meanwhile.
     let a = store(&server, "results").await;
     let b = store(&server, "results").await;
-    let specs = (0..200)
-        .map(|i| JobSpec::new(format!("r-{i}"), "g"))
-        .collect();
     let ids: Vec<String> = a
-        .submit(specs, NOW)
+        .submit(specs("r", 0..200), NOW)
         .await
         .unwrap()
         .iter()
@@ -98,12 +102,7 @@ async fn concurrent_single_submits_share_inserts_and_duplicates_stay_apart() {
     let a = store(&server, "submits").await;
     let b = store(&server, "submits").await;
     let taken: Vec<String> = a
-        .submit(
-            (0..20)
-                .map(|i| JobSpec::new(format!("s-{i}"), "g"))
-                .collect(),
-            NOW,
-        )
+        .submit(specs("s", 0..20), NOW)
         .await
         .unwrap()
         .iter()
@@ -280,10 +279,7 @@ async fn racing_trackers_never_run_a_capped_group_past_its_cap() {
         store(&server, "cap").await,
     ];
     let (n, cap) = (120, 5u32);
-    let specs = (0..n)
-        .map(|i| JobSpec::new(format!("cap-{i}"), "g"))
-        .collect();
-    trackers[0].submit(specs, NOW).await.unwrap();
+    trackers[0].submit(specs("cap", 0..n), NOW).await.unwrap();
     let (held, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let runs = trackers.iter().enumerate().map(|(t, s)| {
         let (s, held, most) = (s.clone(), held.clone(), most.clone());
@@ -404,10 +400,7 @@ async fn claims_from_the_front_found_last_miss_no_job() {
     let server = MongoServer::start(dir.path()).await.unwrap();
     let a = store(&server, "floors").await;
     let b = store(&server, "floors").await;
-    let specs = (0..100)
-        .map(|i| JobSpec::new(format!("f-{i}"), "g"))
-        .collect();
-    a.submit(specs, NOW).await.unwrap();
+    a.submit(specs("f", 0..100), NOW).await.unwrap();
     let mut leased = std::collections::HashSet::new();
     assert_eq!(take(&a, &mut leased, 10, NOW).await.len(), 10);
 
